@@ -220,8 +220,15 @@ pub fn plan(inputs: &PlanInputs) -> Result<Plan> {
         alpha_per_comparison,
         baseline,
         target,
-        absolute_effect: target - baseline,
-        relative_effect: (baseline != 0.0).then(|| target / baseline - 1.0),
+        // From the input itself where possible, so 0.15 - 0.01 does not print as 0.13999….
+        absolute_effect: match inputs.effect {
+            Effect::Absolute(delta) => delta,
+            Effect::Relative(_) => target - baseline,
+        },
+        relative_effect: match inputs.effect {
+            Effect::Relative(relative) => Some(relative),
+            Effect::Absolute(_) => (baseline != 0.0).then(|| target / baseline - 1.0),
+        },
         inputs: *inputs,
     })
 }
