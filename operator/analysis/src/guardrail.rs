@@ -66,6 +66,33 @@ impl GuardrailPolicy {
         Ok(policy)
     }
 
+    /// Tunes the mixing standard deviation so the always-valid interval is narrowest when the arms
+    /// hold `baseline_trials` and `candidate_trials` at an expected rate of `expected_rate` (e.g.
+    /// the planned end of the canary). Decide this when the rollout starts, from the plan, never
+    /// from the counts being tested.
+    pub fn with_mixing_tuned_for(
+        self,
+        expected_rate: f64,
+        baseline_trials: u64,
+        candidate_trials: u64,
+    ) -> Result<Self> {
+        crate::check_probability("expectedRate", expected_rate)?;
+        if baseline_trials == 0 || candidate_trials == 0 {
+            return Err(Error::InvalidParameter {
+                name: "trials",
+                value: 0.0,
+                expected: "positive for both arms",
+            });
+        }
+        // Delta-method variance of the log risk ratio at equal rates.
+        let per_trial = (1.0 - expected_rate) / expected_rate;
+        let variance = per_trial / baseline_trials as f64 + per_trial / candidate_trials as f64;
+        let mixing_sd = crate::sequential::tuned_mixing_sd(variance, self.alpha)?;
+        let tuned = Self { mixing_sd, ..self };
+        tuned.validate()?;
+        Ok(tuned)
+    }
+
     /// Checks every field's domain.
     pub fn validate(&self) -> Result<()> {
         check_margin(self.max_relative_increase).map_err(|_| Error::InvalidParameter {
@@ -358,6 +385,27 @@ mod tests {
         );
         assert!(result.evidence.log_e_value.unwrap().is_finite());
         assert!(result.evidence.always_valid_interval.is_some());
+    }
+
+    #[test]
+    fn tuning_the_mixture_narrows_the_interval_at_the_planned_sample() {
+        let default = GuardrailPolicy::new(0.05).unwrap();
+        // A long canary: 100k baseline and 10k candidate interactions at about 15%.
+        let tuned = default
+            .with_mixing_tuned_for(0.15, 100_000, 10_000)
+            .unwrap();
+        assert!(tuned.mixing_sd < default.mixing_sd);
+        let width = |policy: &GuardrailPolicy| {
+            let evidence =
+                evaluate_guardrail(policy, counts(15_000, 100_000), counts(1_500, 10_000))
+                    .unwrap()
+                    .evidence;
+            let interval = evidence.always_valid_interval.unwrap();
+            interval.upper - interval.lower
+        };
+        assert!(width(&tuned) < width(&default));
+        assert!(default.with_mixing_tuned_for(0.0, 1, 1).is_err());
+        assert!(default.with_mixing_tuned_for(0.1, 0, 1).is_err());
     }
 
     #[test]

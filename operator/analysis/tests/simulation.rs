@@ -12,8 +12,8 @@
 use switchboard_analysis::dist;
 use switchboard_analysis::planning::{Effect, Metric, PlanInputs, plan};
 use switchboard_analysis::{
-    Counts, CupedMoments, GuardrailDecision, GuardrailPolicy, RatioMoments, cuped_difference,
-    difference_of_proportions, difference_of_ratios, evaluate_guardrail,
+    Counts, CupedMoments, GuardrailDecision, GuardrailPolicy, GuardrailReason, RatioMoments,
+    cuped_difference, difference_of_proportions, difference_of_ratios, evaluate_guardrail,
 };
 
 /// xoshiro256** seeded through splitmix64: small, fast and reproducible across platforms.
@@ -109,9 +109,20 @@ impl Stream {
     }
 }
 
-/// Runs `runs` rollouts of `looks` analysis intervals; returns the share in which the guardrail
-/// ever decided something other than Hold, the share that ever breached, and the share in which a
-/// fixed-horizon 1 - alpha interval looked at every interval ever excluded the margin.
+/// Shares of `runs` simulated rollouts in which, at some look past the minimum sample, ...
+#[derive(Debug)]
+struct Peeking {
+    /// ... the guardrail decided anything but Hold;
+    decided: f64,
+    /// ... the guardrail breached;
+    breached: f64,
+    /// ... a fixed-horizon two-sided test of "ratio = 1 + margin" rejected (naive peeking);
+    naive_test: f64,
+    /// ... the observed rise exceeded the margin (a fixed threshold, as in Flagger/Argo analyses).
+    threshold: f64,
+}
+
+/// Runs `runs` rollouts of `looks` analysis intervals each.
 fn peeking_rates(
     seed: u64,
     policy: &GuardrailPolicy,
@@ -119,30 +130,37 @@ fn peeking_rates(
     (candidate_rate, candidate_per_look): (f64, u64),
     looks: usize,
     runs: usize,
-) -> (f64, f64, f64) {
+) -> Peeking {
     let mut rng = Rng::new(seed);
-    let (mut decided, mut breached, mut naive) = (0, 0, 0);
+    let critical = dist::normal_ppf(1.0 - policy.alpha / 2.0);
+    let mut totals = [0usize; 4];
     for _ in 0..runs {
         let mut baseline = Stream::new(baseline_rate, baseline_per_look);
         let mut candidate = Stream::new(candidate_rate, candidate_per_look);
-        let (mut any_decision, mut any_breach, mut any_naive) = (false, false, false);
+        let mut any = [false; 4];
         for _ in 0..looks {
             let (b, c) = (baseline.advance(&mut rng), candidate.advance(&mut rng));
             let result = evaluate_guardrail(policy, b, c).expect("valid inputs");
-            any_decision |= result.decision != GuardrailDecision::Hold;
-            any_breach |= result.decision == GuardrailDecision::Breach;
-            // The naive procedure: the same minimum sample, then a fixed-horizon interval.
-            if result.reason != switchboard_analysis::GuardrailReason::InsufficientSamples {
-                let z = result.evidence.z_statistic.expect("z");
-                any_naive |= z.abs() > dist::normal_ppf(1.0 - policy.alpha / 2.0);
+            any[0] |= result.decision != GuardrailDecision::Hold;
+            any[1] |= result.decision == GuardrailDecision::Breach;
+            // The naive procedures get the same minimum sample.
+            if result.reason != GuardrailReason::InsufficientSamples {
+                let evidence = &result.evidence;
+                any[2] |= evidence.z_statistic.expect("z").abs() > critical;
+                any[3] |= evidence.relative_change.expect("change") > policy.max_relative_increase;
             }
         }
-        decided += usize::from(any_decision);
-        breached += usize::from(any_breach);
-        naive += usize::from(any_naive);
+        for (total, hit) in totals.iter_mut().zip(any) {
+            *total += usize::from(hit);
+        }
     }
     let share = |k: usize| k as f64 / runs as f64;
-    (share(decided), share(breached), share(naive))
+    Peeking {
+        decided: share(totals[0]),
+        breached: share(totals[1]),
+        naive_test: share(totals[2]),
+        threshold: share(totals[3]),
+    }
 }
 
 #[test]
@@ -151,29 +169,36 @@ fn a_a_with_peeking_every_interval_keeps_false_decisions_below_alpha() {
     // 40 looks of 250 interactions per arm: 10,000 per arm at the end.
     let policy = GuardrailPolicy::new(0.0).expect("policy");
     let runs = 2000;
-    let (wrong, _, naive) = peeking_rates(1, &policy, (0.15, 250), (0.15, 250), 40, runs);
-    eprintln!(
-        "A/A even split: always-valid wrong-decision rate {wrong:.4}, naive peeking {naive:.4}"
-    );
+    let peeking = peeking_rates(1, &policy, (0.15, 250), (0.15, 250), 40, runs);
+    eprintln!("A/A, even split, margin 0: {peeking:?}");
     assert!(
-        wrong <= upper_tolerance(policy.alpha, runs),
-        "always-valid rate {wrong}"
+        peeking.decided <= upper_tolerance(policy.alpha, runs),
+        "{peeking:?}"
     );
     // The harness can tell: repeated fixed-horizon tests exceed alpha several times over.
-    assert!(naive > 2.0 * policy.alpha, "naive peeking rate {naive}");
+    assert!(peeking.naive_test > 2.0 * policy.alpha, "{peeking:?}");
 }
 
 #[test]
-fn a_a_on_a_small_canary_keeps_false_breaches_below_alpha() {
-    // A 10% canary against the stable 90%, at the margin's boundary: the candidate is exactly 5%
-    // worse, which the +5% guardrail allows, so a Breach is a false rollback.
+fn a_healthy_canary_is_not_rolled_back_where_a_fixed_threshold_would_be() {
+    // A 10% canary against the stable 90% under the +5% guardrail, 60 looks of 100 candidate
+    // interactions. At equal rates a fixed "observed rise > 5%" rule rolls back most healthy
+    // candidates; at exactly +5% (allowed, at the boundary) the guardrail's false breaches stay
+    // at or below alpha.
     let policy = GuardrailPolicy::new(0.05).expect("policy");
     let runs = 2000;
-    let (_, breached, naive) = peeking_rates(2, &policy, (0.15, 900), (0.15 * 1.05, 100), 60, runs);
-    eprintln!("canary at the margin: false breach rate {breached:.4}, naive peeking {naive:.4}");
+    let equal = peeking_rates(2, &policy, (0.15, 900), (0.15, 100), 60, runs);
+    eprintln!("A/A canary, equal rates: {equal:?}");
     assert!(
-        breached <= upper_tolerance(policy.alpha, runs),
-        "false breach rate {breached}"
+        equal.breached <= upper_tolerance(policy.alpha, runs),
+        "{equal:?}"
+    );
+    assert!(equal.threshold > 0.5, "{equal:?}");
+    let boundary = peeking_rates(3, &policy, (0.15, 900), (0.15 * 1.05, 100), 60, runs);
+    eprintln!("canary at the margin: {boundary:?}");
+    assert!(
+        boundary.breached <= upper_tolerance(policy.alpha, runs),
+        "{boundary:?}"
     );
 }
 
@@ -182,9 +207,9 @@ fn a_real_regression_is_rolled_back_within_the_rollout() {
     // +30% escalations on a 10% canary: caught in nearly every run.
     let policy = GuardrailPolicy::new(0.05).expect("policy");
     let runs = 300;
-    let (_, breached, _) = peeking_rates(3, &policy, (0.15, 900), (0.195, 100), 60, runs);
-    eprintln!("+30% regression: breach rate {breached:.4}");
-    assert!(breached >= 0.95, "breach rate {breached}");
+    let regression = peeking_rates(4, &policy, (0.15, 900), (0.195, 100), 60, runs);
+    eprintln!("+30% regression: {regression:?}");
+    assert!(regression.breached >= 0.95, "{regression:?}");
 }
 
 #[test]
@@ -305,4 +330,84 @@ fn delta_method_covers_a_clustered_ratio_metric() {
         "delta-method coverage {delta}"
     );
     assert!(naive < 0.95 - 3.0 * se, "naive coverage {naive}");
+}
+
+/// Candidate trials until `target` is first decided, per run (`None`: not within `looks`).
+fn decision_times(
+    seed: u64,
+    policy: &GuardrailPolicy,
+    (baseline_rate, baseline_per_look): (f64, u64),
+    (candidate_rate, candidate_per_look): (f64, u64),
+    looks: usize,
+    runs: usize,
+    target: GuardrailDecision,
+) -> Vec<Option<u64>> {
+    let mut rng = Rng::new(seed);
+    (0..runs)
+        .map(|_| {
+            let mut baseline = Stream::new(baseline_rate, baseline_per_look);
+            let mut candidate = Stream::new(candidate_rate, candidate_per_look);
+            (0..looks).find_map(|_| {
+                let (b, c) = (baseline.advance(&mut rng), candidate.advance(&mut rng));
+                let result = evaluate_guardrail(policy, b, c).expect("valid inputs");
+                (result.decision == target).then_some(c.trials)
+            })
+        })
+        .collect()
+}
+
+/// How quickly decisions come: the numbers quoted in docs/statistics.md
+/// (`cargo test -p switchboard-analysis --test simulation -- --nocapture time_to_decision`).
+#[test]
+fn time_to_decision() {
+    let runs = 200;
+    // (candidate trials at the first quartile, median, third quartile); u64::MAX = never.
+    let quartiles = |times: Vec<Option<u64>>| {
+        let mut times: Vec<u64> = times.into_iter().map(|t| t.unwrap_or(u64::MAX)).collect();
+        times.sort_unstable();
+        let at = |q: usize| times[q * (times.len() - 1) / 4];
+        (at(1), at(2), at(3))
+    };
+    for (label, candidate_rate, median_at_most) in [
+        ("+20% regression", 0.18, 4_000),
+        ("+30% regression", 0.195, 2_000),
+        ("+50% regression", 0.225, 1_000),
+    ] {
+        let policy = GuardrailPolicy::new(0.05).expect("policy");
+        let times = decision_times(
+            7,
+            &policy,
+            (0.15, 900),
+            (candidate_rate, 100),
+            200,
+            runs,
+            GuardrailDecision::Breach,
+        );
+        let (q1, median, q3) = quartiles(times);
+        eprintln!(
+            "Breach on a {label}, 15% baseline, 10% canary: candidate trials {q1} / {median} / {q3}"
+        );
+        assert!(median <= median_at_most, "{label}: median {median}");
+        assert!(
+            q3 < u64::MAX,
+            "{label}: a quarter of the runs never breached"
+        );
+    }
+    for (margin, median_at_most) in [(0.05, 60_000), (0.10, 20_000)] {
+        let policy = GuardrailPolicy::new(margin).expect("policy");
+        let times = decision_times(
+            8,
+            &policy,
+            (0.15, 1000),
+            (0.15, 1000),
+            200,
+            runs,
+            GuardrailDecision::Pass,
+        );
+        let (q1, median, q3) = quartiles(times);
+        eprintln!(
+            "Pass at equal rates, margin {margin}, even split: trials per arm {q1} / {median} / {q3}"
+        );
+        assert!(median <= median_at_most, "margin {margin}: median {median}");
+    }
 }
