@@ -409,6 +409,17 @@ mod tests {
     }
 
     #[test]
+    fn rates_of_one_hold_without_nan() {
+        // Every interaction escalated in both arms: no variance; a telemetry defect, not a decision.
+        let policy = GuardrailPolicy::new(0.05).unwrap();
+        let result = evaluate_guardrail(&policy, counts(300, 300), counts(300, 300)).unwrap();
+        assert_eq!(result.decision, GuardrailDecision::Hold);
+        assert_eq!(result.evidence.relative_change, Some(0.0));
+        assert_eq!(result.evidence.always_valid_interval, None);
+        assert_eq!(result.evidence.log_e_value, None);
+    }
+
+    #[test]
     fn invalid_policies_are_refused() {
         assert!(GuardrailPolicy::new(-1.5).is_err());
         assert!(GuardrailPolicy::new(f64::NAN).is_err());

@@ -47,7 +47,7 @@ pub struct PlanArgs {
     #[arg(long, value_parser = parse_scaled, default_value = "0.8")]
     power: f64,
     /// Treatment variants, each compared with the control.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     variants: u32,
     /// Test in the effect's direction only (default: two-sided).
     #[arg(long)]
