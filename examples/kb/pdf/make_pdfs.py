@@ -57,11 +57,11 @@ def p(text):
 
 
 build(
-    "pricing-2025.pdf",
-    "Ledgerly Plans and Pricing 2025",
-    "20250904090000",
+    "pricing-2026.pdf",
+    "Ledgerly Plans and Pricing 2026",
+    "20260904090000",
     [
-        h("Ledgerly Plans and Pricing 2025"),
+        h("Ledgerly Plans and Pricing 2026"),
         p("Prices are in US dollars and exclude sales tax and VAT. Annual prices are billed once "
           "per year and are equivalent to two months free."),
         h("Plan comparison", 2),
@@ -86,7 +86,7 @@ build(
 build(
     "sla.pdf",
     "Ledgerly Support Service Level Agreement",
-    "20250615120000",
+    "20260615120000",
     [
         h("Ledgerly Support Service Level Agreement"),
         p("This agreement defines support response targets and uptime commitments for paid plans."),

@@ -15,9 +15,9 @@ use switchboard_index::{
     SourceFormat, SourceLocation, SourceSpec, build,
 };
 
-const REFUND_NEW: &str = "---\ntitle: Refund policy\nlast_modified: 2025-09-01\n---\n# Refund policy\n\n\
+const REFUND_NEW: &str = "---\ntitle: Refund policy\nlast_modified: 2026-09-01\n---\n# Refund policy\n\n\
     ## Refund window\n\nRequest a refund within 14 days of your first payment.\n";
-const REFUND_OLD: &str = "---\ntitle: Refund policy refunds\nlast_modified: 2023-01-15\n---\n# Refund policy refunds\n\n\
+const REFUND_OLD: &str = "---\ntitle: Refund policy refunds\nlast_modified: 2024-01-15\n---\n# Refund policy refunds\n\n\
     ## Refund window for refunds\n\nRefund refund refunds: request a refund within 30 days of any payment. Refund requests \
     are always approved.\n";
 
@@ -83,7 +83,7 @@ fn fresh_policy_outranks_stale_one_only_with_decay() {
         .iter()
         .find(|p| p.doc_id == "archive/refund-2023.md")
         .unwrap();
-    // 2023-01-15 -> 2025-11-01 is 1021 days: floor + (1 - floor) * 0.5^(1021/90).
+    // 2024-01-15 -> 2026-11-01 is 1021 days: floor + (1 - floor) * 0.5^(1021/90).
     assert!(
         (old.scores.decay - (0.5 + 0.5 * 0.5f32.powf(1021.0 / 90.0))).abs() < 1e-4,
         "{}",

@@ -198,7 +198,7 @@ fn pdf_table_rows_stay_intact() {
         .generation
         .chunks()
         .iter()
-        .filter(|c| c.doc_id == "pdf/pricing-2025.pdf")
+        .filter(|c| c.doc_id == "pdf/pricing-2026.pdf")
         .map(|c| c.text.as_str())
         .collect::<Vec<_>>()
         .join("\n");
@@ -227,8 +227,8 @@ fn pdf_table_rows_stay_intact() {
     );
     assert_eq!(
         sla.last_modified,
-        Some(1_749_988_800),
-        "ModDate 2025-06-15T12:00:00Z"
+        Some(1_781_524_800),
+        "ModDate 2026-06-15T12:00:00Z"
     );
 }
 
@@ -402,7 +402,7 @@ fn current_refund_policy_outranks_stale_copies_with_decay() {
     let stale = [
         "wiki/Refund-Policy.html",
         "notes/refund-faq-2023.txt",
-        "slack/support-escalations/1710412345.000100",
+        "slack/support-escalations/1741948345.000100",
     ];
     let rank_of = |res: &switchboard_index::SearchResponse, ids: &[&str]| {
         res.passages

@@ -280,20 +280,20 @@ mod tests {
     fn tables_become_rows_of_cells_and_headings_sections() {
         let doc = parse(
             "pdf",
-            "pdf/pricing-2025.pdf".into(),
-            &sample("pricing-2025.pdf"),
+            "pdf/pricing-2026.pdf".into(),
+            &sample("pricing-2026.pdf"),
         )
         .unwrap()
         .normalise();
-        assert_eq!(doc.title, "Ledgerly Plans and Pricing 2025");
+        assert_eq!(doc.title, "Ledgerly Plans and Pricing 2026");
         let paths: Vec<String> = doc.sections.iter().map(|s| s.path.join(" > ")).collect();
         assert_eq!(
             paths,
             [
-                "Ledgerly Plans and Pricing 2025",
-                "Ledgerly Plans and Pricing 2025 > Plan comparison",
-                "Ledgerly Plans and Pricing 2025 > Extra seats and overages",
-                "Ledgerly Plans and Pricing 2025 > Discounts"
+                "Ledgerly Plans and Pricing 2026",
+                "Ledgerly Plans and Pricing 2026 > Plan comparison",
+                "Ledgerly Plans and Pricing 2026 > Extra seats and overages",
+                "Ledgerly Plans and Pricing 2026 > Discounts"
             ]
         );
         assert_eq!(
@@ -309,8 +309,8 @@ mod tests {
         assert!(doc.sections[0].blocks[0].starts_with("Prices are in US dollars"));
         assert_eq!(
             doc.last_modified,
-            Some(1_756_976_400),
-            "ModDate 2025-09-04T09:00:00Z"
+            Some(1_788_512_400),
+            "ModDate 2026-09-04T09:00:00Z"
         );
     }
 

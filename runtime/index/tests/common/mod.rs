@@ -9,8 +9,8 @@ use switchboard_index::{
     SourceSpec,
 };
 
-/// 2025-11-01T00:00:00Z: "now" for recency decay in tests.
-pub const NOW: i64 = 1_761_955_200;
+/// 2026-11-01T00:00:00Z: "now" for recency decay in tests.
+pub const NOW: i64 = 1_793_491_200;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
