@@ -25,6 +25,18 @@ pub const RESOLVED_REACTIONS: &[&str] = &[
 
 const TEXT_MARKERS: &[&str] = &["[resolved]", "[answer]"];
 
+/// Top-level files of a workspace export that hold no messages.
+const EXPORT_METADATA_FILES: &[&str] = &[
+    "users.json",
+    "channels.json",
+    "groups.json",
+    "dms.json",
+    "mpims.json",
+    "integration_logs.json",
+    "canvases.json",
+    "org_users.json",
+];
+
 /// Subtypes that are not conversation (joins, topic changes, ...).
 const IGNORED_SUBTYPES: &[&str] = &[
     "channel_join",
@@ -85,11 +97,13 @@ pub(super) fn parse(source: &str, files: &[InputFile]) -> (Parsed, Vec<(String, 
     }
 
     for file in files {
-        let Some((dir, name)) = file.rel_path.rsplit_once('/') else {
-            // Top-level files: users.json, channels.json, integration_logs.json, ...
-            continue;
+        let (channel, name) = match file.rel_path.rsplit_once('/') {
+            Some((dir, name)) => (dir.rsplit('/').next().unwrap_or(dir).to_string(), name),
+            // Workspace-level files of an export are not messages.
+            None if EXPORT_METADATA_FILES.contains(&file.rel_path.as_str()) => continue,
+            // A single day file given on its own: the source stands for the channel.
+            None => (source.to_string(), file.rel_path.as_str()),
         };
-        let channel = dir.rsplit('/').next().unwrap_or(dir).to_string();
         let messages = match serde_json::from_slice::<Value>(&file.bytes) {
             Ok(Value::Array(list)) => list,
             Ok(_) => {
@@ -320,5 +334,24 @@ mod tests {
             "the unmarked message is skipped, the join ignored"
         );
         assert_eq!(parsed.skipped[0].1, "not marked resolved");
+    }
+
+    #[test]
+    fn a_single_day_file_stands_for_a_channel_named_after_the_source() {
+        let files = vec![f(
+            "2025-06-01.json",
+            r#"[{"type":"message","user":"U1","text":"How do I export?","ts":"1748736000.000100","thread_ts":"1748736000.000100"},
+                {"type":"message","user":"U2","text":"[answer] Settings > Data > Export, then CSV.","ts":"1748736060.000100","thread_ts":"1748736000.000100"}]"#,
+        )];
+        let (parsed, errors) = parse("helpdesk", &files);
+        assert!(errors.is_empty());
+        assert_eq!(
+            parsed.documents[0].doc_id,
+            "helpdesk/helpdesk/1748736000.000100"
+        );
+        assert_eq!(
+            parsed.documents[0].sections[0].blocks[1],
+            "Answer (U2): Settings > Data > Export, then CSV."
+        );
     }
 }
