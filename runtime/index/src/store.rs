@@ -93,12 +93,11 @@ pub(crate) fn write_vectors(path: &Path, dim: usize, rows: &[Vec<f32>]) -> Resul
         w.write_all(VECTOR_MAGIC)?;
         w.write_all(&(dim as u32).to_le_bytes())?;
         w.write_all(&(rows.len() as u64).to_le_bytes())?;
-        for row in rows {
-            for x in row {
-                w.write_all(&x.to_le_bytes())?;
-            }
+        let mut bytes = Vec::with_capacity(rows.len() * dim * 4);
+        for x in rows.iter().flatten() {
+            bytes.extend_from_slice(&x.to_le_bytes());
         }
-        Ok(())
+        w.write_all(&bytes)
     })
 }
 

@@ -94,9 +94,12 @@ fn ten_thousand_chunks() {
     let t = Instant::now();
     let rebuild = build(&s, &store, e.as_ref(), &BuildOptions::default()).unwrap();
     eprintln!(
-        "rebuild with everything reused: {:?} ({} embedded)",
+        "rebuild with everything reused: {:?} ({} embedded; ingest {:?}, embed {:?}, write {:?})",
         t.elapsed(),
-        rebuild.chunks_embedded
+        rebuild.chunks_embedded,
+        rebuild.ingest_time,
+        rebuild.embed_time,
+        rebuild.write_time
     );
 
     store.publish(&report.manifest.generation).unwrap();
