@@ -1,0 +1,561 @@
+//! `AdapterPatch`: one LoRA adapter lineage on a base model, rolled out shadow -> canary -> promoted.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    common::{Digest, Errors, Guardrail, LABEL_PATTERN, Metric, Validate, ValidationErrors},
+    units::{GoDuration, Percent, cel_string, duration_at_least_rule, percent_rule},
+};
+
+/// RE2 pattern of a semantic version (semver.org 2.0.0).
+pub const SEMVER_PATTERN: &str = r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\+([0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*))?$";
+
+/// RE2 pattern of an artifact URI: `oci://`, `http(s)://`, `pvc://<claim>/<path>` or `file:///<path>`.
+pub const ARTIFACT_URI_PATTERN: &str = r"^((oci|https?|pvc)://[^/\s][^\s]*|file:///[^\s]+)$";
+
+/// Above this many adapters on one base model, `AdapterStacking` turns `True` (a warning): stacks
+/// of patches from different epochs interact in ways that are hard to debug; fold them into a
+/// fine-tune instead.
+pub const STACKING_WARNING_THRESHOLD: usize = 8;
+
+/// Messages of the AdapterPatch admission rules (shared by the CEL rules and [`Validate`]).
+pub mod messages {
+    /// `spec.version`.
+    pub const SEMVER: &str = "version must be a semantic version like 1.2.0 or 1.3.0-rc.1";
+    /// `spec.baseModel`.
+    pub const BASE_MODEL_IMMUTABLE: &str = "baseModel is immutable: an adapter is trained for one base model; create a new AdapterPatch instead";
+    /// `spec.lineage`.
+    pub const LINEAGE_IMMUTABLE: &str = "lineage is immutable: create a new AdapterPatch instead";
+    /// `spec.artifact.uri`.
+    pub const ARTIFACT_URI: &str =
+        "artifact.uri must be an oci://, http(s)://, pvc://<claim>/<path> or file:///<path> URI";
+    /// `spec.rollout.canary.steps`.
+    pub const STEPS_INCREASING: &str =
+        "rollout.canary.steps[].weight must be strictly increasing (each step between 1 and 100)";
+    /// `spec.rollout.shadow.sampleShare`.
+    pub const SHADOW_SHARE: &str = "rollout.shadow.sampleShare must be above 0% and at most 100%";
+    /// `spec.rollout.canary.steps[*].duration`.
+    pub const STEP_DURATION: &str = "rollout.canary.steps[].duration must be at least 1m";
+    /// `spec.rollbackWindow`.
+    pub const ROLLBACK_WINDOW: &str = "rollbackWindow must be at least 1h";
+    /// `spec.guardrails`.
+    pub const GUARDRAIL_UNIQUE: &str = "guardrails[].metric must be unique";
+}
+
+/// An AdapterPatch: one LoRA adapter lineage (e.g. `pricing`) on a named base model. Changing
+/// `spec.version` and `spec.artifact` starts a rollout of the new version: shadow traffic, then
+/// canary steps, then promotion, each gated by the guardrails; a breach rolls back to the last
+/// good version.
+// `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "AdapterPatch",
+    plural = "adapterpatches",
+    singular = "adapterpatch",
+    shortname = "ap",
+    shortname = "adapter",
+    category = "switchboard",
+    namespaced,
+    status = "AdapterPatchStatus",
+    derive = "PartialEq",
+    doc = "An AdapterPatch: a versioned LoRA adapter lineage on a base model, rolled out through shadow and canary steps gated by guardrails, with automatic rollback.",
+    printcolumn(name = "Lineage", type_ = "string", json_path = ".spec.lineage"),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".spec.version",
+        description = "Desired version"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Canary",
+        type_ = "integer",
+        json_path = ".status.canaryWeight",
+        description = "Percent of traffic on the candidate"
+    ),
+    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stableVersion"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterPatchSpec {
+    /// The adapter lineage (a DNS label, e.g. `pricing`): versions of one lineage replace each
+    /// other; different lineages are selected per query by domain similarity.
+    #[schemars(length(min = 1, max = 63), pattern(LABEL_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::LINEAGE_IMMUTABLE))]
+    pub lineage: String,
+
+    /// The base model the adapter was trained on (the Router's `smallModel.model` must match).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::BASE_MODEL_IMMUTABLE))]
+    pub base_model: String,
+
+    /// Semantic version of the adapter (e.g. `1.3.0`). Changing it starts a rollout.
+    #[schemars(length(min = 5, max = 128))]
+    #[x_kube(validation = Rule::new(format!("self.matches({})", cel_string(SEMVER_PATTERN))).message(messages::SEMVER))]
+    pub version: String,
+
+    /// Where the PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) is,
+    /// and its digest.
+    pub artifact: Artifact,
+
+    /// LoRA hyper-parameters, checked against the artifact's `adapter_config.json`.
+    pub lora: Lora,
+
+    /// What the adapter knows about; the Router embeds these to select adapters per query.
+    pub domain: Domain,
+
+    /// Shadow and canary stages.
+    #[serde(default)]
+    pub rollout: Rollout,
+
+    /// Metrics that must not get worse; a breach rolls back. Default: escalation rate may not
+    /// rise by more than 5% relative within 24h.
+    #[serde(default = "default_guardrails")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["metric".into()]))]
+    pub guardrails: Vec<Guardrail>,
+
+    /// How long superseded versions stay loadable for rollback (default `720h`, 30 days).
+    #[serde(default = "default_rollback_window")]
+    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1h")).message(messages::ROLLBACK_WINDOW))]
+    pub rollback_window: GoDuration,
+
+    /// Hold the rollout at its current step (no promotion, no automatic rollback decisions are
+    /// acted upon except guardrail breaches).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_guardrails() -> Vec<Guardrail> {
+    vec![Guardrail::new(
+        Metric::EscalationRate,
+        Percent::from_fraction(0.05),
+    )]
+}
+fn default_rollback_window() -> GoDuration {
+    GoDuration::from_secs(720 * 3600)
+}
+
+/// The adapter artifact.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// `oci://registry/repo:tag`, `https://...` (a tar.gz of the directory), `pvc://claim/path`
+    /// or `file:///path` (as mounted in the runtime).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(format!("self.matches({})", cel_string(ARTIFACT_URI_PATTERN))).message(messages::ARTIFACT_URI))]
+    pub uri: String,
+    /// Digest of `adapter_model.safetensors` (`sha256:<64 hex>`), verified before loading.
+    pub sha256: Digest,
+}
+
+/// LoRA hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lora {
+    /// Rank. Hot-fixes are small perturbations: 4-8 is typical; more than 64 is refused (needing
+    /// it means the change wants a full fine-tune).
+    #[schemars(range(min = 1, max = 64))]
+    pub rank: i32,
+    /// Scaling `alpha` (the update is scaled by `alpha / rank`). Default: `2 * rank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 4096.0))]
+    pub alpha: Option<f64>,
+    /// Module names the adapter applies to.
+    #[serde(default = "default_target_modules")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 64)))]
+    pub target_modules: Vec<String>,
+}
+
+fn default_target_modules() -> Vec<String> {
+    vec!["q_proj".to_owned(), "v_proj".to_owned()]
+}
+
+impl Lora {
+    /// `alpha / rank`, with the default alpha applied.
+    pub fn scale(&self) -> f64 {
+        self.alpha.unwrap_or(2.0 * f64::from(self.rank)) / f64::from(self.rank.max(1))
+    }
+}
+
+/// The adapter's domain, used for per-query adapter selection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Domain {
+    /// One or two sentences about what the adapter covers.
+    #[schemars(length(min = 1, max = 2048))]
+    pub description: String,
+    /// Typical customer queries of this domain; with the description they form the domain
+    /// centroid that queries are compared with.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
+    pub example_queries: Vec<String>,
+}
+
+/// Rollout stages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Shadow stage: mirrored traffic, answers compared and never returned.
+    #[serde(default)]
+    pub shadow: ShadowStage,
+    /// Canary stage: real traffic in increasing steps.
+    #[serde(default)]
+    pub canary: CanaryStage,
+    /// After promotion, guardrails keep being watched this long; a breach still rolls back.
+    #[serde(default = "default_post_promotion_watch")]
+    pub post_promotion_watch: GoDuration,
+}
+
+fn default_post_promotion_watch() -> GoDuration {
+    GoDuration::from_secs(24 * 3600)
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            shadow: ShadowStage::default(),
+            canary: CanaryStage::default(),
+            post_promotion_watch: default_post_promotion_watch(),
+        }
+    }
+}
+
+/// Shadow stage.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowStage {
+    /// How long to shadow; `0s` skips the stage.
+    #[serde(default = "default_shadow_duration")]
+    pub duration: GoDuration,
+    /// Share of eligible requests mirrored to the candidate.
+    #[serde(default = "default_shadow_share")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::SHADOW_SHARE))]
+    pub sample_share: Percent,
+}
+
+fn default_shadow_duration() -> GoDuration {
+    GoDuration::from_secs(3600)
+}
+fn default_shadow_share() -> Percent {
+    Percent::from_fraction(0.1)
+}
+
+impl Default for ShadowStage {
+    fn default() -> Self {
+        Self {
+            duration: default_shadow_duration(),
+            sample_share: default_shadow_share(),
+        }
+    }
+}
+
+/// Canary stage.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStage {
+    /// Steps of increasing traffic weight; after the last step (and its analysis) the candidate
+    /// is promoted. Empty: promote right after the shadow stage.
+    #[serde(default = "default_steps")]
+    #[schemars(length(max = 10))]
+    #[x_kube(validation = Rule::new("self.map(s, s.weight).isSorted() && self.all(s, self.exists_one(t, t.weight == s.weight))").message(messages::STEPS_INCREASING))]
+    pub steps: Vec<CanaryStep>,
+}
+
+fn default_steps() -> Vec<CanaryStep> {
+    vec![
+        CanaryStep {
+            weight: 5,
+            duration: GoDuration::from_secs(3600),
+        },
+        CanaryStep {
+            weight: 25,
+            duration: GoDuration::from_secs(2 * 3600),
+        },
+        CanaryStep {
+            weight: 50,
+            duration: GoDuration::from_secs(4 * 3600),
+        },
+    ]
+}
+
+impl Default for CanaryStage {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+        }
+    }
+}
+
+/// One canary step.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryStep {
+    /// Percent of traffic (integer, 1..100) served by the candidate during this step.
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: i32,
+    /// How long the step lasts before its analysis decides to continue.
+    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::STEP_DURATION))]
+    pub duration: GoDuration,
+}
+
+impl AdapterPatchSpec {
+    /// The parsed version.
+    pub fn semver(&self) -> Result<semver::Version, semver::Error> {
+        semver::Version::parse(&self.version)
+    }
+
+    /// The canary steps, checked: weights strictly increasing within 1..=100.
+    pub fn canary_steps(&self) -> Result<&[CanaryStep], ValidationErrors> {
+        let mut errors = Errors::default();
+        check_steps(&self.rollout.canary.steps, &mut errors);
+        errors
+            .finish()
+            .map(|()| self.rollout.canary.steps.as_slice())
+    }
+}
+
+fn check_steps(steps: &[CanaryStep], errors: &mut Errors) {
+    let increasing = steps.windows(2).all(|w| w[0].weight < w[1].weight);
+    let bounded = steps.iter().all(|s| (1..=100).contains(&s.weight));
+    errors.check(
+        increasing && bounded,
+        "spec.rollout.canary.steps",
+        messages::STEPS_INCREASING,
+    );
+}
+
+impl Validate for AdapterPatchSpec {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = Errors::default();
+        errors.check(self.semver().is_ok(), "spec.version", messages::SEMVER);
+        errors.check(
+            artifact_uri_ok(&self.artifact.uri),
+            "spec.artifact.uri",
+            messages::ARTIFACT_URI,
+        );
+        errors.check(
+            (1..=64).contains(&self.lora.rank),
+            "spec.lora.rank",
+            "lora.rank must be between 1 and 64",
+        );
+        check_steps(&self.rollout.canary.steps, &mut errors);
+        for (i, step) in self.rollout.canary.steps.iter().enumerate() {
+            errors.check(
+                step.duration.duration().as_secs() >= 60,
+                format!("spec.rollout.canary.steps[{i}].duration"),
+                messages::STEP_DURATION,
+            );
+        }
+        errors.check(
+            self.rollout.shadow.sample_share.percent() > 0.0,
+            "spec.rollout.shadow.sampleShare",
+            messages::SHADOW_SHARE,
+        );
+        for (i, g) in self.guardrails.iter().enumerate() {
+            errors.check(
+                g.max_relative_increase.percent() > 0.0,
+                format!("spec.guardrails[{i}].maxRelativeIncrease"),
+                crate::common::GUARDRAIL_INCREASE_MESSAGE,
+            );
+            errors.check(
+                self.guardrails
+                    .iter()
+                    .filter(|o| o.metric == g.metric)
+                    .count()
+                    == 1,
+                format!("spec.guardrails[{i}].metric"),
+                messages::GUARDRAIL_UNIQUE,
+            );
+        }
+        errors.check(
+            self.rollback_window.duration().as_secs() >= 3600,
+            "spec.rollbackWindow",
+            messages::ROLLBACK_WINDOW,
+        );
+        errors.finish()
+    }
+}
+
+impl AdapterPatchSpec {
+    /// Checks the rules that compare an update with the stored object (immutable fields).
+    pub fn validate_update(&self, old: &Self) -> Result<(), ValidationErrors> {
+        let mut errors = Errors::default();
+        errors.check(
+            self.lineage == old.lineage,
+            "spec.lineage",
+            messages::LINEAGE_IMMUTABLE,
+        );
+        errors.check(
+            self.base_model == old.base_model,
+            "spec.baseModel",
+            messages::BASE_MODEL_IMMUTABLE,
+        );
+        errors.finish()
+    }
+}
+
+fn artifact_uri_ok(uri: &str) -> bool {
+    if uri.chars().any(char::is_whitespace) {
+        return false;
+    }
+    if let Some(path) = uri.strip_prefix("file:///") {
+        return !path.is_empty();
+    }
+    ["oci://", "http://", "https://", "pvc://"]
+        .iter()
+        .any(|scheme| {
+            uri.strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        })
+}
+
+/// Rollout phase of an AdapterPatch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AdapterPhase {
+    /// Seen, not yet acted on.
+    #[default]
+    Pending,
+    /// Fetching the artifact and checking its digest and config.
+    Validating,
+    /// Serving mirrored traffic only.
+    Shadow,
+    /// Serving a canary step.
+    Canary,
+    /// The candidate is the stable version.
+    Promoted,
+    /// A guardrail breach or a user rolled the candidate back.
+    RolledBack,
+    /// A newer version replaced this one (history entries only).
+    Superseded,
+    /// The artifact could not be verified or loaded.
+    Failed,
+}
+
+/// Observed state of an AdapterPatch.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterPatchStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`, `ArtifactVerified`, `GuardrailsHealthy`,
+    /// `AdapterStacking`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Phase of the candidate version's rollout (or `Promoted` when it is stable).
+    #[serde(default)]
+    pub phase: AdapterPhase,
+    /// Index into `spec.rollout.canary.steps` of the current step (Canary phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<i32>,
+    /// Percent of traffic served by the candidate now (0 outside Canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<i32>,
+    /// The version serving the rest of the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+    /// The version being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_version: Option<String>,
+    /// When the current stage or step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Every version seen, newest last; superseded versions stay loadable for `rollbackWindow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// The most recent guardrail analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<Analysis>,
+}
+
+/// One version in the history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The version.
+    pub version: String,
+    /// Its artifact digest.
+    pub sha256: String,
+    /// How it ended (or its current phase, for the newest).
+    pub phase: AdapterPhase,
+    /// When its rollout started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it stopped serving (superseded, rolled back, failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Why it ended (condition reason, e.g. `GuardrailBreached`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Decision of one analysis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AnalysisDecision {
+    /// Not enough samples yet.
+    #[default]
+    Wait,
+    /// Guardrails hold: move to the next step when the step's duration is over.
+    Continue,
+    /// A guardrail is breached: roll back.
+    Rollback,
+}
+
+/// Outcome counts of one arm.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ArmCounts {
+    /// Interactions with the outcome (e.g. escalations).
+    pub events: i64,
+    /// Interactions.
+    pub trials: i64,
+    /// `events / trials`.
+    pub rate: f64,
+}
+
+/// Result of a guardrail analysis.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// When it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// Overall decision (the worst of the guardrails).
+    pub decision: AnalysisDecision,
+    /// Human-readable summary, e.g. which guardrail breached and by how much.
+    #[serde(default)]
+    pub message: String,
+    /// Per-guardrail results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<GuardrailAnalysis>,
+}
+
+/// One guardrail's comparison of candidate and baseline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailAnalysis {
+    /// The metric.
+    pub metric: String,
+    /// The window it was measured over.
+    pub window: String,
+    /// The stable version's counts.
+    pub baseline: ArmCounts,
+    /// The candidate's counts.
+    pub candidate: ArmCounts,
+    /// `candidate.rate / baseline.rate - 1`.
+    pub relative_change: f64,
+    /// Lower bound of the confidence interval of the relative change.
+    pub ci_low: f64,
+    /// Upper bound of the confidence interval of the relative change.
+    pub ci_high: f64,
+    /// Whether the limit is breached at the configured confidence.
+    pub breached: bool,
+}

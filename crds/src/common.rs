@@ -1,0 +1,392 @@
+//! Types shared by the four resources: references, condition vocabulary, annotations, and the
+//! error type of the Rust-side validation that mirrors the admission rules.
+
+use kube::KubeSchema as KubeSchemaDerive;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// RE2 pattern of a Kubernetes object name (DNS-1123 subdomain).
+pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// RE2 pattern of a DNS-1123 label: names of sources, variants, lineages.
+pub const LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A reference to another object in the same namespace, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ObjectRef {
+    /// Name of the referenced object, in the same namespace.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// A reference to `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+}
+
+/// A reference to one key of a Secret in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// A content digest written `sha256:<64 lowercase hex>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+/// RE2 pattern of [`Digest`].
+pub const DIGEST_PATTERN: &str = "^sha256:[0-9a-f]{64}$";
+
+impl Digest {
+    /// The digest as written (`sha256:...`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The 64 hex characters.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    /// Whether `bytes_sha256_hex` (lowercase hex of a computed digest) matches.
+    pub fn matches_hex(&self, bytes_sha256_hex: &str) -> bool {
+        self.hex().eq_ignore_ascii_case(bytes_sha256_hex)
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = s.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!("invalid digest {s:?}: {DIGEST_MESSAGE}"))
+        }
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> Self {
+        d.0
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Message of the digest rule.
+pub const DIGEST_MESSAGE: &str =
+    "must be a sha256 digest written sha256:<64 lowercase hex characters>";
+
+impl JsonSchema for Digest {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Digest".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 71,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches({})", crate::units::cel_string(DIGEST_PATTERN)),
+                "message": DIGEST_MESSAGE,
+            }],
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
+/// Condition types and reasons. Every resource reports `Ready`, `Progressing` and `Degraded`
+/// (so GitOps health checks work from conditions alone), plus the resource-specific types below.
+pub mod conditions {
+    /// The resource does what its spec asks and serves traffic.
+    pub const READY: &str = "Ready";
+    /// The operator is moving the resource towards its spec (index build, rollout step, scaling).
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something is wrong that needs attention, though the resource may still serve.
+    pub const DEGRADED: &str = "Degraded";
+
+    /// KnowledgeBase: an index generation is built and servable.
+    pub const INDEX_READY: &str = "IndexReady";
+    /// KnowledgeBase: every source could be fetched and parsed.
+    pub const SOURCES_HEALTHY: &str = "SourcesHealthy";
+
+    /// AdapterPatch: the artifact was downloaded and its sha256 matches `spec.artifact.sha256`.
+    pub const ARTIFACT_VERIFIED: &str = "ArtifactVerified";
+    /// AdapterPatch: every guardrail is within its limit in the last analysis.
+    pub const GUARDRAILS_HEALTHY: &str = "GuardrailsHealthy";
+    /// AdapterPatch: `True` when too many adapters stack on the same base model (a warning).
+    pub const ADAPTER_STACKING: &str = "AdapterStacking";
+
+    /// Router: the compiled RuntimeConfig was written and the runtime pods loaded it.
+    pub const RUNTIME_CONFIG_APPLIED: &str = "RuntimeConfigApplied";
+
+    /// Experiment: outcome metrics could be read for every variant.
+    pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
+    /// Experiment: `True` when the observed assignment split differs from the configured weights.
+    pub const SAMPLE_RATIO_MISMATCH: &str = "SampleRatioMismatch";
+
+    /// Reasons: short CamelCase words set on the conditions above.
+    pub mod reasons {
+        /// Spec refused by the operator's validation (what admission could not check).
+        pub const INVALID_SPEC: &str = "InvalidSpec";
+        /// A referenced object does not exist.
+        pub const REFERENCE_NOT_FOUND: &str = "ReferenceNotFound";
+        /// Everything is as the spec asks.
+        pub const RECONCILED: &str = "Reconciled";
+        /// Waiting for child objects (Job, Deployment) to become ready.
+        pub const WAITING_FOR_CHILDREN: &str = "WaitingForChildren";
+        /// An index build Job is running.
+        pub const INDEX_BUILDING: &str = "IndexBuilding";
+        /// The last index build failed; the previous generation keeps serving.
+        pub const INDEX_BUILD_FAILED: &str = "IndexBuildFailed";
+        /// Some sources could not be fetched or parsed (see `status.sourceErrors`).
+        pub const SOURCE_ERRORS: &str = "SourceErrors";
+        /// The adapter artifact could not be fetched.
+        pub const ARTIFACT_UNAVAILABLE: &str = "ArtifactUnavailable";
+        /// The adapter artifact's digest differs from `spec.artifact.sha256`.
+        pub const DIGEST_MISMATCH: &str = "DigestMismatch";
+        /// The artifact is not a loadable PEFT LoRA directory for the base model.
+        pub const ARTIFACT_INVALID: &str = "ArtifactInvalid";
+        /// Candidate is mirrored traffic only.
+        pub const SHADOW_ANALYSIS: &str = "ShadowAnalysis";
+        /// Candidate serves a canary step.
+        pub const CANARY_STEP: &str = "CanaryStep";
+        /// Candidate became the stable version.
+        pub const PROMOTED: &str = "Promoted";
+        /// A guardrail breach rolled the candidate back.
+        pub const GUARDRAIL_BREACHED: &str = "GuardrailBreached";
+        /// A user asked for a rollback through the action annotation.
+        pub const MANUAL_ROLLBACK: &str = "ManualRollback";
+        /// A user aborted the rollout through the action annotation.
+        pub const MANUAL_ABORT: &str = "ManualAbort";
+        /// `spec.paused` is true.
+        pub const PAUSED: &str = "Paused";
+        /// Not enough samples yet for a decision.
+        pub const INSUFFICIENT_SAMPLES: &str = "InsufficientSamples";
+        /// More adapters on one base model than the stacking limit.
+        pub const TOO_MANY_ADAPTERS: &str = "TooManyAdapters";
+        /// The metrics backend could not be queried.
+        pub const METRICS_UNAVAILABLE: &str = "MetricsUnavailable";
+        /// The sample-ratio-mismatch test rejected the configured split.
+        pub const SAMPLE_RATIO_MISMATCH_DETECTED: &str = "SampleRatioMismatchDetected";
+        /// The experiment reached its required sample size and concluded.
+        pub const CONCLUDED: &str = "Concluded";
+        /// The experiment hit `spec.maxDuration` before reaching its sample size.
+        pub const MAX_DURATION_REACHED: &str = "MaxDurationReached";
+        /// The runtime pods have not yet loaded the newest RuntimeConfig.
+        pub const CONFIG_PENDING: &str = "ConfigPending";
+    }
+}
+
+/// Annotations a user sets to act on a resource; the operator clears them once acted upon.
+pub mod annotations {
+    /// On an AdapterPatch: `promote` (skip remaining steps), `abort` (back to stable, keep the
+    /// candidate marked failed), `rollback` (to `rollback-to` or the previous good version),
+    /// `resume` (continue after a hold). On an Experiment: `stop`.
+    pub const ACTION: &str = "switchboard.dev/action";
+    /// On an AdapterPatch with `action: rollback`: the version to roll back to (within the rollback
+    /// window).
+    pub const ROLLBACK_TO: &str = "switchboard.dev/rollback-to";
+    /// Set by the operator on children: the generation of the parent that produced them.
+    pub const PARENT_GENERATION: &str = "switchboard.dev/parent-generation";
+
+    /// Values of [`ACTION`].
+    pub mod actions {
+        /// Promote the candidate now.
+        pub const PROMOTE: &str = "promote";
+        /// Abort the rollout and serve the stable version.
+        pub const ABORT: &str = "abort";
+        /// Roll back to an earlier version.
+        pub const ROLLBACK: &str = "rollback";
+        /// Resume a held rollout.
+        pub const RESUME: &str = "resume";
+        /// Stop an experiment.
+        pub const STOP: &str = "stop";
+    }
+}
+
+/// One refused field: the path as the API server prints it and the rule it broke.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.rollout.canary.steps`.
+    pub field: String,
+    /// The rule, worded as the CEL message in the generated schema.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A refusal of `field` with `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every refused field of one object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+/// Validation of what admission checks, for code paths without an API server (manifests loaded
+/// from a folder) and as the operator's first pipeline step.
+pub trait Validate {
+    /// Checks the cross-field rules of the spec. Field formats (percentages, durations) are
+    /// already enforced by deserialization.
+    fn validate(&self) -> Result<(), ValidationErrors>;
+}
+
+/// Collects [`FieldError`]s.
+#[derive(Debug, Default)]
+pub(crate) struct Errors(Vec<FieldError>);
+
+impl Errors {
+    pub(crate) fn check(&mut self, ok: bool, field: impl Into<String>, message: &str) {
+        if !ok {
+            self.0.push(FieldError::new(field, message));
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(self.0))
+        }
+    }
+}
+
+/// Outcome and quality metrics that guardrails and experiments are measured on.
+///
+/// Rates are per interaction: `escalationRate` counts interactions escalated to a human,
+/// `reopenRate` tickets reopened within 72h, `csatLow` ratings of 1-2 of 5, and so on.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Metric {
+    /// Share of interactions escalated to a human agent (lower is better).
+    EscalationRate,
+    /// Share of resolved tickets reopened within 72 hours (lower is better).
+    ReopenRate,
+    /// Share of rated interactions with CSAT 1-2 of 5 (lower is better).
+    CsatLow,
+    /// Share of rated interactions with CSAT 4-5 of 5 (higher is better).
+    CsatHigh,
+    /// Share of interactions resolved without escalation or reopen (higher is better).
+    ResolutionRate,
+    /// Share of answers that refuse (lower is better, within policy).
+    RefusalRate,
+    /// Share of answers citing a passage that was not retrieved (lower is better).
+    InvalidCitationRate,
+    /// Share of queries with no passage above `retrieval.minScore` (lower is better).
+    RetrievalFailureRate,
+    /// Shadow only: share of mirrored answers that diverge from the stable answer.
+    ShadowDivergence,
+}
+
+impl Metric {
+    /// Whether an increase of this metric is bad (guardrails watch for increases of these).
+    pub fn lower_is_better(self) -> bool {
+        !matches!(self, Self::CsatHigh | Self::ResolutionRate)
+    }
+
+    /// The metric name as written in manifests and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EscalationRate => "escalationRate",
+            Self::ReopenRate => "reopenRate",
+            Self::CsatLow => "csatLow",
+            Self::CsatHigh => "csatHigh",
+            Self::ResolutionRate => "resolutionRate",
+            Self::RefusalRate => "refusalRate",
+            Self::InvalidCitationRate => "invalidCitationRate",
+            Self::RetrievalFailureRate => "retrievalFailureRate",
+            Self::ShadowDivergence => "shadowDivergence",
+        }
+    }
+}
+
+/// Message of the guardrail limit rule.
+pub const GUARDRAIL_INCREASE_MESSAGE: &str =
+    "guardrails[].maxRelativeIncrease must be a percentage above 0% and at most 100%";
+
+/// A guardrail: the candidate (or variant) fails when `metric` is worse than the baseline by more
+/// than `maxRelativeIncrease`, with at least `minSamples` interactions per arm, at the given
+/// confidence.
+#[derive(KubeSchemaDerive, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Guardrail {
+    /// The metric watched (e.g. `escalationRate`).
+    pub metric: Metric,
+    /// Largest tolerated relative worsening versus the baseline, in (0%, 100%]; e.g. `5%` means
+    /// an escalation rate of 15% may rise to at most 15.75%.
+    #[x_kube(validation = Rule::new(crate::units::percent_rule("self", 0.0, 100.0, false)).message(GUARDRAIL_INCREASE_MESSAGE))]
+    pub max_relative_increase: crate::units::Percent,
+    /// Trailing window the metric is measured over.
+    #[serde(default = "default_guardrail_window")]
+    pub window: crate::units::GoDuration,
+    /// No decision before each arm has this many interactions in the window.
+    #[serde(default = "default_min_samples")]
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub min_samples: i64,
+    /// Confidence of the one-sided test that declares a breach (e.g. `95%`).
+    #[serde(default = "default_confidence")]
+    #[x_kube(validation = Rule::new(crate::units::percent_rule("self", 50.0, 99.99, true)).message("guardrails[].confidence must be between 50% and 99.99%"))]
+    pub confidence: crate::units::Percent,
+}
+
+fn default_guardrail_window() -> crate::units::GoDuration {
+    crate::units::GoDuration::from_secs(24 * 3600)
+}
+fn default_min_samples() -> i64 {
+    200
+}
+fn default_confidence() -> crate::units::Percent {
+    crate::units::Percent::from_fraction(0.95)
+}
+
+impl Guardrail {
+    /// A guardrail on `metric` with the default window, sample floor and confidence.
+    pub fn new(metric: Metric, max_relative_increase: crate::units::Percent) -> Self {
+        Self {
+            metric,
+            max_relative_increase,
+            window: default_guardrail_window(),
+            min_samples: default_min_samples(),
+            confidence: default_confidence(),
+        }
+    }
+}

@@ -1,0 +1,790 @@
+//! `KnowledgeBase`: where knowledge comes from and how it is retrieved.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::{
+    api::resource::Quantity,
+    apis::meta::v1::{Condition, Time},
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    common::{Errors, LABEL_PATTERN, NAME_PATTERN, Validate, ValidationErrors},
+    units::{GoDuration, Percent},
+};
+
+/// Messages of the KnowledgeBase admission rules (shared by the CEL rules and [`Validate`]).
+pub mod messages {
+    /// `spec.sources[*]`: exactly one source kind.
+    pub const ONE_SOURCE_KIND: &str =
+        "sources[]: set exactly one of inline, configMap, volume or http";
+    /// `spec.sources[*].freshnessClass`: declared or built-in.
+    pub const UNKNOWN_FRESHNESS_CLASS: &str = "sources[].freshnessClass must name a class in freshnessClasses or a built-in class (policy, standard, evergreen, ephemeral)";
+    /// `spec.chunking.overlapTokens`.
+    pub const OVERLAP_BELOW_MAX: &str =
+        "chunking.overlapTokens must be smaller than chunking.maxTokens";
+    /// `spec.retrieval`.
+    pub const ONE_RETRIEVER: &str =
+        "retrieval: at least one of bm25.enabled or dense.enabled must be true";
+    /// `spec.retrieval.rerank.model`.
+    pub const RERANK_MODEL: &str =
+        "retrieval.rerank.model is required when retrieval.rerank.enabled is true";
+    /// `spec.retrieval.fusion.denseWeight`.
+    pub const DENSE_WEIGHT: &str =
+        "retrieval.fusion.denseWeight is only used (and then required) with method Weighted";
+    /// `spec.sources[*].volume.path`.
+    pub const ABSOLUTE_PATH: &str = "sources[].volume.path must be an absolute path";
+    /// `spec.sources[*].http.url`.
+    pub const HTTP_URL: &str = "sources[].http.url must be an http:// or https:// URL";
+    /// `spec.refreshInterval`.
+    pub const REFRESH_MIN: &str = "refreshInterval must be at least 1m";
+}
+
+/// Freshness classes every KnowledgeBase has, with their half-lives (None: no decay) and
+/// review-after ages. Declaring a class of the same name in `spec.freshnessClasses` overrides it.
+///
+/// From the design notes: policy documents decay with a 90-day half-life and are flagged for review
+/// after 12 months untouched; `standard` help content decays over a year and is reviewed after 18
+/// months; evergreen content (install guides, API docs) does not decay; chat exports age fast.
+pub const BUILTIN_FRESHNESS_CLASSES: [(&str, Option<&str>, Option<&str>); 4] = [
+    ("policy", Some("2160h"), Some("8760h")),
+    ("standard", Some("8760h"), Some("13140h")),
+    ("evergreen", None, None),
+    ("ephemeral", Some("720h"), Some("2160h")),
+];
+
+/// A KnowledgeBase: document sources, how they are chunked and embedded, and how passages are
+/// retrieved. The operator builds immutable index generations from it with a Job; Routers that
+/// reference it switch to a new generation atomically once it is built.
+// `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "KnowledgeBase",
+    plural = "knowledgebases",
+    singular = "knowledgebase",
+    shortname = "kb",
+    category = "switchboard",
+    namespaced,
+    status = "KnowledgeBaseStatus",
+    derive = "PartialEq",
+    doc = "A KnowledgeBase: document sources, chunking, embeddings and hybrid retrieval settings. The operator builds immutable index generations from it.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Generation",
+        type_ = "integer",
+        json_path = ".status.indexGeneration",
+        description = "Index generation being served"
+    ),
+    printcolumn(name = "Documents", type_ = "integer", json_path = ".status.documents"),
+    printcolumn(name = "Chunks", type_ = "integer", json_path = ".status.chunks"),
+    printcolumn(
+        name = "Stale",
+        type_ = "integer",
+        json_path = ".status.staleDocuments",
+        description = "Documents past their review age that are still retrieved"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.sources.all(s, !has(s.freshnessClass) || s.freshnessClass in ['policy', 'standard', 'evergreen', 'ephemeral'] || (has(self.freshnessClasses) && self.freshnessClasses.exists(c, c.name == s.freshnessClass)))").message(messages::UNKNOWN_FRESHNESS_CLASS).field_path(".sources"))]
+pub struct KnowledgeBaseSpec {
+    /// Where documents come from. Each source has a unique name and exactly one kind
+    /// (inline, configMap, volume, http).
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub sources: Vec<Source>,
+
+    /// Freshness classes in addition to (or overriding) the built-in `policy` (90-day half-life,
+    /// stale after 12 months), `standard` (365-day half-life, stale after 18 months), `evergreen`
+    /// (no decay) and `ephemeral` (30-day half-life, stale after 90 days).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub freshness_classes: Vec<FreshnessClass>,
+
+    /// How documents are split into retrievable chunks.
+    #[serde(default)]
+    pub chunking: Chunking,
+
+    /// The embedding model for dense retrieval.
+    #[serde(default)]
+    pub embedding: Embedding,
+
+    /// How passages are retrieved: BM25, dense, fusion, rerank, recency decay.
+    #[serde(default)]
+    pub retrieval: Retrieval,
+
+    /// Stale-document detection: documents older than their class's `staleAfter` that still
+    /// answer at least this share of queries are counted in `status.staleDocuments`.
+    #[serde(default)]
+    pub staleness: Staleness,
+
+    /// Re-ingest all sources on this interval (e.g. `24h`). Unset: rebuild only when the spec
+    /// or a referenced ConfigMap changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(crate::units::duration_at_least_rule("self", "1m")).message(messages::REFRESH_MIN))]
+    pub refresh_interval: Option<GoDuration>,
+
+    /// How many built index generations to keep, so serving can switch back.
+    #[serde(default = "default_keep_generations")]
+    #[schemars(range(min = 1, max = 20))]
+    pub keep_generations: i32,
+
+    /// Storage for index generations.
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+fn default_keep_generations() -> i32 {
+    3
+}
+
+/// One document source.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.http) ? 1 : 0) == 1").message(messages::ONE_SOURCE_KIND))]
+pub struct Source {
+    /// Unique name of the source within the KnowledgeBase (a DNS label); appears in citations
+    /// and in `status.sourceErrors`.
+    #[schemars(length(min = 1, max = 63), pattern(LABEL_PATTERN))]
+    pub name: String,
+
+    /// Document format of this source.
+    pub format: SourceFormat,
+
+    /// Freshness class of the documents (sets recency decay and review age). Default `evergreen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(LABEL_PATTERN))]
+    pub freshness_class: Option<String>,
+
+    /// Documents written in the manifest: file name -> content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub inline: Option<BTreeMap<String, String>>,
+
+    /// Documents in a ConfigMap of the same namespace (one document per key, or one key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapSource>,
+
+    /// Documents under a path of a volume mounted into the index builder (e.g. a PVC or a
+    /// read-only image volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeSource>,
+
+    /// A document (or archive of documents) fetched over HTTP(S).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSource>,
+
+    /// Slack exports only: a thread is indexed only when one of its messages carries one of
+    /// these reactions or tags. Default `resolved`, `answer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
+    pub resolved_tags: Option<Vec<String>>,
+}
+
+impl Source {
+    /// The one kind of this source, if exactly one is set.
+    pub fn kind(&self) -> Option<SourceKind<'_>> {
+        match (&self.inline, &self.config_map, &self.volume, &self.http) {
+            (Some(files), None, None, None) => Some(SourceKind::Inline(files)),
+            (None, Some(cm), None, None) => Some(SourceKind::ConfigMap(cm)),
+            (None, None, Some(v), None) => Some(SourceKind::Volume(v)),
+            (None, None, None, Some(h)) => Some(SourceKind::Http(h)),
+            _ => None,
+        }
+    }
+
+    /// The freshness class name, with the default applied.
+    pub fn freshness_class(&self) -> &str {
+        self.freshness_class.as_deref().unwrap_or("evergreen")
+    }
+
+    /// Slack resolved tags, with the default applied.
+    pub fn resolved_tags(&self) -> Vec<String> {
+        self.resolved_tags
+            .clone()
+            .unwrap_or_else(|| vec!["resolved".to_owned(), "answer".to_owned()])
+    }
+}
+
+/// Where a source's documents are, once validated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SourceKind<'a> {
+    /// Inline files.
+    Inline(&'a BTreeMap<String, String>),
+    /// A ConfigMap.
+    ConfigMap(&'a ConfigMapSource),
+    /// A mounted volume path.
+    Volume(&'a VolumeSource),
+    /// An HTTP(S) URL.
+    Http(&'a HttpSource),
+}
+
+/// Document formats the ingester understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SourceFormat {
+    /// Markdown; headings become breadcrumbs.
+    Markdown,
+    /// HTML; the heading hierarchy becomes breadcrumbs.
+    Html,
+    /// Confluence-style HTML export; the page hierarchy is prepended as a breadcrumb.
+    ConfluenceHtml,
+    /// Zendesk-style ticket JSON; the resolution note is indexed with the problem as context.
+    ZendeskTickets,
+    /// Slack export; only threads tagged with a resolved tag are indexed.
+    SlackExport,
+    /// PDF (text layer); tables are kept as rows.
+    Pdf,
+    /// Plain text.
+    PlainText,
+}
+
+/// Documents in a ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigMapSource {
+    /// Name of the ConfigMap in the same namespace.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub name: String,
+    /// Only this key; unset: every key is a document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
+}
+
+/// Documents on a volume path.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSource {
+    /// Absolute path of a file or directory (directories are read recursively).
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message(messages::ABSOLUTE_PATH))]
+    pub path: String,
+}
+
+/// A document fetched over HTTP(S).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSource {
+    /// The URL.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+')").message(messages::HTTP_URL))]
+    pub url: String,
+    /// Expected digest (`sha256:<64 hex>`); a mismatch fails the source instead of indexing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<crate::Digest>,
+}
+
+/// A freshness class: how fast documents of this class lose retrieval weight and when they are due
+/// for review.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FreshnessClass {
+    /// Class name, referenced by `sources[].freshnessClass`.
+    #[schemars(length(min = 1, max = 63), pattern(LABEL_PATTERN))]
+    pub name: String,
+    /// Recency-decay half-life (e.g. `2160h` for 90 days). Unset: no decay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_life: Option<GoDuration>,
+    /// Documents not modified for this long are stale (e.g. `8760h`). Unset: never stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<GoDuration>,
+}
+
+/// Chunking strategy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ChunkingStrategy {
+    /// Fixed-size windows with overlap.
+    Fixed,
+    /// Heading-aware: retrieve paragraphs, expand to their section for generation.
+    #[default]
+    Hierarchical,
+}
+
+/// How documents are split into chunks.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.overlapTokens < self.maxTokens").message(messages::OVERLAP_BELOW_MAX).field_path(".overlapTokens"))]
+pub struct Chunking {
+    /// `Fixed` or `Hierarchical` (default).
+    #[serde(default)]
+    pub strategy: ChunkingStrategy,
+    /// Largest chunk, in tokens of the embedding model.
+    #[serde(default = "default_max_tokens")]
+    #[schemars(range(min = 32, max = 4096))]
+    pub max_tokens: i32,
+    /// Tokens shared by consecutive chunks (fixed strategy, and long paragraphs).
+    #[serde(default = "default_overlap_tokens")]
+    #[schemars(range(min = 0, max = 2048))]
+    pub overlap_tokens: i32,
+}
+
+fn default_max_tokens() -> i32 {
+    512
+}
+fn default_overlap_tokens() -> i32 {
+    128
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self {
+            strategy: ChunkingStrategy::default(),
+            max_tokens: default_max_tokens(),
+            overlap_tokens: default_overlap_tokens(),
+        }
+    }
+}
+
+/// The embedding model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Embedding {
+    /// Path or URI of a Hugging Face BERT-family sentence encoder directory (`config.json`,
+    /// `tokenizer.json`, `model.safetensors`), as seen by the runtime.
+    #[serde(default = "default_embedding_model")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub model: String,
+}
+
+fn default_embedding_model() -> String {
+    "/models/all-MiniLM-L6-v2".to_owned()
+}
+
+impl Default for Embedding {
+    fn default() -> Self {
+        Self {
+            model: default_embedding_model(),
+        }
+    }
+}
+
+/// Retrieval settings.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.bm25.enabled || self.dense.enabled").message(messages::ONE_RETRIEVER))]
+pub struct Retrieval {
+    /// Passages returned to generation.
+    #[serde(default = "default_top_k")]
+    #[schemars(range(min = 1, max = 100))]
+    pub top_k: i32,
+    /// Passages scoring below this (after fusion and rerank, 0..1) are dropped; a query with
+    /// none left is a retrieval failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_score: Option<f64>,
+    /// Lexical retrieval.
+    #[serde(default)]
+    pub bm25: Bm25,
+    /// Dense (embedding) retrieval.
+    #[serde(default)]
+    pub dense: Dense,
+    /// How BM25 and dense rankings are combined.
+    #[serde(default)]
+    pub fusion: Fusion,
+    /// Cross-encoder rerank of the fused top N.
+    #[serde(default)]
+    pub rerank: Rerank,
+    /// Multiply scores by the recency decay of each document's freshness class.
+    #[serde(default)]
+    pub recency_decay: RecencyDecay,
+}
+
+fn default_top_k() -> i32 {
+    8
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Self {
+            top_k: default_top_k(),
+            min_score: None,
+            bm25: Bm25::default(),
+            dense: Dense::default(),
+            fusion: Fusion::default(),
+            rerank: Rerank::default(),
+            recency_decay: RecencyDecay::default(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// BM25 settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Bm25 {
+    /// Use BM25.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Boost per document field.
+    #[serde(default)]
+    pub field_weights: FieldWeights,
+}
+
+impl Default for Bm25 {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            field_weights: FieldWeights::default(),
+        }
+    }
+}
+
+/// BM25 boost per field: a match in a title counts more than one in passing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FieldWeights {
+    /// Document title.
+    #[serde(default = "default_title_weight")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub title: f64,
+    /// Headings and breadcrumbs.
+    #[serde(default = "default_headings_weight")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub headings: f64,
+    /// Body text.
+    #[serde(default = "default_body_weight")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub body: f64,
+    /// Tags and metadata.
+    #[serde(default = "default_tags_weight")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub tags: f64,
+}
+
+fn default_title_weight() -> f64 {
+    3.0
+}
+fn default_headings_weight() -> f64 {
+    2.0
+}
+fn default_body_weight() -> f64 {
+    1.0
+}
+fn default_tags_weight() -> f64 {
+    0.5
+}
+
+impl Default for FieldWeights {
+    fn default() -> Self {
+        Self {
+            title: default_title_weight(),
+            headings: default_headings_weight(),
+            body: default_body_weight(),
+            tags: default_tags_weight(),
+        }
+    }
+}
+
+/// Dense retrieval settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Dense {
+    /// Use dense retrieval.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for Dense {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Fusion method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FusionMethod {
+    /// Reciprocal rank fusion: `sum 1 / (rrfK + rank)`.
+    #[default]
+    ReciprocalRank,
+    /// Weighted sum of normalised scores: `denseWeight * dense + (1 - denseWeight) * bm25`.
+    Weighted,
+}
+
+/// How rankings are fused.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.method == 'Weighted') == has(self.denseWeight)").message(messages::DENSE_WEIGHT).field_path(".denseWeight"))]
+pub struct Fusion {
+    /// `ReciprocalRank` (default) or `Weighted`.
+    #[serde(default)]
+    pub method: FusionMethod,
+    /// The `k` of reciprocal rank fusion.
+    #[serde(default = "default_rrf_k")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub rrf_k: i32,
+    /// Weight of the dense score in `Weighted` fusion (0..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub dense_weight: Option<f64>,
+}
+
+fn default_rrf_k() -> i32 {
+    60
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Self {
+            method: FusionMethod::default(),
+            rrf_k: default_rrf_k(),
+            dense_weight: None,
+        }
+    }
+}
+
+/// Cross-encoder rerank.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || has(self.model)").message(messages::RERANK_MODEL).field_path(".model"))]
+pub struct Rerank {
+    /// Rerank the fused top N with a cross-encoder.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Path or URI of a `BertForSequenceClassification` checkpoint directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub model: Option<String>,
+    /// How many fused candidates to rerank.
+    #[serde(default = "default_rerank_top_n")]
+    #[schemars(range(min = 1, max = 200))]
+    pub top_n: i32,
+    /// Latency budget: past it the fused order is served and the timeout is counted.
+    #[serde(default = "default_rerank_deadline")]
+    pub deadline: GoDuration,
+}
+
+fn default_rerank_top_n() -> i32 {
+    20
+}
+fn default_rerank_deadline() -> GoDuration {
+    GoDuration::from_millis(300)
+}
+
+impl Default for Rerank {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            model: None,
+            top_n: default_rerank_top_n(),
+            deadline: default_rerank_deadline(),
+        }
+    }
+}
+
+/// Recency decay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RecencyDecay {
+    /// Apply the freshness-class half-lives to retrieval scores.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for RecencyDecay {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Stale-document detection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Staleness {
+    /// A stale document counts when it answers at least this share of queries.
+    #[serde(default = "default_min_query_share")]
+    pub min_query_share: Percent,
+    /// Query window over which the share is measured.
+    #[serde(default = "default_staleness_window")]
+    pub window: GoDuration,
+}
+
+fn default_min_query_share() -> Percent {
+    Percent::from_fraction(0.005)
+}
+fn default_staleness_window() -> GoDuration {
+    GoDuration::from_secs(90 * 24 * 3600)
+}
+
+impl Default for Staleness {
+    fn default() -> Self {
+        Self {
+            min_query_share: default_min_query_share(),
+            window: default_staleness_window(),
+        }
+    }
+}
+
+/// Storage for index generations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size of the PersistentVolumeClaim holding index generations.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+    /// StorageClass of the claim; unset: the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> Quantity {
+    Quantity("1Gi".to_owned())
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Observed state of a KnowledgeBase.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeBaseStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`, `IndexReady`, `SourcesHealthy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The index generation being served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_generation: Option<i64>,
+    /// The generation served before the current one (what a switch back would serve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_generation: Option<i64>,
+    /// Documents in the served generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<i64>,
+    /// Chunks in the served generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<i64>,
+    /// Documents past their class's `staleAfter` that still answer at least
+    /// `spec.staleness.minQueryShare` of queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_documents: Option<i64>,
+    /// Sources (or files) that could not be fetched or parsed in the last build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_errors: Vec<SourceError>,
+    /// When the served generation finished building.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_build_time: Option<Time>,
+    /// When the next scheduled refresh starts (with `spec.refreshInterval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_time: Option<Time>,
+}
+
+/// A source (or one file of it) that failed in the last build.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SourceError {
+    /// `spec.sources[].name`.
+    pub source: String,
+    /// The file within the source, when one file failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// CamelCase reason (e.g. `FetchFailed`, `ParseFailed`, `DigestMismatch`).
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl KnowledgeBaseSpec {
+    /// The freshness class named `name` (declared ones override built-ins), as
+    /// `(half_life, stale_after)`.
+    pub fn freshness_class(&self, name: &str) -> Option<FreshnessClass> {
+        if let Some(class) = self.freshness_classes.iter().find(|c| c.name == name) {
+            return Some(class.clone());
+        }
+        BUILTIN_FRESHNESS_CLASSES
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(n, half, stale)| FreshnessClass {
+                name: (*n).to_owned(),
+                half_life: half.and_then(|h| h.parse().ok()),
+                stale_after: stale.and_then(|s| s.parse().ok()),
+            })
+    }
+}
+
+impl Validate for KnowledgeBaseSpec {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = Errors::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let field = format!("spec.sources[{i}]");
+            errors.check(
+                seen.insert(&source.name),
+                format!("{field}.name"),
+                "sources[].name must be unique",
+            );
+            errors.check(source.kind().is_some(), &field, messages::ONE_SOURCE_KIND);
+            if let Some(v) = &source.volume {
+                errors.check(
+                    v.path.starts_with('/'),
+                    format!("{field}.volume.path"),
+                    messages::ABSOLUTE_PATH,
+                );
+            }
+            if let Some(h) = &source.http {
+                let ok = ["http://", "https://"].iter().any(|scheme| {
+                    h.url.strip_prefix(scheme).is_some_and(|rest| {
+                        rest.chars()
+                            .next()
+                            .is_some_and(|c| !c.is_whitespace() && c != '/')
+                    })
+                });
+                errors.check(ok, format!("{field}.http.url"), messages::HTTP_URL);
+            }
+        }
+        errors.check(
+            self.sources
+                .iter()
+                .all(|s| self.freshness_class(s.freshness_class()).is_some()),
+            "spec.sources",
+            messages::UNKNOWN_FRESHNESS_CLASS,
+        );
+        errors.check(
+            self.chunking.overlap_tokens < self.chunking.max_tokens,
+            "spec.chunking.overlapTokens",
+            messages::OVERLAP_BELOW_MAX,
+        );
+        let r = &self.retrieval;
+        errors.check(
+            r.bm25.enabled || r.dense.enabled,
+            "spec.retrieval",
+            messages::ONE_RETRIEVER,
+        );
+        errors.check(
+            !r.rerank.enabled || r.rerank.model.is_some(),
+            "spec.retrieval.rerank.model",
+            messages::RERANK_MODEL,
+        );
+        errors.check(
+            (r.fusion.method == FusionMethod::Weighted) == r.fusion.dense_weight.is_some(),
+            "spec.retrieval.fusion.denseWeight",
+            messages::DENSE_WEIGHT,
+        );
+        if let Some(interval) = &self.refresh_interval {
+            errors.check(
+                interval.duration() >= std::time::Duration::from_secs(60),
+                "spec.refreshInterval",
+                messages::REFRESH_MIN,
+            );
+        }
+        errors.finish()
+    }
+}

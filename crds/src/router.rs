@@ -1,0 +1,457 @@
+//! `Router`: the serving entry point (small model + adapters, large model, routing policy).
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements,
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector},
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    common::{Errors, ObjectRef, SecretKeyRef, Validate, ValidationErrors},
+    units::{GoDuration, Percent, percent_rule},
+};
+
+/// Messages of the Router admission rules (shared by the CEL rules and [`Validate`]).
+pub mod messages {
+    /// `spec.largeModel`.
+    pub const ONE_LARGE_MODEL: &str = "largeModel: set exactly one of local or endpoint";
+    /// `spec.largeModel.endpoint.url`.
+    pub const ENDPOINT_URL: &str = "largeModel.endpoint.url must be an http:// or https:// URL";
+    /// `spec.exploration.share`.
+    pub const EXPLORATION_SHARE: &str = "exploration.share must be between 0% and 50%";
+    /// `spec.queryRewrite.maxVocabularyOverlap`.
+    pub const VOCABULARY_OVERLAP: &str =
+        "queryRewrite.maxVocabularyOverlap must be between 0% and 100%";
+}
+
+/// A Router: the serving entry point. A small local model with LoRA adapters (selected from
+/// AdapterPatches by label), a large model (local or an OpenAI-compatible endpoint), and the policy
+/// that picks between them per query. References one KnowledgeBase.
+// `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "Router",
+    plural = "routers",
+    singular = "router",
+    shortname = "rt",
+    category = "switchboard",
+    namespaced,
+    status = "RouterStatus",
+    derive = "PartialEq",
+    doc = "A Router: the serving entry point; small model with adapters, large model, and the per-query routing policy, over one KnowledgeBase.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "KnowledgeBase",
+        type_ = "string",
+        json_path = ".spec.knowledgeBaseRef.name"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready runtime pods"
+    ),
+    printcolumn(
+        name = "Small",
+        type_ = "string",
+        json_path = ".status.routedShare.small",
+        description = "Share of queries served by the small model"
+    ),
+    printcolumn(
+        name = "Large",
+        type_ = "string",
+        json_path = ".status.routedShare.large",
+        description = "Share of queries served by the large model"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterSpec {
+    /// The KnowledgeBase to retrieve from.
+    pub knowledge_base_ref: ObjectRef,
+    /// The small model and its adapters.
+    pub small_model: SmallModel,
+    /// The large model, for hard queries.
+    pub large_model: LargeModel,
+    /// Difficulty estimation: which queries go to the large model.
+    #[serde(default)]
+    pub difficulty: Difficulty,
+    /// Per-query adapter selection.
+    #[serde(default)]
+    pub adapter_selection: AdapterSelection,
+    /// When to rewrite a query before retrieval.
+    #[serde(default)]
+    pub query_rewrite: QueryRewrite,
+    /// Hard queries served by the small model anyway, so its training data is not only easy cases.
+    #[serde(default)]
+    pub exploration: Exploration,
+    /// Limits for shadow requests (candidate adapters in their Shadow stage).
+    #[serde(default)]
+    pub shadow: ShadowLimits,
+    /// Generation settings.
+    #[serde(default)]
+    pub generation: Generation,
+    /// Runtime pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Runtime image; default: the image matching the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    /// Resources of the runtime container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The small model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmallModel {
+    /// Path or URI of the base model as seen by the runtime: a Hugging Face safetensors directory
+    /// or a GGUF file of a Llama-family model. AdapterPatches must name the same `baseModel`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub model: String,
+    /// AdapterPatches (same namespace, same base model) this Router may load. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_selector: Option<LabelSelector>,
+    /// Most adapters kept loaded at once.
+    #[serde(default = "default_max_active_adapters")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_active_adapters: i32,
+}
+
+fn default_max_active_adapters() -> i32 {
+    8
+}
+
+/// The large model: exactly one of `local` or `endpoint`.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.local) != has(self.endpoint)").message(messages::ONE_LARGE_MODEL))]
+pub struct LargeModel {
+    /// A second local model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalModel>,
+    /// An external OpenAI-compatible chat-completions endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// Requests waiting for the large model above which hard queries are served by the small
+    /// model instead (queue-depth-aware routing).
+    #[serde(default = "default_max_queue_depth")]
+    #[schemars(range(min = 0, max = 100_000))]
+    pub max_queue_depth: i32,
+}
+
+fn default_max_queue_depth() -> i32 {
+    32
+}
+
+/// A local model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LocalModel {
+    /// Path or URI of the model as seen by the runtime.
+    #[schemars(length(min = 1, max = 2048))]
+    pub model: String,
+}
+
+/// An external OpenAI-compatible endpoint.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Base URL (e.g. `https://llm.internal/v1`).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+')").message(messages::ENDPOINT_URL))]
+    pub url: String,
+    /// Model name sent in requests.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// Secret key holding the API key (sent as a bearer token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Per-request timeout.
+    #[serde(default = "default_endpoint_timeout")]
+    pub timeout: GoDuration,
+}
+
+fn default_endpoint_timeout() -> GoDuration {
+    GoDuration::from_secs(30)
+}
+
+/// Difficulty estimation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Difficulty {
+    /// Calibrated probability (0..1) that the small model's answer is unacceptable, above which
+    /// the query goes to the large model (unless its queue is full).
+    #[serde(default = "default_difficulty_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: f64,
+}
+
+fn default_difficulty_threshold() -> f64 {
+    0.5
+}
+
+impl Default for Difficulty {
+    fn default() -> Self {
+        Self {
+            threshold: default_difficulty_threshold(),
+        }
+    }
+}
+
+/// Adapter selection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterSelection {
+    /// Adapters applied per query: 1 or 2, the most similar domains first.
+    #[serde(default = "default_adapter_top_k")]
+    #[schemars(range(min = 1, max = 2))]
+    pub top_k: i32,
+    /// Cosine similarity (0..1) of query and domain centroid below which no adapter is applied.
+    #[serde(default = "default_min_similarity")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_similarity: f64,
+}
+
+fn default_adapter_top_k() -> i32 {
+    1
+}
+fn default_min_similarity() -> f64 {
+    0.3
+}
+
+impl Default for AdapterSelection {
+    fn default() -> Self {
+        Self {
+            top_k: default_adapter_top_k(),
+            min_similarity: default_min_similarity(),
+        }
+    }
+}
+
+/// Query-rewrite policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RewritePolicy {
+    /// Never rewrite.
+    Never,
+    /// Rewrite only long or vague queries with low vocabulary overlap with the KnowledgeBase.
+    #[default]
+    Auto,
+    /// Always rewrite.
+    Always,
+}
+
+/// When to rewrite queries.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryRewrite {
+    /// `Never`, `Auto` (default) or `Always`.
+    #[serde(default)]
+    pub policy: RewritePolicy,
+    /// `Auto`: queries shorter than this many words are kept (short precise queries retrieve
+    /// well as written).
+    #[serde(default = "default_min_words")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_words: i32,
+    /// `Auto`: queries whose words overlap the KnowledgeBase vocabulary more than this are kept.
+    #[serde(default = "default_max_vocabulary_overlap")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::VOCABULARY_OVERLAP))]
+    pub max_vocabulary_overlap: Percent,
+}
+
+fn default_min_words() -> i32 {
+    12
+}
+fn default_max_vocabulary_overlap() -> Percent {
+    Percent::from_fraction(0.5)
+}
+
+impl Default for QueryRewrite {
+    fn default() -> Self {
+        Self {
+            policy: RewritePolicy::default(),
+            min_words: default_min_words(),
+            max_vocabulary_overlap: default_max_vocabulary_overlap(),
+        }
+    }
+}
+
+/// Exploration.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exploration {
+    /// Share of queries routed large that are served by the small model instead (0%..50%).
+    #[serde(default = "default_exploration_share")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 50.0, true)).message(messages::EXPLORATION_SHARE))]
+    pub share: Percent,
+}
+
+fn default_exploration_share() -> Percent {
+    Percent::from_fraction(0.05)
+}
+
+impl Default for Exploration {
+    fn default() -> Self {
+        Self {
+            share: default_exploration_share(),
+        }
+    }
+}
+
+/// Shadow request limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowLimits {
+    /// Shadow requests in flight per pod; beyond it mirrored requests are dropped (and counted),
+    /// never queued ahead of real traffic.
+    #[serde(default = "default_shadow_concurrency")]
+    #[schemars(range(min = 0, max = 64))]
+    pub max_concurrent: i32,
+}
+
+fn default_shadow_concurrency() -> i32 {
+    2
+}
+
+impl Default for ShadowLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: default_shadow_concurrency(),
+        }
+    }
+}
+
+/// Generation settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Generation {
+    /// Most tokens generated per answer.
+    #[serde(default = "default_max_new_tokens")]
+    #[schemars(range(min = 1, max = 8192))]
+    pub max_new_tokens: i32,
+}
+
+fn default_max_new_tokens() -> i32 {
+    256
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: default_max_new_tokens(),
+        }
+    }
+}
+
+impl Validate for RouterSpec {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = Errors::default();
+        errors.check(
+            self.large_model.local.is_some() != self.large_model.endpoint.is_some(),
+            "spec.largeModel",
+            messages::ONE_LARGE_MODEL,
+        );
+        if let Some(endpoint) = &self.large_model.endpoint {
+            let ok = ["http://", "https://"].iter().any(|scheme| {
+                endpoint.url.strip_prefix(scheme).is_some_and(|rest| {
+                    rest.chars()
+                        .next()
+                        .is_some_and(|c| !c.is_whitespace() && c != '/')
+                })
+            });
+            errors.check(ok, "spec.largeModel.endpoint.url", messages::ENDPOINT_URL);
+        }
+        errors.check(
+            self.exploration.share.percent() <= 50.0,
+            "spec.exploration.share",
+            messages::EXPLORATION_SHARE,
+        );
+        errors.finish()
+    }
+}
+
+/// Observed state of a Router.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`, `RuntimeConfigApplied`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Runtime pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready runtime pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Label selector of the runtime pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Share of queries served by each model over the last hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_share: Option<RoutedShare>,
+    /// Hash of the RuntimeConfig the pods should run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_config_hash: Option<String>,
+    /// KnowledgeBase index generation compiled into the RuntimeConfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_base_generation: Option<i64>,
+    /// Adapters compiled into the RuntimeConfig.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_adapters: Vec<ActiveAdapter>,
+    /// Running Experiments compiled into the RuntimeConfig.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<String>,
+}
+
+/// Routed shares.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoutedShare {
+    /// Share served by the small model.
+    pub small: Percent,
+    /// Share served by the large model.
+    pub large: Percent,
+}
+
+/// An adapter in the compiled RuntimeConfig.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveAdapter {
+    /// AdapterPatch name.
+    pub name: String,
+    /// Lineage.
+    pub lineage: String,
+    /// Stable version.
+    pub stable_version: String,
+    /// Candidate version, while a rollout runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_version: Option<String>,
+    /// Percent of the lineage's traffic on the candidate.
+    #[serde(default)]
+    pub candidate_weight: i32,
+}
