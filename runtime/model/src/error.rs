@@ -57,6 +57,25 @@ pub enum ModelError {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A GGUF file is malformed or holds something this reader does not support.
+    #[error("GGUF {path}: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor or metadata key.
+        reason: String,
+    },
+    /// A LoRA adapter does not fit the base model or is malformed.
+    #[error("LoRA adapter `{adapter}`: {reason}")]
+    Adapter {
+        /// Adapter id (or directory).
+        adapter: String,
+        /// Why it was rejected, naming the module and shapes where they apply.
+        reason: String,
+    },
+    /// A generation request is invalid (empty prompt, prompt longer than the context, ...).
+    #[error("invalid generation request: {0}")]
+    InvalidRequest(String),
     /// The model's worker thread is gone (it panicked or was shut down).
     #[error("model worker `{0}` is not running")]
     WorkerGone(String),

@@ -14,6 +14,9 @@ pub mod bert;
 pub mod cross_encoder;
 pub mod encoder;
 pub mod error;
+pub mod gguf;
+pub mod llama;
+pub mod lora;
 pub mod weights;
 pub mod worker;
 
