@@ -432,6 +432,26 @@ struct Previous {
     dim: usize,
 }
 
+/// Hard-links (or, across filesystems, copies) every file under `from` into `to`, except `skip`
+/// at the top level.
+fn link_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
+    for entry in std::fs::read_dir(from).map_err(Error::io("list", from))? {
+        let entry = entry.map_err(Error::io("list", from))?;
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        if entry.file_type().map_err(Error::io("stat", &src))?.is_dir() {
+            std::fs::create_dir_all(&dst).map_err(Error::io("create", &dst))?;
+            link_tree(&src, &dst, &[])?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(Error::io("copy", &dst))?;
+        }
+    }
+    Ok(())
+}
+
 fn text_hash(chunk: &Chunk) -> String {
     hex(&Sha256::digest(chunk.embedding_text().as_bytes())[..16])
 }
@@ -649,14 +669,26 @@ pub fn build(
     ));
     let result = (|| -> Result<BuildReport> {
         std::fs::create_dir_all(tmp.join(store::TANTIVY_DIR)).map_err(Error::io("create", &tmp))?;
-        bm25::write_index(&tmp.join(store::TANTIVY_DIR), &chunks)?;
-        store::write_vectors(&tmp.join(store::VECTORS), dim, &rows)?;
-        let ids: String = chunks.iter().map(|c| format!("{}\n", c.chunk_id)).collect();
-        store::write_synced(&tmp.join(store::VECTOR_IDS), |w| {
-            std::io::Write::write_all(w, ids.as_bytes())
-        })?;
-        store::write_jsonl(&tmp.join(store::CHUNKS), &chunks)?;
-        store::write_jsonl(&tmp.join(store::SECTIONS), &sections)?;
+        // Nothing changed: the previous generation's files are immutable, so link them instead of
+        // rewriting the same bytes (re-indexing an unchanged KB then costs reading and hashing).
+        let unchanged = previous.as_ref().filter(|p| {
+            p.dim == dim
+                && vectors_reused == chunks.len()
+                && p.chunks == chunks
+                && p.sections == sections
+        });
+        if let Some(prev) = unchanged {
+            link_tree(&store.path(&prev.id), &tmp, &[store::MANIFEST])?;
+        } else {
+            bm25::write_index(&tmp.join(store::TANTIVY_DIR), &chunks)?;
+            store::write_vectors(&tmp.join(store::VECTORS), dim, &rows)?;
+            let ids: String = chunks.iter().map(|c| format!("{}\n", c.chunk_id)).collect();
+            store::write_synced(&tmp.join(store::VECTOR_IDS), |w| {
+                std::io::Write::write_all(w, ids.as_bytes())
+            })?;
+            store::write_jsonl(&tmp.join(store::CHUNKS), &chunks)?;
+            store::write_jsonl(&tmp.join(store::SECTIONS), &sections)?;
+        }
         let documents = reports.iter().map(|r| r.documents).sum();
         let mut manifest = Manifest {
             layout_version: LAYOUT_VERSION,
