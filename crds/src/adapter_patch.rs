@@ -63,6 +63,8 @@ pub mod messages {
     category = "switchboard",
     namespaced,
     status = "AdapterPatchStatus",
+    selectable = ".spec.lineage",
+    selectable = ".spec.baseModel",
     derive = "PartialEq",
     doc = "An AdapterPatch: a versioned LoRA adapter lineage on a base model, rolled out through shadow and canary steps gated by guardrails, with automatic rollback.",
     printcolumn(name = "Lineage", type_ = "string", json_path = ".spec.lineage"),

@@ -390,3 +390,117 @@ impl Guardrail {
         }
     }
 }
+
+/// Sets `condition` in `conditions` the way `meta.SetStatusCondition` does in Go: replaces the
+/// entry of the same type, keeping its `lastTransitionTime` when the status did not change (so
+/// the time says when the state last flipped, not when the operator last looked). Returns whether
+/// anything changed.
+pub fn set_condition(
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    mut condition: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) => {
+            if existing.status == condition.status {
+                condition.last_transition_time = existing.last_transition_time.clone();
+            }
+            let changed = *existing != condition;
+            *existing = condition;
+            changed
+        }
+        None => {
+            conditions.push(condition);
+            true
+        }
+    }
+}
+
+/// The condition of type `type_`, if present.
+pub fn find_condition<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of type `type_` is present with status `True`.
+pub fn is_condition_true(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        apimachinery::pkg::apis::meta::v1::{Condition, Time},
+        jiff::Timestamp,
+    };
+
+    use super::*;
+
+    fn ready(status: &str, reason: &str, at: i64) -> Condition {
+        Condition {
+            type_: conditions::READY.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::from_second(at).unwrap()),
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut list = Vec::new();
+        assert!(set_condition(
+            &mut list,
+            ready("False", conditions::reasons::WAITING_FOR_CHILDREN, 100)
+        ));
+        // Same status, new reason: updated, but the transition time stays.
+        assert!(set_condition(
+            &mut list,
+            ready("False", conditions::reasons::INDEX_BUILDING, 200)
+        ));
+        assert_eq!(list[0].reason, conditions::reasons::INDEX_BUILDING);
+        assert_eq!(
+            list[0].last_transition_time,
+            ready("False", "", 100).last_transition_time
+        );
+        // Nothing new: no change reported.
+        assert!(!set_condition(
+            &mut list,
+            ready("False", conditions::reasons::INDEX_BUILDING, 300)
+        ));
+        // Status flips: the time moves.
+        assert!(set_condition(
+            &mut list,
+            ready("True", conditions::reasons::RECONCILED, 400)
+        ));
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            list[0].last_transition_time,
+            ready("True", "", 400).last_transition_time
+        );
+        assert!(is_condition_true(&list, conditions::READY));
+        assert!(!is_condition_true(&list, conditions::DEGRADED));
+    }
+
+    #[test]
+    fn digests_parse_strictly() {
+        let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let d: Digest = format!("sha256:{hex}").parse().unwrap();
+        assert_eq!(d.hex(), hex);
+        assert!(d.matches_hex(&hex.to_uppercase()));
+        assert!(
+            format!("sha256:{}", hex.to_uppercase())
+                .parse::<Digest>()
+                .is_err()
+        );
+        let err = serde_json::from_str::<Digest>("\"md5:abc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(DIGEST_MESSAGE), "{err}");
+    }
+}

@@ -67,6 +67,10 @@ fn render_crd(out: &mut String, crd: &CustomResourceDefinition) {
     if let Some(categories) = &names.categories {
         let _ = writeln!(out, "| categories | {} |", code_list(categories));
     }
+    if let Some(fields) = version.selectable_fields.as_ref().filter(|f| !f.is_empty()) {
+        let paths: Vec<String> = fields.iter().map(|f| f.json_path.clone()).collect();
+        let _ = writeln!(out, "| field selectors | {} |", code_list(&paths));
+    }
     if let Some(sub) = &version.subresources {
         let mut subs = Vec::new();
         if sub.status.is_some() {

@@ -60,6 +60,7 @@ pub mod messages {
     category = "switchboard",
     namespaced,
     status = "ExperimentStatus",
+    selectable = ".spec.routerRef.name",
     derive = "PartialEq",
     doc = "An Experiment: an A/B test on a Router's traffic with stable hash assignment, a permanent holdout, guardrails, CUPED and sample-size planning.",
     printcolumn(name = "Router", type_ = "string", json_path = ".spec.routerRef.name"),

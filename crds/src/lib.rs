@@ -19,7 +19,7 @@ pub mod units;
 pub use adapter_patch::{AdapterPatch, AdapterPatchSpec, AdapterPatchStatus};
 pub use common::{
     Digest, FieldError, Guardrail, Metric, ObjectRef, SecretKeyRef, Validate, ValidationErrors,
-    annotations, conditions,
+    annotations, conditions, find_condition, is_condition_true, set_condition,
 };
 pub use experiment::{Experiment, ExperimentSpec, ExperimentStatus};
 pub use knowledge_base::{KnowledgeBase, KnowledgeBaseSpec, KnowledgeBaseStatus};

@@ -42,6 +42,7 @@ pub mod messages {
     category = "switchboard",
     namespaced,
     status = "RouterStatus",
+    selectable = ".spec.knowledgeBaseRef.name",
     derive = "PartialEq",
     doc = "A Router: the serving entry point; small model with adapters, large model, and the per-query routing policy, over one KnowledgeBase.",
     scale(
