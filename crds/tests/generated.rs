@@ -182,3 +182,64 @@ fn cel_rules_fit_the_api_server_budget() {
         found.join("\n")
     );
 }
+
+#[test]
+fn schemas_are_structural() {
+    // The API server refuses a CRD whose schema is not structural: every node has a `type`
+    // (or is int-or-string / preserves unknown fields), no `$ref`, and `anyOf`/`oneOf`/`allOf`
+    // branches never introduce types or descriptions.
+    fn walk(schema: &serde_json::Value, path: &str, problems: &mut Vec<String>) {
+        let object = schema.as_object().unwrap();
+        if object.contains_key("$ref") {
+            problems.push(format!("{path}: $ref"));
+        }
+        let typed = object.contains_key("type")
+            || object.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true))
+            || object.get("x-kubernetes-preserve-unknown-fields")
+                == Some(&serde_json::Value::Bool(true));
+        if !typed {
+            problems.push(format!("{path}: no type"));
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            for branch in object
+                .get(key)
+                .and_then(|b| b.as_array())
+                .into_iter()
+                .flatten()
+            {
+                for forbidden in [
+                    "type",
+                    "description",
+                    "default",
+                    "nullable",
+                    "additionalProperties",
+                ] {
+                    if branch.get(forbidden).is_some() {
+                        problems.push(format!("{path}: {key} branch sets {forbidden}"));
+                    }
+                }
+            }
+        }
+        if let Some(props) = object.get("properties").and_then(|p| p.as_object()) {
+            for (name, prop) in props {
+                walk(prop, &format!("{path}.{name}"), problems);
+            }
+        }
+        if let Some(items) = object.get("items") {
+            walk(items, &format!("{path}[]"), problems);
+        }
+        if let Some(additional) = object.get("additionalProperties").filter(|a| a.is_object()) {
+            walk(additional, &format!("{path}{{}}"), problems);
+        }
+    }
+    let mut problems = Vec::new();
+    for crd in switchboard_crds::crds() {
+        let kind = crd.spec.names.kind.clone();
+        walk(&support::schema(&kind), &kind, &mut problems);
+    }
+    assert!(
+        problems.is_empty(),
+        "not structural:\n{}",
+        problems.join("\n")
+    );
+}
