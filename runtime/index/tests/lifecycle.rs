@@ -586,3 +586,38 @@ fn query_embedder_must_match_the_generation() {
     let err = Retriever::new(g, Some(Arc::new(HashingEmbedder::new(32)))).unwrap_err();
     assert!(matches!(err, Error::EmbedderMismatch { .. }), "{err}");
 }
+
+#[test]
+fn fixed_chunking_builds_and_searches_the_sample_kb() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Generations::open(dir.path()).unwrap();
+    let mut s = kb_spec();
+    s.chunking = switchboard_index::ChunkingSpec::Fixed {
+        max_tokens: 64,
+        overlap: 16,
+    };
+    let e = embedder();
+    let r = build(&s, &store, e.as_ref(), &BuildOptions::default()).unwrap();
+    assert_eq!(r.source_errors(), 0);
+    store.publish(&r.manifest.generation).unwrap();
+    let g = Arc::new(store.load_current().unwrap());
+    assert!(
+        g.chunks().iter().all(|c| c.tokens <= 64),
+        "fixed windows respect the budget"
+    );
+    assert!(
+        g.chunks()
+            .iter()
+            .all(|c| g.section(&c.section_id).is_some())
+    );
+    let hierarchical = build(&kb_spec(), &store, e.as_ref(), &BuildOptions::default()).unwrap();
+    assert!(
+        r.manifest.chunks > hierarchical.manifest.chunks,
+        "64-token windows make more chunks"
+    );
+    let res = Retriever::new(g, Some(as_dyn(&e)))
+        .unwrap()
+        .search("error LDG-429", &SearchOptions::default())
+        .unwrap();
+    assert_eq!(res.passages[0].doc_id, "guides/api-rate-limits.md");
+}
