@@ -3,6 +3,11 @@
 //! - [`bert`]: BERT-family transformer encoders loaded from Hugging Face checkpoints.
 //! - [`cross_encoder`]: `BertForSequenceClassification` rerankers scoring (query, passage) pairs.
 //! - [`encoder`]: sentence embeddings (sentence-transformers layout: pooling + normalisation).
+//! - [`gguf`]: GGUF reader and dequantisation (F32, F16, BF16, Q4_0, Q4_1, Q8_0).
+//! - [`llama`]: Llama-family causal LM (GGUF or safetensors) with a KV cache.
+//! - [`lora`]: PEFT LoRA adapters applied per request without merging.
+//! - [`tokenizer`], [`chat`], [`generate`]: tokenizer from GGUF metadata or `tokenizer.json`, chat
+//!   templates, greedy / top-p generation with stop tokens.
 //! - [`worker`]: runs a model on a dedicated thread so forward passes never block the async executor.
 //!
 //! Weights are loaded by [`weights::Checkpoint`], which checks every tensor's presence and shape
@@ -11,18 +16,23 @@
 
 mod batch;
 pub mod bert;
+pub mod chat;
 pub mod cross_encoder;
 pub mod encoder;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
+pub mod tokenizer;
 pub mod weights;
 pub mod worker;
 
 pub use cross_encoder::CrossEncoder;
 pub use encoder::{Pooling, SentenceEncoder};
 pub use error::{ModelError, Result};
+pub use generate::{GenerationConfig, Generator, Sampling};
+pub use llama::LlamaModel;
 pub use worker::EncoderWorker;
 
 /// Picks the device models run on: the first CUDA device when libtorch sees one, else the CPU.

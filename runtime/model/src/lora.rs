@@ -57,6 +57,15 @@ pub struct LoraConfig {
     /// Fully trained extra modules are not implemented.
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
+    /// A bias on lora_B is not implemented.
+    #[serde(default)]
+    pub lora_bias: bool,
+    /// LoRA on raw parameters (MoE experts) is not implemented.
+    #[serde(default)]
+    pub target_parameters: Option<Vec<String>>,
+    /// Layer replication changes the base model's structure: not implemented.
+    #[serde(default)]
+    pub layer_replication: Option<serde_json::Value>,
 }
 
 /// `target_modules`: a list of module names, or a single string (`all-linear`).
@@ -123,6 +132,23 @@ impl LoraConfig {
         }
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err("modules_to_save is not supported".to_owned());
+        }
+        if self.lora_bias {
+            return Err("lora_bias is not supported".to_owned());
+        }
+        if self
+            .target_parameters
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Err("target_parameters is not supported".to_owned());
+        }
+        if self
+            .layer_replication
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err("layer_replication is not supported".to_owned());
         }
         Ok(())
     }
