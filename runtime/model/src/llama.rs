@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -21,7 +21,7 @@ use crate::gguf::{GgufFile, unpermute_qk};
 use crate::lora::LoraAdapter;
 
 /// The fields of a Llama `config.json` this implementation uses.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LlamaConfig {
     /// Rows of the token embedding table.
     pub vocab_size: i64,
@@ -385,7 +385,7 @@ pub struct ModelSource {
 pub struct LlamaModel {
     cfg: LlamaConfig,
     source: ModelSource,
-    _vs: VarStore,
+    vs: VarStore,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -523,7 +523,7 @@ impl LlamaModel {
         Ok(Self {
             cfg,
             source,
-            _vs: vs,
+            vs,
             embed,
             layers,
             norm,
@@ -558,6 +558,26 @@ impl LlamaModel {
     /// The base weight of one projection (`[out, in]`), e.g. to merge an adapter in a test.
     pub fn projection_weight(&self, layer: usize, proj: Proj) -> Option<&Tensor> {
         self.layers.get(layer).map(|l| &l.proj[proj as usize])
+    }
+
+    /// Writes the model as a Hugging Face directory (`config.json`, `model.safetensors`; tied
+    /// embeddings are stored once), e.g. to keep a dequantised GGUF for faster loading.
+    pub fn save_hf_dir(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
+        let mut config = serde_json::to_value(&self.cfg).map_err(|source| ModelError::Config {
+            path: dir.join("config.json"),
+            source,
+        })?;
+        config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        config["model_type"] = "llama".into();
+        config["_name_or_path"] = self.source.names.last().cloned().unwrap_or_default().into();
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, config.to_string()).map_err(ModelError::io(&config_path))?;
+        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
+        Ok(())
     }
 
     /// An empty cache for one sequence batch.

@@ -137,6 +137,7 @@ impl LlmTokenizer {
         }
         for name in [
             "<|im_end|>",
+            "<|endoftext|>",
             "<|eot_id|>",
             "<|end_of_text|>",
             "<end_of_turn>",

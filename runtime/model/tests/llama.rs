@@ -283,6 +283,27 @@ fn smollm2_gguf_matches_transformers_and_kv_cache_is_exact() {
         assert!((&last_full - last.get(0)).abs().max().double_value(&[]) <= 1e-4);
     }
 
+    // The same weights as a Hugging Face directory (config.json + model.safetensors) load by name
+    // and give identical logits.
+    let dir = tempfile::tempdir().unwrap();
+    model.save_hf_dir(dir.path()).unwrap();
+    let hf = LlamaModel::load(dir.path(), Device::Cpu).unwrap();
+    assert!(hf.config().tie_word_embeddings);
+    assert!(
+        hf.source()
+            .names
+            .iter()
+            .any(|n| n == "SmolLM2-135M-Instruct")
+    );
+    let case = &reference.logits[0];
+    let ids = Tensor::from_slice(&case.ids).unsqueeze(0);
+    let a = model
+        .forward_last(&ids, &mut model.new_cache(), None)
+        .unwrap();
+    let b = hf.forward_last(&ids, &mut hf.new_cache(), None).unwrap();
+    assert!(a.equal(&b), "safetensors round trip changed the logits");
+    drop(hf);
+
     // Context overflow is an error, not a panic.
     let mut cache = model.new_cache();
     let too_long = Tensor::zeros(
