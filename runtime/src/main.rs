@@ -1,9 +1,19 @@
 //! `switchboard-runtime`: the Switchboard data plane.
 //!
-//! Subcommands grow with the runtime; today:
-//! - `embed`: sentence embeddings for lines of text (JSON lines out);
-//! - `search`: exact dense search of a passage file for queries, printing ranked passages.
+//! - `serve`: build the KnowledgeBase of a folder of manifests and serve retrieval over gRPC
+//!   (`switchboard.runtime.v1`, health, reflection) and HTTP/JSON, with `/metrics`;
+//! - `index`: build (and publish) an index generation from KnowledgeBase manifests;
+//! - `query`: a gRPC client printing ranked passages;
+//! - `embed`, `search`: the sentence encoder on its own.
 #![forbid(unsafe_code)]
+
+mod grpc;
+mod http;
+mod kb;
+mod metrics;
+mod models;
+mod serve;
+mod service;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -26,6 +36,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build the KnowledgeBase's index and serve retrieval over gRPC and HTTP.
+    Serve(serve::ServeArgs),
+    /// Build an index generation from KnowledgeBase manifests and publish it.
+    Index {
+        #[command(flatten)]
+        kb: serve::KbArgs,
+        /// Build without publishing (the served generation stays as it is).
+        #[arg(long)]
+        no_publish: bool,
+        /// Publish the previous generation again instead of building.
+        #[arg(long, conflicts_with = "no_publish")]
+        switch_back: bool,
+    },
+    /// Ask a running runtime (gRPC) for passages and print them.
+    Query {
+        /// gRPC address of the runtime.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Passages per query.
+        #[arg(long, short = 'k', default_value_t = 3)]
+        top_k: u32,
+        /// Queries.
+        #[arg(required = true)]
+        queries: Vec<String>,
+    },
     /// Embed texts (arguments, or stdin lines) and print one JSON array per line.
     Embed {
         /// sentence-transformers checkpoint directory.
@@ -74,6 +109,17 @@ fn main() -> Result<()> {
         tch::set_num_threads(cli.threads);
     }
     match cli.command {
+        Command::Serve(args) => runtime()?.block_on(serve::serve(args)),
+        Command::Index {
+            kb,
+            no_publish,
+            switch_back,
+        } => index(&kb, no_publish, switch_back),
+        Command::Query {
+            addr,
+            top_k,
+            queries,
+        } => runtime()?.block_on(query(addr, top_k, queries)),
         Command::Embed { model, texts } => embed(&model, texts),
         Command::Search {
             model,
@@ -83,6 +129,97 @@ fn main() -> Result<()> {
             queries,
         } => search(&model, &passages, &field, top_k, &queries),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn index(args: &serve::KbArgs, no_publish: bool, switch_back: bool) -> Result<()> {
+    if switch_back {
+        let kbs = kb::load_knowledge_bases(&args.manifests)?;
+        let kb = kb::select(kbs, args.knowledge_base.as_deref())?;
+        let store = switchboard_index::Generations::open(args.data.join(kb::name(&kb)))?;
+        let id = store.switch_back()?;
+        println!("published generation {id} again");
+        return Ok(());
+    }
+    let loaded = args.load()?;
+    let keep = loaded.kb.spec.keep_generations.max(2) as usize;
+    let report = serve::build_and_publish(&loaded, !no_publish, keep)?;
+    serve::print_report(&report);
+    if no_publish {
+        println!("not published (--no-publish)");
+    } else {
+        println!("published {}", report.manifest.generation);
+    }
+    Ok(())
+}
+
+async fn query(addr: String, top_k: u32, queries: Vec<String>) -> Result<()> {
+    use switchboard_proto::v1::{RetrieveRequest, retrieval_client::RetrievalClient};
+    let mut client = RetrievalClient::connect(addr.clone())
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    for query in queries {
+        let response = client
+            .retrieve(RetrieveRequest {
+                query: query.clone(),
+                top_k,
+                stages: None,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        println!(
+            "\nquery: {query}\n  (generation {}, {:.1} ms, rerank {})",
+            response.generation,
+            response.timings.as_ref().map_or(0.0, |t| t.total_ms),
+            response.rerank
+        );
+        if !response.failure.is_empty() {
+            println!(
+                "  no passage cleared the relevance floor: {}",
+                response.failure
+            );
+        }
+        for (rank, p) in response.passages.iter().enumerate() {
+            let score = p.scores.as_ref().map_or(0.0, |s| s.r#final);
+            let updated = if p.last_modified > 0 {
+                format!(", updated {}", date(p.last_modified))
+            } else {
+                String::new()
+            };
+            println!(
+                "  {}. [{score:.4}] {}\n     source {} ({}{updated})",
+                rank + 1,
+                p.breadcrumb,
+                p.source,
+                p.freshness_class
+            );
+            let text: String = p.text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let text: String = text.chars().take(220).collect();
+            println!("     {text}");
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` of a Unix timestamp (UTC), by the civil-from-days algorithm.
+fn date(unix: i64) -> String {
+    let z = unix.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 fn load(model: &PathBuf) -> Result<SentenceEncoder> {
@@ -173,4 +310,14 @@ fn search(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(super::date(0), "1970-01-01");
+        assert_eq!(super::date(1_709_251_200), "2024-03-01");
+        assert_eq!(super::date(951_782_400), "2000-02-29");
+    }
 }

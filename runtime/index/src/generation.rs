@@ -137,7 +137,7 @@ struct Pointer {
 }
 
 /// A generation as listed by [`Generations::list`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GenerationInfo {
     /// Id.
     pub id: String,

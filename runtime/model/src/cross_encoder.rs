@@ -107,8 +107,9 @@ impl CrossEncoder {
         Ok(out)
     }
 
-    /// Relevance scores in `[0, 1]`, one per passage, higher is more relevant.
-    pub fn score<S: AsRef<str>>(
+    /// One relevance logit per passage: the logit with one label, `logit[1] - logit[0]` with two
+    /// (so `sigmoid` of it is the label-1 probability either way).
+    pub fn relevance_logits<S: AsRef<str>>(
         &self,
         query: &str,
         passages: &[S],
@@ -116,12 +117,26 @@ impl CrossEncoder {
     ) -> Result<Vec<f32>> {
         let logits = self.logits(query, passages, batch_size)?;
         Ok(match self.num_labels {
-            1 => logits.iter().map(|&z| sigmoid(z)).collect(),
+            1 => logits,
             _ => logits
                 .chunks_exact(2)
-                .map(|pair| sigmoid(pair[1] - pair[0]))
+                .map(|pair| pair[1] - pair[0])
                 .collect(),
         })
+    }
+
+    /// Relevance scores in `[0, 1]`, one per passage, higher is more relevant.
+    pub fn score<S: AsRef<str>>(
+        &self,
+        query: &str,
+        passages: &[S],
+        batch_size: usize,
+    ) -> Result<Vec<f32>> {
+        Ok(self
+            .relevance_logits(query, passages, batch_size)?
+            .into_iter()
+            .map(sigmoid)
+            .collect())
     }
 }
 

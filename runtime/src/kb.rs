@@ -1,0 +1,202 @@
+//! KnowledgeBase manifests -> the index crate's build spec and search options.
+//!
+//! This is the runtime's half of "the operator is a compiler": the same conversion serves a folder
+//! of manifests locally (the embedded default) and the index-build Job in a cluster.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use switchboard_crds::knowledge_base::{ChunkingStrategy, FusionMethod, SourceFormat as CrdFormat};
+use switchboard_crds::{KnowledgeBase, Resource, Validate};
+use switchboard_index::{
+    ChunkingSpec, FieldBoosts, FreshnessClass, Fusion, IndexSpec, InlineFile, RelevanceFloor,
+    RerankOptions, SearchOptions, SourceFormat, SourceLocation, SourceSpec,
+};
+
+/// Reads every `*.yaml`/`*.yml` file under `path` (a file or a directory, not recursive) and
+/// returns the KnowledgeBases, each validated with the same rules the API server enforces.
+pub fn load_knowledge_bases(path: &Path) -> Result<Vec<KnowledgeBase>> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let resources = switchboard_crds::resources_from_yaml(&text)
+            .with_context(|| format!("{}", file.display()))?;
+        for resource in resources {
+            if let Resource::KnowledgeBase(kb) = resource {
+                kb.spec.validate().map_err(|e| {
+                    anyhow::anyhow!("{}: KnowledgeBase {}: {e}", file.display(), name(&kb))
+                })?;
+                out.push(kb);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `metadata.name` (empty when unset).
+pub fn name(kb: &KnowledgeBase) -> &str {
+    kb.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// Picks the KnowledgeBase named `wanted`, or the only one.
+pub fn select(kbs: Vec<KnowledgeBase>, wanted: Option<&str>) -> Result<KnowledgeBase> {
+    match wanted {
+        Some(wanted) => kbs
+            .into_iter()
+            .find(|kb| name(kb) == wanted)
+            .with_context(|| format!("no KnowledgeBase named {wanted}")),
+        None => {
+            let mut kbs = kbs;
+            match kbs.len() {
+                0 => bail!("no KnowledgeBase manifest found"),
+                1 => Ok(kbs.remove(0)),
+                _ => bail!(
+                    "several KnowledgeBases ({}); pick one with --knowledge-base",
+                    kbs.iter().map(name).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    }
+}
+
+fn format(f: CrdFormat) -> SourceFormat {
+    match f {
+        CrdFormat::Markdown => SourceFormat::Markdown,
+        CrdFormat::Html => SourceFormat::Html,
+        CrdFormat::ConfluenceHtml => SourceFormat::ConfluenceHtml,
+        CrdFormat::ZendeskTickets => SourceFormat::ZendeskTickets,
+        CrdFormat::SlackExport => SourceFormat::SlackExport,
+        CrdFormat::Pdf => SourceFormat::Pdf,
+        CrdFormat::PlainText => SourceFormat::PlainText,
+    }
+}
+
+/// The build spec of a KnowledgeBase. Volume paths are resolved against `base` (the manifest
+/// folder locally; the volume mount root in a cluster). ConfigMap and HTTP sources must have been
+/// materialised into files by the caller (the operator's build Job does); here they are refused.
+pub fn index_spec(kb: &KnowledgeBase, base: &Path) -> Result<IndexSpec> {
+    let spec = &kb.spec;
+    let mut sources = Vec::new();
+    for source in &spec.sources {
+        let location = match (
+            &source.inline,
+            &source.volume,
+            &source.config_map,
+            &source.http,
+        ) {
+            (Some(files), None, None, None) => SourceLocation::Inline {
+                files: files
+                    .iter()
+                    .map(|(name, content)| InlineFile {
+                        name: name.clone(),
+                        content: content.clone(),
+                    })
+                    .collect(),
+            },
+            (None, Some(volume), None, None) => SourceLocation::Path {
+                path: base.join(volume.path.trim_start_matches('/')),
+            },
+            (None, None, Some(cm), None) => bail!(
+                "source {}: ConfigMap {} must be materialised by the index-build Job (not available in local mode)",
+                source.name,
+                cm.name
+            ),
+            (None, None, None, Some(http)) => bail!(
+                "source {}: {} must be fetched by the index-build Job (not available in local mode)",
+                source.name,
+                http.url
+            ),
+            _ => bail!(
+                "source {}: exactly one of inline, configMap, volume, http must be set",
+                source.name
+            ),
+        };
+        sources.push(SourceSpec {
+            name: source.name.clone(),
+            format: format(source.format),
+            freshness_class: source.freshness_class().to_owned(),
+            location,
+        });
+    }
+    let mut freshness_classes = switchboard_index::spec::default_freshness_classes();
+    for class in &spec.freshness_classes {
+        freshness_classes.insert(
+            class.name.clone(),
+            FreshnessClass {
+                half_life_days: class
+                    .half_life
+                    .as_ref()
+                    .map(|d| d.duration().as_secs_f64() / 86_400.0),
+            },
+        );
+    }
+    let max_tokens = spec.chunking.max_tokens.max(1) as usize;
+    let overlap = spec.chunking.overlap_tokens.max(0) as usize;
+    let chunking = match spec.chunking.strategy {
+        ChunkingStrategy::Fixed => ChunkingSpec::Fixed {
+            max_tokens,
+            overlap,
+        },
+        ChunkingStrategy::Hierarchical => ChunkingSpec::Hierarchical {
+            max_tokens,
+            overlap,
+        },
+    };
+    Ok(IndexSpec {
+        sources,
+        freshness_classes,
+        chunking,
+    })
+}
+
+/// Search options from `spec.retrieval`. `has_reranker`: whether a cross-encoder is loaded (rerank
+/// stays off without one, and the caller says so).
+pub fn search_options(kb: &KnowledgeBase, has_reranker: bool) -> SearchOptions {
+    let r = &kb.spec.retrieval;
+    let w = &r.bm25.field_weights;
+    SearchOptions {
+        top_k: r.top_k.max(1) as usize,
+        bm25: r.bm25.enabled,
+        boosts: FieldBoosts {
+            title: w.title as f32,
+            headings: w.headings as f32,
+            body: w.body as f32,
+            tags: w.tags as f32,
+        },
+        dense: r.dense.enabled,
+        fusion: match r.fusion.method {
+            FusionMethod::ReciprocalRank => Fusion::Rrf {
+                k: r.fusion.rrf_k.max(1) as f32,
+            },
+            FusionMethod::Weighted => {
+                let dense = r.fusion.dense_weight.unwrap_or(0.5) as f32;
+                Fusion::Weighted {
+                    bm25: 1.0 - dense,
+                    dense,
+                }
+            }
+        },
+        recency: r.recency_decay.enabled,
+        rerank: (r.rerank.enabled && has_reranker).then(|| RerankOptions {
+            top_n: r.rerank.top_n.max(1) as usize,
+            deadline: r.rerank.deadline.duration().max(Duration::from_millis(1)),
+        }),
+        floor: r
+            .min_score
+            .map(|s| RelevanceFloor::Dense(s as f32))
+            .filter(|_| r.dense.enabled),
+        ..SearchOptions::default()
+    }
+}
