@@ -8,6 +8,7 @@
 //! - [`lora`]: PEFT LoRA adapters applied per request without merging.
 //! - [`tokenizer`], [`chat`], [`generate`]: tokenizer from GGUF metadata or `tokenizer.json`, chat
 //!   templates, greedy / top-p generation with stop tokens.
+//! - [`generator_worker`]: a [`Generator`] on its own thread with an async API and adapter commands.
 //! - [`worker`]: runs a model on a dedicated thread so forward passes never block the async executor.
 //!
 //! Weights are loaded by [`weights::Checkpoint`], which checks every tensor's presence and shape
@@ -21,6 +22,7 @@ pub mod cross_encoder;
 pub mod encoder;
 pub mod error;
 pub mod generate;
+pub mod generator_worker;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
@@ -32,6 +34,7 @@ pub use cross_encoder::CrossEncoder;
 pub use encoder::{Pooling, SentenceEncoder};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, Generator, Sampling};
+pub use generator_worker::GeneratorWorker;
 pub use llama::LlamaModel;
 pub use worker::EncoderWorker;
 

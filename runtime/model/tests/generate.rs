@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 use std::path::{Path, PathBuf};
 
+use switchboard_model::GeneratorWorker;
 use switchboard_model::chat::ChatMessage;
 use switchboard_model::generate::{FinishReason, GenerationConfig, Generator, Sampling};
 use switchboard_model::gguf::GgufFile;
@@ -174,4 +175,62 @@ fn greedy_chat_answer_matches_transformers_and_sampling_is_seeded() {
         err.contains("billing-v3") && err.contains("not loaded"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn worker_serves_chat_and_swaps_adapters() {
+    let lora = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora");
+    let worker = GeneratorWorker::spawn("smollm2", gguf_path(), Device::Cpu).unwrap();
+    let question = vec![ChatMessage::user("What is the capital of France?")];
+    let config = GenerationConfig {
+        max_new_tokens: 16,
+        ..GenerationConfig::default()
+    };
+
+    let base = worker
+        .chat(question.clone(), config.clone(), None)
+        .await
+        .unwrap();
+    assert!(base.text.contains("Paris"), "{:?}", base.text);
+    assert_eq!(worker.queue_depth(), 0);
+
+    // The fixture adapter scaled up (alpha 8 -> 400) so that it visibly changes the greedy answer.
+    let loud = tempfile::tempdir().unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(lora.join("qv").join(file), loud.path().join(file)).unwrap();
+    }
+    let config_path = loud.path().join("adapter_config.json");
+    let mut adapter_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    adapter_config["lora_alpha"] = 400.into();
+    std::fs::write(&config_path, adapter_config.to_string()).unwrap();
+    worker.load_adapter("qv", loud.path()).await.unwrap();
+    worker.load_adapter("mlp", lora.join("mlp")).await.unwrap();
+    assert_eq!(worker.adapters().await.unwrap(), ["mlp", "qv"]);
+    // Concurrent requests on different adapters; each gets its own adapter's answer.
+    let (with_qv, with_mlp, plain) = tokio::join!(
+        worker.chat(question.clone(), config.clone(), Some("qv".to_owned())),
+        worker.chat(question.clone(), config.clone(), Some("mlp".to_owned())),
+        worker.chat(question.clone(), config.clone(), None),
+    );
+    assert_eq!(plain.unwrap().token_ids, base.token_ids);
+    assert_ne!(
+        with_qv.unwrap().token_ids,
+        base.token_ids,
+        "the scaled-up adapter should change the answer"
+    );
+    with_mlp.unwrap();
+
+    assert!(worker.unload_adapter("qv").await.unwrap());
+    let err = worker
+        .chat(question.clone(), config.clone(), Some("qv".to_owned()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not loaded"), "{err}");
+    let err = worker
+        .load_adapter("broken", lora.join("missing"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("adapter_config.json"), "{err}");
+    assert_eq!(worker.adapters().await.unwrap(), ["mlp"]);
 }
