@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod knowledge_base;
 pub mod manifest;
 pub mod router;
+pub mod runtime_config;
 pub mod units;
 
 pub use adapter_patch::{AdapterPatch, AdapterPatchSpec, AdapterPatchStatus};

@@ -1,0 +1,3 @@
+//! AdapterPatch controller parts.
+
+pub mod rollout;

@@ -1,0 +1,469 @@
+//! The compiler: Router + KnowledgeBase + selected AdapterPatches + running Experiments ->
+//! [`RuntimeConfig`]. Pure and deterministic: lists are sorted, shares normalised, and the same
+//! input always gives the same `revision`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use sha2::{Digest as _, Sha256};
+use switchboard_crds::{
+    AdapterPatch, Experiment, KnowledgeBase, Router, Validate, ValidationErrors,
+    adapter_patch::AdapterPhase,
+    experiment::ExperimentPhase,
+    runtime_config::{
+        AdapterArtifact, AdapterConfig, AdapterRole, DomainConfig, EndpointConfig,
+        ExperimentConfig, KIND, KnowledgeBaseConfig, LargeModelConfig, LoraConfig, RouterIdentity,
+        RouterPolicy, RuntimeConfig, SmallModelConfig, VariantConfig,
+    },
+    units::Percent,
+};
+
+/// Why a Router could not be compiled. Each variant names the object at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The Router's spec breaks a rule.
+    #[error("Router {router}: {source}")]
+    InvalidRouter {
+        /// Router name.
+        router: String,
+        /// The rules broken.
+        source: ValidationErrors,
+    },
+    /// The KnowledgeBase given is not the one the Router references.
+    #[error("Router {router} references KnowledgeBase {wanted}, got {got}")]
+    WrongKnowledgeBase {
+        /// Router name.
+        router: String,
+        /// Referenced name.
+        wanted: String,
+        /// Name given.
+        got: String,
+    },
+    /// The KnowledgeBase has no index generation to serve yet.
+    #[error("KnowledgeBase {0} has no index generation yet")]
+    KnowledgeBaseNotReady(String),
+    /// The compiled document fails its own validation (a compiler bug or an impossible status).
+    #[error("compiled RuntimeConfig is invalid: {0}")]
+    InvalidOutput(ValidationErrors),
+    /// Serialisation for the revision failed.
+    #[error("serialising the RuntimeConfig: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+impl CompileError {
+    /// Short label for metrics and condition reasons.
+    pub fn reason(&self) -> &'static str {
+        use switchboard_crds::conditions::reasons;
+        match self {
+            Self::InvalidRouter { .. } => reasons::INVALID_SPEC,
+            Self::WrongKnowledgeBase { .. } => reasons::REFERENCE_NOT_FOUND,
+            Self::KnowledgeBaseNotReady(_) => reasons::INDEX_BUILDING,
+            Self::InvalidOutput(_) | Self::Serialize(_) => "CompileFailed",
+        }
+    }
+}
+
+/// Something selected but left out of the config, with why (for status and Events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// `AdapterPatch` or `Experiment`.
+    pub kind: &'static str,
+    /// Object name.
+    pub name: String,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// Sentence.
+    pub message: String,
+}
+
+/// The compiled config and what was left out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compiled {
+    /// The document, with its revision set.
+    pub config: RuntimeConfig,
+    /// Objects that matched but are not in the config.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Everything the compiler reads. `adapters` and `experiments` may hold objects of other Routers
+/// or namespaces: the compiler selects.
+#[derive(Clone, Copy, Debug)]
+pub struct CompileInput<'a> {
+    /// The Router.
+    pub router: &'a Router,
+    /// The KnowledgeBase it references.
+    pub knowledge_base: &'a KnowledgeBase,
+    /// AdapterPatches (with status) to select from.
+    pub adapters: &'a [AdapterPatch],
+    /// Experiments (with status) to select from.
+    pub experiments: &'a [Experiment],
+}
+
+/// Whether `labels` match a Kubernetes label selector (`matchLabels` AND every
+/// `matchExpressions` requirement). An empty selector matches everything.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    labels_ok
+        && selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|req| requirement_matches(req, labels))
+}
+
+fn requirement_matches(req: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let value = labels.get(&req.key);
+    let values = req.values.as_deref().unwrap_or_default();
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        // An unknown operator selects nothing rather than everything.
+        _ => false,
+    }
+}
+
+fn normalized(p: &Percent) -> Percent {
+    Percent::from_fraction(p.fraction())
+}
+
+/// Compiles one Router's RuntimeConfig.
+pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
+    let router = input.router;
+    let router_name = router.metadata.name.clone().unwrap_or_default();
+    let namespace = router.metadata.namespace.clone().unwrap_or_default();
+    let spec = &router.spec;
+    spec.validate()
+        .map_err(|source| CompileError::InvalidRouter {
+            router: router_name.clone(),
+            source,
+        })?;
+
+    let kb = input.knowledge_base;
+    let kb_name = kb.metadata.name.clone().unwrap_or_default();
+    if kb_name != spec.knowledge_base_ref.name {
+        return Err(CompileError::WrongKnowledgeBase {
+            router: router_name,
+            wanted: spec.knowledge_base_ref.name.clone(),
+            got: kb_name,
+        });
+    }
+    let kb_status = kb.status.clone().unwrap_or_default();
+    let Some(index_generation) = kb_status.index_generation.filter(|g| *g >= 1) else {
+        return Err(CompileError::KnowledgeBaseNotReady(kb_name));
+    };
+
+    let mut skipped = Vec::new();
+    let adapters = select_adapters(router, &namespace, input.adapters, &mut skipped);
+
+    let mut config = RuntimeConfig {
+        api_version: switchboard_crds::API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+        revision: String::new(),
+        router: RouterIdentity {
+            namespace: namespace.clone(),
+            name: router_name.clone(),
+        },
+        knowledge_base: KnowledgeBaseConfig {
+            name: kb_name,
+            index_generation,
+            previous_generation: kb_status
+                .previous_generation
+                .filter(|p| *p >= 1 && *p < index_generation),
+            embedding_model: kb.spec.embedding.model.clone(),
+            retrieval: kb.spec.retrieval.clone(),
+        },
+        small_model: SmallModelConfig {
+            model: spec.small_model.model.clone(),
+            max_active_adapters: spec.small_model.max_active_adapters,
+            max_new_tokens: spec.generation.max_new_tokens,
+        },
+        adapters,
+        large_model: LargeModelConfig {
+            local: spec.large_model.local.as_ref().map(|l| l.model.clone()),
+            endpoint: spec.large_model.endpoint.as_ref().map(|e| EndpointConfig {
+                url: e.url.clone(),
+                model: e.model.clone(),
+                secret_ref: e.secret_ref.clone(),
+                timeout: e.timeout.clone(),
+            }),
+            max_queue_depth: spec.large_model.max_queue_depth,
+        },
+        router_policy: RouterPolicy {
+            difficulty_threshold: spec.difficulty.threshold,
+            adapter_selection: spec.adapter_selection.clone(),
+            query_rewrite: {
+                let mut q = spec.query_rewrite.clone();
+                q.max_vocabulary_overlap = normalized(&q.max_vocabulary_overlap);
+                q
+            },
+            exploration_share: normalized(&spec.exploration.share),
+            shadow_max_concurrent: spec.shadow.max_concurrent,
+        },
+        experiments: Vec::new(),
+    };
+    config.experiments = select_experiments(
+        &config,
+        &router_name,
+        &namespace,
+        input.experiments,
+        &mut skipped,
+    );
+    skipped.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+
+    config.revision = revision(&config)?;
+    config.validate().map_err(CompileError::InvalidOutput)?;
+    Ok(Compiled { config, skipped })
+}
+
+/// `sha256:<hex>` of the config's canonical bytes.
+pub fn revision(config: &RuntimeConfig) -> Result<String, serde_json::Error> {
+    let digest = Sha256::digest(config.canonical_bytes()?);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{hex}"))
+}
+
+fn select_adapters(
+    router: &Router,
+    namespace: &str,
+    patches: &[AdapterPatch],
+    skipped: &mut Vec<Skipped>,
+) -> Vec<AdapterConfig> {
+    let small = &router.spec.small_model;
+    let Some(selector) = &small.adapter_selector else {
+        return Vec::new();
+    };
+    let empty = BTreeMap::new();
+    let mut matched: Vec<&AdapterPatch> = patches
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref().unwrap_or_default() == namespace)
+        .filter(|p| selector_matches(selector, p.metadata.labels.as_ref().unwrap_or(&empty)))
+        .collect();
+    // Oldest first, then by name: the winner of a lineage conflict does not flip between runs.
+    matched.sort_by(|a, b| {
+        let key = |p: &AdapterPatch| {
+            (
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                p.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+
+    let mut lineages = BTreeMap::<String, String>::new();
+    let mut out = Vec::new();
+    for patch in matched {
+        let name = patch.metadata.name.clone().unwrap_or_default();
+        let spec = &patch.spec;
+        let skip = |reason, message: String| Skipped {
+            kind: "AdapterPatch",
+            name: name.clone(),
+            reason,
+            message,
+        };
+        if spec.base_model != small.model {
+            skipped.push(skip(
+                "BaseModelMismatch",
+                format!(
+                    "adapter is for base model {} but the Router serves {}",
+                    spec.base_model, small.model
+                ),
+            ));
+            continue;
+        }
+        if let Some(owner) = lineages.get(&spec.lineage) {
+            skipped.push(skip(
+                "DuplicateLineage",
+                format!(
+                    "lineage {} is already served by AdapterPatch {owner}",
+                    spec.lineage
+                ),
+            ));
+            continue;
+        }
+        let entries = adapter_entries(patch, &name);
+        if entries.is_empty() {
+            continue;
+        }
+        lineages.insert(spec.lineage.clone(), name.clone());
+        out.extend(entries);
+    }
+    out.sort_by(|a, b| (&a.lineage, a.role).cmp(&(&b.lineage, b.role)));
+    out
+}
+
+/// The stable and candidate entries of one AdapterPatch, from its status: the status is the
+/// rollout's single source of truth.
+fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
+    let spec = &patch.spec;
+    let status = patch.status.clone().unwrap_or_default();
+    let entry = |version: &str, role, artifact| AdapterConfig {
+        name: name.to_owned(),
+        lineage: spec.lineage.clone(),
+        version: version.to_owned(),
+        role,
+        artifact,
+        lora: LoraConfig {
+            rank: spec.lora.rank,
+            alpha: spec.lora.alpha.unwrap_or(2.0 * f64::from(spec.lora.rank)),
+            target_modules: spec.lora.target_modules.clone(),
+        },
+        domain: DomainConfig {
+            description: spec.domain.description.clone(),
+            example_queries: spec.domain.example_queries.clone(),
+        },
+        traffic_weight: None,
+        shadow_sample_share: None,
+    };
+    let spec_artifact = AdapterArtifact {
+        uri: Some(spec.artifact.uri.clone()),
+        sha256: spec.artifact.sha256.clone(),
+    };
+
+    let mut out = Vec::new();
+    if let Some(stable) = &status.stable_version {
+        let artifact = if *stable == spec.version {
+            Some(spec_artifact.clone())
+        } else {
+            // The spec has moved on to a candidate; the stable version's digest is in history and
+            // the runtime resolves it from its content-addressed artifact store.
+            status
+                .history
+                .iter()
+                .rev()
+                .find(|h| h.version == *stable)
+                .and_then(|h| h.sha256.parse().ok())
+                .map(|sha256| AdapterArtifact { uri: None, sha256 })
+        };
+        if let Some(artifact) = artifact {
+            out.push(entry(stable, AdapterRole::Stable, artifact));
+        }
+    }
+    // A candidate is served only while its status says so, and only if it is the spec's version
+    // (whose artifact we know). RolledBack, Failed, Pending and Validating candidates are not.
+    let candidate = status
+        .candidate_version
+        .as_deref()
+        .filter(|c| *c == spec.version && status.stable_version.as_deref() != Some(*c));
+    if let Some(candidate) = candidate {
+        match status.phase {
+            AdapterPhase::Canary if !out.is_empty() => {
+                let weight = status.canary_weight.unwrap_or(0);
+                if (1..=100).contains(&weight) {
+                    let mut e = entry(candidate, AdapterRole::Canary, spec_artifact);
+                    e.traffic_weight = Some(weight);
+                    out.push(e);
+                }
+            }
+            AdapterPhase::Shadow => {
+                let mut e = entry(candidate, AdapterRole::Shadow, spec_artifact);
+                e.shadow_sample_share = Some(normalized(&spec.rollout.shadow.sample_share));
+                out.push(e);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn select_experiments(
+    config: &RuntimeConfig,
+    router_name: &str,
+    namespace: &str,
+    experiments: &[Experiment],
+    skipped: &mut Vec<Skipped>,
+) -> Vec<ExperimentConfig> {
+    let mut out = Vec::new();
+    for x in experiments {
+        if x.metadata.namespace.as_deref().unwrap_or_default() != namespace
+            || x.spec.router_ref.name != router_name
+        {
+            continue;
+        }
+        let running = x
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == ExperimentPhase::Running);
+        if !running {
+            continue;
+        }
+        let name = x.metadata.name.clone().unwrap_or_default();
+        let skip = |reason, message: String| Skipped {
+            kind: "Experiment",
+            name: name.clone(),
+            reason,
+            message,
+        };
+        if let Err(errors) = x.spec.validate() {
+            skipped.push(skip(
+                switchboard_crds::conditions::reasons::INVALID_SPEC,
+                errors.to_string(),
+            ));
+            continue;
+        }
+        let missing: BTreeSet<String> = x
+            .spec
+            .variants
+            .iter()
+            .flat_map(|v| &v.overrides.adapter_versions)
+            .filter(|(lineage, version)| config.adapter(lineage, version).is_none())
+            .map(|(lineage, version)| format!("{lineage}@{version}"))
+            .collect();
+        if !missing.is_empty() {
+            skipped.push(skip(
+                "AdapterVersionNotLoaded",
+                format!(
+                    "variants override adapter versions this Router does not load: {}",
+                    missing.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+            continue;
+        }
+        let kb = &config.knowledge_base;
+        let bad_generation = x
+            .spec
+            .variants
+            .iter()
+            .filter_map(|v| v.overrides.knowledge_base_generation)
+            .find(|g| *g != kb.index_generation && Some(*g) != kb.previous_generation);
+        if let Some(generation) = bad_generation {
+            skipped.push(skip(
+                "IndexGenerationUnavailable",
+                format!(
+                    "a variant needs index generation {generation}; served are {} and {:?}",
+                    kb.index_generation, kb.previous_generation
+                ),
+            ));
+            continue;
+        }
+        out.push(ExperimentConfig {
+            name,
+            unit: x.spec.unit,
+            salt: x.spec.salt.clone(),
+            holdout_share: normalized(&x.spec.holdout.share),
+            control: x.spec.control().unwrap_or_default().to_owned(),
+            variants: x
+                .spec
+                .variants
+                .iter()
+                .map(|v| {
+                    let mut overrides = v.overrides.clone();
+                    overrides.exploration_share =
+                        overrides.exploration_share.as_ref().map(normalized);
+                    VariantConfig {
+                        name: v.name.clone(),
+                        weight: v.weight,
+                        overrides,
+                    }
+                })
+                .collect(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
