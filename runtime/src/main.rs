@@ -7,6 +7,7 @@
 //! - `embed`, `search`: the sentence encoder on its own.
 #![forbid(unsafe_code)]
 
+mod eval;
 mod grpc;
 mod http;
 mod kb;
@@ -49,6 +50,8 @@ enum Command {
         #[arg(long, conflicts_with = "no_publish")]
         switch_back: bool,
     },
+    /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10).
+    Eval(eval::EvalArgs),
     /// Ask a running runtime (gRPC) for passages and print them.
     Query {
         /// gRPC address of the runtime.
@@ -115,6 +118,7 @@ fn main() -> Result<()> {
             no_publish,
             switch_back,
         } => index(&kb, no_publish, switch_back),
+        Command::Eval(args) => eval::run(&args),
         Command::Query {
             addr,
             top_k,
