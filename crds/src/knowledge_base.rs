@@ -319,7 +319,8 @@ pub struct Chunking {
     /// `Fixed` or `Hierarchical` (default).
     #[serde(default)]
     pub strategy: ChunkingStrategy,
-    /// Largest chunk, in tokens of the embedding model.
+    /// Largest chunk, in tokens of the embedding model, breadcrumb included. Keep it under the
+    /// encoder's window (256 for all-MiniLM-L6-v2): longer chunks are truncated when embedded.
     #[serde(default = "default_max_tokens")]
     #[schemars(range(min = 32, max = 4096))]
     pub max_tokens: i32,
@@ -330,10 +331,10 @@ pub struct Chunking {
 }
 
 fn default_max_tokens() -> i32 {
-    512
+    200
 }
 fn default_overlap_tokens() -> i32 {
-    128
+    32
 }
 
 impl Default for Chunking {

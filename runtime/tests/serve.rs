@@ -186,7 +186,7 @@ async fn serve_retrieve_reject_switch_generations() {
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["generation"], first_generation.as_str());
-    assert_eq!(json["passages"][0]["chunk_id"], top.chunk_id.as_str());
+    assert_eq!(json["passages"][0]["chunkId"], top.chunk_id.as_str());
 
     // Metrics a dashboard needs.
     let (_, metrics) = http(http_addr, "GET", "/metrics", "");

@@ -108,6 +108,7 @@ impl Default for SearchOptions {
 
 /// Scores a passage got at each stage (absent = stage off or passage not in that list).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StageScores {
     /// BM25 score.
     pub bm25: Option<f32>,
@@ -130,6 +131,7 @@ pub struct StageScores {
 
 /// A retrieved passage with its provenance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Passage {
     /// Chunk id (for hit counting).
     pub chunk_id: String,
@@ -180,6 +182,7 @@ pub enum RerankStatus {
 
 /// Wall time per stage (absent = stage off).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StageTimings {
     /// BM25 query.
     pub bm25: Option<Duration>,
@@ -212,6 +215,7 @@ pub enum RetrievalFailure {
 
 /// The answer to one query.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SearchResponse {
     /// Generation that answered.
     pub generation: String,
