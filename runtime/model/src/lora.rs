@@ -256,6 +256,9 @@ impl LoraAdapter {
             )));
         }
         let mut modules = HashMap::new();
+        // Check in layer/projection order so the error names the same module every time.
+        let mut halves: Vec<_> = halves.into_iter().collect();
+        halves.sort_by_key(|(key, _)| *key);
         for ((layer, proj), pair) in halves {
             let (Some(a), Some(b)) = pair else {
                 return Err(reject(format!(
