@@ -1,0 +1,540 @@
+//! `helm lint` and `helm template` of the chart with default and full values: every rendered
+//! object is the Kubernetes type it claims to be, RBAC has no wildcard, the operator pod is
+//! locked down, the alerts pass `promtool check rules`, and the dashboard and alerts read only
+//! the series of docs/metrics.md.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use switchboard_chart_tests::{
+    VALUE_SETS, alert_expressions, chart_dir, dashboard_expressions, documented_metric_names, helm,
+    kind, metric_names, name, render, root, rule_groups, tool,
+};
+
+/// Deserializes `object` as `T` and serializes it back: the two must be equal, so a misspelled
+/// or misplaced field (which a typed client would drop) fails the test.
+fn round_trip<T>(object: &Value) -> Result<(), String>
+where
+    T: DeserializeOwned + Serialize + k8s_openapi::Resource,
+{
+    let typed: T = serde_yaml::from_value(object.clone()).map_err(|e| e.to_string())?;
+    let written = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let original = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    if object["apiVersion"].as_str() != Some(T::API_VERSION) {
+        return Err(format!("apiVersion is not {}", T::API_VERSION));
+    }
+    match first_difference(&original, &written, "") {
+        None => Ok(()),
+        Some(path) => Err(format!(
+            "{path} differs after a round trip through {}: a field the type does not know",
+            std::any::type_name::<T>()
+        )),
+    }
+}
+
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Object(x), J::Object(y)) => x
+            .keys()
+            .chain(y.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .find_map(|k| {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(l), Some(r)) => first_difference(l, r, &p),
+                    _ => Some(p),
+                }
+            }),
+        (J::Array(x), J::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (l, r))| first_difference(l, r, &format!("{path}[{i}]"))),
+        _ if a == b => None,
+        _ => Some(path.to_owned()),
+    }
+}
+
+#[test]
+fn helm_lint_passes_with_default_and_full_values() {
+    for (set, values) in VALUE_SETS {
+        let mut args = vec!["lint", ".", "--strict"];
+        args.extend_from_slice(values);
+        let out = helm(&args);
+        assert!(out.contains("0 chart(s) failed"), "{set}: {out}");
+    }
+}
+
+#[test]
+fn every_rendered_object_is_its_kubernetes_type() {
+    for (set, values) in VALUE_SETS {
+        let objects = render(values);
+        let mut kinds = BTreeSet::new();
+        for object in &objects {
+            let kind = kind(object);
+            kinds.insert(kind.to_owned());
+            let checked = match kind {
+                "ServiceAccount" => round_trip::<ServiceAccount>(object),
+                "Service" => round_trip::<Service>(object),
+                "ConfigMap" => round_trip::<ConfigMap>(object),
+                "Deployment" => round_trip::<Deployment>(object),
+                "ClusterRole" => round_trip::<ClusterRole>(object),
+                "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(object),
+                "Role" => round_trip::<Role>(object),
+                "RoleBinding" => round_trip::<RoleBinding>(object),
+                "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(object),
+                "ServiceMonitor" => check_service_monitor(object),
+                "PrometheusRule" => check_prometheus_rule(object),
+                other => Err(format!("unexpected kind {other}: add it to this test")),
+            };
+            if let Err(e) = checked {
+                panic!("{set}: {kind} {}: {e}", name(object));
+            }
+            // Namespaced objects land in an explicit namespace (GitOps tools render without one).
+            if !matches!(
+                kind,
+                "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+            ) {
+                assert!(
+                    object["metadata"]["namespace"].as_str().is_some(),
+                    "{set}: {kind} {} has no namespace",
+                    name(object)
+                );
+            }
+        }
+        let expected: &[&str] = match set {
+            "default" => &[
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "ConfigMap",
+                "CustomResourceDefinition",
+                "Deployment",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "ServiceAccount",
+            ],
+            _ => &[
+                "ConfigMap",
+                "CustomResourceDefinition",
+                "Deployment",
+                "PrometheusRule",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "ServiceAccount",
+                "ServiceMonitor",
+            ],
+        };
+        assert_eq!(
+            kinds,
+            expected.iter().map(|k| (*k).to_owned()).collect(),
+            "{set}"
+        );
+    }
+}
+
+fn check_service_monitor(object: &Value) -> Result<(), String> {
+    if object["apiVersion"].as_str() != Some("monitoring.coreos.com/v1") {
+        return Err("apiVersion must be monitoring.coreos.com/v1".into());
+    }
+    let spec = &object["spec"];
+    if !spec["selector"]["matchLabels"].is_mapping() {
+        return Err("spec.selector.matchLabels missing".into());
+    }
+    let endpoints = spec["endpoints"]
+        .as_sequence()
+        .filter(|e| !e.is_empty())
+        .ok_or("spec.endpoints missing")?;
+    for endpoint in endpoints {
+        if endpoint["port"].as_str().is_none() || endpoint["path"].as_str() != Some("/metrics") {
+            return Err(format!(
+                "endpoint without port or /metrics path: {endpoint:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_prometheus_rule(object: &Value) -> Result<(), String> {
+    if object["apiVersion"].as_str() != Some("monitoring.coreos.com/v1") {
+        return Err("apiVersion must be monitoring.coreos.com/v1".into());
+    }
+    let groups = rule_groups(object)
+        .as_sequence()
+        .filter(|g| !g.is_empty())
+        .ok_or("spec.groups missing")?;
+    for group in groups {
+        group["name"].as_str().ok_or("group without name")?;
+        for rule in group["rules"].as_sequence().ok_or("group without rules")? {
+            let alert = rule["alert"].as_str().ok_or("rule without alert name")?;
+            if rule["expr"].as_str().is_none_or(str::is_empty) {
+                return Err(format!("{alert}: no expr"));
+            }
+            if rule["labels"]["severity"].as_str().is_none() {
+                return Err(format!("{alert}: no severity label"));
+            }
+            if rule["annotations"]["summary"].as_str().is_none() {
+                return Err(format!("{alert}: no summary annotation"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_crds_are_the_generated_ones() {
+    let objects = render(&[]);
+    let mut rendered: Vec<String> = objects
+        .iter()
+        .filter(|o| kind(o) == "CustomResourceDefinition")
+        .map(|o| name(o).to_owned())
+        .collect();
+    rendered.sort();
+    let mut generated: Vec<String> = std::fs::read_dir(chart_dir().join("crds"))
+        .expect("charts/switchboard/crds")
+        .map(|e| {
+            let file = e.expect("dir entry").file_name();
+            file.to_string_lossy().trim_end_matches(".yaml").to_owned()
+        })
+        .collect();
+    generated.sort();
+    assert_eq!(rendered, generated);
+    assert_eq!(
+        rendered,
+        [
+            "adapterpatches.switchboard.dev",
+            "experiments.switchboard.dev",
+            "knowledgebases.switchboard.dev",
+            "routers.switchboard.dev"
+        ]
+    );
+}
+
+fn rules_of(object: &Value) -> Vec<PolicyRule> {
+    serde_yaml::from_value(object["rules"].clone()).expect("rules are PolicyRules")
+}
+
+#[test]
+fn rbac_has_no_wildcards_and_only_namespaced_leases() {
+    for (set, values) in VALUE_SETS {
+        for object in render(values) {
+            if !matches!(kind(&object), "ClusterRole" | "Role") {
+                continue;
+            }
+            let role = name(&object).to_owned();
+            let rules = rules_of(&object);
+            assert!(!rules.is_empty(), "{set}: {role} has no rules");
+            for rule in rules {
+                let words = rule
+                    .verbs
+                    .iter()
+                    .chain(rule.resources.iter().flatten())
+                    .chain(rule.api_groups.iter().flatten());
+                for word in words {
+                    assert!(
+                        !word.contains('*'),
+                        "{set}: {role} has a wildcard: {rule:?}"
+                    );
+                }
+                assert!(
+                    rule.non_resource_urls.is_none(),
+                    "{set}: {role}: non-resource URLs"
+                );
+                assert!(
+                    !rule
+                        .verbs
+                        .iter()
+                        .any(|v| matches!(v.as_str(), "escalate" | "bind" | "impersonate")),
+                    "{set}: {role}: privilege escalation verb in {rule:?}"
+                );
+                let resources: Vec<&str> = rule
+                    .resources
+                    .iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .collect();
+                assert!(
+                    !resources.contains(&"secrets"),
+                    "{set}: {role}: the operator never reads Secrets (the runtime mounts them)"
+                );
+                if kind(&object) == "ClusterRole" {
+                    assert!(
+                        !resources.contains(&"leases"),
+                        "{set}: the Lease is namespaced: {rule:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_operator_pod_is_locked_down() {
+    for (set, values) in VALUE_SETS {
+        let objects = render(values);
+        let deployment: Deployment = objects
+            .iter()
+            .find(|o| kind(o) == "Deployment")
+            .map(|o| serde_yaml::from_value(o.clone()).expect("Deployment"))
+            .expect("a Deployment");
+        let pod = deployment
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod spec");
+        let pod_security = pod.security_context.clone().expect("pod securityContext");
+        assert_eq!(pod_security.run_as_non_root, Some(true), "{set}");
+        assert_eq!(pod_security.run_as_user, Some(65532), "{set}");
+        assert_eq!(
+            pod_security.seccomp_profile.map(|s| s.type_),
+            Some("RuntimeDefault".to_owned()),
+            "{set}"
+        );
+        assert_eq!(pod.containers.len(), 1, "{set}");
+        let container = &pod.containers[0];
+        let security = container.security_context.clone().expect("securityContext");
+        assert_eq!(security.read_only_root_filesystem, Some(true), "{set}");
+        assert_eq!(security.allow_privilege_escalation, Some(false), "{set}");
+        assert_eq!(security.run_as_non_root, Some(true), "{set}");
+        assert_ne!(security.privileged, Some(true), "{set}");
+        let capabilities = security.capabilities.expect("capabilities");
+        assert_eq!(capabilities.drop, Some(vec!["ALL".to_owned()]), "{set}");
+        assert!(
+            capabilities.add.is_none_or(|a| a.is_empty()),
+            "{set}: capabilities added"
+        );
+        let resources = container.resources.clone().expect("resources");
+        assert!(
+            resources
+                .requests
+                .is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")),
+            "{set}"
+        );
+        assert!(
+            resources.limits.is_some_and(|l| l.contains_key("memory")),
+            "{set}"
+        );
+        let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+            probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(
+            probe_path(&container.liveness_probe).as_deref(),
+            Some("/healthz"),
+            "{set}"
+        );
+        assert_eq!(
+            probe_path(&container.readiness_probe).as_deref(),
+            Some("/readyz"),
+            "{set}"
+        );
+        // Writable paths are volumes, since the root filesystem is read-only.
+        let mounts: Vec<&str> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(mounts.contains(&"/tmp"), "{set}: {mounts:?}");
+        // The shared contract's command line.
+        let args = container.args.clone().expect("args");
+        for flag in [
+            "--prometheus-url=",
+            "--metrics-addr=0.0.0.0:8080",
+            "--leader-election-namespace=",
+            "--runtime-image=",
+            "--artifact-cache=",
+        ] {
+            assert!(
+                args.iter().any(|a| a.starts_with(flag)),
+                "{set}: {flag} missing in {args:?}"
+            );
+        }
+        let watches_one_namespace = args.iter().any(|a| a == "--namespace=support");
+        assert_eq!(watches_one_namespace, set == "full", "{set}: {args:?}");
+    }
+}
+
+#[test]
+fn a_watched_namespace_gets_a_role_not_a_cluster_role() {
+    let objects = render(&["--set", "operator.watchNamespace=support"]);
+    assert!(!objects.iter().any(|o| kind(o) == "ClusterRole"));
+    let role = objects
+        .iter()
+        .find(|o| kind(o) == "Role" && o["metadata"]["namespace"].as_str() == Some("support"))
+        .expect("a Role in the watched namespace");
+    assert!(!rules_of(role).is_empty());
+}
+
+#[test]
+fn values_outside_the_schema_are_refused() {
+    for (args, needle) in [
+        (
+            vec!["--set", "operatorr.logLevel=debug"],
+            "additional properties",
+        ),
+        (
+            vec!["--set", "operator.prometheusUrl=prometheus:9090"],
+            "prometheusUrl",
+        ),
+        (vec!["--set", "replicaCount=0"], "replicaCount"),
+        (
+            vec![
+                "--set",
+                "monitoring.prometheusRule.rules.documentRetrievalDrop=1.5",
+            ],
+            "documentRetrievalDrop",
+        ),
+    ] {
+        let mut full = vec!["template", "switchboard", "."];
+        full.extend_from_slice(&args);
+        let output = Command::new(tool("helm"))
+            .current_dir(chart_dir())
+            .args(&full)
+            .output()
+            .expect("helm");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+fn full_prometheus_rule() -> Value {
+    render(&["-f", "ci/full-values.yaml"])
+        .into_iter()
+        .find(|o| kind(o) == "PrometheusRule")
+        .expect("the full values render a PrometheusRule")
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let rule = full_prometheus_rule();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("switchboard.rules.yaml");
+    let mut groups = serde_yaml::Mapping::new();
+    groups.insert("groups".into(), rule_groups(&rule).clone());
+    std::fs::write(&file, serde_yaml::to_string(&groups).expect("yaml")).expect("write rules");
+    let output = Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    let alerts = alert_expressions(&rule).len();
+    assert!(
+        text.contains(&format!("SUCCESS: {alerts} rules found")),
+        "{text}"
+    );
+}
+
+#[test]
+fn dashboard_and_alerts_read_only_documented_series() {
+    let documented = documented_metric_names();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("files/dashboards/switchboard-overview.json"))
+            .expect("dashboard JSON"),
+    )
+    .expect("dashboard is JSON");
+    let mut expressions = dashboard_expressions(&dashboard);
+    expressions.extend(alert_expressions(&full_prometheus_rule()));
+    assert!(expressions.len() > 40, "{} expressions", expressions.len());
+    let mut used = BTreeSet::new();
+    for expression in &expressions {
+        let names = metric_names(&expression.promql);
+        assert!(
+            !names.is_empty(),
+            "{}: reads no switchboard series",
+            expression.origin
+        );
+        for metric in names {
+            assert!(
+                documented.contains(&metric),
+                "{}: {metric} is not in docs/metrics.md",
+                expression.origin
+            );
+            used.insert(metric);
+        }
+    }
+    // The questions of issue 8 each have a panel or an alert.
+    for needed in [
+        "switchboard_interactions_total",
+        "switchboard_route_decisions_total",
+        "switchboard_feedback_total",
+        "switchboard_answer_seconds",
+        "switchboard_retrieval_failures_total",
+        "switchboard_adapter_rollout_phase",
+        "switchboard_adapter_canary_weight",
+        "switchboard_adapter_rollbacks_total",
+        "switchboard_experiment_samples",
+        "switchboard_experiment_required_samples",
+        "switchboard_shadow_checks_total",
+        "switchboard_document_retrievals_total",
+        "switchboard_knowledge_base_index_builds_total",
+        "switchboard_operator_reconciles_total",
+    ] {
+        assert!(used.contains(needed), "nothing shows {needed}");
+    }
+}
+
+#[test]
+fn the_dashboard_ships_in_a_configmap_with_the_sidecar_label() {
+    let objects = render(&[]);
+    let configmap = objects
+        .iter()
+        .find(|o| kind(o) == "ConfigMap" && name(o).ends_with("-dashboard"))
+        .expect("dashboard ConfigMap");
+    assert_eq!(
+        configmap["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    let json = configmap["data"]["switchboard-overview.json"]
+        .as_str()
+        .expect("dashboard data");
+    let shipped: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("files/dashboards/switchboard-overview.json"))
+            .expect("dashboard JSON"),
+    )
+    .expect("JSON");
+    assert_eq!(shipped, file);
+    assert_eq!(shipped["uid"], "switchboard-overview");
+}
+
+#[test]
+fn the_dashboard_file_is_what_its_generator_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = chart_dir().join("hack/dashboard.py");
+    let status = Command::new("python3")
+        .arg(&script)
+        .env("SWITCHBOARD_DASHBOARD_OUT", dir.path().join("d.json"))
+        .current_dir(root())
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    let generated = std::fs::read_to_string(dir.path().join("d.json")).expect("generated");
+    let committed =
+        std::fs::read_to_string(chart_dir().join("files/dashboards/switchboard-overview.json"))
+            .expect("committed");
+    assert!(
+        generated == committed,
+        "files/dashboards/switchboard-overview.json is stale: run python3 charts/switchboard/hack/dashboard.py"
+    );
+}
