@@ -315,7 +315,7 @@ fn kb_dataset(args: &EvalArgs, manifests: &Path, golden: &Path) -> Result<Datase
         std::fs::read_to_string(golden).with_context(|| format!("reading {}", golden.display()))?;
     let golden_set = parse_golden(&text, &golden.display().to_string())?;
     // Stage switches are the evaluation's; fusion, boosts and recency come from the manifest.
-    let base = kb::search_options(&kb, false);
+    let base = kb::search_options(&kb.spec.retrieval, false);
     let encoder = args.encoder.clone().unwrap_or_else(|| {
         let from_spec = PathBuf::from(&kb.spec.embedding.model);
         if from_spec.join("config.json").exists() {

@@ -6,19 +6,18 @@ use switchboard_index::{Passage, RerankStatus, SearchResponse};
 use switchboard_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::service::{RetrievalService, RetrieveRequest, ServiceError, StageSwitches};
+use crate::service::{RetrieveRequest, ServiceError, StageSwitches};
 
-/// `switchboard.runtime.v1.Retrieval` over a [`RetrievalService`].
+/// `switchboard.runtime.v1.Retrieval` over the retrieval service in force.
 #[derive(Debug, Clone)]
 pub struct GrpcRetrieval {
-    service: Arc<RetrievalService>,
-    metrics: Arc<crate::metrics::Metrics>,
+    state: crate::http::HttpState,
 }
 
 impl GrpcRetrieval {
-    /// Wraps the service.
-    pub fn new(service: Arc<RetrievalService>, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        Self { service, metrics }
+    /// Serves the retrieval service that `state` resolves (fixed, or the RuntimeConfig's).
+    pub fn new(state: crate::http::HttpState) -> Self {
+        Self { state }
     }
 }
 
@@ -40,8 +39,12 @@ impl pb::retrieval_server::Retrieval for GrpcRetrieval {
     ) -> Result<Response<pb::RetrieveResponse>, Status> {
         let request = request.into_inner();
         let stages = request.stages.unwrap_or_default();
-        let result = self
-            .service
+        let metrics = &self.state.metrics;
+        let Some(service) = self.state.service() else {
+            metrics.request("grpc", "unavailable");
+            return Err(Status::unavailable("no index generation loaded yet"));
+        };
+        let result = service
             .retrieve(RetrieveRequest {
                 query: request.query,
                 top_k: request.top_k as usize,
@@ -55,11 +58,11 @@ impl pb::retrieval_server::Retrieval for GrpcRetrieval {
             .await;
         match result {
             Ok(response) => {
-                self.metrics.request("grpc", "ok");
+                metrics.request("grpc", "ok");
                 Ok(Response::new(to_proto(response)))
             }
             Err(err) => {
-                self.metrics.request("grpc", err.outcome());
+                metrics.request("grpc", err.outcome());
                 Err(err.into())
             }
         }
@@ -117,5 +120,124 @@ fn passage(p: Passage) -> pb::Passage {
         section_text: p.section_text,
         last_modified: p.last_modified.unwrap_or(0),
         freshness_class: p.freshness_class,
+    }
+}
+
+/// `switchboard.runtime.v1.Assistant` over the [`Engine`](crate::engine::Engine).
+#[derive(Debug, Clone)]
+pub struct GrpcAssistant {
+    engine: Arc<crate::engine::Engine>,
+}
+
+impl GrpcAssistant {
+    /// Wraps the engine.
+    pub fn new(engine: Arc<crate::engine::Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+impl From<crate::answer::FeedbackError> for Status {
+    fn from(err: crate::answer::FeedbackError) -> Self {
+        use crate::answer::FeedbackError as E;
+        match err {
+            E::Malformed(m) | E::UnknownOutcome(m) => Status::invalid_argument(m),
+            E::BadSignature(m) => Status::unauthenticated(m),
+            E::Expired(m) => Status::failed_precondition(m),
+            E::Replayed(m) => Status::already_exists(m),
+        }
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn index32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The protobuf form of an answer.
+pub fn answer_to_proto(a: crate::answer::AnswerResponse) -> pb::AnswerResponse {
+    pb::AnswerResponse {
+        answer: a.answer,
+        citations: a
+            .citations
+            .into_iter()
+            .map(|c| pb::Citation {
+                index: index32(c.index),
+                chunk_id: c.chunk_id,
+                document_id: c.document_id,
+                breadcrumb: c.breadcrumb,
+                source: c.source,
+            })
+            .collect(),
+        invalid_citations: a.invalid_citations.into_iter().map(index32).collect(),
+        refused: a.refused,
+        passages: a
+            .passages
+            .into_iter()
+            .map(|p| pb::NumberedPassage {
+                index: index32(p.index),
+                chunk_id: p.chunk_id,
+                document_id: p.document_id,
+                breadcrumb: p.breadcrumb,
+                source: p.source,
+                text: p.text,
+                score: p.score,
+            })
+            .collect(),
+        provenance: Some(pb::Provenance {
+            router: a.provenance.router,
+            kb_generation: a.provenance.kb_generation,
+            model: a.provenance.model,
+            adapter: a.provenance.adapter.map(|r| pb::AdapterRef {
+                lineage: r.lineage,
+                version: r.version,
+                role: r.role,
+            }),
+            route_reason: a.provenance.route_reason,
+            experiment: a.provenance.experiment,
+            arm: a.provenance.arm,
+            config_revision: a.provenance.config_revision,
+        }),
+        interaction_token: a.interaction_token,
+        rewritten_query: a.rewritten_query.unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::assistant_server::Assistant for GrpcAssistant {
+    async fn answer(
+        &self,
+        request: Request<pb::AnswerRequest>,
+    ) -> Result<Response<pb::AnswerResponse>, Status> {
+        let r = request.into_inner();
+        let answer = crate::answer::answer(
+            &self.engine,
+            crate::answer::AnswerRequest {
+                query: r.query,
+                unit: non_empty(r.unit),
+                conversation_id: non_empty(r.conversation_id),
+                force_model: non_empty(r.force_model),
+            },
+        )
+        .await?;
+        Ok(Response::new(answer_to_proto(answer)))
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let r = request.into_inner();
+        crate::answer::feedback(
+            &self.engine,
+            &crate::answer::FeedbackRequest {
+                token: r.token,
+                outcome: r.outcome,
+                csat: r.csat.map(i64::from),
+            },
+        )?;
+        Ok(Response::new(pb::FeedbackResponse { accepted: true }))
     }
 }

@@ -7,21 +7,62 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use crate::answer::{AnswerRequest, FeedbackError, FeedbackRequest};
+use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::openai::{ChatRequest, ErrorBody};
 use crate::service::{RetrievalService, RetrieveRequest, ServiceError};
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
 pub struct HttpState {
-    /// The retrieval service.
-    pub service: Arc<RetrievalService>,
+    /// The retrieval service when no RuntimeConfig drives serving (retrieval-only mode).
+    pub service: Option<Arc<RetrievalService>>,
+    /// The engine (answers, feedback, config) when a RuntimeConfig drives serving.
+    pub engine: Option<Arc<Engine>>,
+    /// Whether the index generation is pinned by a RuntimeConfig file (operator mode): the
+    /// switch-back endpoint is refused, the operator switches generations.
+    pub pinned: bool,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+}
+
+impl HttpState {
+    /// The retrieval service in force.
+    pub fn service(&self) -> Option<Arc<RetrievalService>> {
+        match &self.engine {
+            Some(engine) => engine.active().map(|a| Arc::clone(&a.retrieval)),
+            None => self.service.clone(),
+        }
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, Box<Response>> {
+        self.engine.as_ref().ok_or_else(|| {
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "no Router: answers need a RuntimeConfig (--runtime-config) or a Router manifest"
+                    .into(),
+            ))
+        })
+    }
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "no index generation loaded yet".into(),
+    )
 }
 
 /// The HTTP routes.
 pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
+        .route("/v1/answer", post(answer))
+        .route("/v1/feedback", post(feedback))
+        .route("/v1/config", get(config))
+        .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/retrieve", post(retrieve))
         .route("/v1/generations", get(generations))
         .route("/v1/generations/switch-back", post(switch_back))
@@ -62,7 +103,11 @@ async fn retrieve(
             );
         }
     };
-    match state.service.retrieve(request).await {
+    let Some(service) = state.service() else {
+        state.metrics.request("http", "unavailable");
+        return unavailable();
+    };
+    match service.retrieve(request).await {
         Ok(response) => {
             state.metrics.request("http", "ok");
             Json(response).into_response()
@@ -75,9 +120,12 @@ async fn retrieve(
 }
 
 async fn generations(State(state): State<HttpState>) -> Response {
-    match state.service.store().list() {
+    let Some(service) = state.service() else {
+        return unavailable();
+    };
+    match service.store().list() {
         Ok(list) => Json(json!({
-            "serving": state.service.generation(),
+            "serving": service.generation(),
             "generations": list,
         }))
         .into_response(),
@@ -86,8 +134,26 @@ async fn generations(State(state): State<HttpState>) -> Response {
 }
 
 async fn switch_back(State(state): State<HttpState>) -> Response {
-    let service = Arc::clone(&state.service);
-    match tokio::task::spawn_blocking(move || service.switch_back()).await {
+    if state.pinned {
+        return error(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            "the RuntimeConfig pins the index generation; switch back through the KnowledgeBase"
+                .into(),
+        );
+    }
+    let Some(service) = state.service() else {
+        return unavailable();
+    };
+    let store = service.store().clone();
+    let result = if state.engine.is_some() {
+        // The embedded default: publish the previous generation; the manifest watcher
+        // recompiles the RuntimeConfig and serves it.
+        tokio::task::spawn_blocking(move || store.switch_back()).await
+    } else {
+        tokio::task::spawn_blocking(move || service.switch_back()).await
+    };
+    match result {
         Ok(Ok(id)) => Json(json!({ "serving": id })).into_response(),
         Ok(Err(e)) => error(StatusCode::CONFLICT, "failed_precondition", e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
@@ -117,7 +183,8 @@ async fn hits(
         .into_iter()
         .map(|(chunk, hits)| json!({ "chunkId": chunk, "hits": hits }))
         .collect();
-    Json(json!({ "generation": state.service.generation(), "chunks": top })).into_response()
+    Json(json!({ "generation": state.service().and_then(|s| s.generation()), "chunks": top }))
+        .into_response()
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -128,7 +195,16 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.service.ready() {
+    if let Some(engine) = &state.engine
+        && engine.active().is_none()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no RuntimeConfig applied yet".into(),
+        );
+    }
+    if state.service().is_some_and(|s| s.ready()) {
         (StatusCode::OK, "ready").into_response()
     } else {
         error(
@@ -136,5 +212,131 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             "unavailable",
             "no index generation loaded".into(),
         )
+    }
+}
+
+fn feedback_status(err: &FeedbackError) -> StatusCode {
+    match err {
+        FeedbackError::Malformed(_) | FeedbackError::UnknownOutcome(_) => StatusCode::BAD_REQUEST,
+        FeedbackError::BadSignature(_) => StatusCode::UNAUTHORIZED,
+        FeedbackError::Expired(_) => StatusCode::GONE,
+        FeedbackError::Replayed(_) => StatusCode::CONFLICT,
+    }
+}
+
+async fn answer(
+    State(state): State<HttpState>,
+    body: Result<Json<AnswerRequest>, JsonRejection>,
+) -> Response {
+    let engine = match state.engine() {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("request body: {}", rejection.body_text()),
+            );
+        }
+    };
+    match crate::answer::answer(engine, request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn feedback(
+    State(state): State<HttpState>,
+    body: Result<Json<FeedbackRequest>, JsonRejection>,
+) -> Response {
+    let engine = match state.engine() {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            engine.metrics().feedback_rejected("malformed");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("request body: {}", rejection.body_text()),
+            );
+        }
+    };
+    match crate::answer::feedback(engine, &request) {
+        Ok(()) => Json(json!({ "accepted": true })).into_response(),
+        Err(err) => error(feedback_status(&err), err.reason(), err.to_string()),
+    }
+}
+
+/// `{revision, router, adapters: [{lineage, version, role, loaded}], knowledgeBase, generation}`.
+async fn config(State(state): State<HttpState>) -> Response {
+    let engine = match state.engine() {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let Some(active) = engine.active() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no RuntimeConfig applied yet".into(),
+        );
+    };
+    let resident = engine.resident_adapters().await;
+    let adapters: Vec<serde_json::Value> = active
+        .config
+        .adapters
+        .iter()
+        .map(|a| {
+            let id = crate::engine::adapter_id(&a.lineage, &a.version);
+            json!({
+                "lineage": a.lineage,
+                "version": a.version,
+                "role": a.role,
+                "loaded": resident.contains(&id),
+            })
+        })
+        .collect();
+    Json(json!({
+        "revision": active.config.revision,
+        "router": active.router,
+        "knowledgeBase": active.config.knowledge_base.name,
+        "generation": active.retriever.generation().id,
+        "adapters": adapters,
+    }))
+    .into_response()
+}
+
+fn openai_error(status: StatusCode, body: ErrorBody) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// OpenAI-compatible chat completions on the small model (non-streaming).
+async fn chat_completions(
+    State(state): State<HttpState>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    let Some(active) = state.engine.as_ref().and_then(|e| e.active()) else {
+        return openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody::server("unavailable", "no model loaded yet"),
+        );
+    };
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                ErrorBody::invalid("body", rejection.body_text()),
+            );
+        }
+    };
+    match crate::openai_server::complete(&active, request).await {
+        Ok(response) => Json(response).into_response(),
+        Err((status, body)) => openai_error(status, body),
     }
 }

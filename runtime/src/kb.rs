@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use switchboard_crds::knowledge_base::{ChunkingStrategy, FusionMethod, SourceFormat as CrdFormat};
+use switchboard_crds::knowledge_base::{
+    ChunkingStrategy, FusionMethod, Retrieval, SourceFormat as CrdFormat,
+};
 use switchboard_crds::{KnowledgeBase, Resource, Validate};
 use switchboard_index::{
     ChunkingSpec, FieldBoosts, FreshnessClass, Fusion, IndexSpec, InlineFile, RelevanceFloor,
@@ -161,10 +163,10 @@ pub fn index_spec(kb: &KnowledgeBase, base: &Path) -> Result<IndexSpec> {
     })
 }
 
-/// Search options from `spec.retrieval`. `has_reranker`: whether a cross-encoder is loaded (rerank
-/// stays off without one, and the caller says so).
-pub fn search_options(kb: &KnowledgeBase, has_reranker: bool) -> SearchOptions {
-    let r = &kb.spec.retrieval;
+/// Search options from `spec.retrieval` (a KnowledgeBase's, or a RuntimeConfig's copy of it).
+/// `has_reranker`: whether a cross-encoder is loaded (rerank stays off without one, and the caller
+/// says so).
+pub fn search_options(r: &Retrieval, has_reranker: bool) -> SearchOptions {
     let w = &r.bm25.field_weights;
     SearchOptions {
         top_k: r.top_k.max(1) as usize,
@@ -199,4 +201,108 @@ pub fn search_options(kb: &KnowledgeBase, has_reranker: bool) -> SearchOptions {
             .filter(|_| r.dense.enabled),
         ..SearchOptions::default()
     }
+}
+
+/// The Routers among the manifests under `path` (a file or a folder, as
+/// [`load_knowledge_bases`] reads it), validated.
+pub fn load_routers(path: &Path) -> Result<Vec<switchboard_crds::Router>> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let resources = switchboard_crds::resources_from_yaml(&text)
+            .with_context(|| format!("{}", file.display()))?;
+        for resource in resources {
+            if let Resource::Router(router) = resource {
+                router.spec.validate().map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: Router {}: {e}",
+                        file.display(),
+                        router.metadata.name.as_deref().unwrap_or_default()
+                    )
+                })?;
+                out.push(router);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The RuntimeConfig of the embedded default: what the operator would compile for `router` and
+/// `kb` serving index generation `generation` (`previous`: the one before), with no adapters or
+/// experiments (their rollout state lives in the cluster's status, which local manifests don't
+/// carry). The Router is reported as `local/<kb>` (docs/metrics.md).
+pub fn local_runtime_config(
+    router: &switchboard_crds::Router,
+    kb: &KnowledgeBase,
+    generation: i64,
+    previous: Option<i64>,
+) -> Result<switchboard_crds::runtime_config::RuntimeConfig> {
+    use switchboard_crds::runtime_config::{
+        EndpointConfig, KIND, KnowledgeBaseConfig, LargeModelConfig, RouterIdentity, RouterPolicy,
+        RuntimeConfig, SmallModelConfig,
+    };
+    let spec = &router.spec;
+    let mut config = RuntimeConfig {
+        api_version: switchboard_crds::API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+        revision: String::new(),
+        router: RouterIdentity {
+            namespace: "local".into(),
+            name: name(kb).to_owned(),
+        },
+        knowledge_base: KnowledgeBaseConfig {
+            name: name(kb).to_owned(),
+            index_generation: generation,
+            previous_generation: previous.filter(|p| *p >= 1 && *p < generation),
+            embedding_model: kb.spec.embedding.model.clone(),
+            retrieval: kb.spec.retrieval.clone(),
+        },
+        small_model: SmallModelConfig {
+            model: spec.small_model.model.clone(),
+            max_active_adapters: spec.small_model.max_active_adapters,
+            max_new_tokens: spec.generation.max_new_tokens,
+        },
+        adapters: Vec::new(),
+        large_model: LargeModelConfig {
+            local: spec.large_model.local.as_ref().map(|l| l.model.clone()),
+            endpoint: spec.large_model.endpoint.as_ref().map(|e| EndpointConfig {
+                url: e.url.clone(),
+                model: e.model.clone(),
+                secret_ref: e.secret_ref.clone(),
+                timeout: e.timeout.clone(),
+            }),
+            max_queue_depth: spec.large_model.max_queue_depth,
+        },
+        router_policy: RouterPolicy {
+            difficulty_threshold: spec.difficulty.threshold,
+            adapter_selection: spec.adapter_selection.clone(),
+            query_rewrite: spec.query_rewrite.clone(),
+            exploration_share: spec.exploration.share.clone(),
+            shadow_max_concurrent: spec.shadow.max_concurrent,
+        },
+        experiments: Vec::new(),
+    };
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(config.canonical_bytes()?);
+    config.revision = format!("sha256:{}", crate::artifacts::hex(&digest));
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("compiled RuntimeConfig is invalid: {e}"))?;
+    Ok(config)
+}
+
+/// The number of an index generation id (`gen-000007` -> 7).
+pub fn generation_number(id: &str) -> Option<i64> {
+    id.strip_prefix("gen-")?.parse().ok()
 }

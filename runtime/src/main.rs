@@ -7,12 +7,18 @@
 //! - `embed`, `search`: the sentence encoder on its own.
 #![forbid(unsafe_code)]
 
+mod answer;
+mod artifacts;
+mod engine;
 mod eval;
 mod grpc;
 mod http;
+mod http_client;
 mod kb;
 mod metrics;
 mod models;
+mod openai;
+mod openai_server;
 mod serve;
 mod service;
 

@@ -14,6 +14,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Buckets for answer stages: 5 ms .. 60 s (generation on CPU takes seconds).
+const ANSWER_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
 /// The runtime's metric families, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,6 +32,35 @@ pub struct Metrics {
     generation_info: IntGaugeVec,
     chunks: IntGauge,
     chunk_hits: Mutex<HashMap<String, u64>>,
+    interactions: IntCounterVec,
+    feedback: IntCounterVec,
+    feedback_rejected: IntCounterVec,
+    answer_checks: IntCounterVec,
+    route_decisions: IntCounterVec,
+    large_queue_depth: IntGaugeVec,
+    answer_seconds: HistogramVec,
+    config_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    shadow_requests: IntCounterVec,
+    shadow_checks: IntCounterVec,
+    shadow_skipped: IntCounterVec,
+}
+
+pub use switchboard_policy::Variant;
+
+/// Label names of [`Variant`], in the order [`Variant::labels`] gives them.
+const VARIANT_LABELS: [&str; 7] = Variant::LABEL_NAMES;
+
+fn with<'a>(variant: &'a Variant, extra: &'a str) -> Vec<&'a str> {
+    let mut v = variant.labels().to_vec();
+    v.push(extra);
+    v
+}
+
+fn labels_with(extra: &'static str) -> Vec<&'static str> {
+    let mut v = VARIANT_LABELS.to_vec();
+    v.push(extra);
+    v
 }
 
 impl Metrics {
@@ -84,8 +118,105 @@ impl Metrics {
             "switchboard_index_chunks",
             "Chunks in the served index generation.",
         )?;
+        let interactions = IntCounterVec::new(
+            Opts::new(
+                "switchboard_interactions_total",
+                "Answers returned to a caller (one interaction token each), per variant.",
+            ),
+            &VARIANT_LABELS,
+        )?;
+        let feedback = IntCounterVec::new(
+            Opts::new(
+                "switchboard_feedback_total",
+                "Verified first-time feedback per variant and outcome.",
+            ),
+            &labels_with("outcome"),
+        )?;
+        let feedback_rejected = IntCounterVec::new(
+            Opts::new(
+                "switchboard_feedback_rejected_total",
+                "Feedback refused (malformed, bad_signature, expired, replayed, unknown_outcome).",
+            ),
+            &["reason"],
+        )?;
+        let answer_checks = IntCounterVec::new(
+            Opts::new(
+                "switchboard_answer_checks_total",
+                "Served answers that failed a check (refusal, invalid_citation, retrieval_failure).",
+            ),
+            &labels_with("check"),
+        )?;
+        let route_decisions = IntCounterVec::new(
+            Opts::new(
+                "switchboard_route_decisions_total",
+                "Routing decisions (easy, difficult, queue_full, exploration, forced).",
+            ),
+            &["router", "model", "reason"],
+        )?;
+        let large_queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_large_model_queue_depth",
+                "Requests queued or in flight to the large model.",
+            ),
+            &["router"],
+        )?;
+        let answer_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_answer_seconds",
+                "Latency of the answer pipeline's stages (rewrite, retrieve, generate, total).",
+            )
+            .buckets(ANSWER_BUCKETS.to_vec()),
+            &["router", "model", "stage"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_runtime_config_info",
+                "1 for the RuntimeConfig revision in force.",
+            ),
+            &["router", "revision"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "switchboard_runtime_config_reloads_total",
+                "RuntimeConfig documents read (applied, rejected, unchanged).",
+            ),
+            &["result"],
+        )?;
+        let shadow_requests = IntCounterVec::new(
+            Opts::new(
+                "switchboard_shadow_requests_total",
+                "Mirrored requests whose shadow answer completed.",
+            ),
+            &["router", "lineage", "adapter_version"],
+        )?;
+        let shadow_checks = IntCounterVec::new(
+            Opts::new(
+                "switchboard_shadow_checks_total",
+                "Failed checks of mirrored requests, per side (baseline, candidate).",
+            ),
+            &["router", "lineage", "adapter_version", "side", "check"],
+        )?;
+        let shadow_skipped = IntCounterVec::new(
+            Opts::new(
+                "switchboard_shadow_skipped_total",
+                "Shadow runs not done (concurrency, error).",
+            ),
+            &["router", "reason"],
+        )?;
         for collector in [
-            Box::new(stage_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(interactions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(feedback.clone()),
+            Box::new(feedback_rejected.clone()),
+            Box::new(answer_checks.clone()),
+            Box::new(route_decisions.clone()),
+            Box::new(large_queue_depth.clone()),
+            Box::new(answer_seconds.clone()),
+            Box::new(config_info.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(shadow_requests.clone()),
+            Box::new(shadow_checks.clone()),
+            Box::new(shadow_skipped.clone()),
+            Box::new(stage_seconds.clone()),
             Box::new(requests.clone()),
             Box::new(failures.clone()),
             Box::new(rerank_outcomes.clone()),
@@ -107,7 +238,96 @@ impl Metrics {
             generation_info,
             chunks,
             chunk_hits: Mutex::new(HashMap::new()),
+            interactions,
+            feedback,
+            feedback_rejected,
+            answer_checks,
+            route_decisions,
+            large_queue_depth,
+            answer_seconds,
+            config_info,
+            config_reloads,
+            shadow_requests,
+            shadow_checks,
+            shadow_skipped,
         })
+    }
+
+    /// Counts an answer returned to a caller.
+    pub fn interaction(&self, variant: &Variant) {
+        self.interactions.with_label_values(&variant.labels()).inc();
+    }
+
+    /// Counts verified first-time feedback (`outcome`: `escalated`, ..., `csat_1`..`csat_5`).
+    pub fn feedback(&self, variant: &Variant, outcome: &str) {
+        self.feedback
+            .with_label_values(&with(variant, outcome))
+            .inc();
+    }
+
+    /// Counts refused feedback.
+    pub fn feedback_rejected(&self, reason: &str) {
+        self.feedback_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a served answer that failed `check`.
+    pub fn answer_check(&self, variant: &Variant, check: &str) {
+        self.answer_checks
+            .with_label_values(&with(variant, check))
+            .inc();
+    }
+
+    /// Counts a routing decision.
+    pub fn route(&self, router: &str, model: &str, reason: &str) {
+        self.route_decisions
+            .with_label_values(&[router, model, reason])
+            .inc();
+    }
+
+    /// Sets the large model's queue depth.
+    pub fn large_queue_depth(&self, router: &str, depth: usize) {
+        self.large_queue_depth
+            .with_label_values(&[router])
+            .set(depth as i64);
+    }
+
+    /// Records one stage of the answer pipeline.
+    pub fn answer_stage(&self, router: &str, model: &str, stage: &str, seconds: f64) {
+        self.answer_seconds
+            .with_label_values(&[router, model, stage])
+            .observe(seconds);
+    }
+
+    /// Marks `revision` of `router` as the RuntimeConfig in force.
+    pub fn config_in_force(&self, router: &str, revision: &str) {
+        self.config_info.reset();
+        self.config_info
+            .with_label_values(&[router, revision])
+            .set(1);
+    }
+
+    /// Counts a RuntimeConfig read (`applied`, `rejected`, `unchanged`).
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a completed shadow comparison and its failed checks.
+    pub fn shadow(&self, router: &str, lineage: &str, version: &str, failed: &[(&str, &str)]) {
+        self.shadow_requests
+            .with_label_values(&[router, lineage, version])
+            .inc();
+        for (side, check) in failed {
+            self.shadow_checks
+                .with_label_values(&[router, lineage, version, side, check])
+                .inc();
+        }
+    }
+
+    /// Counts a shadow run not done.
+    pub fn shadow_skipped(&self, router: &str, reason: &str) {
+        self.shadow_skipped
+            .with_label_values(&[router, reason])
+            .inc();
     }
 
     /// Counts a finished request.

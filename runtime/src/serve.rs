@@ -10,7 +10,8 @@ use switchboard_crds::KnowledgeBase;
 use switchboard_index::{BuildOptions, BuildReport, Embedder, Generations, Reranker};
 use switchboard_model::{CrossEncoder, EncoderWorker};
 
-use crate::grpc::GrpcRetrieval;
+use crate::engine::{Engine, EngineOptions};
+use crate::grpc::{GrpcAssistant, GrpcRetrieval};
 use crate::http::{HttpState, router};
 use crate::kb;
 use crate::metrics::Metrics;
@@ -45,6 +46,8 @@ pub struct Loaded {
     pub store: Generations,
     /// The encoder.
     pub embedder: Arc<WorkerEmbedder>,
+    /// Its checkpoint.
+    pub encoder_path: PathBuf,
 }
 
 impl KbArgs {
@@ -77,6 +80,7 @@ impl KbArgs {
             base,
             store,
             embedder: Arc::new(WorkerEmbedder::new(worker)),
+            encoder_path: encoder,
         })
     }
 }
@@ -170,14 +174,100 @@ pub struct ServeArgs {
     /// How often to look for a newly published generation.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     reload_interval: Duration,
+    /// Operator mode: the RuntimeConfig JSON to serve, polled for changes and hot-reloaded
+    /// (`--manifests` is then not read; index generations come from `--data/<kb name>/`).
+    #[arg(long)]
+    runtime_config: Option<PathBuf>,
+    /// How often the RuntimeConfig file is read for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    config_poll_interval: Duration,
+    /// Content-addressed adapter artifact cache (`sha256-<hex>/` per adapter).
+    #[arg(long, default_value = ".cache/switchboard/artifacts")]
+    artifacts: PathBuf,
+    /// HMAC keys for interaction tokens, one per line (the first signs). Without it a random
+    /// per-process key is used and tokens die with the process.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_KEY_FILE")]
+    token_key_file: Option<PathBuf>,
+    /// Lifetime of interaction tokens (feedback after it is refused as expired).
+    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    token_ttl: Duration,
+    /// Folder searched for model files the config names by a path that doesn't exist here.
+    #[arg(long, default_value = ".cache/models")]
+    models: PathBuf,
+    /// Mounted Secrets: the large model's API key is read from `<secrets>/<name>/<key>`.
+    #[arg(long, default_value = "/etc/switchboard/secrets")]
+    secrets: PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     switchboard_crds::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn load_reranker(args: &ServeArgs) -> Result<Option<Arc<dyn Reranker>>> {
+    Ok(match &args.reranker {
+        Some(dir) => Some(Arc::new(CrossEncoderReranker::new(
+            CrossEncoder::load(dir, switchboard_model::default_device())
+                .with_context(|| format!("loading reranker {}", dir.display()))?,
+        ))),
+        None => None,
+    })
+}
+
+fn token_keys(args: &ServeArgs) -> Result<switchboard_policy::TokenKeys> {
+    match &args.token_key_file {
+        Some(path) => Ok(switchboard_policy::TokenKeys::from_file(path)?),
+        None => {
+            tracing::warn!(
+                "no --token-key-file: interaction tokens are signed with a random per-process key"
+            );
+            Ok(switchboard_policy::TokenKeys::random().context("reading /dev/urandom")?)
+        }
+    }
+}
+
+fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> EngineOptions {
+    EngineOptions {
+        data: args.kb.data.clone(),
+        models: args.models.clone(),
+        encoder: args.kb.encoder.clone(),
+        reranker,
+        secrets: args.secrets.clone(),
+        artifacts: args.artifacts.clone(),
+        token_ttl: args.token_ttl,
+        lenient_large_model: args.runtime_config.is_none(),
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    let metrics = Arc::new(Metrics::new()?);
+    let reranker = load_reranker(&args)?;
+    if let Some(path) = args.runtime_config.clone() {
+        // Operator mode: everything comes from the RuntimeConfig.
+        let engine = Arc::new(Engine::new(
+            engine_options(&args, reranker),
+            Arc::clone(&metrics),
+            token_keys(&args)?,
+        )?);
+        let watcher =
+            tokio::spawn(Arc::clone(&engine).watch_file(path.clone(), args.config_poll_interval));
+        println!(
+            "serving RuntimeConfig {} on grpc://{} and http://{}",
+            path.display(),
+            args.grpc_addr,
+            args.http_addr
+        );
+        let state = HttpState {
+            service: None,
+            engine: Some(engine),
+            pinned: true,
+            metrics,
+        };
+        let result = run_servers(&args, state).await;
+        watcher.abort();
+        return result;
+    }
+
     let kb_args = args.kb.clone();
     let no_build = args.no_build;
     let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded> {
@@ -193,20 +283,97 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Ok(loaded)
     })
     .await??;
-    let reranker: Option<Arc<dyn Reranker>> = match &args.reranker {
-        Some(dir) => Some(Arc::new(CrossEncoderReranker::new(
-            CrossEncoder::load(dir, switchboard_model::default_device())
-                .with_context(|| format!("loading reranker {}", dir.display()))?,
-        ))),
-        None => None,
-    };
     if loaded.kb.spec.retrieval.rerank.enabled && reranker.is_none() {
         tracing::warn!(
             "spec.retrieval.rerank is enabled but no --reranker was given; serving without rerank"
         );
     }
-    let metrics = Arc::new(Metrics::new()?);
-    let options = kb::search_options(&loaded.kb, reranker.is_some());
+    let kb_name = kb::name(&loaded.kb).to_owned();
+    let router = kb::load_routers(&args.kb.manifests)?
+        .into_iter()
+        .find(|r| r.spec.knowledge_base_ref.name == kb_name);
+    if let Some(router) = router {
+        // The embedded default with a Router: compile its RuntimeConfig locally and serve
+        // answers; a newly published generation recompiles it.
+        let mut options = engine_options(&args, reranker);
+        options.encoder = Some(loaded.encoder_path.clone());
+        let engine = Arc::new(Engine::new(
+            options,
+            Arc::clone(&metrics),
+            token_keys(&args)?,
+        )?);
+        engine
+            .seed_encoder(loaded.encoder_path.clone(), Arc::clone(&loaded.embedder))
+            .await;
+        let apply = {
+            let engine = Arc::clone(&engine);
+            let store = loaded.store.clone();
+            let kb = loaded.kb.clone();
+            move || {
+                let engine = Arc::clone(&engine);
+                let store = store.clone();
+                let kb = kb.clone();
+                let router = router.clone();
+                async move {
+                    let Some(current) = store.current()? else {
+                        anyhow::bail!("no index generation published yet");
+                    };
+                    let n = kb::generation_number(&current)
+                        .with_context(|| format!("generation id {current}"))?;
+                    if engine
+                        .active()
+                        .is_some_and(|a| a.config.knowledge_base.index_generation == n)
+                    {
+                        return Ok(());
+                    }
+                    let previous = store
+                        .list()?
+                        .iter()
+                        .filter_map(|g| kb::generation_number(&g.id))
+                        .filter(|g| *g < n)
+                        .max();
+                    let config = kb::local_runtime_config(&router, &kb, n, previous)?;
+                    engine.apply(config).await?;
+                    engine.metrics().config_reload("applied");
+                    Ok(())
+                }
+            }
+        };
+        apply().await?;
+        let watcher = {
+            let interval = args.reload_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = apply().await {
+                        tracing::warn!(error = %e, "could not serve the published generation; still serving the previous one");
+                    }
+                }
+            })
+        };
+        println!(
+            "serving KnowledgeBase {kb_name} with Router {} on grpc://{} and http://{}",
+            engine
+                .active()
+                .map(|a| a.router.clone())
+                .unwrap_or_default(),
+            args.grpc_addr,
+            args.http_addr
+        );
+        let state = HttpState {
+            service: None,
+            engine: Some(engine),
+            pinned: false,
+            metrics,
+        };
+        let result = run_servers(&args, state).await;
+        watcher.abort();
+        return result;
+    }
+
+    // Retrieval only (no Router among the manifests).
+    let options = kb::search_options(&loaded.kb.spec.retrieval, reranker.is_some());
     let embedder: Arc<dyn Embedder> = loaded.embedder.clone();
     let service = Arc::new(RetrievalService::new(
         kb::name(&loaded.kb),
@@ -240,11 +407,38 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         })
     };
+    tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, knowledge_base = %service.knowledge_base(), generation = ?service.generation(), "serving");
+    println!(
+        "serving KnowledgeBase {} (generation {}) on grpc://{} and http://{}",
+        service.knowledge_base(),
+        service.generation().unwrap_or_default(),
+        args.grpc_addr,
+        args.http_addr
+    );
+    let state = HttpState {
+        service: Some(service),
+        engine: None,
+        pinned: false,
+        metrics,
+    };
+    let result = run_servers(&args, state).await;
+    watcher.abort();
+    result
+}
 
+/// Serves gRPC (Retrieval, Assistant when there is an engine, health, reflection) and HTTP until
+/// a shutdown signal; in-flight requests finish.
+async fn run_servers(args: &ServeArgs, state: HttpState) -> Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<switchboard_proto::v1::retrieval_server::RetrievalServer<GrpcRetrieval>>()
         .await;
+    if state.engine.is_some() {
+        health_reporter
+            .set_serving::<switchboard_proto::v1::assistant_server::AssistantServer<GrpcAssistant>>(
+            )
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -254,32 +448,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(reflection)
         .add_service(
             switchboard_proto::v1::retrieval_server::RetrievalServer::new(GrpcRetrieval::new(
-                Arc::clone(&service),
-                Arc::clone(&metrics),
+                state.clone(),
             )),
         )
+        .add_optional_service(state.engine.clone().map(|engine| {
+            switchboard_proto::v1::assistant_server::AssistantServer::new(GrpcAssistant::new(
+                engine,
+            ))
+        }))
         .serve_with_shutdown(args.grpc_addr, shutdown_signal());
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    let http = axum::serve(
-        listener,
-        router(HttpState {
-            service: Arc::clone(&service),
-            metrics,
-        }),
-    )
-    .with_graceful_shutdown(shutdown_signal());
-    tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, knowledge_base = %service.knowledge_base(), generation = ?service.generation(), "serving");
-    println!(
-        "serving KnowledgeBase {} (generation {}) on grpc://{} and http://{}",
-        service.knowledge_base(),
-        service.generation().unwrap_or_default(),
-        args.grpc_addr,
-        args.http_addr
-    );
+    let http = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal());
+    tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, "serving");
     let (grpc, http) = tokio::join!(grpc, async { http.await });
-    watcher.abort();
     grpc.context("gRPC server")?;
     http.context("HTTP server")?;
     Ok(())

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use switchboard_index::{
     Embedder, Generation, Generations, Reranker, Retriever, SearchOptions, SearchResponse,
 };
@@ -107,7 +107,7 @@ pub struct RetrievalService {
     store: Generations,
     embedder: Option<Arc<dyn Embedder>>,
     reranker: Option<Arc<dyn Reranker>>,
-    options: SearchOptions,
+    options: ArcSwap<SearchOptions>,
     current: ArcSwapOption<Retriever>,
     metrics: Arc<Metrics>,
 }
@@ -137,7 +137,7 @@ impl RetrievalService {
             store,
             embedder,
             reranker,
-            options,
+            options: ArcSwap::from_pointee(options),
             current: ArcSwapOption::empty(),
             metrics,
         }
@@ -187,6 +187,46 @@ impl RetrievalService {
         Ok(Some(published))
     }
 
+    /// Replaces the served search options (a RuntimeConfig's `knowledgeBase.retrieval`); requests
+    /// in flight keep the options they started with.
+    pub fn set_options(&self, options: SearchOptions) {
+        self.options.store(Arc::new(options));
+    }
+
+    /// Whether a reranker is configured.
+    pub fn has_reranker(&self) -> bool {
+        self.reranker.is_some()
+    }
+
+    /// A retriever over generation `id` (the one served when it is that generation, else loaded
+    /// from the store). Blocks: call it from the blocking pool.
+    pub fn retriever(&self, id: &str) -> switchboard_index::Result<Arc<Retriever>> {
+        if let Some(current) = self.current.load_full()
+            && current.generation().id == id
+        {
+            return Ok(current);
+        }
+        let generation = Arc::new(Generation::load(&self.store, id)?);
+        let mut retriever = Retriever::new(generation, self.embedder.clone())?;
+        if let Some(reranker) = &self.reranker {
+            retriever = retriever.with_reranker(Arc::clone(reranker));
+        }
+        Ok(Arc::new(retriever))
+    }
+
+    /// Serves `retriever` (a generation pinned by the RuntimeConfig) for plain retrieval requests.
+    pub fn serve(&self, retriever: Arc<Retriever>) {
+        if self.generation().as_deref() == Some(retriever.generation().id.as_str()) {
+            return;
+        }
+        self.metrics.serving(
+            &retriever.generation().id,
+            retriever.generation().chunks().len(),
+        );
+        tracing::info!(knowledge_base = %self.knowledge_base, generation = %retriever.generation().id, "serving index generation");
+        self.current.store(Some(retriever));
+    }
+
     /// Publishes the previous generation again and serves it.
     pub fn switch_back(&self) -> switchboard_index::Result<String> {
         let id = self.store.switch_back()?;
@@ -209,6 +249,16 @@ impl RetrievalService {
                 self.knowledge_base
             ))
         })?;
+        self.retrieve_on(retriever, request).await
+    }
+
+    /// Answers one request on `retriever`'s generation (validated by the caller or here).
+    pub async fn retrieve_on(
+        &self,
+        retriever: Arc<Retriever>,
+        request: RetrieveRequest,
+    ) -> Result<SearchResponse, ServiceError> {
+        validate_query(&request.query)?;
         let options = self.options_for(&request);
         let query = request.query;
         let response = tokio::task::spawn_blocking(move || retriever.search(&query, &options))
@@ -220,7 +270,7 @@ impl RetrievalService {
     }
 
     fn options_for(&self, request: &RetrieveRequest) -> SearchOptions {
-        let mut options = self.options.clone();
+        let mut options = SearchOptions::clone(&self.options.load());
         if request.top_k > 0 {
             options.top_k = request.top_k;
         }

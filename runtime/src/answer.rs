@@ -1,0 +1,814 @@
+//! The answer pipeline (DESIGN.md "The runtime, one request") and feedback.
+//!
+//! experiment assignment -> optional rewrite -> retrieval on the pinned generation -> refusal
+//! without a model call when nothing clears the relevance floor -> route (small / large) ->
+//! adapter selection by domain centroid and version choice (stable / canary) -> grounded prompt
+//! with numbered passages -> generation -> citation and refusal checks -> provenance and a signed
+//! interaction token; a sampled share is mirrored to a Shadow candidate off the critical path.
+//! Decisions are the pure functions of `switchboard-policy`; this module runs them against the
+//! models and records the metrics of docs/metrics.md.
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use switchboard_crds::runtime_config::AdapterRole;
+use switchboard_index::{Embedder, Passage, SearchResponse};
+use switchboard_model::chat::ChatMessage;
+use switchboard_model::generate::{GenerationConfig, Sampling};
+use switchboard_policy::hash::unit_interval;
+use switchboard_policy::{
+    Claims, DifficultyModel, ModelKind, Outcome, OutcomeError, QueryFeatures, RetrievalSignals,
+    RouteDecision, RouteInput, ServingPlan, TokenError, Variant, check_citations, cosine_distance,
+    decide, enrol, is_refusal, new_interaction_id, rewrite_prompt, should_rewrite,
+};
+
+use crate::engine::{Active, Engine, LargeTarget, adapter_id};
+use crate::openai::Message;
+use crate::service::{RetrieveRequest, ServiceError, validate_query};
+
+/// Cosine distance between the served and the shadow answer's embeddings above which the shadow
+/// answer counts as `divergent`.
+pub const DIVERGENCE_THRESHOLD: f64 = 0.25;
+/// Characters of a passage put into the prompt (the small model's context and CPU prefill time
+/// are the budget).
+const PASSAGE_CHARS: usize = 700;
+/// Tokens allowed for a rewritten query.
+const REWRITE_TOKENS: usize = 48;
+
+/// What the caller sends to `POST /v1/answer`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AnswerRequest {
+    /// The customer's message.
+    pub query: String,
+    /// Assignment unit id (user or account) for experiments and sticky canaries.
+    pub unit: Option<String>,
+    /// Conversation id (the unit when none is given).
+    pub conversation_id: Option<String>,
+    /// `small` or `large`: bypasses the router.
+    pub force_model: Option<String>,
+}
+
+/// A citation mapped to its passage.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Citation {
+    /// 1-based passage number as cited.
+    pub index: usize,
+    /// Chunk id.
+    pub chunk_id: String,
+    /// Document id.
+    pub document_id: String,
+    /// `[Doc > Section]`.
+    pub breadcrumb: String,
+    /// Source name.
+    pub source: String,
+}
+
+/// A passage the answer was grounded on.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NumberedPassage {
+    /// 1-based number in the prompt.
+    pub index: usize,
+    /// Chunk id.
+    pub chunk_id: String,
+    /// Document id.
+    pub document_id: String,
+    /// Breadcrumb.
+    pub breadcrumb: String,
+    /// Source name.
+    pub source: String,
+    /// Chunk text.
+    pub text: String,
+    /// Final retrieval score.
+    pub score: f32,
+}
+
+/// The adapter that answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdapterRef {
+    /// Lineage.
+    pub lineage: String,
+    /// Version.
+    pub version: String,
+    /// `stable` or `canary`.
+    pub role: String,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    /// `<namespace>/<name>` of the Router.
+    pub router: String,
+    /// Index generation that was searched.
+    pub kb_generation: String,
+    /// `small` or `large`.
+    pub model: String,
+    /// The primary adapter, if one was applied.
+    pub adapter: Option<AdapterRef>,
+    /// Why the model was chosen (`easy`, `difficult`, `queue_full`, `exploration`, `forced`,
+    /// `no_large_model`, `retrieval_failure`).
+    pub route_reason: String,
+    /// Experiment, empty when not enrolled.
+    pub experiment: String,
+    /// Arm, empty when not enrolled.
+    pub arm: String,
+    /// RuntimeConfig revision in force.
+    pub config_revision: String,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerResponse {
+    /// The answer text.
+    pub answer: String,
+    /// Valid citations, mapped to passages.
+    pub citations: Vec<Citation>,
+    /// Cited numbers that point at no passage (flagged, not mapped).
+    pub invalid_citations: Vec<usize>,
+    /// Whether the answer declines to answer.
+    pub refused: bool,
+    /// The numbered passages of the prompt.
+    pub passages: Vec<NumberedPassage>,
+    /// Provenance.
+    pub provenance: Provenance,
+    /// Signed token for `POST /v1/feedback`.
+    pub interaction_token: String,
+    /// The query searched when it was rewritten.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewritten_query: Option<String>,
+}
+
+/// The fixed answer when retrieval found nothing relevant (no model is called).
+pub const NO_PASSAGE_ANSWER: &str = "I don't know: the knowledge base has nothing relevant to this question. A support agent can help you further.";
+
+/// System message of grounded answers.
+pub const GROUNDED_SYSTEM: &str =
+    "You are a customer support assistant. Use only the passages the user gives you.";
+
+/// The grounded conversation: numbered passages (`[n] <breadcrumb>\n<text>`) and the question in
+/// the user turn, with the instruction to cite as `[n]` and to say it doesn't know otherwise.
+/// (Measured on SmolLM2-135M: with the passages in the user turn and the instruction after the
+/// question, the small model grounds and cites far more often than with them in the system turn.)
+pub fn grounded_messages(passages: &[NumberedPassage], query: &str) -> Vec<ChatMessage> {
+    let mut user = String::from("Passages:\n");
+    for p in passages {
+        user.push_str(&format!("[{}] {}\n{}\n\n", p.index, p.breadcrumb, p.text));
+    }
+    user.push_str(&format!(
+        "Question: {}\nAnswer in one or two sentences and cite the passage you used in brackets, for example [1]. \
+         If no passage answers the question, say \"I don't know.\"",
+        query.trim()
+    ));
+    vec![
+        ChatMessage::system(GROUNDED_SYSTEM),
+        ChatMessage::user(user),
+    ]
+}
+
+fn truncate_chars(text: &str, max: usize) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+fn numbered(passages: &[Passage]) -> Vec<NumberedPassage> {
+    passages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NumberedPassage {
+            index: i + 1,
+            chunk_id: p.chunk_id.clone(),
+            document_id: p.doc_id.clone(),
+            breadcrumb: p.breadcrumb.clone(),
+            source: p.source.clone(),
+            text: truncate_chars(&p.text, PASSAGE_CHARS),
+            score: p.scores.final_score,
+        })
+        .collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn retrieval_signals(response: &SearchResponse) -> RetrievalSignals {
+    let best = response.passages.first();
+    let best_final = best.map_or(0.0, |p| p.scores.final_score);
+    let mut docs: Vec<&str> = response
+        .passages
+        .iter()
+        .filter(|p| p.scores.final_score >= 0.9 * best_final)
+        .map(|p| p.doc_id.as_str())
+        .collect();
+    docs.sort_unstable();
+    docs.dedup();
+    RetrievalSignals {
+        best_similarity: best.and_then(|p| p.scores.dense).map(f64::from),
+        documents_near_top: docs.len(),
+    }
+}
+
+fn role_label(role: AdapterRole) -> &'static str {
+    match role {
+        AdapterRole::Stable => "stable",
+        AdapterRole::Canary => "canary",
+        AdapterRole::Shadow => "shadow",
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+/// Generation of the answer.
+struct Generated {
+    text: String,
+    model: ModelKind,
+}
+
+async fn embed_one(active: &Active, text: String) -> Result<Vec<f32>, ServiceError> {
+    let encoder = Arc::clone(&active.encoder);
+    tokio::task::spawn_blocking(move || encoder.embed(&[text]))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| internal("encoder returned no vector"))
+}
+
+fn greedy(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        sampling: Sampling::Greedy,
+        max_new_tokens,
+        stop_token_ids: Vec::new(),
+    }
+}
+
+/// Answers one request.
+pub async fn answer(
+    engine: &Arc<Engine>,
+    request: AnswerRequest,
+) -> Result<AnswerResponse, ServiceError> {
+    let started = Instant::now();
+    validate_query(&request.query)?;
+    let forced = match request.force_model.as_deref() {
+        None | Some("") => None,
+        Some("small") => Some(ModelKind::Small),
+        Some("large") => Some(ModelKind::Large),
+        Some(other) => {
+            return Err(ServiceError::InvalidArgument {
+                field: "forceModel",
+                message: format!("`{other}` is not small or large"),
+            });
+        }
+    };
+    let active = engine
+        .active()
+        .ok_or_else(|| ServiceError::Unavailable("no RuntimeConfig has been applied yet".into()))?;
+    let config = &active.config;
+    let policy = &config.router_policy;
+    let router = active.router.as_str();
+    let metrics = engine.metrics();
+    let id = new_interaction_id();
+    let unit = request
+        .unit
+        .as_deref()
+        .or(request.conversation_id.as_deref())
+        .filter(|u| !u.is_empty());
+    let sticky = unit.unwrap_or(&id);
+
+    // 1. Experiment.
+    let assignment = enrol(&config.experiments, unit);
+    let overrides = assignment.as_ref().and_then(|a| a.overrides);
+
+    // 2. Rewrite.
+    let mut rewrite_policy = policy.query_rewrite.clone();
+    if let Some(p) = overrides.and_then(|o| o.query_rewrite_policy) {
+        rewrite_policy.policy = p;
+    }
+    let rewrite = should_rewrite(&request.query, &active.vocabulary, &rewrite_policy);
+    let mut rewritten = None;
+    if rewrite.rewrite {
+        let t = Instant::now();
+        let prompt = rewrite_prompt(&request.query);
+        match active
+            .small
+            .chat(
+                vec![ChatMessage::user(prompt)],
+                greedy(REWRITE_TOKENS),
+                None,
+            )
+            .await
+        {
+            Ok(g) => {
+                let q = g.text.lines().next().unwrap_or("").trim().trim_matches('"');
+                if !q.is_empty() && validate_query(q).is_ok() {
+                    rewritten = Some(q.to_owned());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "query rewrite failed; searching the query as written")
+            }
+        }
+        metrics.answer_stage(router, "small", "rewrite", t.elapsed().as_secs_f64());
+    }
+
+    // 3. Retrieval on the pinned (or the arm's) generation.
+    let t = Instant::now();
+    let retriever = match overrides.and_then(|o| o.knowledge_base_generation) {
+        Some(n) if Some(n) == config.knowledge_base.previous_generation => active
+            .previous
+            .clone()
+            .unwrap_or_else(|| Arc::clone(&active.retriever)),
+        _ => Arc::clone(&active.retriever),
+    };
+    let search = active
+        .retrieval
+        .retrieve_on(
+            retriever,
+            RetrieveRequest {
+                query: rewritten.clone().unwrap_or_else(|| request.query.clone()),
+                ..RetrieveRequest::default()
+            },
+        )
+        .await?;
+    let retrieve_seconds = t.elapsed().as_secs_f64();
+    let retrieval_failed = search.failure.is_some() || search.passages.is_empty();
+    let passages = numbered(&search.passages);
+
+    // 4. Route.
+    let features = QueryFeatures::extract(
+        &request.query,
+        active.vocabulary.terms(),
+        &retrieval_signals(&search),
+    );
+    let difficulty = DifficultyModel::default().estimate(features);
+    let large_depth = engine.large_queue_depth();
+    metrics.large_queue_depth(router, large_depth);
+    let route = decide(&RouteInput {
+        difficulty: difficulty.score,
+        threshold: overrides
+            .and_then(|o| o.difficulty_threshold)
+            .unwrap_or(policy.difficulty_threshold),
+        large_available: active.large.is_some(),
+        large_queue_depth: large_depth,
+        max_queue_depth: usize::try_from(config.large_model.max_queue_depth.max(0)).unwrap_or(0),
+        exploration_share: overrides
+            .and_then(|o| o.exploration_share.as_ref())
+            .unwrap_or(&policy.exploration_share)
+            .fraction(),
+        exploration_draw: unit_interval(&["exploration", &id]),
+        forced,
+    });
+    metrics.route(router, route.model.as_str(), route.reason.as_str());
+
+    // 5. Adapter (small model only): most similar domain, then the lineage's version.
+    let plan = ServingPlan::new(config);
+    let mut served = None;
+    if route.model == ModelKind::Small && !active.adapters.is_empty() {
+        let top_k = overrides
+            .and_then(|o| o.adapter_top_k)
+            .unwrap_or(policy.adapter_selection.top_k);
+        let query_vector = embed_one(&active, request.query.clone()).await?;
+        // The generator applies one adapter per request: the primary (top-1) one. With topK 2
+        // the second lineage is reported in logs only.
+        let selected = active.domains.select(
+            &query_vector,
+            usize::try_from(top_k.max(1)).unwrap_or(1),
+            policy.adapter_selection.min_similarity,
+        );
+        if let Some(first) = selected.first() {
+            served = plan.serve(&first.lineage, sticky, assignment.as_ref());
+        }
+        if selected.len() > 1 {
+            tracing::debug!(?selected, "top-2 adapter selection; applying the primary");
+        }
+    }
+    let adapter = served.map(|s| AdapterRef {
+        lineage: s.adapter.lineage.clone(),
+        version: s.adapter.version.clone(),
+        role: role_label(s.role).to_owned(),
+    });
+    let shadow = served
+        .and_then(|s| plan.shadow(&s.adapter.lineage, &id))
+        .map(|a| (a.lineage.clone(), a.version.clone()));
+
+    let mut variant = Variant {
+        router: router.to_owned(),
+        lineage: adapter
+            .as_ref()
+            .map(|a| a.lineage.clone())
+            .unwrap_or_default(),
+        adapter_version: adapter
+            .as_ref()
+            .map(|a| a.version.clone())
+            .unwrap_or_default(),
+        adapter_role: adapter.as_ref().map(|a| a.role.clone()).unwrap_or_default(),
+        experiment: assignment
+            .map(|a| a.experiment.to_owned())
+            .unwrap_or_default(),
+        arm: assignment.map(|a| a.arm.to_owned()).unwrap_or_default(),
+        model: route.model.as_str().to_owned(),
+    };
+
+    // 6. Generation (none when retrieval found nothing: refuse rather than invent).
+    let messages = grounded_messages(&passages, &request.query);
+    let max_new_tokens = usize::try_from(config.small_model.max_new_tokens.max(1)).unwrap_or(256);
+    let mut route_reason = route.reason.as_str().to_owned();
+    let mut generate_seconds = 0.0;
+    let generated = if retrieval_failed {
+        route_reason = "retrieval_failure".into();
+        None
+    } else {
+        let t = Instant::now();
+        let g = generate(&active, route, &messages, max_new_tokens, adapter.as_ref()).await?;
+        generate_seconds = t.elapsed().as_secs_f64();
+        Some(g)
+    };
+    let (text, model) = match &generated {
+        Some(g) => (g.text.trim().to_owned(), g.model),
+        None => (NO_PASSAGE_ANSWER.to_owned(), route.model),
+    };
+    if model != route.model {
+        route_reason = "large_model_error".into();
+        variant.model = model.as_str().to_owned();
+    }
+    let model_label = model.as_str();
+    metrics.answer_stage(router, model_label, "retrieve", retrieve_seconds);
+    if generated.is_some() {
+        metrics.answer_stage(router, model_label, "generate", generate_seconds);
+    }
+
+    // 7. Checks.
+    let check = check_citations(&text, passages.len());
+    let refused = retrieval_failed || is_refusal(&text);
+    let citations: Vec<Citation> = check
+        .valid
+        .iter()
+        .filter_map(|n| passages.get(n - 1))
+        .map(|p| Citation {
+            index: p.index,
+            chunk_id: p.chunk_id.clone(),
+            document_id: p.document_id.clone(),
+            breadcrumb: p.breadcrumb.clone(),
+            source: p.source.clone(),
+        })
+        .collect();
+    metrics.interaction(&variant);
+    if retrieval_failed {
+        metrics.answer_check(&variant, "retrieval_failure");
+    }
+    if refused {
+        metrics.answer_check(&variant, "refusal");
+    } else if !check.is_valid() {
+        metrics.answer_check(&variant, "invalid_citation");
+    }
+
+    // 8. Shadow, off the critical path.
+    if let Some((lineage, version)) = shadow {
+        spawn_shadow(
+            engine,
+            &active,
+            ShadowRun {
+                lineage,
+                version,
+                messages: messages.clone(),
+                max_new_tokens,
+                retrieval_failed,
+                passages: passages.len(),
+                baseline: text.clone(),
+                baseline_refused: refused,
+                baseline_citations_ok: check.is_valid(),
+            },
+        );
+    }
+
+    // 9. Token and provenance.
+    let iat = now_secs();
+    let token = engine.keys().sign(&Claims {
+        id,
+        iat,
+        exp: iat + engine.token_ttl().as_secs().max(1),
+        variant: variant.clone(),
+    });
+    metrics.answer_stage(
+        router,
+        model_label,
+        "total",
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(AnswerResponse {
+        answer: text,
+        citations,
+        invalid_citations: check.invalid,
+        refused,
+        passages,
+        provenance: Provenance {
+            router: router.to_owned(),
+            kb_generation: search.generation,
+            model: model_label.to_owned(),
+            adapter,
+            route_reason,
+            experiment: variant.experiment,
+            arm: variant.arm,
+            config_revision: config.revision.clone(),
+        },
+        interaction_token: token,
+        rewritten_query: rewritten,
+    })
+}
+
+async fn generate(
+    active: &Active,
+    route: RouteDecision,
+    messages: &[ChatMessage],
+    max_new_tokens: usize,
+    adapter: Option<&AdapterRef>,
+) -> Result<Generated, ServiceError> {
+    if route.model == ModelKind::Large {
+        let large = match &active.large {
+            Some(LargeTarget::Endpoint(client)) => client
+                .chat(
+                    messages
+                        .iter()
+                        .map(|m| Message {
+                            role: m.role.clone(),
+                            content: m.content.clone(),
+                        })
+                        .collect(),
+                    u32::try_from(max_new_tokens).unwrap_or(u32::MAX),
+                )
+                .await
+                .map(|r| {
+                    r.choices
+                        .into_iter()
+                        .next()
+                        .map(|c| c.message.content)
+                        .unwrap_or_default()
+                })
+                .map_err(|e| e.to_string()),
+            Some(LargeTarget::Local(worker)) => worker
+                .chat(messages.to_vec(), greedy(max_new_tokens), None)
+                .await
+                .map(|g| g.text)
+                .map_err(|e| e.to_string()),
+            None => Err("no large model configured".to_owned()),
+        };
+        match large {
+            Ok(text) => {
+                return Ok(Generated {
+                    text,
+                    model: ModelKind::Large,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "large model failed; answering with the small model");
+            }
+        }
+    }
+    let id = adapter.map(|a| adapter_id(&a.lineage, &a.version));
+    let g = active
+        .small
+        .chat(messages.to_vec(), greedy(max_new_tokens), id)
+        .await
+        .map_err(internal)?;
+    Ok(Generated {
+        text: g.text,
+        model: ModelKind::Small,
+    })
+}
+
+struct ShadowRun {
+    lineage: String,
+    version: String,
+    messages: Vec<ChatMessage>,
+    max_new_tokens: usize,
+    retrieval_failed: bool,
+    passages: usize,
+    baseline: String,
+    baseline_refused: bool,
+    baseline_citations_ok: bool,
+}
+
+struct ShadowSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ShadowSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn spawn_shadow(engine: &Arc<Engine>, active: &Arc<Active>, run: ShadowRun) {
+    let router = active.router.clone();
+    let max =
+        usize::try_from(active.config.router_policy.shadow_max_concurrent.max(0)).unwrap_or(0);
+    let counter = Arc::clone(engine.shadow_in_flight());
+    if counter.fetch_add(1, Ordering::Relaxed) >= max {
+        counter.fetch_sub(1, Ordering::Relaxed);
+        engine.metrics().shadow_skipped(&router, "concurrency");
+        return;
+    }
+    let slot = ShadowSlot(counter);
+    let engine = Arc::clone(engine);
+    let active = Arc::clone(active);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let metrics = engine.metrics();
+        let base_checks = |failed: &mut Vec<(&'static str, &'static str)>| {
+            if run.baseline_refused {
+                failed.push(("baseline", "refusal"));
+            } else if !run.baseline_citations_ok {
+                failed.push(("baseline", "invalid_citation"));
+            }
+        };
+        if run.retrieval_failed {
+            // Neither side generates: the candidate would have refused the same way.
+            let failed = [
+                ("baseline", "retrieval_failure"),
+                ("baseline", "refusal"),
+                ("candidate", "retrieval_failure"),
+                ("candidate", "refusal"),
+            ];
+            metrics.shadow(&router, &run.lineage, &run.version, &failed);
+            return;
+        }
+        let t = Instant::now();
+        let id = adapter_id(&run.lineage, &run.version);
+        let candidate = match active
+            .small
+            .chat(run.messages.clone(), greedy(run.max_new_tokens), Some(id))
+            .await
+        {
+            Ok(g) => g.text.trim().to_owned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "shadow generation failed");
+                metrics.shadow_skipped(&router, "error");
+                return;
+            }
+        };
+        let latency = t.elapsed();
+        let distance = {
+            let encoder = Arc::clone(&active.encoder);
+            let texts = vec![run.baseline.clone(), candidate.clone()];
+            match tokio::task::spawn_blocking(move || encoder.embed(&texts)).await {
+                Ok(Ok(v)) if v.len() == 2 => cosine_distance(&v[0], &v[1]),
+                _ => {
+                    metrics.shadow_skipped(&router, "error");
+                    return;
+                }
+            }
+        };
+        let mut failed = Vec::new();
+        base_checks(&mut failed);
+        let check = check_citations(&candidate, run.passages);
+        if is_refusal(&candidate) {
+            failed.push(("candidate", "refusal"));
+        } else if !check.is_valid() {
+            failed.push(("candidate", "invalid_citation"));
+        }
+        if distance > DIVERGENCE_THRESHOLD {
+            failed.push(("candidate", "divergent"));
+        }
+        tracing::debug!(lineage = %run.lineage, version = %run.version, distance, latency_ms = latency.as_millis() as u64, "shadow compared");
+        metrics.shadow(&router, &run.lineage, &run.version, &failed);
+    });
+}
+
+/// What the caller sends to `POST /v1/feedback`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackRequest {
+    /// The answer's interaction token.
+    pub token: String,
+    /// `escalated`, `resolved`, `reopened` or `csat`.
+    pub outcome: String,
+    /// Rating 1..=5 with `csat`.
+    #[serde(default)]
+    pub csat: Option<i64>,
+}
+
+/// Why feedback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    /// Malformed request or token.
+    #[error("{0}")]
+    Malformed(String),
+    /// The token does not verify.
+    #[error("{0}")]
+    BadSignature(String),
+    /// The token expired.
+    #[error("{0}")]
+    Expired(String),
+    /// Already counted.
+    #[error("{0}")]
+    Replayed(String),
+    /// Not an outcome.
+    #[error("{0}")]
+    UnknownOutcome(String),
+}
+
+impl FeedbackError {
+    /// `switchboard_feedback_rejected_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::BadSignature(_) => "bad_signature",
+            Self::Expired(_) => "expired",
+            Self::Replayed(_) => "replayed",
+            Self::UnknownOutcome(_) => "unknown_outcome",
+        }
+    }
+}
+
+/// Verifies and counts one feedback call.
+pub fn feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(), FeedbackError> {
+    let result = record_feedback(engine, request);
+    if let Err(e) = &result {
+        engine.metrics().feedback_rejected(e.reason());
+    }
+    result
+}
+
+fn record_feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(), FeedbackError> {
+    if request.token.trim().is_empty() {
+        return Err(FeedbackError::Malformed("token: must not be empty".into()));
+    }
+    let now = now_secs();
+    let claims = engine
+        .keys()
+        .verify(request.token.trim(), now)
+        .map_err(|e| match e {
+            TokenError::Malformed(_) => FeedbackError::Malformed(e.to_string()),
+            TokenError::BadSignature => FeedbackError::BadSignature(e.to_string()),
+            TokenError::Expired { .. } => FeedbackError::Expired(e.to_string()),
+        })?;
+    let outcome = Outcome::parse(&request.outcome, request.csat).map_err(|e| match e {
+        OutcomeError::Unknown(_) => FeedbackError::UnknownOutcome(e.to_string()),
+        OutcomeError::CsatRange(_) => FeedbackError::Malformed(e.to_string()),
+    })?;
+    engine
+        .ledger()
+        .record(&claims, outcome, now)
+        .map_err(|e| FeedbackError::Replayed(e.to_string()))?;
+    engine.metrics().feedback(&claims.variant, outcome.label());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grounded_prompt_numbers_passages_with_breadcrumbs() {
+        let passages = vec![
+            NumberedPassage {
+                index: 1,
+                chunk_id: "c1".into(),
+                document_id: "d1".into(),
+                breadcrumb: "[Refunds > Timing]".into(),
+                source: "policies".into(),
+                text: "Refunds are issued within 5 business days.".into(),
+                score: 0.9,
+            },
+            NumberedPassage {
+                index: 2,
+                chunk_id: "c2".into(),
+                document_id: "d2".into(),
+                breadcrumb: "[Shipping]".into(),
+                source: "guides".into(),
+                text: "Orders ship in 2 days.".into(),
+                score: 0.5,
+            },
+        ];
+        let messages = grounded_messages(&passages, " When do refunds arrive? ");
+        assert_eq!(messages[0].role, "system");
+        let prompt = &messages[1].content;
+        assert!(
+            prompt.contains("[1] [Refunds > Timing]\nRefunds are issued within 5 business days.")
+        );
+        assert!(prompt.contains("[2] [Shipping]\nOrders ship in 2 days."));
+        assert!(prompt.contains("Question: When do refunds arrive?\n"));
+        assert!(prompt.contains("cite the passage you used in brackets, for example [1]"));
+        assert!(prompt.contains("I don't know"));
+        assert!(is_refusal(NO_PASSAGE_ANSWER));
+    }
+
+    #[test]
+    fn long_passages_are_cut_on_a_character_boundary() {
+        let text = "é".repeat(2 * PASSAGE_CHARS);
+        let cut = truncate_chars(&text, PASSAGE_CHARS);
+        assert_eq!(cut.chars().count(), PASSAGE_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate_chars("a  b\n c", 10), "a b c");
+    }
+}
