@@ -487,6 +487,10 @@ pub struct HistoryEntry {
     pub version: String,
     /// Its artifact digest.
     pub sha256: String,
+    /// Its artifact URI as the spec named it, so the version stays loadable from its source
+    /// after the spec moves on to a newer version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
     /// How it ended (or its current phase, for the newest).
     pub phase: AdapterPhase,
     /// When its rollout started.

@@ -330,15 +330,20 @@ fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
         let artifact = if *stable == spec.version {
             Some(spec_artifact.clone())
         } else {
-            // The spec has moved on to a candidate; the stable version's digest is in history and
-            // the runtime resolves it from its content-addressed artifact store.
+            // The spec has moved on to a candidate; the stable version's digest and URI are in
+            // history (entries written before the URI was recorded carry the digest only, and
+            // the runtime resolves them from its content-addressed artifact store).
             status
                 .history
                 .iter()
                 .rev()
                 .find(|h| h.version == *stable)
-                .and_then(|h| h.sha256.parse().ok())
-                .map(|sha256| AdapterArtifact { uri: None, sha256 })
+                .and_then(|h| {
+                    h.sha256.parse().ok().map(|sha256| AdapterArtifact {
+                        uri: h.uri.clone(),
+                        sha256,
+                    })
+                })
         };
         if let Some(artifact) = artifact {
             out.push(entry(stable, AdapterRole::Stable, artifact));

@@ -1,3 +1,333 @@
-//! AdapterPatch controller parts.
+//! AdapterPatch controller: artifact check -> guardrail observations -> rollout step -> status,
+//! Events, consumed annotations, requeue.
 
+pub mod artifact;
 pub mod rollout;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{controller::Action, events::EventType as KubeEventType},
+};
+use switchboard_crds::{
+    AdapterPatch, Router, Validate,
+    adapter_patch::{AdapterPatchStatus, AdapterPhase},
+    conditions::{self as cond, reasons},
+};
+
+use crate::{
+    context::{Context, apply_status, condition, describe, namespaced_name},
+    error::{Error, Result},
+    observe::{RolloutScope, observe_rollout},
+};
+
+use self::rollout::{ArtifactCheck, EventType, Observations, RolloutInput, RolloutOutput, step};
+
+/// Controller name in metrics.
+pub const CONTROLLER: &str = "adapterpatch";
+
+/// Reconciles one AdapterPatch.
+pub async fn reconcile(patch: Arc<AdapterPatch>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    let key = describe(patch.as_ref());
+    let result = reconcile_inner(&patch, &ctx).await;
+    match &result {
+        Ok(_) => {
+            ctx.backoff.succeeded(&key);
+            ctx.metrics.reconciled(CONTROLLER, true);
+        }
+        Err(error) => {
+            ctx.metrics.reconciled(CONTROLLER, false);
+            ctx.metrics.reconcile_error(CONTROLLER, error.reason());
+            tracing::warn!(adapterpatch = %key, %error, "reconcile failed");
+            report_failure(&patch, &ctx, error).await;
+        }
+    }
+    result
+}
+
+/// Retries with exponential backoff.
+pub fn error_policy(patch: Arc<AdapterPatch>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.backoff.failed(&describe(patch.as_ref())))
+}
+
+/// Whether the spec's version still needs its artifact checked: it is new, superseded earlier
+/// and named again, or still validating. Versions past validation were verified when they
+/// entered it; rejected ones are not rolled out again.
+pub fn needs_artifact_check(patch: &AdapterPatch) -> bool {
+    let spec = &patch.spec;
+    let Some(status) = &patch.status else {
+        return true;
+    };
+    let entry = status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.version == spec.version && h.sha256 == spec.artifact.sha256.as_str());
+    match entry.map(|h| h.phase) {
+        None
+        | Some(AdapterPhase::Pending | AdapterPhase::Validating | AdapterPhase::Superseded) => {
+            status.stable_version.as_deref() != Some(spec.version.as_str())
+        }
+        Some(_) => false,
+    }
+}
+
+/// The version that was stable before the current one (for the post-promotion watch).
+pub fn previous_stable(status: &AdapterPatchStatus) -> Option<String> {
+    let stable = status.stable_version.as_deref();
+    status
+        .history
+        .iter()
+        .rev()
+        .filter(|h| Some(h.version.as_str()) != stable)
+        .find(|h| {
+            h.phase == AdapterPhase::Superseded && h.reason.as_deref() == Some(reasons::PROMOTED)
+        })
+        .map(|h| h.version.clone())
+}
+
+/// What the current stage compares, if it compares anything: Shadow (both sides of mirrored
+/// requests), Canary (stable vs candidate), or the post-promotion watch (previous vs new stable).
+pub fn rollout_scope(
+    patch: &AdapterPatch,
+    routers: Vec<String>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<RolloutScope> {
+    let status = patch.status.as_ref()?;
+    let spec = &patch.spec;
+    let stable = status.stable_version.clone()?;
+    let candidate_is_spec = status.candidate_version.as_deref() == Some(spec.version.as_str());
+    let scope = |baseline: String, candidate: String, shadow: bool| RolloutScope {
+        routers,
+        lineage: spec.lineage.clone(),
+        baseline,
+        candidate,
+        shadow,
+    };
+    match status.phase {
+        AdapterPhase::Shadow if candidate_is_spec => {
+            Some(scope(stable, spec.version.clone(), true))
+        }
+        AdapterPhase::Canary if candidate_is_spec => {
+            Some(scope(stable, spec.version.clone(), false))
+        }
+        AdapterPhase::Promoted => {
+            let started = status.step_started_at.as_ref()?;
+            let watch = k8s_openapi::jiff::SignedDuration::try_from(
+                spec.rollout.post_promotion_watch.duration(),
+            )
+            .ok()?;
+            let end = started.0.checked_add(watch).ok()?;
+            if end <= now {
+                return None;
+            }
+            previous_stable(status).map(|previous| scope(previous, stable, false))
+        }
+        _ => None,
+    }
+}
+
+async fn reconcile_inner(patch: &AdapterPatch, ctx: &Context) -> Result<Action> {
+    let (namespace, name) = namespaced_name(patch)?;
+    patch.spec.validate().map_err(|source| Error::InvalidSpec {
+        object: describe(patch),
+        source,
+    })?;
+    let client = &ctx.client;
+    let now = ctx.now();
+
+    let siblings = Api::<AdapterPatch>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("list", format!("AdapterPatches in {namespace}"), e))?
+        .items;
+    let adapters_on_base_model = siblings
+        .iter()
+        .filter(|p| p.spec.base_model == patch.spec.base_model)
+        .count()
+        .max(1);
+
+    let artifact = if needs_artifact_check(patch) {
+        ctx.artifacts.check(&patch.spec).await
+    } else {
+        ArtifactCheck::Verified
+    };
+
+    let observations = match rollout_scope(patch, Vec::new(), now) {
+        Some(_) => {
+            let routers = Api::<Router>::namespaced(client.clone(), &namespace)
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| Error::kube("list", format!("Routers in {namespace}"), e))?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect::<Vec<_>>();
+            let mut ids: Vec<String> = crate::router::routers_selecting(&routers, patch)
+                .iter()
+                .filter(|r| r.spec.small_model.model == patch.spec.base_model)
+                .map(|r| format!("{namespace}/{}", r.name_any()))
+                .collect();
+            ids.sort();
+            match rollout_scope(patch, ids, now) {
+                Some(scope) => {
+                    observe_rollout(ctx.source.as_ref(), &scope, &patch.spec.guardrails).await
+                }
+                None => Observations::new(),
+            }
+        }
+        None => Observations::new(),
+    };
+
+    let empty = BTreeMap::new();
+    let previous = patch.status.clone().unwrap_or_default();
+    let RolloutOutput {
+        status,
+        events,
+        consumed_annotations,
+        retained_versions,
+        requeue_after,
+    } = step(RolloutInput {
+        generation: patch.metadata.generation,
+        spec: &patch.spec,
+        annotations: patch.metadata.annotations.as_ref().unwrap_or(&empty),
+        status: &previous,
+        artifact: &artifact,
+        observations: &observations,
+        adapters_on_base_model,
+        now,
+    });
+
+    apply_status(client, patch, &status).await?;
+    let lineage = &patch.spec.lineage;
+    ctx.metrics.rollout(
+        &namespace,
+        &name,
+        lineage,
+        status.phase,
+        status.canary_weight.unwrap_or(0),
+    );
+    for event in &events {
+        if matches!(
+            event.reason.as_str(),
+            reasons::GUARDRAIL_BREACHED | reasons::MANUAL_ROLLBACK | reasons::MANUAL_ABORT
+        ) {
+            ctx.metrics
+                .rollback(&namespace, &name, lineage, &event.reason);
+        }
+        let type_ = match event.type_ {
+            EventType::Normal => KubeEventType::Normal,
+            EventType::Warning => KubeEventType::Warning,
+        };
+        tracing::info!(adapterpatch = %name, reason = %event.reason, message = %event.message, "rollout event");
+        ctx.event(
+            patch,
+            type_,
+            &event.reason,
+            "Rollout",
+            event.message.clone(),
+        )
+        .await;
+    }
+    if !consumed_annotations.is_empty() {
+        remove_annotations(ctx, &namespace, &name, &consumed_annotations).await?;
+    }
+    release_artifacts(ctx, &status, &retained_versions);
+
+    let requeue = requeue_after.map_or(ctx.settings.resync_interval, |d| {
+        d.min(ctx.settings.analysis_interval)
+    });
+    Ok(Action::requeue(requeue))
+}
+
+/// Removes acted-upon annotations (JSON merge patch with `null` values) so they act once.
+async fn remove_annotations(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    keys: &[String],
+) -> Result<()> {
+    let nulls: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    let patch = serde_json::json!({"metadata": {"annotations": nulls}});
+    Api::<AdapterPatch>::namespaced(ctx.client.clone(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| {
+            Error::kube(
+                "remove annotations of",
+                format!("AdapterPatch {namespace}/{name}"),
+                e,
+            )
+        })?;
+    Ok(())
+}
+
+/// Releases cached artifacts of versions past their rollback window (digests no retained
+/// version shares).
+fn release_artifacts(ctx: &Context, status: &AdapterPatchStatus, retained: &[String]) {
+    let kept: Vec<&str> = status
+        .history
+        .iter()
+        .filter(|h| retained.contains(&h.version))
+        .map(|h| h.sha256.as_str())
+        .collect();
+    for h in &status.history {
+        if !retained.contains(&h.version)
+            && !kept.contains(&h.sha256.as_str())
+            && let Some(hex) = h.sha256.strip_prefix("sha256:")
+        {
+            ctx.artifacts.release(hex);
+        }
+    }
+}
+
+/// After a failed reconcile: the previous status (the rollout state is never lost) with
+/// conditions saying why.
+async fn report_failure(patch: &AdapterPatch, ctx: &Context, error: &Error) {
+    let generation = patch.metadata.generation;
+    let now = ctx.now();
+    let previous = patch.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    let reason = error.reason();
+    let message = error.to_string();
+    let invalid = matches!(error, Error::InvalidSpec { .. });
+    if invalid {
+        status.observed_generation = generation;
+    }
+    let serving = status.stable_version.is_some();
+    for c in [
+        condition(
+            cond::DEGRADED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+        condition(
+            cond::READY,
+            serving,
+            if serving { reasons::RECONCILED } else { reason },
+            format!(
+                "stable version: {}; {message}",
+                status.stable_version.as_deref().unwrap_or("none")
+            ),
+            generation,
+            now,
+        ),
+    ] {
+        switchboard_crds::set_condition(&mut status.conditions, c);
+    }
+    if let Err(e) = apply_status(&ctx.client, patch, &status).await {
+        tracing::warn!(adapterpatch = %patch.name_any(), error = %e, "writing the failure status failed");
+        return;
+    }
+    ctx.condition_events(patch, &previous.conditions, &status.conditions)
+        .await;
+}

@@ -338,6 +338,7 @@ impl Machine<'_> {
         self.status.history.push(HistoryEntry {
             version: version.to_owned(),
             sha256: digest.to_owned(),
+            uri: Some(spec.artifact.uri.clone()),
             phase: AdapterPhase::Validating,
             started_at: Some(time(self.now())),
             finished_at: None,

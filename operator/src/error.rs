@@ -1,0 +1,87 @@
+//! The controllers' error type: one variant per failed step, with the object and the cause. Each
+//! error yields a short CamelCase label for metrics, condition reasons and Events.
+
+use switchboard_crds::{ValidationErrors, conditions::reasons};
+
+use crate::compile::CompileError;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed (`verb` on `object`).
+    #[error("{verb} {object}: {source}")]
+    Kube {
+        /// What was attempted (`get`, `list`, `apply`, `patch status`, ...).
+        verb: &'static str,
+        /// `Kind namespace/name` (or `Kind namespace` for lists).
+        object: String,
+        /// The client error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The spec breaks a rule admission could not check.
+    #[error("{object}: {source}")]
+    InvalidSpec {
+        /// `Kind namespace/name`.
+        object: String,
+        /// The broken rules.
+        source: ValidationErrors,
+    },
+    /// A referenced object does not exist.
+    #[error("{object} references {kind} {name}, which does not exist")]
+    ReferenceNotFound {
+        /// The referencing object.
+        object: String,
+        /// Kind of the missing object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Compiling a Router's RuntimeConfig failed.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// An object has no name or namespace (the API server always sets them).
+    #[error("{0} has no {1}")]
+    MissingMetadata(&'static str, &'static str),
+    /// A document could not be serialised.
+    #[error("serialising {what}: {source}")]
+    Serialize {
+        /// What.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Wraps a client error of `verb` on `object`.
+    pub fn kube(verb: &'static str, object: impl Into<String>, source: kube::Error) -> Self {
+        Self::Kube {
+            verb,
+            object: object.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Short CamelCase label for metrics (`reason` label), conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) if status.code == 409 => "Conflict",
+                kube::Error::Api(status) if status.code == 403 => "Forbidden",
+                kube::Error::Api(status) if status.code == 404 => "NotFound",
+                kube::Error::Api(_) => "ApiError",
+                _ => "ApiUnreachable",
+            },
+            Self::InvalidSpec { .. } => reasons::INVALID_SPEC,
+            Self::ReferenceNotFound { .. } => reasons::REFERENCE_NOT_FOUND,
+            Self::Compile(e) => e.reason(),
+            Self::MissingMetadata(..) => "MissingMetadata",
+            Self::Serialize { .. } => "SerializeFailed",
+        }
+    }
+}
+
+/// Result alias of the controllers.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,715 @@
+//! The pure part of the Experiment controller: (spec, status, per-arm counts, now) -> status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
+use switchboard_analysis::{
+    Counts, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs, difference_of_proportions,
+    estimate_eta, evaluate_guardrail, plan, planning, sample_ratio_mismatch,
+};
+use switchboard_crds::{
+    Metric, annotations,
+    conditions::{self as cond, reasons},
+    experiment::{
+        Direction, ExperimentDecision, ExperimentPhase, ExperimentSpec, ExperimentStatus,
+        SampleRatioCheck, VariantResult,
+    },
+    set_condition,
+};
+
+use crate::context::condition;
+
+/// Name of the holdout arm in metric labels.
+pub const HOLDOUT: &str = "holdout";
+/// p-value below which the assignment split is declared broken.
+pub const SRM_THRESHOLD: f64 = 0.001;
+
+/// Counts of one arm since the start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArmData {
+    /// Interactions (the sample unit the runtime counts per arm).
+    pub interactions: u64,
+    /// Primary metric: events out of trials.
+    pub primary: Counts,
+    /// Guardrail metrics: events out of trials, or why unavailable.
+    pub guardrails: BTreeMap<Metric, Result<Counts, String>>,
+}
+
+/// Everything one evaluation reads.
+#[derive(Clone, Debug)]
+pub struct ExperimentInput<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Spec.
+    pub spec: &'a ExperimentSpec,
+    /// Annotations (the `stop` action).
+    pub annotations: &'a BTreeMap<String, String>,
+    /// Current status.
+    pub status: &'a ExperimentStatus,
+    /// Whether the Router exists.
+    pub router_exists: bool,
+    /// Per arm (variants and `holdout`); `Err` when the metrics could not be read.
+    pub data: Result<BTreeMap<String, ArmData>, String>,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// The new status, Events to emit and annotations acted upon.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentOutput {
+    /// Status to apply.
+    pub status: ExperimentStatus,
+    /// `(warning, reason, message)` Events.
+    pub events: Vec<(bool, String, String)>,
+    /// Annotations to remove.
+    pub consumed_annotations: Vec<String>,
+}
+
+impl Default for ArmData {
+    fn default() -> Self {
+        Self {
+            interactions: 0,
+            primary: Counts {
+                events: 0,
+                trials: 0,
+            },
+            guardrails: BTreeMap::new(),
+        }
+    }
+}
+
+fn ended(phase: ExperimentPhase) -> bool {
+    matches!(phase, ExperimentPhase::Stopped | ExperimentPhase::Concluded)
+}
+
+/// Evaluates an Experiment.
+#[allow(clippy::too_many_lines)]
+pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
+    let spec = input.spec;
+    let now = input.now;
+    let generation = input.generation;
+    let mut status = input.status.clone();
+    let mut events = Vec::new();
+    let mut consumed = Vec::new();
+    status.observed_generation = generation;
+    let set =
+        |status: &mut ExperimentStatus, type_: &str, ok: bool, reason: &str, message: String| {
+            set_condition(
+                &mut status.conditions,
+                condition(type_, ok, reason, message, generation, now),
+            );
+        };
+    let stop = |status: &mut ExperimentStatus,
+                events: &mut Vec<(bool, String, String)>,
+                decision: ExperimentDecision,
+                reason: &str,
+                message: String| {
+        status.phase = ExperimentPhase::Stopped;
+        status.decision = decision;
+        status.message = Some(message.clone());
+        events.push((
+            decision != ExperimentDecision::Inconclusive,
+            reason.to_owned(),
+            message,
+        ));
+    };
+
+    if !ended(status.phase) {
+        if input
+            .annotations
+            .get(annotations::ACTION)
+            .map(String::as_str)
+            == Some(annotations::actions::STOP)
+        {
+            consumed.push(annotations::ACTION.to_owned());
+            stop(
+                &mut status,
+                &mut events,
+                ExperimentDecision::Inconclusive,
+                "Stopped",
+                "stopped by annotation (switchboard.dev/action=stop)".to_owned(),
+            );
+        } else if status.phase == ExperimentPhase::Pending {
+            if input.router_exists {
+                status.phase = ExperimentPhase::Running;
+                status.started_at = Some(Time(now));
+                events.push((
+                    false,
+                    "Started".to_owned(),
+                    format!(
+                        "assigning units to {} (holdout {})",
+                        spec.variants
+                            .iter()
+                            .map(|v| format!("{} {}%", v.name, v.weight))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        spec.holdout.share
+                    ),
+                ));
+            } else {
+                set(
+                    &mut status,
+                    cond::READY,
+                    false,
+                    reasons::REFERENCE_NOT_FOUND,
+                    format!("Router {} does not exist", spec.router_ref.name),
+                );
+            }
+        }
+    }
+
+    if status.phase == ExperimentPhase::Running {
+        let started = status.started_at.as_ref().map_or(now, |t| t.0);
+        let deadline = SignedDuration::try_from(spec.max_duration.duration())
+            .ok()
+            .and_then(|d| started.checked_add(d).ok())
+            .unwrap_or(Timestamp::MAX);
+        match &input.data {
+            Err(e) => set(
+                &mut status,
+                cond::METRICS_AVAILABLE,
+                false,
+                reasons::METRICS_UNAVAILABLE,
+                e.clone(),
+            ),
+            Ok(data) => {
+                set(
+                    &mut status,
+                    cond::METRICS_AVAILABLE,
+                    true,
+                    reasons::RECONCILED,
+                    "outcome counts read for every arm".to_owned(),
+                );
+                analyse(
+                    &mut status,
+                    &mut events,
+                    spec,
+                    data,
+                    started,
+                    now,
+                    generation,
+                );
+            }
+        }
+        if status.phase == ExperimentPhase::Running && deadline <= now {
+            stop(
+                &mut status,
+                &mut events,
+                ExperimentDecision::Inconclusive,
+                reasons::MAX_DURATION_REACHED,
+                format!(
+                    "maxDuration {} reached before the required sample size",
+                    spec.max_duration
+                ),
+            );
+        }
+    }
+
+    // Summary conditions.
+    let phase = status.phase;
+    let (ready, r_reason, r_message) = match phase {
+        ExperimentPhase::Pending => (
+            false,
+            reasons::WAITING_FOR_CHILDREN,
+            "waiting to start".to_owned(),
+        ),
+        ExperimentPhase::Running => (true, reasons::RECONCILED, "running".to_owned()),
+        ExperimentPhase::Concluded => (
+            true,
+            reasons::CONCLUDED,
+            status.message.clone().unwrap_or_default(),
+        ),
+        ExperimentPhase::Stopped => (true, "Stopped", status.message.clone().unwrap_or_default()),
+    };
+    if phase != ExperimentPhase::Pending || input.router_exists {
+        set(&mut status, cond::READY, ready, r_reason, r_message);
+    }
+    let progress = match (status.samples, status.required_samples_per_variant) {
+        (Some(s), Some(r)) => format!("{s} samples; {r} required per variant"),
+        _ => String::new(),
+    };
+    set(
+        &mut status,
+        cond::PROGRESSING,
+        phase == ExperimentPhase::Running || phase == ExperimentPhase::Pending,
+        if phase == ExperimentPhase::Running {
+            "Measuring"
+        } else {
+            reasons::RECONCILED
+        },
+        progress,
+    );
+    let bad = matches!(
+        status.decision,
+        ExperimentDecision::GuardrailBreached | ExperimentDecision::InvalidSampleRatio
+    );
+    let degraded_reason = if !bad {
+        reasons::RECONCILED
+    } else if status.decision == ExperimentDecision::GuardrailBreached {
+        reasons::GUARDRAIL_BREACHED
+    } else {
+        reasons::SAMPLE_RATIO_MISMATCH_DETECTED
+    };
+    let degraded_message = if bad {
+        status.message.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    set(
+        &mut status,
+        cond::DEGRADED,
+        bad,
+        degraded_reason,
+        degraded_message,
+    );
+    ExperimentOutput {
+        status,
+        events,
+        consumed_annotations: consumed,
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn analyse(
+    status: &mut ExperimentStatus,
+    events: &mut Vec<(bool, String, String)>,
+    spec: &ExperimentSpec,
+    data: &BTreeMap<String, ArmData>,
+    started: Timestamp,
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    let control_name = spec.control().unwrap_or_default().to_owned();
+    let arm = |name: &str| data.get(name).cloned().unwrap_or_default();
+    let control = arm(&control_name);
+    let alpha = spec.alpha.fraction();
+    let lower_is_better = spec.primary_metric.direction == Direction::Decrease;
+
+    // Samples.
+    let variant_units: Vec<u64> = spec
+        .variants
+        .iter()
+        .map(|v| arm(&v.name).interactions)
+        .collect();
+    status.samples = Some(i64::try_from(variant_units.iter().sum::<u64>()).unwrap_or(i64::MAX));
+    status.holdout_samples = Some(i64::try_from(arm(HOLDOUT).interactions).unwrap_or(i64::MAX));
+
+    // Sample ratio mismatch over the arms that receive traffic (holdout included when kept).
+    let holdout = spec.holdout.share.fraction();
+    let mut observed = Vec::new();
+    let mut weights = Vec::new();
+    for v in spec.variants.iter().filter(|v| v.weight > 0) {
+        observed.push(arm(&v.name).interactions);
+        weights.push(f64::from(v.weight) / 100.0 * (1.0 - holdout));
+    }
+    if holdout > 0.0 {
+        observed.push(arm(HOLDOUT).interactions);
+        weights.push(holdout);
+    }
+    let srm = sample_ratio_mismatch(&observed, &weights, SRM_THRESHOLD).ok();
+    status.srm = srm.as_ref().map(|s| SampleRatioCheck {
+        p_value: s.p_value,
+        detected: s.mismatch,
+    });
+    let srm_detected = srm.as_ref().is_some_and(|s| s.mismatch);
+    set_condition(
+        &mut status.conditions,
+        condition(
+            cond::SAMPLE_RATIO_MISMATCH,
+            srm_detected,
+            if srm_detected {
+                reasons::SAMPLE_RATIO_MISMATCH_DETECTED
+            } else {
+                reasons::RECONCILED
+            },
+            srm.as_ref().map_or_else(
+                || "no units yet".to_owned(),
+                |s| {
+                    format!(
+                        "chi-square p = {:.4} over observed {:?}",
+                        s.p_value, s.observed
+                    )
+                },
+            ),
+            generation,
+            now,
+        ),
+    );
+
+    // Per-variant estimates against the control.
+    status.per_variant = spec
+        .variants
+        .iter()
+        .map(|v| {
+            let d = arm(&v.name);
+            let estimate = (v.name != control_name)
+                .then(|| difference_of_proportions(control.primary, d.primary, alpha).ok())
+                .flatten();
+            VariantResult {
+                name: v.name.clone(),
+                units: i64::try_from(d.interactions).unwrap_or(i64::MAX),
+                trials: i64::try_from(d.primary.trials).unwrap_or(i64::MAX),
+                events: i64::try_from(d.primary.events).unwrap_or(i64::MAX),
+                rate: d.primary.rate().unwrap_or(0.0),
+                estimate: estimate.map(|e| e.difference),
+                ci_low: estimate.map(|e| e.interval.lower),
+                ci_high: estimate.map(|e| e.interval.upper),
+            }
+        })
+        .collect();
+
+    // Required sample size: the holdout's observed rate once available, else the expected one.
+    let observed_baseline = arm(HOLDOUT).primary.rate().filter(|r| *r > 0.0 && *r < 1.0);
+    let baseline = observed_baseline
+        .or_else(|| {
+            spec.expected_baseline_rate
+                .as_ref()
+                .map(switchboard_crds::Percent::fraction)
+        })
+        .or_else(|| control.primary.rate().filter(|r| *r > 0.0 && *r < 1.0));
+    let required = baseline.and_then(|baseline| {
+        let mde = &spec.minimum_detectable_effect;
+        let sign = if lower_is_better { -1.0 } else { 1.0 };
+        let effect = match (&mde.absolute, &mde.relative) {
+            (Some(a), _) => Effect::Absolute(sign * a.fraction()),
+            (None, Some(r)) => Effect::Relative(sign * r.fraction()),
+            (None, None) => return None,
+        };
+        let mut inputs = PlanInputs::new(
+            planning::Metric::Proportion {
+                baseline_rate: baseline,
+            },
+            effect,
+        );
+        inputs.alpha = alpha;
+        inputs.power = spec.power.fraction();
+        inputs.treatment_variants =
+            u32::try_from(spec.variants.len().saturating_sub(1).max(1)).unwrap_or(1);
+        plan(&inputs).ok()
+    });
+    status.required_samples_per_variant =
+        required.map(|p| i64::try_from(p.units_per_variant).unwrap_or(i64::MAX));
+
+    // ETA at the rate seen so far.
+    let elapsed_days = now.duration_since(started).as_secs_f64() / 86_400.0;
+    let total: u64 = variant_units.iter().sum();
+    status.eta = required.and_then(|p| {
+        let per_day = total as f64 / elapsed_days.max(1e-9);
+        let variant_weights: Vec<f64> = spec
+            .variants
+            .iter()
+            .map(|v| f64::from(v.weight.max(1)))
+            .collect();
+        let eta = estimate_eta(p.units_per_variant, per_day, &variant_weights).ok()?;
+        let remaining = (eta.days - elapsed_days).max(0.0);
+        let d = SignedDuration::try_from_secs_f64(remaining * 86_400.0).ok()?;
+        now.checked_add(d).ok().map(Time)
+    });
+
+    if srm_detected {
+        let message = format!(
+            "sample ratio mismatch (p = {:.2e}): assignment does not follow the weights; results are not trustworthy",
+            srm.as_ref().map_or(0.0, |s| s.p_value)
+        );
+        status.phase = ExperimentPhase::Stopped;
+        status.decision = ExperimentDecision::InvalidSampleRatio;
+        status.message = Some(message.clone());
+        events.push((
+            true,
+            reasons::SAMPLE_RATIO_MISMATCH_DETECTED.to_owned(),
+            message,
+        ));
+        return;
+    }
+
+    // Guardrails: every variant against the control.
+    for g in &spec.guardrails {
+        for v in spec.variants.iter().filter(|v| v.name != control_name) {
+            let (Some(Ok(base)), Some(Ok(cand))) = (
+                control.guardrails.get(&g.metric),
+                arm(&v.name).guardrails.get(&g.metric).cloned(),
+            ) else {
+                continue;
+            };
+            let flip = |c: Counts| Counts {
+                events: c.trials.saturating_sub(c.events),
+                trials: c.trials,
+            };
+            let (base, cand) = if g.metric.lower_is_better() {
+                (*base, cand)
+            } else {
+                (flip(*base), flip(cand))
+            };
+            let Ok(policy) =
+                GuardrailPolicy::new(g.max_relative_increase.fraction()).map(|p| GuardrailPolicy {
+                    alpha: 1.0 - g.confidence.fraction(),
+                    min_trials_per_arm: u64::try_from(g.min_samples).unwrap_or(0),
+                    ..p
+                })
+            else {
+                continue;
+            };
+            if let Ok(e) = evaluate_guardrail(&policy, base, cand)
+                && e.decision == GuardrailDecision::Breach
+            {
+                let message = format!("variant {}: {}: {}", v.name, g.metric.as_str(), e.message);
+                status.phase = ExperimentPhase::Stopped;
+                status.decision = ExperimentDecision::GuardrailBreached;
+                status.message = Some(message.clone());
+                events.push((true, reasons::GUARDRAIL_BREACHED.to_owned(), message));
+                return;
+            }
+        }
+    }
+
+    // Conclude at the planned size.
+    let Some(required) = status.required_samples_per_variant else {
+        return;
+    };
+    let reached = status.per_variant.iter().all(|v| v.units >= required);
+    if !reached {
+        return;
+    }
+    let better = |v: &VariantResult| match (v.ci_low, v.ci_high) {
+        (Some(lo), Some(hi)) => {
+            if lower_is_better {
+                hi < 0.0
+            } else {
+                lo > 0.0
+            }
+        }
+        _ => false,
+    };
+    let worse = |v: &VariantResult| match (v.ci_low, v.ci_high) {
+        (Some(lo), Some(hi)) => {
+            if lower_is_better {
+                lo > 0.0
+            } else {
+                hi < 0.0
+            }
+        }
+        _ => false,
+    };
+    let treatments: Vec<&VariantResult> = status
+        .per_variant
+        .iter()
+        .filter(|v| v.name != control_name)
+        .collect();
+    let winner = treatments
+        .iter()
+        .filter(|v| better(v))
+        .max_by(|a, b| {
+            let key = |v: &VariantResult| {
+                v.estimate.unwrap_or(0.0) * if lower_is_better { -1.0 } else { 1.0 }
+            };
+            key(a).total_cmp(&key(b))
+        })
+        .map(|v| (*v).clone());
+    let summary = |v: &VariantResult| {
+        format!(
+            "{}: {:+.2} pts {}, {:.0}% CI [{:+.2}, {:+.2}]",
+            v.name,
+            v.estimate.unwrap_or(0.0) * 100.0,
+            spec.primary_metric.name.as_str(),
+            (1.0 - alpha) * 100.0,
+            v.ci_low.unwrap_or(0.0) * 100.0,
+            v.ci_high.unwrap_or(0.0) * 100.0
+        )
+    };
+    let message = treatments
+        .iter()
+        .map(|v| summary(v))
+        .collect::<Vec<_>>()
+        .join("; ");
+    status.decision = if let Some(w) = &winner {
+        status.winner = Some(w.name.clone());
+        ExperimentDecision::ShipVariant
+    } else if treatments.iter().all(|v| worse(v)) {
+        ExperimentDecision::KeepControl
+    } else {
+        ExperimentDecision::Inconclusive
+    };
+    status.phase = ExperimentPhase::Concluded;
+    status.message = Some(message.clone());
+    events.push((
+        false,
+        reasons::CONCLUDED.to_owned(),
+        format!("{:?}: {message}", status.decision),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(guardrail: bool) -> ExperimentSpec {
+        let mut v = serde_json::json!({
+            "routerRef": {"name": "frontline"},
+            "salt": "s1",
+            "holdout": {"share": "10%"},
+            "variants": [{"name": "control", "weight": 50}, {"name": "rewrite", "weight": 50}],
+            "primaryMetric": {"name": "escalationRate", "direction": "Decrease"},
+            "minimumDetectableEffect": {"absolute": "5%"},
+            "expectedBaselineRate": "20%",
+        });
+        if guardrail {
+            v["guardrails"] = serde_json::json!([{"metric": "csatLow", "maxRelativeIncrease": "5%", "minSamples": 100}]);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn arm(interactions: u64, escalations: u64, csat_low: u64) -> ArmData {
+        ArmData {
+            interactions,
+            primary: Counts {
+                events: escalations,
+                trials: interactions,
+            },
+            guardrails: [(
+                Metric::CsatLow,
+                Ok(Counts {
+                    events: csat_low,
+                    trials: interactions / 2,
+                }),
+            )]
+            .into(),
+        }
+    }
+
+    fn run(
+        spec: &ExperimentSpec,
+        status: &ExperimentStatus,
+        data: BTreeMap<String, ArmData>,
+        at: i64,
+    ) -> ExperimentOutput {
+        evaluate(ExperimentInput {
+            generation: Some(1),
+            spec,
+            annotations: &BTreeMap::new(),
+            status,
+            router_exists: true,
+            data: Ok(data),
+            now: Timestamp::from_second(at).unwrap(),
+        })
+    }
+
+    #[test]
+    fn starts_measures_and_concludes_at_the_planned_size() {
+        let spec = spec(false);
+        let started = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0);
+        assert_eq!(started.status.phase, ExperimentPhase::Running);
+        assert_eq!(started.events[0].1, "Started");
+
+        let early: BTreeMap<_, _> = [
+            ("control".to_owned(), arm(450, 90, 0)),
+            ("rewrite".to_owned(), arm(450, 60, 0)),
+            (HOLDOUT.to_owned(), arm(100, 20, 0)),
+        ]
+        .into();
+        let out = run(&spec, &started.status, early, 3600);
+        let s = &out.status;
+        assert_eq!(s.phase, ExperimentPhase::Running);
+        assert_eq!((s.samples, s.holdout_samples), (Some(900), Some(100)));
+        let required = s.required_samples_per_variant.unwrap();
+        assert!((800..1300).contains(&required), "{required}");
+        assert!(s.eta.is_some());
+        assert!(!s.srm.as_ref().unwrap().detected);
+        let rewrite = &s.per_variant[1];
+        assert!((rewrite.estimate.unwrap() + 0.0667).abs() < 1e-3);
+
+        let done: BTreeMap<_, _> = [
+            ("control".to_owned(), arm(2250, 450, 0)),
+            ("rewrite".to_owned(), arm(2250, 300, 0)),
+            (HOLDOUT.to_owned(), arm(500, 100, 0)),
+        ]
+        .into();
+        let out = run(&spec, &out.status, done, 7200);
+        assert_eq!(out.status.phase, ExperimentPhase::Concluded);
+        assert_eq!(out.status.decision, ExperimentDecision::ShipVariant);
+        assert_eq!(out.status.winner.as_deref(), Some("rewrite"));
+    }
+
+    #[test]
+    fn a_broken_split_or_a_guardrail_breach_stops_it() {
+        let spec = spec(true);
+        let running = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0).status;
+        let skewed: BTreeMap<_, _> = [
+            ("control".to_owned(), arm(900, 90, 0)),
+            ("rewrite".to_owned(), arm(500, 50, 0)),
+            (HOLDOUT.to_owned(), arm(150, 15, 0)),
+        ]
+        .into();
+        let out = run(&spec, &running, skewed, 60);
+        assert_eq!(out.status.decision, ExperimentDecision::InvalidSampleRatio);
+        assert_eq!(out.status.phase, ExperimentPhase::Stopped);
+        assert!(switchboard_crds::is_condition_true(
+            &out.status.conditions,
+            cond::SAMPLE_RATIO_MISMATCH
+        ));
+
+        let breach: BTreeMap<_, _> = [
+            ("control".to_owned(), arm(4500, 900, 100)),
+            ("rewrite".to_owned(), arm(4500, 900, 400)),
+            (HOLDOUT.to_owned(), arm(1000, 200, 20)),
+        ]
+        .into();
+        let out = run(&spec, &running, breach, 60);
+        assert_eq!(
+            out.status.decision,
+            ExperimentDecision::GuardrailBreached,
+            "{:?}",
+            out.status.message
+        );
+        assert!(
+            out.events
+                .iter()
+                .any(|e| e.0 && e.1 == reasons::GUARDRAIL_BREACHED)
+        );
+        assert!(switchboard_crds::is_condition_true(
+            &out.status.conditions,
+            cond::DEGRADED
+        ));
+    }
+
+    #[test]
+    fn missing_metrics_hold_and_stop_annotation_acts_once() {
+        let spec = spec(false);
+        let running = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0).status;
+        let out = evaluate(ExperimentInput {
+            generation: Some(1),
+            spec: &spec,
+            annotations: &BTreeMap::new(),
+            status: &running,
+            router_exists: true,
+            data: Err("Prometheus unreachable".to_owned()),
+            now: Timestamp::from_second(60).unwrap(),
+        });
+        assert_eq!(out.status.phase, ExperimentPhase::Running);
+        let c = switchboard_crds::find_condition(&out.status.conditions, cond::METRICS_AVAILABLE)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::METRICS_UNAVAILABLE)
+        );
+
+        let stop = BTreeMap::from([(annotations::ACTION.to_owned(), "stop".to_owned())]);
+        let out = evaluate(ExperimentInput {
+            generation: Some(1),
+            spec: &spec,
+            annotations: &stop,
+            status: &running,
+            router_exists: true,
+            data: Err("unused".to_owned()),
+            now: Timestamp::from_second(60).unwrap(),
+        });
+        assert_eq!(out.status.phase, ExperimentPhase::Stopped);
+        assert_eq!(out.consumed_annotations, [annotations::ACTION]);
+        // Past maxDuration (14 days by default) it stops as inconclusive.
+        let late = run(&spec, &running, BTreeMap::new(), 15 * 86_400);
+        assert_eq!(late.status.decision, ExperimentDecision::Inconclusive);
+        assert_eq!(late.status.phase, ExperimentPhase::Stopped);
+    }
+}

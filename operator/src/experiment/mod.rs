@@ -1,0 +1,228 @@
+//! Experiment controller: phase handling, per-arm counts from the metrics source, estimates and
+//! CIs, sample-ratio-mismatch check, required sample size and ETA, automatic stop on a guardrail
+//! breach, conclusion at the planned size. The Router controller compiles Running Experiments
+//! into the RuntimeConfig.
+
+pub mod analysis;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+    runtime::{controller::Action, events::EventType},
+};
+use switchboard_analysis::Counts;
+use switchboard_crds::{
+    Experiment, Metric, Router, Validate,
+    conditions::{self as cond},
+    experiment::ExperimentPhase,
+};
+
+use crate::{
+    context::{Context, apply_status, condition, describe, namespaced_name},
+    error::{Error, Result},
+    observe::{Arm, MetricsSource, count, metric_queries},
+};
+
+use self::analysis::{ArmData, ExperimentInput, HOLDOUT, evaluate};
+
+/// Controller name in metrics.
+pub const CONTROLLER: &str = "experiment";
+
+/// Reconciles one Experiment.
+pub async fn reconcile(x: Arc<Experiment>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    let key = describe(x.as_ref());
+    let result = reconcile_inner(&x, &ctx).await;
+    match &result {
+        Ok(_) => {
+            ctx.backoff.succeeded(&key);
+            ctx.metrics.reconciled(CONTROLLER, true);
+        }
+        Err(error) => {
+            ctx.metrics.reconciled(CONTROLLER, false);
+            ctx.metrics.reconcile_error(CONTROLLER, error.reason());
+            tracing::warn!(experiment = %key, %error, "reconcile failed");
+            report_failure(&x, &ctx, error).await;
+        }
+    }
+    result
+}
+
+/// Retries with exponential backoff.
+pub fn error_policy(x: Arc<Experiment>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.backoff.failed(&describe(x.as_ref())))
+}
+
+/// Counts of `metric` for `arm`; no series means zero (the arm has had no such traffic yet).
+async fn counts_or_zero(
+    source: &dyn MetricsSource,
+    metric: Metric,
+    arm: &Arm,
+    window: Duration,
+) -> Result<Counts, String> {
+    let (events_q, trials_q) = metric_queries(metric, arm, window)?;
+    let trials = count(source, &trials_q).await?.unwrap_or(0);
+    let events = count(source, &events_q).await?.unwrap_or(0);
+    Ok(Counts {
+        events: events.min(trials),
+        trials,
+    })
+}
+
+/// Reads every arm's counts since the start.
+pub async fn arm_data(
+    source: &dyn MetricsSource,
+    x: &Experiment,
+    router_id: &str,
+    window: Duration,
+) -> Result<BTreeMap<String, ArmData>, String> {
+    let name = x.metadata.name.clone().unwrap_or_default();
+    let mut arms: Vec<String> = x.spec.variants.iter().map(|v| v.name.clone()).collect();
+    arms.push(HOLDOUT.to_owned());
+    let mut out = BTreeMap::new();
+    for arm_name in arms {
+        let arm = Arm::ExperimentArm {
+            router: router_id.to_owned(),
+            experiment: name.clone(),
+            arm: arm_name.clone(),
+        };
+        let primary = counts_or_zero(source, x.spec.primary_metric.name, &arm, window).await?;
+        let (_, interactions_q) = metric_queries(Metric::EscalationRate, &arm, window)?;
+        let interactions = count(source, &interactions_q).await?.unwrap_or(0);
+        let mut guardrails = BTreeMap::new();
+        for g in &x.spec.guardrails {
+            guardrails.insert(
+                g.metric,
+                counts_or_zero(source, g.metric, &arm, window).await,
+            );
+        }
+        out.insert(
+            arm_name,
+            ArmData {
+                interactions,
+                primary,
+                guardrails,
+            },
+        );
+    }
+    Ok(out)
+}
+
+async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
+    let (namespace, name) = namespaced_name(x)?;
+    x.spec.validate().map_err(|source| Error::InvalidSpec {
+        object: describe(x),
+        source,
+    })?;
+    let now = ctx.now();
+    let router_name = &x.spec.router_ref.name;
+    let router_exists = Api::<Router>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(router_name)
+        .await
+        .map_err(|e| Error::kube("get", format!("Router {namespace}/{router_name}"), e))?
+        .is_some();
+    let previous = x.status.clone().unwrap_or_default();
+    let data = if previous.phase == ExperimentPhase::Running {
+        let started = previous.started_at.as_ref().map_or(now, |t| t.0);
+        let elapsed = Duration::try_from(now.duration_since(started)).unwrap_or_default();
+        // Whole seconds, at least a minute (increase() needs two samples in range).
+        let window = Duration::from_secs(elapsed.as_secs().max(60) + 1);
+        arm_data(
+            ctx.source.as_ref(),
+            x,
+            &format!("{namespace}/{router_name}"),
+            window,
+        )
+        .await
+    } else {
+        Ok(BTreeMap::new())
+    };
+    let empty = BTreeMap::new();
+    let out = evaluate(ExperimentInput {
+        generation: x.metadata.generation,
+        spec: &x.spec,
+        annotations: x.metadata.annotations.as_ref().unwrap_or(&empty),
+        status: &previous,
+        router_exists,
+        data,
+        now,
+    });
+    apply_status(&ctx.client, x, &out.status).await?;
+    let samples: Vec<(String, i64)> = out
+        .status
+        .per_variant
+        .iter()
+        .map(|v| (v.name.clone(), v.units))
+        .chain(out.status.holdout_samples.map(|h| (HOLDOUT.to_owned(), h)))
+        .collect();
+    ctx.metrics.experiment(
+        &namespace,
+        &name,
+        &samples,
+        out.status.required_samples_per_variant,
+    );
+    for (warning, reason, message) in &out.events {
+        let type_ = if *warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(x, type_, reason, "Analyse", message.clone())
+            .await;
+    }
+    if !out.consumed_annotations.is_empty() {
+        let nulls: serde_json::Map<String, serde_json::Value> = out
+            .consumed_annotations
+            .iter()
+            .map(|k| (k.clone(), serde_json::Value::Null))
+            .collect();
+        Api::<Experiment>::namespaced(ctx.client.clone(), &namespace)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"metadata": {"annotations": nulls}})),
+            )
+            .await
+            .map_err(|e| Error::kube("remove annotations of", describe(x), e))?;
+    }
+    Ok(Action::requeue(match out.status.phase {
+        ExperimentPhase::Running | ExperimentPhase::Pending => ctx.settings.analysis_interval,
+        ExperimentPhase::Stopped | ExperimentPhase::Concluded => ctx.settings.resync_interval,
+    }))
+}
+
+async fn report_failure(x: &Experiment, ctx: &Context, error: &Error) {
+    let generation = x.metadata.generation;
+    let now = ctx.now();
+    let previous = x.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    for c in [
+        condition(
+            cond::DEGRADED,
+            true,
+            error.reason(),
+            error.to_string(),
+            generation,
+            now,
+        ),
+        condition(
+            cond::READY,
+            false,
+            error.reason(),
+            error.to_string(),
+            generation,
+            now,
+        ),
+    ] {
+        switchboard_crds::set_condition(&mut status.conditions, c);
+    }
+    if let Err(e) = apply_status(&ctx.client, x, &status).await {
+        tracing::warn!(experiment = %describe(x), error = %e, "writing the failure status failed");
+        return;
+    }
+    ctx.condition_events(x, &previous.conditions, &status.conditions)
+        .await;
+}

@@ -1,0 +1,480 @@
+//! Pure builders of a KnowledgeBase's children (index volume, manifest ConfigMap, build Job)
+//! and of its status from the Job's build report.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec, JobStatus},
+        core::v1::{
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, PersistentVolumeClaim,
+            PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
+            PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
+            VolumeResourceRequirements,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::Resource;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use switchboard_crds::{KnowledgeBase, annotations, knowledge_base::SourceError};
+
+use crate::router::build::{DATA_DIR, index_claim_name};
+
+/// Label naming the KnowledgeBase of a child.
+pub const KB_LABEL: &str = "switchboard.dev/knowledge-base";
+/// Annotation on a build Job: the hash of the spec it builds.
+pub const SPEC_HASH_ANNOTATION: &str = "switchboard.dev/spec-hash";
+/// Annotation on a build Job: its sequence number.
+pub const BUILD_ANNOTATION: &str = "switchboard.dev/build";
+/// Where the manifest ConfigMap is mounted in the build pod.
+pub const MANIFEST_DIR: &str = "/etc/switchboard/kb";
+/// File name of the manifest in the ConfigMap.
+pub const MANIFEST_FILE: &str = "knowledgebase.json";
+/// Builds kept (older finished Jobs are deleted).
+pub const JOBS_KEPT: usize = 3;
+
+/// The JSON build report the index Job writes as its termination message
+/// (`switchboard-runtime index --report-file /dev/termination-log`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildReport {
+    /// The published generation.
+    pub generation: i64,
+    /// Documents indexed.
+    pub documents: i64,
+    /// Chunks indexed.
+    pub chunks: i64,
+    /// Stale documents (past their review age and still retrieved).
+    #[serde(default)]
+    pub stale_documents: i64,
+    /// Sources or files that failed.
+    #[serde(default)]
+    pub source_errors: Vec<SourceError>,
+}
+
+/// Name of the manifest ConfigMap.
+pub fn manifest_name(kb: &str) -> String {
+    format!("{kb}-kb")
+}
+
+/// Short hash of the spec: a changed spec needs a new build.
+pub fn spec_hash(kb: &KnowledgeBase) -> String {
+    let bytes = serde_json::to_vec(&kb.spec).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Name of build number `n` of a spec hash.
+pub fn job_name(kb: &str, hash: &str, n: u64) -> String {
+    // Job names become pod labels: keep them within 63 characters.
+    let prefix: String = kb.chars().take(40).collect();
+    format!("{prefix}-index-{hash}-{n}")
+}
+
+/// Labels of a KnowledgeBase's children.
+pub fn labels(kb: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "switchboard-indexer".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), kb.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            crate::context::FIELD_MANAGER.to_owned(),
+        ),
+        (KB_LABEL.to_owned(), kb.to_owned()),
+    ])
+}
+
+/// What the builders need.
+#[derive(Clone, Debug)]
+pub struct KbChildren<'a> {
+    /// The KnowledgeBase.
+    pub kb: &'a KnowledgeBase,
+    /// Name.
+    pub name: &'a str,
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Indexer image.
+    pub image: &'a str,
+}
+
+impl KbChildren<'_> {
+    fn owner(&self) -> Vec<OwnerReference> {
+        self.kb.controller_owner_ref(&()).into_iter().collect()
+    }
+
+    fn meta(&self, name: String, extra: BTreeMap<String, String>) -> ObjectMeta {
+        let mut ann = BTreeMap::from([(
+            annotations::PARENT_GENERATION.to_owned(),
+            self.kb.metadata.generation.unwrap_or_default().to_string(),
+        )]);
+        ann.extend(extra);
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(labels(self.name)),
+            annotations: Some(ann),
+            owner_references: Some(self.owner()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// The volume holding the index generations (written by the build Job, read by the
+    /// runtime pods).
+    pub fn claim(&self) -> PersistentVolumeClaim {
+        let storage = &self.kb.spec.storage;
+        PersistentVolumeClaim {
+            metadata: self.meta(index_claim_name(self.name), BTreeMap::new()),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                storage_class_name: storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        storage.size.clone(),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The manifest the build Job indexes.
+    pub fn manifest(&self) -> Result<ConfigMap, serde_json::Error> {
+        let doc = serde_json::json!({
+            "apiVersion": switchboard_crds::API_VERSION,
+            "kind": "KnowledgeBase",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": self.kb.spec,
+        });
+        Ok(ConfigMap {
+            metadata: self.meta(manifest_name(self.name), BTreeMap::new()),
+            data: Some(BTreeMap::from([(
+                MANIFEST_FILE.to_owned(),
+                serde_json::to_string_pretty(&doc)?,
+            )])),
+            ..ConfigMap::default()
+        })
+    }
+
+    /// Build Job number `n` of the spec with hash `hash`.
+    pub fn job(&self, hash: &str, n: u64) -> Job {
+        let mount = |name: &str, path: String, read_only: bool| VolumeMount {
+            name: name.to_owned(),
+            mount_path: path,
+            read_only: Some(read_only),
+            ..VolumeMount::default()
+        };
+        let args = [
+            "index",
+            "--manifests",
+            &format!("{MANIFEST_DIR}/{MANIFEST_FILE}"),
+            "--knowledge-base",
+            self.name,
+            "--data",
+            DATA_DIR,
+            "--report-file",
+            "/dev/termination-log",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let container = Container {
+            name: "indexer".to_owned(),
+            image: Some(self.image.to_owned()),
+            args: Some(args),
+            termination_message_path: Some("/dev/termination-log".to_owned()),
+            termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+            volume_mounts: Some(vec![
+                mount("manifest", MANIFEST_DIR.to_owned(), true),
+                mount("index", format!("{DATA_DIR}/{}", self.name), false),
+            ]),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".to_owned()]),
+                    ..Capabilities::default()
+                }),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        };
+        let mut pod_labels = labels(self.name);
+        pod_labels.insert(
+            "app.kubernetes.io/component".to_owned(),
+            "index-build".to_owned(),
+        );
+        Job {
+            metadata: self.meta(
+                job_name(self.name, hash, n),
+                BTreeMap::from([
+                    (SPEC_HASH_ANNOTATION.to_owned(), hash.to_owned()),
+                    (BUILD_ANNOTATION.to_owned(), n.to_string()),
+                ]),
+            ),
+            spec: Some(JobSpec {
+                backoff_limit: Some(2),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(pod_labels),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        restart_policy: Some("Never".to_owned()),
+                        containers: vec![container],
+                        volumes: Some(vec![
+                            Volume {
+                                name: "manifest".to_owned(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: manifest_name(self.name),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "index".to_owned(),
+                                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                    claim_name: index_claim_name(self.name),
+                                    read_only: Some(false),
+                                }),
+                                ..Volume::default()
+                            },
+                        ]),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(65532),
+                            fs_group: Some(65532),
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".to_owned(),
+                                ..SeccompProfile::default()
+                            }),
+                            ..PodSecurityContext::default()
+                        }),
+                        ..PodSpec::default()
+                    }),
+                },
+                ..JobSpec::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+/// State of a build Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Pods pending or running.
+    Running,
+    /// Completed.
+    Succeeded,
+    /// Failed (backoff limit reached or deadline exceeded), with the reason.
+    Failed(String),
+}
+
+/// The state from the Job's status conditions.
+pub fn job_state(status: Option<&JobStatus>) -> JobState {
+    let Some(status) = status else {
+        return JobState::Running;
+    };
+    for c in status.conditions.iter().flatten() {
+        if c.status == "True" && c.type_ == "Complete" {
+            return JobState::Succeeded;
+        }
+        if c.status == "True" && c.type_ == "Failed" {
+            return JobState::Failed(
+                c.message
+                    .clone()
+                    .or_else(|| c.reason.clone())
+                    .unwrap_or_else(|| "the build Job failed".to_owned()),
+            );
+        }
+    }
+    if status.succeeded.unwrap_or(0) > 0 && status.active.unwrap_or(0) == 0 {
+        return JobState::Succeeded;
+    }
+    JobState::Running
+}
+
+/// The build report in the termination message of the Job's successful pod.
+pub fn report_from_pods(pods: &[Pod]) -> Result<BuildReport, String> {
+    let messages: Vec<&str> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter(|t| t.exit_code == 0)
+        .filter_map(|t| t.message.as_deref())
+        .collect();
+    let Some(message) = messages.first() else {
+        return Err("the build pod left no termination message".to_owned());
+    };
+    serde_json::from_str(message.trim())
+        .map_err(|e| format!("the build report is not valid JSON ({e}): {message:.200}"))
+}
+
+/// The build number of a Job (0 when unreadable).
+pub fn build_number(job: &Job) -> u64 {
+    job.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(BUILD_ANNOTATION))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The spec hash a Job builds.
+pub fn job_spec_hash(job: &Job) -> Option<&str> {
+    job.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{
+        batch::v1::JobCondition,
+        core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus},
+    };
+
+    use super::*;
+
+    fn kb() -> KnowledgeBase {
+        let mut kb: KnowledgeBase = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
+            "metadata": {"name": "help", "namespace": "support", "uid": "u1", "generation": 3},
+            "spec": {"sources": [{"name": "faq", "format": "Markdown", "inline": {"a.md": "# A"}}],
+                     "storage": {"size": "2Gi", "storageClassName": "fast"}},
+        }))
+        .unwrap();
+        kb.metadata.generation = Some(3);
+        kb
+    }
+
+    #[test]
+    fn children_name_the_shared_volume_and_the_report_path() {
+        let kb = kb();
+        let c = KbChildren {
+            kb: &kb,
+            name: "help",
+            namespace: "support",
+            image: "runtime:1",
+        };
+        let claim = c.claim();
+        assert_eq!(claim.metadata.name.as_deref(), Some("help-index"));
+        let spec = claim.spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"].0,
+            "2Gi"
+        );
+        let hash = spec_hash(&kb);
+        let job = c.job(&hash, 4);
+        assert_eq!(job.metadata.name, Some(format!("help-index-{hash}-4")));
+        assert_eq!(build_number(&job), 4);
+        assert_eq!(job_spec_hash(&job), Some(hash.as_str()));
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("KnowledgeBase", Some(true))
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(
+            args,
+            [
+                "index",
+                "--manifests",
+                "/etc/switchboard/kb/knowledgebase.json",
+                "--knowledge-base",
+                "help",
+                "--data",
+                "/var/lib/switchboard/index",
+                "--report-file",
+                "/dev/termination-log",
+            ]
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert_eq!(mounts[1].mount_path, "/var/lib/switchboard/index/help");
+        let manifest = c.manifest().unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&manifest.data.unwrap()[MANIFEST_FILE]).unwrap();
+        assert_eq!(doc["kind"], "KnowledgeBase");
+        assert_eq!(doc["spec"]["sources"][0]["name"], "faq");
+        // A changed spec changes the hash.
+        let mut other = kb.clone();
+        other.spec.keep_generations = 5;
+        assert_ne!(spec_hash(&other), hash);
+    }
+
+    #[test]
+    fn job_state_and_report() {
+        assert_eq!(job_state(None), JobState::Running);
+        let done = JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".to_owned(),
+                status: "True".to_owned(),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        };
+        assert_eq!(job_state(Some(&done)), JobState::Succeeded);
+        let failed = JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Failed".to_owned(),
+                status: "True".to_owned(),
+                reason: Some("BackoffLimitExceeded".to_owned()),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        };
+        assert_eq!(
+            job_state(Some(&failed)),
+            JobState::Failed("BackoffLimitExceeded".to_owned())
+        );
+        let pod = |code: i32, message: &str| Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            message: Some(message.to_owned()),
+                            ..ContainerStateTerminated::default()
+                        }),
+                        ..ContainerState::default()
+                    }),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        let report = report_from_pods(&[
+            pod(1, "panic"),
+            pod(
+                0,
+                r#"{"generation":7,"documents":12,"chunks":80,"staleDocuments":1,
+                    "sourceErrors":[{"source":"wiki","reason":"FetchFailed","message":"404"}]}"#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            (report.generation, report.documents, report.chunks),
+            (7, 12, 80)
+        );
+        assert_eq!(report.source_errors[0].source, "wiki");
+        assert!(report_from_pods(&[pod(0, "not json")]).is_err());
+        assert!(report_from_pods(&[]).is_err());
+    }
+}

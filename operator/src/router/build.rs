@@ -1,0 +1,641 @@
+//! Pure builders of a Router's children: the RuntimeConfig ConfigMap, the runtime Deployment and
+//! Service, and the Router's status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{
+            Deployment, DeploymentSpec, DeploymentStatus, DeploymentStrategy,
+            RollingUpdateDeployment,
+        },
+        core::v1::{
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            EmptyDirVolumeSource, EnvVar, HTTPGetAction, PersistentVolumeClaimVolumeSource,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+            VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use kube::Resource;
+use switchboard_crds::{
+    Router, annotations,
+    router::{ActiveAdapter, RouterStatus},
+    runtime_config::{AdapterRole, FILE_NAME, RuntimeConfig},
+};
+
+/// `app.kubernetes.io/name` of every runtime pod.
+pub const APP_NAME: &str = "switchboard-runtime";
+/// Label naming the Router of a child.
+pub const ROUTER_LABEL: &str = "switchboard.dev/router";
+/// Directory the ConfigMap is mounted at (the whole directory, so updates reach the pod).
+pub const CONFIG_DIR: &str = "/etc/switchboard";
+/// Index generations (`<dir>/<kb name>/`).
+pub const DATA_DIR: &str = "/var/lib/switchboard/index";
+/// Adapter artifact cache.
+pub const ARTIFACTS_DIR: &str = "/var/lib/switchboard/artifacts";
+/// Directory of the interaction-token key Secret.
+pub const TOKEN_DIR: &str = "/var/run/switchboard/token";
+/// Key of the token Secret.
+pub const TOKEN_KEY: &str = "key";
+/// gRPC port.
+pub const GRPC_PORT: i32 = 50051;
+/// HTTP port (JSON API, /metrics, /healthz, /readyz).
+pub const HTTP_PORT: i32 = 8080;
+/// Annotation on the ConfigMap: the revision it holds.
+pub const REVISION_ANNOTATION: &str = "switchboard.dev/config-revision";
+
+/// Name of a Router's ConfigMap, Deployment and Service.
+pub fn runtime_name(router: &str) -> String {
+    format!("{router}-runtime")
+}
+
+/// Name of a Router's interaction-token Secret.
+pub fn token_secret_name(router: &str) -> String {
+    format!("{router}-runtime-token")
+}
+
+/// Name of a KnowledgeBase's index PersistentVolumeClaim.
+pub fn index_claim_name(kb: &str) -> String {
+    format!("{kb}-index")
+}
+
+/// Labels selecting a Router's runtime pods (stable: the Deployment selector is immutable).
+pub fn selector_labels(router: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), router.to_owned()),
+    ])
+}
+
+/// Labels of every child of a Router.
+pub fn labels(router: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(router);
+    l.insert(ROUTER_LABEL.to_owned(), router.to_owned());
+    l.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        crate::context::FIELD_MANAGER.to_owned(),
+    );
+    l.insert(
+        "app.kubernetes.io/component".to_owned(),
+        "runtime".to_owned(),
+    );
+    l
+}
+
+/// `key=value,...` form of the pod selector (for the scale subresource).
+pub fn selector_string(router: &str) -> String {
+    selector_labels(router)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What the builders need from the Router.
+#[derive(Clone, Debug)]
+pub struct RouterChildren<'a> {
+    /// The Router.
+    pub router: &'a Router,
+    /// Its name.
+    pub name: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// The image when the Router names none.
+    pub default_image: &'a str,
+}
+
+impl RouterChildren<'_> {
+    fn owner(&self) -> Vec<OwnerReference> {
+        self.router.controller_owner_ref(&()).into_iter().collect()
+    }
+
+    fn meta(&self, name: String, extra: BTreeMap<String, String>) -> ObjectMeta {
+        let mut ann = BTreeMap::from([(
+            annotations::PARENT_GENERATION.to_owned(),
+            self.router
+                .metadata
+                .generation
+                .unwrap_or_default()
+                .to_string(),
+        )]);
+        ann.extend(extra);
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(labels(self.name)),
+            annotations: Some(ann),
+            owner_references: Some(self.owner()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// The ConfigMap holding the compiled RuntimeConfig (`runtime-config.json`).
+    pub fn config_map(&self, config: &RuntimeConfig) -> Result<ConfigMap, serde_json::Error> {
+        let json = serde_json::to_string_pretty(config)?;
+        Ok(ConfigMap {
+            metadata: self.meta(
+                runtime_name(self.name),
+                BTreeMap::from([(REVISION_ANNOTATION.to_owned(), config.revision.clone())]),
+            ),
+            data: Some(BTreeMap::from([(FILE_NAME.to_owned(), json)])),
+            ..ConfigMap::default()
+        })
+    }
+
+    /// The runtime Deployment. The config is mounted as a directory (no `subPath`), so a new
+    /// RuntimeConfig reaches running pods, which hot-reload it: the pod template carries no
+    /// config hash and does not change when adapters or experiments do.
+    pub fn deployment(&self, knowledge_base: &str) -> Deployment {
+        let spec = &self.router.spec;
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.default_image.to_owned());
+        let index_mount = format!("{DATA_DIR}/{knowledge_base}");
+        let http_probe = |path: &str, period: i32, failures: i32| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.to_owned()),
+                port: IntOrString::String("http".to_owned()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(period),
+            failure_threshold: Some(failures),
+            timeout_seconds: Some(2),
+            ..Probe::default()
+        };
+        let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+            name: name.to_owned(),
+            mount_path: path.to_owned(),
+            read_only: Some(read_only),
+            ..VolumeMount::default()
+        };
+        let container = Container {
+            name: "runtime".to_owned(),
+            image: Some(image),
+            args: Some(runtime_args()),
+            env: Some(vec![EnvVar {
+                name: "RUST_LOG".to_owned(),
+                value: Some("info".to_owned()),
+                ..EnvVar::default()
+            }]),
+            ports: Some(vec![
+                ContainerPort {
+                    name: Some("grpc".to_owned()),
+                    container_port: GRPC_PORT,
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some("http".to_owned()),
+                    container_port: HTTP_PORT,
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                },
+            ]),
+            // Model loading takes a while: the startup probe gives it up to 10 minutes before
+            // liveness takes over.
+            startup_probe: Some(http_probe("/healthz", 5, 120)),
+            liveness_probe: Some(http_probe("/healthz", 10, 3)),
+            readiness_probe: Some(http_probe("/readyz", 5, 2)),
+            resources: spec.resources.clone(),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".to_owned()]),
+                    ..Capabilities::default()
+                }),
+                ..SecurityContext::default()
+            }),
+            volume_mounts: Some(vec![
+                mount("config", CONFIG_DIR, true),
+                mount("index", &index_mount, true),
+                mount("artifacts", ARTIFACTS_DIR, false),
+                mount("token", TOKEN_DIR, true),
+                mount("tmp", "/tmp", false),
+            ]),
+            ..Container::default()
+        };
+        let volumes = vec![
+            Volume {
+                name: "config".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: runtime_name(self.name),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "index".to_owned(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: index_claim_name(knowledge_base),
+                    read_only: Some(true),
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "artifacts".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+            Volume {
+                name: "token".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(token_secret_name(self.name)),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "tmp".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+        ];
+        let pod_annotations = BTreeMap::from([
+            ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+            ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
+            ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+        ]);
+        Deployment {
+            metadata: self.meta(runtime_name(self.name), BTreeMap::new()),
+            spec: Some(DeploymentSpec {
+                replicas: Some(spec.replicas),
+                selector: LabelSelector {
+                    match_labels: Some(selector_labels(self.name)),
+                    ..LabelSelector::default()
+                },
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_owned()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(0)),
+                        max_surge: Some(IntOrString::Int(1)),
+                    }),
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels(self.name)),
+                        annotations: Some(pod_annotations),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        volumes: Some(volumes),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(65532),
+                            run_as_group: Some(65532),
+                            fs_group: Some(65532),
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".to_owned(),
+                                ..SeccompProfile::default()
+                            }),
+                            ..PodSecurityContext::default()
+                        }),
+                        // In-flight answers finish before the pod goes (the runtime drains on
+                        // SIGTERM).
+                        termination_grace_period_seconds: Some(60),
+                        ..PodSpec::default()
+                    }),
+                },
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The Service in front of the runtime pods (gRPC and HTTP).
+    pub fn service(&self) -> Service {
+        let port = |name: &str, port: i32| ServicePort {
+            name: Some(name.to_owned()),
+            port,
+            target_port: Some(IntOrString::String(name.to_owned())),
+            protocol: Some("TCP".to_owned()),
+            ..ServicePort::default()
+        };
+        Service {
+            metadata: self.meta(runtime_name(self.name), BTreeMap::new()),
+            spec: Some(ServiceSpec {
+                selector: Some(selector_labels(self.name)),
+                ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+                type_: Some("ClusterIP".to_owned()),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+/// The runtime's command line in operator mode (the shared contract).
+pub fn runtime_args() -> Vec<String> {
+    [
+        "serve",
+        "--runtime-config",
+        &format!("{CONFIG_DIR}/{FILE_NAME}"),
+        "--data",
+        DATA_DIR,
+        "--artifacts",
+        ARTIFACTS_DIR,
+        "--token-key-file",
+        &format!("{TOKEN_DIR}/{TOKEN_KEY}"),
+        "--grpc-addr",
+        &format!("0.0.0.0:{GRPC_PORT}"),
+        "--http-addr",
+        &format!("0.0.0.0:{HTTP_PORT}"),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The adapters of a compiled config, one entry per AdapterPatch.
+pub fn active_adapters(config: &RuntimeConfig) -> Vec<ActiveAdapter> {
+    let mut out: BTreeMap<String, ActiveAdapter> = BTreeMap::new();
+    for a in &config.adapters {
+        let entry = out.entry(a.name.clone()).or_insert_with(|| ActiveAdapter {
+            name: a.name.clone(),
+            lineage: a.lineage.clone(),
+            ..ActiveAdapter::default()
+        });
+        match a.role {
+            AdapterRole::Stable => entry.stable_version = a.version.clone(),
+            AdapterRole::Canary => {
+                entry.candidate_version = Some(a.version.clone());
+                entry.candidate_weight = a.traffic_weight.unwrap_or(0);
+            }
+            AdapterRole::Shadow => entry.candidate_version = Some(a.version.clone()),
+        }
+    }
+    out.into_values().collect()
+}
+
+/// Replica counts of the Deployment's status: `(replicas, ready, updated, available)`.
+pub fn replica_counts(status: Option<&DeploymentStatus>) -> (i32, i32, i32, i32) {
+    status.map_or((0, 0, 0, 0), |s| {
+        (
+            s.replicas.unwrap_or(0),
+            s.ready_replicas.unwrap_or(0),
+            s.updated_replicas.unwrap_or(0),
+            s.available_replicas.unwrap_or(0),
+        )
+    })
+}
+
+/// Whether the Router's pods are rolled out and ready: `(ready, progressing, message)`.
+pub fn deployment_state(
+    desired: i32,
+    observed_generation_current: bool,
+    status: Option<&DeploymentStatus>,
+) -> (bool, bool, String) {
+    let (replicas, ready, updated, available) = replica_counts(status);
+    let progressing = !observed_generation_current || updated < desired || replicas > desired;
+    let ready_ok = if desired == 0 {
+        true
+    } else {
+        available >= 1 && ready >= 1
+    };
+    let message = format!("{ready}/{desired} runtime pods ready ({updated} up to date)");
+    (ready_ok, progressing, message)
+}
+
+/// Status fields computed from the compiled config (conditions are set by the controller).
+pub fn config_status(config: &RuntimeConfig, router: &str) -> RouterStatus {
+    RouterStatus {
+        selector: Some(selector_string(router)),
+        runtime_config_hash: Some(config.revision.clone()),
+        knowledge_base_generation: Some(config.knowledge_base.index_generation),
+        active_adapters: active_adapters(config),
+        experiments: config.experiments.iter().map(|e| e.name.clone()).collect(),
+        ..RouterStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_crds::runtime_config::RuntimeConfig;
+
+    use super::*;
+
+    fn router(resources: bool) -> Router {
+        let mut v = serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
+            "metadata": {"name": "frontline", "namespace": "support", "uid": "r-uid", "generation": 4},
+            "spec": {
+                "knowledgeBaseRef": {"name": "help"},
+                "smallModel": {"model": "/models/smollm2.gguf"},
+                "largeModel": {"endpoint": {"url": "https://llm.internal/v1", "model": "big"}},
+                "replicas": 2,
+            },
+        });
+        if resources {
+            v["spec"]["resources"] = serde_json::json!({"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "6Gi"}});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn children(r: &Router) -> RouterChildren<'_> {
+        RouterChildren {
+            router: r,
+            name: "frontline",
+            namespace: "support",
+            default_image: "runtime:0.1.0",
+        }
+    }
+
+    #[test]
+    fn children_carry_names_labels_and_a_controller_owner() {
+        let r = router(false);
+        let c = children(&r);
+        let d = c.deployment("help");
+        let s = c.service();
+        for meta in [&d.metadata, &s.metadata] {
+            assert_eq!(meta.name.as_deref(), Some("frontline-runtime"));
+            assert_eq!(meta.namespace.as_deref(), Some("support"));
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/name"], "switchboard-runtime");
+            assert_eq!(labels["app.kubernetes.io/instance"], "frontline");
+            assert_eq!(labels["switchboard.dev/router"], "frontline");
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (
+                    owner.kind.as_str(),
+                    owner.name.as_str(),
+                    owner.uid.as_str(),
+                    owner.controller
+                ),
+                ("Router", "frontline", "r-uid", Some(true))
+            );
+            assert_eq!(
+                meta.annotations.as_ref().unwrap()[annotations::PARENT_GENERATION],
+                "4"
+            );
+        }
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.selector.unwrap(), selector_labels("frontline"));
+        let ports: Vec<_> = spec
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("grpc".to_owned(), 50051), ("http".to_owned(), 8080)]
+        );
+        assert_eq!(
+            selector_string("frontline"),
+            "app.kubernetes.io/instance=frontline,app.kubernetes.io/name=switchboard-runtime"
+        );
+    }
+
+    #[test]
+    fn deployment_runs_the_contract_command_line_and_mounts_the_config_directory() {
+        let r = router(true);
+        let d = children(&r).deployment("help");
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(
+            spec.selector.match_labels.unwrap(),
+            selector_labels("frontline")
+        );
+        let template = spec.template;
+        // No config hash in the pod template: config changes must not restart pods.
+        let pod_annotations = template.metadata.unwrap().annotations.unwrap();
+        assert!(
+            pod_annotations.keys().all(|k| !k.contains("config")),
+            "{pod_annotations:?}"
+        );
+        let pod = template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("runtime:0.1.0"));
+        assert_eq!(
+            c.args.clone().unwrap(),
+            [
+                "serve",
+                "--runtime-config",
+                "/etc/switchboard/runtime-config.json",
+                "--data",
+                "/var/lib/switchboard/index",
+                "--artifacts",
+                "/var/lib/switchboard/artifacts",
+                "--token-key-file",
+                "/var/run/switchboard/token/key",
+                "--grpc-addr",
+                "0.0.0.0:50051",
+                "--http-addr",
+                "0.0.0.0:8080",
+            ]
+        );
+        let mounts = c.volume_mounts.clone().unwrap();
+        let config = mounts.iter().find(|m| m.name == "config").unwrap();
+        assert_eq!(config.mount_path, "/etc/switchboard");
+        assert!(
+            config.sub_path.is_none(),
+            "a subPath mount never sees ConfigMap updates"
+        );
+        let index = mounts.iter().find(|m| m.name == "index").unwrap();
+        assert_eq!(
+            (index.mount_path.as_str(), index.read_only),
+            ("/var/lib/switchboard/index/help", Some(true))
+        );
+        let volumes = pod.volumes.unwrap();
+        let cm = volumes.iter().find(|v| v.name == "config").unwrap();
+        assert_eq!(cm.config_map.as_ref().unwrap().name, "frontline-runtime");
+        let claim = volumes.iter().find(|v| v.name == "index").unwrap();
+        assert_eq!(
+            claim.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "help-index"
+        );
+        let token = volumes.iter().find(|v| v.name == "token").unwrap();
+        assert_eq!(
+            token.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("frontline-runtime-token")
+        );
+        // Probes on the runtime's endpoints.
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(path(&c.readiness_probe), "/readyz");
+        assert_eq!(path(&c.liveness_probe), "/healthz");
+        // Non-root, no privilege escalation.
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        // Resources from the Router spec.
+        let res = c.resources.clone().unwrap();
+        assert_eq!(res.requests.unwrap()["memory"].0, "4Gi");
+        assert_eq!(res.limits.unwrap()["memory"].0, "6Gi");
+        // An image in the spec wins over the default.
+        let mut custom = router(false);
+        custom.spec.image = Some("registry/runtime:pinned".to_owned());
+        let d = children(&custom).deployment("help");
+        assert_eq!(
+            d.spec.unwrap().template.spec.unwrap().containers[0]
+                .image
+                .as_deref(),
+            Some("registry/runtime:pinned")
+        );
+    }
+
+    #[test]
+    fn config_map_holds_the_document_and_its_revision() {
+        let r = router(false);
+        let config: RuntimeConfig = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "RuntimeConfig",
+            "revision": "sha256:abc",
+            "router": {"namespace": "support", "name": "frontline"},
+            "knowledgeBase": {"name": "help", "indexGeneration": 3, "embeddingModel": "/m", "retrieval": {}},
+            "smallModel": {"model": "/models/smollm2.gguf", "maxActiveAdapters": 8, "maxNewTokens": 256},
+            "largeModel": {"maxQueueDepth": 32, "local": "/models/big.gguf"},
+            "routerPolicy": {"difficultyThreshold": 0.5, "adapterSelection": {}, "queryRewrite": {},
+                             "explorationShare": "5%", "shadowMaxConcurrent": 2},
+        }))
+        .unwrap();
+        let cm = children(&r).config_map(&config).unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some("frontline-runtime"));
+        assert_eq!(
+            cm.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION],
+            "sha256:abc"
+        );
+        let back: RuntimeConfig = serde_json::from_str(&cm.data.unwrap()[FILE_NAME]).unwrap();
+        assert_eq!(back, config);
+        let status = config_status(&config, "frontline");
+        assert_eq!(status.runtime_config_hash.as_deref(), Some("sha256:abc"));
+        assert_eq!(status.knowledge_base_generation, Some(3));
+    }
+
+    #[test]
+    fn deployment_state_reports_rollout_and_readiness() {
+        use k8s_openapi::api::apps::v1::DeploymentStatus;
+        let s = DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(1),
+            updated_replicas: Some(2),
+            available_replicas: Some(1),
+            ..DeploymentStatus::default()
+        };
+        let (ready, progressing, message) = deployment_state(2, true, Some(&s));
+        assert!(ready && !progressing, "{message}");
+        assert_eq!(message, "1/2 runtime pods ready (2 up to date)");
+        let (ready, progressing, _) = deployment_state(2, false, None);
+        assert!(!ready && progressing);
+        let (ready, _, _) = deployment_state(0, true, None);
+        assert!(ready, "a Router scaled to zero is as asked");
+    }
+}

@@ -1,0 +1,426 @@
+//! Router controller: compile the RuntimeConfig, apply the ConfigMap, Deployment and Service,
+//! report replicas, config revision and routed share.
+
+pub mod build;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, PostParams},
+    runtime::controller::Action,
+};
+use switchboard_crds::{
+    AdapterPatch, Experiment, KnowledgeBase, Percent, Router, Validate,
+    conditions::{self as cond, reasons},
+    router::{RoutedShare, RouterStatus},
+};
+
+use crate::{
+    compile::{CompileError, CompileInput, Compiled, compile},
+    context::{
+        Context, apply, apply_status, condition, describe, merge_conditions, namespaced_name,
+    },
+    error::{Error, Result},
+    observe::{count, router_matcher},
+};
+
+use self::build::{RouterChildren, config_status, deployment_state, token_secret_name};
+
+/// Controller name in metrics.
+pub const CONTROLLER: &str = "router";
+
+/// Reconciles one Router.
+pub async fn reconcile(router: Arc<Router>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    let key = describe(router.as_ref());
+    let result = reconcile_inner(&router, &ctx).await;
+    match &result {
+        Ok(_) => {
+            ctx.backoff.succeeded(&key);
+            ctx.metrics.reconciled(CONTROLLER, true);
+        }
+        Err(error) => {
+            ctx.metrics.reconciled(CONTROLLER, false);
+            ctx.metrics.reconcile_error(CONTROLLER, error.reason());
+            tracing::warn!(router = %key, %error, "reconcile failed");
+            report_failure(&router, &ctx, error).await;
+        }
+    }
+    result
+}
+
+/// Logs nothing more (reconcile did) and retries with exponential backoff.
+pub fn error_policy(router: Arc<Router>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.backoff.failed(&describe(router.as_ref())))
+}
+
+async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
+    let (namespace, name) = namespaced_name(router)?;
+    router
+        .spec
+        .validate()
+        .map_err(|source| Error::InvalidSpec {
+            object: describe(router),
+            source,
+        })?;
+    let client = &ctx.client;
+    let kb_name = &router.spec.knowledge_base_ref.name;
+    let kb = Api::<KnowledgeBase>::namespaced(client.clone(), &namespace)
+        .get_opt(kb_name)
+        .await
+        .map_err(|e| Error::kube("get", format!("KnowledgeBase {namespace}/{kb_name}"), e))?
+        .ok_or_else(|| Error::ReferenceNotFound {
+            object: describe(router),
+            kind: "KnowledgeBase",
+            name: kb_name.clone(),
+        })?;
+    let adapters = Api::<AdapterPatch>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("list", format!("AdapterPatches in {namespace}"), e))?
+        .items;
+    let experiments = Api::<Experiment>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("list", format!("Experiments in {namespace}"), e))?
+        .items;
+    let Compiled { config, skipped } = compile(CompileInput {
+        router,
+        knowledge_base: &kb,
+        adapters: &adapters,
+        experiments: &experiments,
+    })?;
+
+    ensure_token_secret(ctx, router, &namespace, &name).await?;
+    let children = RouterChildren {
+        router,
+        name: &name,
+        namespace: &namespace,
+        default_image: &ctx.settings.runtime_image,
+    };
+    let config_map = children
+        .config_map(&config)
+        .map_err(|source| Error::Serialize {
+            what: "RuntimeConfig",
+            source,
+        })?;
+    apply(client, &namespace, &config_map).await?;
+    let deployment = apply(client, &namespace, &children.deployment(kb_name)).await?;
+    apply(client, &namespace, &children.service()).await?;
+
+    // Observe: pods, the revision they run, the routed share.
+    let router_id = format!("{namespace}/{name}");
+    let generation_current = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .zip(deployment.metadata.generation)
+        .is_some_and(|(observed, want)| observed >= want);
+    let (ready, progressing, pods_message) = deployment_state(
+        router.spec.replicas,
+        generation_current,
+        deployment.status.as_ref(),
+    );
+    let loaded = loaded_revisions(ctx, &router_id).await;
+    let routed_share = routed_share(ctx, &router_id).await;
+
+    let generation = router.metadata.generation;
+    let now = ctx.now();
+    let mut status = config_status(&config, &name);
+    let (replicas, ready_replicas, _, _) = build::replica_counts(deployment.status.as_ref());
+    status.observed_generation = generation;
+    status.replicas = Some(replicas);
+    status.ready_replicas = Some(ready_replicas);
+    status.routed_share = routed_share;
+
+    let (applied, applied_reason, applied_message) = match &loaded {
+        Ok(revisions) if revisions.is_empty() => (
+            None,
+            reasons::CONFIG_PENDING,
+            format!(
+                "revision {} written to ConfigMap {}; no runtime pod reports a revision yet",
+                config.revision,
+                build::runtime_name(&name)
+            ),
+        ),
+        Ok(revisions) if revisions.iter().all(|r| *r == config.revision) => (
+            Some(true),
+            reasons::RECONCILED,
+            format!("runtime pods run revision {}", config.revision),
+        ),
+        Ok(revisions) => (
+            Some(false),
+            reasons::CONFIG_PENDING,
+            format!(
+                "revision {} written; pods still report {}",
+                config.revision,
+                revisions
+                    .iter()
+                    .filter(|r| **r != config.revision)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => (
+            None,
+            reasons::METRICS_UNAVAILABLE,
+            format!(
+                "revision {} written to ConfigMap {}; whether pods loaded it is unknown: {e}",
+                config.revision,
+                build::runtime_name(&name)
+            ),
+        ),
+    };
+    let skipped_message = skipped
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} skipped ({}): {}",
+                s.kind, s.name, s.reason, s.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut computed = vec![
+        condition(
+            cond::READY,
+            ready,
+            if ready {
+                reasons::RECONCILED
+            } else {
+                reasons::WAITING_FOR_CHILDREN
+            },
+            pods_message.clone(),
+            generation,
+            now,
+        ),
+        condition(
+            cond::PROGRESSING,
+            progressing,
+            if progressing {
+                reasons::WAITING_FOR_CHILDREN
+            } else {
+                reasons::RECONCILED
+            },
+            pods_message,
+            generation,
+            now,
+        ),
+        condition(
+            cond::DEGRADED,
+            !skipped.is_empty(),
+            if skipped.is_empty() {
+                reasons::RECONCILED
+            } else {
+                "ObjectsSkipped"
+            },
+            skipped_message,
+            generation,
+            now,
+        ),
+    ];
+    let mut applied_condition = condition(
+        cond::RUNTIME_CONFIG_APPLIED,
+        applied.unwrap_or(false),
+        applied_reason,
+        applied_message,
+        generation,
+        now,
+    );
+    if applied.is_none() {
+        "Unknown".clone_into(&mut applied_condition.status);
+    }
+    computed.push(applied_condition);
+    let previous = router.status.clone().unwrap_or_default();
+    status.conditions = merge_conditions(&previous.conditions, computed);
+    apply_status(&ctx.client, router, &status).await?;
+    ctx.condition_events(router, &previous.conditions, &status.conditions)
+        .await;
+    if previous.runtime_config_hash.as_deref() != Some(config.revision.as_str()) {
+        ctx.event(
+            router,
+            kube::runtime::events::EventType::Normal,
+            "RuntimeConfigWritten",
+            "Compile",
+            format!(
+                "RuntimeConfig {} written: generation {}, {} adapter entries, {} experiments",
+                config.revision,
+                config.knowledge_base.index_generation,
+                config.adapters.len(),
+                config.experiments.len()
+            ),
+        )
+        .await;
+    }
+
+    let settle = progressing || applied != Some(true);
+    Ok(Action::requeue(if settle {
+        ctx.settings.analysis_interval.max(Duration::from_secs(1))
+    } else {
+        ctx.settings.resync_interval
+    }))
+}
+
+/// The interaction-token key of a Router's runtime pods: created once with 32 random bytes,
+/// never rewritten (rewriting would invalidate every token in flight).
+async fn ensure_token_secret(
+    ctx: &Context,
+    router: &Router,
+    namespace: &str,
+    name: &str,
+) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret_name = token_secret_name(name);
+    let object = format!("Secret {namespace}/{secret_name}");
+    if api
+        .get_metadata_opt(&secret_name)
+        .await
+        .map_err(|e| Error::kube("get", object.clone(), e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let key = random_hex(32).map_err(|e| Error::Serialize {
+        what: "token key",
+        source: serde_json::Error::io(e),
+    })?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(build::labels(name)),
+            owner_references: Some(router.controller_owner_ref(&()).into_iter().collect()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            build::TOKEN_KEY.to_owned(),
+            ByteString(key.into_bytes()),
+        )])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        // Another writer won the race: its key stands.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube("create", object, e)),
+    }
+}
+
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Revisions the runtime pods report (`switchboard_runtime_config_info`).
+async fn loaded_revisions(ctx: &Context, router_id: &str) -> Result<Vec<String>, String> {
+    let q = format!(
+        "max by (revision) (switchboard_runtime_config_info{{{}}})",
+        router_matcher(&[router_id.to_owned()])
+    );
+    let samples = ctx.source.query(&q).await?;
+    let mut out: Vec<String> = samples
+        .into_iter()
+        .filter(|s| s.value > 0.0)
+        .filter_map(|s| s.labels.get("revision").cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// PromQL of the routed share over the last hour, by model.
+pub fn routed_share_query(router_id: &str, model: &str) -> String {
+    format!(
+        "sum(increase(switchboard_route_decisions_total{{{},model=\"{model}\"}}[3600s]))",
+        router_matcher(&[router_id.to_owned()])
+    )
+}
+
+/// Share of answers per model over the last hour, when Prometheus has it.
+async fn routed_share(ctx: &Context, router_id: &str) -> Option<RoutedShare> {
+    let small = count(ctx.source.as_ref(), &routed_share_query(router_id, "small"))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let large = count(ctx.source.as_ref(), &routed_share_query(router_id, "large"))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let total = small + large;
+    (total > 0).then(|| {
+        #[allow(clippy::cast_precision_loss)]
+        let fraction = small as f64 / total as f64;
+        let round = |f: f64| (f * 1000.0).round() / 1000.0;
+        RoutedShare {
+            small: Percent::from_fraction(round(fraction)),
+            large: Percent::from_fraction(round(1.0 - fraction)),
+        }
+    })
+}
+
+/// After a failed reconcile: the previous status with conditions saying why (children stay as
+/// they are: the last good RuntimeConfig keeps serving).
+async fn report_failure(router: &Router, ctx: &Context, error: &Error) {
+    let generation = router.metadata.generation;
+    let now = ctx.now();
+    let waiting = matches!(
+        error,
+        Error::Compile(CompileError::KnowledgeBaseNotReady(_))
+    );
+    let previous = router.status.clone().unwrap_or_default();
+    let mut status: RouterStatus = previous.clone();
+    status.observed_generation = generation;
+    let reason = error.reason();
+    let message = error.to_string();
+    let computed = vec![
+        condition(cond::READY, false, reason, message.clone(), generation, now),
+        condition(
+            cond::PROGRESSING,
+            waiting,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+        condition(cond::DEGRADED, !waiting, reason, message, generation, now),
+    ];
+    let mut conditions = previous.conditions.clone();
+    for c in computed {
+        switchboard_crds::set_condition(&mut conditions, c);
+    }
+    status.conditions = conditions;
+    if let Err(e) = apply_status(&ctx.client, router, &status).await {
+        tracing::warn!(router = %router.name_any(), error = %e, "writing the failure status failed");
+        return;
+    }
+    ctx.condition_events(router, &previous.conditions, &status.conditions)
+        .await;
+}
+
+/// Routers of `namespace` that select an AdapterPatch with these labels and base model.
+pub fn routers_selecting(routers: &[Arc<Router>], patch: &AdapterPatch) -> Vec<Arc<Router>> {
+    let empty = BTreeMap::new();
+    let labels = patch.metadata.labels.as_ref().unwrap_or(&empty);
+    routers
+        .iter()
+        .filter(|r| r.metadata.namespace == patch.metadata.namespace)
+        .filter(|r| {
+            r.spec
+                .small_model
+                .adapter_selector
+                .as_ref()
+                .is_some_and(|s| crate::compile::selector_matches(s, labels))
+        })
+        .cloned()
+        .collect()
+}
