@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (no cluster): set up, build the runtime, index the sample
-# knowledge base (examples/kb: Markdown, HTML, Confluence, Zendesk, Slack, PDF, text) from its
-# KnowledgeBase manifest, serve it on localhost (gRPC :50051, HTTP :8080), and ask a few
-# customer-style questions. Idempotent; a warm run takes seconds.
+# knowledge base (examples/kb: Markdown, HTML, Confluence, Zendesk, Slack, PDF, text) from the
+# KnowledgeBase in examples/scenario.yaml, compile that file's Router into a RuntimeConfig, serve it
+# on localhost (gRPC :50051, HTTP :8080), show ranked passages for a few customer-style questions,
+# then grounded answers from SmolLM2 with citations and provenance, a refusal for a question the
+# knowledge base cannot answer, and outcome feedback. Idempotent; a warm run takes seconds plus
+# generation time (seconds per answer on 2 CPU cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,7 +16,7 @@ BIN=target/debug/switchboard-runtime
 GRPC="${SWITCHBOARD_GRPC_ADDR:-127.0.0.1:50051}"
 HTTP="${SWITCHBOARD_HTTP_ADDR:-127.0.0.1:8080}"
 
-"$BIN" --threads 2 serve --manifests examples/kb/knowledgebase.yaml \
+"$BIN" --threads 2 serve --manifests examples/scenario.yaml \
   --grpc-addr "$GRPC" --http-addr "$HTTP" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
@@ -35,3 +38,31 @@ echo "HTTP mirror: curl -s http://$HTTP/v1/retrieve -d '{\"query\": \"cancel my 
 curl -fsS "http://$HTTP/v1/retrieve" -H 'content-type: application/json' \
   -d '{"query": "cancel my subscription", "topK": 1}' | head -c 400; echo
 echo "metrics: curl -s http://$HTTP/metrics | grep switchboard_"
+
+answer() {
+  curl -fsS "http://$HTTP/v1/answer" -H 'content-type: application/json' -d "$1"
+}
+show='import json, sys
+a = json.load(sys.stdin)
+p = a["provenance"]
+print("  answer:", a["answer"].strip().replace("\n", " ")[:400])
+for c in a["citations"]:
+    print("  cites [%s] %s (%s)" % (c["index"], c["breadcrumb"], c["source"]))
+print("  refused=%s model=%s route=%s generation=%s config=%s..." % (
+    a["refused"], p["model"], p["routeReason"], p["kbGeneration"], p["configRevision"][:19]))
+open("/tmp/switchboard-demo-token", "w").write(a["interactionToken"])'
+echo
+echo "Grounded answers (POST /v1/answer):"
+for q in "How many days do I have to request a refund?" "What is the capital of France?"; do
+  echo "question: $q"
+  answer "{\"query\": \"$q\", \"unit\": \"demo-user\"}" | python3 -c "$show"
+done
+echo
+echo "Feedback for the last answer (POST /v1/feedback), then the same call replayed:"
+token=$(cat /tmp/switchboard-demo-token)
+curl -sS "http://$HTTP/v1/feedback" -H 'content-type: application/json' \
+  -d "{\"token\": \"$token\", \"outcome\": \"resolved\"}"; echo
+curl -sS "http://$HTTP/v1/feedback" -H 'content-type: application/json' \
+  -d "{\"token\": \"$token\", \"outcome\": \"resolved\"}"; echo
+echo
+curl -fsS "http://$HTTP/metrics" | grep -E '^switchboard_(interactions|feedback|answer_checks|route_decisions)_total' || true
