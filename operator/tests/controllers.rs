@@ -1,0 +1,647 @@
+//! The real reconcilers against the stand-in API server (switchboard-testkit), with a fake
+//! metrics source, a fake clock and a fixed artifact check.
+// Fixture helpers outside #[test] fns: a bad fixture should panic loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Secret, Service},
+        events::v1::Event,
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use switchboard_crds::{
+    AdapterPatch, KnowledgeBase, Router,
+    adapter_patch::{AdapterPhase, AnalysisDecision},
+    conditions::{self as cond, reasons},
+    find_condition,
+    runtime_config::{AdapterRole, RuntimeConfig},
+};
+use switchboard_operator::{
+    adapter_patch::{self, rollout::ArtifactCheck},
+    context::{Context, Settings},
+    controllers,
+    fakes::{FakeClock, FixedArtifacts, FnSource, scalar},
+    leader::LeaseLock,
+    metrics::Metrics,
+    router,
+};
+use switchboard_testkit::apiserver::ApiServer;
+
+const NS: &str = "support";
+const MODEL: &str = "/models/smollm2.gguf";
+
+fn digest(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+struct World {
+    // Dropped last: the server outlives the clients.
+    client: Client,
+    ctx: Arc<Context>,
+    clock: FakeClock,
+    artifacts: FixedArtifacts,
+    metrics: Arc<Metrics>,
+    _server: ApiServer,
+}
+
+fn world(source: FnSource) -> World {
+    let server = ApiServer::start().unwrap();
+    let client = server.client();
+    let clock = FakeClock::new(Timestamp::from_second(1_800_000_000).unwrap());
+    let artifacts = FixedArtifacts::new(ArtifactCheck::Verified);
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Some("test".to_owned()),
+        metrics.clone(),
+        Arc::new(source),
+        Arc::new(artifacts.clone()),
+        Settings {
+            runtime_image: "runtime:test".to_owned(),
+            analysis_interval: Duration::from_secs(2),
+            ..Settings::default()
+        },
+        Arc::new(clock.clone()),
+    ));
+    World {
+        client,
+        ctx,
+        clock,
+        artifacts,
+        metrics,
+        _server: server,
+    }
+}
+
+async fn create_kb(client: &Client, generation: Option<i64>) {
+    let kbs: Api<KnowledgeBase> = Api::namespaced(client.clone(), NS);
+    let kb: KnowledgeBase = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
+        "metadata": {"name": "help", "namespace": NS},
+        "spec": {"sources": [{"name": "faq", "format": "Markdown", "inline": {"a.md": "# A\nanswer"}}]},
+    }))
+    .unwrap();
+    kbs.create(&PostParams::default(), &kb).await.unwrap();
+    if let Some(g) = generation {
+        kbs.patch_status(
+            "help",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"indexGeneration": g}})),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn create_router(client: &Client) -> Router {
+    let routers: Api<Router> = Api::namespaced(client.clone(), NS);
+    let r: Router = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
+        "metadata": {"name": "frontline", "namespace": NS},
+        "spec": {
+            "knowledgeBaseRef": {"name": "help"},
+            "smallModel": {"model": MODEL, "adapterSelector": {"matchLabels": {"team": "billing"}}},
+            "largeModel": {"endpoint": {"url": "https://llm.internal/v1", "model": "big"}},
+        },
+    }))
+    .unwrap();
+    routers.create(&PostParams::default(), &r).await.unwrap()
+}
+
+async fn get<K>(client: &Client, name: &str) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), NS)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+async fn events(client: &Client, regarding: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
+        .collect()
+}
+
+fn reasons_of(events: &[Event]) -> Vec<String> {
+    events.iter().filter_map(|e| e.reason.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_router_gets_its_config_map_deployment_and_service_with_owner_references() {
+    let w = world(FnSource::empty());
+    create_kb(&w.client, Some(3)).await;
+    let created = create_router(&w.client).await;
+    let r = get::<Router>(&w.client, "frontline").await;
+    router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+
+    let uid = created.uid().unwrap();
+    let cm: ConfigMap = get(&w.client, "frontline-runtime").await;
+    let d: Deployment = get(&w.client, "frontline-runtime").await;
+    let s: Service = get(&w.client, "frontline-runtime").await;
+    let token: Secret = get(&w.client, "frontline-runtime-token").await;
+    for owners in [
+        cm.metadata.owner_references.clone(),
+        d.metadata.owner_references.clone(),
+        s.metadata.owner_references.clone(),
+        token.metadata.owner_references.clone(),
+    ] {
+        let owner = &owners.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Router", uid.as_str(), Some(true))
+        );
+    }
+    let managers: Vec<String> = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.is_empty() || managers.contains(&"switchboard-operator".to_owned()),
+        "{managers:?}"
+    );
+    let config: RuntimeConfig =
+        serde_json::from_str(&cm.data.as_ref().unwrap()["runtime-config.json"]).unwrap();
+    assert_eq!(config.knowledge_base.index_generation, 3);
+    assert_eq!(config.router.name, "frontline");
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.containers[0].image.as_deref(), Some("runtime:test"));
+
+    let status = get::<Router>(&w.client, "frontline").await.status.unwrap();
+    assert_eq!(
+        status.runtime_config_hash.as_deref(),
+        Some(config.revision.as_str())
+    );
+    assert_eq!(status.knowledge_base_generation, Some(3));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == created.metadata.generation)
+    );
+    // No pods run in the stand-in: not ready, waiting for children; the revision is not
+    // confirmed by any pod.
+    let ready = find_condition(&status.conditions, cond::READY).unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::WAITING_FOR_CHILDREN)
+    );
+    let applied = find_condition(&status.conditions, cond::RUNTIME_CONFIG_APPLIED).unwrap();
+    assert_eq!(
+        (applied.status.as_str(), applied.reason.as_str()),
+        ("Unknown", reasons::CONFIG_PENDING)
+    );
+    assert!(
+        reasons_of(&events(&w.client, "frontline").await)
+            .contains(&"RuntimeConfigWritten".to_owned())
+    );
+
+    // A second reconcile changes nothing and keeps the token key.
+    let r = get::<Router>(&w.client, "frontline").await;
+    router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+    let again: Secret = get(&w.client, "frontline-runtime-token").await;
+    assert_eq!(again.data, token.data);
+    let cm2: ConfigMap = get(&w.client, "frontline-runtime").await;
+    assert_eq!(cm2.data, cm.data);
+}
+
+#[tokio::test]
+async fn a_missing_knowledge_base_is_a_condition_with_backoff_then_the_watch_recovers() {
+    let w = world(FnSource::empty());
+    create_router(&w.client).await;
+    let r = Arc::new(get::<Router>(&w.client, "frontline").await);
+    let err = router::reconcile(r.clone(), w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), reasons::REFERENCE_NOT_FOUND);
+    let status = get::<Router>(&w.client, "frontline").await.status.unwrap();
+    let degraded = find_condition(&status.conditions, cond::DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reasons::REFERENCE_NOT_FOUND)
+    );
+    // Backoff grows: no hot loop.
+    let first = router::error_policy(r.clone(), &err, w.ctx.clone());
+    let second = router::error_policy(r.clone(), &err, w.ctx.clone());
+    assert_eq!(
+        format!("{first:?}"),
+        format!(
+            "{:?}",
+            kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+        )
+    );
+    assert_eq!(
+        format!("{second:?}"),
+        format!(
+            "{:?}",
+            kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+        )
+    );
+
+    // Run the real controllers: creating the KnowledgeBase (with a generation) reaches the
+    // Router through the watch mapping and its children appear.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let run = tokio::spawn(controllers::run(
+        w.ctx.clone(),
+        Some(NS.to_owned()),
+        futures::FutureExt::shared(Box::pin(shutdown)),
+    ));
+    create_kb(&w.client, Some(1)).await;
+    let cms: Api<ConfigMap> = Api::namespaced(w.client.clone(), NS);
+    let mut found = None;
+    for _ in 0..100 {
+        if let Some(cm) = cms.get_opt("frontline-runtime").await.unwrap() {
+            found = Some(cm);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        found.is_some(),
+        "the Router was not reconciled after its KnowledgeBase appeared"
+    );
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        w.metrics
+            .render()
+            .contains("switchboard_operator_reconciles_total{controller=\"router\",result=\"ok\"}")
+    );
+}
+
+/// Answers per adapter version: every version has 2000 interactions and 1000 mirrored shadow
+/// requests; escalations are 10% unless the version is marked bad (20%); 1% refusals.
+fn helpdesk(bad: Arc<AtomicBool>, bad_version: &'static str) -> FnSource {
+    FnSource::new(move |q| {
+        let version = ["1.0.0", "1.1.0", "1.2.0"]
+            .into_iter()
+            .find(|v| q.contains(&format!("adapter_version=\"{v}\"")));
+        let Some(version) = version else {
+            return Ok(Vec::new());
+        };
+        let is_bad = version == bad_version && bad.load(Ordering::Relaxed);
+        if q.contains("switchboard_shadow_requests_total") {
+            Ok(scalar(1000.0))
+        } else if q.contains("switchboard_shadow_checks_total") {
+            Ok(scalar(20.0))
+        } else if q.contains("switchboard_answer_checks_total") {
+            // A guardrail needs expected events in both arms to decide (zero refusals on both
+            // sides would hold the rollout with InsufficientSamples).
+            Ok(scalar(20.0))
+        } else if q.contains("switchboard_interactions_total") {
+            Ok(scalar(2000.0))
+        } else if q.contains("outcome=\"escalated\"") {
+            Ok(scalar(if is_bad { 400.0 } else { 200.0 }))
+        } else {
+            Ok(Vec::new())
+        }
+    })
+}
+
+fn patch(version: &str, sha: &str) -> AdapterPatch {
+    serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "AdapterPatch",
+        "metadata": {"name": "pricing", "namespace": NS, "labels": {"team": "billing"}},
+        "spec": {
+            "lineage": "pricing", "baseModel": MODEL, "version": version,
+            "artifact": {"uri": format!("file:///adapters/pricing/{version}"), "sha256": sha},
+            "lora": {"rank": 4},
+            "domain": {"description": "prices, plans and invoices"},
+            "rollout": {
+                "shadow": {"duration": "2m", "sampleShare": "20%"},
+                "canary": {"steps": [{"weight": 10, "duration": "1m"}, {"weight": 50, "duration": "1m"}]},
+                "postPromotionWatch": "10m",
+            },
+            "guardrails": [
+                {"metric": "escalationRate", "maxRelativeIncrease": "5%", "window": "1h", "minSamples": 100},
+                {"metric": "refusalRate", "maxRelativeIncrease": "50%", "window": "1h", "minSamples": 100},
+            ],
+        },
+    }))
+    .unwrap()
+}
+
+async fn reconcile_patch(w: &World) -> AdapterPatch {
+    let p = get::<AdapterPatch>(&w.client, "pricing").await;
+    adapter_patch::reconcile(Arc::new(p), w.ctx.clone())
+        .await
+        .unwrap();
+    get::<AdapterPatch>(&w.client, "pricing").await
+}
+
+async fn set_version(w: &World, version: &str, sha: &str) {
+    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+        .patch(
+            "pricing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"version": version, "artifact": {"uri": format!("file:///adapters/pricing/{version}"), "sha256": sha}}})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn compiled(w: &World) -> RuntimeConfig {
+    let r = get::<Router>(&w.client, "frontline").await;
+    router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+    let cm: ConfigMap = get(&w.client, "frontline-runtime").await;
+    serde_json::from_str(&cm.data.unwrap()["runtime-config.json"]).unwrap()
+}
+
+#[tokio::test]
+async fn an_adapter_walks_shadow_canary_promoted_and_a_breach_rolls_back_with_an_event() {
+    let bad = Arc::new(AtomicBool::new(false));
+    let w = world(helpdesk(bad.clone(), "1.2.0"));
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+        .create(&PostParams::default(), &patch("1.0.0", &digest('a')))
+        .await
+        .unwrap();
+
+    // The first version has no baseline: promoted once verified.
+    let p = reconcile_patch(&w).await;
+    let s = p.status.clone().unwrap();
+    assert_eq!(
+        (s.phase, s.stable_version.as_deref()),
+        (AdapterPhase::Promoted, Some("1.0.0"))
+    );
+
+    // 1.1.0: shadow, then two canary steps, then promoted; each step waits for its duration.
+    set_version(&w, "1.1.0", &digest('b')).await;
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(s.phase, AdapterPhase::Shadow);
+    let config = compiled(&w).await;
+    assert!(
+        config
+            .adapters
+            .iter()
+            .any(|a| a.version == "1.1.0" && a.role == AdapterRole::Shadow)
+    );
+    w.clock.advance(Duration::from_secs(60));
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(s.phase, AdapterPhase::Shadow, "the shadow stage lasts 2m");
+    assert_eq!(
+        s.last_analysis.as_ref().unwrap().decision,
+        AnalysisDecision::Continue
+    );
+    w.clock.advance(Duration::from_secs(61));
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!((s.phase, s.canary_weight), (AdapterPhase::Canary, Some(10)));
+    let config = compiled(&w).await;
+    let canary = config
+        .adapters
+        .iter()
+        .find(|a| a.role == AdapterRole::Canary)
+        .unwrap();
+    assert_eq!(
+        (canary.version.as_str(), canary.traffic_weight),
+        ("1.1.0", Some(10))
+    );
+    w.clock.advance(Duration::from_secs(61));
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!((s.phase, s.canary_weight), (AdapterPhase::Canary, Some(50)));
+    w.clock.advance(Duration::from_secs(61));
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(
+        (s.phase, s.stable_version.as_deref()),
+        (AdapterPhase::Promoted, Some("1.1.0"))
+    );
+    let config = compiled(&w).await;
+    let served: Vec<_> = config
+        .adapters
+        .iter()
+        .map(|a| (a.version.as_str(), a.role))
+        .collect();
+    assert_eq!(served, [("1.1.0", AdapterRole::Stable)]);
+    let seen = reasons_of(&events(&w.client, "pricing").await);
+    for reason in [
+        "RolloutStarted",
+        reasons::SHADOW_ANALYSIS,
+        reasons::CANARY_STEP,
+        reasons::PROMOTED,
+    ] {
+        assert!(
+            seen.contains(&reason.to_owned()),
+            "no {reason} Event in {seen:?}"
+        );
+    }
+
+    // 1.2.0 escalates twice as often: rolled back at its first canary step, with the numbers.
+    bad.store(true, Ordering::Relaxed);
+    w.clock.advance(Duration::from_secs(700));
+    set_version(&w, "1.2.0", &digest('c')).await;
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(s.phase, AdapterPhase::Shadow);
+    // The previous stable version is compiled from its history entry, URI included.
+    let config = compiled(&w).await;
+    let stable = config
+        .adapters
+        .iter()
+        .find(|a| a.role == AdapterRole::Stable)
+        .unwrap();
+    assert_eq!(
+        stable.artifact.uri.as_deref(),
+        Some("file:///adapters/pricing/1.1.0")
+    );
+    w.clock.advance(Duration::from_secs(121));
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(s.phase, AdapterPhase::Canary);
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(
+        (s.phase, s.stable_version.as_deref()),
+        (AdapterPhase::RolledBack, Some("1.1.0"))
+    );
+    let analysis = s.last_analysis.unwrap();
+    assert_eq!(analysis.decision, AnalysisDecision::Rollback);
+    let escalation = analysis
+        .guardrails
+        .iter()
+        .find(|g| g.metric == "escalationRate")
+        .unwrap();
+    assert!(escalation.breached);
+    assert_eq!(
+        (escalation.baseline.events, escalation.candidate.events),
+        (200, 400)
+    );
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reasons::GUARDRAIL_BREACHED)
+    );
+    let warning = events(&w.client, "pricing")
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some(reasons::GUARDRAIL_BREACHED))
+        .expect("a GuardrailBreached Event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(warning.note.unwrap_or_default().contains("escalationRate"));
+    let config = compiled(&w).await;
+    assert!(
+        config.adapters.iter().all(|a| a.version != "1.2.0"),
+        "the runtime must stop serving 1.2.0"
+    );
+    let text = w.metrics.render();
+    assert!(text.contains("switchboard_adapter_rollbacks_total{lineage=\"pricing\",name=\"pricing\",namespace=\"support\",reason=\"GuardrailBreached\"} 1"), "{text}");
+    assert!(text.contains("phase=\"RolledBack\"} 1"));
+}
+
+#[tokio::test]
+async fn unreachable_metrics_hold_a_canary_and_bad_input_is_a_condition_not_a_crash() {
+    let w = world(FnSource::new(|_| Err("connection refused".to_owned())));
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let api = Api::<AdapterPatch>::namespaced(w.client.clone(), NS);
+    api.create(&PostParams::default(), &patch("1.0.0", &digest('a')))
+        .await
+        .unwrap();
+    reconcile_patch(&w).await;
+    set_version(&w, "1.1.0", &digest('b')).await;
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(s.phase, AdapterPhase::Shadow);
+    // Hours pass without metrics: the rollout holds in Shadow and says why.
+    for _ in 0..5 {
+        w.clock.advance(Duration::from_secs(3600));
+        let s = reconcile_patch(&w).await.status.unwrap();
+        assert_eq!(s.phase, AdapterPhase::Shadow);
+        let g = find_condition(&s.conditions, cond::GUARDRAILS_HEALTHY).unwrap();
+        assert_eq!(
+            (g.status.as_str(), g.reason.as_str()),
+            ("Unknown", reasons::METRICS_UNAVAILABLE)
+        );
+        assert!(g.message.contains("connection refused"), "{}", g.message);
+    }
+
+    // A digest mismatch fails the version with the reason and an Event; 1.0.0 keeps serving.
+    w.artifacts.set(ArtifactCheck::Failed {
+        reason: reasons::DIGEST_MISMATCH.to_owned(),
+        message: "adapter_model.safetensors has digest sha256:00..".to_owned(),
+    });
+    set_version(&w, "1.2.0", &digest('c')).await;
+    let s = reconcile_patch(&w).await.status.unwrap();
+    assert_eq!(
+        (s.phase, s.stable_version.as_deref()),
+        (AdapterPhase::Failed, Some("1.0.0"))
+    );
+    let verified = find_condition(&s.conditions, cond::ARTIFACT_VERIFIED).unwrap();
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("False", reasons::DIGEST_MISMATCH)
+    );
+    assert!(
+        reasons_of(&events(&w.client, "pricing").await)
+            .contains(&reasons::DIGEST_MISMATCH.to_owned())
+    );
+
+    // A spec admission would refuse (the stand-in has no admission): a condition and backoff.
+    api.patch(
+        "pricing",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"rollout": {"canary": {"steps": [{"weight": 50, "duration": "1m"}, {"weight": 10, "duration": "1m"}]}}}})),
+    )
+    .await
+    .unwrap();
+    let p = Arc::new(get::<AdapterPatch>(&w.client, "pricing").await);
+    let err = adapter_patch::reconcile(p.clone(), w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), reasons::INVALID_SPEC);
+    let s = get::<AdapterPatch>(&w.client, "pricing")
+        .await
+        .status
+        .unwrap();
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reasons::INVALID_SPEC)
+    );
+    assert!(
+        degraded.message.contains("spec.rollout.canary.steps"),
+        "{}",
+        degraded.message
+    );
+    // The rollout state survives the failure.
+    assert_eq!(s.stable_version.as_deref(), Some("1.0.0"));
+    assert!(!s.history.is_empty());
+    let delays: Vec<String> = (0..3)
+        .map(|_| {
+            format!(
+                "{:?}",
+                adapter_patch::error_policy(p.clone(), &err, w.ctx.clone())
+            )
+        })
+        .collect();
+    assert_ne!(delays[0], delays[1]);
+    assert_ne!(delays[1], delays[2]);
+}
+
+#[tokio::test]
+async fn one_leader_at_a_time_and_release_hands_over() {
+    let server = ApiServer::start().unwrap();
+    let client = server.client();
+    let a = LeaseLock::new(
+        client.clone(),
+        NS,
+        "switchboard-operator",
+        "a",
+        Duration::from_secs(15),
+    );
+    let b = LeaseLock::new(
+        client.clone(),
+        NS,
+        "switchboard-operator",
+        "b",
+        Duration::from_secs(15),
+    );
+    let now = Timestamp::now();
+    assert!(a.try_acquire_or_renew(now).await.unwrap());
+    assert!(!b.try_acquire_or_renew(now).await.unwrap());
+    assert!(
+        a.try_acquire_or_renew(now).await.unwrap(),
+        "the holder renews"
+    );
+    a.release().await.unwrap();
+    assert!(
+        b.try_acquire_or_renew(now).await.unwrap(),
+        "a released Lease is taken at once"
+    );
+    assert!(!a.try_acquire_or_renew(now).await.unwrap());
+    // An expired holder is replaced.
+    let later = now
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(16))
+        .unwrap();
+    assert!(a.try_acquire_or_renew(later).await.unwrap());
+}
