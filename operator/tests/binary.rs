@@ -30,7 +30,7 @@ fn free_port() -> u16 {
 async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
