@@ -97,6 +97,13 @@ impl FakeClock {
     }
 }
 
+impl FakeClock {
+    /// Now, as an RFC 3339 string (for fixtures of `metav1.Time` fields).
+    pub fn now_string(&self) -> String {
+        self.now().to_string()
+    }
+}
+
 impl Clock for FakeClock {
     fn now(&self) -> Timestamp {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)

@@ -14,7 +14,8 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Secret, Service},
+        batch::v1::Job,
+        core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service},
         events::v1::Event,
     },
     jiff::Timestamp,
@@ -36,6 +37,7 @@ use switchboard_operator::{
     context::{Context, Settings},
     controllers,
     fakes::{FakeClock, FixedArtifacts, FnSource, scalar},
+    knowledge_base,
     leader::LeaseLock,
     metrics::Metrics,
     router,
@@ -644,4 +646,187 @@ async fn one_leader_at_a_time_and_release_hands_over() {
         .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(16))
         .unwrap();
     assert!(a.try_acquire_or_renew(later).await.unwrap());
+}
+
+async fn reconcile_kb(w: &World) -> KnowledgeBase {
+    let kb = get::<KnowledgeBase>(&w.client, "help").await;
+    knowledge_base::reconcile(Arc::new(kb), w.ctx.clone())
+        .await
+        .unwrap();
+    get::<KnowledgeBase>(&w.client, "help").await
+}
+
+async fn jobs(w: &World) -> Vec<Job> {
+    let mut jobs = Api::<Job>::namespaced(w.client.clone(), NS)
+        .list(&ListParams::default().labels("switchboard.dev/knowledge-base=help"))
+        .await
+        .unwrap()
+        .items;
+    jobs.sort_by_key(knowledge_base::build::build_number);
+    jobs
+}
+
+/// Plays kubelet and the Job controller: the build pod ends with `report` (or fails).
+async fn finish_build(w: &World, job: &str, report: Option<serde_json::Value>) {
+    let jobs: Api<Job> = Api::namespaced(w.client.clone(), NS);
+    let done = w.clock.now_string();
+    let condition = if report.is_some() {
+        "Complete"
+    } else {
+        "Failed"
+    };
+    jobs.patch_status(
+        job,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "conditions": [{"type": condition, "status": "True", "reason": if report.is_some() { "Completed" } else { "BackoffLimitExceeded" }, "message": "pod failed 3 times"}],
+            "startTime": done, "completionTime": if report.is_some() { json!(done) } else { json!(null) },
+        }})),
+    )
+    .await
+    .unwrap();
+    if let Some(report) = report {
+        let pods: Api<Pod> = Api::namespaced(w.client.clone(), NS);
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{job}-x1"), "namespace": NS, "labels": {"job-name": job}},
+            "spec": {"containers": [{"name": "indexer", "image": "runtime:test"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        pods.patch_status(
+            &format!("{job}-x1"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"containerStatuses": [{
+                "name": "indexer", "image": "runtime:test", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": report.to_string()}},
+            }]}})),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_knowledge_base_builds_in_a_job_and_reports_its_generation_keeping_the_previous_one() {
+    let w = world(FnSource::empty());
+    create_kb(&w.client, None).await;
+    let kb = reconcile_kb(&w).await;
+    let claim: PersistentVolumeClaim = get(&w.client, "help-index").await;
+    assert_eq!(
+        claim.metadata.owner_references.unwrap()[0].kind,
+        "KnowledgeBase"
+    );
+    let manifest: ConfigMap = get(&w.client, "help-kb").await;
+    assert!(manifest.data.unwrap()["knowledgebase.json"].contains("\"faq\""));
+    let built = jobs(&w).await;
+    assert_eq!(built.len(), 1);
+    let first = built[0].metadata.name.clone().unwrap();
+    let s = kb.status.unwrap();
+    let ready = find_condition(&s.conditions, cond::READY).unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::INDEX_BUILDING)
+    );
+    assert!(switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::PROGRESSING
+    ));
+    // Reconciling while it runs starts nothing new.
+    reconcile_kb(&w).await;
+    assert_eq!(jobs(&w).await.len(), 1);
+
+    finish_build(
+        &w,
+        &first,
+        Some(json!({"generation": 7, "documents": 12, "chunks": 80, "staleDocuments": 1,
+                    "sourceErrors": [{"source": "faq", "file": "b.md", "reason": "ParseFailed", "message": "bad"}]})),
+    )
+    .await;
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!(
+        (s.index_generation, s.documents, s.chunks, s.stale_documents),
+        (Some(7), Some(12), Some(80), Some(1))
+    );
+    assert!(switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::READY
+    ));
+    let sources = find_condition(&s.conditions, cond::SOURCES_HEALTHY).unwrap();
+    assert_eq!(
+        (sources.status.as_str(), sources.reason.as_str()),
+        ("False", reasons::SOURCE_ERRORS)
+    );
+    assert!(sources.message.contains("faq/b.md"), "{}", sources.message);
+    assert_eq!(
+        jobs(&w).await.len(),
+        1,
+        "a finished build of the same spec is not repeated"
+    );
+    assert!(w.metrics.render().contains("result=\"succeeded\"} 1"));
+
+    // A spec change builds again; a failure keeps generation 7 serving.
+    Api::<KnowledgeBase>::namespaced(w.client.clone(), NS)
+        .patch(
+            "help",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"keepGenerations": 4}})),
+        )
+        .await
+        .unwrap();
+    reconcile_kb(&w).await;
+    let built = jobs(&w).await;
+    assert_eq!(built.len(), 2);
+    let second = built[1].metadata.name.clone().unwrap();
+    assert_ne!(second, first);
+    w.clock.advance(Duration::from_secs(30));
+    finish_build(&w, &second, None).await;
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!(s.index_generation, Some(7));
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reasons::INDEX_BUILD_FAILED)
+    );
+    assert!(
+        degraded.message.contains("generation 7 keeps serving"),
+        "{}",
+        degraded.message
+    );
+    assert!(switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::READY
+    ));
+    assert_eq!(
+        jobs(&w).await.len(),
+        2,
+        "a failed build is not retried in a loop"
+    );
+    // A successful rebuild serves generation 8 and keeps 7 for switching back.
+    Api::<KnowledgeBase>::namespaced(w.client.clone(), NS)
+        .patch(
+            "help",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"keepGenerations": 5}})),
+        )
+        .await
+        .unwrap();
+    reconcile_kb(&w).await;
+    let third = jobs(&w).await[2].metadata.name.clone().unwrap();
+    w.clock.advance(Duration::from_secs(30));
+    finish_build(
+        &w,
+        &third,
+        Some(json!({"generation": 8, "documents": 13, "chunks": 90})),
+    )
+    .await;
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!(
+        (s.index_generation, s.previous_generation),
+        (Some(8), Some(7))
+    );
+    assert!(!switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::DEGRADED
+    ));
 }
