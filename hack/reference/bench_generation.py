@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import statistics
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +43,7 @@ def bench(model, ids, max_new_tokens, runs, eos):
                                  do_sample=False, use_cache=True, eos_token_id=eos,
                                  pad_token_id=eos[0])
             times.append(time.perf_counter() - start)
+            print(f"  reference: {out.shape[1] - len(ids)} tokens in {times[-1]:.2f}s", file=sys.stderr, flush=True)
     generated = out[0, len(ids):].tolist()
     # generate() keeps the stop token; the runtime does not count it.
     if generated and generated[-1] in eos:

@@ -5,7 +5,7 @@
 //!     hack/setup-reference.sh && cargo bench -p switchboard-runtime --bench generation
 //!
 //! Both sides decode greedily from the exact same prompt token ids (a grounded support prompt
-//! rendered with the model's chat template) up to `MAX_NEW_TOKENS`, without and with a PEFT LoRA
+//! rendered with the model's chat template) up to 64 new tokens, without and with a PEFT LoRA
 //! adapter (`runtime/model/tests/fixtures/lora/qv`: r=4 on q_proj and v_proj of every layer,
 //! applied per request, unmerged, on both sides). Reported: median request time (prefill +
 //! decode), tokens/s, the ratio (> 1: runtime faster; goal >= 1.0) and the per-request LoRA
@@ -23,8 +23,13 @@ use switchboard_model::lora::LoraAdapter;
 type BoxError = Box<dyn std::error::Error>;
 
 const THREADS: i32 = 2;
-const MAX_NEW_TOKENS: usize = 64;
-const RUNS: usize = 3;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn greedy(max_new_tokens: usize) -> GenerationConfig {
     GenerationConfig {
@@ -39,19 +44,33 @@ fn bench(
     generator: &Generator,
     ids: &[u32],
     adapter: Option<&LoraAdapter>,
+    (max_new_tokens, runs): (usize, usize),
 ) -> Result<(Duration, Generation), BoxError> {
     generator.generate_ids(ids, &greedy(4), adapter)?;
     let mut times = Vec::new();
     let mut last = None;
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let started = Instant::now();
-        let g = generator.generate_ids(ids, &greedy(MAX_NEW_TOKENS), adapter)?;
+        let g = generator.generate_ids(ids, &greedy(max_new_tokens), adapter)?;
         times.push(started.elapsed());
+        eprintln!(
+            "  switchboard {}: {} tokens in {:.2}s",
+            if adapter.is_some() { "lora" } else { "base" },
+            g.token_ids.len(),
+            started.elapsed().as_secs_f64()
+        );
         last = Some(g);
     }
     times.sort();
     let generation = last.ok_or("no run")?;
-    Ok((times[times.len() / 2], generation))
+    // The median as Python's statistics.median computes it (mean of the middle two when even).
+    let mid = times.len() / 2;
+    let median = if times.len() % 2 == 0 {
+        (times[mid - 1] + times[mid]) / 2
+    } else {
+        times[mid]
+    };
+    Ok((median, generation))
 }
 
 fn main() -> Result<(), BoxError> {
@@ -70,6 +89,9 @@ fn main() -> Result<(), BoxError> {
             return Err(format!("{} is missing: run {fix}", path.display()).into());
         }
     }
+    // SWITCHBOARD_BENCH_TOKENS / SWITCHBOARD_BENCH_RUNS shorten a run on a busy machine.
+    let max_new_tokens = env_usize("SWITCHBOARD_BENCH_TOKENS", 64);
+    let runs = env_usize("SWITCHBOARD_BENCH_RUNS", 3).max(1);
     tch::set_num_threads(THREADS);
     let mut generator = Generator::load(&gguf, tch::Device::Cpu)?;
     generator.load_adapter("qv", &adapter_dir)?;
@@ -92,8 +114,10 @@ fn main() -> Result<(), BoxError> {
         .map(u32::to_string)
         .collect();
 
-    let (base_time, base) = bench(&generator, &ids, None)?;
-    let (lora_time, lora) = bench(&generator, &ids, Some(adapter.as_ref()))?;
+    let limits = (max_new_tokens, runs);
+    let (base_time, base) = bench(&generator, &ids, None, limits)?;
+    let (lora_time, lora) = bench(&generator, &ids, Some(adapter.as_ref()), limits)?;
+    eprintln!("running the reference (HF transformers + PEFT)...");
 
     let scratch = std::env::temp_dir().join(format!("sb-bench-gen-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -103,11 +127,12 @@ fn main() -> Result<(), BoxError> {
         .arg(root.join("hack/reference/bench_generation.py"))
         .args(["--prompt-ids".as_ref(), ids_file.as_os_str()])
         .args(["--adapter".as_ref(), adapter_dir.as_os_str()])
-        .args(["--max-new-tokens", &MAX_NEW_TOKENS.to_string()])
-        .args(["--runs", &RUNS.to_string()])
+        .args(["--max-new-tokens", &max_new_tokens.to_string()])
+        .args(["--runs", &runs.to_string()])
         .args(["--threads", &THREADS.to_string()])
         .args(["--eos", &eos.join(",")])
         .env("OMP_NUM_THREADS", THREADS.to_string())
+        .stderr(std::process::Stdio::inherit())
         .output()?;
     let _ = std::fs::remove_dir_all(&scratch);
     if !output.status.success() {
@@ -147,7 +172,7 @@ fn main() -> Result<(), BoxError> {
     };
     println!(
         "generation benchmark: SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32), prompt {} tokens, greedy, \
-         up to {MAX_NEW_TOKENS} new tokens, median of {RUNS}, {THREADS} threads each side (torch {})",
+         up to {max_new_tokens} new tokens, median of {runs}, {THREADS} threads each side (torch {})",
         ids.len(),
         reference["torch"].as_str().unwrap_or("?")
     );

@@ -444,6 +444,9 @@ pub async fn answer(
         variant.model = model.as_str().to_owned();
     }
     let model_label = model.as_str();
+    if route.model == ModelKind::Large {
+        metrics.large_queue_depth(router, engine.large_queue_depth());
+    }
     metrics.answer_stage(router, model_label, "retrieve", retrieve_seconds);
     if generated.is_some() {
         metrics.answer_stage(router, model_label, "generate", generate_seconds);

@@ -145,6 +145,8 @@ pub struct Engine {
     keys: TokenKeys,
     ledger: FeedbackLedger,
     active: ArcSwapOption<Active>,
+    /// Snapshots replaced but possibly still held by requests: their adapters stay resident.
+    retiring: std::sync::Mutex<Vec<std::sync::Weak<Active>>>,
     resources: tokio::sync::Mutex<Resources>,
     large_in_flight: Arc<AtomicUsize>,
     shadow_in_flight: Arc<AtomicUsize>,
@@ -202,6 +204,7 @@ impl Engine {
             keys,
             ledger: FeedbackLedger::new(1_000_000),
             active: ArcSwapOption::empty(),
+            retiring: std::sync::Mutex::new(Vec::new()),
             resources: tokio::sync::Mutex::new(Resources::default()),
             large_in_flight: Arc::new(AtomicUsize::new(0)),
             shadow_in_flight: Arc::new(AtomicUsize::new(0)),
@@ -532,6 +535,10 @@ impl Engine {
         );
         drop(res);
         if let Some(old) = old {
+            self.retiring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(Arc::downgrade(&old));
             let engine = Arc::clone(self);
             tokio::spawn(async move { engine.retire(old).await });
         }
@@ -539,7 +546,7 @@ impl Engine {
     }
 
     /// Waits until no request holds `old` (or a generous deadline), then unloads adapters that
-    /// the config now in force doesn't name.
+    /// neither the config now in force nor a snapshot still held by a request names.
     async fn retire(&self, old: Arc<Active>) {
         let deadline = Instant::now() + Duration::from_secs(300);
         while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
@@ -553,10 +560,22 @@ impl Engine {
         let Some((_, small)) = res.small.clone() else {
             return;
         };
+        let mut keep: std::collections::BTreeSet<String> =
+            current.adapters.keys().cloned().collect();
+        {
+            let mut retiring = self
+                .retiring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            retiring.retain(|w| w.strong_count() > 0);
+            for snapshot in retiring.iter().filter_map(std::sync::Weak::upgrade) {
+                keep.extend(snapshot.adapters.keys().cloned());
+            }
+        }
         let stale: Vec<String> = res
             .resident
             .keys()
-            .filter(|id| !current.adapters.contains_key(*id))
+            .filter(|id| !keep.contains(*id))
             .cloned()
             .collect();
         for id in stale {
