@@ -26,16 +26,17 @@ use kube::{
 };
 use serde_json::json;
 use switchboard_crds::{
-    AdapterPatch, KnowledgeBase, Router,
+    AdapterPatch, Experiment, KnowledgeBase, Router,
     adapter_patch::{AdapterPhase, AnalysisDecision},
     conditions::{self as cond, reasons},
+    experiment::{ExperimentDecision, ExperimentPhase},
     find_condition,
     runtime_config::{AdapterRole, RuntimeConfig},
 };
 use switchboard_operator::{
     adapter_patch::{self, rollout::ArtifactCheck},
     context::{Context, Settings},
-    controllers,
+    controllers, experiment,
     fakes::{FakeClock, FixedArtifacts, FnSource, scalar},
     knowledge_base,
     leader::LeaseLock,
@@ -829,4 +830,108 @@ async fn a_knowledge_base_builds_in_a_job_and_reports_its_generation_keeping_the
         &s.conditions,
         cond::DEGRADED
     ));
+}
+
+#[tokio::test]
+async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_size() {
+    // Per variant `units` interactions (the holdout gets its 10% share), escalations 20% vs 14%.
+    let units = Arc::new(std::sync::atomic::AtomicU64::new(500));
+    let per_arm = units.clone();
+    let source = FnSource::new(move |q| {
+        let arm = ["control", "rewrite", "holdout"]
+            .into_iter()
+            .find(|a| q.contains(&format!("arm=\"{a}\"")));
+        let Some(arm) = arm else {
+            return Ok(Vec::new());
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let variant = per_arm.load(Ordering::Relaxed) as f64;
+        let n = if arm == "holdout" {
+            (variant * 2.0 / 9.0).round()
+        } else {
+            variant
+        };
+        if q.contains("switchboard_interactions_total") {
+            Ok(scalar(n))
+        } else if q.contains("outcome=\"escalated\"") {
+            Ok(scalar(if arm == "rewrite" { 0.14 * n } else { 0.2 * n }))
+        } else {
+            Ok(Vec::new())
+        }
+    });
+    let w = world(source.clone());
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let api = Api::<Experiment>::namespaced(w.client.clone(), NS);
+    let x: Experiment = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "rewrite", "namespace": NS},
+        "spec": {
+            "routerRef": {"name": "frontline"}, "salt": "2026-11",
+            "holdout": {"share": "10%"},
+            "variants": [{"name": "control", "weight": 50},
+                         {"name": "rewrite", "weight": 50, "overrides": {"queryRewritePolicy": "Always"}}],
+            "primaryMetric": {"name": "escalationRate", "direction": "Decrease"},
+            "minimumDetectableEffect": {"absolute": "5%"},
+            "expectedBaselineRate": "20%",
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &x).await.unwrap();
+    let reconcile = || async {
+        let x = get::<Experiment>(&w.client, "rewrite").await;
+        experiment::reconcile(Arc::new(x), w.ctx.clone())
+            .await
+            .unwrap();
+        get::<Experiment>(&w.client, "rewrite")
+            .await
+            .status
+            .unwrap()
+    };
+    let s = reconcile().await;
+    assert_eq!(s.phase, ExperimentPhase::Running);
+    let config = compiled(&w).await;
+    assert_eq!(config.experiments.len(), 1);
+    assert_eq!(config.experiments[0].control, "control");
+
+    w.clock.advance(Duration::from_secs(6 * 3600));
+    let s = reconcile().await;
+    assert!(
+        source
+            .asked()
+            .iter()
+            .any(|q| q.contains(r#"experiment="rewrite",arm="holdout""#)),
+        "{:?}",
+        source.asked()
+    );
+    assert_eq!(s.phase, ExperimentPhase::Running);
+    assert_eq!((s.samples, s.holdout_samples), (Some(1000), Some(111)));
+    assert!(!s.srm.unwrap().detected);
+    let required = s.required_samples_per_variant.unwrap();
+    assert!((500..1000).contains(&required), "{required}");
+    assert!(s.eta.is_some());
+    let rewrite = s.per_variant.iter().find(|v| v.name == "rewrite").unwrap();
+    assert!((rewrite.estimate.unwrap() + 0.06).abs() < 1e-9);
+    assert!(w.metrics.render().contains(
+        "switchboard_experiment_samples{arm=\"rewrite\",name=\"rewrite\",namespace=\"support\"} 500"
+    ));
+
+    // At the planned size it concludes, and the Router stops compiling it.
+    units.store(1000, Ordering::Relaxed);
+    w.clock.advance(Duration::from_secs(6 * 3600));
+    let s = reconcile().await;
+    assert_eq!(
+        (s.phase, s.decision, s.winner.as_deref()),
+        (
+            ExperimentPhase::Concluded,
+            ExperimentDecision::ShipVariant,
+            Some("rewrite")
+        ),
+        "{:?}",
+        s.message
+    );
+    assert!(compiled(&w).await.experiments.is_empty());
+    assert!(
+        reasons_of(&events(&w.client, "rewrite").await).contains(&reasons::CONCLUDED.to_owned())
+    );
 }
