@@ -350,4 +350,35 @@ mod tests {
             ArtifactCheck::Failed { .. }
         ));
     }
+
+    #[tokio::test]
+    async fn fetches_http_peft_directories() {
+        use axum::{Router, routing::get};
+        let repo = "HuggingFaceTB/SmolLM2-135M-Instruct";
+        let config_json = config(4, repo);
+        let app = Router::new()
+            .route(
+                "/adapters/pricing/1.1.0/adapter_model.safetensors",
+                get(|| async { b"weights".to_vec() }),
+            )
+            .route(
+                "/adapters/pricing/1.1.0/adapter_config.json",
+                get(move || async move { config_json.clone() }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let checker = PeftArtifacts::new(None);
+        let mut s = spec(&sha256_hex(b"weights"), repo);
+        s.artifact.uri = format!("http://{addr}/adapters/pricing/1.1.0/");
+        assert_eq!(checker.check(&s).await, ArtifactCheck::Verified);
+        s.artifact.uri = format!("http://{addr}/adapters/pricing/9.9.9");
+        match checker.check(&s).await {
+            ArtifactCheck::Failed { reason, message } => {
+                assert_eq!(reason, reasons::ARTIFACT_UNAVAILABLE);
+                assert!(message.contains("HTTP 404"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
