@@ -23,7 +23,7 @@ mod serve;
 mod service;
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -55,6 +55,10 @@ enum Command {
         /// Publish the previous generation again instead of building.
         #[arg(long, conflicts_with = "no_publish")]
         switch_back: bool,
+        /// Also write a JSON build report (at most 4 KiB) to this file; an index-build Job sets
+        /// `/dev/termination-log` so the operator reads it from the pod's status.
+        #[arg(long)]
+        report_file: Option<PathBuf>,
     },
     /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10).
     Eval(eval::EvalArgs),
@@ -123,7 +127,8 @@ fn main() -> Result<()> {
             kb,
             no_publish,
             switch_back,
-        } => index(&kb, no_publish, switch_back),
+            report_file,
+        } => index(&kb, no_publish, switch_back, report_file.as_deref()),
         Command::Eval(args) => eval::run(&args),
         Command::Query {
             addr,
@@ -148,7 +153,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn index(args: &serve::KbArgs, no_publish: bool, switch_back: bool) -> Result<()> {
+fn index(
+    args: &serve::KbArgs,
+    no_publish: bool,
+    switch_back: bool,
+    report_file: Option<&Path>,
+) -> Result<()> {
     if switch_back {
         let kbs = kb::load_knowledge_bases(&args.manifests)?;
         let kb = kb::select(kbs, args.knowledge_base.as_deref())?;
@@ -161,12 +171,124 @@ fn index(args: &serve::KbArgs, no_publish: bool, switch_back: bool) -> Result<()
     let keep = loaded.kb.spec.keep_generations.max(2) as usize;
     let report = serve::build_and_publish(&loaded, !no_publish, keep)?;
     serve::print_report(&report);
+    if let Some(path) = report_file {
+        std::fs::write(path, manifest_report(&report.manifest))
+            .with_context(|| format!("writing the build report to {}", path.display()))?;
+    }
     if no_publish {
         println!("not published (--no-publish)");
     } else {
         println!("published {}", report.manifest.generation);
     }
     Ok(())
+}
+
+/// Longest termination message Kubernetes keeps.
+const REPORT_LIMIT: usize = 4096;
+
+/// The build report the operator reads from an index Job's termination message
+/// (`switchboard_operator::knowledge_base::build::BuildReport`): generation number, documents,
+/// chunks, and per-file source errors — as many as fit in 4 KiB, the rest summarised in one entry.
+fn manifest_report(manifest: &switchboard_index::Manifest) -> String {
+    let errors = manifest
+        .sources
+        .iter()
+        .flat_map(|source| {
+            source.errors.iter().map(|issue| {
+                (
+                    source.name.clone(),
+                    issue.item.clone(),
+                    issue.reason.clone(),
+                )
+            })
+        })
+        .collect();
+    termination_report(
+        kb::generation_number(&manifest.generation).unwrap_or(0),
+        manifest.documents,
+        manifest.chunks,
+        errors,
+    )
+}
+
+/// See [`manifest_report`]; `errors` are (source, file, reason).
+fn termination_report(
+    generation: i64,
+    documents: usize,
+    chunks: usize,
+    errors: Vec<(String, String, String)>,
+) -> String {
+    let errors: Vec<serde_json::Value> = errors
+        .into_iter()
+        .map(|(source, file, message)| {
+            serde_json::json!({"source": source, "file": file, "reason": "ParseFailed", "message": message})
+        })
+        .collect();
+    let total = errors.len();
+    let mut listed = total;
+    loop {
+        let mut shown: Vec<serde_json::Value> = errors[..listed].to_vec();
+        if listed < total {
+            shown.push(serde_json::json!({
+                "source": "*",
+                "reason": "TooManyErrors",
+                "message": format!("{} more source errors not listed (see the Job's log)", total - listed),
+            }));
+        }
+        let report = serde_json::json!({
+            "generation": generation,
+            "documents": documents,
+            "chunks": chunks,
+            "sourceErrors": shown,
+        })
+        .to_string();
+        if report.len() <= REPORT_LIMIT || listed == 0 {
+            return report;
+        }
+        listed -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_report_fits_in_4_kib_and_says_what_was_left_out() {
+        let small: serde_json::Value = serde_json::from_str(&termination_report(
+            7,
+            12,
+            40,
+            vec![("pdf".into(), "broken.pdf".into(), "not a PDF".into())],
+        ))
+        .unwrap();
+        assert_eq!(small["generation"], 7);
+        assert_eq!(small["chunks"], 40);
+        assert_eq!(small["sourceErrors"][0]["file"], "broken.pdf");
+
+        let many: Vec<(String, String, String)> = (0..500)
+            .map(|i| {
+                (
+                    "tickets".into(),
+                    format!("ticket {i}"),
+                    "resolution too short".into(),
+                )
+            })
+            .collect();
+        let report = termination_report(8, 1, 1, many);
+        assert!(report.len() <= REPORT_LIMIT, "{}", report.len());
+        let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+        let listed = v["sourceErrors"].as_array().unwrap();
+        let last = listed.last().unwrap();
+        assert_eq!(last["reason"], "TooManyErrors");
+        let left_out = 500 - (listed.len() - 1);
+        assert!(
+            last["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{left_out} more"))
+        );
+    }
 }
 
 async fn query(addr: String, top_k: u32, queries: Vec<String>) -> Result<()> {
@@ -323,7 +445,7 @@ fn search(
 }
 
 #[cfg(test)]
-mod tests {
+mod date_tests {
     #[test]
     fn dates_are_civil() {
         assert_eq!(super::date(0), "1970-01-01");
