@@ -135,6 +135,9 @@ pub enum GuardrailReason {
     WithinMargin,
     /// The always-valid interval contains the margin.
     Inconclusive,
+    /// Both arms have their minimum trials, the event is too rare for a relative test, and the
+    /// candidate has none: it cannot have risen (zero refusals on both sides, say).
+    NoCandidateEvents,
 }
 
 /// The numbers behind a decision, ready for a status field.
@@ -230,7 +233,15 @@ pub fn evaluate_guardrail(
             arm.trials < policy.min_trials_per_arm
                 || (arm.trials as f64) * rate < policy.min_expected_events_per_arm
         });
+    let enough_trials = baseline.trials >= policy.min_trials_per_arm
+        && candidate.trials >= policy.min_trials_per_arm;
     let (decision, reason) = match (short_arm, always_valid) {
+        // Rare events: the expected-events minimum can never be met when the metric's pooled
+        // rate is ~0, which would hold a rollout forever. A candidate with no events at all in
+        // its minimum trials shows no rise, whatever the baseline's handful.
+        (Some(_), _) if enough_trials && candidate.events == 0 => {
+            (GuardrailDecision::Pass, GuardrailReason::NoCandidateEvents)
+        }
         (Some(_), _) | (_, None) => (
             GuardrailDecision::Hold,
             GuardrailReason::InsufficientSamples,
@@ -296,6 +307,10 @@ fn describe(
             format!("{rates}{change}: rise exceeds the {margin} margin")
         }
         GuardrailReason::WithinMargin => format!("{rates}{change}: within the {margin} margin"),
+        GuardrailReason::NoCandidateEvents => format!(
+            "{rates}: no candidate events in at least {} trials; too rare for a relative test, no rise",
+            policy.min_trials_per_arm
+        ),
         GuardrailReason::Inconclusive => {
             format!("{rates}{change}: not yet distinguishable from the {margin} margin")
         }
@@ -368,6 +383,25 @@ mod tests {
         assert_eq!(rare.reason, GuardrailReason::InsufficientSamples);
         let empty = evaluate_guardrail(&policy, counts(0, 0), counts(0, 0)).unwrap();
         assert_eq!(empty.decision, GuardrailDecision::Hold);
+    }
+
+    #[test]
+    fn a_metric_with_no_events_on_either_side_passes_once_both_arms_have_their_trials() {
+        let policy = GuardrailPolicy::new(0.05).unwrap();
+        let none = evaluate_guardrail(&policy, counts(0, 5_000), counts(0, 400)).unwrap();
+        assert_eq!(none.decision, GuardrailDecision::Pass, "{}", none.message);
+        assert_eq!(none.reason, GuardrailReason::NoCandidateEvents);
+        assert!(
+            none.message.contains("no candidate events"),
+            "{}",
+            none.message
+        );
+        // Too few candidate trials: still waiting.
+        let early = evaluate_guardrail(&policy, counts(0, 5_000), counts(0, 50)).unwrap();
+        assert_eq!(early.reason, GuardrailReason::InsufficientSamples);
+        // A rare event the candidate does show is not waved through.
+        let some = evaluate_guardrail(&policy, counts(1, 5_000), counts(2, 400)).unwrap();
+        assert_ne!(some.decision, GuardrailDecision::Pass);
     }
 
     #[test]
