@@ -8,27 +8,37 @@ The operator's permissions, exact resources and verbs, no wildcards. This is a c
 "switchboard.rbac.leaderElectionRules": the Lease, in the leader-election namespace only.
 */}}
 {{- define "switchboard.rbac.rules" -}}
+# The four resources: watched; AdapterPatch and Experiment action annotations are removed with a
+# merge patch once acted upon.
 - apiGroups: ["switchboard.dev"]
-  resources: ["adapterpatches", "experiments", "knowledgebases", "routers"]
+  resources: ["knowledgebases", "routers"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["switchboard.dev"]
+  resources: ["adapterpatches", "experiments"]
   verbs: ["get", "list", "watch", "patch"]
+# Status through the status subresource (server-side apply).
 - apiGroups: ["switchboard.dev"]
   resources: ["adapterpatches/status", "experiments/status", "knowledgebases/status", "routers/status"]
   verbs: ["get", "patch"]
-- apiGroups: ["switchboard.dev"]
-  resources: ["knowledgebases/finalizers", "routers/finalizers"]
-  verbs: ["update"]
+# Router children (ConfigMap, Service, Deployment) and the KnowledgeBase index volume: server-side
+# apply creates them the first time and patches them afterwards.
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "patch"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  resources: ["configmaps", "services", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# The interaction-token key of each Router: created once, read back for its metadata.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
+# Index build Jobs (old ones are deleted) and their pods (the build report is the termination message).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -3,7 +3,7 @@
 //! locked down, the alerts pass `promtool check rules`, and the dashboard and alerts read only
 //! the series of docs/metrics.md.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -17,6 +17,7 @@ use switchboard_chart_tests::{
     VALUE_SETS, alert_expressions, chart_dir, dashboard_expressions, documented_metric_names, helm,
     kind, metric_names, name, render, root, rule_groups, tool,
 };
+use switchboard_operator::rbac::RBAC_RULES;
 
 /// Deserializes `object` as `T` and serializes it back: the two must be equal, so a misspelled
 /// or misplaced field (which a typed client would drop) fails the test.
@@ -263,10 +264,6 @@ fn rbac_has_no_wildcards_and_only_namespaced_leases() {
                     .flatten()
                     .map(String::as_str)
                     .collect();
-                assert!(
-                    !resources.contains(&"secrets"),
-                    "{set}: {role}: the operator never reads Secrets (the runtime mounts them)"
-                );
                 if kind(&object) == "ClusterRole" {
                     assert!(
                         !resources.contains(&"leases"),
@@ -537,4 +534,49 @@ fn the_dashboard_file_is_what_its_generator_writes() {
         generated == committed,
         "files/dashboards/switchboard-overview.json is stale: run python3 charts/switchboard/hack/dashboard.py"
     );
+}
+
+/// (apiGroup, resource) -> verbs of a list of rules.
+fn permissions(rules: &[PolicyRule]) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                out.entry((group.clone(), resource.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rendered_rbac_is_exactly_what_the_operator_declares() {
+    let declared: BTreeMap<(String, String), BTreeSet<String>> = RBAC_RULES
+        .iter()
+        .map(|r| {
+            (
+                (r.api_group.to_owned(), r.resource.to_owned()),
+                r.verbs.iter().map(|v| (*v).to_owned()).collect(),
+            )
+        })
+        .collect();
+    for (set, values) in VALUE_SETS {
+        let objects = render(values);
+        let roles: Vec<&Value> = objects
+            .iter()
+            .filter(|o| matches!(kind(o), "ClusterRole" | "Role"))
+            .collect();
+        let all: Vec<PolicyRule> = roles.iter().flat_map(|r| rules_of(r)).collect();
+        assert_eq!(permissions(&all), declared, "{set}");
+        // The Lease is granted in the leader-election namespace only.
+        for role in roles {
+            let leases = permissions(&rules_of(role))
+                .keys()
+                .any(|(_, resource)| resource == "leases");
+            let leader_role = name(role).ends_with("-leader-election");
+            assert_eq!(leases, leader_role, "{set}: {}", name(role));
+        }
+    }
 }
