@@ -164,7 +164,7 @@ async fn roll_out_candidate(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run end to end: compiled, but the runtime/operator debug build did not finish on the shared 2-core machine this session; run with `cargo test -p switchboard-e2e --test rollout -- --ignored`"]
+#[ignore = "fails: the operator promoted 1.1.0 although Prometheus held 36 escalations in 55 interactions for it vs 2 in 36 for 1.0.0 (run of 2026-11-27): its escalationRate guardrail did not breach"]
 async fn a_canary_whose_escalations_rise_is_rolled_back() {
     let story = Story::start("rollback").await;
     let plan = RolloutPlan {
@@ -306,7 +306,7 @@ fn assert_steps_walked_once(timeline: &Timeline, steps: usize, min_step_seconds:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run end to end: compiled, but the runtime/operator debug build did not finish on the shared 2-core machine this session; run with `cargo test -p switchboard-e2e --test rollout -- --ignored`"]
+#[ignore = "fails: the rollout stayed at canary step 1 (25%) for 5 min without advancing (run of 2026-11-27, two stories in parallel); cause not diagnosed yet (samples per arm vs minSamples, or a metrics hold)"]
 async fn a_healthy_canary_walks_its_steps_and_is_promoted() {
     let story = Story::start("promote").await;
     let timeline = Timeline::start(&story);
@@ -362,7 +362,7 @@ async fn a_healthy_canary_walks_its_steps_and_is_promoted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run end to end: compiled, but the runtime/operator debug build did not finish on the shared 2-core machine this session; run with `cargo test -p switchboard-e2e --test rollout -- --ignored`"]
+#[ignore = "fails: the rollout stayed at canary step 1 (25%) for 5 min without advancing (run of 2026-11-27, two stories in parallel); cause not diagnosed yet (samples per arm vs minSamples, or a metrics hold)"]
 async fn an_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_step() {
     let mut story = Story::start("restart").await;
     let timeline = Timeline::start(&story);

@@ -34,8 +34,18 @@ pub fn profile_dir() -> PathBuf {
 
 /// Builds (if needed) and locates binary `bin` of workspace package `package`, in the same
 /// target directory and profile as the running test, so a stale binary is never exercised.
-/// `SWITCHBOARD_TEST_NO_BUILD=1` skips the build (CI that built everything beforehand).
+/// `SWITCHBOARD_TEST_NO_BUILD=1` skips the build (CI that built everything beforehand);
+/// `<BIN>_PATH` (e.g. `SWITCHBOARD_RUNTIME_PATH`) names a prebuilt binary to use instead.
 pub fn cargo_bin(package: &str, bin: &str) -> Result<PathBuf, String> {
+    let override_var = format!("{}_PATH", bin.to_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&override_var) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{override_var}={} is not a file", path.display()))
+        };
+    }
     let profile_dir = profile_dir();
     let path = profile_dir.join(bin);
     if std::env::var_os("SWITCHBOARD_TEST_NO_BUILD").is_none() {
