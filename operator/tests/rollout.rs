@@ -430,3 +430,51 @@ fn a_digest_mismatch_fails_the_version_with_the_reason() {
     assert_eq!(out.status.phase, AdapterPhase::Validating);
     assert!(out.requeue_after.is_some());
 }
+
+#[test]
+fn a_large_rise_on_a_small_canary_is_caught_at_min_samples() {
+    // The end-to-end story's numbers: 1.1.0 escalated 36 of 55 answers, 1.0.0 2 of 36, with
+    // minSamples 15. A mixture tuned for thousands of trials would call this inconclusive and
+    // let the canary walk on.
+    let small = |version: &str, sha: &str| {
+        let mut s = spec(version, sha);
+        s.guardrails[0].min_samples = 15;
+        s
+    };
+    let mut w = World::new(small("1.0.0", V1));
+    w.tick(0);
+    w.spec = small("1.1.0", V2);
+    w.tick(0);
+    w.tick(10);
+    assert_eq!(w.status.phase, AdapterPhase::Canary);
+    w.observations = BTreeMap::from([(
+        Metric::EscalationRate,
+        Ok(ArmObservation {
+            baseline: Counts::new(2, 36).unwrap(),
+            candidate: Counts::new(36, 55).unwrap(),
+        }),
+    )]);
+    let out = w.tick(11);
+    assert_eq!(
+        out.status.phase,
+        AdapterPhase::RolledBack,
+        "{:?}",
+        out.status.last_analysis
+    );
+
+    // The same small sample at equal rates does not breach.
+    let mut calm = World::new(small("1.0.0", V1));
+    calm.tick(0);
+    calm.spec = small("1.1.0", V2);
+    calm.tick(0);
+    calm.tick(10);
+    calm.observations = BTreeMap::from([(
+        Metric::EscalationRate,
+        Ok(ArmObservation {
+            baseline: Counts::new(12, 40).unwrap(),
+            candidate: Counts::new(13, 40).unwrap(),
+        }),
+    )]);
+    let out = calm.tick(11);
+    assert_eq!(out.status.phase, AdapterPhase::Canary);
+}

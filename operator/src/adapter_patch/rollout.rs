@@ -670,12 +670,26 @@ impl Machine<'_> {
                 };
                 (flip(obs.baseline), flip(obs.candidate))
             };
-            let policy =
-                GuardrailPolicy::new(g.max_relative_increase.fraction()).map(|p| GuardrailPolicy {
+            // The mixture's τ is tuned for the sample at which a decision is first allowed
+            // (`minSamples` per arm) at the stable version's rate: with the library default
+            // (tuned for ~9,000 trials per arm) the always-valid interval at a few dozen trials is
+            // so wide that even a tenfold rise reads as inconclusive and the canary walks on.
+            // The stable version's rate is not the quantity under test (the ratio is), so using
+            // it as the planning rate keeps the test honest; 15% when it has no data yet.
+            let planning_rate = baseline
+                .rate()
+                .filter(|r| *r > 0.0 && *r < 1.0)
+                .unwrap_or(0.15)
+                .clamp(0.01, 0.99);
+            let policy = GuardrailPolicy::new(g.max_relative_increase.fraction()).and_then(|p| {
+                let p = GuardrailPolicy {
                     alpha: 1.0 - g.confidence.fraction(),
                     min_trials_per_arm: u64::try_from(g.min_samples).unwrap_or(0),
                     ..p
-                });
+                };
+                let n = p.min_trials_per_arm.max(1);
+                p.with_mixing_tuned_for(planning_rate, n, n)
+            });
             let evaluation = policy.and_then(|p| evaluate_guardrail(&p, baseline, candidate));
             let evaluation = match evaluation {
                 Ok(e) => e,
