@@ -164,7 +164,7 @@ async fn roll_out_candidate(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: the operator promoted 1.1.0 although Prometheus held 36 escalations in 55 interactions for it vs 2 in 36 for 1.0.0 (run of 2026-11-27): its escalationRate guardrail did not breach"]
+#[ignore = "not green yet: first run (2026-11-27) promoted 1.1.0 at 36/55 vs 2/36 escalations (guardrail mixture tuned for ~9k trials; fixed in e2bb79f+, unit test a_large_rise_on_a_small_canary_is_caught_at_min_samples); the rerun under load ~10 held at canary step 1 for the whole timeout, cause not diagnosed"]
 async fn a_canary_whose_escalations_rise_is_rolled_back() {
     let story = Story::start("rollback").await;
     let plan = RolloutPlan {
@@ -306,7 +306,7 @@ fn assert_steps_walked_once(timeline: &Timeline, steps: usize, min_step_seconds:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: the rollout stayed at canary step 1 (25%) for 5 min without advancing (run of 2026-11-27, two stories in parallel); cause not diagnosed yet (samples per arm vs minSamples, or a metrics hold)"]
+#[ignore = "not green yet: held at canary step 1 (25%) for the 5 min timeout in two runs on 2026-11-27 under load ~10 (escalation rates raised to 45%/35% since, so minExpectedEvents is reachable); cause not diagnosed: samples per arm or a metrics hold"]
 async fn a_healthy_canary_walks_its_steps_and_is_promoted() {
     let story = Story::start("promote").await;
     let timeline = Timeline::start(&story);
@@ -315,7 +315,7 @@ async fn a_healthy_canary_walks_its_steps_and_is_promoted() {
         min_samples: 10,
     };
     let (runtime, mut helpdesk) =
-        roll_out_candidate(&story, &plan, escalation(0.15, 0.05), 2).await;
+        roll_out_candidate(&story, &plan, escalation(0.45, 0.35), 2).await;
     let status = story
         .wait_for_status(
             "the candidate to be promoted",
@@ -362,7 +362,7 @@ async fn a_healthy_canary_walks_its_steps_and_is_promoted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: the rollout stayed at canary step 1 (25%) for 5 min without advancing (run of 2026-11-27, two stories in parallel); cause not diagnosed yet (samples per arm vs minSamples, or a metrics hold)"]
+#[ignore = "not green yet: held at canary step 1 (25%) for the 5 min timeout in two runs on 2026-11-27 under load ~10 (escalation rates raised to 45%/35% since, so minExpectedEvents is reachable); cause not diagnosed: samples per arm or a metrics hold"]
 async fn an_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_step() {
     let mut story = Story::start("restart").await;
     let timeline = Timeline::start(&story);
@@ -371,7 +371,7 @@ async fn an_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_
         min_samples: 10,
     };
     let (_runtime, mut helpdesk) =
-        roll_out_candidate(&story, &plan, escalation(0.15, 0.05), 3).await;
+        roll_out_candidate(&story, &plan, escalation(0.45, 0.35), 3).await;
 
     // Mid step 1: SIGKILL (no graceful shutdown, the Lease stays held until it expires).
     tokio::time::sleep(Duration::from_secs(15)).await;
