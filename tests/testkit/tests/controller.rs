@@ -135,7 +135,12 @@ async fn a_controller_reconciles_owned_children_and_status() {
         .unwrap();
     eventually("the child to be re-created", tokens("32")).await;
 
-    // Deleting the owner collects the child.
+    // Deleting the owner collects the child. The controller is stopped first: a reconcile of the
+    // owner still in its cache could re-apply the child after the cascade, and the stand-in's
+    // garbage collector only cascades at the owner's deletion (a real one also collects children
+    // whose owner is already gone).
+    controller.abort();
+    let _ = controller.await;
     routers
         .delete("front", &DeleteParams::default())
         .await
@@ -145,5 +150,4 @@ async fn a_controller_reconciles_owned_children_and_status() {
         async move { maps.get_opt("front-cfg").await.unwrap().is_none() }
     })
     .await;
-    controller.abort();
 }
