@@ -9,7 +9,10 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType, Recorder, Reporter},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -139,6 +142,23 @@ impl fmt::Debug for Context {
 }
 
 impl Context {
+    /// The bookkeeping every reconciler shares once its work is done: resets the object's
+    /// backoff on success, counts the outcome (and the error's reason) and logs a failure. The
+    /// caller reports the failure on the object (condition, Event) itself.
+    pub fn record_reconcile(&self, controller: &'static str, key: &str, result: &Result<Action>) {
+        match result {
+            Ok(_) => {
+                self.backoff.succeeded(key);
+                self.metrics.reconciled(controller, true);
+            }
+            Err(error) => {
+                self.metrics.reconciled(controller, false);
+                self.metrics.reconcile_error(controller, error.reason());
+                tracing::warn!(controller, object = %key, %error, "reconcile failed");
+            }
+        }
+    }
+
     /// A context with the given parts; Events are reported as `switchboard-operator` from
     /// `instance` (the pod name).
     pub fn new(
@@ -264,6 +284,15 @@ fn is_bad(c: &Condition) -> bool {
 }
 
 /// `Kind namespace/name` of an object, for errors and logs.
+/// The error policy of every controller: retry with the object's exponential backoff.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    _error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    Action::requeue(ctx.backoff.failed(&describe(obj.as_ref())))
+}
+
 pub fn describe<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
         "{} {}/{}",

@@ -31,27 +31,16 @@ pub const CONTROLLER: &str = "adapterpatch";
 /// Reconciles one AdapterPatch.
 pub async fn reconcile(patch: Arc<AdapterPatch>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let key = describe(patch.as_ref());
     let result = reconcile_inner(&patch, &ctx).await;
-    match &result {
-        Ok(_) => {
-            ctx.backoff.succeeded(&key);
-            ctx.metrics.reconciled(CONTROLLER, true);
-        }
-        Err(error) => {
-            ctx.metrics.reconciled(CONTROLLER, false);
-            ctx.metrics.reconcile_error(CONTROLLER, error.reason());
-            tracing::warn!(adapterpatch = %key, %error, "reconcile failed");
-            report_failure(&patch, &ctx, error).await;
-        }
+    if let Err(error) = &result {
+        report_failure(&patch, &ctx, error).await;
     }
+    ctx.record_reconcile(CONTROLLER, &describe(patch.as_ref()), &result);
     result
 }
 
 /// Retries with exponential backoff.
-pub fn error_policy(patch: Arc<AdapterPatch>, _error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.backoff.failed(&describe(patch.as_ref())))
-}
+pub use crate::context::error_policy;
 
 /// Whether the spec's version still needs its artifact checked: it is new, superseded earlier
 /// and named again, or still validating. Versions past validation were verified when they

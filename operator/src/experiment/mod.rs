@@ -33,27 +33,16 @@ pub const CONTROLLER: &str = "experiment";
 /// Reconciles one Experiment.
 pub async fn reconcile(x: Arc<Experiment>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let key = describe(x.as_ref());
     let result = reconcile_inner(&x, &ctx).await;
-    match &result {
-        Ok(_) => {
-            ctx.backoff.succeeded(&key);
-            ctx.metrics.reconciled(CONTROLLER, true);
-        }
-        Err(error) => {
-            ctx.metrics.reconciled(CONTROLLER, false);
-            ctx.metrics.reconcile_error(CONTROLLER, error.reason());
-            tracing::warn!(experiment = %key, %error, "reconcile failed");
-            report_failure(&x, &ctx, error).await;
-        }
+    if let Err(error) = &result {
+        report_failure(&x, &ctx, error).await;
     }
+    ctx.record_reconcile(CONTROLLER, &describe(x.as_ref()), &result);
     result
 }
 
 /// Retries with exponential backoff.
-pub fn error_policy(x: Arc<Experiment>, _error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.backoff.failed(&describe(x.as_ref())))
-}
+pub use crate::context::error_policy;
 
 /// Counts of `metric` for `arm`; no series means zero (the arm has had no such traffic yet).
 async fn counts_or_zero(

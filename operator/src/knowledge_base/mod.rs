@@ -40,27 +40,16 @@ pub const CONTROLLER: &str = "knowledgebase";
 /// Reconciles one KnowledgeBase.
 pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let key = describe(kb.as_ref());
     let result = reconcile_inner(&kb, &ctx).await;
-    match &result {
-        Ok(_) => {
-            ctx.backoff.succeeded(&key);
-            ctx.metrics.reconciled(CONTROLLER, true);
-        }
-        Err(error) => {
-            ctx.metrics.reconciled(CONTROLLER, false);
-            ctx.metrics.reconcile_error(CONTROLLER, error.reason());
-            tracing::warn!(knowledgebase = %key, %error, "reconcile failed");
-            report_failure(&kb, &ctx, error).await;
-        }
+    if let Err(error) = &result {
+        report_failure(&kb, &ctx, error).await;
     }
+    ctx.record_reconcile(CONTROLLER, &describe(kb.as_ref()), &result);
     result
 }
 
 /// Retries with exponential backoff.
-pub fn error_policy(kb: Arc<KnowledgeBase>, _error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.backoff.failed(&describe(kb.as_ref())))
-}
+pub use crate::context::error_policy;
 
 /// Whether a scheduled refresh is due: the last build finished `refreshInterval` ago.
 pub fn refresh_due(kb: &KnowledgeBase, now: Timestamp) -> Option<Timestamp> {

@@ -36,27 +36,16 @@ pub const CONTROLLER: &str = "router";
 /// Reconciles one Router.
 pub async fn reconcile(router: Arc<Router>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let key = describe(router.as_ref());
     let result = reconcile_inner(&router, &ctx).await;
-    match &result {
-        Ok(_) => {
-            ctx.backoff.succeeded(&key);
-            ctx.metrics.reconciled(CONTROLLER, true);
-        }
-        Err(error) => {
-            ctx.metrics.reconciled(CONTROLLER, false);
-            ctx.metrics.reconcile_error(CONTROLLER, error.reason());
-            tracing::warn!(router = %key, %error, "reconcile failed");
-            report_failure(&router, &ctx, error).await;
-        }
+    if let Err(error) = &result {
+        report_failure(&router, &ctx, error).await;
     }
+    ctx.record_reconcile(CONTROLLER, &describe(router.as_ref()), &result);
     result
 }
 
-/// Logs nothing more (reconcile did) and retries with exponential backoff.
-pub fn error_policy(router: Arc<Router>, _error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.backoff.failed(&describe(router.as_ref())))
-}
+/// Retries with exponential backoff.
+pub use crate::context::error_policy;
 
 async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     let (namespace, name) = namespaced_name(router)?;
