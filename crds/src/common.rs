@@ -149,6 +149,9 @@ pub mod conditions {
 
     /// Router: the compiled RuntimeConfig was written and the runtime pods loaded it.
     pub const RUNTIME_CONFIG_APPLIED: &str = "RuntimeConfigApplied";
+    /// Router: every runtime replica can mount the KnowledgeBase's index volume (`False` when
+    /// several replicas read a `ReadWriteOnce` claim, which only one node can mount).
+    pub const INDEX_VOLUME_SHAREABLE: &str = "IndexVolumeShareable";
 
     /// Experiment: outcome metrics could be read for every variant.
     pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
@@ -205,6 +208,8 @@ pub mod conditions {
         pub const MAX_DURATION_REACHED: &str = "MaxDurationReached";
         /// The runtime pods have not yet loaded the newest RuntimeConfig.
         pub const CONFIG_PENDING: &str = "ConfigPending";
+        /// Several Router replicas read a `ReadWriteOnce` index claim.
+        pub const READ_WRITE_ONCE_INDEX: &str = "ReadWriteOnceIndex";
     }
 }
 

@@ -40,7 +40,25 @@ pub mod messages {
     pub const HTTP_URL: &str = "sources[].http.url must be an http:// or https:// URL";
     /// `spec.refreshInterval`.
     pub const REFRESH_MIN: &str = "refreshInterval must be at least 1m";
+    /// `spec.sources[*].volume.path` of a source with `claimName`.
+    pub const RESERVED_PATH: &str = "sources[].volume.path of a claim must not be /, /tmp, /dev, /proc, /sys or under /etc/switchboard or /var/lib/switchboard (the index builder's own mounts)";
+    /// `spec.sources[*].volume.path` of sources with `claimName`.
+    pub const DUPLICATE_MOUNT: &str =
+        "sources[].volume.path must differ between sources that mount a claim";
+    /// `spec.storage.accessMode`.
+    pub const ACCESS_MODE_IMMUTABLE: &str = "storage.accessMode cannot change: the access modes of the index claim are immutable (create a new KnowledgeBase)";
 }
+
+/// Mount points of the index build pod that a claim-backed volume source must not take (exact
+/// paths and everything below them).
+pub const RESERVED_MOUNT_PATHS: [&str; 6] = [
+    "/etc/switchboard",
+    "/var/lib/switchboard",
+    "/tmp",
+    "/dev",
+    "/proc",
+    "/sys",
+];
 
 /// Freshness classes every KnowledgeBase has, with their half-lives (None: no decay) and
 /// review-after ages. Declaring a class of the same name in `spec.freshnessClasses` overrides it.
@@ -175,12 +193,13 @@ pub struct Source {
     #[schemars(length(min = 1, max = 256))]
     pub inline: Option<BTreeMap<String, String>>,
 
-    /// Documents in a ConfigMap of the same namespace (one document per key, or one key).
+    /// Documents in a ConfigMap of the same namespace (one document per key, or one key). The
+    /// index builder mounts it read-only; a change of its content starts a new build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapSource>,
 
-    /// Documents under a path of a volume mounted into the index builder (e.g. a PVC or a
-    /// read-only image volume).
+    /// Documents under a path of a volume in the index builder: a PersistentVolumeClaim
+    /// (`claimName`) mounted read-only at `path`, or a path the builder image already holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeSource>,
 
@@ -252,10 +271,13 @@ pub enum SourceFormat {
     PlainText,
 }
 
-/// Documents in a ConfigMap.
+/// Documents in a ConfigMap. Keys are file names: with no `key`, the keys with an extension of
+/// the source's format (e.g. `.md` for Markdown) are the documents; `binaryData` keys are read
+/// too (PDF).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ConfigMapSource {
-    /// Name of the ConfigMap in the same namespace.
+    /// Name of the ConfigMap in the same namespace. A missing ConfigMap (or key) holds the build
+    /// (condition `Degraded`, reason `ReferenceNotFound`); the served generation stays.
     #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
     pub name: String,
     /// Only this key; unset: every key is a document.
@@ -266,11 +288,37 @@ pub struct ConfigMapSource {
 
 /// Documents on a volume path.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.claimName) || !(self.path == '/' || ['/etc/switchboard', '/var/lib/switchboard', '/tmp', '/dev', '/proc', '/sys'].exists(p, self.path == p || self.path.startsWith(p + '/')))").message(messages::RESERVED_PATH).field_path(".path"))]
 pub struct VolumeSource {
-    /// Absolute path of a file or directory (directories are read recursively).
+    /// Absolute path of a file or directory (directories are read recursively). With
+    /// `claimName`, where the claim is mounted in the index builder (its root is read); without,
+    /// a path the index builder image holds.
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message(messages::ABSOLUTE_PATH))]
     pub path: String,
+    /// A PersistentVolumeClaim in the KnowledgeBase's namespace, mounted read-only at `path` in
+    /// the index build pod. Its content is not hashed: edits reach the index on the next
+    /// `refreshInterval` or spec change. A ReadWriteOnce claim in use on another node keeps the
+    /// build pod pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub claim_name: Option<String>,
+}
+
+impl VolumeSource {
+    /// Whether `path` is one of the index builder's own mount points ([`RESERVED_MOUNT_PATHS`])
+    /// or below one, or `/`.
+    pub fn path_is_reserved(&self) -> bool {
+        self.path == "/"
+            || RESERVED_MOUNT_PATHS.iter().any(|p| {
+                self.path == *p
+                    || self
+                        .path
+                        .strip_prefix(p)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
 }
 
 /// A document fetched over HTTP(S).
@@ -625,8 +673,30 @@ impl Default for Staleness {
     }
 }
 
+/// Access mode of the index claim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AccessMode {
+    /// Mounted by one node at a time: the build Job and every runtime replica must share a node
+    /// (a Router with more than one replica is warned about it).
+    #[default]
+    ReadWriteOnce,
+    /// Mounted by many nodes (needs a StorageClass that supports it, e.g. NFS or CephFS):
+    /// runtime replicas may run anywhere.
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    /// The Kubernetes access-mode string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadWriteOnce => "ReadWriteOnce",
+            Self::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
 /// Storage for index generations.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
     /// Size of the PersistentVolumeClaim holding index generations.
@@ -635,6 +705,12 @@ pub struct Storage {
     /// StorageClass of the claim; unset: the cluster default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// `ReadWriteOnce` (default) or `ReadWriteMany`. The build Job writes the claim and every
+    /// runtime replica of the Routers using this KnowledgeBase reads it: replicas on several
+    /// nodes need `ReadWriteMany`. Immutable (a claim's access modes cannot change).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ACCESS_MODE_IMMUTABLE))]
+    pub access_mode: AccessMode,
 }
 
 fn default_storage_size() -> Quantity {
@@ -646,6 +722,7 @@ impl Default for Storage {
         Self {
             size: default_storage_size(),
             storage_class_name: None,
+            access_mode: AccessMode::default(),
         }
     }
 }
@@ -721,10 +798,25 @@ impl KnowledgeBaseSpec {
     }
 }
 
+impl KnowledgeBaseSpec {
+    /// The rules about changes (the transition rules of the CRD): `storage.accessMode` is
+    /// immutable.
+    pub fn validate_update(&self, old: &Self) -> Result<(), ValidationErrors> {
+        let mut errors = Errors::default();
+        errors.check(
+            self.storage.access_mode == old.storage.access_mode,
+            "spec.storage.accessMode",
+            messages::ACCESS_MODE_IMMUTABLE,
+        );
+        errors.finish()
+    }
+}
+
 impl Validate for KnowledgeBaseSpec {
     fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = Errors::default();
         let mut seen = std::collections::BTreeSet::new();
+        let mut claim_paths = std::collections::BTreeSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let field = format!("spec.sources[{i}]");
             errors.check(
@@ -739,6 +831,18 @@ impl Validate for KnowledgeBaseSpec {
                     format!("{field}.volume.path"),
                     messages::ABSOLUTE_PATH,
                 );
+                if v.claim_name.is_some() {
+                    errors.check(
+                        !v.path_is_reserved(),
+                        format!("{field}.volume.path"),
+                        messages::RESERVED_PATH,
+                    );
+                    errors.check(
+                        claim_paths.insert(v.path.trim_end_matches('/')),
+                        format!("{field}.volume.path"),
+                        messages::DUPLICATE_MOUNT,
+                    );
+                }
             }
             if let Some(h) = &source.http {
                 let ok = ["http://", "https://"].iter().any(|scheme| {

@@ -409,6 +409,32 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.sources[1].volume.path", kb::ABSOLUTE_PATH),
         },
         Case {
+            name: "claim mounted over the index builder's own paths",
+            file: "knowledgebase.yaml",
+            kind: "KnowledgeBase",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/sources/3/volume/path",
+                    json!("/var/lib/switchboard/index"),
+                )
+            },
+            field: "spec.sources[3].volume.path",
+            message: kb::RESERVED_PATH,
+            rust: Rust::Field("spec.sources[3].volume.path", kb::RESERVED_PATH),
+        },
+        Case {
+            name: "index claim access mode changed",
+            file: "knowledgebase.yaml",
+            kind: "KnowledgeBase",
+            update: true,
+            edit: |d| set(d, "/spec/storage/accessMode", json!("ReadWriteOnce")),
+            field: "spec.storage.accessMode",
+            message: kb::ACCESS_MODE_IMMUTABLE,
+            rust: Rust::Field("spec.storage.accessMode", kb::ACCESS_MODE_IMMUTABLE),
+        },
+        Case {
             name: "non-HTTP source URL",
             file: "knowledgebase.yaml",
             kind: "KnowledgeBase",
@@ -781,4 +807,35 @@ fn refusals_point_at_a_field_of_the_manifest() {
             );
         }
     }
+}
+
+#[test]
+fn two_claims_cannot_share_a_mount_path_but_image_paths_can() {
+    let mut doc = support::example("knowledgebase.yaml", "KnowledgeBase");
+    // Two sources reading one folder of the builder image in two formats: allowed.
+    set(
+        &mut doc,
+        "/spec/sources/3/volume",
+        json!({"path": "/data/help-pages"}),
+    );
+    support::rust_check(&doc, None).unwrap();
+    // Two claims mounted at one path: the build pod could not mount both.
+    set(
+        &mut doc,
+        "/spec/sources/1/volume",
+        json!({"path": "/data/help-pages/", "claimName": "help-exports"}),
+    );
+    set(
+        &mut doc,
+        "/spec/sources/3/volume",
+        json!({"path": "/data/help-pages", "claimName": "zendesk-exports"}),
+    );
+    let errors = support::rust_check(&doc, None).unwrap_err();
+    assert!(
+        errors.contains(&format!(
+            "spec.sources[3].volume.path: {}",
+            kb::DUPLICATE_MOUNT
+        )),
+        "{errors:?}"
+    );
 }

@@ -13,7 +13,9 @@ use kube::{
     runtime::{Controller, reflector::ObjectRef, watcher},
 };
 use serde::de::DeserializeOwned;
-use switchboard_crds::{AdapterPatch, Experiment, KnowledgeBase, Router};
+use switchboard_crds::{
+    AdapterPatch, Experiment, KnowledgeBase, Router, knowledge_base::SourceKind,
+};
 
 use crate::{adapter_patch, context::Context, experiment, knowledge_base, router};
 
@@ -98,10 +100,38 @@ where
         )
         .for_each(|r| log_result("adapterpatch", r));
 
-    let knowledge_bases = Controller::new(api::<KnowledgeBase>(&client, ns), all.clone())
+    // KnowledgeBase: children owned; the ConfigMaps and claims its sources read (anyone's, not
+    // only ours) map to the KnowledgeBases reading them, so an edited ConfigMap rebuilds and a
+    // missing one that appears unblocks the build.
+    let knowledge_bases = Controller::new(api::<KnowledgeBase>(&client, ns), all.clone());
+    let by_config_map = knowledge_bases.store();
+    let by_claim = by_config_map.clone();
+    let knowledge_bases = knowledge_bases
         .owns(api::<Job>(&client, ns), owned.clone())
         .owns(api::<PersistentVolumeClaim>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned)
+        .watches(api::<ConfigMap>(&client, ns), all.clone(), move |cm| {
+            knowledge_base::knowledge_bases_reading(
+                &by_config_map.state(),
+                cm.metadata.namespace.as_deref(),
+                |source| {
+                    matches!(source, SourceKind::ConfigMap(r) if Some(&r.name) == cm.metadata.name.as_ref())
+                },
+            )
+        })
+        .watches(
+            api::<PersistentVolumeClaim>(&client, ns),
+            all.clone(),
+            move |claim| {
+                knowledge_base::knowledge_bases_reading(
+                    &by_claim.state(),
+                    claim.metadata.namespace.as_deref(),
+                    |source| {
+                        matches!(source, SourceKind::Volume(v) if v.claim_name.as_ref() == claim.metadata.name.as_ref())
+                    },
+                )
+            },
+        )
         .graceful_shutdown_on(shutdown.clone())
         .run(
             knowledge_base::reconcile,

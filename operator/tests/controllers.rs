@@ -935,3 +935,267 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
         reasons_of(&events(&w.client, "rewrite").await).contains(&reasons::CONCLUDED.to_owned())
     );
 }
+
+async fn create_kb_reading(client: &Client, claim: &str) {
+    let kb: KnowledgeBase = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
+        "metadata": {"name": "help", "namespace": NS},
+        "spec": {"sources": [
+            {"name": "faq", "format": "Markdown", "inline": {"a.md": "# A\nanswer"}},
+            {"name": "policies", "format": "Markdown", "configMap": {"name": "policy-docs"}},
+            {"name": "refunds", "format": "Markdown",
+             "configMap": {"name": "policy-docs", "key": "refunds.md"}},
+            {"name": "tickets", "format": "ZendeskTickets",
+             "volume": {"path": "/data/tickets", "claimName": claim}},
+        ]},
+    }))
+    .unwrap();
+    Api::<KnowledgeBase>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &kb)
+        .await
+        .unwrap();
+}
+
+async fn put_config_map(client: &Client, data: serde_json::Value, labels: serde_json::Value) {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "policy-docs", "namespace": NS, "labels": labels},
+        "data": data,
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .patch(
+            "policy-docs",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .unwrap();
+}
+
+async fn create_claim(client: &Client, name: &str) {
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &claim)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn config_map_sources_are_mounted_rebuild_on_content_changes_and_a_missing_one_holds_the_build()
+ {
+    let w = world(FnSource::empty());
+    create_claim(&w.client, "zendesk-exports").await;
+    create_kb_reading(&w.client, "zendesk-exports").await;
+
+    // The ConfigMap does not exist yet: no Job, a condition naming it, backoff.
+    let kb = Arc::new(get::<KnowledgeBase>(&w.client, "help").await);
+    let err = knowledge_base::reconcile(kb.clone(), w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), reasons::REFERENCE_NOT_FOUND);
+    assert!(jobs(&w).await.is_empty(), "no build without its ConfigMap");
+    let s = get::<KnowledgeBase>(&w.client, "help")
+        .await
+        .status
+        .unwrap();
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reasons::REFERENCE_NOT_FOUND)
+    );
+    assert!(
+        degraded.message.contains("ConfigMap policy-docs"),
+        "{}",
+        degraded.message
+    );
+    let sources = find_condition(&s.conditions, cond::SOURCES_HEALTHY).unwrap();
+    assert_eq!(sources.status, "False");
+    let first = knowledge_base::error_policy(kb.clone(), &err, w.ctx.clone());
+    let second = knowledge_base::error_policy(kb.clone(), &err, w.ctx.clone());
+    assert_ne!(format!("{first:?}"), format!("{second:?}"), "backoff grows");
+    let warnings: Vec<Event> = events(&w.client, "help")
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reasons::REFERENCE_NOT_FOUND)),
+        "{warnings:?}"
+    );
+
+    // Creating the ConfigMap reaches the KnowledgeBase through the controller's watch: the
+    // build starts.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let run = tokio::spawn(controllers::run(
+        w.ctx.clone(),
+        Some(NS.to_owned()),
+        futures::FutureExt::shared(Box::pin(shutdown)),
+    ));
+    put_config_map(
+        &w.client,
+        json!({"refunds.md": "# Refunds\nWithin 30 days.", "shipping.md": "# Shipping\nFree."}),
+        json!({}),
+    )
+    .await;
+    let mut built = Vec::new();
+    for _ in 0..100 {
+        built = jobs(&w).await;
+        if !built.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        built.len(),
+        1,
+        "the ConfigMap's creation did not start a build"
+    );
+
+    // The Job mounts the ConfigMap (whole, and one key) and the claim, read-only, and tells the
+    // indexer where.
+    let pod = built[0].spec.clone().unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    assert!(
+        args.windows(2)
+            .any(|a| a == ["--sources-dir", "/etc/switchboard/sources"]),
+        "{args:?}"
+    );
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    let volumes = pod.volumes.unwrap();
+    let volume_at = |path: &str| {
+        let m = mounts.iter().find(|m| m.mount_path == path).unwrap();
+        assert_eq!(m.read_only, Some(true));
+        volumes.iter().find(|v| v.name == m.name).unwrap().clone()
+    };
+    assert_eq!(
+        volume_at("/etc/switchboard/sources/policies")
+            .config_map
+            .unwrap()
+            .name,
+        "policy-docs"
+    );
+    assert_eq!(
+        volume_at("/etc/switchboard/sources/refunds")
+            .config_map
+            .unwrap()
+            .items
+            .unwrap()[0]
+            .key,
+        "refunds.md"
+    );
+    assert_eq!(
+        volume_at("/data/tickets")
+            .persistent_volume_claim
+            .unwrap()
+            .claim_name,
+        "zendesk-exports"
+    );
+
+    let first_job = built[0].metadata.name.clone().unwrap();
+    finish_build(
+        &w,
+        &first_job,
+        Some(json!({"generation": 1, "documents": 4, "chunks": 8})),
+    )
+    .await;
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!(s.index_generation, Some(1));
+    assert!(!switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::DEGRADED
+    ));
+
+    // Metadata-only changes do not rebuild; a content change does.
+    put_config_map(
+        &w.client,
+        json!({"refunds.md": "# Refunds\nWithin 30 days.", "shipping.md": "# Shipping\nFree."}),
+        json!({"team": "policy"}),
+    )
+    .await;
+    reconcile_kb(&w).await;
+    assert_eq!(jobs(&w).await.len(), 1, "relabelling rebuilt the index");
+    put_config_map(
+        &w.client,
+        json!({"refunds.md": "# Refunds\nWithin 60 days.", "shipping.md": "# Shipping\nFree."}),
+        json!({"team": "policy"}),
+    )
+    .await;
+    reconcile_kb(&w).await;
+    let built = jobs(&w).await;
+    assert_eq!(built.len(), 2, "an edited ConfigMap did not rebuild");
+    w.clock.advance(Duration::from_secs(30));
+    finish_build(
+        &w,
+        built[1].metadata.name.as_deref().unwrap(),
+        Some(json!({"generation": 2, "documents": 4, "chunks": 8})),
+    )
+    .await;
+    reconcile_kb(&w).await;
+
+    // The key a source reads disappears: held again, generation 2 keeps serving.
+    put_config_map(
+        &w.client,
+        json!({"shipping.md": "# Shipping\nFree."}),
+        json!({"team": "policy"}),
+    )
+    .await;
+    let kb = Arc::new(get::<KnowledgeBase>(&w.client, "help").await);
+    let err = knowledge_base::reconcile(kb, w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), reasons::REFERENCE_NOT_FOUND);
+    assert_eq!(jobs(&w).await.len(), 2);
+    let s = get::<KnowledgeBase>(&w.client, "help")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(s.index_generation, Some(2));
+    assert!(switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::READY
+    ));
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert!(
+        degraded.message.contains("policy-docs/refunds.md")
+            && degraded.message.contains("generation 2 keeps serving"),
+        "{}",
+        degraded.message
+    );
+}
+
+#[tokio::test]
+async fn a_missing_claim_holds_the_build() {
+    let w = world(FnSource::empty());
+    put_config_map(&w.client, json!({"refunds.md": "# R"}), json!({})).await;
+    create_kb_reading(&w.client, "zendesk-exports").await;
+    let kb = Arc::new(get::<KnowledgeBase>(&w.client, "help").await);
+    let err = knowledge_base::reconcile(kb, w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("PersistentVolumeClaim zendesk-exports"),
+        "{err}"
+    );
+    assert!(jobs(&w).await.is_empty());
+    create_claim(&w.client, "zendesk-exports").await;
+    reconcile_kb(&w).await;
+    assert_eq!(jobs(&w).await.len(), 1);
+}

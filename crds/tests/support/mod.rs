@@ -193,6 +193,7 @@ pub fn rust_check(doc: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
     let update = match (&new, &old) {
         (Resource::AdapterPatch(n), Resource::AdapterPatch(o)) => n.spec.validate_update(&o.spec),
         (Resource::Experiment(n), Resource::Experiment(o)) => n.spec.validate_update(&o.spec),
+        (Resource::KnowledgeBase(n), Resource::KnowledgeBase(o)) => n.spec.validate_update(&o.spec),
         _ => Ok(()),
     };
     update.map_err(strings)

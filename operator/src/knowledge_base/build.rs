@@ -7,10 +7,10 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec, JobStatus},
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, PersistentVolumeClaim,
-            PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
-            PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
-            VolumeResourceRequirements,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource,
+            KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
+            SeccompProfile, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -18,7 +18,10 @@ use k8s_openapi::{
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use switchboard_crds::{KnowledgeBase, annotations, knowledge_base::SourceError};
+use switchboard_crds::{
+    KnowledgeBase, annotations,
+    knowledge_base::{SourceError, SourceKind},
+};
 
 use crate::router::build::{DATA_DIR, index_claim_name};
 
@@ -32,6 +35,11 @@ pub const BUILD_ANNOTATION: &str = "switchboard.dev/build";
 pub const MANIFEST_DIR: &str = "/etc/switchboard/kb";
 /// File name of the manifest in the ConfigMap.
 pub const MANIFEST_FILE: &str = "knowledgebase.json";
+/// Where ConfigMap sources are mounted in the build pod (`<dir>/<source name>/`); the indexer's
+/// `--sources-dir`.
+pub const SOURCES_DIR: &str = "/etc/switchboard/sources";
+/// Scratch space of the build pod (HTTP sources are fetched there).
+pub const SCRATCH_DIR: &str = "/tmp";
 /// Builds kept (older finished Jobs are deleted).
 pub const JOBS_KEPT: usize = 3;
 
@@ -59,14 +67,66 @@ pub fn manifest_name(kb: &str) -> String {
     format!("{kb}-kb")
 }
 
-/// Short hash of the spec: a changed spec needs a new build.
-pub fn spec_hash(kb: &KnowledgeBase) -> String {
-    let bytes = serde_json::to_vec(&kb.spec).unwrap_or_default();
-    Sha256::digest(&bytes)
+/// What a build reads beyond the spec, by source name: the content digest of each ConfigMap
+/// source ([`config_map_digest`]).
+pub type SourceInputs = BTreeMap<String, String>;
+
+/// Short hash of what a build reads: the spec and the content of its ConfigMap sources. A change
+/// of either needs a new build. (Claims and HTTP sources are not hashed: they are read again on
+/// `refreshInterval`.)
+pub fn build_hash(kb: &KnowledgeBase, inputs: &SourceInputs) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&kb.spec).unwrap_or_default());
+    for (source, digest) in inputs {
+        hasher.update([0]);
+        hasher.update(source.as_bytes());
+        hasher.update([0]);
+        hasher.update(digest.as_bytes());
+    }
+    hasher
+        .finalize()
         .iter()
         .take(6)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Digest of what a ConfigMap source reads: every key of `data` and `binaryData`, or only `key`.
+/// `None` when `key` is in neither. Metadata (labels, resourceVersion) does not count: only a
+/// content change rebuilds.
+pub fn config_map_digest(config_map: &ConfigMap, key: Option<&str>) -> Option<String> {
+    let text = config_map
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()));
+    let binary = config_map
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.0.as_slice()));
+    let mut entries: Vec<(&str, &[u8])> = text
+        .chain(binary)
+        .filter(|(k, _)| key.is_none_or(|wanted| wanted == *k))
+        .collect();
+    if key.is_some() && entries.is_empty() {
+        return None;
+    }
+    entries.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (k, v) in entries {
+        hasher.update((k.len() as u64).to_le_bytes());
+        hasher.update(k.as_bytes());
+        hasher.update((v.len() as u64).to_le_bytes());
+        hasher.update(v);
+    }
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// Name of build number `n` of a spec hash.
@@ -133,7 +193,7 @@ impl KbChildren<'_> {
         PersistentVolumeClaim {
             metadata: self.meta(index_claim_name(self.name), BTreeMap::new()),
             spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                access_modes: Some(vec![storage.access_mode.as_str().to_owned()]),
                 storage_class_name: storage.storage_class_name.clone(),
                 resources: Some(VolumeResourceRequirements {
                     requests: Some(BTreeMap::from([(
@@ -184,20 +244,29 @@ impl KbChildren<'_> {
             DATA_DIR,
             "--report-file",
             "/dev/termination-log",
+            "--sources-dir",
+            SOURCES_DIR,
+            // Volume paths are the pod's own paths (claims mounted there, or the image's).
+            "--volume-root",
+            "/",
         ]
         .into_iter()
         .map(str::to_owned)
         .collect();
+        let (source_volumes, source_mounts) = self.source_volumes();
+        let mut volume_mounts = vec![
+            mount("manifest", MANIFEST_DIR.to_owned(), true),
+            mount("index", format!("{DATA_DIR}/{}", self.name), false),
+            mount("scratch", SCRATCH_DIR.to_owned(), false),
+        ];
+        volume_mounts.extend(source_mounts);
         let container = Container {
             name: "indexer".to_owned(),
             image: Some(self.image.to_owned()),
             args: Some(args),
             termination_message_path: Some("/dev/termination-log".to_owned()),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-            volume_mounts: Some(vec![
-                mount("manifest", MANIFEST_DIR.to_owned(), true),
-                mount("index", format!("{DATA_DIR}/{}", self.name), false),
-            ]),
+            volume_mounts: Some(volume_mounts),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
                 run_as_non_root: Some(true),
@@ -232,24 +301,36 @@ impl KbChildren<'_> {
                     spec: Some(PodSpec {
                         restart_policy: Some("Never".to_owned()),
                         containers: vec![container],
-                        volumes: Some(vec![
-                            Volume {
-                                name: "manifest".to_owned(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: manifest_name(self.name),
-                                    ..ConfigMapVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "index".to_owned(),
-                                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                                    claim_name: index_claim_name(self.name),
-                                    read_only: Some(false),
-                                }),
-                                ..Volume::default()
-                            },
-                        ]),
+                        volumes: Some(
+                            [
+                                Volume {
+                                    name: "manifest".to_owned(),
+                                    config_map: Some(ConfigMapVolumeSource {
+                                        name: manifest_name(self.name),
+                                        ..ConfigMapVolumeSource::default()
+                                    }),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "index".to_owned(),
+                                    persistent_volume_claim: Some(
+                                        PersistentVolumeClaimVolumeSource {
+                                            claim_name: index_claim_name(self.name),
+                                            read_only: Some(false),
+                                        },
+                                    ),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "scratch".to_owned(),
+                                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                                    ..Volume::default()
+                                },
+                            ]
+                            .into_iter()
+                            .chain(source_volumes)
+                            .collect(),
+                        ),
                         security_context: Some(PodSecurityContext {
                             run_as_non_root: Some(true),
                             run_as_user: Some(65532),
@@ -267,6 +348,63 @@ impl KbChildren<'_> {
             }),
             status: None,
         }
+    }
+}
+
+impl KbChildren<'_> {
+    /// A read-only volume and mount per source the build pod must mount: each ConfigMap source
+    /// at `<SOURCES_DIR>/<source name>` (only its `key` when set), each claim of a volume
+    /// source at its `path`. Volume names are `source-<index>` (source names may be 63
+    /// characters, too long with a prefix).
+    pub fn source_volumes(&self) -> (Vec<Volume>, Vec<VolumeMount>) {
+        let mut volumes = Vec::new();
+        let mut mounts = Vec::new();
+        for (i, source) in self.kb.spec.sources.iter().enumerate() {
+            let name = format!("source-{i}");
+            let (volume, path) = match source.kind() {
+                Some(SourceKind::ConfigMap(cm)) => (
+                    Volume {
+                        name: name.clone(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: cm.name.clone(),
+                            items: cm.key.as_ref().map(|key| {
+                                vec![KeyToPath {
+                                    key: key.clone(),
+                                    path: key.clone(),
+                                    mode: None,
+                                }]
+                            }),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    format!("{SOURCES_DIR}/{}", source.name),
+                ),
+                Some(SourceKind::Volume(v)) => match &v.claim_name {
+                    Some(claim) => (
+                        Volume {
+                            name: name.clone(),
+                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                claim_name: claim.clone(),
+                                read_only: Some(true),
+                            }),
+                            ..Volume::default()
+                        },
+                        v.path.trim_end_matches('/').to_owned(),
+                    ),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            volumes.push(volume);
+            mounts.push(VolumeMount {
+                name,
+                mount_path: path,
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        (volumes, mounts)
     }
 }
 
@@ -379,7 +517,11 @@ mod tests {
             spec.resources.unwrap().requests.unwrap()["storage"].0,
             "2Gi"
         );
-        let hash = spec_hash(&kb);
+        assert_eq!(
+            spec.access_modes.as_deref(),
+            Some(&["ReadWriteOnce".to_owned()][..])
+        );
+        let hash = build_hash(&kb, &SourceInputs::new());
         let job = c.job(&hash, 4);
         assert_eq!(job.metadata.name, Some(format!("help-index-{hash}-4")));
         assert_eq!(build_number(&job), 4);
@@ -403,10 +545,17 @@ mod tests {
                 "/var/lib/switchboard/index",
                 "--report-file",
                 "/dev/termination-log",
+                "--sources-dir",
+                "/etc/switchboard/sources",
+                "--volume-root",
+                "/",
             ]
         );
         let mounts = pod.containers[0].volume_mounts.clone().unwrap();
         assert_eq!(mounts[1].mount_path, "/var/lib/switchboard/index/help");
+        // Inline sources need no volume: manifest, index and scratch only.
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(pod.volumes.as_ref().unwrap().len(), 3);
         let manifest = c.manifest().unwrap();
         let doc: serde_json::Value =
             serde_json::from_str(&manifest.data.unwrap()[MANIFEST_FILE]).unwrap();
@@ -415,7 +564,129 @@ mod tests {
         // A changed spec changes the hash.
         let mut other = kb.clone();
         other.spec.keep_generations = 5;
-        assert_ne!(spec_hash(&other), hash);
+        assert_ne!(build_hash(&other, &SourceInputs::new()), hash);
+    }
+
+    #[test]
+    fn config_map_and_claim_sources_are_mounted_read_only_where_the_indexer_reads_them() {
+        let mut kb: KnowledgeBase = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
+            "metadata": {"name": "help", "namespace": "support", "uid": "u1", "generation": 1},
+            "spec": {
+                "sources": [
+                    {"name": "policies", "format": "Markdown", "configMap": {"name": "policy-docs"}},
+                    {"name": "refunds", "format": "Markdown",
+                     "configMap": {"name": "policy-docs", "key": "refunds.md"}},
+                    {"name": "image", "format": "Html", "volume": {"path": "/data/help"}},
+                    {"name": "tickets", "format": "ZendeskTickets",
+                     "volume": {"path": "/data/tickets/", "claimName": "zendesk-exports"}},
+                    {"name": "notes", "format": "PlainText", "inline": {"a.txt": "A"}},
+                ],
+                "storage": {"accessMode": "ReadWriteMany"},
+            },
+        }))
+        .unwrap();
+        kb.metadata.generation = Some(1);
+        let c = KbChildren {
+            kb: &kb,
+            name: "help",
+            namespace: "support",
+            image: "runtime:1",
+        };
+        assert_eq!(
+            c.claim().spec.unwrap().access_modes,
+            Some(vec!["ReadWriteMany".to_owned()])
+        );
+        let pod = c.job("abc", 1).spec.unwrap().template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let mounted = |path: &str| {
+            let m = mounts
+                .iter()
+                .find(|m| m.mount_path == path)
+                .unwrap_or_else(|| panic!("nothing mounted at {path}: {mounts:?}"));
+            assert_eq!(m.read_only, Some(true), "{path} is read-only");
+            volumes.iter().find(|v| v.name == m.name).unwrap().clone()
+        };
+        // The whole ConfigMap: every key is a file.
+        let all = mounted("/etc/switchboard/sources/policies")
+            .config_map
+            .unwrap();
+        assert_eq!((all.name.as_str(), all.items), ("policy-docs", None));
+        // One key: only that file.
+        let one = mounted("/etc/switchboard/sources/refunds")
+            .config_map
+            .unwrap();
+        let items = one.items.unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("refunds.md", "refunds.md")
+        );
+        // The claim at its path, read-only; an image path needs no volume.
+        let claim = mounted("/data/tickets").persistent_volume_claim.unwrap();
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("zendesk-exports", Some(true))
+        );
+        assert!(mounts.iter().all(|m| m.mount_path != "/data/help"));
+        // manifest, index, scratch + 3 sources; volume names are valid and unique.
+        assert_eq!(volumes.len(), 6);
+        let names: std::collections::BTreeSet<_> = volumes.iter().map(|v| &v.name).collect();
+        assert_eq!(names.len(), 6);
+        assert!(names.iter().all(|n| n.len() <= 63));
+    }
+
+    #[test]
+    fn the_build_hash_follows_the_content_of_referenced_config_maps_only() {
+        let cm = |data: &[(&str, &str)], labels: &[(&str, &str)]| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("policy-docs".to_owned()),
+                resource_version: Some(labels.len().to_string()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ConfigMap::default()
+        };
+        let v1 = cm(&[("a.md", "# A"), ("b.md", "# B")], &[]);
+        let relabelled = cm(&[("a.md", "# A"), ("b.md", "# B")], &[("team", "x")]);
+        let edited = cm(&[("a.md", "# A"), ("b.md", "# B2")], &[]);
+        let all = |c: &ConfigMap| config_map_digest(c, None).unwrap();
+        assert_eq!(all(&v1), all(&relabelled), "metadata does not rebuild");
+        assert_ne!(all(&v1), all(&edited));
+        // A source reading one key ignores edits of the others.
+        let a = |c: &ConfigMap| config_map_digest(c, Some("a.md")).unwrap();
+        assert_eq!(a(&v1), a(&edited));
+        assert_eq!(config_map_digest(&v1, Some("missing.md")), None);
+        // Binary keys count too.
+        let mut binary = v1.clone();
+        binary.binary_data = Some(BTreeMap::from([(
+            "guide.pdf".to_owned(),
+            k8s_openapi::ByteString(b"%PDF-1.4".to_vec()),
+        )]));
+        assert_ne!(all(&binary), all(&v1));
+        // Key/value boundaries are unambiguous.
+        assert_ne!(all(&cm(&[("ab", "c")], &[])), all(&cm(&[("a", "bc")], &[])));
+        // The build hash covers them.
+        let kb = kb();
+        let inputs = |d: String| SourceInputs::from([("faq".to_owned(), d)]);
+        assert_ne!(
+            build_hash(&kb, &inputs(all(&v1))),
+            build_hash(&kb, &inputs(all(&edited)))
+        );
+        assert_eq!(
+            build_hash(&kb, &inputs(all(&v1))),
+            build_hash(&kb, &inputs(all(&relabelled)))
+        );
     }
 
     #[test]

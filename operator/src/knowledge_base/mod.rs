@@ -1,25 +1,28 @@
-//! KnowledgeBase controller: the index volume, the manifest, build Jobs (on spec changes and on
-//! `refreshInterval`), status from the Job's build report; the previous generation is kept for
-//! switching back.
+//! KnowledgeBase controller: the index volume, the manifest, build Jobs (on spec changes, on
+//! changes of the ConfigMaps the sources read, and on `refreshInterval`), status from the Job's
+//! build report; the previous generation is kept for switching back.
 
 pub mod build;
 
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::{batch::v1::Job, core::v1::Pod},
+    api::{
+        batch::v1::Job,
+        core::v1::{ConfigMap, PersistentVolumeClaim, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
-    Api,
+    Api, Client,
     api::{DeleteParams, ListParams, PropagationPolicy},
-    runtime::controller::Action,
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use switchboard_crds::{
     KnowledgeBase, Validate,
     conditions::{self as cond, reasons},
-    knowledge_base::KnowledgeBaseStatus,
+    knowledge_base::{KnowledgeBaseStatus, SourceKind},
 };
 
 use crate::{
@@ -30,8 +33,8 @@ use crate::{
 };
 
 use self::build::{
-    BuildReport, JOBS_KEPT, JobState, KB_LABEL, KbChildren, build_number, job_spec_hash, job_state,
-    report_from_pods, spec_hash,
+    BuildReport, JOBS_KEPT, JobState, KB_LABEL, KbChildren, SourceInputs, build_hash, build_number,
+    config_map_digest, job_spec_hash, job_state, report_from_pods,
 };
 
 /// Controller name in metrics.
@@ -40,12 +43,87 @@ pub const CONTROLLER: &str = "knowledgebase";
 /// Reconciles one KnowledgeBase.
 pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let result = reconcile_inner(&kb, &ctx).await;
-    if let Err(error) = &result {
-        report_failure(&kb, &ctx, error).await;
-    }
+    let result = match reconcile_inner(&kb, &ctx).await {
+        Ok((action, None)) => Ok(action),
+        // The status written already says why (a missing ConfigMap or claim); failing hands the
+        // retry to the error policy's backoff.
+        Ok((_, Some(blocked))) => Err(blocked),
+        Err(error) => {
+            report_failure(&kb, &ctx, &error).await;
+            Err(error)
+        }
+    };
     ctx.record_reconcile(CONTROLLER, &describe(kb.as_ref()), &result);
     result
+}
+
+/// The KnowledgeBases (of `namespace`) with a source for which `reads` is true: a changed or
+/// created ConfigMap or claim maps to the KnowledgeBases that read it.
+pub fn knowledge_bases_reading(
+    kbs: &[Arc<KnowledgeBase>],
+    namespace: Option<&str>,
+    reads: impl Fn(SourceKind<'_>) -> bool,
+) -> Vec<ObjectRef<KnowledgeBase>> {
+    kbs.iter()
+        .filter(|kb| kb.metadata.namespace.as_deref() == namespace)
+        .filter(|kb| kb.spec.sources.iter().filter_map(|s| s.kind()).any(&reads))
+        .map(|kb| ObjectRef::from_obj(kb.as_ref()))
+        .collect()
+}
+
+/// Reads what a build reads beyond the spec: the content digest of each ConfigMap source, and
+/// checks that each claim of a volume source exists (a build pod waiting for a missing volume
+/// would never finish). A missing one is [`Error::ReferenceNotFound`].
+async fn source_inputs(
+    client: &Client,
+    namespace: &str,
+    kb: &KnowledgeBase,
+) -> Result<SourceInputs> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let missing = |kind: &'static str, name: String| Error::ReferenceNotFound {
+        object: describe(kb),
+        kind,
+        name,
+    };
+    let mut inputs = SourceInputs::new();
+    for source in &kb.spec.sources {
+        match source.kind() {
+            Some(SourceKind::ConfigMap(reference)) => {
+                let name = &reference.name;
+                let config_map = config_maps
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| Error::kube("get", format!("ConfigMap {namespace}/{name}"), e))?
+                    .ok_or_else(|| missing("ConfigMap", name.clone()))?;
+                let digest =
+                    config_map_digest(&config_map, reference.key.as_deref()).ok_or_else(|| {
+                        missing(
+                            "ConfigMap key",
+                            format!("{name}/{}", reference.key.as_deref().unwrap_or_default()),
+                        )
+                    })?;
+                inputs.insert(source.name.clone(), digest);
+            }
+            Some(SourceKind::Volume(volume)) => {
+                if let Some(claim) = &volume.claim_name {
+                    claims
+                        .get_metadata_opt(claim)
+                        .await
+                        .map_err(|e| {
+                            Error::kube(
+                                "get",
+                                format!("PersistentVolumeClaim {namespace}/{claim}"),
+                                e,
+                            )
+                        })?
+                        .ok_or_else(|| missing("PersistentVolumeClaim", claim.clone()))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(inputs)
 }
 
 /// Retries with exponential backoff.
@@ -71,15 +149,22 @@ pub enum BuildPlan {
     Done,
 }
 
-/// Decides on a new build: the spec changed since the newest Job, or a refresh is due.
-pub fn plan_build(jobs: &[Job], hash: &str, refresh_due: bool) -> BuildPlan {
-    let Some(newest) = jobs.last() else {
+/// Decides on a new build: what the build reads (`hash`, see [`build_hash`]) changed since the
+/// newest Job, or a refresh is due. `hash` is `None` while an input is missing: nothing starts
+/// (a running build finishes).
+pub fn plan_build(jobs: &[Job], hash: Option<&str>, refresh_due: bool) -> BuildPlan {
+    let newest = jobs.last();
+    if let Some(running) = newest.filter(|job| job_state(job.status.as_ref()) == JobState::Running)
+    {
+        return BuildPlan::Wait(running.metadata.name.clone().unwrap_or_default());
+    }
+    let Some(hash) = hash else {
+        return BuildPlan::Done;
+    };
+    let Some(newest) = newest else {
         return BuildPlan::Start(1);
     };
     let next = build_number(newest) + 1;
-    if job_state(newest.status.as_ref()) == JobState::Running {
-        return BuildPlan::Wait(newest.metadata.name.clone().unwrap_or_default());
-    }
     if job_spec_hash(newest) != Some(hash) || refresh_due {
         BuildPlan::Start(next)
     } else {
@@ -87,13 +172,20 @@ pub fn plan_build(jobs: &[Job], hash: &str, refresh_due: bool) -> BuildPlan {
     }
 }
 
-async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
+/// One reconcile; `Ok((action, Some(error)))` when a missing input (ConfigMap, claim) holds the
+/// build: the status already reports it.
+async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, Option<Error>)> {
     let (namespace, name) = namespaced_name(kb)?;
     kb.spec.validate().map_err(|source| Error::InvalidSpec {
         object: describe(kb),
         source,
     })?;
     let client = &ctx.client;
+    let inputs = match source_inputs(client, &namespace, kb).await {
+        Ok(inputs) => Ok(inputs),
+        Err(missing @ Error::ReferenceNotFound { .. }) => Err(missing),
+        Err(other) => return Err(other),
+    };
     let now = ctx.now();
     let children = KbChildren {
         kb,
@@ -122,7 +214,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         .items;
     jobs.sort_by_key(build_number);
 
-    let hash = spec_hash(kb);
+    let hash = inputs.as_ref().ok().map(|inputs| build_hash(kb, inputs));
     let next_refresh = refresh_due(kb, now);
     let due = next_refresh.is_some_and(|t| t <= now);
     let previous = kb.status.clone().unwrap_or_default();
@@ -179,10 +271,10 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         status.last_build_time != previous.last_build_time && build_failure.is_none();
     let failure = build_failure.or(if succeeded_now { None } else { failed_before });
 
-    let plan = plan_build(&jobs, &hash, due);
-    let building = match &plan {
-        BuildPlan::Start(n) => {
-            let job = children.job(&hash, *n);
+    let plan = plan_build(&jobs, hash.as_deref(), due);
+    let building = match (&plan, &hash) {
+        (BuildPlan::Start(n), Some(hash)) => {
+            let job = children.job(hash, *n);
             let job_name = job.metadata.name.clone().unwrap_or_default();
             apply(client, &namespace, &job).await?;
             ctx.event(
@@ -195,16 +287,25 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
                     if due {
                         "scheduled refresh"
                     } else {
-                        "spec changed"
+                        "spec or ConfigMap content changed"
                     }
                 ),
             )
             .await;
             Some(job_name)
         }
-        BuildPlan::Wait(job) => Some(job.clone()),
-        BuildPlan::Done => None,
+        (BuildPlan::Wait(job), _) => Some(job.clone()),
+        (BuildPlan::Start(_) | BuildPlan::Done, _) => None,
     };
+    let missing_input = inputs.as_ref().err().map(|e| {
+        format!(
+            "{e}; no build starts until it does{}",
+            status
+                .index_generation
+                .map(|g| format!(", generation {g} keeps serving"))
+                .unwrap_or_default()
+        )
+    });
     prune_jobs(&jobs_api, &jobs).await;
 
     let generation = kb.metadata.generation;
@@ -255,37 +356,55 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             generation,
             now,
         ),
-        condition(
-            cond::SOURCES_HEALTHY,
-            !source_errors,
-            if source_errors {
-                reasons::SOURCE_ERRORS
-            } else {
-                reasons::RECONCILED
-            },
-            status
-                .source_errors
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{}{}: {} {}",
-                        e.source,
-                        e.file
-                            .as_deref()
-                            .map(|f| format!("/{f}"))
-                            .unwrap_or_default(),
-                        e.reason,
-                        e.message
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
+        match &missing_input {
+            Some(message) => condition(
+                cond::SOURCES_HEALTHY,
+                false,
+                reasons::REFERENCE_NOT_FOUND,
+                message.clone(),
+                generation,
+                now,
+            ),
+            None => condition(
+                cond::SOURCES_HEALTHY,
+                !source_errors,
+                if source_errors {
+                    reasons::SOURCE_ERRORS
+                } else {
+                    reasons::RECONCILED
+                },
+                status
+                    .source_errors
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{}{}: {} {}",
+                            e.source,
+                            e.file
+                                .as_deref()
+                                .map(|f| format!("/{f}"))
+                                .unwrap_or_default(),
+                            e.reason,
+                            e.message
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                generation,
+                now,
+            ),
+        },
+    ];
+    computed.push(match (&missing_input, &failure) {
+        (Some(message), _) => condition(
+            cond::DEGRADED,
+            true,
+            reasons::REFERENCE_NOT_FOUND,
+            message.clone(),
             generation,
             now,
         ),
-    ];
-    computed.push(match &failure {
-        Some(message) => condition(
+        (None, Some(message)) => condition(
             cond::DEGRADED,
             true,
             reasons::INDEX_BUILD_FAILED,
@@ -296,7 +415,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             generation,
             now,
         ),
-        None if source_errors => condition(
+        (None, None) if source_errors => condition(
             cond::DEGRADED,
             true,
             reasons::SOURCE_ERRORS,
@@ -307,7 +426,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             generation,
             now,
         ),
-        None => condition(
+        (None, None) => condition(
             cond::DEGRADED,
             false,
             reasons::RECONCILED,
@@ -331,7 +450,10 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
                 d.min(ctx.settings.resync_interval)
             })
     };
-    Ok(Action::requeue(requeue.max(Duration::from_secs(1))))
+    Ok((
+        Action::requeue(requeue.max(Duration::from_secs(1))),
+        inputs.err(),
+    ))
 }
 
 /// Records a successful build: the new generation is served, the one before is kept for
@@ -446,19 +568,27 @@ mod tests {
 
     #[test]
     fn builds_start_on_spec_changes_and_refreshes_only() {
-        assert_eq!(plan_build(&[], "a", false), BuildPlan::Start(1));
+        assert_eq!(plan_build(&[], Some("a"), false), BuildPlan::Start(1));
         let done = [job("a", 1, Some(true))];
-        assert_eq!(plan_build(&done, "a", false), BuildPlan::Done);
-        assert_eq!(plan_build(&done, "b", false), BuildPlan::Start(2));
-        assert_eq!(plan_build(&done, "a", true), BuildPlan::Start(2));
+        assert_eq!(plan_build(&done, Some("a"), false), BuildPlan::Done);
+        assert_eq!(plan_build(&done, Some("b"), false), BuildPlan::Start(2));
+        assert_eq!(plan_build(&done, Some("a"), true), BuildPlan::Start(2));
         // A failed build of the same spec is not retried in a loop; a refresh or edit retries.
         assert_eq!(
-            plan_build(&[job("a", 1, Some(false))], "a", false),
+            plan_build(&[job("a", 1, Some(false))], Some("a"), false),
             BuildPlan::Done
         );
         let running = [job("a", 1, Some(true)), job("b", 2, None)];
         assert_eq!(
-            plan_build(&running, "c", true),
+            plan_build(&running, Some("c"), true),
+            BuildPlan::Wait("kb-index-b-2".to_owned())
+        );
+        // A missing input (no hash) starts nothing, not even a due refresh or a first build; a
+        // running build still finishes.
+        assert_eq!(plan_build(&[], None, false), BuildPlan::Done);
+        assert_eq!(plan_build(&done, None, true), BuildPlan::Done);
+        assert_eq!(
+            plan_build(&running, None, false),
             BuildPlan::Wait("kb-index-b-2".to_owned())
         );
     }
