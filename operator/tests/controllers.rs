@@ -1199,3 +1199,125 @@ async fn a_missing_claim_holds_the_build() {
     reconcile_kb(&w).await;
     assert_eq!(jobs(&w).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_router_mounts_its_endpoint_secret_and_says_when_it_or_a_shared_index_is_missing() {
+    let w = world(FnSource::empty());
+    create_kb(&w.client, Some(3)).await;
+    let routers: Api<Router> = Api::namespaced(w.client.clone(), NS);
+    let r: Router = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
+        "metadata": {"name": "frontline", "namespace": NS},
+        "spec": {
+            "knowledgeBaseRef": {"name": "help"},
+            "smallModel": {"model": MODEL},
+            "largeModel": {"endpoint": {"url": "https://llm.internal/v1", "model": "big",
+                                        "secretRef": {"name": "llm-api", "key": "token"}}},
+            "replicas": 2,
+        },
+    }))
+    .unwrap();
+    routers.create(&PostParams::default(), &r).await.unwrap();
+    let reconcile = || async {
+        let r = get::<Router>(&w.client, "frontline").await;
+        router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+        get::<Router>(&w.client, "frontline").await.status.unwrap()
+    };
+
+    // The Secret is missing: the Router is still rolled out (the volume is optional) and says
+    // what to create.
+    let s = reconcile().await;
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reasons::REFERENCE_NOT_FOUND)
+    );
+    assert!(
+        degraded.message.contains("Secret llm-api"),
+        "{}",
+        degraded.message
+    );
+    let d: Deployment = get(&w.client, "frontline-runtime").await;
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let mount = pod.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/var/run/switchboard/secrets/llm-api")
+        .cloned()
+        .unwrap();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert_eq!(
+        volume.secret.unwrap().secret_name.as_deref(),
+        Some("llm-api")
+    );
+    // Two replicas on a ReadWriteOnce index: flagged, with a Warning Event.
+    let shared = find_condition(&s.conditions, cond::INDEX_VOLUME_SHAREABLE).unwrap();
+    assert_eq!(
+        (shared.status.as_str(), shared.reason.as_str()),
+        ("False", reasons::READ_WRITE_ONCE_INDEX)
+    );
+    let warnings: Vec<String> = events(&w.client, "frontline")
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        warnings.contains(&reasons::READ_WRITE_ONCE_INDEX.to_owned()),
+        "{warnings:?}"
+    );
+
+    // A Secret without the key is still a problem; with it, the condition clears.
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let secret = |key: &str| -> Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "llm-api", "namespace": NS},
+            "data": {key: "c2VjcmV0"},
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &secret("apiKey"))
+        .await
+        .unwrap();
+    let s = reconcile().await;
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert!(
+        degraded.status == "True" && degraded.message.contains("no key token"),
+        "{degraded:?}"
+    );
+    secrets
+        .patch(
+            "llm-api",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&secret("token")),
+        )
+        .await
+        .unwrap();
+    // One replica: a ReadWriteOnce index is fine.
+    routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    let s = reconcile().await;
+    assert!(!switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::DEGRADED
+    ));
+    assert!(switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::INDEX_VOLUME_SHAREABLE
+    ));
+}

@@ -25,6 +25,7 @@ use k8s_openapi::{
 use kube::Resource;
 use switchboard_crds::{
     Router, annotations,
+    knowledge_base::AccessMode,
     router::{ActiveAdapter, RouterStatus},
     runtime_config::{AdapterRole, FILE_NAME, RuntimeConfig},
 };
@@ -43,6 +44,9 @@ pub const ARTIFACTS_DIR: &str = "/var/lib/switchboard/artifacts";
 pub const TOKEN_DIR: &str = "/var/run/switchboard/token";
 /// Key of the token Secret.
 pub const TOKEN_KEY: &str = "key";
+/// Directory of the Secrets the RuntimeConfig names (`<dir>/<secret name>/<key>`): the large
+/// model endpoint's API key. The runtime's `--secrets`.
+pub const SECRETS_DIR: &str = "/var/run/switchboard/secrets";
 /// gRPC port.
 pub const GRPC_PORT: i32 = 50051;
 /// HTTP port (JSON API, /metrics, /healthz, /readyz).
@@ -175,6 +179,27 @@ impl RouterChildren<'_> {
             read_only: Some(read_only),
             ..VolumeMount::default()
         };
+        let mut volume_mounts = vec![
+            mount("config", CONFIG_DIR, true),
+            mount("index", &index_mount, true),
+            mount("artifacts", ARTIFACTS_DIR, false),
+            mount("token", TOKEN_DIR, true),
+            mount("tmp", "/tmp", false),
+        ];
+        // The endpoint's API key: the whole Secret, not a subPath, so kubelet updates the files
+        // of a rotated key in place (the runtime reads the key when it applies a RuntimeConfig).
+        let endpoint_secret = spec
+            .large_model
+            .endpoint
+            .as_ref()
+            .and_then(|e| e.secret_ref.as_ref());
+        if let Some(secret) = endpoint_secret {
+            volume_mounts.push(mount(
+                "endpoint-secret",
+                &format!("{SECRETS_DIR}/{}", secret.name),
+                true,
+            ));
+        }
         let container = Container {
             name: "runtime".to_owned(),
             image: Some(image),
@@ -214,16 +239,10 @@ impl RouterChildren<'_> {
                 }),
                 ..SecurityContext::default()
             }),
-            volume_mounts: Some(vec![
-                mount("config", CONFIG_DIR, true),
-                mount("index", &index_mount, true),
-                mount("artifacts", ARTIFACTS_DIR, false),
-                mount("token", TOKEN_DIR, true),
-                mount("tmp", "/tmp", false),
-            ]),
+            volume_mounts: Some(volume_mounts),
             ..Container::default()
         };
-        let volumes = vec![
+        let mut volumes = vec![
             Volume {
                 name: "config".to_owned(),
                 config_map: Some(ConfigMapVolumeSource {
@@ -259,6 +278,19 @@ impl RouterChildren<'_> {
                 ..Volume::default()
             },
         ];
+        if let Some(secret) = endpoint_secret {
+            volumes.push(Volume {
+                name: "endpoint-secret".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.name.clone()),
+                    // A missing Secret (reported on the Router) must not keep the pods from
+                    // starting: the small model serves, the endpoint is called without a key.
+                    optional: Some(true),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
         let pod_annotations = BTreeMap::from([
             ("prometheus.io/scrape".to_owned(), "true".to_owned()),
             ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
@@ -345,6 +377,8 @@ pub fn runtime_args() -> Vec<String> {
         ARTIFACTS_DIR,
         "--token-key-file",
         &format!("{TOKEN_DIR}/{TOKEN_KEY}"),
+        "--secrets",
+        SECRETS_DIR,
         "--grpc-addr",
         &format!("0.0.0.0:{GRPC_PORT}"),
         "--http-addr",
@@ -403,6 +437,33 @@ pub fn deployment_state(
     };
     let message = format!("{ready}/{desired} runtime pods ready ({updated} up to date)");
     (ready_ok, progressing, message)
+}
+
+/// Whether every runtime replica can mount the KnowledgeBase's index claim:
+/// `(shareable, message)`. A `ReadWriteOnce` claim is mounted by one node at a time, so a second
+/// replica scheduled on another node never starts (Multi-Attach error).
+pub fn index_volume_shareable(
+    knowledge_base: &str,
+    access_mode: AccessMode,
+    replicas: i32,
+) -> (bool, String) {
+    let claim = index_claim_name(knowledge_base);
+    match access_mode {
+        AccessMode::ReadWriteOnce if replicas > 1 => (
+            false,
+            format!(
+                "{replicas} replicas read the index claim {claim} of KnowledgeBase \
+                 {knowledge_base}, which is ReadWriteOnce: replicas on other nodes than the one \
+                 mounting it cannot start; use storage.accessMode ReadWriteMany on a \
+                 KnowledgeBase, or 1 replica"
+            ),
+        ),
+        AccessMode::ReadWriteOnce => (
+            true,
+            format!("1 replica reads the ReadWriteOnce index claim {claim}"),
+        ),
+        AccessMode::ReadWriteMany => (true, format!("the index claim {claim} is ReadWriteMany")),
+    }
 }
 
 /// Status fields computed from the compiled config (conditions are set by the controller).
@@ -527,6 +588,8 @@ mod tests {
                 "/var/lib/switchboard/artifacts",
                 "--token-key-file",
                 "/var/run/switchboard/token/key",
+                "--secrets",
+                "/var/run/switchboard/secrets",
                 "--grpc-addr",
                 "0.0.0.0:50051",
                 "--http-addr",
@@ -558,6 +621,8 @@ mod tests {
             token.secret.as_ref().unwrap().secret_name.as_deref(),
             Some("frontline-runtime-token")
         );
+        // No secretRef on the endpoint: no endpoint Secret mounted.
+        assert!(volumes.iter().all(|v| v.name != "endpoint-secret"));
         // Probes on the runtime's endpoints.
         let path = |p: &Option<Probe>| {
             p.as_ref()
@@ -594,6 +659,50 @@ mod tests {
     }
 
     #[test]
+    fn the_endpoint_secret_is_mounted_read_only_where_the_runtime_reads_it() {
+        let mut r = router(false);
+        r.spec.large_model.endpoint.as_mut().unwrap().secret_ref =
+            Some(switchboard_crds::SecretKeyRef {
+                name: "llm-api".to_owned(),
+                key: "token".to_owned(),
+            });
+        let pod = children(&r)
+            .deployment("help")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let c = &pod.containers[0];
+        let args = c.args.clone().unwrap();
+        let secrets = args.iter().position(|a| a == "--secrets").unwrap();
+        assert_eq!(args[secrets + 1], SECRETS_DIR);
+        // The runtime reads `<--secrets>/<name>/<key>`: the Secret's directory is named after it.
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "endpoint-secret")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/var/run/switchboard/secrets/llm-api", Some(true))
+        );
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "endpoint-secret")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(volume.secret_name.as_deref(), Some("llm-api"));
+        assert_eq!(volume.optional, Some(true));
+        assert!(volume.items.is_none(), "every key, so rotation works");
+    }
+
+    #[test]
     fn config_map_holds_the_document_and_its_revision() {
         let r = router(false);
         let config: RuntimeConfig = serde_json::from_value(serde_json::json!({
@@ -618,6 +727,19 @@ mod tests {
         let status = config_status(&config, "frontline");
         assert_eq!(status.runtime_config_hash.as_deref(), Some("sha256:abc"));
         assert_eq!(status.knowledge_base_generation, Some(3));
+    }
+
+    #[test]
+    fn several_replicas_on_a_read_write_once_index_are_flagged() {
+        let (ok, message) = index_volume_shareable("help", AccessMode::ReadWriteOnce, 3);
+        assert!(!ok);
+        assert!(
+            message.contains("help-index") && message.contains("ReadWriteMany"),
+            "{message}"
+        );
+        assert!(index_volume_shareable("help", AccessMode::ReadWriteOnce, 1).0);
+        assert!(index_volume_shareable("help", AccessMode::ReadWriteOnce, 0).0);
+        assert!(index_volume_shareable("help", AccessMode::ReadWriteMany, 5).0);
     }
 
     #[test]

@@ -28,7 +28,9 @@ use crate::{
     observe::{count, router_matcher},
 };
 
-use self::build::{RouterChildren, config_status, deployment_state, token_secret_name};
+use self::build::{
+    RouterChildren, config_status, deployment_state, index_volume_shareable, token_secret_name,
+};
 
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "router";
@@ -85,6 +87,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     })?;
 
     ensure_token_secret(ctx, router, &namespace, &name).await?;
+    let missing_secret = endpoint_secret_problem(ctx, router, &namespace).await?;
     let children = RouterChildren {
         router,
         name: &name,
@@ -165,16 +168,20 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
             ),
         ),
     };
-    let skipped_message = skipped
+    let degraded_message = missing_secret
         .iter()
-        .map(|s| {
+        .cloned()
+        .chain(skipped.iter().map(|s| {
             format!(
                 "{} {} skipped ({}): {}",
                 s.kind, s.name, s.reason, s.message
             )
-        })
+        }))
         .collect::<Vec<_>>()
         .join("; ");
+    let degraded = missing_secret.is_some() || !skipped.is_empty();
+    let (shareable, shareable_message) =
+        index_volume_shareable(kb_name, kb.spec.storage.access_mode, router.spec.replicas);
     let mut computed = vec![
         condition(
             cond::READY,
@@ -202,13 +209,27 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         ),
         condition(
             cond::DEGRADED,
-            !skipped.is_empty(),
-            if skipped.is_empty() {
+            degraded,
+            if missing_secret.is_some() {
+                reasons::REFERENCE_NOT_FOUND
+            } else if degraded {
+                "ObjectsSkipped"
+            } else {
+                reasons::RECONCILED
+            },
+            degraded_message,
+            generation,
+            now,
+        ),
+        condition(
+            cond::INDEX_VOLUME_SHAREABLE,
+            shareable,
+            if shareable {
                 reasons::RECONCILED
             } else {
-                "ObjectsSkipped"
+                reasons::READ_WRITE_ONCE_INDEX
             },
-            skipped_message,
+            shareable_message,
             generation,
             now,
         ),
@@ -247,7 +268,9 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         .await;
     }
 
-    let settle = progressing || applied != Some(true);
+    // A missing Secret is not watched (that would need list/watch on every Secret): look again
+    // soon.
+    let settle = progressing || applied != Some(true) || missing_secret.is_some();
     Ok(Action::requeue(if settle {
         ctx.settings.analysis_interval.max(Duration::from_secs(1))
     } else {
@@ -299,6 +322,50 @@ async fn ensure_token_secret(
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(Error::kube("create", object, e)),
     }
+}
+
+/// Why the large model endpoint's Secret (`spec.largeModel.endpoint.secretRef`) is unusable, if
+/// it is: the Secret or its key does not exist. The Router still serves (the Secret volume is
+/// optional; the endpoint is called without a key), and the condition says what to create.
+async fn endpoint_secret_problem(
+    ctx: &Context,
+    router: &Router,
+    namespace: &str,
+) -> Result<Option<String>> {
+    let Some(secret_ref) = router
+        .spec
+        .large_model
+        .endpoint
+        .as_ref()
+        .and_then(|e| e.secret_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let name = &secret_ref.name;
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube("get", format!("Secret {namespace}/{name}"), e))?;
+    let has_key = |s: &Secret| {
+        s.data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(&secret_ref.key))
+            || s.string_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(&secret_ref.key))
+    };
+    Ok(match secret {
+        None => Some(format!(
+            "Secret {name} (spec.largeModel.endpoint.secretRef) does not exist: the large model \
+             endpoint is called without an API key until it does"
+        )),
+        Some(s) if !has_key(&s) => Some(format!(
+            "Secret {name} has no key {} (spec.largeModel.endpoint.secretRef): the large model \
+             endpoint is called without an API key",
+            secret_ref.key
+        )),
+        Some(_) => None,
+    })
 }
 
 fn random_hex(bytes: usize) -> std::io::Result<String> {
