@@ -63,7 +63,31 @@ pub const RBAC_RULES: &[Rule] = &[
         resource: "experiments/status",
         verbs: &["get", "patch"],
     },
-    // Router children.
+    // Children carry `blockOwnerDeletion` owner references: with the
+    // OwnerReferencesPermissionEnforcement admission plugin, setting one needs `update` on the
+    // owner's `finalizers` subresource.
+    Rule {
+        api_group: "switchboard.dev",
+        resource: "knowledgebases/finalizers",
+        verbs: &["update"],
+    },
+    Rule {
+        api_group: "switchboard.dev",
+        resource: "adapterpatches/finalizers",
+        verbs: &["update"],
+    },
+    Rule {
+        api_group: "switchboard.dev",
+        resource: "routers/finalizers",
+        verbs: &["update"],
+    },
+    Rule {
+        api_group: "switchboard.dev",
+        resource: "experiments/finalizers",
+        verbs: &["update"],
+    },
+    // Router children; the ConfigMaps KnowledgeBase sources read are watched and their content
+    // hashed (a change rebuilds).
     Rule {
         api_group: "",
         resource: "configmaps",
@@ -79,13 +103,16 @@ pub const RBAC_RULES: &[Rule] = &[
         resource: "deployments",
         verbs: OWN,
     },
-    // The interaction-token key: created once, never read back by the operator beyond metadata.
+    // The interaction-token key: created once, never read back beyond metadata. The Secret a
+    // Router's large-model endpoint names is read to check that it has its key (no list or watch:
+    // the operator never sees Secrets it is not pointed at).
     Rule {
         api_group: "",
         resource: "secrets",
         verbs: &["get", "create"],
     },
-    // KnowledgeBase children: the index volume and the build Jobs (old Jobs are deleted).
+    // KnowledgeBase children: the index volume and the build Jobs (old Jobs are deleted); the
+    // claims volume sources mount are checked and watched.
     Rule {
         api_group: "",
         resource: "persistentvolumeclaims",
@@ -151,6 +178,14 @@ mod tests {
         assert!(allows("switchboard.dev", "routers/status", "patch"));
         assert!(!allows("", "secrets", "list"));
         assert!(!allows("switchboard.dev", "routers", "delete"));
+        // Owner references with blockOwnerDeletion need update on the owner's finalizers.
+        for kind in ["knowledgebases", "adapterpatches", "routers", "experiments"] {
+            assert!(allows(
+                "switchboard.dev",
+                &format!("{kind}/finalizers"),
+                "update"
+            ));
+        }
         assert_eq!(policy_rules().len(), RBAC_RULES.len());
     }
 }

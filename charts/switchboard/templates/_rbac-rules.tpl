@@ -20,15 +20,22 @@ The operator's permissions, exact resources and verbs, no wildcards. This is a c
 - apiGroups: ["switchboard.dev"]
   resources: ["adapterpatches/status", "experiments/status", "knowledgebases/status", "routers/status"]
   verbs: ["get", "patch"]
+# Children carry blockOwnerDeletion owner references: with the OwnerReferencesPermissionEnforcement
+# admission plugin that needs update on the owner's finalizers subresource.
+- apiGroups: ["switchboard.dev"]
+  resources: ["adapterpatches/finalizers", "experiments/finalizers", "knowledgebases/finalizers", "routers/finalizers"]
+  verbs: ["update"]
 # Router children (ConfigMap, Service, Deployment) and the KnowledgeBase index volume: server-side
-# apply creates them the first time and patches them afterwards.
+# apply creates them the first time and patches them afterwards. The ConfigMaps and claims that
+# KnowledgeBase sources read are watched (a ConfigMap's content change rebuilds the index).
 - apiGroups: [""]
   resources: ["configmaps", "services", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# The interaction-token key of each Router: created once, read back for its metadata.
+# The interaction-token key of each Router: created once, read back for its metadata. The Secret a
+# Router's large-model endpoint names is read to check it has its key (no list/watch).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create"]
