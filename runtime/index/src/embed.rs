@@ -117,7 +117,13 @@ pub(crate) fn normalise(v: &mut [f32], model: &str) -> Result<()> {
     Ok(())
 }
 
-/// Embeds `texts` in batches and checks the shape of what comes back.
+/// Embeds `texts` in batches and checks the shape of what comes back, one vector per text in
+/// the order given.
+///
+/// Batches are formed over the texts sorted by length (longest first), not in document order: a
+/// batch is padded to its longest member, so mixing a 300-token chunk with 63 short ones wastes
+/// most of the batch's compute. Sorting the whole build's texts first (as sentence-transformers
+/// does) keeps each batch's lengths close; the vectors are put back in input order.
 pub(crate) fn embed_checked(
     embedder: &dyn Embedder,
     texts: &[String],
@@ -125,9 +131,14 @@ pub(crate) fn embed_checked(
 ) -> Result<Vec<Vec<f32>>> {
     let model = embedder.model_id();
     let dim = embedder.dim();
-    let mut out = Vec::with_capacity(texts.len());
-    for part in texts.chunks(batch.max(1)) {
-        let vectors = embedder.embed(part)?;
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    // Characters are a close enough proxy for tokens to group lengths; the stable sort keeps
+    // equal lengths in input order (deterministic batches).
+    order.sort_by_key(|&i| std::cmp::Reverse(texts[i].chars().count()));
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+    for part in order.chunks(batch.max(1)) {
+        let batch_texts: Vec<String> = part.iter().map(|&i| texts[i].clone()).collect();
+        let vectors = embedder.embed(&batch_texts)?;
         if vectors.len() != part.len() {
             return Err(Error::Embedding {
                 model,
@@ -138,7 +149,7 @@ pub(crate) fn embed_checked(
                 ),
             });
         }
-        for mut v in vectors {
+        for (&i, mut v) in part.iter().zip(vectors) {
             if v.len() != dim {
                 return Err(Error::Embedding {
                     model,
@@ -146,15 +157,38 @@ pub(crate) fn embed_checked(
                 });
             }
             normalise(&mut v, &model)?;
-            out.push(v);
+            out[i] = Some(v);
         }
     }
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectors_come_back_in_input_order_whatever_the_length_batching() {
+        let e = HashingEmbedder::new(64);
+        let texts: Vec<String> = (0..23)
+            .map(|i| format!("word{i} ").repeat(1 + (i * 7) % 11))
+            .collect();
+        let one_by_one: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| {
+                embed_checked(&e, std::slice::from_ref(t), 1)
+                    .unwrap()
+                    .remove(0)
+            })
+            .collect();
+        for batch in [1, 4, 64] {
+            assert_eq!(
+                embed_checked(&e, &texts, batch).unwrap(),
+                one_by_one,
+                "batch {batch}"
+            );
+        }
+    }
 
     #[test]
     fn hashing_embedder_is_deterministic_and_lexical() {
