@@ -525,6 +525,7 @@ impl Engine {
         let old = self.active.swap(Some(Arc::clone(&active)));
         self.metrics
             .config_in_force(&router, &active.config.revision);
+        initialise_served_series(&self.metrics, &router, &active.config);
         tracing::info!(
             revision = %active.config.revision,
             router = %router,
@@ -664,5 +665,29 @@ impl Engine {
                 Err(true)
             }
         }
+    }
+}
+
+/// Creates at zero the outcome series of every variant `config` serves without an experiment
+/// (the base model, and each stable or canary adapter), so a guardrail counts a new version's
+/// first answers too (see [`Metrics::initialise`]).
+fn initialise_served_series(metrics: &Metrics, router: &str, config: &RuntimeConfig) {
+    let variant = |lineage: &str, version: &str, role: &str| crate::metrics::Variant {
+        router: router.to_owned(),
+        lineage: lineage.to_owned(),
+        adapter_version: version.to_owned(),
+        adapter_role: role.to_owned(),
+        experiment: String::new(),
+        arm: String::new(),
+        model: "small".to_owned(),
+    };
+    metrics.initialise(&variant("", "", ""));
+    for adapter in &config.adapters {
+        let role = match adapter.role {
+            AdapterRole::Stable => "stable",
+            AdapterRole::Canary => "canary",
+            AdapterRole::Shadow => continue,
+        };
+        metrics.initialise(&variant(&adapter.lineage, &adapter.version, role));
     }
 }

@@ -19,6 +19,21 @@ const ANSWER_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
 
+/// Every `outcome` label value of `switchboard_feedback_total` (docs/metrics.md).
+pub const FEEDBACK_OUTCOMES: [&str; 8] = [
+    "escalated",
+    "resolved",
+    "reopened",
+    "csat_1",
+    "csat_2",
+    "csat_3",
+    "csat_4",
+    "csat_5",
+];
+
+/// Every `check` label value of `switchboard_answer_checks_total` (docs/metrics.md).
+pub const ANSWER_CHECKS: [&str; 3] = ["refusal", "invalid_citation", "retrieval_failure"];
+
 /// The runtime's metric families, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -253,6 +268,20 @@ impl Metrics {
         })
     }
 
+    /// Creates, at zero, every outcome series of a variant the config is about to serve, so
+    /// Prometheus sees each counter from its first increment: `increase()` cannot count the
+    /// increments before a series' first scrape, and a canary's first few answers are exactly the
+    /// ones its guardrail is waiting for (the usual "initialise labelled counters" practice).
+    pub fn initialise(&self, variant: &Variant) {
+        self.interactions.with_label_values(&variant.labels());
+        for outcome in FEEDBACK_OUTCOMES {
+            self.feedback.with_label_values(&with(variant, outcome));
+        }
+        for check in ANSWER_CHECKS {
+            self.answer_checks.with_label_values(&with(variant, check));
+        }
+    }
+
     /// Counts an answer returned to a caller.
     pub fn interaction(&self, variant: &Variant) {
         self.interactions.with_label_values(&variant.labels()).inc();
@@ -448,5 +477,55 @@ mod tests {
         // 201 chunks -> top 2 chunks: 98 + 1 of 298 hits.
         assert!((concentration(&hits) - 99.0 / 298.0).abs() < 1e-9);
         assert_eq!(concentration(&HashMap::new()), 0.0);
+    }
+
+    #[test]
+    fn a_served_variant_is_exported_at_zero_before_its_first_answer() {
+        let metrics = Metrics::new().unwrap();
+        let canary = Variant {
+            router: "support/helpdesk".into(),
+            lineage: "billing".into(),
+            adapter_version: "1.1.0".into(),
+            adapter_role: "canary".into(),
+            experiment: String::new(),
+            arm: String::new(),
+            model: "small".into(),
+        };
+        metrics.initialise(&canary);
+        let text = metrics.render();
+        let zero_series = |name: &str, extra: &str| {
+            text.lines().any(|l| {
+                l.starts_with(name)
+                    && l.contains("adapter_version=\"1.1.0\"")
+                    && l.contains(extra)
+                    && l.ends_with(" 0")
+            })
+        };
+        assert!(zero_series("switchboard_interactions_total", ""), "{text}");
+        for outcome in FEEDBACK_OUTCOMES {
+            assert!(
+                zero_series(
+                    "switchboard_feedback_total",
+                    &format!("outcome=\"{outcome}\"")
+                ),
+                "{outcome}: {text}"
+            );
+        }
+        assert!(
+            zero_series("switchboard_answer_checks_total", "check=\"refusal\""),
+            "{text}"
+        );
+        // The first answer then counts from zero.
+        metrics.interaction(&canary);
+        assert!(text_has(
+            &metrics.render(),
+            "switchboard_interactions_total",
+            " 1"
+        ));
+    }
+
+    fn text_has(text: &str, name: &str, suffix: &str) -> bool {
+        text.lines()
+            .any(|l| l.starts_with(name) && l.ends_with(suffix))
     }
 }
