@@ -191,6 +191,7 @@ async fn reconcile_inner(patch: &AdapterPatch, ctx: &Context) -> Result<Action> 
     });
 
     apply_status(client, patch, &status).await?;
+    log_analysis(&name, &previous, &status);
     let lineage = &patch.spec.lineage;
     ctx.metrics.rollout(
         &namespace,
@@ -230,6 +231,45 @@ async fn reconcile_inner(patch: &AdapterPatch, ctx: &Context) -> Result<Action> 
         d.min(ctx.settings.analysis_interval)
     });
     Ok(Action::requeue(requeue))
+}
+
+/// Logs each new guardrail analysis with its counts, so a rollout that holds says why in the
+/// operator's log as well as in status (`lastAnalysis`, the `GuardrailsHealthy` condition).
+fn log_analysis(name: &str, previous: &AdapterPatchStatus, status: &AdapterPatchStatus) {
+    let Some(analysis) = &status.last_analysis else {
+        return;
+    };
+    let same_run = previous
+        .last_analysis
+        .as_ref()
+        .is_some_and(|p| p.time == analysis.time);
+    if same_run {
+        return;
+    }
+    let counts = analysis
+        .guardrails
+        .iter()
+        .map(|g| {
+            format!(
+                "{} {}/{} vs {}/{}",
+                g.metric,
+                g.candidate.events,
+                g.candidate.trials,
+                g.baseline.events,
+                g.baseline.trials
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::info!(
+        adapterpatch = %name,
+        phase = ?status.phase,
+        step = ?status.current_step,
+        decision = ?analysis.decision,
+        counts = %counts,
+        message = %analysis.message,
+        "guardrail analysis"
+    );
 }
 
 /// Removes acted-upon annotations (JSON merge patch with `null` values) so they act once.
