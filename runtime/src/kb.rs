@@ -2,12 +2,14 @@
 //!
 //! This is the runtime's half of "the operator is a compiler": the same conversion serves a folder
 //! of manifests locally (the embedded default) and the index-build Job in a cluster.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use sha2::Digest as _;
 use switchboard_crds::knowledge_base::{
-    ChunkingStrategy, FusionMethod, Retrieval, SourceFormat as CrdFormat,
+    ChunkingStrategy, FusionMethod, Retrieval, SourceFormat as CrdFormat, SourceKind,
 };
 use switchboard_crds::{KnowledgeBase, Resource, Validate};
 use switchboard_index::{
@@ -85,20 +87,42 @@ fn format(f: CrdFormat) -> SourceFormat {
     }
 }
 
-/// The build spec of a KnowledgeBase. Volume paths are resolved against `base` (the manifest
-/// folder locally; the volume mount root in a cluster). ConfigMap and HTTP sources must have been
-/// materialised into files by the caller (the operator's build Job does); here they are refused.
+/// Where the sources a manifest only names are on this machine.
+#[derive(Debug, Clone, Default)]
+pub struct SourceRoots {
+    /// Volume paths resolve under this folder: the manifests' folder locally, `/` in the
+    /// index-build Job (claims are mounted at their paths there).
+    pub volumes: PathBuf,
+    /// `--sources-dir`: each ConfigMap source is mounted at `<dir>/<source name>/` (holding
+    /// only the key's file when the source names a key), as the index-build Job does. `None`:
+    /// ConfigMap sources are refused.
+    pub config_maps: Option<PathBuf>,
+    /// HTTP sources fetched before the build ([`fetch_http_sources`]), by source name. `None`:
+    /// HTTP sources are refused. A source missing from the map failed to fetch: it is left out
+    /// of this build and its failure is reported.
+    pub fetched: Option<BTreeMap<String, PathBuf>>,
+}
+
+/// The build spec of a KnowledgeBase whose volume paths resolve against `base` (the manifest
+/// folder), as `serve` builds it locally: ConfigMap and HTTP sources are refused (see
+/// [`index_spec_with`]).
 pub fn index_spec(kb: &KnowledgeBase, base: &Path) -> Result<IndexSpec> {
+    index_spec_with(
+        kb,
+        &SourceRoots {
+            volumes: base.to_path_buf(),
+            ..SourceRoots::default()
+        },
+    )
+}
+
+/// The build spec of a KnowledgeBase, with its sources found through `roots`.
+pub fn index_spec_with(kb: &KnowledgeBase, roots: &SourceRoots) -> Result<IndexSpec> {
     let spec = &kb.spec;
     let mut sources = Vec::new();
     for source in &spec.sources {
-        let location = match (
-            &source.inline,
-            &source.volume,
-            &source.config_map,
-            &source.http,
-        ) {
-            (Some(files), None, None, None) => SourceLocation::Inline {
+        let location = match source.kind() {
+            Some(SourceKind::Inline(files)) => SourceLocation::Inline {
                 files: files
                     .iter()
                     .map(|(name, content)| InlineFile {
@@ -107,20 +131,42 @@ pub fn index_spec(kb: &KnowledgeBase, base: &Path) -> Result<IndexSpec> {
                     })
                     .collect(),
             },
-            (None, Some(volume), None, None) => SourceLocation::Path {
-                path: base.join(volume.path.trim_start_matches('/')),
+            Some(SourceKind::Volume(volume)) => SourceLocation::Path {
+                path: roots.volumes.join(volume.path.trim_start_matches('/')),
             },
-            (None, None, Some(cm), None) => bail!(
-                "source {}: ConfigMap {} must be materialised by the index-build Job (not available in local mode)",
-                source.name,
-                cm.name
-            ),
-            (None, None, None, Some(http)) => bail!(
-                "source {}: {} must be fetched by the index-build Job (not available in local mode)",
-                source.name,
-                http.url
-            ),
-            _ => bail!(
+            // The projection of a ConfigMap volume holds `..data` and `..<timestamp>` entries
+            // besides the key files (symlinks into them): the directory walk skips hidden
+            // entries and follows the links.
+            Some(SourceKind::ConfigMap(cm)) => match &roots.config_maps {
+                Some(dir) => {
+                    let mounted = dir.join(&source.name);
+                    SourceLocation::Path {
+                        path: match &cm.key {
+                            Some(key) => mounted.join(key),
+                            None => mounted,
+                        },
+                    }
+                }
+                None => bail!(
+                    "source {}: ConfigMap {} is read where the index-build Job mounts it \
+                     (--sources-dir); not available in local mode",
+                    source.name,
+                    cm.name
+                ),
+            },
+            Some(SourceKind::Http(http)) => match &roots.fetched {
+                Some(fetched) => match fetched.get(&source.name) {
+                    Some(path) => SourceLocation::Path { path: path.clone() },
+                    None => continue,
+                },
+                None => bail!(
+                    "source {}: {} must be fetched before the build (`index` does; `serve` \
+                     does not)",
+                    source.name,
+                    http.url
+                ),
+            },
+            None => bail!(
                 "source {}: exactly one of inline, configMap, volume, http must be set",
                 source.name
             ),
@@ -161,6 +207,113 @@ pub fn index_spec(kb: &KnowledgeBase, base: &Path) -> Result<IndexSpec> {
         freshness_classes,
         chunking,
     })
+}
+
+/// A source that could not be read before the build. It is reported in the build report and
+/// left out of the generation; the build goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFailure {
+    /// `spec.sources[].name`.
+    pub source: String,
+    /// `FetchFailed` or `DigestMismatch`.
+    pub reason: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+/// Largest HTTP source body (the index's limit on one file).
+pub const MAX_HTTP_SOURCE_BYTES: usize = switchboard_index::ingest::MAX_FILE_BYTES as usize;
+
+/// Time allowed to fetch one HTTP source, body included.
+pub const HTTP_SOURCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Fetches the HTTP sources of `kb` into `dir` (`<dir>/<source name>/<last URL path segment>`),
+/// each within `timeout` and [`MAX_HTTP_SOURCE_BYTES`], checking `sha256` when set. Returns the
+/// fetched files by source name and the sources that failed; one failure never stops the others.
+pub async fn fetch_http_sources(
+    kb: &KnowledgeBase,
+    dir: &Path,
+    client: &crate::http_client::HttpClient,
+    timeout: Duration,
+) -> (BTreeMap<String, PathBuf>, Vec<SourceFailure>) {
+    let mut fetched = BTreeMap::new();
+    let mut failures = Vec::new();
+    for source in &kb.spec.sources {
+        let Some(SourceKind::Http(http)) = source.kind() else {
+            continue;
+        };
+        let fail = |reason, message| SourceFailure {
+            source: source.name.clone(),
+            reason,
+            message,
+        };
+        let body = match tokio::time::timeout(timeout, client.get(&http.url, MAX_HTTP_SOURCE_BYTES))
+            .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => {
+                failures.push(fail("FetchFailed", format!("GET {}: {e}", http.url)));
+                continue;
+            }
+            Err(_) => {
+                failures.push(fail(
+                    "FetchFailed",
+                    format!("GET {}: timed out after {timeout:?}", http.url),
+                ));
+                continue;
+            }
+        };
+        if let Some(want) = &http.sha256 {
+            let got = crate::artifacts::hex(&sha2::Sha256::digest(&body));
+            if !want.matches_hex(&got) {
+                failures.push(fail(
+                    "DigestMismatch",
+                    format!(
+                        "{} has sha256:{got}, the spec expects {}",
+                        http.url,
+                        want.as_str()
+                    ),
+                ));
+                continue;
+            }
+        }
+        let folder = dir.join(&source.name);
+        let path = folder.join(url_file_name(&http.url));
+        let written = std::fs::create_dir_all(&folder).and_then(|()| std::fs::write(&path, &body));
+        match written {
+            Ok(()) => {
+                fetched.insert(source.name.clone(), path);
+            }
+            Err(e) => failures.push(fail(
+                "FetchFailed",
+                format!("writing {}: {e}", path.display()),
+            )),
+        }
+    }
+    (fetched, failures)
+}
+
+/// The file name a fetched document is indexed under (part of its document id, so stable
+/// across builds): the URL's last path segment, reduced to `[A-Za-z0-9._-]`; `document` when
+/// that leaves nothing usable.
+pub fn url_file_name(url: &str) -> String {
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = without_scheme.split(['?', '#']).next().unwrap_or_default();
+    let last = path
+        .split_once('/')
+        .map_or("", |(_, p)| p)
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let name: String = last
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    if name.trim_matches('.').is_empty() {
+        "document".to_owned()
+    } else {
+        name
+    }
 }
 
 /// Search options from `spec.retrieval` (a KnowledgeBase's, or a RuntimeConfig's copy of it).

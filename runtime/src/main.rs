@@ -23,7 +23,7 @@ mod serve;
 mod service;
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -59,6 +59,14 @@ enum Command {
         /// `/dev/termination-log` so the operator reads it from the pod's status.
         #[arg(long)]
         report_file: Option<PathBuf>,
+        /// Where ConfigMap sources are mounted, one folder per source (`<dir>/<source name>/`),
+        /// as the index-build Job mounts them. Without it, ConfigMap sources are refused.
+        #[arg(long)]
+        sources_dir: Option<PathBuf>,
+        /// Folder that volume source paths resolve under (default: the manifests' folder); the
+        /// index-build Job passes `/`, where it mounts claims at their paths.
+        #[arg(long)]
+        volume_root: Option<PathBuf>,
     },
     /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10).
     Eval(eval::EvalArgs),
@@ -128,7 +136,18 @@ fn main() -> Result<()> {
             no_publish,
             switch_back,
             report_file,
-        } => index(&kb, no_publish, switch_back, report_file.as_deref()),
+            sources_dir,
+            volume_root,
+        } => index(
+            &kb,
+            &IndexOptions {
+                publish: !no_publish,
+                switch_back,
+                report_file,
+                sources_dir,
+                volume_root,
+            },
+        ),
         Command::Eval(args) => eval::run(&args),
         Command::Query {
             addr,
@@ -153,13 +172,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn index(
-    args: &serve::KbArgs,
-    no_publish: bool,
+/// What `index` was asked to do besides the KnowledgeBase arguments.
+struct IndexOptions {
+    publish: bool,
     switch_back: bool,
-    report_file: Option<&Path>,
-) -> Result<()> {
-    if switch_back {
+    report_file: Option<PathBuf>,
+    sources_dir: Option<PathBuf>,
+    volume_root: Option<PathBuf>,
+}
+
+fn index(args: &serve::KbArgs, options: &IndexOptions) -> Result<()> {
+    if options.switch_back {
         let kbs = kb::load_knowledge_bases(&args.manifests)?;
         let kb = kb::select(kbs, args.knowledge_base.as_deref())?;
         let store = switchboard_index::Generations::open(args.data.join(kb::name(&kb)))?;
@@ -168,60 +191,164 @@ fn index(
         return Ok(());
     }
     let loaded = args.load()?;
+    // HTTP sources are fetched first, into a scratch folder that lives as long as the build.
+    let scratch = Scratch::new()?;
+    let (fetched, failures) = if loaded.kb.spec.sources.iter().any(|s| s.http.is_some()) {
+        let client = http_client::HttpClient::new();
+        runtime()?.block_on(kb::fetch_http_sources(
+            &loaded.kb,
+            &scratch.0,
+            &client,
+            kb::HTTP_SOURCE_TIMEOUT,
+        ))
+    } else {
+        Default::default()
+    };
+    for failure in &failures {
+        tracing::warn!(source = %failure.source, reason = failure.reason, "{}", failure.message);
+    }
+    let roots = kb::SourceRoots {
+        volumes: options
+            .volume_root
+            .clone()
+            .unwrap_or_else(|| loaded.base.clone()),
+        config_maps: options.sources_dir.clone(),
+        fetched: Some(fetched),
+    };
+    let spec = kb::index_spec_with(&loaded.kb, &roots)?;
     let keep = loaded.kb.spec.keep_generations.max(2) as usize;
-    let report = serve::build_and_publish(&loaded, !no_publish, keep)?;
+    let report = build_and_publish(&loaded, &spec, options.publish, keep)?;
     serve::print_report(&report);
-    if let Some(path) = report_file {
-        std::fs::write(path, manifest_report(&report.manifest))
+    for failure in &failures {
+        println!(
+            "  source {:<22} not indexed: {} {}",
+            failure.source, failure.reason, failure.message
+        );
+    }
+    if let Some(path) = &options.report_file {
+        std::fs::write(path, manifest_report(&report.manifest, &failures))
             .with_context(|| format!("writing the build report to {}", path.display()))?;
     }
-    if no_publish {
-        println!("not published (--no-publish)");
-    } else {
+    if options.publish {
         println!("published {}", report.manifest.generation);
+    } else {
+        println!("not published (--no-publish)");
     }
     Ok(())
+}
+
+/// A folder removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("switchboard-sources-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the scratch folder {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), %error, "removing the scratch folder failed");
+        }
+    }
+}
+
+/// Builds a generation of `spec` (reusing unchanged sources) and publishes it, as
+/// `serve::build_and_publish` does for a spec without fetched or mounted sources.
+fn build_and_publish(
+    loaded: &serve::Loaded,
+    spec: &switchboard_index::IndexSpec,
+    publish: bool,
+    keep: usize,
+) -> Result<switchboard_index::BuildReport> {
+    let report = switchboard_index::build(
+        spec,
+        &loaded.store,
+        loaded.embedder.as_ref(),
+        &switchboard_index::BuildOptions {
+            embed_batch: 64,
+            reuse: true,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "building an index of KnowledgeBase {}",
+            kb::name(&loaded.kb)
+        )
+    })?;
+    if publish {
+        loaded.store.publish(&report.manifest.generation)?;
+        let pruned = loaded.store.prune(keep.max(2))?;
+        if !pruned.is_empty() {
+            tracing::info!(?pruned, "pruned old index generations");
+        }
+    }
+    Ok(report)
 }
 
 /// Longest termination message Kubernetes keeps.
 const REPORT_LIMIT: usize = 4096;
 
+/// One entry of the build report's `sourceErrors`
+/// (`switchboard_operator::knowledge_base::build::BuildReport`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReportedError {
+    source: String,
+    file: Option<String>,
+    reason: String,
+    message: String,
+}
+
 /// The build report the operator reads from an index Job's termination message
 /// (`switchboard_operator::knowledge_base::build::BuildReport`): generation number, documents,
-/// chunks, and per-file source errors — as many as fit in 4 KiB, the rest summarised in one entry.
-fn manifest_report(manifest: &switchboard_index::Manifest) -> String {
-    let errors = manifest
-        .sources
-        .iter()
-        .flat_map(|source| {
-            source.errors.iter().map(|issue| {
-                (
-                    source.name.clone(),
-                    issue.item.clone(),
-                    issue.reason.clone(),
-                )
-            })
+/// chunks, and source errors — sources that could not be fetched first, then files that could
+/// not be parsed — as many as fit in 4 KiB, the rest summarised in one entry.
+fn manifest_report(
+    manifest: &switchboard_index::Manifest,
+    failures: &[kb::SourceFailure],
+) -> String {
+    let fetch_errors = failures.iter().map(|f| ReportedError {
+        source: f.source.clone(),
+        file: None,
+        reason: f.reason.to_owned(),
+        message: f.message.clone(),
+    });
+    let parse_errors = manifest.sources.iter().flat_map(|source| {
+        source.errors.iter().map(|issue| ReportedError {
+            source: source.name.clone(),
+            file: Some(issue.item.clone()),
+            reason: "ParseFailed".to_owned(),
+            message: issue.reason.clone(),
         })
-        .collect();
+    });
     termination_report(
         kb::generation_number(&manifest.generation).unwrap_or(0),
         manifest.documents,
         manifest.chunks,
-        errors,
+        fetch_errors.chain(parse_errors).collect(),
     )
 }
 
-/// See [`manifest_report`]; `errors` are (source, file, reason).
+/// See [`manifest_report`].
 fn termination_report(
     generation: i64,
     documents: usize,
     chunks: usize,
-    errors: Vec<(String, String, String)>,
+    errors: Vec<ReportedError>,
 ) -> String {
     let errors: Vec<serde_json::Value> = errors
         .into_iter()
-        .map(|(source, file, message)| {
-            serde_json::json!({"source": source, "file": file, "reason": "ParseFailed", "message": message})
+        .map(|e| {
+            let mut v =
+                serde_json::json!({"source": e.source, "reason": e.reason, "message": e.message});
+            if let Some(file) = e.file {
+                v["file"] = serde_json::Value::String(file);
+            }
+            v
         })
         .collect();
     let total = errors.len();
@@ -259,20 +386,36 @@ mod tests {
             7,
             12,
             40,
-            vec![("pdf".into(), "broken.pdf".into(), "not a PDF".into())],
+            vec![
+                ReportedError {
+                    source: "wiki".into(),
+                    file: None,
+                    reason: "DigestMismatch".into(),
+                    message: "sha256 differs".into(),
+                },
+                ReportedError {
+                    source: "pdf".into(),
+                    file: Some("broken.pdf".into()),
+                    reason: "ParseFailed".into(),
+                    message: "not a PDF".into(),
+                },
+            ],
         ))
         .unwrap();
         assert_eq!(small["generation"], 7);
         assert_eq!(small["chunks"], 40);
-        assert_eq!(small["sourceErrors"][0]["file"], "broken.pdf");
+        // A source-level failure names no file; a file-level one does.
+        assert_eq!(small["sourceErrors"][0]["reason"], "DigestMismatch");
+        assert!(small["sourceErrors"][0].get("file").is_none());
+        assert_eq!(small["sourceErrors"][1]["file"], "broken.pdf");
+        assert_eq!(small["sourceErrors"][1]["reason"], "ParseFailed");
 
-        let many: Vec<(String, String, String)> = (0..500)
-            .map(|i| {
-                (
-                    "tickets".into(),
-                    format!("ticket {i}"),
-                    "resolution too short".into(),
-                )
+        let many: Vec<ReportedError> = (0..500)
+            .map(|i| ReportedError {
+                source: "tickets".into(),
+                file: Some(format!("ticket {i}")),
+                reason: "ParseFailed".into(),
+                message: "resolution too short".into(),
             })
             .collect();
         let report = termination_report(8, 1, 1, many);
