@@ -196,6 +196,9 @@ pub mod conditions {
         pub const PAUSED: &str = "Paused";
         /// Not enough samples yet for a decision.
         pub const INSUFFICIENT_SAMPLES: &str = "InsufficientSamples";
+        /// A guardrail's estimate is above its margin but the evidence is not yet conclusive: the
+        /// step holds (neither advances nor rolls back) until it is.
+        pub const RISE_NOT_RULED_OUT: &str = "RiseNotRuledOut";
         /// More adapters on one base model than the stacking limit.
         pub const TOO_MANY_ADAPTERS: &str = "TooManyAdapters";
         /// The metrics backend could not be queried.

@@ -478,3 +478,104 @@ fn a_large_rise_on_a_small_canary_is_caught_at_min_samples() {
     let out = calm.tick(11);
     assert_eq!(out.status.phase, AdapterPhase::Canary);
 }
+
+#[test]
+fn a_rise_the_evidence_cannot_yet_prove_holds_the_step_until_it_can() {
+    // Like the end-to-end story's canary (it was promoted at 39/51 vs 1/28 escalations): with
+    // one baseline event the always-valid interval still reaches below the 5% margin, so it is
+    // no breach yet — but an estimate of +1,600% must not walk the canary on either.
+    let small = |version: &str, sha: &str| {
+        let mut s = spec(version, sha);
+        s.guardrails[0].min_samples = 15;
+        s
+    };
+    let observe = |baseline: (u64, u64), candidate: (u64, u64)| {
+        BTreeMap::from([(
+            Metric::EscalationRate,
+            Ok(ArmObservation {
+                baseline: Counts::new(baseline.0, baseline.1).unwrap(),
+                candidate: Counts::new(candidate.0, candidate.1).unwrap(),
+            }),
+        )])
+    };
+    let mut w = World::new(small("1.0.0", V1));
+    w.tick(0);
+    w.spec = small("1.1.0", V2);
+    w.tick(0);
+    w.tick(10);
+    assert_eq!(w.status.phase, AdapterPhase::Canary);
+    let step_started = w.status.step_started_at.clone();
+
+    // Past the step's 10 minutes: held, not advanced, and status says why.
+    w.observations = observe((1, 30), (25, 45));
+    let out = w.tick(30);
+    assert_eq!(out.status.phase, AdapterPhase::Canary);
+    assert_eq!(out.status.current_step, Some(0));
+    assert_eq!(out.status.step_started_at, step_started);
+    let analysis = out.status.last_analysis.clone().unwrap();
+    assert_eq!(analysis.decision, AnalysisDecision::Wait);
+    let c = find_condition(&out.status.conditions, conditions::GUARDRAILS_HEALTHY).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("Unknown", reasons::RISE_NOT_RULED_OUT),
+        "{}",
+        c.message
+    );
+    assert!(!analysis.guardrails[0].breached, "{analysis:?}");
+
+    // More of the same traffic proves it: rolled back.
+    w.observations = observe((3, 60), (80, 105));
+    let out = w.tick(32);
+    assert_eq!(
+        out.status.phase,
+        AdapterPhase::RolledBack,
+        "{:?}",
+        out.status.last_analysis
+    );
+
+    // An estimate back within the margin lets the step finish as before.
+    let mut calm = World::new(small("1.0.0", V1));
+    calm.tick(0);
+    calm.spec = small("1.1.0", V2);
+    calm.tick(0);
+    calm.tick(10);
+    calm.observations = observe((14, 40), (13, 40));
+    let out = calm.tick(30);
+    assert_eq!(out.status.phase, AdapterPhase::Canary);
+    assert_eq!(
+        out.status.current_step,
+        Some(1),
+        "{:?}",
+        out.status.last_analysis
+    );
+}
+
+#[test]
+fn the_end_to_end_storys_promoted_canary_is_rolled_back() {
+    // 1.1.0 escalated 39 of 51 answers, 1.0.0 1 of 28 (minSamples 15): promoted by the first
+    // green run of the story, when τ was planned on the stable arm's observed 3.6% rate.
+    let small = |version: &str, sha: &str| {
+        let mut s = spec(version, sha);
+        s.guardrails[0].min_samples = 15;
+        s
+    };
+    let mut w = World::new(small("1.0.0", V1));
+    w.tick(0);
+    w.spec = small("1.1.0", V2);
+    w.tick(0);
+    w.tick(10);
+    w.observations = BTreeMap::from([(
+        Metric::EscalationRate,
+        Ok(ArmObservation {
+            baseline: Counts::new(1, 28).unwrap(),
+            candidate: Counts::new(39, 51).unwrap(),
+        }),
+    )]);
+    let out = w.tick(11);
+    assert_eq!(
+        out.status.phase,
+        AdapterPhase::RolledBack,
+        "{:?}",
+        out.status.last_analysis
+    );
+}

@@ -29,6 +29,10 @@ use switchboard_crds::{
 /// How often a rollout in progress is re-evaluated when nothing else is due sooner.
 pub const ANALYSIS_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The event rate the guardrail test's mixing parameter τ is planned for (with `minSamples` trials
+/// per arm): a typical escalation rate. Fixed, never taken from the counts being tested.
+pub const GUARDRAIL_PLANNING_RATE: f64 = 0.15;
+
 /// Result of the controller's artifact check of the spec's version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ArtifactCheck {
@@ -671,16 +675,14 @@ impl Machine<'_> {
                 (flip(obs.baseline), flip(obs.candidate))
             };
             // The mixture's τ is tuned for the sample at which a decision is first allowed
-            // (`minSamples` per arm) at the stable version's rate: with the library default
-            // (tuned for ~9,000 trials per arm) the always-valid interval at a few dozen trials is
-            // so wide that even a tenfold rise reads as inconclusive and the canary walks on.
-            // The stable version's rate is not the quantity under test (the ratio is), so using
-            // it as the planning rate keeps the test honest; 15% when it has no data yet.
-            let planning_rate = baseline
-                .rate()
-                .filter(|r| *r > 0.0 && *r < 1.0)
-                .unwrap_or(0.15)
-                .clamp(0.01, 0.99);
+            // (`minSamples` per arm): with the library default (tuned for ~9,000 trials per arm)
+            // the always-valid interval at a few dozen trials is so wide that even a tenfold rise
+            // reads as inconclusive and the canary walks on. τ must be fixed before the data (a
+            // τ chosen from the counts under test breaks the mixture's martingale, hence its
+            // error guarantee), so the planning rate is a constant, not the stable version's
+            // observed rate; the interval's width is flat near the optimal τ, so a planning rate
+            // off by a factor of a few costs little power (docs/statistics.md).
+            let planning_rate = GUARDRAIL_PLANNING_RATE;
             let policy = GuardrailPolicy::new(g.max_relative_increase.fraction()).and_then(|p| {
                 let p = GuardrailPolicy {
                     alpha: 1.0 - g.confidence.fraction(),
@@ -725,6 +727,23 @@ impl Machine<'_> {
                     hold.get_or_insert((
                         reasons::INSUFFICIENT_SAMPLES,
                         format!("{metric}: {}", evaluation.message),
+                    ));
+                }
+                // Inconclusive with the estimate above the margin: not proven worse (no
+                // rollback: that needs the always-valid interval above the margin), but not
+                // allowed to advance either — a canary escalating 39/51 against 1/28 must not
+                // walk its steps just because a one-event baseline leaves the interval wide.
+                // More data either breaches or brings the estimate back within the margin.
+                GuardrailDecision::Hold
+                    if evaluation.reason == GuardrailReason::Inconclusive
+                        && ev.relative_change.is_some_and(|change| change > ev.margin) =>
+                {
+                    hold.get_or_insert((
+                        reasons::RISE_NOT_RULED_OUT,
+                        format!(
+                            "{metric}: {}; holding the step until the evidence breaches or clears the margin",
+                            evaluation.message
+                        ),
                     ));
                 }
                 GuardrailDecision::Hold | GuardrailDecision::Pass => {}
