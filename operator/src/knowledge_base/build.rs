@@ -40,6 +40,9 @@ pub const MANIFEST_FILE: &str = "knowledgebase.json";
 pub const SOURCES_DIR: &str = "/etc/switchboard/sources";
 /// Scratch space of the build pod (HTTP sources are fetched there).
 pub const SCRATCH_DIR: &str = "/tmp";
+/// Longest an index build may run, pod start included (6 h: embedding a large KB on CPU takes
+/// hours; a pod stuck before it starts fails the build instead of holding it forever).
+pub const BUILD_DEADLINE_SECONDS: i64 = 6 * 3600;
 /// Builds kept (older finished Jobs are deleted).
 pub const JOBS_KEPT: usize = 3;
 
@@ -293,6 +296,10 @@ impl KbChildren<'_> {
             ),
             spec: Some(JobSpec {
                 backoff_limit: Some(2),
+                // A pod that can never start (a ConfigMap or claim deleted after the Job was
+                // created, an unpullable image) would otherwise keep the build "Running"
+                // forever; past the deadline the Job fails and the status says so.
+                active_deadline_seconds: Some(BUILD_DEADLINE_SECONDS),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(pod_labels),
@@ -531,7 +538,10 @@ mod tests {
             (owner.kind.as_str(), owner.controller),
             ("KnowledgeBase", Some(true))
         );
-        let pod = job.spec.unwrap().template.spec.unwrap();
+        let job_spec = job.spec.unwrap();
+        // A pod that never starts fails the build at the deadline instead of hanging it.
+        assert_eq!(job_spec.active_deadline_seconds, Some(6 * 3600));
+        let pod = job_spec.template.spec.unwrap();
         let args = pod.containers[0].args.clone().unwrap();
         assert_eq!(
             args,
