@@ -110,7 +110,7 @@ pub struct Helpdesk {
     tally: Arc<Mutex<Tally>>,
     recent: Arc<Mutex<Vec<Ticket>>>,
     errors: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Helpdesk {
@@ -121,49 +121,58 @@ impl std::fmt::Debug for Helpdesk {
     }
 }
 
+/// Customers the helpdesk serves at once (a helpdesk has many customers waiting; two keep the
+/// runtime's retrieval and generation busy at the same time on a small machine).
+pub const CONCURRENT_CUSTOMERS: u64 = 2;
+
 impl Helpdesk {
-    /// Starts sending tickets to `runtime` one after another (a failed call is recorded and
-    /// retried after a pause: a runtime that is reloading may refuse briefly).
+    /// Starts [`CONCURRENT_CUSTOMERS`] customers, each sending tickets to `runtime` one after
+    /// another (a failed call is recorded and retried after a pause: a runtime that is reloading
+    /// may refuse briefly).
     pub fn start(runtime: SocketAddr, seed: u64, escalation: EscalationModel) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Mutex::new(Tally::new()));
         let recent = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, tally, recent, errors) =
-                (stop.clone(), tally.clone(), recent.clone(), errors.clone());
-            std::thread::spawn(move || {
-                let mut rng = Rng::new(seed);
-                let mut customer = seed.wrapping_mul(1_000_003);
-                while !stop.load(Ordering::Relaxed) {
-                    customer += 1;
-                    match ticket(runtime, customer, &mut rng, &escalation) {
-                        Ok(t) => {
-                            let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-                            let entry = tally
-                                .entry(t.adapter_version.clone().unwrap_or_default())
-                                .or_default();
-                            entry.0 += 1;
-                            entry.1 += u64::from(t.escalated);
-                            let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
-                            recent.push(t);
-                            let excess = recent.len().saturating_sub(200);
-                            recent.drain(..excess);
-                        }
-                        Err(e) => {
-                            errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
-                            std::thread::sleep(Duration::from_millis(500));
+        let threads = (0..CONCURRENT_CUSTOMERS)
+            .map(|lane| {
+                let (stop, tally, recent, errors) =
+                    (stop.clone(), tally.clone(), recent.clone(), errors.clone());
+                let escalation = escalation.clone();
+                std::thread::spawn(move || {
+                    let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(lane));
+                    // Lanes number their customers apart: unit ids never collide.
+                    let mut customer = seed.wrapping_mul(1_000_003) + lane * 1_000_000_000;
+                    while !stop.load(Ordering::Relaxed) {
+                        customer += 1;
+                        match ticket(runtime, customer, &mut rng, &escalation) {
+                            Ok(t) => {
+                                let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+                                let entry = tally
+                                    .entry(t.adapter_version.clone().unwrap_or_default())
+                                    .or_default();
+                                entry.0 += 1;
+                                entry.1 += u64::from(t.escalated);
+                                let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+                                recent.push(t);
+                                let excess = recent.len().saturating_sub(200);
+                                recent.drain(..excess);
+                            }
+                            Err(e) => {
+                                errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                                std::thread::sleep(Duration::from_millis(500));
+                            }
                         }
                     }
-                }
+                })
             })
-        };
+            .collect();
         Self {
             stop,
             tally,
             recent,
             errors,
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -188,10 +197,10 @@ impl Helpdesk {
             .clone()
     }
 
-    /// Stops after the ticket in progress.
+    /// Stops after the tickets in progress.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }

@@ -233,7 +233,13 @@ pub struct Story {
     operator_metrics: SocketAddr,
     /// Work folder.
     pub work: WorkDir,
+    /// Held for the story's life: stories run one at a time (each loads two models and runs
+    /// four processes; side by side on a small machine they starve each other's traffic).
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One story at a time per test binary.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Checks the story's prerequisites: models (hack/setup.sh models) and Prometheus (tools).
 pub fn prerequisites() -> Result<(), String> {
@@ -265,6 +271,7 @@ impl Story {
     /// the Router and KnowledgeBase exist, no AdapterPatch yet.
     pub async fn start(name: &str) -> Self {
         prerequisites().unwrap_or_else(|e| panic!("{e}"));
+        let serial = SERIAL.lock().await;
         let work = WorkDir::new(name);
         let root = workspace_root();
         let (runtime_bin, operator_bin) = tokio::task::spawn_blocking(|| {
@@ -359,6 +366,7 @@ impl Story {
             operator_bin,
             operator_metrics,
             work,
+            _serial: serial,
         };
         story.start_operator();
         story

@@ -164,7 +164,6 @@ async fn roll_out_candidate(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not green yet: first run (2026-11-27) promoted 1.1.0 at 36/55 vs 2/36 escalations (guardrail mixture tuned for ~9k trials; fixed in e2bb79f+, unit test a_large_rise_on_a_small_canary_is_caught_at_min_samples); the rerun under load ~10 held at canary step 1 for the whole timeout, cause not diagnosed"]
 async fn a_canary_whose_escalations_rise_is_rolled_back() {
     let story = Story::start("rollback").await;
     let plan = RolloutPlan {
@@ -306,7 +305,6 @@ fn assert_steps_walked_once(timeline: &Timeline, steps: usize, min_step_seconds:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not green yet: held at canary step 1 (25%) for the 5 min timeout in two runs on 2026-11-27 under load ~10 (escalation rates raised to 45%/35% since, so minExpectedEvents is reachable); cause not diagnosed: samples per arm or a metrics hold"]
 async fn a_healthy_canary_walks_its_steps_and_is_promoted() {
     let story = Story::start("promote").await;
     let timeline = Timeline::start(&story);
@@ -362,7 +360,6 @@ async fn a_healthy_canary_walks_its_steps_and_is_promoted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not green yet: held at canary step 1 (25%) for the 5 min timeout in two runs on 2026-11-27 under load ~10 (escalation rates raised to 45%/35% since, so minExpectedEvents is reachable); cause not diagnosed: samples per arm or a metrics hold"]
 async fn an_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_step() {
     let mut story = Story::start("restart").await;
     let timeline = Timeline::start(&story);
