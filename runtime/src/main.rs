@@ -217,7 +217,7 @@ fn index(args: &serve::KbArgs, options: &IndexOptions) -> Result<()> {
     };
     let spec = kb::index_spec_with(&loaded.kb, &roots)?;
     let keep = loaded.kb.spec.keep_generations.max(2) as usize;
-    let report = build_and_publish(&loaded, &spec, options.publish, keep)?;
+    let report = serve::build_and_publish(&loaded, &spec, options.publish, keep)?;
     serve::print_report(&report);
     for failure in &failures {
         println!(
@@ -255,39 +255,6 @@ impl Drop for Scratch {
             tracing::warn!(dir = %self.0.display(), %error, "removing the scratch folder failed");
         }
     }
-}
-
-/// Builds a generation of `spec` (reusing unchanged sources) and publishes it, as
-/// `serve::build_and_publish` does for a spec without fetched or mounted sources.
-fn build_and_publish(
-    loaded: &serve::Loaded,
-    spec: &switchboard_index::IndexSpec,
-    publish: bool,
-    keep: usize,
-) -> Result<switchboard_index::BuildReport> {
-    let report = switchboard_index::build(
-        spec,
-        &loaded.store,
-        loaded.embedder.as_ref(),
-        &switchboard_index::BuildOptions {
-            embed_batch: 64,
-            reuse: true,
-        },
-    )
-    .with_context(|| {
-        format!(
-            "building an index of KnowledgeBase {}",
-            kb::name(&loaded.kb)
-        )
-    })?;
-    if publish {
-        loaded.store.publish(&report.manifest.generation)?;
-        let pruned = loaded.store.prune(keep.max(2))?;
-        if !pruned.is_empty() {
-            tracing::info!(?pruned, "pruned old index generations");
-        }
-    }
-    Ok(report)
 }
 
 /// Longest termination message Kubernetes keeps.

@@ -85,11 +85,16 @@ impl KbArgs {
     }
 }
 
-/// Builds a generation of `loaded.kb` (reusing unchanged sources) and publishes it.
-pub fn build_and_publish(loaded: &Loaded, publish: bool, keep: usize) -> Result<BuildReport> {
-    let spec = kb::index_spec(&loaded.kb, &loaded.base)?;
+/// Builds a generation of `spec` (the index spec of `loaded.kb`, reusing unchanged sources) and,
+/// with `publish`, publishes it and prunes to `keep` generations.
+pub fn build_and_publish(
+    loaded: &Loaded,
+    spec: &switchboard_index::IndexSpec,
+    publish: bool,
+    keep: usize,
+) -> Result<BuildReport> {
     let report = switchboard_index::build(
-        &spec,
+        spec,
         &loaded.store,
         loaded.embedder.as_ref(),
         &BuildOptions {
@@ -273,8 +278,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded> {
         let loaded = kb_args.load()?;
         if !no_build {
+            let spec = kb::index_spec(&loaded.kb, &loaded.base)?;
             let report = build_and_publish(
                 &loaded,
+                &spec,
                 true,
                 loaded.kb.spec.keep_generations.max(2) as usize,
             )?;
