@@ -68,6 +68,17 @@ fn breached() -> Observations {
     )])
 }
 
+/// Escalation counts (events, trials) of the baseline and the candidate.
+fn escalations(baseline: (u64, u64), candidate: (u64, u64)) -> Observations {
+    BTreeMap::from([(
+        Metric::EscalationRate,
+        Ok(ArmObservation {
+            baseline: Counts::new(baseline.0, baseline.1).unwrap(),
+            candidate: Counts::new(candidate.0, candidate.1).unwrap(),
+        }),
+    )])
+}
+
 struct World {
     spec: AdapterPatchSpec,
     annotations: BTreeMap<String, String>,
@@ -105,6 +116,23 @@ impl World {
         }
         self.status = out.status.clone();
         out
+    }
+
+    /// A world at the start of 1.1.0's first canary step (minute 10), with `minSamples` 15:
+    /// the small samples of the end-to-end stories.
+    fn small_canary() -> Self {
+        let small = |version: &str, sha: &str| {
+            let mut s = spec(version, sha);
+            s.guardrails[0].min_samples = 15;
+            s
+        };
+        let mut w = Self::new(small("1.0.0", V1));
+        w.tick(0);
+        w.spec = small("1.1.0", V2);
+        w.tick(0);
+        w.tick(10);
+        assert_eq!(w.status.phase, AdapterPhase::Canary);
+        w
     }
 
     /// A world whose stable version is 1.0.0 and whose spec now asks for 1.1.0.
@@ -436,24 +464,8 @@ fn a_large_rise_on_a_small_canary_is_caught_at_min_samples() {
     // The end-to-end story's numbers: 1.1.0 escalated 36 of 55 answers, 1.0.0 2 of 36, with
     // minSamples 15. A mixture tuned for thousands of trials would call this inconclusive and
     // let the canary walk on.
-    let small = |version: &str, sha: &str| {
-        let mut s = spec(version, sha);
-        s.guardrails[0].min_samples = 15;
-        s
-    };
-    let mut w = World::new(small("1.0.0", V1));
-    w.tick(0);
-    w.spec = small("1.1.0", V2);
-    w.tick(0);
-    w.tick(10);
-    assert_eq!(w.status.phase, AdapterPhase::Canary);
-    w.observations = BTreeMap::from([(
-        Metric::EscalationRate,
-        Ok(ArmObservation {
-            baseline: Counts::new(2, 36).unwrap(),
-            candidate: Counts::new(36, 55).unwrap(),
-        }),
-    )]);
+    let mut w = World::small_canary();
+    w.observations = escalations((2, 36), (36, 55));
     let out = w.tick(11);
     assert_eq!(
         out.status.phase,
@@ -463,18 +475,8 @@ fn a_large_rise_on_a_small_canary_is_caught_at_min_samples() {
     );
 
     // The same small sample at equal rates does not breach.
-    let mut calm = World::new(small("1.0.0", V1));
-    calm.tick(0);
-    calm.spec = small("1.1.0", V2);
-    calm.tick(0);
-    calm.tick(10);
-    calm.observations = BTreeMap::from([(
-        Metric::EscalationRate,
-        Ok(ArmObservation {
-            baseline: Counts::new(12, 40).unwrap(),
-            candidate: Counts::new(13, 40).unwrap(),
-        }),
-    )]);
+    let mut calm = World::small_canary();
+    calm.observations = escalations((12, 40), (13, 40));
     let out = calm.tick(11);
     assert_eq!(out.status.phase, AdapterPhase::Canary);
 }
@@ -484,30 +486,11 @@ fn a_rise_the_evidence_cannot_yet_prove_holds_the_step_until_it_can() {
     // Like the end-to-end story's canary (it was promoted at 39/51 vs 1/28 escalations): with
     // one baseline event the always-valid interval still reaches below the 5% margin, so it is
     // no breach yet — but an estimate of +1,600% must not walk the canary on either.
-    let small = |version: &str, sha: &str| {
-        let mut s = spec(version, sha);
-        s.guardrails[0].min_samples = 15;
-        s
-    };
-    let observe = |baseline: (u64, u64), candidate: (u64, u64)| {
-        BTreeMap::from([(
-            Metric::EscalationRate,
-            Ok(ArmObservation {
-                baseline: Counts::new(baseline.0, baseline.1).unwrap(),
-                candidate: Counts::new(candidate.0, candidate.1).unwrap(),
-            }),
-        )])
-    };
-    let mut w = World::new(small("1.0.0", V1));
-    w.tick(0);
-    w.spec = small("1.1.0", V2);
-    w.tick(0);
-    w.tick(10);
-    assert_eq!(w.status.phase, AdapterPhase::Canary);
+    let mut w = World::small_canary();
     let step_started = w.status.step_started_at.clone();
 
     // Past the step's 10 minutes: held, not advanced, and status says why.
-    w.observations = observe((1, 30), (25, 45));
+    w.observations = escalations((1, 30), (25, 45));
     let out = w.tick(30);
     assert_eq!(out.status.phase, AdapterPhase::Canary);
     assert_eq!(out.status.current_step, Some(0));
@@ -524,7 +507,7 @@ fn a_rise_the_evidence_cannot_yet_prove_holds_the_step_until_it_can() {
     assert!(!analysis.guardrails[0].breached, "{analysis:?}");
 
     // More of the same traffic proves it: rolled back.
-    w.observations = observe((3, 60), (80, 105));
+    w.observations = escalations((3, 60), (80, 105));
     let out = w.tick(32);
     assert_eq!(
         out.status.phase,
@@ -534,12 +517,8 @@ fn a_rise_the_evidence_cannot_yet_prove_holds_the_step_until_it_can() {
     );
 
     // An estimate back within the margin lets the step finish as before.
-    let mut calm = World::new(small("1.0.0", V1));
-    calm.tick(0);
-    calm.spec = small("1.1.0", V2);
-    calm.tick(0);
-    calm.tick(10);
-    calm.observations = observe((14, 40), (13, 40));
+    let mut calm = World::small_canary();
+    calm.observations = escalations((14, 40), (13, 40));
     let out = calm.tick(30);
     assert_eq!(out.status.phase, AdapterPhase::Canary);
     assert_eq!(
@@ -554,23 +533,8 @@ fn a_rise_the_evidence_cannot_yet_prove_holds_the_step_until_it_can() {
 fn the_end_to_end_storys_promoted_canary_is_rolled_back() {
     // 1.1.0 escalated 39 of 51 answers, 1.0.0 1 of 28 (minSamples 15): promoted by the first
     // green run of the story, when τ was planned on the stable arm's observed 3.6% rate.
-    let small = |version: &str, sha: &str| {
-        let mut s = spec(version, sha);
-        s.guardrails[0].min_samples = 15;
-        s
-    };
-    let mut w = World::new(small("1.0.0", V1));
-    w.tick(0);
-    w.spec = small("1.1.0", V2);
-    w.tick(0);
-    w.tick(10);
-    w.observations = BTreeMap::from([(
-        Metric::EscalationRate,
-        Ok(ArmObservation {
-            baseline: Counts::new(1, 28).unwrap(),
-            candidate: Counts::new(39, 51).unwrap(),
-        }),
-    )]);
+    let mut w = World::small_canary();
+    w.observations = escalations((1, 28), (39, 51));
     let out = w.tick(11);
     assert_eq!(
         out.status.phase,
