@@ -6,6 +6,9 @@
 //! docs/metrics.md -> a second runtime using the first as its large model.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod support;
+use support::{root, runtime_cmd};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,10 +20,6 @@ use sha2::{Digest, Sha256};
 use switchboard_crds::runtime_config::RuntimeConfig;
 use switchboard_policy::{Claims, TokenKeys, Variant};
 use switchboard_proto::v1::{AnswerRequest, FeedbackRequest, assistant_client::AssistantClient};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -80,18 +79,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn runtime_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-runtime"));
-    cmd.current_dir(root())
-        .env(
-            "SWITCHBOARD_ENCODER",
-            root().join(".cache/models/all-MiniLM-L6-v2"),
-        )
-        .env("SWITCHBOARD_THREADS", "2")
-        .env("RUST_LOG", "warn");
-    cmd
 }
 
 fn hex(bytes: &[u8]) -> String {

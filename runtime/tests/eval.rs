@@ -2,14 +2,12 @@
 //! a tiny FAQ whose BM25 numbers are checked by hand, and the sample KnowledgeBase's golden set.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::root;
+
 use std::process::Command;
 
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn eval(args: &[&str]) -> Value {
     assert!(

@@ -5,29 +5,15 @@
 //! reported per source in the build report, never aborting the build.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod support;
+use support::runtime_cmd;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn runtime_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-runtime"));
-    cmd.current_dir(root())
-        .env(
-            "SWITCHBOARD_ENCODER",
-            root().join(".cache/models/all-MiniLM-L6-v2"),
-        )
-        .env("SWITCHBOARD_THREADS", "2")
-        .env("RUST_LOG", "warn");
-    cmd
-}
 
 /// Lays out `files` as kubelet projects a ConfigMap volume: the files in a timestamped hidden
 /// folder, `..data` linking to it, and one link per key into `..data`.

@@ -3,17 +3,16 @@
 //! metrics -> a newly published generation is picked up while serving -> switched back.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod support;
+use support::{root, runtime_cmd};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::v1::{RetrieveRequest, retrieval_client::RetrievalClient};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -61,18 +60,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn runtime_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-runtime"));
-    cmd.current_dir(root())
-        .env(
-            "SWITCHBOARD_ENCODER",
-            root().join(".cache/models/all-MiniLM-L6-v2"),
-        )
-        .env("SWITCHBOARD_THREADS", "2")
-        .env("RUST_LOG", "warn");
-    cmd
 }
 
 async fn retrieve(
