@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use switchboard_crds::runtime_config::AdapterRole;
-use switchboard_index::{Embedder, Passage, SearchResponse};
+use switchboard_index::{ChunkingSpec, Embedder, Passage, SearchResponse};
 use switchboard_model::chat::ChatMessage;
 use switchboard_model::generate::{GenerationConfig, Sampling};
 use switchboard_policy::hash::unit_interval;
@@ -33,6 +33,13 @@ pub const DIVERGENCE_THRESHOLD: f64 = 0.25;
 /// Characters of a passage put into the prompt (the small model's context and CPU prefill time
 /// are the budget).
 const PASSAGE_CHARS: usize = 700;
+/// Characters of an expanded section (hierarchical chunking): the retrieved paragraph with the
+/// section text around it.
+const SECTION_CHARS: usize = 1_400;
+/// Characters of passage text in the whole prompt when sections are expanded: expansions go to the
+/// best-ranked passages while every later passage keeps room for its own chunk text, so the
+/// prompt (prefill time on CPU) stays bounded at about 1,400 tokens.
+const PROMPT_PASSAGE_CHARS: usize = 5_600;
 /// Tokens allowed for a rewritten query.
 const REWRITE_TOKENS: usize = 48;
 
@@ -80,8 +87,12 @@ pub struct NumberedPassage {
     pub breadcrumb: String,
     /// Source name.
     pub source: String,
-    /// Chunk text.
+    /// Section id (`<document>#<heading>`).
+    pub section_id: String,
+    /// The text the model saw: the chunk, or with hierarchical chunking its section around it.
     pub text: String,
+    /// Whether `text` is the expanded section rather than the retrieved chunk alone.
+    pub expanded: bool,
     /// Final retrieval score.
     pub score: f32,
 }
@@ -171,25 +182,87 @@ pub fn grounded_messages(passages: &[NumberedPassage], query: &str) -> Vec<ChatM
 }
 
 fn truncate_chars(text: &str, max: usize) -> String {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = collapse_whitespace(text);
     match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text,
     }
 }
 
-fn numbered(passages: &[Passage]) -> Vec<NumberedPassage> {
+/// `text` with runs of whitespace collapsed to one space.
+fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Up to `max` characters of `section` around `chunk` (both whitespace-collapsed): the whole
+/// section when it fits, else a window with the chunk in the middle, `…` marking each cut. A chunk
+/// not found verbatim (a word window cut inside a paragraph) gets the section's beginning.
+fn section_window(section: &str, chunk: &str, max: usize) -> String {
+    let section = collapse_whitespace(section);
+    let total = section.chars().count();
+    if total <= max {
+        return section;
+    }
+    let chunk = collapse_whitespace(chunk);
+    let chunk_chars = chunk.chars().count();
+    let start = section.find(&chunk).map_or(0, |byte| {
+        let at = section[..byte].chars().count();
+        at.saturating_sub(max.saturating_sub(chunk_chars) / 2)
+    });
+    let start = start.min(total - max);
+    let window: String = section.chars().skip(start).take(max).collect();
+    let mut out = String::with_capacity(window.len() + 6);
+    if start > 0 {
+        out.push('…');
+    }
+    out.push_str(&window);
+    if start + max < total {
+        out.push('…');
+    }
+    out
+}
+
+/// The prompt's numbered passages. With `expand_sections` (the generation was chunked
+/// hierarchically) a passage carries its section around the retrieved paragraph, once per section
+/// and within [`PROMPT_PASSAGE_CHARS`]; otherwise, and beyond the budget, the chunk text.
+fn numbered(passages: &[Passage], expand_sections: bool) -> Vec<NumberedPassage> {
+    let chunks: Vec<String> = passages
+        .iter()
+        .map(|p| truncate_chars(&p.text, PASSAGE_CHARS))
+        .collect();
+    let lengths: Vec<usize> = chunks.iter().map(|c| c.chars().count()).collect();
+    let mut expanded_sections = std::collections::HashSet::new();
+    let mut used = 0;
     passages
         .iter()
+        .zip(chunks)
         .enumerate()
-        .map(|(i, p)| NumberedPassage {
-            index: i + 1,
-            chunk_id: p.chunk_id.clone(),
-            document_id: p.doc_id.clone(),
-            breadcrumb: p.breadcrumb.clone(),
-            source: p.source.clone(),
-            text: truncate_chars(&p.text, PASSAGE_CHARS),
-            score: p.scores.final_score,
+        .map(|(i, (p, chunk))| {
+            // Room kept for the chunk text of every later passage.
+            let reserved: usize = lengths[i + 1..].iter().sum();
+            let section = (expand_sections && !expanded_sections.contains(&p.section_id))
+                .then(|| section_window(&p.section_text, &p.text, SECTION_CHARS))
+                .filter(|s| {
+                    let chars = s.chars().count();
+                    chars > lengths[i] && used + chars + reserved <= PROMPT_PASSAGE_CHARS
+                });
+            let expanded = section.is_some();
+            let text = section.unwrap_or(chunk);
+            if expanded {
+                expanded_sections.insert(p.section_id.clone());
+            }
+            used += text.chars().count();
+            NumberedPassage {
+                index: i + 1,
+                chunk_id: p.chunk_id.clone(),
+                document_id: p.doc_id.clone(),
+                breadcrumb: p.breadcrumb.clone(),
+                source: p.source.clone(),
+                section_id: p.section_id.clone(),
+                text,
+                expanded,
+                score: p.scores.final_score,
+            }
         })
         .collect()
 }
@@ -332,6 +405,11 @@ pub async fn answer(
             .unwrap_or_else(|| Arc::clone(&active.retriever)),
         _ => Arc::clone(&active.retriever),
     };
+    // Hierarchical chunking retrieves paragraphs and grounds on their sections.
+    let hierarchical = matches!(
+        retriever.generation().manifest.chunking,
+        ChunkingSpec::Hierarchical { .. }
+    );
     let search = active
         .retrieval
         .retrieve_on(
@@ -344,7 +422,7 @@ pub async fn answer(
         .await?;
     let retrieve_seconds = t.elapsed().as_secs_f64();
     let retrieval_failed = search.failure.is_some() || search.passages.is_empty();
-    let passages = numbered(&search.passages);
+    let passages = numbered(&search.passages, hierarchical);
 
     // 4. Route.
     let features = QueryFeatures::extract(
@@ -780,7 +858,9 @@ mod tests {
                 document_id: "d1".into(),
                 breadcrumb: "[Refunds > Timing]".into(),
                 source: "policies".into(),
+                section_id: "d1#timing".into(),
                 text: "Refunds are issued within 5 business days.".into(),
+                expanded: false,
                 score: 0.9,
             },
             NumberedPassage {
@@ -789,7 +869,9 @@ mod tests {
                 document_id: "d2".into(),
                 breadcrumb: "[Shipping]".into(),
                 source: "guides".into(),
+                section_id: "d2#shipping".into(),
                 text: "Orders ship in 2 days.".into(),
+                expanded: false,
                 score: 0.5,
             },
         ];
@@ -813,5 +895,77 @@ mod tests {
         assert_eq!(cut.chars().count(), PASSAGE_CHARS + 1);
         assert!(cut.ends_with('…'));
         assert_eq!(truncate_chars("a  b\n c", 10), "a b c");
+    }
+    fn passage(chunk: &str, section_id: &str, section: &str) -> Passage {
+        Passage {
+            chunk_id: format!("{section_id}/{}", chunk.len()),
+            doc_id: section_id.split('#').next().unwrap_or_default().into(),
+            section_id: section_id.into(),
+            source: "policies".into(),
+            title: "Refunds".into(),
+            breadcrumb: "[Refunds > Timing]".into(),
+            text: chunk.into(),
+            section_text: section.into(),
+            last_modified: None,
+            freshness_class: "policy".into(),
+            scores: switchboard_index::StageScores::default(),
+        }
+    }
+
+    #[test]
+    fn hierarchical_chunking_grounds_the_prompt_on_the_section() {
+        let hit = "Refunds are issued within 5 business days.";
+        let section =
+            format!("Refunds go back to the original card.\n\n{hit}\n\nStore credit is instant.");
+        let passages = vec![
+            passage(hit, "refunds#timing", &section),
+            passage("Store credit is instant.", "refunds#timing", &section),
+            passage(
+                "Orders ship in 2 days.",
+                "shipping#when",
+                "Orders ship in 2 days.",
+            ),
+        ];
+
+        let expanded = numbered(&passages, true);
+        assert!(expanded[0].expanded);
+        assert_eq!(
+            expanded[0].text,
+            format!("Refunds go back to the original card. {hit} Store credit is instant.")
+        );
+        // The section is in the prompt once: the second hit in it keeps its own paragraph.
+        assert!(!expanded[1].expanded);
+        assert_eq!(expanded[1].text, "Store credit is instant.");
+        // A section no longer than its chunk is not an expansion.
+        assert!(!expanded[2].expanded);
+
+        // Fixed chunking: the chunk alone.
+        let fixed = numbered(&passages, false);
+        assert!(fixed.iter().all(|p| !p.expanded));
+        assert_eq!(fixed[0].text, hit);
+    }
+
+    #[test]
+    fn a_long_section_is_a_window_around_the_hit_and_the_prompt_stays_bounded() {
+        let hit = "The refund window for annual plans is 30 days.";
+        let before = "Earlier paragraph text. ".repeat(200);
+        let after = "Later paragraph text. ".repeat(200);
+        let section = format!("{before}\n\n{hit}\n\n{after}");
+        let window = section_window(&section, hit, SECTION_CHARS);
+        assert!(window.contains(hit), "{window}");
+        assert!(window.starts_with('…') && window.ends_with('…'), "{window}");
+        assert_eq!(window.chars().count(), SECTION_CHARS + 2);
+
+        // Ten hits in ten long sections: expansions go to the best-ranked ones and the whole
+        // prompt stays within its budget.
+        let passages: Vec<Passage> = (0..10)
+            .map(|i| passage(hit, &format!("doc{i}#s"), &section))
+            .collect();
+        let numbered = numbered(&passages, true);
+        let total: usize = numbered.iter().map(|p| p.text.chars().count()).sum();
+        assert!(total <= PROMPT_PASSAGE_CHARS, "{total}");
+        assert!(numbered[0].expanded && numbered[1].expanded);
+        assert!(!numbered[9].expanded);
+        assert!(numbered.iter().all(|p| p.text.contains(hit)));
     }
 }
