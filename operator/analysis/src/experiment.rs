@@ -303,6 +303,18 @@ impl CupedMoments {
     }
 }
 
+/// One arm's CUPED input: the sums over its units of (y, x), and how many units had a
+/// pre-period covariate (the others carry the pooled mean covariate, which neither helps nor
+/// biases the adjustment).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CupedArm {
+    /// Sums over the arm's units.
+    pub moments: CupedMoments,
+    /// Units that had pre-period data.
+    pub units_with_covariate: u64,
+}
+
 /// CUPED result: the adjusted comparison next to the unadjusted one.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -31,7 +31,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use experiment::{
-    CupedEstimate, CupedMoments, Estimate, Moments, RatioMoments, SampleRatioMismatch,
+    CupedArm, CupedEstimate, CupedMoments, Estimate, Moments, RatioMoments, SampleRatioMismatch,
     cuped_difference, difference_of_means, difference_of_proportions, difference_of_ratios,
     sample_ratio_mismatch,
 };

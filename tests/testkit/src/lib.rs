@@ -1,9 +1,12 @@
 //! Test harness for Switchboard's controller and end-to-end tiers (docs/testing.md):
 //! - [`apiserver`]: a stand-in Kubernetes API server in the test process;
 //! - [`prometheus`]: the real Prometheus binary scraping test processes;
-//! - [`process`]: workspace binaries as child processes, logs shown on failure.
+//! - [`process`]: workspace binaries as child processes, logs shown on failure;
+//! - [`postgres`]: a real PostgreSQL server (the outcome store's cluster database);
+//! - [`registry`]: a real OCI registry (`oci://` adapter artifacts).
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod postgres;
 pub mod process;
 pub mod prometheus;
