@@ -96,6 +96,13 @@ pub struct SmallModelConfig {
     pub max_active_adapters: i32,
     /// Generation limit per answer.
     pub max_new_tokens: i32,
+    /// Answers admitted to the small model at once (generating or waiting); more are refused.
+    #[serde(default = "default_small_max_queue_depth")]
+    pub max_queue_depth: i32,
+}
+
+fn default_small_max_queue_depth() -> i32 {
+    16
 }
 
 /// What an adapter entry is for.
@@ -362,13 +369,18 @@ impl Validate for RuntimeConfig {
             "must not be empty",
         );
         e.check(
-            (1..=32).contains(&small.max_active_adapters),
-            "smallModel.maxActiveAdapters",
-            "must be between 1 and 32",
+            small.max_queue_depth >= 1,
+            "smallModel.maxQueueDepth",
+            "must be at least 1",
+        );
         );
         e.check(
             small.max_new_tokens >= 1,
             "smallModel.maxNewTokens",
+        e.check(
+            (1..=32).contains(&small.max_active_adapters),
+            "smallModel.maxActiveAdapters",
+            "must be between 1 and 32",
             "must be at least 1",
         );
 

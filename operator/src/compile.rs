@@ -182,6 +182,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
             model: spec.small_model.model.clone(),
             max_active_adapters: spec.small_model.max_active_adapters,
             max_new_tokens: spec.generation.max_new_tokens,
+            max_queue_depth: spec.small_model.max_queue_depth,
         },
         adapters,
         large_model: LargeModelConfig {

@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use switchboard_crds::runtime_config::AdapterRole;
 use switchboard_index::{ChunkingSpec, Embedder, Passage, SearchResponse};
+use switchboard_model::ModelError;
 use switchboard_model::chat::ChatMessage;
 use switchboard_model::generate::{GenerationConfig, Sampling};
 use switchboard_policy::hash::unit_interval;
@@ -22,6 +23,8 @@ use switchboard_policy::{
     RouteDecision, RouteInput, ServingPlan, TokenError, Variant, check_citations, cosine_distance,
     decide, enrol, is_refusal, new_interaction_id, rewrite_prompt, should_rewrite,
 };
+
+use switchboard_store::{Interaction, Recorded};
 
 use crate::engine::{Active, Engine, LargeTarget, adapter_id};
 use crate::openai::Message;
@@ -302,6 +305,14 @@ fn internal(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(e.to_string())
 }
 
+/// A model's error as the service reports it: a full queue is shed load (429), not a failure.
+fn generation_error(e: ModelError) -> ServiceError {
+    match e {
+        ModelError::Overloaded { .. } => ServiceError::Overloaded(e.to_string()),
+        other => internal(other),
+    }
+}
+
 /// Generation of the answer.
 struct Generated {
     text: String,
@@ -433,6 +444,7 @@ pub async fn answer(
     let difficulty = DifficultyModel::default().estimate(features);
     let large_depth = engine.large_queue_depth();
     metrics.large_queue_depth(router, large_depth);
+    metrics.generation_queue("small", active.small.queue_depth());
     let route = decide(&RouteInput {
         difficulty: difficulty.score,
         threshold: overrides
@@ -509,7 +521,13 @@ pub async fn answer(
         None
     } else {
         let t = Instant::now();
-        let g = generate(&active, route, &messages, max_new_tokens, adapter.as_ref()).await?;
+        let g = generate(&active, route, &messages, max_new_tokens, adapter.as_ref())
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ServiceError::Overloaded(_)) {
+                    metrics.generation_shed("small");
+                }
+            })?;
         generate_seconds = t.elapsed().as_secs_f64();
         Some(g)
     };
@@ -574,12 +592,41 @@ pub async fn answer(
         );
     }
 
-    // 9. Token and provenance.
+    // 9. Token and provenance; the interaction is stored before the token leaves, so feedback
+    // reaching any replica finds it.
     let iat = now_secs();
+    let exp = iat + engine.token_ttl().as_secs().max(1);
+    let stored = Interaction {
+        id: id.clone(),
+        created_at: i64::try_from(iat).unwrap_or(i64::MAX),
+        expires_at: i64::try_from(exp).unwrap_or(i64::MAX),
+        unit: unit.map(str::to_owned),
+        variant: variant.clone(),
+        kb_generation: search.generation.clone(),
+        config_revision: config.revision.clone(),
+        route_reason: route_reason.clone(),
+        query: request.query.clone(),
+        rewritten_query: rewritten.clone(),
+        answer: text.clone(),
+        refused,
+        invalid_citation: !refused && !check.is_valid(),
+        retrieval_failed,
+        best_score: search
+            .passages
+            .first()
+            .map(|p| f64::from(p.scores.final_score)),
+        cited_documents: citations.iter().map(|c| c.document_id.clone()).collect(),
+        retrieved_documents: passages.iter().map(|p| p.document_id.clone()).collect(),
+    };
+    if let Err(e) = engine.store().record_interaction(&stored).await {
+        // The answer is still served: its feedback verifies from the token alone.
+        tracing::warn!(error = %e, "interaction not stored");
+        metrics.store_error(e.label());
+    }
     let token = engine.keys().sign(&Claims {
         id,
         iat,
-        exp: iat + engine.token_ttl().as_secs().max(1),
+        exp,
         variant: variant.clone(),
     });
     metrics.answer_stage(
@@ -662,7 +709,7 @@ async fn generate(
         .small
         .chat(messages.to_vec(), greedy(max_new_tokens), id)
         .await
-        .map_err(internal)?;
+        .map_err(generation_error)?;
     Ok(Generated {
         text: g.text,
         model: ModelKind::Small,
@@ -796,6 +843,9 @@ pub enum FeedbackError {
     /// Not an outcome.
     #[error("{0}")]
     UnknownOutcome(String),
+    /// The outcome store could not record it (retry later; nothing was counted).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl FeedbackError {
@@ -807,20 +857,21 @@ impl FeedbackError {
             Self::Expired(_) => "expired",
             Self::Replayed(_) => "replayed",
             Self::UnknownOutcome(_) => "unknown_outcome",
+            Self::Unavailable(_) => "store_unavailable",
         }
     }
 }
 
-/// Verifies and counts one feedback call.
-pub fn feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(), FeedbackError> {
-    let result = record_feedback(engine, request);
+/// Verifies, stores and counts one feedback call.
+pub async fn feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(), FeedbackError> {
+    let result = record_feedback(engine, request).await;
     if let Err(e) = &result {
         engine.metrics().feedback_rejected(e.reason());
     }
     result
 }
 
-fn record_feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(), FeedbackError> {
+async fn record_feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(), FeedbackError> {
     if request.token.trim().is_empty() {
         return Err(FeedbackError::Malformed("token: must not be empty".into()));
     }
@@ -837,10 +888,23 @@ fn record_feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(), Fee
         OutcomeError::Unknown(_) => FeedbackError::UnknownOutcome(e.to_string()),
         OutcomeError::CsatRange(_) => FeedbackError::Malformed(e.to_string()),
     })?;
-    engine
-        .ledger()
-        .record(&claims, outcome, now)
-        .map_err(|e| FeedbackError::Replayed(e.to_string()))?;
+    let at = i64::try_from(now).unwrap_or(i64::MAX);
+    match engine.store().record_outcome(&claims.id, outcome, at).await {
+        Ok(Recorded::New) => {}
+        Ok(Recorded::Replayed) => {
+            return Err(FeedbackError::Replayed(format!(
+                "feedback {} for interaction {} was already recorded",
+                outcome.kind(),
+                claims.id
+            )));
+        }
+        Err(e) => {
+            engine.metrics().store_error(e.label());
+            return Err(FeedbackError::Unavailable(format!(
+                "feedback not recorded, retry later: {e}"
+            )));
+        }
+    }
     engine.metrics().feedback(&claims.variant, outcome.label());
     Ok(())
 }

@@ -18,7 +18,8 @@ use arc_swap::ArcSwapOption;
 use switchboard_crds::runtime_config::{AdapterConfig, AdapterRole, RuntimeConfig};
 use switchboard_index::{Embedder, Generations, Reranker, Retriever};
 use switchboard_model::{EncoderWorker, GeneratorWorker};
-use switchboard_policy::{DomainIndex, FeedbackLedger, TokenKeys, Vocabulary};
+use switchboard_policy::{DomainIndex, TokenKeys, Vocabulary};
+use switchboard_store::OutcomeStore;
 
 use crate::artifacts::ArtifactCache;
 use crate::http_client::HttpClient;
@@ -143,7 +144,7 @@ pub struct Engine {
     http: HttpClient,
     artifacts: ArtifactCache,
     keys: TokenKeys,
-    ledger: FeedbackLedger,
+    store: OutcomeStore,
     active: ArcSwapOption<Active>,
     /// Snapshots replaced but possibly still held by requests: their adapters stay resident.
     retiring: std::sync::Mutex<Vec<std::sync::Weak<Active>>>,
@@ -183,7 +184,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Engine {
-    /// An engine with nothing applied yet.
+    /// An engine with nothing applied yet; interactions and outcomes go to `store`.
     pub fn new(
         options: EngineOptions,
         metrics: Arc<Metrics>,
@@ -195,6 +196,7 @@ impl Engine {
                 "opening the artifact cache {}: {e}",
                 options.artifacts.display()
             )
+        store: OutcomeStore,
         })?;
         Ok(Self {
             options,
@@ -202,7 +204,7 @@ impl Engine {
             http,
             artifacts,
             keys,
-            ledger: FeedbackLedger::new(1_000_000),
+            store,
             active: ArcSwapOption::empty(),
             retiring: std::sync::Mutex::new(Vec::new()),
             resources: tokio::sync::Mutex::new(Resources::default()),
@@ -226,9 +228,10 @@ impl Engine {
         &self.keys
     }
 
-    /// The feedback replay ledger.
-    pub fn ledger(&self) -> &FeedbackLedger {
-        &self.ledger
+    /// The durable interactions and outcomes (the feedback replay guard across replicas and
+    /// restarts).
+    pub fn store(&self) -> &OutcomeStore {
+        &self.store
     }
 
     /// Token lifetime.
@@ -478,6 +481,7 @@ impl Engine {
                         _ => {
                             let p = path.clone();
                             blocking("loading the local large model", move || {
+        small.set_queue_limit(usize::try_from(config.small_model.max_queue_depth.max(1)).unwrap_or(1));
                                 GeneratorWorker::spawn(
                                     "large",
                                     &p,

@@ -25,7 +25,10 @@ impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
-            ServiceError::Unavailable(message) => Status::unavailable(message),
+            // UNAVAILABLE: clients' retry policies treat it as retryable, which shedding is.
+            ServiceError::Unavailable(message) | ServiceError::Overloaded(message) => {
+                Status::unavailable(message)
+            }
             ServiceError::Internal(message) => Status::internal(message),
         }
     }
@@ -144,6 +147,7 @@ impl From<crate::answer::FeedbackError> for Status {
             E::BadSignature(m) => Status::unauthenticated(m),
             E::Expired(m) => Status::failed_precondition(m),
             E::Replayed(m) => Status::already_exists(m),
+            E::Unavailable(m) => Status::unavailable(m),
         }
     }
 }
@@ -237,7 +241,8 @@ impl pb::assistant_server::Assistant for GrpcAssistant {
                 outcome: r.outcome,
                 csat: r.csat.map(i64::from),
             },
-        )?;
+        )
+        .await?;
         Ok(Response::new(pb::FeedbackResponse { accepted: true }))
     }
 }

@@ -61,6 +61,7 @@ pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/v1/answer", post(answer))
         .route("/v1/feedback", post(feedback))
+        .route("/v1/experiments/{name}/cuped", get(experiment_cuped))
         .route("/v1/config", get(config))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/retrieve", post(retrieve))
@@ -83,6 +84,18 @@ impl IntoResponse for ServiceError {
             Self::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Overloaded(_) => {
+                let mut response = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    self.outcome(),
+                    self.to_string(),
+                );
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
         };
         error(status, self.outcome(), self.to_string())
     }
@@ -221,6 +234,7 @@ fn feedback_status(err: &FeedbackError) -> StatusCode {
         FeedbackError::BadSignature(_) => StatusCode::UNAUTHORIZED,
         FeedbackError::Expired(_) => StatusCode::GONE,
         FeedbackError::Replayed(_) => StatusCode::CONFLICT,
+        FeedbackError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -267,9 +281,90 @@ async fn feedback(
             );
         }
     };
-    match crate::answer::feedback(engine, &request) {
+    match crate::answer::feedback(engine, &request).await {
         Ok(()) => Json(json!({ "accepted": true })).into_response(),
         Err(err) => error(feedback_status(&err), err.reason(), err.to_string()),
+    }
+}
+
+/// Query of `GET /v1/experiments/{name}/cuped`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CupedParams {
+    /// The metric compared (`escalationRate`, ...).
+    metric: switchboard_crds::Metric,
+    /// The pre-period covariate; default: the metric.
+    #[serde(default)]
+    covariate: Option<switchboard_crds::Metric>,
+    /// When the experiment started (Unix seconds).
+    started_at: i64,
+    /// Length of the pre-period (`336h`).
+    preperiod: String,
+}
+
+/// Per-arm CUPED statistics of an experiment on this Router, from the outcome store (what the
+/// operator's Experiment analysis reads when `spec.cuped` is set; docs/statistics.md).
+async fn experiment_cuped(
+    State(state): State<HttpState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    params: Result<axum::extract::Query<CupedParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let engine = match state.engine() {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let params = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("query: {}", rejection.body_text()),
+            );
+        }
+    };
+    let preperiod = match switchboard_crds::parse_duration(&params.preperiod) {
+        Ok(d) => d,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("preperiod: {e}"),
+            );
+        }
+    };
+    let Some(active) = engine.active() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no RuntimeConfig applied yet".into(),
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let query = switchboard_store::CupedQuery {
+        router: &active.router,
+        experiment: &name,
+        metric: params.metric,
+        covariate: params.covariate.unwrap_or(params.metric),
+        started_at: params.started_at,
+        preperiod,
+        now,
+    };
+    match engine.store().cuped(&query).await {
+        Ok(data) => Json(data).into_response(),
+        Err(e @ switchboard_store::StoreError::Unsupported(_)) => {
+            error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
+        }
+        Err(e) => {
+            engine.metrics().store_error(e.label());
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        }
     }
 }
 

@@ -427,6 +427,7 @@ pub fn local_runtime_config(
             max_active_adapters: spec.small_model.max_active_adapters,
             max_new_tokens: spec.generation.max_new_tokens,
         },
+            max_queue_depth: spec.small_model.max_queue_depth,
         adapters: Vec::new(),
         large_model: LargeModelConfig {
             local: spec.large_model.local.as_ref().map(|l| l.model.clone()),

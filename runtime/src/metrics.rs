@@ -7,7 +7,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use switchboard_index::{SearchResponse, StageTimings};
+use switchboard_index::{DocumentFreshness, SearchResponse, StageTimings};
 
 /// Buckets for stage latencies: 0.25 ms .. 2.5 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -47,6 +47,11 @@ pub struct Metrics {
     generation_info: IntGaugeVec,
     chunks: IntGauge,
     chunk_hits: Mutex<HashMap<String, u64>>,
+    document_stale: IntGaugeVec,
+    document_modified: IntGaugeVec,
+    /// The served generation's documents; staleness is computed from them at every scrape, so
+    /// it follows the clock without a rebuild.
+    documents: Mutex<Vec<DocumentFreshness>>,
     interactions: IntCounterVec,
     feedback: IntCounterVec,
     feedback_rejected: IntCounterVec,
@@ -59,6 +64,9 @@ pub struct Metrics {
     shadow_requests: IntCounterVec,
     shadow_checks: IntCounterVec,
     shadow_skipped: IntCounterVec,
+    store_errors: IntCounterVec,
+    generation_shed: IntCounterVec,
+    generation_queue: IntGaugeVec,
 }
 
 pub use switchboard_policy::Variant;
@@ -132,6 +140,20 @@ impl Metrics {
         let chunks = IntGauge::new(
             "switchboard_index_chunks",
             "Chunks in the served index generation.",
+        )?;
+        let document_stale = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_document_stale",
+                "1 for each document of the served generation older than its freshness class's staleAfter, 0 for the others.",
+            ),
+            &["document"],
+        )?;
+        let document_modified = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_document_last_modified_timestamp_seconds",
+                "Last modification (Unix seconds, as ingested) of each dated document of the served generation.",
+            ),
+            &["document"],
         )?;
         let interactions = IntCounterVec::new(
             Opts::new(
@@ -218,8 +240,32 @@ impl Metrics {
             ),
             &["router", "reason"],
         )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "switchboard_outcome_store_errors_total",
+                "Failed outcome-store operations (record_interaction, record_outcome, cuped, export, prune).",
+            ),
+            &["operation"],
+        )?;
+        let generation_shed = IntCounterVec::new(
+            Opts::new(
+                "switchboard_generation_shed_total",
+                "Generation requests refused because the model's queue was full (HTTP 429, gRPC UNAVAILABLE).",
+            ),
+            &["model"],
+        )?;
+        let generation_queue = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_generation_queue_depth",
+                "Generation requests admitted to a local model and not finished (running or waiting).",
+            ),
+            &["model"],
+        )?;
         for collector in [
             Box::new(interactions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_errors.clone()),
+            Box::new(generation_shed.clone()),
+            Box::new(generation_queue.clone()),
             Box::new(feedback.clone()),
             Box::new(feedback_rejected.clone()),
             Box::new(answer_checks.clone()),
@@ -239,6 +285,8 @@ impl Metrics {
             Box::new(concentration.clone()),
             Box::new(generation_info.clone()),
             Box::new(chunks.clone()),
+            Box::new(document_stale.clone()),
+            Box::new(document_modified.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -253,6 +301,9 @@ impl Metrics {
             generation_info,
             chunks,
             chunk_hits: Mutex::new(HashMap::new()),
+            document_stale,
+            document_modified,
+            documents: Mutex::new(Vec::new()),
             interactions,
             feedback,
             feedback_rejected,
@@ -265,7 +316,27 @@ impl Metrics {
             shadow_requests,
             shadow_checks,
             shadow_skipped,
+            store_errors,
+            generation_shed,
+            generation_queue,
         })
+    }
+
+    /// Counts a failed outcome-store operation.
+    pub fn store_error(&self, operation: &str) {
+        self.store_errors.with_label_values(&[operation]).inc();
+    }
+
+    /// Counts a generation request refused by a full queue.
+    pub fn generation_shed(&self, model: &str) {
+        self.generation_shed.with_label_values(&[model]).inc();
+    }
+
+    /// Sets the admitted-and-unfinished generation requests of a local model.
+    pub fn generation_queue(&self, model: &str, depth: usize) {
+        self.generation_queue
+            .with_label_values(&[model])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// Creates, at zero, every outcome series of a variant the config is about to serve, so
@@ -431,6 +502,44 @@ impl Metrics {
         }
     }
 
+    /// Records the documents of the generation being served: their last modification is
+    /// exported, and whether each is stale is computed at every scrape (see
+    /// [`refresh_staleness`](Self::refresh_staleness)). Documents of the previous generation
+    /// disappear.
+    pub fn serving_documents(&self, documents: Vec<DocumentFreshness>) {
+        // Held while the gauges are rewritten, so a scrape never sees half of them.
+        let Ok(mut held) = self.documents.lock() else {
+            return;
+        };
+        self.document_modified.reset();
+        for d in &documents {
+            if let Some(t) = d.last_modified {
+                self.document_modified
+                    .with_label_values(&[d.doc_id.as_str()])
+                    .set(t);
+            }
+        }
+        *held = documents;
+        self.set_staleness(&held, unix_now());
+    }
+
+    /// Sets `switchboard_document_stale` for every served document as of `now` (Unix seconds):
+    /// a document turns stale when it ages past its class's `staleAfter`, without a rebuild.
+    pub fn refresh_staleness(&self, now: i64) {
+        if let Ok(documents) = self.documents.lock() {
+            self.set_staleness(&documents, now);
+        }
+    }
+
+    fn set_staleness(&self, documents: &[DocumentFreshness], now: i64) {
+        self.document_stale.reset();
+        for d in documents {
+            self.document_stale
+                .with_label_values(&[d.doc_id.as_str()])
+                .set(i64::from(d.is_stale(now)));
+        }
+    }
+
     /// Per-chunk hit counts since the served generation was loaded, most hit first.
     pub fn top_chunks(&self, n: usize) -> Vec<(String, u64)> {
         let Ok(hits) = self.chunk_hits.lock() else {
@@ -442,13 +551,28 @@ impl Metrics {
         all
     }
 
-    /// The text exposition of every family.
+    /// The text exposition of every family (staleness as of now).
     pub fn render(&self) -> String {
+        // Held while encoding: a concurrent scrape cannot reset the gauge under this one.
+        let documents = self.documents.lock();
+        if let Ok(documents) = &documents {
+            self.set_staleness(documents, unix_now());
+        }
+        self.encode()
+    }
+
+    fn encode(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Share of all hits taken by the most-hit 1% of chunks (at least one).
@@ -522,6 +646,49 @@ mod tests {
             "switchboard_interactions_total",
             " 1"
         ));
+    }
+
+    #[test]
+    fn documents_turn_stale_as_time_passes_without_a_new_generation() {
+        use switchboard_index::FreshnessClass;
+        let day = 86_400;
+        let policy = FreshnessClass {
+            half_life_days: Some(90.0),
+            stale_after_days: Some(365.0),
+        };
+        let doc = |id: &str, modified: Option<i64>, class: FreshnessClass| DocumentFreshness {
+            doc_id: id.to_owned(),
+            freshness_class: "policy".to_owned(),
+            last_modified: modified,
+            class,
+        };
+        let metrics = Metrics::new().unwrap();
+        let now = unix_now();
+        metrics.serving_documents(vec![
+            doc("notes/refund-faq-2024.txt", Some(now - 900 * day), policy),
+            doc("policies/refund-policy.md", Some(now - 300 * day), policy),
+            doc("notes/undated.txt", None, policy),
+        ]);
+        let text = metrics.render();
+        let stale = |text: &str, doc: &str, value: &str| {
+            text.lines()
+                .any(|l| l == format!("switchboard_document_stale{{document=\"{doc}\"}} {value}"))
+        };
+        assert!(stale(&text, "notes/refund-faq-2024.txt", "1"), "{text}");
+        assert!(stale(&text, "policies/refund-policy.md", "0"), "{text}");
+        assert!(stale(&text, "notes/undated.txt", "0"), "{text}");
+        assert!(text.contains(&format!(
+            "switchboard_document_last_modified_timestamp_seconds{{document=\"policies/refund-policy.md\"}} {}",
+            now - 300 * day
+        )));
+        // 100 days later the 2026 policy is past its year too.
+        metrics.refresh_staleness(now + 100 * day);
+        assert!(stale(&metrics.encode(), "policies/refund-policy.md", "1"));
+        // A new generation replaces the documents.
+        metrics.serving_documents(vec![doc("policies/refund-policy.md", Some(now), policy)]);
+        let text = metrics.render();
+        assert!(!text.contains("refund-faq-2024"), "{text}");
+        assert!(stale(&text, "policies/refund-policy.md", "0"));
     }
 
     fn text_has(text: &str, name: &str, suffix: &str) -> bool {

@@ -57,7 +57,11 @@ pub async fn complete(
         .await
         .map_err(|e| {
             (
-                StatusCode::INTERNAL_SERVER_ERROR,
+                if matches!(e, switchboard_model::ModelError::Overloaded { .. }) {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                },
                 ErrorBody::server("generation_failed", e.to_string()),
             )
         })?;

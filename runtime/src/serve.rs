@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use switchboard_crds::KnowledgeBase;
 use switchboard_index::{BuildOptions, BuildReport, Embedder, Generations, Reranker};
 use switchboard_model::{CrossEncoder, EncoderWorker};
+use switchboard_store::OutcomeStore;
 
 use crate::engine::{Engine, EngineOptions};
 use crate::grpc::{GrpcAssistant, GrpcRetrieval};
@@ -203,6 +204,24 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/etc/switchboard/secrets")]
     secrets: PathBuf,
 }
+    /// Where the Router mounts the claims that `pvc://<claim>/<path>` adapter artifacts and
+    /// models name: `<pvc-root>/<claim>/<path>`.
+    #[arg(long, default_value = switchboard_artifact::PVC_ROOT)]
+    pvc_root: PathBuf,
+    /// Where interactions and outcomes are stored (the feedback replay guard, experiment and
+    /// training data): `sqlite://<path>` (embedded, one replica) or `postgres://...` (shared by
+    /// every replica of a Router).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTCOME_STORE",
+        default_value = "sqlite://.cache/switchboard/outcomes.db",
+        hide_env_values = true
+    )]
+    outcome_store: String,
+    /// How long interactions and outcomes are kept (at least the token lifetime: a pruned
+    /// interaction's token must have expired, or its feedback could count twice).
+    #[arg(long, default_value = "2160h", value_parser = parse_duration)]
+    outcome_retention: Duration,
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     switchboard_crds::parse_duration(s).map_err(|e| e.to_string())
@@ -245,16 +264,53 @@ fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Engi
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<()> {
+/// Opens the outcome store and prunes it hourly past the retention.
+async fn outcome_store(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<OutcomeStore> {
+    if args.outcome_retention < args.token_ttl {
+        anyhow::bail!(
+            "--outcome-retention ({:?}) is shorter than --token-ttl ({:?}): feedback for a pruned interaction would count again",
+            args.outcome_retention,
+            args.token_ttl
+        );
+    }
+    let store = OutcomeStore::connect(&args.outcome_store).await?;
+    tracing::info!(store = %store.url(), backend = store.backend().as_str(), "outcome store ready");
+    let pruner = store.clone();
+    let metrics = Arc::clone(metrics);
+    let retention = args.outcome_retention;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let before = now.saturating_sub(retention).as_secs();
+            match pruner.prune(i64::try_from(before).unwrap_or(0)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(interactions = n, "pruned the outcome store"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the outcome store failed");
+                    metrics.store_error(e.label());
+                }
+            }
+        }
+    });
+    Ok(store)
+}
+
     let metrics = Arc::new(Metrics::new()?);
     let reranker = load_reranker(&args)?;
     if let Some(path) = args.runtime_config.clone() {
         // Operator mode: everything comes from the RuntimeConfig.
+    let store = outcome_store(&args, &metrics).await?;
         let engine = Arc::new(Engine::new(
             engine_options(&args, reranker),
             Arc::clone(&metrics),
             token_keys(&args)?,
         )?);
         let watcher =
+            store,
             tokio::spawn(Arc::clone(&engine).watch_file(path.clone(), args.config_poll_interval));
         println!(
             "serving RuntimeConfig {} on grpc://{} and http://{}",
@@ -312,6 +368,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         engine
             .seed_encoder(loaded.encoder_path.clone(), Arc::clone(&loaded.embedder))
             .await;
+            store,
         let apply = {
             let engine = Arc::clone(&engine);
             let store = loaded.store.clone();

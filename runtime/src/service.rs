@@ -34,6 +34,9 @@ pub enum ServiceError {
     /// A failure inside the service.
     #[error("{0}")]
     Internal(String),
+    /// At capacity: the request was shed without being worked on (retry later or elsewhere).
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl ServiceError {
@@ -43,6 +46,7 @@ impl ServiceError {
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 }
@@ -182,6 +186,7 @@ impl RetrievalService {
             retriever = retriever.with_reranker(Arc::clone(reranker));
         }
         self.metrics.serving(&published, generation.chunks().len());
+        self.metrics.serving_documents(generation.documents());
         self.current.store(Some(Arc::new(retriever)));
         tracing::info!(knowledge_base = %self.knowledge_base, generation = %published, "serving index generation");
         Ok(Some(published))
@@ -223,6 +228,8 @@ impl RetrievalService {
             &retriever.generation().id,
             retriever.generation().chunks().len(),
         );
+        self.metrics
+            .serving_documents(retriever.generation().documents());
         tracing::info!(knowledge_base = %self.knowledge_base, generation = %retriever.generation().id, "serving index generation");
         self.current.store(Some(retriever));
     }

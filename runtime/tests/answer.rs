@@ -7,87 +7,19 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod support;
-use support::{root, runtime_cmd};
+use support::{
+    ask, build_sample_index, config, get_json, http, metric, post_json, publish_config, root,
+    sha256_file, start, wait_for_revision,
+};
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use switchboard_crds::runtime_config::RuntimeConfig;
 use switchboard_policy::{Claims, TokenKeys, Variant};
 use switchboard_proto::v1::{AnswerRequest, FeedbackRequest, assistant_client::AssistantClient};
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// Minimal HTTP/1.1 client (one request per connection).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn post_json(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    let (status, text) = http(addr, "POST", path, &body.to_string());
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
-    (status, value)
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, text) = http(addr, "GET", path, "");
-    assert_eq!(status, 200, "{path}: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256_file(path: &Path) -> String {
-    hex(&Sha256::digest(std::fs::read(path).unwrap()))
-}
 
 fn fixture(name: &str) -> PathBuf {
     root()
@@ -117,136 +49,6 @@ fn adapter(version: &str, role: &str, fixture_name: &str, extra: Value) -> Value
     a
 }
 
-/// A RuntimeConfig document with its content revision; `large_url` is the large model's
-/// OpenAI-compatible base URL.
-fn config(adapters: Value, large_url: &str) -> (String, String) {
-    let value = json!({
-        "apiVersion": "switchboard.dev/v1alpha1", "kind": "RuntimeConfig", "revision": "",
-        "router": {"namespace": "support", "name": "helpdesk"},
-        "knowledgeBase": {
-            "name": "ledgerly-support", "indexGeneration": 1,
-            "embeddingModel": root().join(".cache/models/all-MiniLM-L6-v2").canonicalize().unwrap(),
-            "retrieval": {"topK": 3, "minScore": 0.35},
-        },
-        "smallModel": {
-            "model": "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            "maxActiveAdapters": 4, "maxNewTokens": 40,
-        },
-        "adapters": adapters,
-        "largeModel": {
-            "endpoint": {"url": large_url, "model": "smollm2", "timeout": "300s"},
-            "maxQueueDepth": 4,
-        },
-        "routerPolicy": {
-            "difficultyThreshold": 0.99,
-            "adapterSelection": {"topK": 1, "minSimilarity": 0.1},
-            "queryRewrite": {"policy": "Never"},
-            "explorationShare": "0%",
-            "shadowMaxConcurrent": 2,
-        },
-    });
-    let mut c: RuntimeConfig = serde_json::from_value(value).unwrap();
-    c.revision = format!(
-        "sha256:{}",
-        hex(&Sha256::digest(c.canonical_bytes().unwrap()))
-    );
-    let text = serde_json::to_string_pretty(&c).unwrap();
-    RuntimeConfig::from_json(text.as_bytes()).unwrap();
-    (c.revision, text)
-}
-
-/// Replaces the config file the way a ConfigMap volume does: write aside, rename over.
-fn publish_config(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-struct Runtime {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    _server: Server,
-}
-
-fn start(work: &Path, name: &str, config_path: &Path, key: &Path) -> Runtime {
-    let http_addr = free_addr();
-    let grpc_addr = free_addr();
-    let log = std::fs::File::create(work.join(format!("{name}.log"))).unwrap();
-    let server = Server(
-        runtime_cmd()
-            .env_remove("SWITCHBOARD_ENCODER")
-            .arg("serve")
-            .arg("--runtime-config")
-            .arg(config_path)
-            .arg("--data")
-            .arg(work.join("data"))
-            .arg("--artifacts")
-            .arg(work.join(format!("artifacts-{name}")))
-            .arg("--token-key-file")
-            .arg(key)
-            .arg("--models")
-            .arg(root().join(".cache/models"))
-            .args(["--grpc-addr", &grpc_addr.to_string()])
-            .args(["--http-addr", &http_addr.to_string()])
-            .args(["--config-poll-interval", "200ms"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    loop {
-        if TcpStream::connect(http_addr).is_ok() && http(http_addr, "GET", "/readyz", "").0 == 200 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "runtime {name} not ready:\n{}",
-            std::fs::read_to_string(work.join(format!("{name}.log"))).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    Runtime {
-        http: http_addr,
-        grpc: grpc_addr,
-        _server: server,
-    }
-}
-
-fn wait_for_revision(addr: SocketAddr, revision: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let config = get_json(addr, "/v1/config");
-        if config["revision"] == revision {
-            return config;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "revision {revision} not applied: {config}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn ask(addr: SocketAddr, query: &str, unit: &str) -> Value {
-    let (status, body) = post_json(addr, "/v1/answer", &json!({"query": query, "unit": unit}));
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_feedback_hot_reload_canary_and_large_model() {
     for needed in [
@@ -259,21 +61,7 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
     let work = work.path();
 
     // The KnowledgeBase's generation 1, built by the index subcommand (the operator's Job).
-    let kb_dir = work.join("kb");
-    copy_dir(&root().join("examples/kb"), &kb_dir);
-    let index = runtime_cmd()
-        .arg("index")
-        .arg("--manifests")
-        .arg(kb_dir.join("knowledgebase.yaml"))
-        .arg("--data")
-        .arg(work.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        index.status.success(),
-        "{}",
-        String::from_utf8_lossy(&index.stderr)
-    );
+    build_sample_index(work);
 
     let key = work.join("token-key");
     std::fs::write(&key, format!("{}\n", "k".repeat(48))).unwrap();

@@ -79,6 +79,14 @@ pub enum ModelError {
     /// The model's worker thread is gone (it panicked or was shut down).
     #[error("model worker `{0}` is not running")]
     WorkerGone(String),
+    /// The model already has as many requests as it admits (load shedding): retry later.
+    #[error("model `{model}` is at capacity ({limit} requests generating or waiting); retry later")]
+    Overloaded {
+        /// The worker's name.
+        model: String,
+        /// Requests it admits at once.
+        limit: usize,
+    },
 }
 
 impl ModelError {

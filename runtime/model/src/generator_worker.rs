@@ -42,6 +42,8 @@ enum Command {
 pub struct GeneratorWorker {
     commands: mpsc::Sender<Command>,
     queued: Arc<AtomicUsize>,
+    /// Generation requests admitted at once (0: unbounded).
+    limit: Arc<AtomicUsize>,
     name: Arc<str>,
 }
 
@@ -108,6 +110,7 @@ impl GeneratorWorker {
         Ok(Self {
             commands,
             queued,
+            limit: Arc::new(AtomicUsize::new(0)),
             name: name.into(),
         })
     }
@@ -115,6 +118,32 @@ impl GeneratorWorker {
     /// Generation requests submitted and not yet finished (for a queue-depth gauge).
     pub fn queue_depth(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Admits at most `limit` generation requests at once (generating or waiting; 0: no bound).
+    /// A request beyond it fails at once with [`ModelError::Overloaded`] instead of waiting in
+    /// an unbounded queue. Shared by every clone of this handle.
+    pub fn set_queue_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// The admission limit (0: no bound).
+    pub fn queue_limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot for one generation request, or refuses it when the model is at capacity.
+    fn admit(&self) -> Result<()> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let before = self.queued.fetch_add(1, Ordering::AcqRel);
+        if limit > 0 && before >= limit {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(ModelError::Overloaded {
+                model: self.name.to_string(),
+                limit,
+            });
+        }
+        Ok(())
     }
 
     fn send<T>(
@@ -134,14 +163,15 @@ impl GeneratorWorker {
             .map_err(|_| ModelError::WorkerGone(self.name.to_string()))
     }
 
-    /// Answers a conversation, through the resident adapter `adapter` when given.
+    /// Answers a conversation, through the resident adapter `adapter` when given. Refused with
+    /// [`ModelError::Overloaded`] when the queue limit is reached.
     pub async fn chat(
         &self,
         messages: Vec<ChatMessage>,
         config: GenerationConfig,
         adapter: Option<String>,
     ) -> Result<Generation> {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.admit()?;
         let rx = self.send(|reply| Command::Chat {
             messages,
             config,

@@ -12,7 +12,7 @@
 //! | small or large model (difficulty estimate, threshold, queue depth, exploration) | [`route`] |
 //! | which adapters apply (query embedding vs each adapter's domain centroid) | [`select`] |
 //! | rewrite the query or not, and the fixed rewrite template | [`rewrite`] |
-//! | signed interaction tokens and the feedback replay ledger | [`token`] |
+//! | signed interaction tokens and outcomes | [`token`] |
 //! | citations, refusals, divergence of two answers | [`answer`] |
 //!
 //! Hashing is SHA-256 everywhere ([`hash::unit_interval`]): assignments are stable across
@@ -37,6 +37,6 @@ pub use route::{
 };
 pub use select::{DomainIndex, Selected};
 pub use token::{
-    Claims, FeedbackLedger, Outcome, OutcomeError, TokenError, TokenKeys, Variant,
+    Claims, Outcome, OutcomeError, TokenError, TokenKeys, Variant,
     new_interaction_id,
 };
