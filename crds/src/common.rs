@@ -164,6 +164,10 @@ pub mod conditions {
         pub const INVALID_SPEC: &str = "InvalidSpec";
         /// A referenced object does not exist.
         pub const REFERENCE_NOT_FOUND: &str = "ReferenceNotFound";
+    /// Experiment with `spec.cuped`: `True` when the estimates are CUPED-adjusted with per-unit
+    /// pre-period data from the outcome store, `False` (with why) when they fall back to the
+    /// unadjusted per-interaction comparison.
+    pub const CUPED_APPLIED: &str = "CupedApplied";
         /// Everything is as the spec asks.
         pub const RECONCILED: &str = "Reconciled";
         /// Waiting for child objects (Job, Deployment) to become ready.
@@ -220,6 +224,18 @@ pub mod conditions {
 pub mod annotations {
     /// On an AdapterPatch: `promote` (skip remaining steps), `abort` (back to stable, keep the
     /// candidate marked failed), `rollback` (to `rollback-to` or the previous good version),
+        /// Stale documents still answer queries (`ContentFresh=False`).
+        pub const STALE_DOCUMENTS_FOUND: &str = "StaleDocumentsFound";
+        /// Passages of the served generation disagree (`ContentConsistent=False`).
+        pub const CONTRADICTIONS_FOUND: &str = "ContradictionsFound";
+        /// The served generation was built without the consistency check (an older runtime),
+        /// or no generation is served yet (`ContentConsistent=Unknown`).
+        pub const NOT_CHECKED: &str = "NotChecked";
+        /// The estimates are CUPED-adjusted.
+        pub const CUPED_ADJUSTED: &str = "CupedAdjusted";
+        /// CUPED could not be applied (store unreachable, too few units, no pre-period data);
+        /// the estimates are unadjusted.
+        pub const CUPED_UNAVAILABLE: &str = "CupedUnavailable";
     /// `resume` (continue after a hold). On an Experiment: `stop`.
     pub const ACTION: &str = "switchboard.dev/action";
     /// On an AdapterPatch with `action: rollback`: the version to roll back to (within the rollback

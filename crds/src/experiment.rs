@@ -41,6 +41,8 @@ pub mod messages {
     pub const MAX_DURATION: &str = "maxDuration must be at least 1h";
     /// `spec.guardrails`.
     pub const GUARDRAIL_UNIQUE: &str = "guardrails[].metric must be unique";
+    /// `spec.cuped`.
+    pub const CUPED_METRIC: &str = "cuped needs per-unit outcomes: primaryMetric and cuped.covariate cannot be shadowDivergence";
 }
 
 /// An Experiment: an A/B test on a Router's traffic. Units (users, accounts or conversations) are
@@ -86,6 +88,7 @@ pub mod messages {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.control) || self.variants.exists(v, v.name == self.control)").message(messages::CONTROL_EXISTS).field_path(".control"))]
+#[x_kube(validation = Rule::new("!has(self.cuped) || (self.primaryMetric.name != 'shadowDivergence' && (!has(self.cuped.covariate) || self.cuped.covariate != 'shadowDivergence'))").message(messages::CUPED_METRIC).field_path(".cuped"))]
 pub struct ExperimentSpec {
     /// The Router whose traffic is split.
     #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE))]
@@ -147,7 +150,10 @@ pub struct ExperimentSpec {
     #[x_kube(validation = Rule::new(percent_rule("self", 50.0, 99.9, true)).message(messages::POWER))]
     pub power: Percent,
 
-    /// CUPED variance reduction with a pre-period covariate.
+    /// CUPED variance reduction with a pre-period covariate. The analysis then compares per-unit
+    /// rates adjusted by each unit's own rate in the pre-period before the start, read from the
+    /// Router's outcome store (the runtime's `GET /v1/experiments/{name}/cuped`; docs/statistics.md).
+    /// Units need an id on every request (`unit` of the answer API) for this to work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuped: Option<Cuped>,
 
@@ -414,6 +420,14 @@ impl Validate for ExperimentSpec {
             "spec.maxDuration",
             messages::MAX_DURATION,
         );
+        if let Some(cuped) = &self.cuped {
+            errors.check(
+                self.primary_metric.name != Metric::ShadowDivergence
+                    && cuped.covariate != Some(Metric::ShadowDivergence),
+                "spec.cuped",
+                messages::CUPED_METRIC,
+            );
+        }
         errors.finish()
     }
 }
@@ -519,6 +533,16 @@ pub struct VariantResult {
     /// Upper bound of the confidence interval of `estimate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci_high: Option<f64>,
+    /// With CUPED: the per-unit comparison before adjustment (`estimate` is the adjusted one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unadjusted_estimate: Option<f64>,
+    /// With CUPED: share of the estimate's variance removed by the pre-period covariate
+    /// (about ρ², 0 when the covariate does not predict the outcome).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance_reduction: Option<f64>,
+    /// With CUPED: units of this variant that had pre-period data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units_with_covariate: Option<i64>,
 }
 
 /// Sample-ratio-mismatch check (chi-square of assigned units against the weights).

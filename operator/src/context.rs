@@ -21,6 +21,7 @@ use crate::{
     error::{Error, Result},
     metrics::Metrics,
     observe::MetricsSource,
+    outcomes::{DEFAULT_RUNTIME_URL, OutcomeSource, RuntimeOutcomes},
 };
 
 /// The field manager of every write.
@@ -123,6 +124,8 @@ pub struct Context {
     pub source: Arc<dyn MetricsSource>,
     /// Adapter artifact checks.
     pub artifacts: Arc<dyn ArtifactChecker>,
+    /// Per-unit outcomes of experiments (CUPED), from the Routers' runtimes.
+    pub outcomes: Arc<dyn OutcomeSource>,
     /// Settings.
     pub settings: Settings,
     /// Time.
@@ -136,6 +139,7 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("source", &self.source)
             .field("artifacts", &self.artifacts)
+            .field("outcomes", &self.outcomes)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -180,10 +184,21 @@ impl Context {
             metrics,
             source,
             artifacts,
+            outcomes: Arc::new(RuntimeOutcomes::new(
+                DEFAULT_RUNTIME_URL,
+                Duration::from_secs(10),
+            )),
             settings,
             clock,
             backoff: Arc::default(),
         }
+    }
+
+    /// Reads experiments' per-unit outcomes from `outcomes` instead of the Routers' Services.
+    #[must_use]
+    pub fn with_outcomes(mut self, outcomes: Arc<dyn OutcomeSource>) -> Self {
+        self.outcomes = outcomes;
+        self
     }
 
     /// Now.

@@ -24,6 +24,7 @@ pub mod knowledge_base;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod outcomes;
 pub mod rbac;
 pub mod router;
 pub mod server;

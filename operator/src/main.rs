@@ -19,6 +19,7 @@ use switchboard_operator::{
     leader::LeaseLock,
     metrics::Metrics,
     observe::Prometheus,
+    outcomes::RuntimeOutcomes,
     server::{Health, routes},
 };
 use tokio::sync::watch;
@@ -58,6 +59,10 @@ struct Cli {
     /// Directory for verified adapter artifacts (content-addressed: sha256-<hex>/).
     #[arg(long)]
     artifact_cache: Option<PathBuf>,
+    /// Base URL of a Router's runtime HTTP API, for experiments' per-unit (CUPED) data;
+    /// `{service}` and `{namespace}` are replaced by the Router's Service and namespace.
+    #[arg(long, default_value = switchboard_operator::outcomes::DEFAULT_RUNTIME_URL)]
+    runtime_url: String,
     /// Longest time between two analyses of a running rollout or experiment.
     #[arg(long, default_value = "60s", value_parser = duration)]
     analysis_interval: Duration,
@@ -163,7 +168,11 @@ async fn main() -> Result<()> {
             artifact_cache: cli.artifact_cache.clone(),
         },
         Arc::new(SystemClock),
-    ));
+    )
+    .with_outcomes(Arc::new(RuntimeOutcomes::new(
+        cli.runtime_url.clone(),
+        cli.prometheus_timeout,
+    ))));
     let stopped = || *stop_rx.borrow();
 
     let lost_leadership = if cli.disable_leader_election {

@@ -1321,3 +1321,202 @@ async fn a_router_mounts_its_endpoint_secret_and_says_when_it_or_a_shared_index_
         cond::INDEX_VOLUME_SHAREABLE
     ));
 }
+
+/// The runtime side of CUPED for this test: `GET /v1/experiments/{name}/cuped` answered from a
+/// real outcome store (SQLite) filled with simulated units, as the runtime's handler does.
+async fn serve_cuped(
+    store: switchboard_store::OutcomeStore,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::net::SocketAddr {
+    use axum::extract::{Path, Query, State};
+    type Shared = (
+        switchboard_store::OutcomeStore,
+        Arc<std::sync::Mutex<Vec<String>>>,
+    );
+    async fn cuped(
+        State((store, asked)): State<Shared>,
+        Path(name): Path<String>,
+        Query(q): Query<std::collections::BTreeMap<String, String>>,
+    ) -> axum::Json<switchboard_store::CupedData> {
+        asked.lock().unwrap().push(format!("{name} {q:?}"));
+        let metric = |k: &str| serde_json::from_value(json!(q[k])).unwrap();
+        let data = store
+            .cuped(&switchboard_store::CupedQuery {
+                router: &format!("{NS}/frontline"),
+                experiment: &name,
+                metric: metric("metric"),
+                covariate: metric("covariate"),
+                started_at: q["startedAt"].parse().unwrap(),
+                preperiod: switchboard_crds::parse_duration(&q["preperiod"]).unwrap(),
+                now: i64::MAX,
+            })
+            .await
+            .unwrap();
+        axum::Json(data)
+    }
+    let app = axum::Router::new()
+        .route("/v1/experiments/{name}/cuped", axum::routing::get(cuped))
+        .with_state((store, asked));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estimates() {
+    use switchboard_policy::{Outcome, Variant};
+    use switchboard_store::{Interaction, OutcomeStore};
+    let start = 1_800_000_000_i64;
+    let dir = tempfile::tempdir().unwrap();
+    let store = OutcomeStore::connect(&format!("sqlite://{}/o.db", dir.path().display()))
+        .await
+        .unwrap();
+    // 300 users with their own escalation propensity: 10 interactions in the week before the
+    // start, 4 during it; the rewrite arm escalates 10 points less.
+    let mut seed = 3_u64;
+    let mut uniform = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 11) as f64 / (1_u64 << 53) as f64
+    };
+    let (mut interactions, mut escalations) = ([0_u64; 2], [0_u64; 2]);
+    let mut n = 0;
+    for unit in 0..300 {
+        let arm = unit % 2;
+        let propensity = 0.1 + 0.6 * uniform();
+        for i in 0..14 {
+            let during = i >= 10;
+            let p = if during && arm == 1 {
+                propensity - 0.1
+            } else {
+                propensity
+            };
+            n += 1;
+            let id = format!("i{n}");
+            let at = if during {
+                start + 60 + i
+            } else {
+                start - 3 * 86_400 + i
+            };
+            store
+                .record_interaction(&Interaction {
+                    id: id.clone(),
+                    created_at: at,
+                    expires_at: at + 86_400,
+                    unit: Some(format!("user-{unit}")),
+                    variant: Variant {
+                        router: format!("{NS}/frontline"),
+                        experiment: if during {
+                            "rewrite".into()
+                        } else {
+                            String::new()
+                        },
+                        arm: if during {
+                            ["control", "rewrite"][arm].into()
+                        } else {
+                            String::new()
+                        },
+                        model: "small".into(),
+                        ..Variant::default()
+                    },
+                    ..Interaction::default()
+                })
+                .await
+                .unwrap();
+            let escalated = uniform() < p;
+            if escalated {
+                store
+                    .record_outcome(&id, Outcome::Escalated, at)
+                    .await
+                    .unwrap();
+            }
+            if during {
+                interactions[arm] += 1;
+                escalations[arm] += u64::from(escalated);
+            }
+        }
+    }
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = serve_cuped(store, asked.clone()).await;
+    // Prometheus' per-arm counts agree with the store.
+    let source = FnSource::new(move |q| {
+        let arm = ["control", "rewrite"]
+            .into_iter()
+            .position(|a| q.contains(&format!("arm=\"{a}\"")));
+        match arm {
+            Some(a) if q.contains("switchboard_interactions_total") => {
+                Ok(scalar(interactions[a] as f64))
+            }
+            Some(a) if q.contains("outcome=\"escalated\"") => Ok(scalar(escalations[a] as f64)),
+            _ => Ok(Vec::new()),
+        }
+    });
+    let w = world(source);
+    let ctx = Arc::new((*w.ctx).clone().with_outcomes(Arc::new(
+        switchboard_operator::outcomes::RuntimeOutcomes::new(
+            format!("http://{addr}"),
+            Duration::from_secs(10),
+        ),
+    )));
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let x: Experiment = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "rewrite", "namespace": NS},
+        "spec": {
+            "routerRef": {"name": "frontline"}, "salt": "2026-12",
+            "holdout": {"share": "0%"},
+            "variants": [{"name": "control", "weight": 50}, {"name": "rewrite", "weight": 50}],
+            "primaryMetric": {"name": "escalationRate", "direction": "Decrease"},
+            "minimumDetectableEffect": {"absolute": "5%"},
+            "expectedBaselineRate": "40%",
+            "cuped": {"preperiod": "168h"},
+        },
+    }))
+    .unwrap();
+    Api::<Experiment>::namespaced(w.client.clone(), NS)
+        .create(&PostParams::default(), &x)
+        .await
+        .unwrap();
+    let reconcile = || async {
+        let x = get::<Experiment>(&w.client, "rewrite").await;
+        experiment::reconcile(Arc::new(x), ctx.clone())
+            .await
+            .unwrap();
+        get::<Experiment>(&w.client, "rewrite")
+            .await
+            .status
+            .unwrap()
+    };
+    // Start at the fake clock's time, then analyse an hour later.
+    let s = reconcile().await;
+    assert_eq!(s.phase, ExperimentPhase::Running);
+    assert_eq!(s.started_at.as_ref().unwrap().0.as_second(), start);
+    w.clock.advance(Duration::from_secs(3600));
+    let s = reconcile().await;
+
+    let request = asked.lock().unwrap().last().cloned().unwrap();
+    for part in [
+        "rewrite ",
+        "\"metric\": \"escalationRate\"",
+        "\"covariate\": \"escalationRate\"",
+        &format!("\"startedAt\": \"{start}\""),
+        "\"preperiod\": \"604800s\"",
+    ] {
+        assert!(request.contains(part), "{part} not in {request}");
+    }
+    let c = find_condition(&s.conditions, cond::CUPED_APPLIED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::CUPED_ADJUSTED),
+        "{}",
+        c.message
+    );
+    let rewrite = s.per_variant.iter().find(|v| v.name == "rewrite").unwrap();
+    assert_eq!(rewrite.units_with_covariate, Some(150));
+    let reduction = rewrite.variance_reduction.unwrap();
+    assert!(reduction > 0.1, "variance reduction {reduction}");
+    let (low, high) = (rewrite.ci_low.unwrap(), rewrite.ci_high.unwrap());
+    assert!(low < -0.1 && -0.1 < high, "[{low}, {high}]");
+    assert_ne!(rewrite.estimate, rewrite.unadjusted_estimate);
+}

@@ -7,8 +7,9 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use switchboard_analysis::{
-    Counts, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs, difference_of_proportions,
-    estimate_eta, evaluate_guardrail, plan, planning, sample_ratio_mismatch,
+    Counts, CupedArm, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs, cuped_difference,
+    difference_of_proportions, estimate_eta, evaluate_guardrail, plan, planning,
+    sample_ratio_mismatch,
 };
 use switchboard_crds::{
     Metric, annotations,
@@ -53,6 +54,9 @@ pub struct ExperimentInput<'a> {
     pub router_exists: bool,
     /// Per arm (variants and `holdout`); `Err` when the metrics could not be read.
     pub data: Result<BTreeMap<String, ArmData>, String>,
+    /// With `spec.cuped`: per-arm CUPED statistics from the outcome store, or why they could not
+    /// be read; `None` without `spec.cuped` (or before the start).
+    pub cuped: Option<Result<BTreeMap<String, CupedArm>, String>>,
     /// Now.
     pub now: Timestamp,
 }
@@ -188,6 +192,7 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
                     &mut events,
                     spec,
                     data,
+                    input.cuped.as_ref(),
                     started,
                     now,
                     generation,
@@ -272,12 +277,13 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
     }
 }
 
-#[allow(clippy::cast_precision_loss)]
+#[allow(clippy::cast_precision_loss, clippy::too_many_arguments)]
 fn analyse(
     status: &mut ExperimentStatus,
     events: &mut Vec<(bool, String, String)>,
     spec: &ExperimentSpec,
     data: &BTreeMap<String, ArmData>,
+    cuped: Option<&Result<BTreeMap<String, CupedArm>, String>>,
     started: Timestamp,
     now: Timestamp,
     generation: Option<i64>,
@@ -357,9 +363,16 @@ fn analyse(
                 estimate: estimate.map(|e| e.difference),
                 ci_low: estimate.map(|e| e.interval.lower),
                 ci_high: estimate.map(|e| e.interval.upper),
+                unadjusted_estimate: None,
+                variance_reduction: None,
+                units_with_covariate: None,
             }
         })
         .collect();
+    let variance_reduction = spec
+        .cuped
+        .as_ref()
+        .and_then(|_| apply_cuped(status, spec, &control_name, cuped, alpha, generation, now));
 
     // Required sample size: the holdout's observed rate once available, else the expected one.
     let observed_baseline = arm(HOLDOUT).primary.rate().filter(|r| *r > 0.0 && *r < 1.0);
@@ -388,6 +401,9 @@ fn analyse(
         inputs.power = spec.power.fraction();
         inputs.treatment_variants =
             u32::try_from(spec.variants.len().saturating_sub(1).max(1)).unwrap_or(1);
+        // CUPED shrinks the variance, hence the sample needed, by the observed ρ² (capped: an
+        // estimate from few units should not promise a tiny plan).
+        inputs.variance_reduction = variance_reduction.unwrap_or(0.0).clamp(0.0, 0.9);
         plan(&inputs).ok()
     });
     status.required_samples_per_variant =
@@ -541,6 +557,100 @@ fn analyse(
     ));
 }
 
+/// With `spec.cuped`: replaces each treatment variant's estimate by the CUPED-adjusted
+/// comparison of per-unit rates (Deng, Xu, Kohavi & Walker 2013) where the outcome store's data
+/// allows, keeps the unadjusted per-interaction estimate where it does not, and says which on the
+/// `CupedApplied` condition. Returns the smallest variance reduction when every treatment variant
+/// was adjusted (the plan shrinks by it).
+fn apply_cuped(
+    status: &mut ExperimentStatus,
+    spec: &ExperimentSpec,
+    control_name: &str,
+    cuped: Option<&Result<BTreeMap<String, CupedArm>, String>>,
+    alpha: f64,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<f64> {
+    let covariate = spec
+        .cuped
+        .as_ref()
+        .and_then(|c| c.covariate)
+        .unwrap_or(spec.primary_metric.name);
+    let outcome: Result<Vec<f64>, String> = match cuped {
+        None => Err("per-unit outcomes not read yet".to_owned()),
+        Some(Err(e)) => Err(format!("per-unit outcomes unavailable: {e}")),
+        Some(Ok(arms)) => match arms.get(control_name) {
+            None => Err(format!(
+                "the outcome store has no unit of the control variant {control_name} (do answer requests carry a unit id?)"
+            )),
+            Some(control) => {
+                let mut reductions = Vec::new();
+                let mut problems = Vec::new();
+                for v in &mut status.per_variant {
+                    let arm = arms.get(&v.name);
+                    v.units_with_covariate =
+                        arm.map(|a| i64::try_from(a.units_with_covariate).unwrap_or(i64::MAX));
+                    if v.name == control_name {
+                        continue;
+                    }
+                    let Some(arm) = arm else {
+                        problems.push(format!("{}: no units in the outcome store", v.name));
+                        continue;
+                    };
+                    match cuped_difference(&control.moments, &arm.moments, alpha) {
+                        Ok(e) => {
+                            v.unadjusted_estimate = Some(e.unadjusted.difference);
+                            v.estimate = Some(e.adjusted.difference);
+                            v.ci_low = Some(e.adjusted.interval.lower);
+                            v.ci_high = Some(e.adjusted.interval.upper);
+                            v.variance_reduction = Some(e.variance_reduction);
+                            reductions.push(e.variance_reduction);
+                        }
+                        Err(e) => problems.push(format!("{}: {e}", v.name)),
+                    }
+                }
+                if problems.is_empty() {
+                    Ok(reductions)
+                } else {
+                    Err(problems.join("; "))
+                }
+            }
+        },
+    };
+    let (ok, reason, message, reduction) = match outcome {
+        Ok(reductions) => {
+            let least = reductions.iter().copied().fold(f64::INFINITY, f64::min);
+            let least = least.is_finite().then_some(least);
+            (
+                true,
+                reasons::CUPED_ADJUSTED,
+                format!(
+                    "estimates compare per-unit {} adjusted by each unit's pre-period {} ({} preperiod); variance reduced by {:.0}% at least",
+                    spec.primary_metric.name.as_str(),
+                    covariate.as_str(),
+                    spec.cuped
+                        .as_ref()
+                        .map(|c| c.preperiod.to_string())
+                        .unwrap_or_default(),
+                    least.unwrap_or(0.0) * 100.0
+                ),
+                least,
+            )
+        }
+        Err(e) => (
+            false,
+            reasons::CUPED_UNAVAILABLE,
+            format!("{e}; estimates without CUPED are shown where it could not be applied"),
+            None,
+        ),
+    };
+    set_condition(
+        &mut status.conditions,
+        condition(cond::CUPED_APPLIED, ok, reason, message, generation, now),
+    );
+    reduction
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,6 +702,7 @@ mod tests {
             status,
             router_exists: true,
             data: Ok(data),
+            cuped: None,
             now: Timestamp::from_second(at).unwrap(),
         })
     }
@@ -685,6 +796,7 @@ mod tests {
             status: &running,
             router_exists: true,
             data: Err("Prometheus unreachable".to_owned()),
+            cuped: None,
             now: Timestamp::from_second(60).unwrap(),
         });
         assert_eq!(out.status.phase, ExperimentPhase::Running);
@@ -703,6 +815,7 @@ mod tests {
             status: &running,
             router_exists: true,
             data: Err("unused".to_owned()),
+            cuped: None,
             now: Timestamp::from_second(60).unwrap(),
         });
         assert_eq!(out.status.phase, ExperimentPhase::Stopped);
@@ -711,5 +824,147 @@ mod tests {
         let late = run(&spec, &running, BTreeMap::new(), 15 * 86_400);
         assert_eq!(late.status.decision, ExperimentDecision::Inconclusive);
         assert_eq!(late.status.phase, ExperimentPhase::Stopped);
+    }
+
+    /// SplitMix64: a deterministic stream for the simulations.
+    struct Rng(u64);
+    impl Rng {
+        fn uniform(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn binomial(&mut self, n: u32, p: f64) -> u32 {
+            (0..n).filter(|_| self.uniform() < p).count() as u32
+        }
+    }
+
+    /// Simulated units of one arm: each has its own escalation propensity, seen through 20
+    /// pre-period interactions (the covariate) and 5 interactions during the experiment (shifted
+    /// by `effect`). Returns the interaction counts Prometheus would give and the store's CUPED
+    /// sums.
+    fn simulate_arm(rng: &mut Rng, units: usize, effect: f64) -> (ArmData, CupedArm) {
+        let mut pairs = Vec::new();
+        let (mut interactions, mut events) = (0, 0);
+        for _ in 0..units {
+            let propensity = 0.05 + 0.5 * rng.uniform();
+            let pre = f64::from(rng.binomial(20, propensity)) / 20.0;
+            let during = rng.binomial(5, (propensity + effect).clamp(0.0, 1.0));
+            interactions += 5;
+            events += u64::from(during);
+            pairs.push((f64::from(during) / 5.0, pre));
+        }
+        let data = ArmData {
+            interactions,
+            primary: Counts {
+                events,
+                trials: interactions,
+            },
+            guardrails: BTreeMap::new(),
+        };
+        let cuped = CupedArm {
+            moments: switchboard_analysis::CupedMoments::from_units(pairs),
+            units_with_covariate: units as u64,
+        };
+        (data, cuped)
+    }
+
+    fn cuped_spec() -> ExperimentSpec {
+        let mut s = spec(false);
+        s.cuped = Some(serde_json::from_value(serde_json::json!({"preperiod": "336h"})).unwrap());
+        s
+    }
+
+    #[test]
+    fn cuped_adjusts_the_estimate_and_narrows_its_interval_on_simulated_units() {
+        let spec = cuped_spec();
+        let running = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0).status;
+        let mut rng = Rng(7);
+        let (control, control_cuped) = simulate_arm(&mut rng, 1500, 0.0);
+        let (rewrite, rewrite_cuped) = simulate_arm(&mut rng, 1500, -0.04);
+        let (holdout, _) = simulate_arm(&mut rng, 330, 0.0);
+        let data: BTreeMap<_, _> = [
+            ("control".to_owned(), control),
+            ("rewrite".to_owned(), rewrite),
+            (HOLDOUT.to_owned(), holdout),
+        ]
+        .into();
+        let arms: BTreeMap<_, _> = [
+            ("control".to_owned(), control_cuped),
+            ("rewrite".to_owned(), rewrite_cuped),
+        ]
+        .into();
+        let no_annotations = BTreeMap::new();
+        let input = |cuped| ExperimentInput {
+            generation: Some(1),
+            spec: &spec,
+            annotations: &no_annotations,
+            status: &running,
+            router_exists: true,
+            data: Ok(data.clone()),
+            cuped,
+            now: Timestamp::from_second(3600).unwrap(),
+        };
+        let adjusted = evaluate(input(Some(Ok(arms))));
+        let v = &adjusted.status.per_variant[1];
+        let (low, high) = (v.ci_low.unwrap(), v.ci_high.unwrap());
+        // The true effect is inside the adjusted interval, which excludes zero.
+        assert!(low < -0.04 && -0.04 < high, "[{low}, {high}]");
+        assert!(high < 0.0, "[{low}, {high}]");
+        // The pre-period covariate explains a good part of the per-unit variance.
+        let reduction = v.variance_reduction.unwrap();
+        assert!(reduction > 0.2, "variance reduction {reduction}");
+        assert!(v.unadjusted_estimate.is_some());
+        assert_eq!(v.units_with_covariate, Some(1500));
+        let c = switchboard_crds::find_condition(&adjusted.status.conditions, cond::CUPED_APPLIED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::CUPED_ADJUSTED)
+        );
+
+        // Without the store's data: the unadjusted per-interaction estimate, a larger plan, and a
+        // condition that says why. (Its interval is not comparable: it treats a unit's
+        // interactions as independent; the next test compares like with like.)
+        let fallback = evaluate(input(Some(Err("connection refused".to_owned()))));
+        let u = &fallback.status.per_variant[1];
+        assert!(u.variance_reduction.is_none() && u.estimate.is_some());
+        assert!(
+            adjusted.status.required_samples_per_variant.unwrap()
+                < fallback.status.required_samples_per_variant.unwrap()
+        );
+        let c = switchboard_crds::find_condition(&fallback.status.conditions, cond::CUPED_APPLIED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::CUPED_UNAVAILABLE)
+        );
+        assert!(c.message.contains("connection refused"), "{}", c.message);
+    }
+
+    #[test]
+    fn cuped_intervals_cover_the_true_effect_and_are_narrower_across_simulations() {
+        // 200 simulated experiments with a true effect of -3 points: the adjusted 95% interval
+        // covers it about 95% of the time, and is narrower than the unadjusted one on average.
+        let mut rng = Rng(11);
+        let (mut covered, mut adjusted_width, mut unadjusted_width) = (0, 0.0, 0.0);
+        let runs = 200;
+        for _ in 0..runs {
+            let (_, c) = simulate_arm(&mut rng, 400, 0.0);
+            let (_, t) = simulate_arm(&mut rng, 400, -0.03);
+            let e = cuped_difference(&c.moments, &t.moments, 0.05).unwrap();
+            let i = e.adjusted.interval;
+            covered += usize::from(i.lower <= -0.03 && -0.03 <= i.upper);
+            adjusted_width += i.upper - i.lower;
+            unadjusted_width += e.unadjusted.interval.upper - e.unadjusted.interval.lower;
+        }
+        let coverage = covered as f64 / f64::from(runs);
+        assert!((0.91..=0.99).contains(&coverage), "coverage {coverage}");
+        assert!(
+            adjusted_width < 0.9 * unadjusted_width,
+            "{adjusted_width} vs {unadjusted_width}"
+        );
     }
 }

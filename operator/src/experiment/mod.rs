@@ -23,6 +23,7 @@ use crate::{
     context::{Context, apply_status, condition, describe, namespaced_name},
     error::{Error, Result},
     observe::{Arm, MetricsSource, count, metric_queries},
+    outcomes::CupedRequest,
 };
 
 use self::analysis::{ArmData, ExperimentInput, HOLDOUT, evaluate};
@@ -128,6 +129,21 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
     } else {
         Ok(BTreeMap::new())
     };
+    let cuped = match (&x.spec.cuped, &previous.started_at) {
+        (Some(c), Some(started)) if previous.phase == ExperimentPhase::Running => {
+            let request = CupedRequest {
+                namespace: namespace.clone(),
+                router: router_name.clone(),
+                experiment: name.clone(),
+                metric: x.spec.primary_metric.name,
+                covariate: c.covariate.unwrap_or(x.spec.primary_metric.name),
+                started_at: started.0.as_second(),
+                preperiod: c.preperiod.duration(),
+            };
+            Some(ctx.outcomes.cuped(&request).await)
+        }
+        _ => None,
+    };
     let empty = BTreeMap::new();
     let out = evaluate(ExperimentInput {
         generation: x.metadata.generation,
@@ -136,6 +152,7 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
         status: &previous,
         router_exists,
         data,
+        cuped,
         now,
     });
     apply_status(&ctx.client, x, &out.status).await?;
