@@ -152,11 +152,25 @@ pub mod conditions {
     /// Router: every runtime replica can mount the KnowledgeBase's index volume (`False` when
     /// several replicas read a `ReadWriteOnce` claim, which only one node can mount).
     pub const INDEX_VOLUME_SHAREABLE: &str = "IndexVolumeShareable";
+    /// Router: every replica shares one outcome store (`False` when several replicas each keep
+    /// a per-pod SQLite file: feedback replays are then only caught per replica).
+    pub const OUTCOME_STORE_SHARED: &str = "OutcomeStoreShared";
+    /// KnowledgeBase: no document past its class's `staleAfter` still answers at least
+    /// `spec.staleness.minQueryShare` of queries (`False`: `StaleDocumentsFound`, listed in
+    /// `status.topStaleDocuments`; `Unknown`: the metrics could not be read).
+    pub const CONTENT_FRESH: &str = "ContentFresh";
+    /// KnowledgeBase: the served generation has no contradiction candidates (`False`:
+    /// `ContradictionsFound`, listed in `status.topContradictions`).
+    pub const CONTENT_CONSISTENT: &str = "ContentConsistent";
 
     /// Experiment: outcome metrics could be read for every variant.
     pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
     /// Experiment: `True` when the observed assignment split differs from the configured weights.
     pub const SAMPLE_RATIO_MISMATCH: &str = "SampleRatioMismatch";
+    /// Experiment with `spec.cuped`: `True` when the estimates are CUPED-adjusted with per-unit
+    /// pre-period data from the outcome store, `False` (with why) when they fall back to the
+    /// unadjusted per-interaction comparison.
+    pub const CUPED_APPLIED: &str = "CupedApplied";
 
     /// Reasons: short CamelCase words set on the conditions above.
     pub mod reasons {
@@ -164,10 +178,6 @@ pub mod conditions {
         pub const INVALID_SPEC: &str = "InvalidSpec";
         /// A referenced object does not exist.
         pub const REFERENCE_NOT_FOUND: &str = "ReferenceNotFound";
-    /// Experiment with `spec.cuped`: `True` when the estimates are CUPED-adjusted with per-unit
-    /// pre-period data from the outcome store, `False` (with why) when they fall back to the
-    /// unadjusted per-interaction comparison.
-    pub const CUPED_APPLIED: &str = "CupedApplied";
         /// Everything is as the spec asks.
         pub const RECONCILED: &str = "Reconciled";
         /// Waiting for child objects (Job, Deployment) to become ready.
@@ -217,13 +227,8 @@ pub mod conditions {
         pub const CONFIG_PENDING: &str = "ConfigPending";
         /// Several Router replicas read a `ReadWriteOnce` index claim.
         pub const READ_WRITE_ONCE_INDEX: &str = "ReadWriteOnceIndex";
-    }
-}
-
-/// Annotations a user sets to act on a resource; the operator clears them once acted upon.
-pub mod annotations {
-    /// On an AdapterPatch: `promote` (skip remaining steps), `abort` (back to stable, keep the
-    /// candidate marked failed), `rollback` (to `rollback-to` or the previous good version),
+        /// Several Router replicas keep per-pod SQLite outcome stores.
+        pub const PER_POD_OUTCOME_STORE: &str = "PerPodOutcomeStore";
         /// Stale documents still answer queries (`ContentFresh=False`).
         pub const STALE_DOCUMENTS_FOUND: &str = "StaleDocumentsFound";
         /// Passages of the served generation disagree (`ContentConsistent=False`).

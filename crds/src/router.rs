@@ -10,11 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     common::{Errors, ObjectRef, SecretKeyRef, Validate, ValidationErrors},
-    units::{GoDuration, Percent, percent_rule},
+    units::{GoDuration, Percent, duration_at_least_rule, percent_rule},
 };
 
 /// Messages of the Router admission rules (shared by the CEL rules and [`Validate`]).
 pub mod messages {
+    /// `spec.outcomeStore.retention`.
+    pub const OUTCOME_RETENTION: &str =
+        "outcomeStore.retention must be at least 168h (the interaction tokens' lifetime)";
     /// `spec.largeModel`.
     pub const ONE_LARGE_MODEL: &str = "largeModel: set exactly one of local or endpoint";
     /// `spec.largeModel.endpoint.url`.
@@ -110,6 +113,10 @@ pub struct RouterSpec {
     /// Generation settings.
     #[serde(default)]
     pub generation: Generation,
+    /// Where interactions and outcomes are stored: the feedback replay guard, the per-unit data
+    /// of CUPED experiments and the training data of the flywheel.
+    #[serde(default)]
+    pub outcome_store: OutcomeStore,
     /// Runtime pods.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 100))]
@@ -332,6 +339,36 @@ impl Default for Exploration {
     }
 }
 
+/// The outcome store of a Router's runtime pods.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeStore {
+    /// A Secret key holding a PostgreSQL URL (`postgres://user:password@host:5432/database`),
+    /// shared by every replica: feedback is then counted once whichever replica receives it, and
+    /// experiments read every replica's units. Unset: an SQLite file in each pod (an `emptyDir`:
+    /// kept across container restarts, lost with the pod), which only one replica can trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<SecretKeyRef>,
+    /// How long interactions and outcomes are kept (at least the interaction tokens' lifetime,
+    /// 168h, so feedback for a pruned interaction can never count again).
+    #[serde(default = "default_outcome_retention")]
+    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "168h")).message(messages::OUTCOME_RETENTION))]
+    pub retention: GoDuration,
+}
+
+fn default_outcome_retention() -> GoDuration {
+    GoDuration::from_secs(90 * 24 * 3600)
+}
+
+impl Default for OutcomeStore {
+    fn default() -> Self {
+        Self {
+            postgres: None,
+            retention: default_outcome_retention(),
+        }
+    }
+}
+
 /// Shadow request limits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -399,6 +436,11 @@ impl Validate for RouterSpec {
             self.exploration.share.percent() <= 50.0,
             "spec.exploration.share",
             messages::EXPLORATION_SHARE,
+        );
+        errors.check(
+            self.outcome_store.retention.duration().as_secs() >= 168 * 3600,
+            "spec.outcomeStore.retention",
+            messages::OUTCOME_RETENTION,
         );
         errors.finish()
     }

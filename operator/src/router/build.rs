@@ -11,10 +11,10 @@ use k8s_openapi::{
         },
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, HTTPGetAction, PersistentVolumeClaimVolumeSource,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-            VolumeMount,
+            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+            ServicePort, ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -26,7 +26,7 @@ use kube::Resource;
 use switchboard_crds::{
     Router, annotations,
     knowledge_base::AccessMode,
-    router::{ActiveAdapter, RouterStatus},
+    router::{ActiveAdapter, OutcomeStore, RouterStatus},
     runtime_config::{AdapterRole, FILE_NAME, RuntimeConfig},
 };
 
@@ -40,6 +40,12 @@ pub const CONFIG_DIR: &str = "/etc/switchboard";
 pub const DATA_DIR: &str = "/var/lib/switchboard/index";
 /// Adapter artifact cache.
 pub const ARTIFACTS_DIR: &str = "/var/lib/switchboard/artifacts";
+/// Writable per-pod state (an `emptyDir`): the SQLite outcome store when the Router names no
+/// PostgreSQL.
+pub const STATE_DIR: &str = "/var/lib/switchboard/state";
+/// The runtime's environment variable holding the outcome store URL (read from the Router's
+/// `spec.outcomeStore.postgres` Secret key, so the password never appears in the pod spec).
+pub const OUTCOME_STORE_ENV: &str = "SWITCHBOARD_OUTCOME_STORE";
 /// Directory of the interaction-token key Secret.
 pub const TOKEN_DIR: &str = "/var/run/switchboard/token";
 /// Key of the token Secret.
@@ -203,12 +209,21 @@ impl RouterChildren<'_> {
         let container = Container {
             name: "runtime".to_owned(),
             image: Some(image),
-            args: Some(runtime_args()),
-            env: Some(vec![EnvVar {
-                name: "RUST_LOG".to_owned(),
-                value: Some("info".to_owned()),
-                ..EnvVar::default()
-            }]),
+            args: Some(
+                runtime_args()
+                    .into_iter()
+                    .chain(outcome_store_args(&spec.outcome_store))
+                    .collect(),
+            ),
+            env: Some(
+                std::iter::once(EnvVar {
+                    name: "RUST_LOG".to_owned(),
+                    value: Some("info".to_owned()),
+                    ..EnvVar::default()
+                })
+                .chain(outcome_store_env(&spec.outcome_store))
+                .collect(),
+            ),
             ports: Some(vec![
                 ContainerPort {
                     name: Some("grpc".to_owned()),
@@ -230,6 +245,7 @@ impl RouterChildren<'_> {
             readiness_probe: Some(http_probe("/readyz", 5, 2)),
             resources: spec.resources.clone(),
             security_context: Some(SecurityContext {
+            mount("state", STATE_DIR, false),
                 allow_privilege_escalation: Some(false),
                 read_only_root_filesystem: Some(true),
                 run_as_non_root: Some(true),
@@ -345,6 +361,11 @@ impl RouterChildren<'_> {
 
     /// The Service in front of the runtime pods (gRPC and HTTP).
     pub fn service(&self) -> Service {
+            Volume {
+                name: "state".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
         let port = |name: &str, port: i32| ServicePort {
             name: Some(name.to_owned()),
             port,
@@ -480,6 +501,66 @@ pub fn config_status(config: &RuntimeConfig, router: &str) -> RouterStatus {
 
 #[cfg(test)]
 mod tests {
+/// The outcome store's part of the command line: the retention, and without PostgreSQL the
+/// per-pod SQLite file on the `state` volume (with PostgreSQL the URL comes from the environment,
+/// [`outcome_store_env`]).
+pub fn outcome_store_args(store: &OutcomeStore) -> Vec<String> {
+    let mut args = vec![
+        "--outcome-retention".to_owned(),
+        store.retention.to_string(),
+    ];
+    if store.postgres.is_none() {
+        args.push("--outcome-store".to_owned());
+        args.push(format!("sqlite://{STATE_DIR}/outcomes.db"));
+    }
+    args
+}
+
+/// `SWITCHBOARD_OUTCOME_STORE` from the PostgreSQL Secret key, when the Router names one. Not
+/// optional: a runtime that cannot reach the shared store would accept replayed feedback, so a
+/// missing Secret keeps new pods from starting (the old ones serve on; the Router says why).
+pub fn outcome_store_env(store: &OutcomeStore) -> Option<EnvVar> {
+    let secret = store.postgres.as_ref()?;
+    Some(EnvVar {
+        name: OUTCOME_STORE_ENV.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+}
+
+/// Whether feedback is deduplicated across every replica: `(shared, message)`. Per-pod SQLite
+/// files are only sound for one replica: feedback that reaches another replica than the one that
+/// stored the interaction is counted by that replica's file, so a replay sent to each replica in
+/// turn counts once per replica, and experiments see each pod's units only.
+pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, String) {
+    match &store.postgres {
+        Some(secret) => (
+            true,
+            format!(
+                "every replica uses the PostgreSQL outcome store of Secret {} key {}",
+                secret.name, secret.key
+            ),
+        ),
+        None if replicas > 1 => (
+            false,
+            format!(
+                "{replicas} replicas each keep their own SQLite outcome store: a feedback replay                  sent to another replica is counted again and CUPED sees one pod's units; set                  spec.outcomeStore.postgres, or run 1 replica"
+            ),
+        ),
+        None => (
+            true,
+            "1 replica keeps its outcomes in a per-pod SQLite file (lost with the pod)".to_owned(),
+        ),
+    }
+}
+
     use switchboard_crds::runtime_config::RuntimeConfig;
 
     use super::*;
@@ -687,9 +768,26 @@ mod tests {
             .unwrap();
         assert_eq!(
             (mount.mount_path.as_str(), mount.read_only),
+                // No PostgreSQL named: each pod keeps its outcomes on its state volume.
+                "--outcome-retention",
+                "2160h",
+                "--outcome-store",
+                "sqlite:///var/lib/switchboard/state/outcomes.db",
             ("/var/run/switchboard/secrets/llm-api", Some(true))
         );
         let volume = pod
+        let state = mounts.iter().find(|m| m.name == "state").unwrap();
+        assert_eq!(
+            (state.mount_path.as_str(), state.read_only),
+            ("/var/lib/switchboard/state", Some(false))
+        );
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| e.name != OUTCOME_STORE_ENV)
+        );
             .volumes
             .unwrap()
             .into_iter()
@@ -761,3 +859,142 @@ mod tests {
         assert!(ready, "a Router scaled to zero is as asked");
     }
 }
+    /// A compiled config serving a `pvc://` adapter, an `oci://` one with a pull Secret, and a
+    /// `pvc://` rerank model.
+    #[test]
+    fn a_postgres_outcome_store_comes_from_its_secret_and_one_sqlite_file_is_for_one_replica() {
+        let mut r = router(true);
+        r.spec.outcome_store = serde_json::from_value(serde_json::json!({
+            "postgres": {"name": "outcomes-db", "key": "url"},
+            "retention": "720h",
+        }))
+        .unwrap();
+        let d = children(&r).deployment("help", &ConfigVolumes::default());
+        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        let args = c.args.clone().unwrap();
+        // The URL (with its password) is never on the command line or in the pod spec.
+        assert!(!args.iter().any(|a| a == "--outcome-store"), "{args:?}");
+        let retention = args
+            .iter()
+            .position(|a| a == "--outcome-retention")
+            .unwrap();
+        assert_eq!(args[retention + 1], "720h");
+        let env = c.env.as_ref().unwrap();
+        let url = env.iter().find(|e| e.name == OUTCOME_STORE_ENV).unwrap();
+        assert!(url.value.is_none());
+        let key = url
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.key.as_str(), key.optional),
+            ("outcomes-db", "url", Some(false))
+        );
+        assert!(outcome_store_shared(&r.spec.outcome_store, 2).0);
+
+        let sqlite = OutcomeStore::default();
+        let (shared, message) = outcome_store_shared(&sqlite, 2);
+        assert!(!shared);
+        assert!(message.contains("spec.outcomeStore.postgres"), "{message}");
+        assert!(outcome_store_shared(&sqlite, 1).0);
+    }
+
+    fn config_reading_claims_and_secrets() -> RuntimeConfig {
+        let adapter = |lineage: &str, uri: &str, secret: Option<&str>| {
+            serde_json::json!({
+                "name": lineage, "lineage": lineage, "version": "1.0.0", "role": "Stable",
+                "artifact": {"uri": uri, "sha256": format!("sha256:{}", "a".repeat(64)),
+                             "pullSecret": secret},
+                "lora": {"rank": 4, "alpha": 8.0, "targetModules": ["q_proj"]},
+                "domain": {"description": lineage},
+            })
+        };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "RuntimeConfig",
+            "revision": "sha256:abc",
+            "router": {"namespace": "support", "name": "frontline"},
+            "knowledgeBase": {"name": "help", "indexGeneration": 3, "embeddingModel": "/m",
+                "retrieval": {"rerank": {"enabled": true, "model": "pvc://models/support-reranker"}}},
+            "smallModel": {"model": "/models/smollm2.gguf", "maxActiveAdapters": 8, "maxNewTokens": 256},
+            "adapters": [
+                adapter("pricing", "pvc://adapters/pricing/1.0.0", None),
+                adapter("billing", "oci://registry.example.com/adapters/billing:1.0.0", Some("registry-creds")),
+                adapter("integrations", "pvc://adapters/integrations/1.0.0", None),
+            ],
+            "largeModel": {"maxQueueDepth": 32, "local": "/models/big.gguf"},
+            "routerPolicy": {"difficultyThreshold": 0.5, "adapterSelection": {}, "queryRewrite": {},
+                             "explorationShare": "5%", "shadowMaxConcurrent": 2},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn claims_and_pull_secrets_of_the_config_are_mounted_read_only() {
+        let volumes = ConfigVolumes::of(&config_reading_claims_and_secrets());
+        assert_eq!(
+            volumes.claims.iter().collect::<Vec<_>>(),
+            ["adapters", "models"],
+            "one mount per claim, the rerank model's included"
+        );
+        assert_eq!(
+            volumes.pull_secrets.iter().collect::<Vec<_>>(),
+            ["registry-creds"]
+        );
+        let r = router(false);
+        let pod = children(&r)
+            .deployment("help", &volumes)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let c = &pod.containers[0];
+        let args = c.args.clone().unwrap();
+        let root = args.iter().position(|a| a == "--pvc-root").unwrap();
+        assert_eq!(args[root + 1], "/var/run/switchboard/pvc");
+        let mounts = c.volume_mounts.clone().unwrap();
+        let volumes = pod.volumes.unwrap();
+        for claim in ["adapters", "models"] {
+            let mount = mounts
+                .iter()
+                .find(|m| m.mount_path == format!("/var/run/switchboard/pvc/{claim}"))
+                .unwrap_or_else(|| panic!("claim {claim} not mounted: {mounts:?}"));
+            assert_eq!(mount.read_only, Some(true));
+            let volume = volumes.iter().find(|v| v.name == mount.name).unwrap();
+            let pvc = volume.persistent_volume_claim.as_ref().unwrap();
+            assert_eq!(
+                (pvc.claim_name.as_str(), pvc.read_only),
+                (claim, Some(true))
+            );
+        }
+        let mount = mounts
+            .iter()
+            .find(|m| m.mount_path == "/var/run/switchboard/secrets/registry-creds")
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let secret = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap()
+            .secret
+            .clone()
+            .unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("registry-creds"));
+        assert_eq!(secret.optional, Some(true));
+        // Volume names are unique (the API server refuses duplicates).
+        let names: BTreeSet<_> = volumes.iter().map(|v| v.name.clone()).collect();
+        assert_eq!(names.len(), volumes.len());
+
+        // Without pvc:// or oci:// artifacts nothing extra is mounted.
+        let plain = children(&r).deployment("help", &ConfigVolumes::default());
+        let plain_volumes = plain.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+        assert!(
+            plain_volumes
+                .iter()
+                .all(|v| !v.name.starts_with("pvc-") && !v.name.starts_with("pull-secret-"))
+        );
+    }
+

@@ -14,7 +14,7 @@ use kube::{
     runtime::controller::Action,
 };
 use switchboard_crds::{
-    AdapterPatch, Experiment, KnowledgeBase, Percent, Router, Validate,
+    AdapterPatch, Experiment, KnowledgeBase, Percent, Router, SecretKeyRef, Validate,
     conditions::{self as cond, reasons},
     router::{RoutedShare, RouterStatus},
 };
@@ -29,7 +29,8 @@ use crate::{
 };
 
 use self::build::{
-    RouterChildren, config_status, deployment_state, index_volume_shareable, token_secret_name,
+    ConfigVolumes, RouterChildren, config_status, deployment_state, index_volume_shareable,
+    outcome_store_shared, token_secret_name,
 };
 
 /// Controller name in metrics.
@@ -87,7 +88,8 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     })?;
 
     ensure_token_secret(ctx, router, &namespace, &name).await?;
-    let missing_secret = endpoint_secret_problem(ctx, router, &namespace).await?;
+    let secret_problems = secret_problems(ctx, router, &namespace).await?;
+    let missing_secret = (!secret_problems.is_empty()).then(|| secret_problems.join("; "));
     let children = RouterChildren {
         router,
         name: &name,
@@ -187,6 +189,8 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
             cond::READY,
             ready,
             if ready {
+    let (outcomes_shared, outcomes_message) =
+        outcome_store_shared(&router.spec.outcome_store, router.spec.replicas);
                 reasons::RECONCILED
             } else {
                 reasons::WAITING_FOR_CHILDREN
@@ -238,6 +242,18 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         cond::RUNTIME_CONFIG_APPLIED,
         applied.unwrap_or(false),
         applied_reason,
+        condition(
+            cond::OUTCOME_STORE_SHARED,
+            outcomes_shared,
+            if outcomes_shared {
+                reasons::RECONCILED
+            } else {
+                reasons::PER_POD_OUTCOME_STORE
+            },
+            outcomes_message,
+            generation,
+            now,
+        ),
         applied_message,
         generation,
         now,
@@ -324,10 +340,9 @@ async fn ensure_token_secret(
     }
 }
 
-/// Why the large model endpoint's Secret (`spec.largeModel.endpoint.secretRef`) is unusable, if
-/// it is: the Secret or its key does not exist. The Router still serves (the Secret volume is
-/// optional; the endpoint is called without a key), and the condition says what to create.
-async fn endpoint_secret_problem(
+/// Why a Secret key the Router names is unusable, if it is: the Secret or its key does not
+/// exist. `field` names the spec field, `consequence` what happens meanwhile.
+async fn secret_key_problem(
     ctx: &Context,
     router: &Router,
     namespace: &str,
@@ -335,6 +350,9 @@ async fn endpoint_secret_problem(
     let Some(secret_ref) = router
         .spec
         .large_model
+    secret_ref: &SecretKeyRef,
+    field: &str,
+    consequence: &str,
         .endpoint
         .as_ref()
         .and_then(|e| e.secret_ref.as_ref())
@@ -361,6 +379,46 @@ async fn endpoint_secret_problem(
         )),
         Some(s) if !has_key(&s) => Some(format!(
             "Secret {name} has no key {} (spec.largeModel.endpoint.secretRef): the large model \
+/// Problems with the Secrets the Router names: the large model endpoint's API key (the Router
+/// still serves: the Secret volume is optional and the endpoint is called without a key) and the
+/// outcome store's PostgreSQL URL (new runtime pods cannot start without it; the running ones
+/// serve on).
+async fn secret_problems(ctx: &Context, router: &Router, namespace: &str) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    if let Some(secret_ref) = router
+        .spec
+        .large_model
+        .endpoint
+        .as_ref()
+        .and_then(|e| e.secret_ref.as_ref())
+    {
+        problems.extend(
+            secret_key_problem(
+                ctx,
+                namespace,
+                secret_ref,
+                "spec.largeModel.endpoint.secretRef",
+                "the large model endpoint is called without an API key until it does",
+            )
+            .await?,
+        );
+    }
+    if let Some(secret_ref) = &router.spec.outcome_store.postgres {
+        problems.extend(
+            secret_key_problem(
+                ctx,
+                namespace,
+                secret_ref,
+                "spec.outcomeStore.postgres",
+                "new runtime pods cannot start (they would not share the feedback replay guard); \
+                 the running ones keep serving",
+            )
+            .await?,
+        );
+    }
+    Ok(problems)
+}
+
              endpoint is called without an API key",
             secret_ref.key
         )),

@@ -87,6 +87,8 @@ pub struct LocalPod {
     pub token_file: PathBuf,
     /// `--models`.
     pub models: PathBuf,
+    /// The pod's `state` volume: an `--outcome-store sqlite://` file lives there.
+    pub state: PathBuf,
     /// `--grpc-addr`.
     pub grpc: SocketAddr,
     /// `--http-addr`.
@@ -101,6 +103,7 @@ pub fn local_args(container_args: &[String], pod: &LocalPod) -> Vec<String> {
         artifacts,
         token_file,
         models,
+        state,
         grpc,
         http,
     } = pod;
@@ -111,6 +114,10 @@ pub fn local_args(container_args: &[String], pod: &LocalPod) -> Vec<String> {
             "--artifacts" => artifacts.display().to_string(),
             "--token-key-file" => token_file.display().to_string(),
             "--models" => models.display().to_string(),
+            // A per-pod SQLite file moves to the pod's state folder; a postgres:// URL stays.
+            "--outcome-store" if value.starts_with("sqlite:") => {
+                format!("sqlite://{}/outcomes.db", state.display())
+            }
             "--grpc-addr" => grpc.to_string(),
             "--http-addr" => http.to_string(),
             _ => value.to_owned(),
@@ -131,6 +138,7 @@ pub fn local_args(container_args: &[String], pod: &LocalPod) -> Vec<String> {
                 "--artifacts",
                 "--token-key-file",
                 "--models",
+                "--outcome-store",
                 "--grpc-addr",
                 "--http-addr",
             ]
@@ -301,6 +309,7 @@ async fn sync(client: &Client, config: &KubeletConfig, pods: &Pods) -> Result<()
                 artifacts: pod_dir.join("artifacts"),
                 token_file: token_file.clone(),
                 models: config.models.clone(),
+                state: pod_dir.join("state"),
                 grpc,
                 http,
             },
@@ -370,6 +379,8 @@ mod tests {
             "0.0.0.0:50051",
             "--http-addr",
             "0.0.0.0:8080",
+            "--outcome-store",
+            "sqlite:///var/lib/switchboard/state/outcomes.db",
             "--log-format",
             "json",
         ]
@@ -385,6 +396,7 @@ mod tests {
                 artifacts: "/w/art".into(),
                 token_file: "/w/key".into(),
                 models: "/m".into(),
+                state: "/w/state".into(),
                 grpc,
                 http,
             },
@@ -404,6 +416,8 @@ mod tests {
                 "127.0.0.1:1",
                 "--http-addr",
                 "127.0.0.1:2",
+                "--outcome-store",
+                "sqlite:///w/state/outcomes.db",
                 "--log-format",
                 "json",
                 "--models",
