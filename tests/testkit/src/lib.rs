@@ -10,3 +10,4 @@ pub mod apiserver;
 pub mod postgres;
 pub mod process;
 pub mod prometheus;
+pub mod registry;
