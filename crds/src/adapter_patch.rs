@@ -6,7 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    common::{Digest, Errors, Guardrail, LABEL_PATTERN, Metric, Validate, ValidationErrors},
+    common::{
+        Digest, Errors, Guardrail, LABEL_PATTERN, Metric, ObjectRef, Validate, ValidationErrors,
+    },
     units::{GoDuration, Percent, cel_string, duration_at_least_rule, percent_rule},
 };
 
@@ -150,14 +152,29 @@ fn default_rollback_window() -> GoDuration {
 
 /// The adapter artifact.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Artifact {
-    /// `oci://registry/repo:tag`, `https://...` (a tar.gz of the directory), `pvc://claim/path`
-    /// or `file:///path` (as mounted in the runtime).
+    /// Where the PEFT directory is: `oci://registry/repository:tag` or `...@sha256:<hex>` (an
+    /// OCI artifact: one layer per file titled by `org.opencontainers.image.title`, as `oras
+    /// push` writes it, or one tar(.gz) layer holding the directory), `https://...` (serving
+    /// `adapter_config.json` and `adapter_model.safetensors` under the URL),
+    /// `pvc://<claim>/<path>` (a directory on a PersistentVolumeClaim of this namespace, mounted
+    /// read-only into the runtime pods and checked by a verification Job) or `file:///<path>` (a
+    /// directory as the operator and the runtime see it).
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(format!("self.matches({})", cel_string(ARTIFACT_URI_PATTERN))).message(messages::ARTIFACT_URI))]
     pub uri: String,
-    /// Digest of `adapter_model.safetensors` (`sha256:<64 hex>`), verified before loading.
+    /// Digest of `adapter_model.safetensors` (`sha256:<64 hex>`) whatever the URI's scheme (not
+    /// an OCI manifest or layer digest), verified before the version is rolled out and again
+    /// before the runtime loads it.
     pub sha256: Digest,
+    /// A Secret of this namespace holding registry credentials for an `oci://` URI (type
+    /// `kubernetes.io/dockerconfigjson`, key `.dockerconfigjson`: `auth` or
+    /// `username`/`password` for basic or token auth, `registrytoken` for a bearer token).
+    /// Unset: anonymous pulls. The operator reads it for its check and the Router mounts it
+    /// into the runtime pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret_ref: Option<ObjectRef>,
 }
 
 /// LoRA hyper-parameters.

@@ -241,6 +241,13 @@ pub mod conditions {
         /// CUPED could not be applied (store unreachable, too few units, no pre-period data);
         /// the estimates are unadjusted.
         pub const CUPED_UNAVAILABLE: &str = "CupedUnavailable";
+    }
+}
+
+/// Annotations a user sets to act on a resource; the operator clears them once acted upon.
+pub mod annotations {
+    /// On an AdapterPatch: `promote` (skip remaining steps), `abort` (back to stable, keep the
+    /// candidate marked failed), `rollback` (to `rollback-to` or the previous good version),
     /// `resume` (continue after a hold). On an Experiment: `stop`.
     pub const ACTION: &str = "switchboard.dev/action";
     /// On an AdapterPatch with `action: rollback`: the version to roll back to (within the rollback

@@ -149,13 +149,6 @@ pub struct SmallModel {
     #[serde(default = "default_max_active_adapters")]
     #[schemars(range(min = 1, max = 32))]
     pub max_active_adapters: i32,
-}
-
-fn default_max_active_adapters() -> i32 {
-    8
-}
-
-/// The large model: exactly one of `local` or `endpoint`.
     /// Answers admitted to the small model at once, generating or waiting, per runtime pod.
     /// Beyond it an answer is refused at once (HTTP 429 with `Retry-After`, gRPC `UNAVAILABLE`)
     /// instead of queueing without bound: latency stays bounded under a burst, and the caller
@@ -163,16 +156,23 @@ fn default_max_active_adapters() -> i32 {
     #[serde(default = "default_small_max_queue_depth")]
     #[schemars(range(min = 1, max = 10_000))]
     pub max_queue_depth: i32,
+}
+
+fn default_max_active_adapters() -> i32 {
+    8
+}
+
+fn default_small_max_queue_depth() -> i32 {
+    16
+}
+
+/// The large model: exactly one of `local` or `endpoint`.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.local) != has(self.endpoint)").message(messages::ONE_LARGE_MODEL))]
 pub struct LargeModel {
     /// A second local model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-fn default_small_max_queue_depth() -> i32 {
-    16
-}
-
     pub local: Option<LocalModel>,
     /// An external OpenAI-compatible chat-completions endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]

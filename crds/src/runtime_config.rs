@@ -146,6 +146,7 @@ pub struct AdapterConfig {
 
 /// An adapter artifact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AdapterArtifact {
     /// Artifact URI; unset for a stable version that is no longer in the AdapterPatch spec, which
     /// the runtime loads from its content-addressed artifact store by digest.
@@ -153,6 +154,10 @@ pub struct AdapterArtifact {
     pub uri: Option<String>,
     /// Digest of `adapter_model.safetensors`, verified before loading.
     pub sha256: Digest,
+    /// Secret with registry credentials for an `oci://` URI (the AdapterPatch's
+    /// `artifact.pullSecretRef`): the runtime reads `<secrets>/<name>/.dockerconfigjson`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
 }
 
 /// LoRA hyper-parameters.
@@ -373,14 +378,14 @@ impl Validate for RuntimeConfig {
             "smallModel.maxQueueDepth",
             "must be at least 1",
         );
-        );
-        e.check(
-            small.max_new_tokens >= 1,
-            "smallModel.maxNewTokens",
         e.check(
             (1..=32).contains(&small.max_active_adapters),
             "smallModel.maxActiveAdapters",
             "must be between 1 and 32",
+        );
+        e.check(
+            small.max_new_tokens >= 1,
+            "smallModel.maxNewTokens",
             "must be at least 1",
         );
 

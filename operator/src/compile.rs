@@ -321,9 +321,19 @@ fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
         traffic_weight: None,
         shadow_sample_share: None,
     };
+    // Registry credentials belong to the AdapterPatch, not to a version: every oci:// version it
+    // serves pulls with them.
+    let pull_secret = |uri: Option<&String>| {
+        spec.artifact
+            .pull_secret_ref
+            .as_ref()
+            .filter(|_| uri.is_some_and(|u| u.starts_with("oci://")))
+            .map(|s| s.name.clone())
+    };
     let spec_artifact = AdapterArtifact {
         uri: Some(spec.artifact.uri.clone()),
         sha256: spec.artifact.sha256.clone(),
+        pull_secret: pull_secret(Some(&spec.artifact.uri)),
     };
 
     let mut out = Vec::new();
@@ -343,6 +353,7 @@ fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
                     h.sha256.parse().ok().map(|sha256| AdapterArtifact {
                         uri: h.uri.clone(),
                         sha256,
+                        pull_secret: pull_secret(h.uri.as_ref()),
                     })
                 })
         };

@@ -91,7 +91,10 @@ where
         .run(router::reconcile, router::error_policy, ctx.clone())
         .for_each(|r| log_result("router", r));
 
+    // AdapterPatch: the verification Jobs of pvc:// artifacts are owned (a finished Job
+    // reconciles its AdapterPatch at once).
     let adapters = Controller::new(api::<AdapterPatch>(&client, ns), all.clone())
+        .owns(api::<Job>(&client, ns), owned.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             adapter_patch::reconcile,

@@ -127,7 +127,11 @@ impl FixedArtifacts {
 }
 
 impl ArtifactChecker for FixedArtifacts {
-    fn check<'a>(&'a self, _spec: &'a AdapterPatchSpec) -> BoxFuture<'a, ArtifactCheck> {
+    fn check<'a>(
+        &'a self,
+        _spec: &'a AdapterPatchSpec,
+        _credentials: &'a switchboard_artifact::oci::Credentials,
+    ) -> BoxFuture<'a, ArtifactCheck> {
         let answer = self
             .0
             .lock()

@@ -1322,6 +1322,289 @@ async fn a_router_mounts_its_endpoint_secret_and_says_when_it_or_a_shared_index_
     ));
 }
 
+/// An AdapterPatch of lineage `pricing` on `uri`, selected by `create_router`'s Router.
+fn patch_at(version: &str, uri: &str, sha: &str) -> AdapterPatch {
+    let mut p = patch(version, sha);
+    p.spec.artifact.uri = uri.to_owned();
+    p
+}
+
+async fn set_artifact(w: &World, version: &str, uri: &str, sha: &str) {
+    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+        .patch(
+            "pricing",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"version": version, "artifact": {"uri": uri, "sha256": sha}}}),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+async fn verify_jobs(w: &World) -> Vec<Job> {
+    Api::<Job>::namespaced(w.client.clone(), NS)
+        .list(&ListParams::default().labels("switchboard.dev/adapter-patch=pricing"))
+        .await
+        .unwrap()
+        .items
+}
+
+/// The report `switchboard-runtime verify-artifact` writes for a directory with these weights.
+fn verify_report(uri: &str, sha: &str) -> serde_json::Value {
+    json!({"uri": uri, "sha256": sha, "config": json!({"peft_type": "LORA", "r": 4}).to_string()})
+}
+
+fn artifact_condition(
+    p: &AdapterPatch,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    find_condition(
+        &p.status.as_ref().unwrap().conditions,
+        cond::ARTIFACT_VERIFIED,
+    )
+    .unwrap()
+    .clone()
+}
+
+#[tokio::test]
+async fn a_pvc_artifact_is_verified_by_a_job_mounted_into_the_runtime_and_a_mismatch_fails_the_version()
+ {
+    let w = world(FnSource::empty());
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let v1 = "pvc://adapters/pricing/1.0.0";
+    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+        .create(&PostParams::default(), &patch_at("1.0.0", v1, &digest('a')))
+        .await
+        .unwrap();
+
+    // The claim does not exist yet: no Job, the artifact is unavailable (retried) and says why.
+    let p = reconcile_patch(&w).await;
+    let c = artifact_condition(&p);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::ARTIFACT_UNAVAILABLE)
+    );
+    assert!(
+        c.message
+            .contains("PersistentVolumeClaim adapters does not exist"),
+        "{}",
+        c.message
+    );
+    assert!(verify_jobs(&w).await.is_empty());
+
+    // With the claim: a verification Job mounts it read-only where the runtime will, and the
+    // version waits for it.
+    create_claim(&w.client, "adapters").await;
+    let p = reconcile_patch(&w).await;
+    assert_eq!(p.status.as_ref().unwrap().phase, AdapterPhase::Validating);
+    assert_eq!(artifact_condition(&p).status, "Unknown");
+    let jobs = verify_jobs(&w).await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    let job_name = job.metadata.name.clone().unwrap();
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("AdapterPatch", Some(true))
+    );
+    let pod = job.spec.clone().unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("runtime:test"));
+    let args = c.args.clone().unwrap();
+    assert_eq!(&args[..3], ["verify-artifact", "--uri", v1]);
+    let mount = &c.volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/var/run/switchboard/pvc/adapters", Some(true))
+    );
+    let claim = pod.volumes.unwrap()[0]
+        .persistent_volume_claim
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("adapters", Some(true))
+    );
+    // A reconcile while it runs starts no second Job.
+    reconcile_patch(&w).await;
+    assert_eq!(verify_jobs(&w).await.len(), 1);
+
+    // The pod reports the digest the spec names: verified, and (first version) promoted.
+    finish_build(&w, &job_name, Some(verify_report(v1, &digest('a')))).await;
+    let p = reconcile_patch(&w).await;
+    let s = p.status.clone().unwrap();
+    assert_eq!(artifact_condition(&p).status, "True");
+    assert_eq!(s.stable_version.as_deref(), Some("1.0.0"));
+
+    // The Router mounts the claim read-only at the runtime's --pvc-root and serves the pvc://
+    // URI, which the runtime resolves under it.
+    let config = compiled(&w).await;
+    let served = config.adapter("pricing", "1.0.0").unwrap();
+    assert_eq!(served.artifact.uri.as_deref(), Some(v1));
+    let d: Deployment = get(&w.client, "frontline-runtime").await;
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap();
+    let root = args.iter().position(|a| a == "--pvc-root").unwrap();
+    assert_eq!(args[root + 1], "/var/run/switchboard/pvc");
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/var/run/switchboard/pvc/adapters")
+        .cloned()
+        .unwrap();
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let claim = volume.persistent_volume_claim.unwrap();
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("adapters", Some(true))
+    );
+
+    // 1.1.0's weights on the claim are not the ones its spec names: DigestMismatch, the version
+    // fails with a Warning Event, 1.0.0 keeps serving. No crash loop: the check is final.
+    let v2 = "pvc://adapters/pricing/1.1.0";
+    set_artifact(&w, "1.1.0", v2, &digest('b')).await;
+    reconcile_patch(&w).await;
+    let job_name = verify_jobs(&w)
+        .await
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .find(|n| *n != job_name)
+        .expect("a new Job for the new version");
+    finish_build(&w, &job_name, Some(verify_report(v2, &digest('c')))).await;
+    let p = reconcile_patch(&w).await;
+    let s = p.status.clone().unwrap();
+    let c = artifact_condition(&p);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::DIGEST_MISMATCH)
+    );
+    assert!(
+        c.message.contains(v2) && c.message.contains(&digest('c')),
+        "{}",
+        c.message
+    );
+    assert_eq!(s.phase, AdapterPhase::Failed);
+    assert_eq!(s.stable_version.as_deref(), Some("1.0.0"));
+    let config = compiled(&w).await;
+    assert!(config.adapter("pricing", "1.1.0").is_none());
+    assert!(config.adapter("pricing", "1.0.0").is_some());
+    assert!(
+        reasons_of(&events(&w.client, "pricing").await)
+            .contains(&reasons::DIGEST_MISMATCH.to_owned())
+    );
+    // Failed is final: reconciling again starts no new Job.
+    let before = verify_jobs(&w).await.len();
+    reconcile_patch(&w).await;
+    assert_eq!(verify_jobs(&w).await.len(), before);
+
+    // A Job that fails (the pod never started: an unbound claim) is unavailable, deleted, and
+    // the next check starts it again.
+    let v3 = "pvc://adapters/pricing/1.2.0";
+    set_artifact(&w, "1.2.0", v3, &digest('d')).await;
+    let p = reconcile_patch(&w).await;
+    let job_name = adapter_patch::verify_job::job_name("pricing", &p.spec);
+    let names = |jobs: Vec<Job>| -> Vec<String> {
+        jobs.into_iter().filter_map(|j| j.metadata.name).collect()
+    };
+    assert!(names(verify_jobs(&w).await).contains(&job_name));
+    finish_build(&w, &job_name, None).await;
+    let p = reconcile_patch(&w).await;
+    let c = artifact_condition(&p);
+    assert_eq!(c.reason, reasons::ARTIFACT_UNAVAILABLE);
+    assert!(c.message.contains("failed"), "{}", c.message);
+    assert_eq!(p.status.as_ref().unwrap().phase, AdapterPhase::Validating);
+    let remaining = names(verify_jobs(&w).await);
+    assert!(!remaining.contains(&job_name), "{remaining:?}");
+    reconcile_patch(&w).await;
+    let remaining = names(verify_jobs(&w).await);
+    assert!(
+        remaining.contains(&job_name),
+        "started again: {remaining:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_oci_artifact_pull_secret_is_read_by_the_check_and_mounted_into_the_runtime() {
+    use k8s_openapi::ByteString;
+    let w = world(FnSource::empty());
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let uri = "oci://registry.example.com/adapters/pricing:1.0.0";
+    let mut p = patch_at("1.0.0", uri, &digest('a'));
+    p.spec.artifact.pull_secret_ref = Some(switchboard_crds::ObjectRef::new("registry-creds"));
+    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+
+    // The Secret does not exist: unavailable, naming it (retried until it does).
+    let p = reconcile_patch(&w).await;
+    let c = artifact_condition(&p);
+    assert_eq!(c.reason, reasons::ARTIFACT_UNAVAILABLE);
+    assert!(c.message.contains("Secret registry-creds"), "{}", c.message);
+
+    let docker_config =
+        json!({"auths": {"registry.example.com": {"username": "u", "password": "p"}}});
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("registry-creds".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(std::collections::BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            ByteString(docker_config.to_string().into_bytes()),
+        )])),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(w.client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let p = reconcile_patch(&w).await;
+    assert_eq!(artifact_condition(&p).status, "True");
+
+    // The runtime gets the Secret's name with the artifact and the Secret where it reads it.
+    let config = compiled(&w).await;
+    let served = config.adapter("pricing", "1.0.0").unwrap();
+    assert_eq!(
+        served.artifact.pull_secret.as_deref(),
+        Some("registry-creds")
+    );
+    let d: Deployment = get(&w.client, "frontline-runtime").await;
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let mount = pod.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/var/run/switchboard/secrets/registry-creds")
+        .cloned()
+        .unwrap();
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert_eq!(
+        volume.secret.unwrap().secret_name.as_deref(),
+        Some("registry-creds")
+    );
+}
+
 /// The runtime side of CUPED for this test: `GET /v1/experiments/{name}/cuped` answered from a
 /// real outcome store (SQLite) filled with simulated units, as the runtime's handler does.
 async fn serve_cuped(

@@ -1,36 +1,52 @@
 //! The content-addressed adapter artifact cache (`--artifacts`).
 //!
 //! An adapter artifact is a PEFT directory (`adapter_config.json` + `adapter_model.safetensors`).
-//! It is copied from its URI (`file:///abs/dir`, or `http(s)://...` serving both files under the
-//! URI) into `<root>/sha256-<hex>/`, where `<hex>` is the digest of `adapter_model.safetensors`
-//! that the RuntimeConfig names. The digest is verified before the directory is published (by
-//! rename, so a half-copied artifact is never visible) and again whenever a cached directory is
-//! reused, so a corrupted cache entry is fetched anew instead of being loaded.
-use std::io::Read;
+//! It is copied from its URI into `<root>/sha256-<hex>/`, where `<hex>` is the digest the
+//! RuntimeConfig names ([`switchboard_artifact::weights_digest`], the definition the operator's
+//! check uses too):
+//! - `file:///abs/dir`: copied from the runtime's filesystem;
+//! - `pvc://<claim>/<path>`: copied from `<pvc-root>/<claim>/<path>`, where the Router's
+//!   Deployment mounts the claim read-only (`--pvc-root`, default `/var/run/switchboard/pvc`);
+//! - `http(s)://...`: both files downloaded from under the URL;
+//! - `oci://registry/repository:tag|@digest`: pulled from the registry (ORAS file layers or one
+//!   tar.gz layer), with the credentials of the artifact's pull Secret read from
+//!   `<secrets>/<name>/.dockerconfigjson` when it names one.
+//!
+//! The digest is verified before the directory is published (by rename, so a half-copied
+//! artifact is never visible) and again whenever a cached directory is reused, so a corrupted
+//! cache entry is fetched anew instead of being loaded.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest as _, Sha256};
+use switchboard_artifact::{
+    ArtifactUri, DOCKER_CONFIG_KEY, PVC_ROOT, UriError,
+    oci::{Credentials, OciClient, OciError, RegistryAuth},
+    pvc_path,
+};
 use switchboard_crds::runtime_config::AdapterArtifact;
 
 use crate::http_client::HttpClient;
 
-/// The files of a PEFT adapter directory.
-pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
-/// The file the digest covers.
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub use switchboard_artifact::{ADAPTER_FILES, WEIGHTS_FILE};
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// Largest file accepted from an HTTP artifact URI.
 const MAX_HTTP_BYTES: usize = 1 << 30;
 
 /// Why an artifact could not be made available.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    /// The URI's scheme is not supported.
-    #[error("artifact {uri}: unsupported URI (use file:///abs/dir or http(s)://...)")]
-    UnsupportedUri {
-        /// The URI.
-        uri: String,
-    },
+    /// The URI's scheme is not supported or the URI is malformed.
+    #[error(transparent)]
+    InvalidUri(#[from] UriError),
     /// No URI and nothing cached under the digest.
     #[error("artifact {digest}: no URI and not in the artifact cache {cache}")]
     NotCached {
@@ -69,6 +85,24 @@ pub enum ArtifactError {
         /// What went wrong.
         message: String,
     },
+    /// An OCI registry pull failed (the message names the reference).
+    #[error("artifact {uri}: {source}")]
+    Oci {
+        /// The URI.
+        uri: String,
+        /// The registry client's error.
+        source: OciError,
+    },
+    /// The pull Secret's Docker config is missing or unusable.
+    #[error("artifact {uri}: registry credentials {path}: {message}")]
+    Credentials {
+        /// The URI.
+        uri: String,
+        /// The Docker config file read.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The cache directory.
@@ -76,43 +110,58 @@ pub enum ArtifactError {
 pub struct ArtifactCache {
     root: PathBuf,
     http: HttpClient,
+    oci: OciClient,
+    pvc_root: PathBuf,
+    secrets: PathBuf,
     seq: AtomicU64,
 }
 
-/// Lowercase hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 impl ArtifactCache {
-    /// A cache rooted at `root` (created if missing).
+    /// A cache rooted at `root` (created if missing), reading `pvc://` artifacts under
+    /// [`PVC_ROOT`] and pull Secrets under `/etc/switchboard/secrets` until
+    /// [`with_sources`](Self::with_sources) says otherwise.
     pub fn open(root: impl Into<PathBuf>, http: HttpClient) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         Ok(Self {
             root,
             http,
+            oci: OciClient::default(),
+            pvc_root: PathBuf::from(PVC_ROOT),
+            secrets: PathBuf::from("/etc/switchboard/secrets"),
             seq: AtomicU64::new(0),
         })
+    }
+
+    /// Where claims of `pvc://` URIs are mounted (`<pvc_root>/<claim>`) and where the pull
+    /// Secrets of `oci://` URIs are (`<secrets>/<name>/.dockerconfigjson`).
+    pub fn with_sources(mut self, pvc_root: PathBuf, secrets: PathBuf) -> Self {
+        self.pvc_root = pvc_root;
+        self.secrets = secrets;
+        self
+    }
+
+    /// The registry credentials of `artifact` for `registry`: anonymous without a pull Secret.
+    fn registry_auth(
+        &self,
+        artifact: &AdapterArtifact,
+        uri: &str,
+        registry: &str,
+    ) -> Result<RegistryAuth, ArtifactError> {
+        let Some(secret) = &artifact.pull_secret else {
+            return Ok(RegistryAuth::Anonymous);
+        };
+        let path = self.secrets.join(secret).join(DOCKER_CONFIG_KEY);
+        let err = |message: String| ArtifactError::Credentials {
+            uri: uri.to_owned(),
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+        let credentials = Credentials::from_docker_config(&bytes).map_err(err)?;
+        credentials
+            .auth_for(registry)
+            .map_err(|e| err(e.to_string()))
     }
 
     /// Where the artifact with `digest` lives once cached.
@@ -160,36 +209,51 @@ impl ArtifactCache {
             .await
             .map_err(io("create", &staging))?;
         let result = async {
-            if let Some(path) = uri.strip_prefix("file://") {
-                let from = PathBuf::from(path);
-                if !from.is_absolute() {
-                    return Err(ArtifactError::UnsupportedUri { uri: uri.clone() });
-                }
+            // A reference (Copy) for the closures below, so `staging` stays usable after.
+            let staging = staging.as_path();
+            let copy_from = |from: PathBuf| async move {
                 for file in ADAPTER_FILES {
                     tokio::fs::copy(from.join(file), staging.join(file))
                         .await
                         .map_err(io("copy", &from.join(file)))?;
                 }
-            } else if uri.starts_with("http://") || uri.starts_with("https://") {
-                let base = uri.trim_end_matches('/');
-                for file in ADAPTER_FILES {
-                    let url = format!("{base}/{file}");
-                    let body = self
-                        .http
-                        .get(&url, MAX_HTTP_BYTES)
-                        .await
-                        .map_err(|message| ArtifactError::Http {
-                            uri: uri.clone(),
-                            message: format!("GET {url}: {message}"),
-                        })?;
-                    tokio::fs::write(staging.join(file), body)
-                        .await
-                        .map_err(io("write", &staging.join(file)))?;
+                Ok::<(), ArtifactError>(())
+            };
+            match ArtifactUri::parse(&uri)? {
+                ArtifactUri::File(from) => copy_from(from).await?,
+                ArtifactUri::Pvc { claim, path } => {
+                    copy_from(pvc_path(&self.pvc_root, &claim, &path)).await?;
                 }
-            } else {
-                return Err(ArtifactError::UnsupportedUri { uri: uri.clone() });
+                ArtifactUri::Http(base) => {
+                    let base = base.trim_end_matches('/');
+                    for file in ADAPTER_FILES {
+                        let url = format!("{base}/{file}");
+                        let body = self.http.get(&url, MAX_HTTP_BYTES).await.map_err(|message| {
+                            ArtifactError::Http {
+                                uri: uri.clone(),
+                                message: format!("GET {url}: {message}"),
+                            }
+                        })?;
+                        tokio::fs::write(staging.join(file), body)
+                            .await
+                            .map_err(io("write", &staging.join(file)))?;
+                    }
+                }
+                ArtifactUri::Oci(reference) => {
+                    let auth =
+                        self.registry_auth(artifact, &uri, reference.resolve_registry())?;
+                    let pulled = self
+                        .oci
+                        .pull_peft(&reference, &auth, staging)
+                        .await
+                        .map_err(|source| ArtifactError::Oci {
+                            uri: uri.clone(),
+                            source,
+                        })?;
+                    tracing::info!(%uri, manifest = %pulled.manifest_digest, layout = ?pulled.layout, "adapter artifact pulled");
+                }
             }
-            verify_blocking(&staging, artifact, &uri).await?;
+            verify_blocking(staging, artifact, &uri).await?;
             // A stale or corrupt entry under the final name is replaced.
             if dir.exists() {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -208,6 +272,53 @@ impl ArtifactCache {
         }
         result
     }
+}
+
+/// Options of `verify-artifact`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// The artifact: `pvc://<claim>/<path>` or `file:///<dir>`.
+    #[arg(long)]
+    uri: String,
+    /// Where the claims of `pvc://` URIs are mounted (`<pvc-root>/<claim>`).
+    #[arg(long, default_value = PVC_ROOT)]
+    pvc_root: PathBuf,
+    /// Also write the report to this file (the verification Job: `/dev/termination-log`).
+    #[arg(long)]
+    report_file: Option<PathBuf>,
+}
+
+/// `verify-artifact`: reports the digest and config of a directory artifact. A directory that
+/// cannot be read is reported (`error`), not a failure of the command: the operator tells an
+/// unavailable artifact from a broken Job by the report.
+pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<()> {
+    let report = match ArtifactUri::parse(&args.uri) {
+        Ok(ArtifactUri::Pvc { claim, path }) => switchboard_artifact::VerifyReport::of_dir(
+            &args.uri,
+            &pvc_path(&args.pvc_root, &claim, &path),
+        ),
+        Ok(ArtifactUri::File(dir)) => switchboard_artifact::VerifyReport::of_dir(&args.uri, &dir),
+        Ok(other) => switchboard_artifact::VerifyReport {
+            uri: args.uri.clone(),
+            error: Some(format!(
+                "verify-artifact reads directories (pvc://, file://), not {}:// URIs",
+                other.scheme()
+            )),
+            ..Default::default()
+        },
+        Err(e) => switchboard_artifact::VerifyReport {
+            uri: args.uri.clone(),
+            error: Some(e.to_string()),
+            ..Default::default()
+        },
+    };
+    let json = serde_json::to_string(&report)?;
+    if let Some(path) = &args.report_file {
+        std::fs::write(path, &json)
+            .map_err(|e| anyhow::anyhow!("writing the report to {}: {e}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(())
 }
 
 async fn verify_blocking(
@@ -238,7 +349,7 @@ pub fn verify(dir: &Path, artifact: &AdapterArtifact, label: &str) -> Result<(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
     }
-    let actual = sha256_file(&weights).map_err(|source| ArtifactError::Io {
+    let actual = switchboard_artifact::weights_digest(dir).map_err(|source| ArtifactError::Io {
         uri: label.to_owned(),
         action: "hash",
         path: weights.display().to_string(),
@@ -257,11 +368,14 @@ pub fn verify(dir: &Path, artifact: &AdapterArtifact, label: &str) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_artifact::oci::{Layout, Reference};
+    use switchboard_testkit::registry::{Registry, TEST_PASSWORD, TEST_USER};
 
     fn artifact(uri: Option<String>, hex: &str) -> AdapterArtifact {
         AdapterArtifact {
             uri,
             sha256: format!("sha256:{hex}").parse().unwrap(),
+            pull_secret: None,
         }
     }
 
@@ -269,7 +383,14 @@ mod tests {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("adapter_config.json"), b"{}").unwrap();
         std::fs::write(dir.join(WEIGHTS_FILE), weights).unwrap();
-        hex(&Sha256::digest(weights))
+        switchboard_artifact::sha256_hex(weights)
+    }
+
+    fn cache_entries(dir: &Path) -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     #[tokio::test]
@@ -312,15 +433,187 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ArtifactError::DigestMismatch { .. }), "{err}");
         assert!(err.to_string().contains("expected sha256:0000"), "{err}");
-        let left: Vec<_> = std::fs::read_dir(tmp.path().join("cache"))
-            .unwrap()
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert!(cache_entries(&tmp.path().join("cache")).is_empty());
 
         let err = cache
             .ensure(&artifact(Some("s3://bucket/x".into()), &wrong))
             .await
             .unwrap_err();
-        assert!(matches!(err, ArtifactError::UnsupportedUri { .. }), "{err}");
+        assert!(matches!(err, ArtifactError::InvalidUri(_)), "{err}");
+        assert!(err.to_string().contains("s3://bucket/x"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pvc_uris_resolve_under_the_mount_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        // What the Router's Deployment mounts: claim `adapters` at <pvc-root>/adapters.
+        let pvc_root = tmp.path().join("pvc");
+        let digest = peft_dir(&pvc_root.join("adapters/pricing/1.3.0"), b"pricing-1.3.0");
+        let cache = ArtifactCache::open(tmp.path().join("cache"), HttpClient::new())
+            .unwrap()
+            .with_sources(pvc_root.clone(), tmp.path().join("secrets"));
+        let uri = "pvc://adapters/pricing/1.3.0";
+        let dir = cache
+            .ensure(&artifact(Some(uri.into()), &digest))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.join(WEIGHTS_FILE)).unwrap(),
+            b"pricing-1.3.0"
+        );
+        // A claim that is not mounted: the error names the URI and the path looked at.
+        let err = cache
+            .ensure(&artifact(
+                Some("pvc://other/pricing/1.3.0".into()),
+                &"11".repeat(32),
+            ))
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("pvc://other/pricing/1.3.0"), "{message}");
+        assert!(
+            message.contains(&pvc_root.join("other/pricing/1.3.0").display().to_string()),
+            "{message}"
+        );
+        // `..` cannot leave the claim.
+        let err = cache
+            .ensure(&artifact(
+                Some("pvc://adapters/../x".into()),
+                &"11".repeat(32),
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::InvalidUri(_)), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oci_artifacts_are_pulled_from_a_registry_and_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::start(&tmp.path().join("registry")).unwrap();
+        let src = tmp.path().join("pricing-1.3.0");
+        let digest = peft_dir(&src, b"pricing-weights-1.3.0");
+        let oci = OciClient::default();
+        let push = |tag: &str, layout| {
+            let reference: Reference = format!("{}/adapters/pricing:{tag}", registry.host())
+                .parse()
+                .unwrap();
+            let (oci, src) = (oci.clone(), src.clone());
+            async move {
+                oci.push_peft(&reference, &RegistryAuth::Anonymous, &src, layout)
+                    .await
+                    .unwrap();
+                format!("oci://{}", reference.whole())
+            }
+        };
+        let files = push("1.3.0", Layout::Files).await;
+        let tarball = push("1.3.0-tgz", Layout::TarGz).await;
+        let cache_root = tmp.path().join("cache");
+        let cache = ArtifactCache::open(&cache_root, HttpClient::new()).unwrap();
+
+        // ORAS file layers: pulled, verified, cached under the weights digest.
+        let dir = cache
+            .ensure(&artifact(Some(files.clone()), &digest))
+            .await
+            .unwrap();
+        assert_eq!(dir, cache_root.join(format!("sha256-{digest}")));
+        assert_eq!(
+            std::fs::read(dir.join(WEIGHTS_FILE)).unwrap(),
+            b"pricing-weights-1.3.0"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("adapter_config.json")).unwrap(),
+            b"{}"
+        );
+
+        // One tar.gz layer holding the directory: the same digest (of the weights, not of the
+        // manifest or layer).
+        std::fs::remove_dir_all(&dir).unwrap();
+        let again = cache
+            .ensure(&artifact(Some(tarball.clone()), &digest))
+            .await
+            .unwrap();
+        assert_eq!(again, dir);
+
+        // A wrong digest: refused, naming the URI and both digests; nothing cached.
+        let wrong = "ab".repeat(32);
+        let err = cache
+            .ensure(&artifact(Some(files.clone()), &wrong))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::DigestMismatch { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&files), "{message}");
+        assert!(message.contains(&format!("sha256:{digest}")), "{message}");
+        assert!(!cache_root.join(format!("sha256-{wrong}")).exists());
+        assert_eq!(
+            cache_entries(&cache_root).len(),
+            1,
+            "only the verified copy"
+        );
+
+        // A tag that was never pushed: the registry's refusal, naming the reference.
+        let missing = format!("oci://{}/adapters/pricing:9.9.9", registry.host());
+        let err = cache
+            .ensure(&artifact(Some(missing.clone()), &wrong))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::Oci { .. }), "{err}");
+        assert!(err.to_string().contains(&missing), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oci_pulls_use_the_mounted_pull_secret() {
+        use base64::Engine as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::start_with_basic_auth(&tmp.path().join("registry")).unwrap();
+        let src = tmp.path().join("adapter");
+        let digest = peft_dir(&src, b"private-weights");
+        let reference: Reference = format!("{}/private/billing:2.0.0", registry.host())
+            .parse()
+            .unwrap();
+        let basic = RegistryAuth::Basic(TEST_USER.into(), TEST_PASSWORD.into());
+        OciClient::default()
+            .push_peft(&reference, &basic, &src, Layout::Files)
+            .await
+            .unwrap();
+        let uri = format!("oci://{}", reference.whole());
+
+        // The Secret as the kubelet mounts it: <secrets>/<name>/.dockerconfigjson.
+        let secrets = tmp.path().join("secrets");
+        std::fs::create_dir_all(secrets.join("registry-creds")).unwrap();
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{TEST_USER}:{TEST_PASSWORD}"));
+        std::fs::write(
+            secrets.join("registry-creds").join(DOCKER_CONFIG_KEY),
+            serde_json::json!({"auths": {registry.host(): {"auth": auth}}}).to_string(),
+        )
+        .unwrap();
+        let cache = ArtifactCache::open(tmp.path().join("cache"), HttpClient::new())
+            .unwrap()
+            .with_sources(tmp.path().join("pvc"), secrets);
+
+        // Anonymous: the registry refuses.
+        let err = cache
+            .ensure(&artifact(Some(uri.clone()), &digest))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::Oci { .. }), "{err}");
+        // With the pull Secret: pulled and verified.
+        let mut with_secret = artifact(Some(uri.clone()), &digest);
+        with_secret.pull_secret = Some("registry-creds".into());
+        let dir = cache.ensure(&with_secret).await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.join(WEIGHTS_FILE)).unwrap(),
+            b"private-weights"
+        );
+        // A Secret that is not mounted: the error names the file.
+        std::fs::remove_dir_all(&dir).unwrap();
+        with_secret.pull_secret = Some("missing".into());
+        let err = cache.ensure(&with_secret).await.unwrap_err();
+        assert!(matches!(err, ArtifactError::Credentials { .. }), "{err}");
+        assert!(
+            err.to_string().contains("missing/.dockerconfigjson"),
+            "{err}"
+        );
     }
 }

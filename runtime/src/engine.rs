@@ -42,6 +42,9 @@ pub struct EngineOptions {
     pub reranker: Option<Arc<dyn Reranker>>,
     /// Mounted secrets: `<secrets>/<name>/<key>`.
     pub secrets: PathBuf,
+    /// Where the Router mounts the claims of `pvc://<claim>/<path>` artifacts and models
+    /// (`<pvc_root>/<claim>`).
+    pub pvc_root: PathBuf,
     /// Content-addressed adapter cache.
     pub artifacts: PathBuf,
     /// Lifetime of interaction tokens.
@@ -189,15 +192,17 @@ impl Engine {
         options: EngineOptions,
         metrics: Arc<Metrics>,
         keys: TokenKeys,
+        store: OutcomeStore,
     ) -> anyhow::Result<Self> {
         let http = HttpClient::new();
-        let artifacts = ArtifactCache::open(&options.artifacts, http.clone()).map_err(|e| {
-            anyhow::anyhow!(
-                "opening the artifact cache {}: {e}",
-                options.artifacts.display()
-            )
-        store: OutcomeStore,
-        })?;
+        let artifacts = ArtifactCache::open(&options.artifacts, http.clone())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the artifact cache {}: {e}",
+                    options.artifacts.display()
+                )
+            })?
+            .with_sources(options.pvc_root.clone(), options.secrets.clone());
         Ok(Self {
             options,
             metrics,
@@ -256,7 +261,23 @@ impl Engine {
 
     /// Resolves a model named by the config: the path itself when it exists, else the file (or
     /// folder) of that name under `--models`.
+    /// A `pvc://<claim>/<path>` model is read where the Router mounts the claim (`--pvc-root`).
     pub fn resolve_model(&self, spec: &str) -> Result<PathBuf, ApplyError> {
+        match switchboard_artifact::ArtifactUri::parse(spec) {
+            Ok(switchboard_artifact::ArtifactUri::Pvc { claim, path }) => {
+                let local = switchboard_artifact::pvc_path(&self.options.pvc_root, &claim, &path);
+                return if local.exists() {
+                    Ok(local)
+                } else {
+                    Err(reject(format!(
+                        "model {spec}: {} does not exist (is claim {claim} mounted?)",
+                        local.display()
+                    )))
+                };
+            }
+            Err(e) if spec.starts_with("pvc://") => return Err(reject(format!("model {e}"))),
+            _ => {}
+        }
         let path = PathBuf::from(spec.strip_prefix("file://").unwrap_or(spec));
         if path.exists() {
             return Ok(path);

@@ -94,6 +94,10 @@ enum Command {
         /// Texts to embed; read from stdin when none are given.
         texts: Vec<String>,
     },
+    /// Read a PEFT adapter directory (`pvc://<claim>/<path>` under `--pvc-root`, or
+    /// `file:///<dir>`) and print its digest and checked config fields as JSON: the AdapterPatch
+    /// controller's verification Job.
+    VerifyArtifact(artifacts::VerifyArgs),
     /// Rank passages for each query by cosine similarity of their embeddings.
     Search {
         /// sentence-transformers checkpoint directory.
@@ -155,6 +159,7 @@ fn main() -> Result<()> {
             queries,
         } => runtime()?.block_on(query(addr, top_k, queries)),
         Command::Embed { model, texts } => embed(&model, texts),
+        Command::VerifyArtifact(args) => artifacts::verify_command(&args),
         Command::Search {
             model,
             passages,

@@ -200,10 +200,10 @@ pub struct ServeArgs {
     /// Folder searched for model files the config names by a path that doesn't exist here.
     #[arg(long, default_value = ".cache/models")]
     models: PathBuf,
-    /// Mounted Secrets: the large model's API key is read from `<secrets>/<name>/<key>`.
+    /// Mounted Secrets: the large model's API key is read from `<secrets>/<name>/<key>`, an
+    /// `oci://` adapter's registry credentials from `<secrets>/<pullSecret>/.dockerconfigjson`.
     #[arg(long, default_value = "/etc/switchboard/secrets")]
     secrets: PathBuf,
-}
     /// Where the Router mounts the claims that `pvc://<claim>/<path>` adapter artifacts and
     /// models name: `<pvc-root>/<claim>/<path>`.
     #[arg(long, default_value = switchboard_artifact::PVC_ROOT)]
@@ -222,6 +222,7 @@ pub struct ServeArgs {
     /// interaction's token must have expired, or its feedback could count twice).
     #[arg(long, default_value = "2160h", value_parser = parse_duration)]
     outcome_retention: Duration,
+}
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     switchboard_crds::parse_duration(s).map_err(|e| e.to_string())
@@ -256,14 +257,13 @@ fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Engi
         encoder: args.kb.encoder.clone(),
         reranker,
         secrets: args.secrets.clone(),
+        pvc_root: args.pvc_root.clone(),
         artifacts: args.artifacts.clone(),
         token_ttl: args.token_ttl,
         lenient_large_model: args.runtime_config.is_none(),
     }
 }
 
-/// Runs the server until SIGINT/SIGTERM.
-pub async fn serve(args: ServeArgs) -> Result<()> {
 /// Opens the outcome store and prunes it hourly past the retention.
 async fn outcome_store(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<OutcomeStore> {
     if args.outcome_retention < args.token_ttl {
@@ -299,18 +299,20 @@ async fn outcome_store(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Outco
     Ok(store)
 }
 
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new()?);
     let reranker = load_reranker(&args)?;
+    let store = outcome_store(&args, &metrics).await?;
     if let Some(path) = args.runtime_config.clone() {
         // Operator mode: everything comes from the RuntimeConfig.
-    let store = outcome_store(&args, &metrics).await?;
         let engine = Arc::new(Engine::new(
             engine_options(&args, reranker),
             Arc::clone(&metrics),
             token_keys(&args)?,
+            store,
         )?);
         let watcher =
-            store,
             tokio::spawn(Arc::clone(&engine).watch_file(path.clone(), args.config_poll_interval));
         println!(
             "serving RuntimeConfig {} on grpc://{} and http://{}",
@@ -364,11 +366,11 @@ async fn outcome_store(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Outco
             options,
             Arc::clone(&metrics),
             token_keys(&args)?,
+            store,
         )?);
         engine
             .seed_encoder(loaded.encoder_path.clone(), Arc::clone(&loaded.embedder))
             .await;
-            store,
         let apply = {
             let engine = Arc::clone(&engine);
             let store = loaded.store.clone();

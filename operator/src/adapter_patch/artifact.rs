@@ -1,42 +1,54 @@
-//! The artifact check of an AdapterPatch version: fetch the PEFT directory (`file://` or
-//! `http(s)://`), verify the sha256 of `adapter_model.safetensors` against the spec, and check
-//! `adapter_config.json` (LoRA, rank, alpha, target modules, base model) against the spec.
+//! The artifact check of an AdapterPatch version: fetch the PEFT directory (`file://`,
+//! `http(s)://` or `oci://`), verify the digest of `adapter_model.safetensors`
+//! ([`switchboard_artifact::weights_digest`], the definition the runtime uses too) against the
+//! spec, and check `adapter_config.json` (LoRA, rank, alpha, target modules, base model) against
+//! the spec. `pvc://` artifacts are read by a verification Job instead (`verify_job.rs`): the
+//! operator cannot mount a claim.
 
 use std::{
     collections::BTreeSet,
     fmt,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use sha2::{Digest as _, Sha256};
+use switchboard_artifact::{
+    ArtifactUri,
+    oci::{Credentials, OciClient},
+};
 use switchboard_crds::{AdapterPatchSpec, conditions::reasons};
 
 use super::rollout::ArtifactCheck;
 use crate::{http_client::HttpClient, observe::BoxFuture};
 
-/// Config file of a PEFT adapter directory.
-pub const CONFIG_FILE: &str = "adapter_config.json";
-/// Weights file of a PEFT adapter directory.
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub use switchboard_artifact::{CONFIG_FILE, WEIGHTS_FILE, sha256_hex};
+
 /// Largest artifact file read (LoRA hot-fixes of rank <= 64 are far smaller).
 pub const MAX_FILE_BYTES: usize = 1 << 30;
 
 /// Checks an AdapterPatch's artifact.
 pub trait ArtifactChecker: Send + Sync + fmt::Debug {
-    /// The check of `spec.artifact` for `spec`.
-    fn check<'a>(&'a self, spec: &'a AdapterPatchSpec) -> BoxFuture<'a, ArtifactCheck>;
+    /// The check of `spec.artifact` for `spec`; `credentials` are the registry credentials of
+    /// `spec.artifact.pullSecretRef` (empty without one).
+    fn check<'a>(
+        &'a self,
+        spec: &'a AdapterPatchSpec,
+        credentials: &'a Credentials,
+    ) -> BoxFuture<'a, ArtifactCheck>;
 
     /// Releases the cached copy of a digest no version needs any more (no-op without a cache).
     fn release(&self, _sha256_hex: &str) {}
 }
 
-/// Fetches PEFT directories over `file://` and `http(s)://`; keeps verified copies in a
-/// content-addressed cache (`<cache>/sha256-<hex>/`) when one is configured.
-#[derive(Clone, Debug)]
+/// Fetches PEFT directories over `file://`, `http(s)://` and `oci://`; keeps verified copies in
+/// a content-addressed cache (`<cache>/sha256-<hex>/`) when one is configured.
+#[derive(Debug)]
 pub struct PeftArtifacts {
     http: HttpClient,
+    oci: OciClient,
     cache: Option<PathBuf>,
+    seq: AtomicU64,
 }
 
 impl PeftArtifacts {
@@ -44,41 +56,86 @@ impl PeftArtifacts {
     pub fn new(cache: Option<PathBuf>) -> Self {
         Self {
             http: HttpClient::new(Duration::from_secs(60)),
+            oci: OciClient::default(),
             cache,
+            seq: AtomicU64::new(0),
         }
     }
 
-    async fn fetch(&self, uri: &str, file: &str) -> Result<Vec<u8>, String> {
-        if let Some(path) = uri.strip_prefix("file://") {
-            let path = Path::new(path).join(file);
-            let meta = tokio::fs::metadata(&path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if meta.len() > MAX_FILE_BYTES as u64 {
-                return Err(format!(
-                    "{}: {} bytes is over the {MAX_FILE_BYTES} byte limit",
-                    path.display(),
-                    meta.len()
-                ));
+    /// Copies, downloads or pulls the two files of `uri` into the empty directory `staging`.
+    async fn fetch(
+        &self,
+        uri: &str,
+        credentials: &Credentials,
+        staging: &Path,
+    ) -> Result<(), String> {
+        match ArtifactUri::parse(uri).map_err(|e| e.to_string())? {
+            ArtifactUri::File(dir) => {
+                for file in [WEIGHTS_FILE, CONFIG_FILE] {
+                    let path = dir.join(file);
+                    let meta = tokio::fs::metadata(&path)
+                        .await
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    if meta.len() > MAX_FILE_BYTES as u64 {
+                        return Err(format!(
+                            "{}: {} bytes is over the {MAX_FILE_BYTES} byte limit",
+                            path.display(),
+                            meta.len()
+                        ));
+                    }
+                    tokio::fs::copy(&path, staging.join(file))
+                        .await
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                Ok(())
             }
-            return tokio::fs::read(&path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()));
-        }
-        if uri.starts_with("http://") || uri.starts_with("https://") {
-            let url = format!("{}/{file}", uri.trim_end_matches('/'));
-            let (status, body) = self.http.get(&url, MAX_FILE_BYTES).await?;
-            if status != 200 {
-                return Err(format!("GET {url}: HTTP {status}"));
+            ArtifactUri::Http(base) => {
+                for file in [WEIGHTS_FILE, CONFIG_FILE] {
+                    let url = format!("{}/{file}", base.trim_end_matches('/'));
+                    let (status, body) = self.http.get(&url, MAX_FILE_BYTES).await?;
+                    if status != 200 {
+                        return Err(format!("GET {url}: HTTP {status}"));
+                    }
+                    tokio::fs::write(staging.join(file), body)
+                        .await
+                        .map_err(|e| format!("writing {}: {e}", staging.join(file).display()))?;
+                }
+                Ok(())
             }
-            return Ok(body.to_vec());
+            ArtifactUri::Oci(reference) => {
+                let auth = credentials
+                    .auth_for(reference.resolve_registry())
+                    .map_err(|e| e.to_string())?;
+                let pulled = self
+                    .oci
+                    .pull_peft(&reference, &auth, staging)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(%uri, manifest = %pulled.manifest_digest, layout = ?pulled.layout, "adapter artifact pulled");
+                Ok(())
+            }
+            ArtifactUri::Pvc { .. } => Err(format!(
+                "{uri}: pvc:// artifacts are read by a verification Job, not fetched"
+            )),
         }
-        Err(format!(
-            "{uri}: this operator fetches file:// and http(s):// artifacts only"
-        ))
     }
 
-    fn store(&self, hex: &str, config: &[u8], weights: &[u8]) -> std::io::Result<()> {
+    /// A fresh staging directory (in the cache, so a verified copy is published by rename).
+    fn staging(&self) -> std::io::Result<PathBuf> {
+        let parent = self.cache.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = parent.join(format!(
+            ".staging-{}-{}",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Publishes a verified `staging` directory as `<cache>/sha256-<hex>/` (rename, so readers
+    /// never see half a copy).
+    fn store(&self, hex: &str, staging: &Path) -> std::io::Result<()> {
         let Some(cache) = &self.cache else {
             return Ok(());
         };
@@ -86,47 +143,57 @@ impl PeftArtifacts {
         if dir.join(WEIGHTS_FILE).is_file() {
             return Ok(());
         }
-        std::fs::create_dir_all(cache)?;
-        // Write into a temporary directory and rename, so readers never see half a copy.
-        let tmp = cache.join(format!(".tmp-sha256-{hex}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::write(tmp.join(CONFIG_FILE), config)?;
-        std::fs::write(tmp.join(WEIGHTS_FILE), weights)?;
-        match std::fs::rename(&tmp, &dir) {
+        match std::fs::rename(staging, &dir) {
             Ok(()) => Ok(()),
-            Err(_) if dir.join(WEIGHTS_FILE).is_file() => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(())
-            }
+            Err(_) if dir.join(WEIGHTS_FILE).is_file() => Ok(()),
             Err(e) => Err(e),
         }
     }
 }
 
 impl ArtifactChecker for PeftArtifacts {
-    fn check<'a>(&'a self, spec: &'a AdapterPatchSpec) -> BoxFuture<'a, ArtifactCheck> {
+    fn check<'a>(
+        &'a self,
+        spec: &'a AdapterPatchSpec,
+        credentials: &'a Credentials,
+    ) -> BoxFuture<'a, ArtifactCheck> {
         Box::pin(async move {
             let uri = spec.artifact.uri.as_str();
             let unavailable = |message: String| ArtifactCheck::Failed {
                 reason: reasons::ARTIFACT_UNAVAILABLE.to_owned(),
                 message,
             };
-            let weights = match self.fetch(uri, WEIGHTS_FILE).await {
-                Ok(b) => b,
-                Err(e) => return unavailable(e),
+            let staging = match self.staging() {
+                Ok(dir) => dir,
+                Err(e) => return unavailable(format!("{uri}: creating a staging directory: {e}")),
             };
-            let config = match self.fetch(uri, CONFIG_FILE).await {
-                Ok(b) => b,
-                Err(e) => return unavailable(e),
-            };
-            let result = verify(spec, &config, &weights);
-            if result == ArtifactCheck::Verified
-                && let Err(e) = self.store(spec.artifact.sha256.hex(), &config, &weights)
+            let result = async {
+                self.fetch(uri, credentials, &staging)
+                    .await
+                    .map_err(unavailable)?;
+                let dir = staging.clone();
+                let hashed =
+                    tokio::task::spawn_blocking(move || switchboard_artifact::weights_digest(&dir))
+                        .await;
+                let weights_hex = match hashed {
+                    Ok(Ok(hex)) => hex,
+                    Ok(Err(e)) => return Err(unavailable(format!("{uri}: hashing: {e}"))),
+                    Err(e) => return Err(unavailable(format!("{uri}: hashing task: {e}"))),
+                };
+                let config = tokio::fs::read(staging.join(CONFIG_FILE))
+                    .await
+                    .map_err(|e| unavailable(format!("{uri}: {CONFIG_FILE}: {e}")))?;
+                Ok(verify(spec, &config, &weights_hex))
+            }
+            .await;
+            let check = result.unwrap_or_else(|failed| failed);
+            if check == ArtifactCheck::Verified
+                && let Err(e) = self.store(spec.artifact.sha256.hex(), &staging)
             {
                 tracing::warn!(error = %e, "caching a verified artifact failed");
             }
-            result
+            let _ = std::fs::remove_dir_all(&staging);
+            check
         })
     }
 
@@ -146,14 +213,6 @@ impl ArtifactChecker for PeftArtifacts {
             }
         }
     }
-}
-
-/// Lowercase hex sha256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Normalises a model name for comparison: last path component, no extension, lowercase.
@@ -176,19 +235,20 @@ fn is_local_path(name: &str) -> bool {
     name.starts_with('/') || name.starts_with("file://") || name.starts_with("pvc://")
 }
 
-/// The pure part of the check: digest, then `adapter_config.json` against the spec.
-pub fn verify(spec: &AdapterPatchSpec, config: &[u8], weights: &[u8]) -> ArtifactCheck {
+/// The pure part of the check: the weights' digest (`weights_sha256_hex`, from
+/// [`switchboard_artifact::weights_digest`]), then `adapter_config.json` against the spec.
+pub fn verify(spec: &AdapterPatchSpec, config: &[u8], weights_sha256_hex: &str) -> ArtifactCheck {
     let invalid = |message: String| ArtifactCheck::Failed {
         reason: reasons::ARTIFACT_INVALID.to_owned(),
         message,
     };
-    let actual = sha256_hex(weights);
+    let actual = weights_sha256_hex.to_ascii_lowercase();
     if !spec.artifact.sha256.matches_hex(&actual) {
         return ArtifactCheck::Failed {
             reason: reasons::DIGEST_MISMATCH.to_owned(),
             message: format!(
-                "{WEIGHTS_FILE} has digest sha256:{actual}, the spec says {}",
-                spec.artifact.sha256
+                "{}: {WEIGHTS_FILE} has digest sha256:{actual}, the spec says {}",
+                spec.artifact.uri, spec.artifact.sha256
             ),
         };
     }
@@ -278,8 +338,8 @@ mod tests {
 
     #[test]
     fn verifies_digest_and_config() {
-        let weights = b"weights";
-        let hex = sha256_hex(weights);
+        let weights = &sha256_hex(b"weights");
+        let hex = weights.clone();
         let repo = "HuggingFaceTB/SmolLM2-135M-Instruct";
         assert_eq!(
             verify(&spec(&hex, repo), &config(4, repo), weights),
@@ -305,6 +365,10 @@ mod tests {
         ));
         assert_eq!(r, reasons::DIGEST_MISMATCH);
         assert!(m.contains(&hex), "{m}");
+        assert!(
+            m.contains("file:///tmp/x"),
+            "the message names the URI: {m}"
+        );
         let (r, m) = reason(verify(&spec(&hex, repo), &config(8, repo), weights));
         assert_eq!(r, reasons::ARTIFACT_INVALID);
         assert!(m.contains("r=8"), "{m}");
@@ -331,24 +395,26 @@ mod tests {
         s.artifact.uri = format!("file://{}", src.display());
         let cache = dir.path().join("cache");
         let checker = PeftArtifacts::new(Some(cache.clone()));
-        assert_eq!(checker.check(&s).await, ArtifactCheck::Verified);
+        let anonymous = Credentials::default();
+        assert_eq!(checker.check(&s, &anonymous).await, ArtifactCheck::Verified);
         let cached = cache.join(format!("sha256-{hex}"));
         assert_eq!(std::fs::read(cached.join(WEIGHTS_FILE)).unwrap(), b"w");
         checker.release(&hex);
         assert!(!cached.exists());
 
         s.artifact.uri = format!("file://{}/missing", dir.path().display());
-        match checker.check(&s).await {
+        match checker.check(&s, &anonymous).await {
             ArtifactCheck::Failed { reason, .. } => {
                 assert_eq!(reason, reasons::ARTIFACT_UNAVAILABLE);
             }
             other => panic!("{other:?}"),
         }
-        s.artifact.uri = "oci://registry/adapters:1".to_owned();
-        assert!(matches!(
-            checker.check(&s).await,
-            ArtifactCheck::Failed { .. }
-        ));
+        // Nothing but the verified copy is left in the cache (no staging directories).
+        let entries: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(entries.is_empty(), "{entries:?}");
     }
 
     #[tokio::test]
@@ -369,16 +435,103 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let checker = PeftArtifacts::new(None);
+        let anonymous = Credentials::default();
         let mut s = spec(&sha256_hex(b"weights"), repo);
         s.artifact.uri = format!("http://{addr}/adapters/pricing/1.1.0/");
-        assert_eq!(checker.check(&s).await, ArtifactCheck::Verified);
+        assert_eq!(checker.check(&s, &anonymous).await, ArtifactCheck::Verified);
         s.artifact.uri = format!("http://{addr}/adapters/pricing/9.9.9");
-        match checker.check(&s).await {
+        match checker.check(&s, &anonymous).await {
             ArtifactCheck::Failed { reason, message } => {
                 assert_eq!(reason, reasons::ARTIFACT_UNAVAILABLE);
                 assert!(message.contains("HTTP 404"), "{message}");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pulls_oci_artifacts_from_a_registry_and_verifies_them() {
+        use switchboard_artifact::oci::{Layout, Reference, RegistryAuth};
+        use switchboard_testkit::registry::{Registry, TEST_PASSWORD, TEST_USER};
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = "HuggingFaceTB/SmolLM2-135M-Instruct";
+        let src = tmp.path().join("pricing");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join(WEIGHTS_FILE), b"oci-weights").unwrap();
+        std::fs::write(src.join(CONFIG_FILE), config(4, repo)).unwrap();
+
+        // An anonymous registry with the ORAS file layout and the tar.gz layout.
+        let public = Registry::start(&tmp.path().join("public")).unwrap();
+        let oci = OciClient::default();
+        let mut uris = Vec::new();
+        for (tag, layout) in [("1.1.0", Layout::Files), ("1.1.0-dir", Layout::TarGz)] {
+            let reference: Reference = format!("{}/adapters/pricing:{tag}", public.host())
+                .parse()
+                .unwrap();
+            oci.push_peft(&reference, &RegistryAuth::Anonymous, &src, layout)
+                .await
+                .unwrap();
+            uris.push(format!("oci://{}", reference.whole()));
+        }
+        let cache = tmp.path().join("cache");
+        let checker = PeftArtifacts::new(Some(cache.clone()));
+        let anonymous = Credentials::default();
+        let digest = sha256_hex(b"oci-weights");
+        for uri in &uris {
+            let mut s = spec(&digest, repo);
+            s.artifact.uri.clone_from(uri);
+            assert_eq!(
+                checker.check(&s, &anonymous).await,
+                ArtifactCheck::Verified,
+                "{uri}"
+            );
+        }
+        assert!(
+            cache
+                .join(format!("sha256-{digest}"))
+                .join(WEIGHTS_FILE)
+                .is_file()
+        );
+
+        // A wrong digest: DigestMismatch naming the URI (the rollout fails the version).
+        let mut s = spec(&"0".repeat(64), repo);
+        s.artifact.uri.clone_from(&uris[0]);
+        match checker.check(&s, &anonymous).await {
+            ArtifactCheck::Failed { reason, message } => {
+                assert_eq!(reason, reasons::DIGEST_MISMATCH);
+                assert!(message.contains(&uris[0]), "{message}");
+                assert!(message.contains(&digest), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A registry with basic auth: anonymous is unavailable (retried), the pull Secret's
+        // credentials work.
+        let private = Registry::start_with_basic_auth(&tmp.path().join("private")).unwrap();
+        let reference: Reference = format!("{}/private/pricing:1.1.0", private.host())
+            .parse()
+            .unwrap();
+        let basic = RegistryAuth::Basic(TEST_USER.into(), TEST_PASSWORD.into());
+        oci.push_peft(&reference, &basic, &src, Layout::Files)
+            .await
+            .unwrap();
+        let mut s = spec(&digest, repo);
+        s.artifact.uri = format!("oci://{}", reference.whole());
+        match checker.check(&s, &anonymous).await {
+            ArtifactCheck::Failed { reason, message } => {
+                assert_eq!(reason, reasons::ARTIFACT_UNAVAILABLE);
+                assert!(message.contains(&s.artifact.uri), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let docker_config = serde_json::json!({"auths": {private.host(): {
+            "username": TEST_USER, "password": TEST_PASSWORD,
+        }}});
+        let credentials =
+            Credentials::from_docker_config(docker_config.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            checker.check(&s, &credentials).await,
+            ArtifactCheck::Verified
+        );
     }
 }

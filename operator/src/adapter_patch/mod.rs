@@ -3,14 +3,20 @@
 
 pub mod artifact;
 pub mod rollout;
+pub mod verify_job;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{PersistentVolumeClaim, Pod, Secret},
+};
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{controller::Action, events::EventType as KubeEventType},
 };
+use switchboard_artifact::{ArtifactUri, DOCKER_CONFIG_KEY, oci::Credentials};
 use switchboard_crds::{
     AdapterPatch, Router, Validate,
     adapter_patch::{AdapterPatchStatus, AdapterPhase},
@@ -18,7 +24,7 @@ use switchboard_crds::{
 };
 
 use crate::{
-    context::{Context, apply_status, condition, describe, namespaced_name},
+    context::{Context, apply, apply_status, condition, describe, namespaced_name},
     error::{Error, Result},
     observe::{RolloutScope, observe_rollout},
 };
@@ -140,7 +146,7 @@ async fn reconcile_inner(patch: &AdapterPatch, ctx: &Context) -> Result<Action> 
         .max(1);
 
     let artifact = if needs_artifact_check(patch) {
-        ctx.artifacts.check(&patch.spec).await
+        check_artifact(ctx, patch, &namespace, &name).await?
     } else {
         ArtifactCheck::Verified
     };
@@ -231,6 +237,144 @@ async fn reconcile_inner(patch: &AdapterPatch, ctx: &Context) -> Result<Action> 
         d.min(ctx.settings.analysis_interval)
     });
     Ok(Action::requeue(requeue))
+}
+
+/// The artifact check of the spec's version: a `pvc://` artifact through its verification Job,
+/// any other fetched by the operator (with the pull Secret's registry credentials).
+async fn check_artifact(
+    ctx: &Context,
+    patch: &AdapterPatch,
+    namespace: &str,
+    name: &str,
+) -> Result<ArtifactCheck> {
+    let spec = &patch.spec;
+    match ArtifactUri::parse(&spec.artifact.uri) {
+        Err(e) => Ok(ArtifactCheck::Failed {
+            reason: reasons::ARTIFACT_INVALID.to_owned(),
+            message: e.to_string(),
+        }),
+        Ok(ArtifactUri::Pvc { claim, .. }) => pvc_check(ctx, patch, namespace, name, &claim).await,
+        Ok(_) => match pull_credentials(ctx, patch, namespace).await? {
+            Ok(credentials) => Ok(ctx.artifacts.check(spec, &credentials).await),
+            Err(unavailable) => Ok(unavailable),
+        },
+    }
+}
+
+fn unavailable(message: String) -> ArtifactCheck {
+    ArtifactCheck::Failed {
+        reason: reasons::ARTIFACT_UNAVAILABLE.to_owned(),
+        message,
+    }
+}
+
+/// The registry credentials of `spec.artifact.pullSecretRef` (none without one); a missing or
+/// unusable Secret is an unavailable artifact (retried: the Secret may be created later).
+async fn pull_credentials(
+    ctx: &Context,
+    patch: &AdapterPatch,
+    namespace: &str,
+) -> Result<std::result::Result<Credentials, ArtifactCheck>> {
+    let Some(secret_ref) = &patch.spec.artifact.pull_secret_ref else {
+        return Ok(Ok(Credentials::default()));
+    };
+    let name = &secret_ref.name;
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube("get", format!("Secret {namespace}/{name}"), e))?;
+    let uri = &patch.spec.artifact.uri;
+    let Some(secret) = secret else {
+        return Ok(Err(unavailable(format!(
+            "{uri}: Secret {name} (spec.artifact.pullSecretRef) does not exist"
+        ))));
+    };
+    let data = secret.data.unwrap_or_default();
+    let Some(bytes) = data
+        .get(DOCKER_CONFIG_KEY)
+        .or_else(|| data.get(".dockercfg"))
+    else {
+        return Ok(Err(unavailable(format!(
+            "{uri}: Secret {name} (spec.artifact.pullSecretRef) has no {DOCKER_CONFIG_KEY} key"
+        ))));
+    };
+    Ok(Credentials::from_docker_config(&bytes.0)
+        .map_err(|e| unavailable(format!("{uri}: Secret {name}: {e}"))))
+}
+
+/// A `pvc://` artifact's check: its verification Job is started (once the claim exists) and
+/// read when it has finished. A finished Job whose result is "unavailable" is deleted, so the
+/// next check starts a new one.
+async fn pvc_check(
+    ctx: &Context,
+    patch: &AdapterPatch,
+    namespace: &str,
+    name: &str,
+    claim: &str,
+) -> Result<ArtifactCheck> {
+    use crate::knowledge_base::build::{JobState, job_state};
+    let client = &ctx.client;
+    let spec = &patch.spec;
+    let job_name = verify_job::job_name(name, spec);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let object = format!("Job {namespace}/{job_name}");
+    let Some(job) = jobs
+        .get_opt(&job_name)
+        .await
+        .map_err(|e| Error::kube("get", object.clone(), e))?
+    else {
+        let exists = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+            .get_metadata_opt(claim)
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    "get",
+                    format!("PersistentVolumeClaim {namespace}/{claim}"),
+                    e,
+                )
+            })?
+            .is_some();
+        if !exists {
+            return Ok(unavailable(format!(
+                "{}: PersistentVolumeClaim {claim} does not exist in namespace {namespace}",
+                spec.artifact.uri
+            )));
+        }
+        let job = verify_job::VerifyJob {
+            patch,
+            name,
+            namespace,
+            image: &ctx.settings.runtime_image,
+        }
+        .job(claim);
+        apply(client, namespace, &job).await?;
+        tracing::info!(adapterpatch = %name, job = %job_name, uri = %spec.artifact.uri, "artifact verification Job started");
+        return Ok(ArtifactCheck::Pending);
+    };
+    let check = match job_state(job.status.as_ref()) {
+        JobState::Running => return Ok(ArtifactCheck::Pending),
+        JobState::Succeeded => {
+            let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+                .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+                .await
+                .map_err(|e| Error::kube("list", format!("Pods of {object}"), e))?
+                .items;
+            verify_job::check_from_report(spec, &job_name, verify_job::termination_message(&pods))
+        }
+        JobState::Failed(message) => unavailable(format!(
+            "{}: verification Job {job_name} failed: {message}",
+            spec.artifact.uri
+        )),
+    };
+    if matches!(&check, ArtifactCheck::Failed { reason, .. } if reason == reasons::ARTIFACT_UNAVAILABLE)
+    {
+        match jobs.delete(&job_name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube("delete", object, e)),
+        }
+    }
+    Ok(check)
 }
 
 /// Logs each new guardrail analysis with its counts, so a rollout that holds says why in the

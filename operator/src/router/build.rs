@@ -1,7 +1,7 @@
 //! Pure builders of a Router's children: the RuntimeConfig ConfigMap, the runtime Deployment and
 //! Service, and the Router's status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
     api::{
@@ -53,6 +53,10 @@ pub const TOKEN_KEY: &str = "key";
 /// Directory of the Secrets the RuntimeConfig names (`<dir>/<secret name>/<key>`): the large
 /// model endpoint's API key. The runtime's `--secrets`.
 pub const SECRETS_DIR: &str = "/var/run/switchboard/secrets";
+/// Where the claims of `pvc://<claim>/<path>` adapter artifacts and rerank models are mounted
+/// (`<dir>/<claim>`, read-only). The runtime's `--pvc-root`; the AdapterPatch verification Job
+/// mounts a claim at the same place.
+pub const PVC_DIR: &str = switchboard_artifact::PVC_ROOT;
 /// gRPC port.
 pub const GRPC_PORT: i32 = 50051;
 /// HTTP port (JSON API, /metrics, /healthz, /readyz).
@@ -105,6 +109,48 @@ pub fn selector_string(router: &str) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// What the runtime pods mount for the compiled config beyond the fixed volumes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigVolumes {
+    /// Claims named by `pvc://` adapter artifacts and by a `pvc://` rerank model, mounted
+    /// read-only at `<PVC_DIR>/<claim>`.
+    pub claims: BTreeSet<String>,
+    /// Pull Secrets of `oci://` adapter artifacts, mounted read-only (optional: a missing one is
+    /// the artifact check's to report) at `<SECRETS_DIR>/<name>`.
+    pub pull_secrets: BTreeSet<String>,
+}
+
+impl ConfigVolumes {
+    /// The claims and Secrets `config` reads: every adapter version it serves (stable, canary,
+    /// shadow, and so the versions its experiments pin) and the rerank model while rerank is on.
+    pub fn of(config: &RuntimeConfig) -> Self {
+        let mut volumes = Self::default();
+        for adapter in &config.adapters {
+            if let Some(claim) = adapter
+                .artifact
+                .uri
+                .as_deref()
+                .and_then(switchboard_artifact::pvc_claim)
+            {
+                volumes.claims.insert(claim);
+            }
+            if let Some(secret) = &adapter.artifact.pull_secret {
+                volumes.pull_secrets.insert(secret.clone());
+            }
+        }
+        let rerank = &config.knowledge_base.retrieval.rerank;
+        if let Some(claim) = rerank
+            .model
+            .as_deref()
+            .filter(|_| rerank.enabled)
+            .and_then(switchboard_artifact::pvc_claim)
+        {
+            volumes.claims.insert(claim);
+        }
+        volumes
+    }
 }
 
 /// What the builders need from the Router.
@@ -160,8 +206,9 @@ impl RouterChildren<'_> {
 
     /// The runtime Deployment. The config is mounted as a directory (no `subPath`), so a new
     /// RuntimeConfig reaches running pods, which hot-reload it: the pod template carries no
-    /// config hash and does not change when adapters or experiments do.
-    pub fn deployment(&self, knowledge_base: &str) -> Deployment {
+    /// config hash and does not change when adapters or experiments do — except that a newly
+    /// referenced claim or pull Secret (`config_volumes`) is a new volume, which rolls the pods.
+    pub fn deployment(&self, knowledge_base: &str, config_volumes: &ConfigVolumes) -> Deployment {
         let spec = &self.router.spec;
         let image = spec
             .image
@@ -189,6 +236,7 @@ impl RouterChildren<'_> {
             mount("config", CONFIG_DIR, true),
             mount("index", &index_mount, true),
             mount("artifacts", ARTIFACTS_DIR, false),
+            mount("state", STATE_DIR, false),
             mount("token", TOKEN_DIR, true),
             mount("tmp", "/tmp", false),
         ];
@@ -203,6 +251,27 @@ impl RouterChildren<'_> {
             volume_mounts.push(mount(
                 "endpoint-secret",
                 &format!("{SECRETS_DIR}/{}", secret.name),
+                true,
+            ));
+        }
+        // Pull Secrets share the secrets directory; one that is also the endpoint's is mounted
+        // once.
+        let pull_secrets: Vec<&String> = config_volumes
+            .pull_secrets
+            .iter()
+            .filter(|s| endpoint_secret.is_none_or(|e| e.name != **s))
+            .collect();
+        for (i, secret) in pull_secrets.iter().enumerate() {
+            volume_mounts.push(mount(
+                &format!("pull-secret-{i}"),
+                &format!("{SECRETS_DIR}/{secret}"),
+                true,
+            ));
+        }
+        for (i, claim) in config_volumes.claims.iter().enumerate() {
+            volume_mounts.push(mount(
+                &format!("pvc-{i}"),
+                &format!("{PVC_DIR}/{claim}"),
                 true,
             ));
         }
@@ -245,7 +314,6 @@ impl RouterChildren<'_> {
             readiness_probe: Some(http_probe("/readyz", 5, 2)),
             resources: spec.resources.clone(),
             security_context: Some(SecurityContext {
-            mount("state", STATE_DIR, false),
                 allow_privilege_escalation: Some(false),
                 read_only_root_filesystem: Some(true),
                 run_as_non_root: Some(true),
@@ -293,6 +361,11 @@ impl RouterChildren<'_> {
                 empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Volume::default()
             },
+            Volume {
+                name: "state".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
         ];
         if let Some(secret) = endpoint_secret {
             volumes.push(Volume {
@@ -303,6 +376,27 @@ impl RouterChildren<'_> {
                     // starting: the small model serves, the endpoint is called without a key.
                     optional: Some(true),
                     ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+        for (i, secret) in pull_secrets.iter().enumerate() {
+            volumes.push(Volume {
+                name: format!("pull-secret-{i}"),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some((*secret).clone()),
+                    optional: Some(true),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+        for (i, claim) in config_volumes.claims.iter().enumerate() {
+            volumes.push(Volume {
+                name: format!("pvc-{i}"),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
                 }),
                 ..Volume::default()
             });
@@ -361,11 +455,6 @@ impl RouterChildren<'_> {
 
     /// The Service in front of the runtime pods (gRPC and HTTP).
     pub fn service(&self) -> Service {
-            Volume {
-                name: "state".to_owned(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            },
         let port = |name: &str, port: i32| ServicePort {
             name: Some(name.to_owned()),
             port,
@@ -400,6 +489,8 @@ pub fn runtime_args() -> Vec<String> {
         &format!("{TOKEN_DIR}/{TOKEN_KEY}"),
         "--secrets",
         SECRETS_DIR,
+        "--pvc-root",
+        PVC_DIR,
         "--grpc-addr",
         &format!("0.0.0.0:{GRPC_PORT}"),
         "--http-addr",
@@ -408,6 +499,66 @@ pub fn runtime_args() -> Vec<String> {
     .into_iter()
     .map(str::to_owned)
     .collect()
+}
+
+/// The outcome store's part of the command line: the retention, and without PostgreSQL the
+/// per-pod SQLite file on the `state` volume (with PostgreSQL the URL comes from the environment,
+/// [`outcome_store_env`]).
+pub fn outcome_store_args(store: &OutcomeStore) -> Vec<String> {
+    let mut args = vec![
+        "--outcome-retention".to_owned(),
+        store.retention.to_string(),
+    ];
+    if store.postgres.is_none() {
+        args.push("--outcome-store".to_owned());
+        args.push(format!("sqlite://{STATE_DIR}/outcomes.db"));
+    }
+    args
+}
+
+/// `SWITCHBOARD_OUTCOME_STORE` from the PostgreSQL Secret key, when the Router names one. Not
+/// optional: a runtime that cannot reach the shared store would accept replayed feedback, so a
+/// missing Secret keeps new pods from starting (the old ones serve on; the Router says why).
+pub fn outcome_store_env(store: &OutcomeStore) -> Option<EnvVar> {
+    let secret = store.postgres.as_ref()?;
+    Some(EnvVar {
+        name: OUTCOME_STORE_ENV.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+}
+
+/// Whether feedback is deduplicated across every replica: `(shared, message)`. Per-pod SQLite
+/// files are only sound for one replica: feedback that reaches another replica than the one that
+/// stored the interaction is counted by that replica's file, so a replay sent to each replica in
+/// turn counts once per replica, and experiments see each pod's units only.
+pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, String) {
+    match &store.postgres {
+        Some(secret) => (
+            true,
+            format!(
+                "every replica uses the PostgreSQL outcome store of Secret {} key {}",
+                secret.name, secret.key
+            ),
+        ),
+        None if replicas > 1 => (
+            false,
+            format!(
+                "{replicas} replicas each keep their own SQLite outcome store: a feedback replay                  sent to another replica is counted again and CUPED sees one pod's units; set                  spec.outcomeStore.postgres, or run 1 replica"
+            ),
+        ),
+        None => (
+            true,
+            "1 replica keeps its outcomes in a per-pod SQLite file (lost with the pod)".to_owned(),
+        ),
+    }
 }
 
 /// The adapters of a compiled config, one entry per AdapterPatch.
@@ -501,66 +652,6 @@ pub fn config_status(config: &RuntimeConfig, router: &str) -> RouterStatus {
 
 #[cfg(test)]
 mod tests {
-/// The outcome store's part of the command line: the retention, and without PostgreSQL the
-/// per-pod SQLite file on the `state` volume (with PostgreSQL the URL comes from the environment,
-/// [`outcome_store_env`]).
-pub fn outcome_store_args(store: &OutcomeStore) -> Vec<String> {
-    let mut args = vec![
-        "--outcome-retention".to_owned(),
-        store.retention.to_string(),
-    ];
-    if store.postgres.is_none() {
-        args.push("--outcome-store".to_owned());
-        args.push(format!("sqlite://{STATE_DIR}/outcomes.db"));
-    }
-    args
-}
-
-/// `SWITCHBOARD_OUTCOME_STORE` from the PostgreSQL Secret key, when the Router names one. Not
-/// optional: a runtime that cannot reach the shared store would accept replayed feedback, so a
-/// missing Secret keeps new pods from starting (the old ones serve on; the Router says why).
-pub fn outcome_store_env(store: &OutcomeStore) -> Option<EnvVar> {
-    let secret = store.postgres.as_ref()?;
-    Some(EnvVar {
-        name: OUTCOME_STORE_ENV.to_owned(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.name.clone(),
-                key: secret.key.clone(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    })
-}
-
-/// Whether feedback is deduplicated across every replica: `(shared, message)`. Per-pod SQLite
-/// files are only sound for one replica: feedback that reaches another replica than the one that
-/// stored the interaction is counted by that replica's file, so a replay sent to each replica in
-/// turn counts once per replica, and experiments see each pod's units only.
-pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, String) {
-    match &store.postgres {
-        Some(secret) => (
-            true,
-            format!(
-                "every replica uses the PostgreSQL outcome store of Secret {} key {}",
-                secret.name, secret.key
-            ),
-        ),
-        None if replicas > 1 => (
-            false,
-            format!(
-                "{replicas} replicas each keep their own SQLite outcome store: a feedback replay                  sent to another replica is counted again and CUPED sees one pod's units; set                  spec.outcomeStore.postgres, or run 1 replica"
-            ),
-        ),
-        None => (
-            true,
-            "1 replica keeps its outcomes in a per-pod SQLite file (lost with the pod)".to_owned(),
-        ),
-    }
-}
-
     use switchboard_crds::runtime_config::RuntimeConfig;
 
     use super::*;
@@ -595,7 +686,7 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
     fn children_carry_names_labels_and_a_controller_owner() {
         let r = router(false);
         let c = children(&r);
-        let d = c.deployment("help");
+        let d = c.deployment("help", &ConfigVolumes::default());
         let s = c.service();
         for meta in [&d.metadata, &s.metadata] {
             assert_eq!(meta.name.as_deref(), Some("frontline-runtime"));
@@ -640,7 +731,7 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
     #[test]
     fn deployment_runs_the_contract_command_line_and_mounts_the_config_directory() {
         let r = router(true);
-        let d = children(&r).deployment("help");
+        let d = children(&r).deployment("help", &ConfigVolumes::default());
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
         assert_eq!(
@@ -671,13 +762,32 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
                 "/var/run/switchboard/token/key",
                 "--secrets",
                 "/var/run/switchboard/secrets",
+                "--pvc-root",
+                "/var/run/switchboard/pvc",
                 "--grpc-addr",
                 "0.0.0.0:50051",
                 "--http-addr",
                 "0.0.0.0:8080",
+                // No PostgreSQL named: each pod keeps its outcomes on its state volume.
+                "--outcome-retention",
+                "2160h",
+                "--outcome-store",
+                "sqlite:///var/lib/switchboard/state/outcomes.db",
             ]
         );
         let mounts = c.volume_mounts.clone().unwrap();
+        let state = mounts.iter().find(|m| m.name == "state").unwrap();
+        assert_eq!(
+            (state.mount_path.as_str(), state.read_only),
+            ("/var/lib/switchboard/state", Some(false))
+        );
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| e.name != OUTCOME_STORE_ENV)
+        );
         let config = mounts.iter().find(|m| m.name == "config").unwrap();
         assert_eq!(config.mount_path, "/etc/switchboard");
         assert!(
@@ -730,7 +840,7 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
         // An image in the spec wins over the default.
         let mut custom = router(false);
         custom.spec.image = Some("registry/runtime:pinned".to_owned());
-        let d = children(&custom).deployment("help");
+        let d = children(&custom).deployment("help", &ConfigVolumes::default());
         assert_eq!(
             d.spec.unwrap().template.spec.unwrap().containers[0]
                 .image
@@ -748,7 +858,7 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
                 key: "token".to_owned(),
             });
         let pod = children(&r)
-            .deployment("help")
+            .deployment("help", &ConfigVolumes::default())
             .spec
             .unwrap()
             .template
@@ -768,26 +878,9 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
             .unwrap();
         assert_eq!(
             (mount.mount_path.as_str(), mount.read_only),
-                // No PostgreSQL named: each pod keeps its outcomes on its state volume.
-                "--outcome-retention",
-                "2160h",
-                "--outcome-store",
-                "sqlite:///var/lib/switchboard/state/outcomes.db",
             ("/var/run/switchboard/secrets/llm-api", Some(true))
         );
         let volume = pod
-        let state = mounts.iter().find(|m| m.name == "state").unwrap();
-        assert_eq!(
-            (state.mount_path.as_str(), state.read_only),
-            ("/var/lib/switchboard/state", Some(false))
-        );
-        assert!(
-            c.env
-                .as_ref()
-                .unwrap()
-                .iter()
-                .all(|e| e.name != OUTCOME_STORE_ENV)
-        );
             .volumes
             .unwrap()
             .into_iter()
@@ -800,65 +893,6 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
         assert!(volume.items.is_none(), "every key, so rotation works");
     }
 
-    #[test]
-    fn config_map_holds_the_document_and_its_revision() {
-        let r = router(false);
-        let config: RuntimeConfig = serde_json::from_value(serde_json::json!({
-            "apiVersion": "switchboard.dev/v1alpha1", "kind": "RuntimeConfig",
-            "revision": "sha256:abc",
-            "router": {"namespace": "support", "name": "frontline"},
-            "knowledgeBase": {"name": "help", "indexGeneration": 3, "embeddingModel": "/m", "retrieval": {}},
-            "smallModel": {"model": "/models/smollm2.gguf", "maxActiveAdapters": 8, "maxNewTokens": 256},
-            "largeModel": {"maxQueueDepth": 32, "local": "/models/big.gguf"},
-            "routerPolicy": {"difficultyThreshold": 0.5, "adapterSelection": {}, "queryRewrite": {},
-                             "explorationShare": "5%", "shadowMaxConcurrent": 2},
-        }))
-        .unwrap();
-        let cm = children(&r).config_map(&config).unwrap();
-        assert_eq!(cm.metadata.name.as_deref(), Some("frontline-runtime"));
-        assert_eq!(
-            cm.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION],
-            "sha256:abc"
-        );
-        let back: RuntimeConfig = serde_json::from_str(&cm.data.unwrap()[FILE_NAME]).unwrap();
-        assert_eq!(back, config);
-        let status = config_status(&config, "frontline");
-        assert_eq!(status.runtime_config_hash.as_deref(), Some("sha256:abc"));
-        assert_eq!(status.knowledge_base_generation, Some(3));
-    }
-
-    #[test]
-    fn several_replicas_on_a_read_write_once_index_are_flagged() {
-        let (ok, message) = index_volume_shareable("help", AccessMode::ReadWriteOnce, 3);
-        assert!(!ok);
-        assert!(
-            message.contains("help-index") && message.contains("ReadWriteMany"),
-            "{message}"
-        );
-        assert!(index_volume_shareable("help", AccessMode::ReadWriteOnce, 1).0);
-        assert!(index_volume_shareable("help", AccessMode::ReadWriteOnce, 0).0);
-        assert!(index_volume_shareable("help", AccessMode::ReadWriteMany, 5).0);
-    }
-
-    #[test]
-    fn deployment_state_reports_rollout_and_readiness() {
-        use k8s_openapi::api::apps::v1::DeploymentStatus;
-        let s = DeploymentStatus {
-            replicas: Some(2),
-            ready_replicas: Some(1),
-            updated_replicas: Some(2),
-            available_replicas: Some(1),
-            ..DeploymentStatus::default()
-        };
-        let (ready, progressing, message) = deployment_state(2, true, Some(&s));
-        assert!(ready && !progressing, "{message}");
-        assert_eq!(message, "1/2 runtime pods ready (2 up to date)");
-        let (ready, progressing, _) = deployment_state(2, false, None);
-        assert!(!ready && progressing);
-        let (ready, _, _) = deployment_state(0, true, None);
-        assert!(ready, "a Router scaled to zero is as asked");
-    }
-}
     /// A compiled config serving a `pvc://` adapter, an `oci://` one with a pull Secret, and a
     /// `pvc://` rerank model.
     #[test]
@@ -998,3 +1032,62 @@ pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, Strin
         );
     }
 
+    #[test]
+    fn config_map_holds_the_document_and_its_revision() {
+        let r = router(false);
+        let config: RuntimeConfig = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "RuntimeConfig",
+            "revision": "sha256:abc",
+            "router": {"namespace": "support", "name": "frontline"},
+            "knowledgeBase": {"name": "help", "indexGeneration": 3, "embeddingModel": "/m", "retrieval": {}},
+            "smallModel": {"model": "/models/smollm2.gguf", "maxActiveAdapters": 8, "maxNewTokens": 256},
+            "largeModel": {"maxQueueDepth": 32, "local": "/models/big.gguf"},
+            "routerPolicy": {"difficultyThreshold": 0.5, "adapterSelection": {}, "queryRewrite": {},
+                             "explorationShare": "5%", "shadowMaxConcurrent": 2},
+        }))
+        .unwrap();
+        let cm = children(&r).config_map(&config).unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some("frontline-runtime"));
+        assert_eq!(
+            cm.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION],
+            "sha256:abc"
+        );
+        let back: RuntimeConfig = serde_json::from_str(&cm.data.unwrap()[FILE_NAME]).unwrap();
+        assert_eq!(back, config);
+        let status = config_status(&config, "frontline");
+        assert_eq!(status.runtime_config_hash.as_deref(), Some("sha256:abc"));
+        assert_eq!(status.knowledge_base_generation, Some(3));
+    }
+
+    #[test]
+    fn several_replicas_on_a_read_write_once_index_are_flagged() {
+        let (ok, message) = index_volume_shareable("help", AccessMode::ReadWriteOnce, 3);
+        assert!(!ok);
+        assert!(
+            message.contains("help-index") && message.contains("ReadWriteMany"),
+            "{message}"
+        );
+        assert!(index_volume_shareable("help", AccessMode::ReadWriteOnce, 1).0);
+        assert!(index_volume_shareable("help", AccessMode::ReadWriteOnce, 0).0);
+        assert!(index_volume_shareable("help", AccessMode::ReadWriteMany, 5).0);
+    }
+
+    #[test]
+    fn deployment_state_reports_rollout_and_readiness() {
+        use k8s_openapi::api::apps::v1::DeploymentStatus;
+        let s = DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(1),
+            updated_replicas: Some(2),
+            available_replicas: Some(1),
+            ..DeploymentStatus::default()
+        };
+        let (ready, progressing, message) = deployment_state(2, true, Some(&s));
+        assert!(ready && !progressing, "{message}");
+        assert_eq!(message, "1/2 runtime pods ready (2 up to date)");
+        let (ready, progressing, _) = deployment_state(2, false, None);
+        assert!(!ready && progressing);
+        let (ready, _, _) = deployment_state(0, true, None);
+        assert!(ready, "a Router scaled to zero is as asked");
+    }
+}

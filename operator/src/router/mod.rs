@@ -103,7 +103,12 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
             source,
         })?;
     apply(client, &namespace, &config_map).await?;
-    let deployment = apply(client, &namespace, &children.deployment(kb_name)).await?;
+    let deployment = apply(
+        client,
+        &namespace,
+        &children.deployment(kb_name, &ConfigVolumes::of(&config)),
+    )
+    .await?;
     apply(client, &namespace, &children.service()).await?;
 
     // Observe: pods, the revision they run, the routed share.
@@ -184,13 +189,13 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     let degraded = missing_secret.is_some() || !skipped.is_empty();
     let (shareable, shareable_message) =
         index_volume_shareable(kb_name, kb.spec.storage.access_mode, router.spec.replicas);
+    let (outcomes_shared, outcomes_message) =
+        outcome_store_shared(&router.spec.outcome_store, router.spec.replicas);
     let mut computed = vec![
         condition(
             cond::READY,
             ready,
             if ready {
-    let (outcomes_shared, outcomes_message) =
-        outcome_store_shared(&router.spec.outcome_store, router.spec.replicas);
                 reasons::RECONCILED
             } else {
                 reasons::WAITING_FOR_CHILDREN
@@ -237,11 +242,6 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
             generation,
             now,
         ),
-    ];
-    let mut applied_condition = condition(
-        cond::RUNTIME_CONFIG_APPLIED,
-        applied.unwrap_or(false),
-        applied_reason,
         condition(
             cond::OUTCOME_STORE_SHARED,
             outcomes_shared,
@@ -254,6 +254,11 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
             generation,
             now,
         ),
+    ];
+    let mut applied_condition = condition(
+        cond::RUNTIME_CONFIG_APPLIED,
+        applied.unwrap_or(false),
+        applied_reason,
         applied_message,
         generation,
         now,
@@ -344,21 +349,11 @@ async fn ensure_token_secret(
 /// exist. `field` names the spec field, `consequence` what happens meanwhile.
 async fn secret_key_problem(
     ctx: &Context,
-    router: &Router,
     namespace: &str,
-) -> Result<Option<String>> {
-    let Some(secret_ref) = router
-        .spec
-        .large_model
     secret_ref: &SecretKeyRef,
     field: &str,
     consequence: &str,
-        .endpoint
-        .as_ref()
-        .and_then(|e| e.secret_ref.as_ref())
-    else {
-        return Ok(None);
-    };
+) -> Result<Option<String>> {
     let name = &secret_ref.name;
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
@@ -374,11 +369,16 @@ async fn secret_key_problem(
     };
     Ok(match secret {
         None => Some(format!(
-            "Secret {name} (spec.largeModel.endpoint.secretRef) does not exist: the large model \
-             endpoint is called without an API key until it does"
+            "Secret {name} ({field}) does not exist: {consequence}"
         )),
         Some(s) if !has_key(&s) => Some(format!(
-            "Secret {name} has no key {} (spec.largeModel.endpoint.secretRef): the large model \
+            "Secret {name} has no key {} ({field}): {consequence}",
+            secret_ref.key
+        )),
+        Some(_) => None,
+    })
+}
+
 /// Problems with the Secrets the Router names: the large model endpoint's API key (the Router
 /// still serves: the Secret volume is optional and the endpoint is called without a key) and the
 /// outcome store's PostgreSQL URL (new runtime pods cannot start without it; the running ones
@@ -417,13 +417,6 @@ async fn secret_problems(ctx: &Context, router: &Router, namespace: &str) -> Res
         );
     }
     Ok(problems)
-}
-
-             endpoint is called without an API key",
-            secret_ref.key
-        )),
-        Some(_) => None,
-    })
 }
 
 fn random_hex(bytes: usize) -> std::io::Result<String> {

@@ -140,6 +140,7 @@ mod tests {
             artifact: AdapterArtifact {
                 uri: None,
                 sha256: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
+                pull_secret: None,
             },
             lora: LoraConfig {
                 rank: 8,
