@@ -600,7 +600,12 @@ pub struct Rerank {
     /// Rerank the fused top N with a cross-encoder.
     #[serde(default)]
     pub enabled: bool,
-    /// Path or URI of a `BertForSequenceClassification` checkpoint directory.
+    /// A `BertForSequenceClassification` checkpoint directory (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`) as the runtime sees it: a path (found by its name under the
+    /// runtime's model folder when the path does not exist there) or `pvc://<claim>/<path>` (a
+    /// claim of this namespace, mounted read-only into the Router's runtime pods). Loaded when a
+    /// RuntimeConfig enabling rerank is applied; one that cannot be loaded keeps the runtime on
+    /// its previous config, with the model named in the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub model: Option<String>,

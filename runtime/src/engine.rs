@@ -38,7 +38,8 @@ pub struct EngineOptions {
     pub models: PathBuf,
     /// Encoder checkpoint overriding the config's `embeddingModel`.
     pub encoder: Option<PathBuf>,
-    /// Cross-encoder for reranking, when one was given.
+    /// Cross-encoder for reranking given on the command line (`--reranker`): it overrides the
+    /// config's `knowledgeBase.retrieval.rerank.model`.
     pub reranker: Option<Arc<dyn Reranker>>,
     /// Mounted secrets: `<secrets>/<name>/<key>`.
     pub secrets: PathBuf,
@@ -49,8 +50,8 @@ pub struct EngineOptions {
     pub artifacts: PathBuf,
     /// Lifetime of interaction tokens.
     pub token_ttl: Duration,
-    /// Serve without the large model when it cannot be loaded (the embedded default, whose
-    /// manifests name cluster paths) instead of rejecting the config.
+    /// Serve without the large model, or without rerank, when it cannot be loaded (the embedded
+    /// default, whose manifests name cluster paths) instead of rejecting the config.
     pub lenient_large_model: bool,
 }
 
@@ -132,7 +133,10 @@ pub fn generation_id(n: i64) -> String {
 #[derive(Default)]
 struct Resources {
     encoders: HashMap<PathBuf, Arc<WorkerEmbedder>>,
-    services: HashMap<(String, PathBuf), Arc<RetrievalService>>,
+    /// Keyed by knowledge base, encoder and reranker (a service's reranker is fixed).
+    services: HashMap<(String, PathBuf, Option<PathBuf>), Arc<RetrievalService>>,
+    /// Cross-encoders loaded from a config's `rerank.model`, by path.
+    rerankers: HashMap<PathBuf, Arc<dyn Reranker>>,
     small: Option<(PathBuf, GeneratorWorker)>,
     large_local: Option<(PathBuf, GeneratorWorker)>,
     /// Adapters resident in the current small worker: id -> digest.
@@ -297,6 +301,60 @@ impl Engine {
         )))
     }
 
+    /// The cross-encoder of `retrieval.rerank`: `--reranker` when given, else `rerank.model`
+    /// while rerank is enabled, loaded once per path (a config naming another model hot-reloads
+    /// it). One that cannot be found or loaded rejects the config with a message naming it; the
+    /// embedded default serves without rerank instead, and says so.
+    async fn reranker(
+        &self,
+        retrieval: &switchboard_crds::knowledge_base::Retrieval,
+        res: &mut Resources,
+    ) -> Result<Option<(PathBuf, Arc<dyn Reranker>)>, ApplyError> {
+        if let Some(reranker) = &self.options.reranker {
+            return Ok(Some((PathBuf::from("--reranker"), Arc::clone(reranker))));
+        }
+        let rerank = &retrieval.rerank;
+        let Some(model) = rerank.model.as_deref().filter(|_| rerank.enabled) else {
+            return Ok(None);
+        };
+        let what = format!("knowledgeBase.retrieval.rerank.model {model}");
+        let loaded = match self.resolve_model(model) {
+            Ok(path) => match res.rerankers.get(&path) {
+                Some(r) => Ok((path, Arc::clone(r))),
+                None => {
+                    let p = path.clone();
+                    blocking(&what, move || {
+                        switchboard_model::CrossEncoder::load(
+                            &p,
+                            switchboard_model::default_device(),
+                        )
+                        .map(|m| {
+                            Arc::new(crate::models::CrossEncoderReranker::new(m))
+                                as Arc<dyn Reranker>
+                        })
+                        .map_err(|e| format!("{}: {e}", p.display()))
+                    })
+                    .await
+                    .map(|r| {
+                        tracing::info!(model = %path.display(), "reranker loaded");
+                        res.rerankers.clear();
+                        res.rerankers.insert(path.clone(), Arc::clone(&r));
+                        (path, r)
+                    })
+                }
+            },
+            Err(e) => Err(reject(format!("knowledgeBase.retrieval.rerank.model: {e}"))),
+        };
+        match loaded {
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(e) if self.options.lenient_large_model => {
+                tracing::warn!(error = %e, "serving without rerank");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn read_secret(&self, name: &str, key: &str) -> Option<String> {
         let path = self.options.secrets.join(name).join(key);
         match std::fs::read_to_string(&path) {
@@ -335,8 +393,13 @@ impl Engine {
             }
         };
 
-        // Retrieval service and the pinned generation(s).
-        let key = (kb_config.name.clone(), encoder_path.clone());
+        // Retrieval service (with its reranker) and the pinned generation(s).
+        let reranker = self.reranker(&kb_config.retrieval, &mut res).await?;
+        let key = (
+            kb_config.name.clone(),
+            encoder_path.clone(),
+            reranker.as_ref().map(|(path, _)| path.clone()),
+        );
         let service = match res.services.get(&key) {
             Some(s) => Arc::clone(s),
             None => {
@@ -344,14 +407,18 @@ impl Engine {
                 let store = Generations::open(&root)
                     .map_err(|e| reject(format!("index store {}: {e}", root.display())))?;
                 let embedder: Arc<dyn Embedder> = encoder.clone();
+                let reranker = reranker.map(|(_, r)| r);
                 let s = Arc::new(RetrievalService::new(
                     kb_config.name.clone(),
                     store,
                     Some(embedder),
-                    self.options.reranker.clone(),
-                    kb::search_options(&kb_config.retrieval, self.options.reranker.is_some()),
+                    reranker.clone(),
+                    kb::search_options(&kb_config.retrieval, reranker.is_some()),
                     Arc::clone(&self.metrics),
                 ));
+                // A service replaced (another encoder or reranker) is held only by the snapshots
+                // still using it.
+                res.services.retain(|(kb, _, _), _| *kb != kb_config.name);
                 res.services.insert(key, Arc::clone(&s));
                 s
             }
@@ -419,6 +486,9 @@ impl Engine {
                 worker
             }
         };
+        small.set_queue_limit(
+            usize::try_from(config.small_model.max_queue_depth.max(1)).unwrap_or(1),
+        );
 
         // Adapters.
         let servable: Vec<&AdapterConfig> = config.adapters.iter().collect();
@@ -502,7 +572,6 @@ impl Engine {
                         _ => {
                             let p = path.clone();
                             blocking("loading the local large model", move || {
-        small.set_queue_limit(usize::try_from(config.small_model.max_queue_depth.max(1)).unwrap_or(1));
                                 GeneratorWorker::spawn(
                                     "large",
                                     &p,

@@ -348,15 +348,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Ok(loaded)
     })
     .await??;
-    if loaded.kb.spec.retrieval.rerank.enabled && reranker.is_none() {
-        tracing::warn!(
-            "spec.retrieval.rerank is enabled but no --reranker was given; serving without rerank"
-        );
-    }
     let kb_name = kb::name(&loaded.kb).to_owned();
     let router = kb::load_routers(&args.kb.manifests)?
         .into_iter()
         .find(|r| r.spec.knowledge_base_ref.name == kb_name);
+    // With a Router the engine loads `rerank.model` from the compiled config (and says when it
+    // cannot); retrieval alone reranks only with --reranker.
+    if router.is_none() && loaded.kb.spec.retrieval.rerank.enabled && reranker.is_none() {
+        tracing::warn!(
+            "spec.retrieval.rerank is enabled but no --reranker was given; serving without rerank"
+        );
+    }
     if let Some(router) = router {
         // The embedded default with a Router: compile its RuntimeConfig locally and serve
         // answers; a newly published generation recompiles it.
