@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bm25::{self, Bm25Index};
 use crate::chunk::{Chunk, SectionRecord, chunk_document};
+use crate::consistency::{self, ConsistencyOptions, ConsistencyReport, ConsistencySummary};
 use crate::embed::{Embedder, embed_checked};
 use crate::error::{Error, Result};
 use crate::ingest::{self, SourceReport, hex};
@@ -65,7 +66,15 @@ pub struct Manifest {
     pub sections: usize,
     /// Chunks indexed.
     pub chunks: usize,
+    /// Contradiction candidates between chunks ([`consistency`]): the count and the best few.
+    /// The full list is the generation's `contradictions.json`. Absent in generations built
+    /// before the check existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencySummary>,
 }
+
+/// Contradiction candidates kept in a manifest (the count covers all).
+pub const MANIFEST_CONTRADICTIONS: usize = 5;
 
 impl Manifest {
     /// Bad files across all sources.
@@ -114,6 +123,10 @@ pub struct BuildReport {
     pub embed_time: Duration,
     /// Time writing tantivy, vectors and chunk store.
     pub write_time: Duration,
+    /// Contradiction candidates between the generation's chunks (also in `contradictions.json`).
+    pub consistency: ConsistencyReport,
+    /// Time finding them.
+    pub consistency_time: Duration,
 }
 
 impl BuildReport {
@@ -301,6 +314,16 @@ impl Generations {
         Generation::load(self, &id)
     }
 
+    /// The contradiction candidates of generation `id` (`contradictions.json`); `None` for a
+    /// generation built before the check existed.
+    pub fn consistency(&self, id: &str) -> Result<Option<ConsistencyReport>> {
+        let path = self.path(id).join(consistency::REPORT_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        store::read_json(&path).map(Some)
+    }
+
     fn next_id(&self) -> Result<String> {
         let dir = self.root.join(GENERATIONS);
         let mut max = 0;
@@ -410,6 +433,38 @@ impl Generation {
             .map(|&i| &self.sections[i])
     }
 
+    /// Every document of the generation, once, in chunk order, with what decides whether it is
+    /// stale: its last modification and its freshness class's `staleAfter` (as recorded in the
+    /// manifest).
+    pub fn documents(&self) -> Vec<DocumentFreshness> {
+        let mut seen = std::collections::HashSet::new();
+        self.chunks
+            .iter()
+            .filter(|c| seen.insert(c.doc_id.as_str()))
+            .map(|c| DocumentFreshness {
+                doc_id: c.doc_id.clone(),
+                freshness_class: c.freshness_class.clone(),
+                last_modified: c.last_modified,
+                class: self
+                    .manifest
+                    .freshness_classes
+                    .get(&c.freshness_class)
+                    .copied()
+                    .unwrap_or(FreshnessClass {
+                        half_life_days: None,
+                        stale_after_days: None,
+                    }),
+            })
+            .collect()
+    }
+
+    /// Finds contradiction candidates among the chunks with `options` (a build does it with the
+    /// defaults and stores the result; this re-runs it, e.g. with other thresholds).
+    pub fn contradictions(&self, options: &ConsistencyOptions) -> ConsistencyReport {
+        let rows: Vec<&[f32]> = (0..self.chunks.len()).map(|r| self.vector(r)).collect();
+        consistency::find_contradictions(&self.chunks, &rows, options)
+    }
+
     pub(crate) fn dim(&self) -> usize {
         self.manifest.embedding.dim
     }
@@ -417,6 +472,26 @@ impl Generation {
     pub(crate) fn vector(&self, row: usize) -> &[f32] {
         let dim = self.dim();
         &self.vectors[row * dim..(row + 1) * dim]
+    }
+}
+
+/// A document of a generation and what decides whether it is stale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentFreshness {
+    /// Document id (the `document` label of the runtime's per-document metrics).
+    pub doc_id: String,
+    /// Its source's freshness class.
+    pub freshness_class: String,
+    /// Last modification (Unix seconds), when known.
+    pub last_modified: Option<i64>,
+    /// The class as recorded in the generation's manifest.
+    pub class: FreshnessClass,
+}
+
+impl DocumentFreshness {
+    /// Whether the document is older than its class's `staleAfter` at `now` (Unix seconds).
+    pub fn is_stale(&self, now: i64) -> bool {
+        self.class.is_stale(self.last_modified, now)
     }
 }
 
@@ -658,7 +733,23 @@ pub fn build(
     let rows: Vec<Vec<f32>> = rows.into_iter().map(Option::unwrap_or_default).collect();
     let embed_time = embed_started.elapsed();
 
-    // 3. Write everything into a private directory, then rename it into place.
+    // 3. KB rot: contradiction candidates between the chunks, on the vectors just computed (or
+    // the previous generation's report, when its chunks and vectors are these).
+    let consistency_started = Instant::now();
+    let unchanged_from = previous
+        .as_ref()
+        .filter(|p| p.dim == dim && vectors_reused == chunks.len() && p.chunks == chunks)
+        .map(|p| p.id.as_str());
+    let consistency = unchanged_from
+        .and_then(|id| store.consistency(id).ok().flatten())
+        .filter(|r| r.version == consistency::FINDER_VERSION)
+        .unwrap_or_else(|| {
+            let row_refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+            consistency::find_contradictions(&chunks, &row_refs, &ConsistencyOptions::default())
+        });
+    let consistency_time = consistency_started.elapsed();
+
+    // 4. Write everything into a private directory, then rename it into place.
     let write_started = Instant::now();
     let tmp = store.root.join(TMP).join(format!(
         "build-{}-{}",
@@ -678,7 +769,11 @@ pub fn build(
                 && p.sections == sections
         });
         if let Some(prev) = unchanged {
-            link_tree(&store.path(&prev.id), &tmp, &[store::MANIFEST])?;
+            link_tree(
+                &store.path(&prev.id),
+                &tmp,
+                &[store::MANIFEST, consistency::REPORT_FILE],
+            )?;
         } else {
             bm25::write_index(&tmp.join(store::TANTIVY_DIR), &chunks)?;
             store::write_vectors(&tmp.join(store::VECTORS), dim, &rows)?;
@@ -689,6 +784,8 @@ pub fn build(
             store::write_jsonl(&tmp.join(store::CHUNKS), &chunks)?;
             store::write_jsonl(&tmp.join(store::SECTIONS), &sections)?;
         }
+        // Always written: the finder may have changed since the generation it would link from.
+        store::write_json(&tmp.join(consistency::REPORT_FILE), &consistency)?;
         let documents = reports.iter().map(|r| r.documents).sum();
         let mut manifest = Manifest {
             layout_version: LAYOUT_VERSION,
@@ -702,6 +799,7 @@ pub fn build(
             documents,
             sections: sections.len(),
             chunks: chunks.len(),
+            consistency: Some(consistency.summary(MANIFEST_CONTRADICTIONS)),
         };
         // Pick the next id; if another build takes it first, the rename fails and we retry.
         let mut attempts = 0;
@@ -725,6 +823,8 @@ pub fn build(
                         ingest_time,
                         embed_time,
                         write_time: write_started.elapsed(),
+                        consistency: consistency.clone(),
+                        consistency_time,
                     });
                 }
                 Err(_) if attempts < 8 && target.exists() => attempts += 1,
@@ -749,6 +849,7 @@ pub fn build(
             source_errors = report.source_errors(),
             embedded = report.chunks_embedded,
             reused = report.vectors_reused,
+            contradictions = report.consistency.total,
             "built index generation"
         );
     }

@@ -12,6 +12,7 @@
 
 mod bm25;
 pub mod chunk;
+pub mod consistency;
 pub mod document;
 pub mod embed;
 pub mod error;
@@ -24,12 +25,13 @@ mod store;
 pub mod tokens;
 
 pub use chunk::{Chunk, SectionRecord};
+pub use consistency::{ConsistencyReport, ConsistencySummary, Contradiction};
 pub use document::Document;
 pub use embed::{Embedder, HashingEmbedder, Reranker};
 pub use error::{Error, Result};
 pub use generation::{
-    BuildOptions, BuildReport, EmbeddingInfo, Generation, GenerationInfo, Generations, Manifest,
-    build,
+    BuildOptions, BuildReport, DocumentFreshness, EmbeddingInfo, Generation, GenerationInfo,
+    Generations, Manifest, build,
 };
 pub use ingest::{SourceIssue, SourceReport};
 pub use search::{

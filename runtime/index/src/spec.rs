@@ -111,15 +111,29 @@ pub struct InlineFile {
     pub content: String,
 }
 
-/// A freshness class: how fast retrieval scores of its documents decay with age.
+/// A freshness class: how fast retrieval scores of its documents decay with age, and when they
+/// are due for review.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FreshnessClass {
     /// Half-life in days (`score * 0.5^(age / half_life)`); `None` = evergreen, no decay.
     pub half_life_days: Option<f64>,
+    /// A document not modified for this many days is stale (the KnowledgeBase's `staleAfter`);
+    /// `None` = never. Not part of any source digest: changing it re-publishes the same chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after_days: Option<f64>,
 }
 
 impl FreshnessClass {
+    /// Whether a document last modified at `last_modified` (Unix seconds) is stale at `now`.
+    /// Undated documents are never stale: their age is unknown.
+    pub fn is_stale(&self, last_modified: Option<i64>, now: i64) -> bool {
+        match (self.stale_after_days, last_modified) {
+            (Some(days), Some(modified)) => (now - modified) as f64 > days * 86_400.0,
+            _ => false,
+        }
+    }
+
     /// Decay factor in (0, 1] for a document of `age_secs` seconds.
     pub fn decay(&self, age_secs: f64) -> f32 {
         match self.half_life_days {
@@ -132,17 +146,27 @@ impl FreshnessClass {
     }
 }
 
-/// Default classes: `policy` (90-day half-life, the seed essay's figure), `standard` (365 days),
-/// `ephemeral` (30 days, for chat-derived knowledge) and `evergreen` (no decay).
+/// Default classes, as the KnowledgeBase's built-ins: `policy` (90-day half-life, the seed
+/// essay's figure; stale after a year untouched), `standard` (365 days; stale after 18 months),
+/// `ephemeral` (30 days, for chat-derived knowledge; stale after 90 days) and `evergreen` (no
+/// decay, never stale).
 pub fn default_freshness_classes() -> BTreeMap<String, FreshnessClass> {
     [
-        ("policy", Some(90.0)),
-        ("standard", Some(365.0)),
-        ("ephemeral", Some(30.0)),
-        ("evergreen", None),
+        ("policy", Some(90.0), Some(365.0)),
+        ("standard", Some(365.0), Some(547.5)),
+        ("ephemeral", Some(30.0), Some(90.0)),
+        ("evergreen", None, None),
     ]
     .into_iter()
-    .map(|(name, half_life_days)| (name.to_string(), FreshnessClass { half_life_days }))
+    .map(|(name, half_life_days, stale_after_days)| {
+        (
+            name.to_string(),
+            FreshnessClass {
+                half_life_days,
+                stale_after_days,
+            },
+        )
+    })
     .collect()
 }
 
@@ -290,6 +314,14 @@ impl IndexSpec {
                     "must be a positive number of days (omit it for evergreen)",
                 ));
             }
+            if let Some(days) = class.stale_after_days
+                && !(days.is_finite() && days > 0.0)
+            {
+                return Err(invalid(
+                    format!("freshnessClasses.{name}.staleAfterDays"),
+                    "must be a positive number of days (omit it: never stale)",
+                ));
+            }
         }
         let (max_tokens, overlap) = self.chunking.limits();
         if !(32..=ENCODER_MAX_TOKENS - 2).contains(&max_tokens) {
@@ -355,17 +387,22 @@ mod tests {
     fn decay_halves_per_half_life_and_evergreen_never_decays() {
         let policy = FreshnessClass {
             half_life_days: Some(90.0),
+            stale_after_days: Some(365.0),
         };
         assert!((policy.decay(90.0 * 86_400.0) - 0.5).abs() < 1e-6);
         assert!((policy.decay(180.0 * 86_400.0) - 0.25).abs() < 1e-6);
         assert_eq!(policy.decay(-5.0), 1.0, "future timestamps do not boost");
-        assert_eq!(
-            FreshnessClass {
-                half_life_days: None
-            }
-            .decay(1e12),
-            1.0
-        );
+        let evergreen = FreshnessClass {
+            half_life_days: None,
+            stale_after_days: None,
+        };
+        assert_eq!(evergreen.decay(1e12), 1.0);
+        // Stale strictly after staleAfter; undated and evergreen documents never.
+        let day = 86_400;
+        assert!(!policy.is_stale(Some(0), 365 * day));
+        assert!(policy.is_stale(Some(0), 365 * day + 1));
+        assert!(!policy.is_stale(None, i64::MAX / 2));
+        assert!(!evergreen.is_stale(Some(0), i64::MAX / 2));
     }
 
     #[test]

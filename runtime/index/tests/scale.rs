@@ -87,8 +87,15 @@ fn ten_thousand_chunks() {
     let build_time = t.elapsed();
     let chunks = report.manifest.chunks;
     eprintln!(
-        "build: {chunks} chunks in {build_time:?} (ingest {:?}, embed {:?}, write {:?})",
-        report.ingest_time, report.embed_time, report.write_time
+        "build: {chunks} chunks in {build_time:?} (ingest {:?}, embed {:?}, contradiction check \
+         {:?}: {} claims, {} pairs compared, {} candidates; write {:?})",
+        report.ingest_time,
+        report.embed_time,
+        report.consistency_time,
+        report.consistency.claims,
+        report.consistency.pairs_compared,
+        report.consistency.total,
+        report.write_time
     );
     assert!(chunks >= 10_000, "{chunks} chunks");
     let t = Instant::now();
