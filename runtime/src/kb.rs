@@ -179,14 +179,15 @@ pub fn index_spec_with(kb: &KnowledgeBase, roots: &SourceRoots) -> Result<IndexS
         });
     }
     let mut freshness_classes = switchboard_index::spec::default_freshness_classes();
+    let days = |d: &switchboard_crds::GoDuration| d.duration().as_secs_f64() / 86_400.0;
     for class in &spec.freshness_classes {
+        // A declared class replaces the built-in of that name entirely (as the CRD documents):
+        // without `staleAfter` it is never stale.
         freshness_classes.insert(
             class.name.clone(),
             FreshnessClass {
-                half_life_days: class
-                    .half_life
-                    .as_ref()
-                    .map(|d| d.duration().as_secs_f64() / 86_400.0),
+                half_life_days: class.half_life.as_ref().map(days),
+                stale_after_days: class.stale_after.as_ref().map(days),
             },
         );
     }
@@ -426,8 +427,8 @@ pub fn local_runtime_config(
             model: spec.small_model.model.clone(),
             max_active_adapters: spec.small_model.max_active_adapters,
             max_new_tokens: spec.generation.max_new_tokens,
-        },
             max_queue_depth: spec.small_model.max_queue_depth,
+        },
         adapters: Vec::new(),
         large_model: LargeModelConfig {
             local: spec.large_model.local.as_ref().map(|l| l.model.clone()),

@@ -265,6 +265,10 @@ impl Drop for Scratch {
 /// Longest termination message Kubernetes keeps.
 const REPORT_LIMIT: usize = 4096;
 
+/// Bytes of the build report kept for the contradictions summary (three candidates with clipped
+/// document ids and values).
+const CONTRADICTIONS_ROOM: usize = 1400;
+
 /// One entry of the build report's `sourceErrors`
 /// (`switchboard_operator::knowledge_base::build::BuildReport`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,12 +301,41 @@ fn manifest_report(
             message: issue.reason.clone(),
         })
     });
-    termination_report(
+    let mut report: serde_json::Value = serde_json::from_str(&termination_report(
         kb::generation_number(&manifest.generation).unwrap_or(0),
         manifest.documents,
         manifest.chunks,
         fetch_errors.chain(parse_errors).collect(),
-    )
+    ))
+    .unwrap_or_default();
+    // KB rot: the contradiction count and the best three candidates (a few hundred bytes at
+    // most; the source errors above leave room for them).
+    if let (Some(c), Some(object)) = (&manifest.consistency, report.as_object_mut()) {
+        let side = |s: &switchboard_index::consistency::Statement| {
+            let (document, value) = (clip(&s.doc_id, 120), clip(&s.value, 40));
+            serde_json::json!({ "document": document, "value": value })
+        };
+        let top: Vec<serde_json::Value> = c
+            .top
+            .iter()
+            .take(3)
+            .map(|c| serde_json::json!({"kind": c.kind.as_str(), "a": side(&c.a), "b": side(&c.b)}))
+            .collect();
+        object.insert(
+            "contradictions".to_owned(),
+            serde_json::json!({"count": c.contradictions, "top": top}),
+        );
+    }
+    report.to_string()
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// See [`manifest_report`].
@@ -341,7 +374,8 @@ fn termination_report(
             "sourceErrors": shown,
         })
         .to_string();
-        if report.len() <= REPORT_LIMIT || listed == 0 {
+        // Room kept for the contradictions summary `manifest_report` adds.
+        if report.len() <= REPORT_LIMIT - CONTRADICTIONS_ROOM || listed == 0 {
             return report;
         }
         listed -= 1;
@@ -390,8 +424,34 @@ mod tests {
                 message: "resolution too short".into(),
             })
             .collect();
-        let report = termination_report(8, 1, 1, many);
+        let report = termination_report(8, 1, 1, many.clone());
         assert!(report.len() <= REPORT_LIMIT, "{}", report.len());
+
+        // With the contradictions summary, long ids included, it still fits.
+        let long = "x".repeat(300);
+        let statement =
+            serde_json::json!({"chunkId": "c", "docId": long, "value": long, "sentence": long});
+        let candidate = serde_json::json!({"kind": "duration", "unit": "day", "a": statement,
+            "b": statement, "cosine": 0.9, "context": 0.9, "score": 0.8});
+        let manifest: switchboard_index::Manifest = serde_json::from_value(serde_json::json!({
+            "layout_version": 1, "generation": "gen-000008", "built_at": 0, "build_millis": 0,
+            "embedding": {"model_id": "m", "dim": 8},
+            "chunking": {"strategy": "Hierarchical", "maxTokens": 200, "overlap": 32},
+            "freshness_classes": {},
+            "sources": [{"name": "tickets", "format": null, "digest": "", "files": 1,
+                "documents": 1, "chunks": 1, "skipped": {}, "skipped_examples": [], "reused": false,
+                "errors": many.iter().map(|e| serde_json::json!(
+                    {"item": e.file.clone().unwrap_or_default(), "reason": e.message})).collect::<Vec<_>>()}],
+            "documents": 1, "sections": 1, "chunks": 1,
+            "consistency": {"claims": 9, "contradictions": 7, "top": [candidate.clone(), candidate.clone(), candidate.clone(), candidate]},
+        }))
+        .unwrap();
+        let report = manifest_report(&manifest, &[]);
+        assert!(report.len() <= REPORT_LIMIT, "{}", report.len());
+        let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(v["contradictions"]["count"], 7);
+        assert_eq!(v["contradictions"]["top"].as_array().unwrap().len(), 3);
+        assert_eq!(v["contradictions"]["top"][0]["kind"], "duration");
         let v: serde_json::Value = serde_json::from_str(&report).unwrap();
         let listed = v["sourceErrors"].as_array().unwrap();
         let last = listed.last().unwrap();

@@ -126,6 +126,9 @@ impl Metrics {
             ),
             &["document"],
         )?;
+        // The search count (the `_count` of `total`) is the denominator of a document's query
+        // share: exported at zero before the first search.
+        stage_seconds.with_label_values(&["total"]);
         let concentration = prometheus::Gauge::new(
             "switchboard_retrieval_concentration_ratio",
             "Share of passage hits that went to the most-hit 1% of chunks (at least one chunk).",
@@ -513,6 +516,9 @@ impl Metrics {
         };
         self.document_modified.reset();
         for d in &documents {
+            // At zero from the start, so `increase()` counts a document's first retrieval too
+            // (the stale-document share; see `initialise` for the same reason).
+            self.document_hits.with_label_values(&[d.doc_id.as_str()]);
             if let Some(t) = d.last_modified {
                 self.document_modified
                     .with_label_values(&[d.doc_id.as_str()])
@@ -525,7 +531,9 @@ impl Metrics {
 
     /// Sets `switchboard_document_stale` for every served document as of `now` (Unix seconds):
     /// a document turns stale when it ages past its class's `staleAfter`, without a rebuild.
-    pub fn refresh_staleness(&self, now: i64) {
+    /// ([`render`](Self::render) does it with the clock at every scrape.)
+    #[cfg(test)]
+    fn refresh_staleness(&self, now: i64) {
         if let Ok(documents) = self.documents.lock() {
             self.set_staleness(&documents, now);
         }
@@ -681,6 +689,13 @@ mod tests {
             "switchboard_document_last_modified_timestamp_seconds{{document=\"policies/refund-policy.md\"}} {}",
             now - 300 * day
         )));
+        // Every served document's retrieval counter and the search count exist at zero.
+        assert!(
+            text.contains(
+                "switchboard_document_retrievals_total{document=\"notes/undated.txt\"} 0"
+            )
+        );
+        assert!(text.contains("switchboard_retrieval_stage_seconds_count{stage=\"total\"} 0"));
         // 100 days later the 2026 policy is past its year too.
         metrics.refresh_staleness(now + 100 * day);
         assert!(stale(&metrics.encode(), "policies/refund-policy.md", "1"));

@@ -158,6 +158,20 @@ pub fn print_report(report: &BuildReport) {
             println!("      error: {}: {}", issue.item, issue.reason);
         }
     }
+    let c = &report.consistency;
+    println!(
+        "  {} contradiction candidates among {} claims ({}/{})",
+        c.total,
+        c.claims,
+        report.path.display(),
+        switchboard_index::consistency::REPORT_FILE
+    );
+    for candidate in c.contradictions.iter().take(3) {
+        println!(
+            "      {} {:?} vs {} {:?}",
+            candidate.a.doc_id, candidate.a.value, candidate.b.doc_id, candidate.b.value
+        );
+    }
 }
 
 /// Options of `serve`.
