@@ -756,9 +756,25 @@ pub struct KnowledgeBaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<i64>,
     /// Documents past their class's `staleAfter` that still answer at least
-    /// `spec.staleness.minQueryShare` of queries.
+    /// `spec.staleness.minQueryShare` of queries over `spec.staleness.window`, measured on the
+    /// runtimes of the Routers that use this KnowledgeBase (condition `ContentFresh`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_documents: Option<i64>,
+    /// The stale documents answering the largest shares of queries, largest first (at most 10,
+    /// `MAX_LISTED_STALE_DOCUMENTS`; `staleDocuments` counts them all): the review queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub top_stale_documents: Vec<StaleDocument>,
+    /// Contradiction candidates in the served generation: pairs of passages about the same thing
+    /// that state different values (numbers, dates, durations, prices, policy terms), found at
+    /// index build time (condition `ContentConsistent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contradictions: Option<i64>,
+    /// The best-scoring candidates (at most 5, `MAX_LISTED_CONTRADICTIONS`; the full list is
+    /// `contradictions.json` in the generation's directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub top_contradictions: Vec<ContradictionCandidate>,
     /// Sources (or files) that could not be fetched or parsed in the last build.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_errors: Vec<SourceError>,
@@ -768,6 +784,47 @@ pub struct KnowledgeBaseStatus {
     /// When the next scheduled refresh starts (with `spec.refreshInterval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_refresh_time: Option<Time>,
+}
+
+/// Stale documents listed in `status.topStaleDocuments`, at most.
+pub const MAX_LISTED_STALE_DOCUMENTS: usize = 10;
+/// Contradiction candidates listed in `status.topContradictions`, at most.
+pub const MAX_LISTED_CONTRADICTIONS: usize = 5;
+
+/// A document past its freshness class's `staleAfter` that still answers queries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleDocument {
+    /// Document id (`<source>/<path or item>`), the `document` label of the runtime's
+    /// `switchboard_document_retrievals_total`.
+    #[schemars(length(max = 1024))]
+    pub document: String,
+    /// Share of queries over `spec.staleness.window` whose passages included it.
+    pub query_share: Percent,
+    /// Its last modification, as ingested (unset when the runtimes do not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<Time>,
+}
+
+/// Two passages of the served generation that state different values about the same thing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContradictionCandidate {
+    /// What the two claims state: `duration`, `money`, `percent`, `date`, `count` or `policy`.
+    #[schemars(length(max = 16))]
+    pub kind: String,
+    /// The document stating one value (the older one when both are dated: review it first).
+    #[schemars(length(max = 1024))]
+    pub document: String,
+    /// Its value as written (`30 days`).
+    #[schemars(length(max = 128))]
+    pub value: String,
+    /// The other document.
+    #[schemars(length(max = 1024))]
+    pub other_document: String,
+    /// Its value (`14 days`).
+    #[schemars(length(max = 128))]
+    pub other_value: String,
 }
 
 /// A source (or one file of it) that failed in the last build.

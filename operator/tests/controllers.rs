@@ -745,9 +745,11 @@ async fn a_knowledge_base_builds_in_a_job_and_reports_its_generation_keeping_the
     )
     .await;
     let s = reconcile_kb(&w).await.status.unwrap();
+    // Stale documents come from Prometheus, not from the build report (no Router uses this
+    // KnowledgeBase here, so none is retrieved).
     assert_eq!(
         (s.index_generation, s.documents, s.chunks, s.stale_documents),
-        (Some(7), Some(12), Some(80), Some(1))
+        (Some(7), Some(12), Some(80), Some(0))
     );
     assert!(switchboard_crds::is_condition_true(
         &s.conditions,
@@ -1802,4 +1804,285 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
     let (low, high) = (rewrite.ci_low.unwrap(), rewrite.ci_high.unwrap());
     assert!(low < -0.1 && -0.1 < high, "[{low}, {high}]");
     assert_ne!(rewrite.estimate, rewrite.unadjusted_estimate);
+}
+
+/// Prometheus for the staleness check: two stale documents over the minimum share on the
+/// Router's runtimes, one with its last modification; `down` makes every query fail.
+fn stale_source(down: Arc<AtomicBool>, empty: Arc<AtomicBool>) -> FnSource {
+    use switchboard_operator::observe::Sample;
+    let doc = |d: &str, v: f64| Sample {
+        labels: [("document".to_owned(), d.to_owned())].into(),
+        value: v,
+    };
+    FnSource::new(move |q| {
+        if down.load(Ordering::SeqCst) {
+            return Err("Prometheus answered HTTP 503".to_owned());
+        }
+        if empty.load(Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
+        if q.starts_with("count (") {
+            Ok(scalar(3.0))
+        } else if q.contains("switchboard_document_last_modified_timestamp_seconds") {
+            Ok(vec![doc("notes/refund-faq-2024.txt", 1_717_200_000.0)])
+        } else if q.contains("switchboard_document_retrievals_total") {
+            Ok(vec![
+                doc("wiki/Refund-Policy.html", 0.012),
+                doc("notes/refund-faq-2024.txt", 0.031),
+            ])
+        } else {
+            Ok(Vec::new())
+        }
+    })
+}
+
+#[tokio::test]
+async fn stale_documents_are_measured_on_the_routers_runtimes_and_contradictions_come_from_the_build()
+ {
+    let (down, empty) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let source = stale_source(down.clone(), empty.clone());
+    let w = world(source.clone());
+    create_kb(&w.client, Some(3)).await;
+    create_router(&w.client).await;
+
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!(s.stale_documents, Some(2));
+    let top: Vec<(&str, &str)> = s
+        .top_stale_documents
+        .iter()
+        .map(|d| (d.document.as_str(), d.query_share.as_str()))
+        .collect();
+    assert_eq!(
+        top,
+        [
+            ("notes/refund-faq-2024.txt", "3.1%"),
+            ("wiki/Refund-Policy.html", "1.2%")
+        ]
+    );
+    assert_eq!(
+        s.top_stale_documents[0]
+            .last_modified
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        Some(1_717_200_000)
+    );
+    let fresh = find_condition(&s.conditions, cond::CONTENT_FRESH).unwrap();
+    assert_eq!(
+        (fresh.status.as_str(), fresh.reason.as_str()),
+        ("False", reasons::STALE_DOCUMENTS_FOUND)
+    );
+    assert!(
+        fresh.message.contains("notes/refund-faq-2024.txt (3.1%)")
+            && fresh
+                .message
+                .contains("3 served documents are past staleAfter"),
+        "{}",
+        fresh.message
+    );
+    // Ready and Degraded are untouched: stale content is for review, not an outage.
+    assert!(switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::READY
+    ));
+    assert!(!switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::DEGRADED
+    ));
+    let warning = events(&w.client, "help")
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some(reasons::STALE_DOCUMENTS_FOUND))
+        .expect("a StaleDocumentsFound Event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    // Every query is scoped to the runtimes of the Router using the KnowledgeBase, over the
+    // default window (90 days), with the default minimum share (0.5%).
+    let asked = source.asked();
+    assert_eq!(asked.len(), 3, "{asked:#?}");
+    for q in &asked {
+        assert!(
+            q.contains(r#"switchboard_runtime_config_info{router="support/frontline"}[7776000s]"#),
+            "{q}"
+        );
+    }
+    assert!(
+        asked[0].contains(">= 0.005 and on (document)"),
+        "{}",
+        asked[0]
+    );
+    // The generation was recorded without a build report: not checked for contradictions.
+    let consistent = find_condition(&s.conditions, cond::CONTENT_CONSISTENT).unwrap();
+    assert_eq!(
+        (consistent.status.as_str(), consistent.reason.as_str()),
+        ("Unknown", reasons::NOT_CHECKED)
+    );
+
+    // A build whose report carries contradiction candidates.
+    let job = jobs(&w).await[0].metadata.name.clone().unwrap();
+    w.clock.advance(Duration::from_secs(30));
+    finish_build(
+        &w,
+        &job,
+        Some(json!({"generation": 4, "documents": 33, "chunks": 96, "sourceErrors": [],
+            "contradictions": {"count": 5, "top": [
+                {"kind": "duration", "a": {"document": "wiki/Refund-Policy.html", "value": "30 days"},
+                 "b": {"document": "policies/refund-policy.md", "value": "14-day"}},
+                {"kind": "duration", "a": {"document": "notes/refund-faq-2024.txt", "value": "30 days"},
+                 "b": {"document": "policies/refund-policy.md", "value": "14 days"}}]}})),
+    )
+    .await;
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!((s.index_generation, s.contradictions), (Some(4), Some(5)));
+    assert_eq!(s.top_contradictions.len(), 2);
+    assert_eq!(
+        (
+            s.top_contradictions[0].document.as_str(),
+            s.top_contradictions[0].value.as_str(),
+            s.top_contradictions[0].other_document.as_str(),
+            s.top_contradictions[0].other_value.as_str()
+        ),
+        (
+            "wiki/Refund-Policy.html",
+            "30 days",
+            "policies/refund-policy.md",
+            "14-day"
+        )
+    );
+    let consistent = find_condition(&s.conditions, cond::CONTENT_CONSISTENT).unwrap();
+    assert_eq!(
+        (consistent.status.as_str(), consistent.reason.as_str()),
+        ("False", reasons::CONTRADICTIONS_FOUND)
+    );
+    assert!(
+        consistent
+            .message
+            .starts_with("5 contradiction candidates in index generation 4"),
+        "{}",
+        consistent.message
+    );
+    assert!(
+        reasons_of(&events(&w.client, "help").await)
+            .contains(&reasons::CONTRADICTIONS_FOUND.to_owned())
+    );
+
+    // Prometheus down: the last counts stay, the condition says they could not be measured.
+    down.store(true, Ordering::SeqCst);
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!(s.stale_documents, Some(2));
+    assert_eq!(s.top_stale_documents.len(), 2);
+    let fresh = find_condition(&s.conditions, cond::CONTENT_FRESH).unwrap();
+    assert_eq!(
+        (fresh.status.as_str(), fresh.reason.as_str()),
+        ("Unknown", reasons::METRICS_UNAVAILABLE)
+    );
+    assert!(fresh.message.contains("HTTP 503"), "{}", fresh.message);
+
+    // The documents were updated (or stopped being retrieved): fresh again.
+    down.store(false, Ordering::SeqCst);
+    empty.store(true, Ordering::SeqCst);
+    let s = reconcile_kb(&w).await.status.unwrap();
+    assert_eq!(s.stale_documents, Some(0));
+    assert!(s.top_stale_documents.is_empty());
+    assert!(switchboard_crds::is_condition_true(
+        &s.conditions,
+        cond::CONTENT_FRESH
+    ));
+}
+
+#[tokio::test]
+async fn a_routers_outcome_store_is_shared_through_its_secret_or_flagged_per_pod() {
+    let w = world(FnSource::empty());
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let routers = Api::<Router>::namespaced(w.client.clone(), NS);
+    let reconcile = || async {
+        let r = get::<Router>(&w.client, "frontline").await;
+        router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+        get::<Router>(&w.client, "frontline").await.status.unwrap()
+    };
+    let condition = |s: &switchboard_crds::router::RouterStatus, t: &str| {
+        let c = find_condition(&s.conditions, t).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+
+    // Two replicas with per-pod SQLite files: flagged.
+    routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    let s = reconcile().await;
+    let (status, reason, message) = condition(&s, cond::OUTCOME_STORE_SHARED);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", reasons::PER_POD_OUTCOME_STORE)
+    );
+    assert!(message.contains("2 replicas"), "{message}");
+
+    // PostgreSQL named, its Secret missing: Degraded names it; the pods get the URL from it.
+    routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"outcomeStore": {"postgres": {"name": "outcomes-db", "key": "url"}}}})),
+        )
+        .await
+        .unwrap();
+    let s = reconcile().await;
+    let (status, reason, message) = condition(&s, cond::DEGRADED);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", reasons::REFERENCE_NOT_FOUND)
+    );
+    assert!(
+        message.contains("outcomes-db") && message.contains("spec.outcomeStore.postgres"),
+        "{message}"
+    );
+    assert_eq!(condition(&s, cond::OUTCOME_STORE_SHARED).0, "True");
+    let d = get::<Deployment>(&w.client, "frontline-runtime").await;
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    let env = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "SWITCHBOARD_OUTCOME_STORE")
+        .unwrap();
+    let key = env
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str()),
+        ("outcomes-db", "url")
+    );
+    assert!(
+        !c.args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--outcome-store")
+    );
+
+    // The Secret appears: healthy.
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "outcomes-db", "namespace": NS},
+        "stringData": {"url": "postgres://sb:pw@db:5432/switchboard"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(w.client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let s = reconcile().await;
+    assert_eq!(condition(&s, cond::DEGRADED).0, "False");
 }

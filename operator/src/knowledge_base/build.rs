@@ -57,12 +57,65 @@ pub struct BuildReport {
     pub documents: i64,
     /// Chunks indexed.
     pub chunks: i64,
-    /// Stale documents (past their review age and still retrieved).
-    #[serde(default)]
-    pub stale_documents: i64,
     /// Sources or files that failed.
     #[serde(default)]
     pub source_errors: Vec<SourceError>,
+    /// Contradiction candidates between the generation's passages; absent from runtimes that
+    /// predate the check. (Stale documents are not in the report: whether a document is still
+    /// retrieved is measured in Prometheus, see `content`.)
+    #[serde(default)]
+    pub contradictions: Option<ReportedContradictions>,
+}
+
+/// The contradiction summary of a build report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedContradictions {
+    /// Candidates found.
+    pub count: i64,
+    /// The best few.
+    #[serde(default)]
+    pub top: Vec<ReportedContradiction>,
+}
+
+/// One candidate of a build report: two statements of different values.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportedContradiction {
+    /// `duration`, `money`, `percent`, `date`, `count` or `policy`.
+    pub kind: String,
+    /// The older statement (when dated).
+    pub a: ReportedStatement,
+    /// The other.
+    pub b: ReportedStatement,
+}
+
+/// Where a value is stated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportedStatement {
+    /// Document id.
+    pub document: String,
+    /// The value as written.
+    pub value: String,
+}
+
+impl ReportedContradiction {
+    /// The status form, cut to the schema's lengths.
+    pub fn candidate(&self) -> switchboard_crds::knowledge_base::ContradictionCandidate {
+        let cut = |s: &str, max: usize| {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
+        switchboard_crds::knowledge_base::ContradictionCandidate {
+            kind: cut(&self.kind, 16),
+            document: cut(&self.a.document, 1024),
+            value: cut(&self.a.value, 128),
+            other_document: cut(&self.b.document, 1024),
+            other_value: cut(&self.b.value, 128),
+        }
+    }
 }
 
 /// Name of the manifest ConfigMap.
@@ -746,7 +799,10 @@ mod tests {
             pod(
                 0,
                 r#"{"generation":7,"documents":12,"chunks":80,"staleDocuments":1,
-                    "sourceErrors":[{"source":"wiki","reason":"FetchFailed","message":"404"}]}"#,
+                    "sourceErrors":[{"source":"wiki","reason":"FetchFailed","message":"404"}],
+                    "contradictions":{"count":2,"top":[{"kind":"duration",
+                        "a":{"document":"wiki/Refund-Policy.html","value":"30 days"},
+                        "b":{"document":"policies/refund-policy.md","value":"14 days"}}]}}"#,
             ),
         ])
         .unwrap();
@@ -755,6 +811,17 @@ mod tests {
             (7, 12, 80)
         );
         assert_eq!(report.source_errors[0].source, "wiki");
+        let c = report.contradictions.unwrap();
+        assert_eq!(c.count, 2);
+        let candidate = c.top[0].candidate();
+        assert_eq!(
+            (candidate.document.as_str(), candidate.other_value.as_str()),
+            ("wiki/Refund-Policy.html", "14 days")
+        );
+        // A report of an older runtime has no contradictions.
+        let old =
+            report_from_pods(&[pod(0, r#"{"generation":1,"documents":1,"chunks":1}"#)]).unwrap();
+        assert_eq!(old.contradictions, None);
         assert!(report_from_pods(&[pod(0, "not json")]).is_err());
         assert!(report_from_pods(&[]).is_err());
     }

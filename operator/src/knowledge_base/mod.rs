@@ -3,6 +3,7 @@
 //! build report; the previous generation is kept for switching back.
 
 pub mod build;
+pub mod content;
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,9 +21,9 @@ use kube::{
     runtime::{controller::Action, reflector::ObjectRef},
 };
 use switchboard_crds::{
-    KnowledgeBase, Validate,
+    KnowledgeBase, Router, Validate,
     conditions::{self as cond, reasons},
-    knowledge_base::{KnowledgeBaseStatus, SourceKind},
+    knowledge_base::{KnowledgeBaseStatus, MAX_LISTED_CONTRADICTIONS, SourceKind},
 };
 
 use crate::{
@@ -308,6 +309,16 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
     });
     prune_jobs(&jobs_api, &jobs).await;
 
+    // KB rot: documents past staleAfter that the runtimes still retrieve (a failed check keeps
+    // the last counts; the condition says it is unknown).
+    let freshness = match status.index_generation {
+        Some(_) => Some(observe_staleness(ctx, kb, &namespace, &name).await),
+        None => None,
+    };
+    if let Some(Ok(found)) = &freshness {
+        content::fold_staleness(&mut status, found);
+    }
+
     let generation = kb.metadata.generation;
     let has_index = status.index_generation.is_some();
     let source_errors = !status.source_errors.is_empty();
@@ -435,6 +446,14 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
             now,
         ),
     });
+    computed.push(content::freshness_condition(
+        freshness.as_ref(),
+        &kb.spec.staleness.min_query_share,
+        kb.spec.staleness.window.as_str(),
+        generation,
+        now,
+    ));
+    computed.push(content::consistency_condition(&status, generation, now));
     status.conditions = merge_conditions(&previous.conditions, computed);
     apply_status(client, kb, &status).await?;
     ctx.condition_events(kb, &previous.conditions, &status.conditions)
@@ -456,6 +475,58 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
     ))
 }
 
+/// Measures stale documents on the runtimes of the Routers (of the KnowledgeBase's namespace)
+/// that use it; `Err` says why it could not be measured.
+async fn observe_staleness(
+    ctx: &Context,
+    kb: &KnowledgeBase,
+    namespace: &str,
+    name: &str,
+) -> std::result::Result<content::Staleness, String> {
+    let mut routers: Vec<String> = Api::<Router>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing the Routers of namespace {namespace}: {e}"))?
+        .items
+        .into_iter()
+        .filter(|r| r.spec.knowledge_base_ref.name == name)
+        .filter_map(|r| r.metadata.name.map(|n| format!("{namespace}/{n}")))
+        .collect();
+    routers.sort();
+    if routers.is_empty() {
+        return Ok(content::Staleness::default());
+    }
+    let staleness = &kb.spec.staleness;
+    let queries = content::stale_queries(
+        &routers,
+        staleness.window.duration(),
+        staleness.min_query_share.fraction(),
+    );
+    let shares = ctx.source.query(&queries.stale).await?;
+    // The age is a detail: the documents are reported without it when it cannot be read.
+    let modified = if shares.is_empty() {
+        Vec::new()
+    } else {
+        ctx.source
+            .query(&queries.modified)
+            .await
+            .unwrap_or_default()
+    };
+    let past_stale_after = ctx
+        .source
+        .query(&queries.past_stale_after)
+        .await
+        .ok()
+        .and_then(|s| s.first().map(|s| s.value))
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v.round() as u64);
+    Ok(content::Staleness {
+        routers,
+        documents: content::stale_documents(&shares, &modified),
+        past_stale_after,
+    })
+}
+
 /// Records a successful build: the new generation is served, the one before is kept for
 /// switching back.
 pub fn fold_report(
@@ -469,7 +540,14 @@ pub fn fold_report(
     status.index_generation = Some(report.generation);
     status.documents = Some(report.documents);
     status.chunks = Some(report.chunks);
-    status.stale_documents = Some(report.stale_documents);
+    status.contradictions = report.contradictions.as_ref().map(|c| c.count);
+    status.top_contradictions = report
+        .contradictions
+        .iter()
+        .flat_map(|c| &c.top)
+        .take(MAX_LISTED_CONTRADICTIONS)
+        .map(build::ReportedContradiction::candidate)
+        .collect();
     status.source_errors.clone_from(&report.source_errors);
     status.last_build_time = finished_at;
 }

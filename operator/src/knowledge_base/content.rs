@@ -1,0 +1,487 @@
+//! KB rot in a KnowledgeBase's status: stale documents (old *and* still retrieved, measured in
+//! Prometheus) and contradiction candidates (found by the index build). Pure: the PromQL, the
+//! folding of its answers, and the `ContentFresh` / `ContentConsistent` conditions.
+//!
+//! "Old" is the runtime's `switchboard_document_stale{document}` gauge (1 past the class's
+//! `staleAfter`, computed at every scrape from the served generation, so it follows the clock).
+//! "Still retrieved" is the document's share of the queries over `spec.staleness.window`:
+//! `switchboard_document_retrievals_total{document}` over the searches
+//! (`switchboard_retrieval_stage_seconds_count{stage="total"}`: every search, the answer path's
+//! included, where `switchboard_retrieval_requests_total` counts only the Retrieve API).
+//!
+//! Document ids are only unique within a KnowledgeBase, and the runtime's series carry no
+//! KnowledgeBase label, so every series is scoped to the runtimes that served a Router using
+//! this KnowledgeBase during the window: joined `on (instance, job)` with
+//! `switchboard_runtime_config_info{router=...}`, which each runtime exports itself (no
+//! dependence on how the scrape is labelled). Several Routers on one KnowledgeBase are summed.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use switchboard_crds::{
+    Percent,
+    conditions::{self as cond, reasons},
+    knowledge_base::{
+        ContradictionCandidate, KnowledgeBaseStatus, MAX_LISTED_STALE_DOCUMENTS, StaleDocument,
+    },
+};
+
+use crate::{
+    context::condition,
+    observe::{Sample, range, router_matcher},
+};
+
+/// The three instant queries of a staleness check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleQueries {
+    /// Stale documents whose query share is at least the minimum; value: the share.
+    pub stale: String,
+    /// Last modification (Unix seconds) of the stale documents.
+    pub modified: String,
+    /// How many served documents are past `staleAfter`, retrieved or not.
+    pub past_stale_after: String,
+}
+
+/// The queries for a KnowledgeBase used by `routers` (`namespace/name`, not empty), over
+/// `window`, keeping documents with a share of at least `min_share` (a fraction).
+pub fn stale_queries(routers: &[String], window: Duration, min_share: f64) -> StaleQueries {
+    let w = range(window);
+    let scope = format!(
+        "max by (instance, job) (max_over_time(switchboard_runtime_config_info{{{}}}{w}))",
+        router_matcher(routers)
+    );
+    let scoped = |expr: &str| format!("({expr}) * on (instance, job) group_left {scope}");
+    let hits = format!(
+        "sum by (document) ({})",
+        scoped(&format!(
+            "increase(switchboard_document_retrievals_total{w})"
+        ))
+    );
+    let searches = format!(
+        "sum ({})",
+        scoped(&format!(
+            "increase(switchboard_retrieval_stage_seconds_count{{stage=\"total\"}}{w})"
+        ))
+    );
+    let old = format!(
+        "max by (document) ({}) == 1",
+        scoped("switchboard_document_stale")
+    );
+    StaleQueries {
+        stale: format!(
+            "({hits} / on () group_left {searches}) >= {min_share} and on (document) ({old})"
+        ),
+        modified: format!(
+            "max by (document) ({}) and on (document) ({old})",
+            scoped("switchboard_document_last_modified_timestamp_seconds")
+        ),
+        past_stale_after: format!("count ({old})"),
+    }
+}
+
+/// What a staleness check found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Staleness {
+    /// The Routers measured (`namespace/name`); none: nothing serves the KnowledgeBase.
+    pub routers: Vec<String>,
+    /// Stale documents at or above the minimum share, largest share first.
+    pub documents: Vec<StaleDocument>,
+    /// Served documents past `staleAfter`, retrieved or not (when Prometheus said).
+    pub past_stale_after: Option<u64>,
+}
+
+/// Stale documents from the answers to [`StaleQueries::stale`] (`shares`) and
+/// [`StaleQueries::modified`] (`modified`): largest share first, then by name. Samples without a
+/// `document` label or with a share that is not a number are ignored.
+pub fn stale_documents(shares: &[Sample], modified: &[Sample]) -> Vec<StaleDocument> {
+    let modified: BTreeMap<&str, f64> = modified
+        .iter()
+        .filter_map(|s| Some((s.labels.get("document")?.as_str(), s.value)))
+        .collect();
+    let mut documents: Vec<(f64, StaleDocument)> = shares
+        .iter()
+        .filter(|s| s.value.is_finite())
+        .filter_map(|s| {
+            let document = s.labels.get("document")?;
+            let last_modified = modified
+                .get(document.as_str())
+                .filter(|t| t.is_finite())
+                .and_then(|t| Timestamp::from_second(t.round() as i64).ok())
+                .map(Time);
+            Some((
+                s.value,
+                StaleDocument {
+                    document: document.clone(),
+                    query_share: Percent::from_fraction(s.value),
+                    last_modified,
+                },
+            ))
+        })
+        .collect();
+    documents.sort_by(|(x, a), (y, b)| y.total_cmp(x).then_with(|| a.document.cmp(&b.document)));
+    documents.into_iter().map(|(_, d)| d).collect()
+}
+
+/// Writes a successful check into `status`: the count of all stale documents and the top
+/// [`MAX_LISTED_STALE_DOCUMENTS`]. (A failed check leaves the last values in place.)
+pub fn fold_staleness(status: &mut KnowledgeBaseStatus, found: &Staleness) {
+    status.stale_documents = Some(found.documents.len() as i64);
+    status.top_stale_documents = found
+        .documents
+        .iter()
+        .take(MAX_LISTED_STALE_DOCUMENTS)
+        .cloned()
+        .collect();
+}
+
+/// A condition with status `Unknown`.
+pub fn unknown(
+    type_: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        status: "Unknown".to_owned(),
+        ..condition(type_, false, reason, message, generation, now)
+    }
+}
+
+/// `ContentFresh` from a staleness check (`None`: no generation served yet), with the minimum
+/// share and the window for the message.
+pub fn freshness_condition(
+    check: Option<&Result<Staleness, String>>,
+    min_share: &Percent,
+    window: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let found = match check {
+        None => {
+            return unknown(
+                cond::CONTENT_FRESH,
+                reasons::INDEX_BUILDING,
+                "no index generation is served yet".to_owned(),
+                generation,
+                now,
+            );
+        }
+        Some(Err(e)) => {
+            return unknown(
+                cond::CONTENT_FRESH,
+                reasons::METRICS_UNAVAILABLE,
+                format!("stale documents could not be measured: {e}"),
+                generation,
+                now,
+            );
+        }
+        Some(Ok(found)) => found,
+    };
+    if found.routers.is_empty() {
+        return condition(
+            cond::CONTENT_FRESH,
+            true,
+            reasons::RECONCILED,
+            "no Router uses this KnowledgeBase, so no document is retrieved",
+            generation,
+            now,
+        );
+    }
+    let past = found
+        .past_stale_after
+        .map(|n| format!(" ({n} served documents are past staleAfter in all)"))
+        .unwrap_or_default();
+    if found.documents.is_empty() {
+        return condition(
+            cond::CONTENT_FRESH,
+            true,
+            reasons::RECONCILED,
+            format!(
+                "no document past its freshness class's staleAfter answers {min_share} or more \
+                 of the queries over {window}{past}"
+            ),
+            generation,
+            now,
+        );
+    }
+    let listed: Vec<String> = found
+        .documents
+        .iter()
+        .take(3)
+        .map(|d| format!("{} ({})", d.document, d.query_share))
+        .collect();
+    let more = found.documents.len().saturating_sub(listed.len());
+    condition(
+        cond::CONTENT_FRESH,
+        false,
+        reasons::STALE_DOCUMENTS_FOUND,
+        format!(
+            "{} documents past their freshness class's staleAfter still answer {min_share} or \
+             more of the queries over {window}: {}{}{past}; review them at their source \
+             (status.topStaleDocuments)",
+            found.documents.len(),
+            listed.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+        generation,
+        now,
+    )
+}
+
+/// `ContentConsistent` from the status a build report was folded into.
+pub fn consistency_condition(
+    status: &KnowledgeBaseStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let (Some(served), Some(count)) = (status.index_generation, status.contradictions) else {
+        return unknown(
+            cond::CONTENT_CONSISTENT,
+            reasons::NOT_CHECKED,
+            match status.index_generation {
+                Some(g) => format!(
+                    "index generation {g} was built without the contradiction check (an older runtime image)"
+                ),
+                None => "no index generation is served yet".to_owned(),
+            },
+            generation,
+            now,
+        );
+    };
+    if count == 0 {
+        return condition(
+            cond::CONTENT_CONSISTENT,
+            true,
+            reasons::RECONCILED,
+            format!("no contradiction candidates in index generation {served}"),
+            generation,
+            now,
+        );
+    }
+    let examples: Vec<String> = status
+        .top_contradictions
+        .iter()
+        .take(2)
+        .map(describe_candidate)
+        .collect();
+    condition(
+        cond::CONTENT_CONSISTENT,
+        false,
+        reasons::CONTRADICTIONS_FOUND,
+        format!(
+            "{count} contradiction candidates in index generation {served}{}; review them \
+             (status.topContradictions, the full list is contradictions.json in the generation)",
+            if examples.is_empty() {
+                String::new()
+            } else {
+                format!(", e.g. {}", examples.join("; "))
+            }
+        ),
+        generation,
+        now,
+    )
+}
+
+/// `a "30 days" vs b "14 days"`.
+pub fn describe_candidate(c: &ContradictionCandidate) -> String {
+    format!(
+        "{} {:?} vs {} {:?}",
+        c.document, c.value, c.other_document, c.other_value
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn sample(document: &str, value: f64) -> Sample {
+        Sample {
+            labels: [("document".to_owned(), document.to_owned())].into(),
+            value,
+        }
+    }
+
+    #[test]
+    fn queries_scope_every_series_to_the_runtimes_of_the_routers() {
+        let q = stale_queries(
+            &["support/frontline".to_owned(), "support/vip".to_owned()],
+            Duration::from_secs(90 * 86_400),
+            0.005,
+        );
+        let scope = r#"* on (instance, job) group_left max by (instance, job) (max_over_time(switchboard_runtime_config_info{router=~"support/frontline|support/vip"}[7776000s]))"#;
+        assert_eq!(
+            q.stale,
+            format!(
+                r#"(sum by (document) ((increase(switchboard_document_retrievals_total[7776000s])) {scope}) / on () group_left sum ((increase(switchboard_retrieval_stage_seconds_count{{stage="total"}}[7776000s])) {scope})) >= 0.005 and on (document) (max by (document) ((switchboard_document_stale) {scope}) == 1)"#
+            )
+        );
+        assert!(q.modified.starts_with(
+            "max by (document) ((switchboard_document_last_modified_timestamp_seconds) * on"
+        ));
+        assert!(q.past_stale_after.starts_with("count (max by (document)"));
+        // One Router: an exact match.
+        let one = stale_queries(
+            &["support/frontline".to_owned()],
+            Duration::from_secs(3600),
+            0.01,
+        );
+        assert!(
+            one.stale.contains(r#"{router="support/frontline"}[3600s]"#),
+            "{}",
+            one.stale
+        );
+    }
+
+    #[test]
+    fn stale_documents_are_sorted_by_share_with_their_age_and_capped_in_status() {
+        let shares = [
+            sample("wiki/Refund-Policy.html", 0.012),
+            sample("notes/refund-faq-2024.txt", 0.031),
+            sample("slack/x", f64::NAN),
+            Sample {
+                labels: BTreeMap::new(),
+                value: 0.5,
+            },
+        ];
+        let modified = [sample("notes/refund-faq-2024.txt", 1_717_200_000.0)];
+        let docs = stale_documents(&shares, &modified);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].document, "notes/refund-faq-2024.txt");
+        assert_eq!(docs[0].query_share.as_str(), "3.1%");
+        assert_eq!(
+            docs[0].last_modified.as_ref().map(|t| t.0.as_second()),
+            Some(1_717_200_000)
+        );
+        assert_eq!(docs[1].last_modified, None);
+
+        let many: Vec<Sample> = (0..25)
+            .map(|i| sample(&format!("d/{i:02}"), 0.01))
+            .collect();
+        let mut status = KnowledgeBaseStatus::default();
+        fold_staleness(
+            &mut status,
+            &Staleness {
+                routers: vec!["support/frontline".to_owned()],
+                documents: stale_documents(&many, &[]),
+                past_stale_after: Some(30),
+            },
+        );
+        assert_eq!(status.stale_documents, Some(25));
+        assert_eq!(status.top_stale_documents.len(), MAX_LISTED_STALE_DOCUMENTS);
+        assert_eq!(status.top_stale_documents[0].document, "d/00");
+    }
+
+    #[test]
+    fn content_fresh_says_what_was_found_or_why_it_is_unknown() {
+        let share: Percent = "0.5%".parse().unwrap_or_else(|_| unreachable!());
+        let c = |check: Option<&Result<Staleness, String>>| {
+            freshness_condition(check, &share, "2160h", Some(4), at(1_800_000_000))
+        };
+        let none = c(None);
+        assert_eq!(
+            (none.status.as_str(), none.reason.as_str()),
+            ("Unknown", "IndexBuilding")
+        );
+        let down = c(Some(&Err("connection refused".to_owned())));
+        assert_eq!(
+            (down.status.as_str(), down.reason.as_str()),
+            ("Unknown", reasons::METRICS_UNAVAILABLE)
+        );
+        assert!(down.message.contains("connection refused"));
+        let unused = c(Some(&Ok(Staleness::default())));
+        assert_eq!(unused.status, "True");
+        assert!(unused.message.contains("no Router"), "{}", unused.message);
+        let routers = vec!["support/frontline".to_owned()];
+        let fresh = c(Some(&Ok(Staleness {
+            routers: routers.clone(),
+            documents: Vec::new(),
+            past_stale_after: Some(3),
+        })));
+        assert_eq!(fresh.status, "True");
+        assert!(
+            fresh
+                .message
+                .contains("3 served documents are past staleAfter"),
+            "{}",
+            fresh.message
+        );
+        let docs = stale_documents(
+            &[
+                sample("a", 0.04),
+                sample("b", 0.03),
+                sample("c", 0.02),
+                sample("d", 0.01),
+            ],
+            &[],
+        );
+        let stale = c(Some(&Ok(Staleness {
+            routers,
+            documents: docs,
+            past_stale_after: Some(5),
+        })));
+        assert_eq!(
+            (stale.status.as_str(), stale.reason.as_str()),
+            ("False", reasons::STALE_DOCUMENTS_FOUND)
+        );
+        assert!(
+            stale.message.starts_with("4 documents"),
+            "{}",
+            stale.message
+        );
+        assert!(
+            stale.message.contains("a (4%), b (3%), c (2%) and 1 more"),
+            "{}",
+            stale.message
+        );
+    }
+
+    #[test]
+    fn content_consistent_follows_the_folded_build_report() {
+        let now = at(1_800_000_000);
+        let mut status = KnowledgeBaseStatus::default();
+        assert_eq!(
+            consistency_condition(&status, Some(1), now).status,
+            "Unknown"
+        );
+        status.index_generation = Some(7);
+        let old = consistency_condition(&status, Some(1), now);
+        assert_eq!(
+            (old.status.as_str(), old.reason.as_str()),
+            ("Unknown", reasons::NOT_CHECKED)
+        );
+        status.contradictions = Some(0);
+        assert_eq!(consistency_condition(&status, Some(1), now).status, "True");
+        status.contradictions = Some(3);
+        status.top_contradictions = vec![ContradictionCandidate {
+            kind: "duration".to_owned(),
+            document: "wiki/Refund-Policy.html".to_owned(),
+            value: "30 days".to_owned(),
+            other_document: "policies/refund-policy.md".to_owned(),
+            other_value: "14 days".to_owned(),
+        }];
+        let found = consistency_condition(&status, Some(1), now);
+        assert_eq!(
+            (found.status.as_str(), found.reason.as_str()),
+            ("False", reasons::CONTRADICTIONS_FOUND)
+        );
+        assert!(
+            found.message.contains(
+                r#"3 contradiction candidates in index generation 7, e.g. wiki/Refund-Policy.html "30 days" vs policies/refund-policy.md "14 days""#
+            ),
+            "{}",
+            found.message
+        );
+    }
+}
