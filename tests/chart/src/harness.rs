@@ -260,6 +260,64 @@ pub fn instant_query(prometheus: SocketAddr, promql: &str) -> Result<usize, Stri
     }
 }
 
+/// The labels of a sample.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// The samples of an instant query (labels, value), or Prometheus's error.
+pub fn instant_samples(prometheus: SocketAddr, promql: &str) -> Result<Vec<(Labels, f64)>, String> {
+    let (status, body) = http(
+        prometheus,
+        "GET",
+        &format!("/api/v1/query?query={}", url_encode(promql)),
+        "",
+    )
+    .map_err(|e| format!("HTTP: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}: {body}"))?;
+    if json["status"] != "success" {
+        return Err(format!(
+            "HTTP {status}: {}",
+            json["error"].as_str().unwrap_or("?")
+        ));
+    }
+    let mut out = Vec::new();
+    for sample in json["data"]["result"].as_array().into_iter().flatten() {
+        let labels = sample["metric"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        let value = sample["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no value in {sample}"))?;
+        out.push((labels, value));
+    }
+    Ok(out)
+}
+
+/// Runs `promtool test rules <test_file>` (rule unit tests: input series, expected alerts and
+/// expression results at given times); `Err` holds promtool's output when a test fails.
+pub fn promtool_test_rules(test_file: &Path) -> Result<String, String> {
+    let output = Command::new(tool("promtool"))
+        .arg("test")
+        .arg("rules")
+        .arg(test_file)
+        .output()
+        .map_err(|e| format!("running promtool: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
 /// Every loaded rule as (name, health, last error), from `/api/v1/rules`.
 pub fn rule_health(prometheus: SocketAddr) -> Vec<(String, String, String)> {
     let (_, body) = http(prometheus, "GET", "/api/v1/rules", "").expect("rules");

@@ -7,12 +7,16 @@
 use std::time::{Duration, Instant};
 
 use switchboard_chart_tests::harness::{
-    http, instant_query, rule_health, start_prometheus, start_runtime, stored_metric_names,
+    http, instant_query, instant_samples, promtool_test_rules, rule_health, start_prometheus,
+    start_runtime, stored_metric_names,
 };
 use switchboard_chart_tests::{
     alert_expressions, chart_dir, dashboard_expressions, kind, metric_names, render, root,
     rule_groups, substitute_dashboard_variables,
 };
+
+/// A document of the sample knowledge base past its freshness class's `staleAfter`.
+const STALE_DOCUMENT: &str = "notes/refund-faq-2024.txt";
 
 /// Windows that a run of a few seconds at a 1 s scrape interval fills.
 const WINDOW: &str = "1m";
@@ -41,6 +45,21 @@ fn dashboard_and_alert_queries_evaluate_against_a_live_runtime() {
     let (_runtime, runtime_addr) = start_runtime(work.path());
     let (_prometheus, prometheus) = start_prometheus(work.path(), &[runtime_addr], &[rules_file]);
 
+    // Prometheus has scraped the runtime once before any traffic: every document's retrieval
+    // counter is there at zero, so increase() counts first retrievals too.
+    let started = Instant::now();
+    while instant_query(
+        prometheus,
+        &format!("switchboard_document_retrievals_total{{document=\"{STALE_DOCUMENT}\"}} == 0"),
+    ) != Ok(1)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no zero retrieval counter for {STALE_DOCUMENT}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // Demo traffic: answerable questions, one nothing in the knowledge base answers, one invalid.
     for query in [
         "How many days do I have to request a refund?",
@@ -57,6 +76,22 @@ fn dashboard_and_alert_queries_evaluate_against_a_live_runtime() {
     let (status, _) =
         http(runtime_addr, "POST", "/v1/retrieve", r#"{"query": "  "}"#).expect("retrieve");
     assert_eq!(status, 400);
+    // An agent searches without recency decay (the stage switch of the Retrieve API) and finds
+    // the 2024 refund FAQ: a policy-class document last modified 2024-06-01, past the class's
+    // staleAfter (a year), still retrieved. (With decay the 2026 policy outranks it, as
+    // docs/retrieval.md shows.)
+    let body = serde_json::json!({
+        "query": "How long do I have to ask for a refund? Can I just reply to my receipt email?",
+        "topK": 3,
+        "stages": {"recency": false},
+    })
+    .to_string();
+    let (status, text) = http(runtime_addr, "POST", "/v1/retrieve", &body).expect("retrieve");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains(STALE_DOCUMENT),
+        "the stale FAQ is not retrieved: {text}"
+    );
 
     // Enough scrapes after the traffic for rate() and increase() over the test windows.
     let started = Instant::now();
@@ -74,6 +109,44 @@ fn dashboard_and_alert_queries_evaluate_against_a_live_runtime() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // The runtime exports the stale document as stale (and an evergreen guide as not), and the
+    // alert's expression finds it against the live series.
+    let stale = |document: &str| {
+        instant_samples(
+            prometheus,
+            &format!("switchboard_document_stale{{document=\"{document}\"}}"),
+        )
+        .expect("query")
+        .first()
+        .map(|(_, v)| *v)
+    };
+    assert_eq!(stale(STALE_DOCUMENT), Some(1.0));
+    assert_eq!(stale("guides/password-reset.md"), Some(0.0));
+    let modified = instant_samples(
+        prometheus,
+        &format!(
+            "switchboard_document_last_modified_timestamp_seconds{{document=\"{STALE_DOCUMENT}\"}}"
+        ),
+    )
+    .expect("query");
+    assert_eq!(
+        modified.first().map(|(_, v)| *v),
+        Some(1_717_200_000.0),
+        "2024-06-01"
+    );
+    let stale_alert = alert_expressions(&prometheus_rule)
+        .into_iter()
+        .find(|e| e.origin == "alert: SwitchboardStaleDocumentHighTraffic")
+        .expect("the stale document alert");
+    let firing = instant_samples(prometheus, &stale_alert.promql).expect("alert expression");
+    assert!(
+        firing
+            .iter()
+            .any(|(labels, _)| labels.get("document").map(String::as_str) == Some(STALE_DOCUMENT)),
+        "the alert's expression does not find {STALE_DOCUMENT}: {firing:?}\n{}",
+        stale_alert.promql
+    );
 
     let produced = stored_metric_names(prometheus);
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -134,5 +207,150 @@ fn dashboard_and_alert_queries_evaluate_against_a_live_runtime() {
             health.len()
         );
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A promtool unit test of the rendered stale-document alert: it stays pending for its `for: 1h`
+/// and then fires with the document's label; and the operator's staleness query (the
+/// KnowledgeBase controller's) returns only the documents of the runtimes of the Routers asked
+/// about, with their share.
+#[test]
+fn the_stale_document_alert_fires_and_the_operator_query_is_scoped_to_its_routers() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let prometheus_rule = render(&["-f", "ci/full-values.yaml"])
+        .into_iter()
+        .find(|o| kind(o) == "PrometheusRule")
+        .expect("PrometheusRule");
+    let mut groups = serde_yaml::Mapping::new();
+    groups.insert("groups".into(), rule_groups(&prometheus_rule).clone());
+    std::fs::write(
+        work.path().join("switchboard.rules.yaml"),
+        serde_yaml::to_string(&groups).expect("yaml"),
+    )
+    .expect("rules");
+
+    // One runtime's series, as scraped (job and instance are target labels).
+    let runtime = |instance: &'static str| {
+        move |name: &str, extra: &str, values: &str| {
+            serde_json::json!({
+                "series": format!("{name}{{job=\"switchboard-runtime\",instance=\"{instance}\"{extra}}}"),
+                "values": values,
+            })
+        }
+    };
+    let a = runtime("10.0.0.1:8080");
+    let b = runtime("10.0.0.2:8080");
+    let faq = format!(",document=\"{STALE_DOCUMENT}\"");
+    let policy = ",document=\"policies/refund-policy.md\"";
+    let other = ",document=\"wiki/Refund-Policy.html\"";
+    // Per minute: 20 searches, 1 of them retrieving the stale FAQ (5%) and 10 the current policy.
+    let alert_series = vec![
+        a(
+            "switchboard_retrieval_stage_seconds_count",
+            ",stage=\"total\"",
+            "0+20x200",
+        ),
+        a("switchboard_document_retrievals_total", &faq, "0+1x200"),
+        a("switchboard_document_retrievals_total", policy, "0+10x200"),
+        a("switchboard_document_stale", &faq, "1x200"),
+        a("switchboard_document_stale", policy, "0x200"),
+    ];
+    // The operator's query, over two runtimes of two Routers (same job, as one PodMonitor
+    // would scrape them): frontline retrieves the stale FAQ at 1% (under the 2% minimum) and
+    // the stale wiki page at 10%; the other Router's runtime retrieves the FAQ at 75%.
+    let info = |router: &str| format!(",router=\"{router}\",revision=\"sha256:1\"");
+    let operator_series = vec![
+        a(
+            "switchboard_runtime_config_info",
+            &info("support/frontline"),
+            "1x200",
+        ),
+        a(
+            "switchboard_retrieval_stage_seconds_count",
+            ",stage=\"total\"",
+            "0+100x200",
+        ),
+        a("switchboard_document_retrievals_total", &faq, "0+1x200"),
+        a("switchboard_document_retrievals_total", other, "0+10x200"),
+        a("switchboard_document_stale", &faq, "1x200"),
+        a("switchboard_document_stale", other, "1x200"),
+        a(
+            "switchboard_document_last_modified_timestamp_seconds",
+            other,
+            "1739318400x200",
+        ),
+        b(
+            "switchboard_runtime_config_info",
+            &info("support/other"),
+            "1x200",
+        ),
+        b(
+            "switchboard_retrieval_stage_seconds_count",
+            ",stage=\"total\"",
+            "0+20x200",
+        ),
+        b("switchboard_document_retrievals_total", &faq, "0+15x200"),
+        b("switchboard_document_stale", &faq, "1x200"),
+    ];
+    let queries = |routers: &[&str]| {
+        switchboard_operator::knowledge_base::content::stale_queries(
+            &routers.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>(),
+            Duration::from_secs(3600),
+            0.02,
+        )
+    };
+    let frontline = queries(&["support/frontline"]);
+    let both = queries(&["support/frontline", "support/other"]);
+    let labels = |document: &str| format!("{{document=\"{document}\"}}");
+    let test = serde_json::json!({
+        "rule_files": ["switchboard.rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": alert_series,
+                "alert_rule_test": [
+                    // Pending during its `for: 1h`: nothing fires yet.
+                    {"eval_time": "30m", "alertname": "SwitchboardStaleDocumentHighTraffic", "exp_alerts": []},
+                    {"eval_time": "2h", "alertname": "SwitchboardStaleDocumentHighTraffic", "exp_alerts": [{
+                        "exp_labels": {
+                            "severity": "info", "team": "support-platform",
+                            "job": "switchboard-runtime", "document": STALE_DOCUMENT,
+                        },
+                        "exp_annotations": {
+                            "summary": format!("Stale document {STALE_DOCUMENT} answers 5% of queries"),
+                            "description": "Update or retire the document at its source; the next ingest picks it up. The KnowledgeBase's status.topStaleDocuments lists the stale documents by traffic (condition ContentFresh).",
+                        },
+                    }]},
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": operator_series,
+                "promql_expr_test": [
+                    {"expr": frontline.stale, "eval_time": "2h",
+                     "exp_samples": [{"labels": labels("wiki/Refund-Policy.html"), "value": 0.1}]},
+                    {"expr": frontline.modified, "eval_time": "2h",
+                     "exp_samples": [{"labels": labels("wiki/Refund-Policy.html"), "value": 1_739_318_400}]},
+                    {"expr": frontline.past_stale_after, "eval_time": "2h",
+                     "exp_samples": [{"labels": "{}", "value": 2}]},
+                    // Several Routers on one KnowledgeBase: their runtimes are summed.
+                    {"expr": both.stale, "eval_time": "2h",
+                     "exp_samples": [
+                        {"labels": labels(STALE_DOCUMENT), "value": 16.0 / 120.0},
+                        {"labels": labels("wiki/Refund-Policy.html"), "value": 10.0 / 120.0},
+                     ]},
+                ],
+            },
+        ],
+    });
+    let test_file = work.path().join("switchboard.rules.test.yaml");
+    std::fs::write(&test_file, serde_yaml::to_string(&test).expect("yaml")).expect("test file");
+    match promtool_test_rules(&test_file) {
+        Ok(out) => eprintln!("{out}"),
+        Err(out) => panic!(
+            "promtool test rules failed:\n{out}\n{}",
+            std::fs::read_to_string(&test_file).unwrap_or_default()
+        ),
     }
 }
