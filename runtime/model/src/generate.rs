@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{ModelError, Result};
-use crate::llama::LlamaModel;
+use crate::llama::{LlamaModel, LoadOptions};
 use crate::lora::{LoraAdapter, LoraRegistry};
 use crate::tokenizer::LlmTokenizer;
 
@@ -79,6 +79,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` or the context length was reached.
     Length,
+    /// The caller stopped it (closed its stream, e.g. on a stop sequence of its own).
+    Cancelled,
 }
 
 /// The result of one request.
@@ -106,10 +108,15 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Loads model and tokenizer from a GGUF file or a Hugging Face directory.
+    /// Loads model and tokenizer from a GGUF file or a Hugging Face directory (f32 dense weights).
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        Self::load_with(path, LoadOptions::new(device))
+    }
+
+    /// [`Self::load`] with explicit model options (e.g. int4 weights for fast decoding).
+    pub fn load_with(path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let model = LlamaModel::load(path, device)?;
+        let model = LlamaModel::load_with(path, options)?;
         let tokenizer = LlmTokenizer::load(path)?;
         Self::new(model, tokenizer)
     }
@@ -181,11 +188,41 @@ impl Generator {
         config: &GenerationConfig,
         adapter_id: Option<&str>,
     ) -> Result<Generation> {
-        let prompt = self.render_chat(messages)?;
-        // The template writes BOS itself where the model wants it.
-        let ids = self.tokenizer.encode(&prompt, false)?;
+        let ids = self.chat_prompt_ids(messages)?;
         let adapter = adapter_id.map(|id| self.adapter(id)).transpose()?;
         self.generate_ids(&ids, config, adapter.as_deref())
+    }
+
+    /// The prompt token ids of a conversation, ready for the assistant's turn.
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let prompt = self.render_chat(messages)?;
+        // The template writes BOS itself where the model wants it.
+        self.tokenizer.encode(&prompt, false)
+    }
+
+    /// Checks a request and gives its stop tokens and token budget (what fits the context).
+    pub fn plan(&self, prompt_ids: &[u32], config: &GenerationConfig) -> Result<Plan> {
+        config.validate()?;
+        if prompt_ids.is_empty() {
+            return Err(ModelError::InvalidRequest("empty prompt".to_owned()));
+        }
+        let context = self.model.config().max_position_embeddings as usize;
+        if prompt_ids.len() >= context {
+            return Err(ModelError::InvalidRequest(format!(
+                "prompt of {} tokens leaves no room in the context of {context}",
+                prompt_ids.len()
+            )));
+        }
+        Ok(Plan {
+            stops: self
+                .tokenizer
+                .eos_token_ids()
+                .iter()
+                .chain(&config.stop_token_ids)
+                .copied()
+                .collect(),
+            budget: config.max_new_tokens.min(context - prompt_ids.len()),
+        })
     }
 
     /// Continues raw text (no chat template).
@@ -207,24 +244,7 @@ impl Generator {
         config: &GenerationConfig,
         adapter: Option<&LoraAdapter>,
     ) -> Result<Generation> {
-        config.validate()?;
-        if prompt_ids.is_empty() {
-            return Err(ModelError::InvalidRequest("empty prompt".to_owned()));
-        }
-        let context = self.model.config().max_position_embeddings as usize;
-        if prompt_ids.len() >= context {
-            return Err(ModelError::InvalidRequest(format!(
-                "prompt of {} tokens leaves no room in the context of {context}",
-                prompt_ids.len()
-            )));
-        }
-        let stops: Vec<u32> = self
-            .tokenizer
-            .eos_token_ids()
-            .iter()
-            .chain(&config.stop_token_ids)
-            .copied()
-            .collect();
+        let Plan { stops, budget } = self.plan(prompt_ids, config)?;
         let mut sampler = Sampler::new(config.sampling);
         let mut cache = self.model.new_cache();
         let input: Vec<i64> = prompt_ids.iter().map(|&i| i64::from(i)).collect();
@@ -233,7 +253,6 @@ impl Generator {
             &mut cache,
             adapter,
         )?;
-        let budget = config.max_new_tokens.min(context - prompt_ids.len());
         let mut out = Vec::with_capacity(budget);
         let mut finish_reason = FinishReason::Length;
         while out.len() < budget {
@@ -258,15 +277,24 @@ impl Generator {
     }
 }
 
+/// Stop tokens and token budget of a request ([`Generator::plan`]).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// End-of-sequence / end-of-turn ids and the request's extra stop ids.
+    pub stops: Vec<u32>,
+    /// Most tokens it may generate (its limit, or what is left of the context).
+    pub budget: usize,
+}
+
 /// Chooses tokens from logits.
 #[derive(Debug)]
-struct Sampler {
+pub(crate) struct Sampler {
     sampling: Sampling,
     rng: SplitMix64,
 }
 
 impl Sampler {
-    fn new(sampling: Sampling) -> Self {
+    pub(crate) fn new(sampling: Sampling) -> Self {
         let seed = match sampling {
             Sampling::TopP { seed, .. } => seed,
             Sampling::Greedy => 0,
@@ -277,7 +305,11 @@ impl Sampler {
         }
     }
 
-    fn next(&mut self, logits: &Tensor) -> Result<u32> {
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.sampling == Sampling::Greedy
+    }
+
+    pub(crate) fn next(&mut self, logits: &Tensor) -> Result<u32> {
         match self.sampling {
             Sampling::Greedy => Ok(logits.f_argmax(-1, false)?.int64_value(&[]) as u32),
             Sampling::TopP {

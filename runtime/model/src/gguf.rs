@@ -377,6 +377,24 @@ impl GgufFile {
             .f_to_device(device)?)
     }
 
+    /// The 4-bit blocks of tensor `name` when it is stored as Q4_0 or Q4_1 (`Ok(None)` for any
+    /// other type).
+    pub fn q4_blocks(&self, name: &str) -> Result<Option<Q4Blocks>> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+            })?;
+        if !matches!(info.ggml_type, GgmlType::Q4_0 | GgmlType::Q4_1) {
+            return Ok(None);
+        }
+        let raw = self.read_raw(info)?;
+        q4_blocks(info.ggml_type, &raw)
+            .map(Some)
+            .ok_or_else(|| self.invalid(format!("tensor `{name}`: truncated Q4 blocks")))
+    }
+
     /// Reads and dequantises every tensor, in file order, keeping one file handle open.
     pub fn tensors_f32(&self, device: Device) -> Result<Vec<(String, Tensor)>> {
         let mut infos: Vec<&TensorInfo> = self.tensors.iter().collect();
@@ -402,6 +420,51 @@ impl GgufFile {
         }
         Ok(out)
     }
+}
+
+/// The 4-bit values of a Q4_0 or Q4_1 tensor with one scale and one offset per block of 32:
+/// weight = `scale · q + offset`, exactly as ggml dequantises them (Q4_0: `offset = -8 · scale`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q4Blocks {
+    /// One value in 0..=15 per weight, in element order.
+    pub values: Vec<u8>,
+    /// Per block of 32 weights.
+    pub scales: Vec<f32>,
+    /// Per block of 32 weights.
+    pub offsets: Vec<f32>,
+}
+
+/// Splits Q4_0 / Q4_1 blocks into their 4-bit values, scales and offsets (`None` for other
+/// types). Within a block the low nibbles are weights 0..16 and the high nibbles 16..32.
+pub fn q4_blocks(ty: GgmlType, raw: &[u8]) -> Option<Q4Blocks> {
+    let (header, bytes) = match ty {
+        GgmlType::Q4_0 => (2, 18),
+        GgmlType::Q4_1 => (4, 20),
+        _ => return None,
+    };
+    if !raw.len().is_multiple_of(bytes) {
+        return None;
+    }
+    let blocks = raw.len() / bytes;
+    let mut out = Q4Blocks {
+        values: Vec::with_capacity(blocks * 32),
+        scales: Vec::with_capacity(blocks),
+        offsets: Vec::with_capacity(blocks),
+    };
+    for b in raw.chunks_exact(bytes) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let m = if ty == GgmlType::Q4_1 {
+            f16_to_f32(u16::from_le_bytes([b[2], b[3]]))
+        } else {
+            -8.0 * d
+        };
+        let qs = &b[header..bytes];
+        out.values.extend(qs.iter().map(|&q| q & 0x0f));
+        out.values.extend(qs.iter().map(|&q| q >> 4));
+        out.scales.push(d);
+        out.offsets.push(m);
+    }
+    Some(out)
 }
 
 /// Dequantises `raw` blocks of type `ty` to `f32`, as ggml's `dequantize_row_*` does.
@@ -613,6 +676,35 @@ mod tests {
         assert_eq!(v[15], 3.5);
         assert_eq!(v[16], 3.5);
         assert_eq!(v[31], -4.0);
+    }
+
+    #[test]
+    fn q4_blocks_give_back_the_dequantised_values() {
+        let mut raw = Vec::new();
+        // Q4_1: d = 0.5, m = -1.0, values 0..16 then 15..0.
+        raw.extend_from_slice(&0x3800u16.to_le_bytes());
+        raw.extend_from_slice(&0xbc00u16.to_le_bytes());
+        raw.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+        let q = q4_blocks(GgmlType::Q4_1, &raw).unwrap();
+        let values = dequantize(GgmlType::Q4_1, &raw).unwrap();
+        let again: Vec<f32> = q
+            .values
+            .iter()
+            .map(|&v| f32::from(v) * q.scales[0] + q.offsets[0])
+            .collect();
+        assert_eq!(again, values);
+        // Q4_0: offset = -8 d.
+        let mut raw = 0x3c00u16.to_le_bytes().to_vec();
+        raw.extend((0..16u8).map(|i| i | (i << 4)));
+        let q = q4_blocks(GgmlType::Q4_0, &raw).unwrap();
+        let values = dequantize(GgmlType::Q4_0, &raw).unwrap();
+        let again: Vec<f32> = q
+            .values
+            .iter()
+            .map(|&v| f32::from(v) + q.offsets[0])
+            .collect();
+        assert_eq!(again, values);
+        assert!(q4_blocks(GgmlType::Q8_0, &[0; 34]).is_none());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub mod error;
 pub mod generate;
 pub mod generator_worker;
 pub mod gguf;
+pub mod kv;
+pub mod linear;
 pub mod llama;
 pub mod lora;
 pub mod tokenizer;

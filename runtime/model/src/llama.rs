@@ -3,21 +3,26 @@
 //!
 //! Follows Hugging Face `transformers/models/llama/modeling_llama.py` (`LlamaRMSNorm`,
 //! `LlamaRotaryEmbedding` with the default rope type, `LlamaAttention` with `repeat_kv`, `LlamaMLP`)
-//! in eval mode. Variables mirror the checkpoint keys (`model.layers.3.self_attn.q_proj.weight`), so
-//! safetensors load by name; GGUF tensors are renamed to those keys, dequantised to f32, and the Q/K
-//! projections un-permuted (see [`crate::gguf::unpermute_qk`]).
+//! in eval mode. Weights load by their checkpoint keys (`model.layers.3.self_attn.q_proj.weight`,
+//! each checked for presence and shape); GGUF tensors are renamed to those keys, dequantised, and
+//! the Q/K projections un-permuted (see [`crate::gguf::unpermute_qk`]).
 //!
-//! The linear layers are plain weight tensors rather than `nn::Linear` so a LoRA adapter chosen per
-//! request can add its low-rank term without touching (merging into) the base weights.
+//! Built for decoding speed on a CPU, where every generated token reads every weight once:
+//! Q/K/V and gate/up are fused into one matrix each and kept transposed (`x @ W`, no copy per
+//! step); with [`WeightFormat::Int4`] the projections stay in 4 bits for decoding steps
+//! ([`crate::linear`]); keys and values are written in place into a [`KvPool`] (no concatenation
+//! per token). One [`LlamaModel::step`] advances several sequences at different lengths with one
+//! weight read (continuous batching), each through its own LoRA adapter: adapters are applied
+//! unmerged, as `scale · B(A x)` added to the base output of the rows that use them.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{ModelError, Result, read_json};
 use crate::gguf::{GgufFile, unpermute_qk};
+use crate::linear::{Linear, Q4Parts};
 use crate::lora::LoraAdapter;
 
 /// The fields of a Llama `config.json` this implementation uses.
@@ -306,68 +311,116 @@ impl Proj {
     }
 }
 
+/// How the decoder keeps its linear layers' weights (see [`crate::linear`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Dense weights in the model's kind: the reference's numbers (f32 on the CPU).
+    #[default]
+    Dense,
+    /// 4-bit groups of 32 for the decoder projections, multiplied by libtorch's CPU int4 kernel
+    /// for decoding steps (a few rows): GGUF Q4_0/Q4_1 tensors are kept exactly as stored, dense
+    /// checkpoints are quantised on load (Q4_1 scheme). Prompt prefill multiplies with the dense
+    /// weights those 4-bit weights encode. The embedding and output head stay dense.
+    Int4,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "dense" | "f32" => Ok(Self::Dense),
+            "int4" | "q4" => Ok(Self::Int4),
+            other => Err(format!("weight format `{other}`: expected dense or int4")),
+        }
+    }
+}
+
+/// Options of [`LlamaModel::load_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Device of the weights.
+    pub device: Device,
+    /// Floating-point kind of the dense weights and activations.
+    pub kind: Kind,
+    /// Form of the decoder projections.
+    pub weights: WeightFormat,
+}
+
+impl LoadOptions {
+    /// f32 dense weights on `device`.
+    pub fn new(device: Device) -> Self {
+        Self {
+            device,
+            kind: Kind::Float,
+            weights: WeightFormat::Dense,
+        }
+    }
+}
+
+/// Offsets of the fused projections: `qkv` holds Q, K, V; `gate_up` holds gate, up.
+#[derive(Debug, Clone, Copy)]
+struct FusedLayout {
+    q: i64,
+    kv: i64,
+    ffn: i64,
+}
+
+impl FusedLayout {
+    fn of(cfg: &LlamaConfig) -> Self {
+        Self {
+            q: cfg.num_attention_heads * cfg.head_dim(),
+            kv: cfg.kv_heads() * cfg.head_dim(),
+            ffn: cfg.intermediate_size,
+        }
+    }
+
+    /// (fused layer, offset, length) of a projection's output.
+    fn place(&self, proj: Proj) -> (FusedPart, i64, i64) {
+        match proj {
+            Proj::Q => (FusedPart::Qkv, 0, self.q),
+            Proj::K => (FusedPart::Qkv, self.q, self.kv),
+            Proj::V => (FusedPart::Qkv, self.q + self.kv, self.kv),
+            Proj::O => (FusedPart::O, 0, 0),
+            Proj::Gate => (FusedPart::GateUp, 0, self.ffn),
+            Proj::Up => (FusedPart::GateUp, self.ffn, self.ffn),
+            Proj::Down => (FusedPart::Down, 0, 0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FusedPart {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
 #[derive(Debug)]
 struct Layer {
     input_norm: Tensor,
     post_attention_norm: Tensor,
-    /// Weights in `Proj::ALL` order, each `[out, in]`.
-    proj: [Tensor; 7],
+    /// Q, K and V projections in one matrix (one weight read per step instead of three).
+    qkv: Linear,
+    o: Linear,
+    /// Gate and up projections in one matrix.
+    gate_up: Linear,
+    down: Linear,
 }
 
 impl Layer {
-    fn new(vs: nn::Path, cfg: &LlamaConfig) -> Self {
-        let h = cfg.hidden_size;
-        let input_norm = (&vs / "input_layernorm").ones_no_train("weight", &[h]);
-        let post_attention_norm = (&vs / "post_attention_layernorm").ones_no_train("weight", &[h]);
-        let proj = Proj::ALL.map(|p| {
-            let (out, inp) = p.shape(cfg);
-            let mut path = vs.clone();
-            for part in p.path().split('.') {
-                path = &path / part;
-            }
-            path.zeros_no_train("weight", &[out, inp])
-        });
-        Self {
-            input_norm,
-            post_attention_norm,
-            proj,
+    fn linear(&self, part: FusedPart) -> &Linear {
+        match part {
+            FusedPart::Qkv => &self.qkv,
+            FusedPart::O => &self.o,
+            FusedPart::GateUp => &self.gate_up,
+            FusedPart::Down => &self.down,
         }
     }
 }
 
-/// Per-layer key/value cache of one sequence batch; grows by the tokens each forward call sees.
-#[derive(Debug)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    /// Number of positions already cached.
-    pub fn len(&self) -> i64 {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.size()[2])
-    }
-
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Drops the cached positions beyond `len` (e.g. to reuse a shared prompt prefix).
-    pub fn truncate(&mut self, len: i64) {
-        for entry in &mut self.layers {
-            if let Some((k, v)) = entry {
-                if len == 0 {
-                    *entry = None;
-                } else if k.size()[2] > len {
-                    *entry = Some((k.narrow(2, 0, len), v.narrow(2, 0, len)));
-                }
-            }
-        }
-    }
-}
+pub use crate::kv::{KvCache, KvPool};
 
 /// Where a checkpoint came from, and the names it goes by (for matching LoRA adapters' base model).
 #[derive(Debug, Clone)]
@@ -380,60 +433,163 @@ pub struct ModelSource {
     pub names: Vec<String>,
 }
 
+/// The adapters of the rows of a step: none, one for every row, or groups of rows.
+enum RowAdapters<'a> {
+    None,
+    All(&'a LoraAdapter),
+    Groups(Vec<(&'a LoraAdapter, Tensor)>),
+}
+
+impl<'a> RowAdapters<'a> {
+    fn of(adapters: &[Option<&'a LoraAdapter>], device: Device) -> Result<Self> {
+        let first = adapters.first().copied().flatten();
+        if adapters.iter().all(|a| same_adapter(a.as_deref(), first)) {
+            return Ok(first.map_or(Self::None, Self::All));
+        }
+        let mut groups: Vec<(&LoraAdapter, Vec<i64>)> = Vec::new();
+        for (row, adapter) in adapters.iter().enumerate() {
+            let Some(adapter) = adapter else { continue };
+            match groups.iter_mut().find(|(a, _)| std::ptr::eq(*a, *adapter)) {
+                Some((_, rows)) => rows.push(row as i64),
+                None => groups.push((adapter, vec![row as i64])),
+            }
+        }
+        Ok(Self::Groups(
+            groups
+                .into_iter()
+                .map(|(a, rows)| Ok((a, Tensor::from_slice(&rows).f_to_device(device)?)))
+                .collect::<Result<_>>()?,
+        ))
+    }
+}
+
+fn same_adapter(a: Option<&LoraAdapter>, b: Option<&LoraAdapter>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        _ => false,
+    }
+}
+
 /// A Llama-family causal LM ready for inference.
 #[derive(Debug)]
 pub struct LlamaModel {
     cfg: LlamaConfig,
     source: ModelSource,
-    vs: VarStore,
+    layout: FusedLayout,
+    weights: WeightFormat,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    /// `[hidden, vocab]` (tied checkpoints: the embedding's transpose).
+    lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
     device: Device,
     kind: Kind,
 }
 
+/// Checkpoint tensors by Hugging Face key, taken out once each with a shape check.
+struct Tensors<'a> {
+    map: HashMap<String, Tensor>,
+    path: &'a Path,
+}
+
+impl Tensors<'_> {
+    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let tensor = self
+            .map
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.to_path_buf(),
+                name: name.to_owned(),
+            })?;
+        if tensor.size() != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: self.path.to_path_buf(),
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                found: tensor.size(),
+            });
+        }
+        Ok(tensor)
+    }
+}
+
 impl LlamaModel {
     /// Loads a GGUF file or a Hugging Face directory (`config.json` + `*.safetensors`), depending on
-    /// what `path` is. Weights are f32 on the CPU; on CUDA pass `Kind::BFloat16` or `Kind::Half` to
-    /// [`Self::load_with_kind`] to halve memory and time.
+    /// what `path` is, with f32 dense weights (the reference's numbers). [`Self::load_with`] keeps
+    /// the decoder projections in 4 bits for fast decoding.
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self> {
-        Self::load_with_kind(path, device, Kind::Float)
+        Self::load_with(path, LoadOptions::new(device))
     }
 
-    /// [`Self::load`] with the weights' floating-point kind.
+    /// [`Self::load`] with the weights' floating-point kind (e.g. `Kind::BFloat16` on CUDA).
     pub fn load_with_kind(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
+        Self::load_with(
+            path,
+            LoadOptions {
+                kind,
+                ..LoadOptions::new(device)
+            },
+        )
+    }
+
+    /// Loads with explicit options.
+    pub fn load_with(path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let path = path.as_ref();
+        if options.weights == WeightFormat::Int4 && options.kind != Kind::Float {
+            return Err(ModelError::Unsupported(format!(
+                "int4 weights with {:?} activations (int4 decodes with f32 activations)",
+                options.kind
+            )));
+        }
         if path.is_dir() {
-            Self::from_hf_dir(path, device, kind)
+            Self::from_hf_dir(path, options)
         } else {
-            Self::from_gguf(path, device, kind)
+            Self::from_gguf(path, options)
         }
     }
 
     /// Loads a GGUF file: dequantises every tensor to f32, renames it to the Hugging Face key and
-    /// un-permutes Q/K.
-    pub fn from_gguf(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
+    /// un-permutes Q/K. With int4 weights, Q4 projections keep their stored 4-bit values.
+    pub fn from_gguf(path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let gguf = GgufFile::open(path)?;
         let cfg = LlamaConfig::from_gguf(&gguf)?;
         cfg.validate()?;
+        let unpermute = |hf: &str, t: &Tensor| -> Result<Tensor> {
+            if hf.ends_with("self_attn.q_proj.weight") {
+                unpermute_qk(t, cfg.num_attention_heads)
+            } else if hf.ends_with("self_attn.k_proj.weight") {
+                unpermute_qk(t, cfg.kv_heads())
+            } else {
+                Ok(t.shallow_clone())
+            }
+        };
         let mut tensors = HashMap::new();
+        let mut q4 = HashMap::new();
         for (name, tensor) in gguf.tensors_f32(Device::Cpu)? {
             let Some(hf) = hf_name(&name) else {
                 tracing::debug!(tensor = %name, "GGUF tensor not used by the model");
                 continue;
             };
-            let tensor = if hf.ends_with("self_attn.q_proj.weight") {
-                unpermute_qk(&tensor, cfg.num_attention_heads)?
-            } else if hf.ends_with("self_attn.k_proj.weight") {
-                unpermute_qk(&tensor, cfg.kv_heads())?
-            } else {
-                tensor
-            };
-            tensors.insert(hf, tensor);
+            if options.weights == WeightFormat::Int4
+                && Proj::ALL.iter().any(|p| hf.contains(p.path()))
+                && let Some(blocks) = gguf.q4_blocks(&name)?
+            {
+                let shape = tensor.size();
+                let (out, inp) = (shape[0], shape[1]);
+                let parts = Q4Parts {
+                    values: Tensor::from_slice(&blocks.values)
+                        .f_to_kind(Kind::Int)?
+                        .f_reshape([out, inp])?,
+                    scales: Tensor::from_slice(&blocks.scales).f_reshape([out, inp / 32])?,
+                    offsets: Tensor::from_slice(&blocks.offsets).f_reshape([out, inp / 32])?,
+                }
+                .map_rows(|t| unpermute(&hf, t))?;
+                q4.insert(hf.clone(), parts);
+            }
+            tensors.insert(hf.clone(), unpermute(&hf, &tensor)?);
         }
         let mut names = Vec::new();
         let meta = |k: &str| gguf.get(k).and_then(|v| v.as_str()).map(str::to_owned);
@@ -454,11 +610,11 @@ impl LlamaModel {
             path: gguf.path().to_path_buf(),
             names,
         };
-        Self::build(cfg, source, &tensors, device, kind)
+        Self::build(cfg, source, tensors, q4, options)
     }
 
     /// Loads a Hugging Face directory: `config.json` and every `*.safetensors` file in it.
-    pub fn from_hf_dir(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
+    pub fn from_hf_dir(dir: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let cfg: LlamaConfig = read_json(&config_path)?;
@@ -491,39 +647,80 @@ impl LlamaModel {
             path: dir.to_path_buf(),
             names,
         };
-        Self::build(cfg, source, &tensors, device, kind)
+        Self::build(cfg, source, tensors, HashMap::new(), options)
     }
 
     fn build(
         cfg: LlamaConfig,
         source: ModelSource,
-        tensors: &HashMap<String, Tensor>,
-        device: Device,
-        kind: Kind,
+        tensors: HashMap<String, Tensor>,
+        mut q4: HashMap<String, Q4Parts>,
+        options: LoadOptions,
     ) -> Result<Self> {
-        let mut vs = VarStore::new(device);
-        let root = vs.root();
-        let model = &root / "model";
-        let embed =
-            (&model / "embed_tokens").zeros_no_train("weight", &[cfg.vocab_size, cfg.hidden_size]);
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(&model / "layers" / i, &cfg))
-            .collect::<Vec<_>>();
-        let norm = (&model / "norm").ones_no_train("weight", &[cfg.hidden_size]);
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.shallow_clone()
-        } else {
-            (&root / "lm_head").zeros_no_train("weight", &[cfg.vocab_size, cfg.hidden_size])
+        let LoadOptions {
+            device,
+            kind,
+            weights,
+        } = options;
+        let mut t = Tensors {
+            map: tensors,
+            path: &source.path,
         };
-        load_strict(&vs, tensors, &source.path)?;
-        if kind != Kind::Float {
-            vs.set_kind(kind);
+        let h = cfg.hidden_size;
+        let on = |x: Tensor| -> Result<Tensor> { Ok(x.f_to_device(device)?.f_to_kind(kind)?) };
+        let embed = on(t.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?)?;
+        let layout = FusedLayout::of(&cfg);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
+        for i in 0..cfg.num_hidden_layers {
+            let prefix = format!("model.layers.{i}");
+            let mut fused = |projs: &[Proj]| -> Result<Linear> {
+                let mut dense = Vec::new();
+                let mut parts = Vec::new();
+                for &p in projs {
+                    let (out, inp) = p.shape(&cfg);
+                    let name = format!("{prefix}.{}.weight", p.path());
+                    let w = t.take(&name, &[out, inp])?;
+                    if weights == WeightFormat::Int4 {
+                        parts.push(match q4.remove(&name) {
+                            Some(parts) => parts,
+                            None => Q4Parts::quantize(&w)?,
+                        });
+                    }
+                    dense.push(w);
+                }
+                if weights == WeightFormat::Int4 {
+                    Linear::int4(&Q4Parts::cat(&parts)?, kind, device)
+                } else {
+                    Linear::dense(&Tensor::f_cat(&dense, 0)?.f_to_device(device)?, kind)
+                }
+            };
+            let qkv = fused(&[Proj::Q, Proj::K, Proj::V])?;
+            let o = fused(&[Proj::O])?;
+            let gate_up = fused(&[Proj::Gate, Proj::Up])?;
+            let down = fused(&[Proj::Down])?;
+            layers.push(Layer {
+                input_norm: on(t.take(&format!("{prefix}.input_layernorm.weight"), &[h])?)?,
+                post_attention_norm: on(
+                    t.take(&format!("{prefix}.post_attention_layernorm.weight"), &[h])?
+                )?,
+                qkv,
+                o,
+                gate_up,
+                down,
+            });
         }
+        let norm = on(t.take("model.norm.weight", &[h])?)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::dense(&embed, kind)?
+        } else {
+            Linear::dense(&on(t.take("lm_head.weight", &[cfg.vocab_size, h])?)?, kind)?
+        };
         let (cos, sin) = rope_tables(&cfg, device)?;
         Ok(Self {
+            layout,
+            weights,
             cfg,
             source,
-            vs,
             embed,
             layers,
             norm,
@@ -550,14 +747,24 @@ impl LlamaModel {
         self.device
     }
 
-    /// Floating-point kind of the weights.
+    /// Floating-point kind of the weights and activations.
     pub fn kind(&self) -> Kind {
         self.kind
     }
 
-    /// The base weight of one projection (`[out, in]`), e.g. to merge an adapter in a test.
-    pub fn projection_weight(&self, layer: usize, proj: Proj) -> Option<&Tensor> {
-        self.layers.get(layer).map(|l| &l.proj[proj as usize])
+    /// Form of the decoder projections.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
+    }
+
+    /// The dense weight of one projection as the checkpoint spells it (`[out, in]`, a view of the
+    /// model's storage: writing into it changes the model, e.g. to merge an adapter in a test).
+    pub fn projection_weight(&self, layer: usize, proj: Proj) -> Option<Tensor> {
+        let layer = self.layers.get(layer)?;
+        let (part, offset, len) = self.layout.place(proj);
+        let linear = layer.linear(part);
+        let len = if len == 0 { linear.out_features() } else { len };
+        linear.weight_rows(offset, len).ok()
     }
 
     /// Writes the model as a Hugging Face directory (`config.json`, `model.safetensors`; tied
@@ -574,16 +781,71 @@ impl LlamaModel {
         config["_name_or_path"] = self.source.names.last().cloned().unwrap_or_default().into();
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, config.to_string()).map_err(ModelError::io(&config_path))?;
-        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        let mut tensors: Vec<(String, Tensor)> = vec![
+            (
+                "model.embed_tokens.weight".into(),
+                self.embed.shallow_clone(),
+            ),
+            ("model.norm.weight".into(), self.norm.shallow_clone()),
+        ];
+        if !self.cfg.tie_word_embeddings {
+            tensors.push((
+                "lm_head.weight".into(),
+                self.lm_head.weight_rows(0, self.cfg.vocab_size)?,
+            ));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let prefix = format!("model.layers.{i}");
+            tensors.push((
+                format!("{prefix}.input_layernorm.weight"),
+                layer.input_norm.shallow_clone(),
+            ));
+            tensors.push((
+                format!("{prefix}.post_attention_layernorm.weight"),
+                layer.post_attention_norm.shallow_clone(),
+            ));
+            for proj in Proj::ALL {
+                if let Some(w) = self.projection_weight(i, proj) {
+                    tensors.push((
+                        format!("{prefix}.{}.weight", proj.path()),
+                        w.f_contiguous()?,
+                    ));
+                }
+            }
+        }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
         Ok(())
     }
 
-    /// An empty cache for one sequence batch.
+    /// An empty cache for one batch of sequences that advance together.
     pub fn new_cache(&self) -> KvCache {
-        KvCache {
-            layers: (0..self.layers.len()).map(|_| None).collect(),
+        KvCache::new()
+    }
+
+    /// A pool of `slots` sequences that advance independently ([`Self::step`]).
+    pub fn new_pool(&self, slots: usize) -> KvPool {
+        KvPool::new(
+            self.layers.len(),
+            slots,
+            (
+                self.cfg.kv_heads(),
+                self.cfg.head_dim(),
+                self.cfg.max_position_embeddings,
+            ),
+            self.kv_kind(),
+            self.device,
+        )
+    }
+
+    /// Kind of cached keys and values: bf16 with int4 weights on the CPU (attention of a batched
+    /// step reads every row's cache, which at long contexts outweighs the 4-bit weights), else
+    /// the model's kind.
+    fn kv_kind(&self) -> Kind {
+        if self.weights == WeightFormat::Int4 && self.device == Device::Cpu {
+            Kind::BFloat16
+        } else {
+            self.kind
         }
     }
 
@@ -597,10 +859,8 @@ impl LlamaModel {
         adapter: Option<&LoraAdapter>,
     ) -> Result<Tensor> {
         tch::no_grad(|| {
-            let hidden = self.hidden_states(input_ids, cache, adapter)?;
-            Ok(hidden
-                .f_matmul(&self.lm_head.f_tr()?)?
-                .f_to_kind(Kind::Float)?)
+            let hidden = self.cached_hidden(input_ids, cache, adapter, false)?;
+            Ok(self.lm_head.forward(&hidden)?.f_to_kind(Kind::Float)?)
         })
     }
 
@@ -613,107 +873,274 @@ impl LlamaModel {
         adapter: Option<&LoraAdapter>,
     ) -> Result<Tensor> {
         tch::no_grad(|| {
-            let hidden = self.hidden_states(input_ids, cache, adapter)?;
-            let last = hidden.f_select(1, -1)?;
-            Ok(last
-                .f_matmul(&self.lm_head.f_tr()?)?
+            let hidden = self.cached_hidden(input_ids, cache, adapter, true)?;
+            Ok(self
+                .lm_head
+                .forward(&hidden.f_select(1, 0)?)?
                 .f_to_kind(Kind::Float)?)
         })
+    }
+
+    /// One step of independent sequences: row `i` of `input_ids` (`[rows, seq]`) continues the
+    /// sequence in slot `first_slot + i` of `pool` (its tokens sit at positions after what the
+    /// slot holds), through `adapters[i]`. Returns the last position's logits per row
+    /// (`[rows, vocab]`, f32). Rows of different lengths decode together (one token each): one
+    /// weight read serves every row. A row may also take many tokens at once (prompt prefill)
+    /// when it is the only row.
+    pub fn step(
+        &self,
+        input_ids: &Tensor,
+        pool: &mut KvPool,
+        first_slot: usize,
+        adapters: &[Option<&LoraAdapter>],
+    ) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let rows = input_ids.size().first().copied().unwrap_or(0);
+            let starts: Vec<i64> = (0..rows as usize)
+                .map(|i| pool.len(first_slot + i))
+                .collect();
+            let adapters = RowAdapters::of(adapters, self.device)?;
+            let hidden =
+                self.hidden_states(input_ids, pool, first_slot, &starts, &adapters, true)?;
+            Ok(self
+                .lm_head
+                .forward(&hidden.f_select(1, 0)?)?
+                .f_to_kind(Kind::Float)?)
+        })
+    }
+
+    fn cached_hidden(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        adapter: Option<&LoraAdapter>,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        let pool = match &mut cache.pool {
+            Some(pool) if pool.slots() == rows as usize => pool,
+            Some(pool) => {
+                return Err(ModelError::InvalidRequest(format!(
+                    "the cache holds {} sequences, the input {rows}",
+                    pool.slots()
+                )));
+            }
+            None => cache.pool.insert(self.new_pool(rows.max(1) as usize)),
+        };
+        let starts = vec![pool.len(0); rows.max(0) as usize];
+        let adapters = adapter.map_or(RowAdapters::None, RowAdapters::All);
+        self.hidden_states(input_ids, pool, 0, &starts, &adapters, last_only)
+    }
+
+    /// Adds the LoRA deltas of `proj` (rows' adapters) to its slice of the fused output `y`.
+    fn add_lora(
+        &self,
+        y: &Tensor,
+        x: &Tensor,
+        layer: usize,
+        proj: Proj,
+        adapters: &RowAdapters<'_>,
+    ) -> Result<()> {
+        let (_, offset, len) = self.layout.place(proj);
+        let slice = |y: &Tensor| -> Result<Tensor> {
+            Ok(if len == 0 {
+                y.shallow_clone()
+            } else {
+                y.f_narrow(-1, offset, len)?
+            })
+        };
+        match adapters {
+            RowAdapters::None => {}
+            RowAdapters::All(adapter) => {
+                if let Some(delta) = adapter.delta(layer, proj, x)? {
+                    let _ = slice(y)?.f_add_(&delta)?;
+                }
+            }
+            RowAdapters::Groups(groups) => {
+                for (adapter, rows) in groups {
+                    let xs = x.f_index_select(0, rows)?;
+                    if let Some(delta) = adapter.delta(layer, proj, &xs)? {
+                        let _ = slice(y)?.f_index_add_(0, rows, &delta)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn hidden_states(
         &self,
         input_ids: &Tensor,
-        cache: &mut KvCache,
-        adapter: Option<&LoraAdapter>,
+        pool: &mut KvPool,
+        first_slot: usize,
+        starts: &[i64],
+        adapters: &RowAdapters<'_>,
+        last_only: bool,
     ) -> Result<Tensor> {
         let size = input_ids.size();
-        let [batch, seq] = size[..] else {
+        let [rows, seq] = size[..] else {
             return Err(ModelError::InvalidRequest(format!(
                 "input ids must be [batch, seq], got {size:?}"
             )));
         };
-        if seq == 0 {
+        if seq == 0 || rows == 0 {
             return Err(ModelError::InvalidRequest("empty input".to_owned()));
         }
-        if cache.layers.len() != self.layers.len() {
+        if first_slot + rows as usize > pool.slots() || starts.len() != rows as usize {
+            return Err(ModelError::InvalidRequest(format!(
+                "{rows} rows from slot {first_slot} for a pool of {} sequences",
+                pool.slots()
+            )));
+        }
+        if pool.layers() != self.layers.len() {
             return Err(ModelError::InvalidRequest(format!(
                 "cache has {} layers, the model {}",
-                cache.layers.len(),
+                pool.layers(),
                 self.layers.len()
             )));
         }
-        let past = cache.len();
-        if past + seq > self.cfg.max_position_embeddings {
+        let longest = starts.iter().copied().max().unwrap_or(0);
+        let total = longest + seq;
+        if total > self.cfg.max_position_embeddings {
             return Err(ModelError::InvalidRequest(format!(
-                "{} positions exceed the context length {}",
-                past + seq,
+                "{total} positions exceed the context length {}",
                 self.cfg.max_position_embeddings
             )));
         }
+        pool.ensure_capacity(total)?;
+        let uniform = starts.iter().all(|&s| s == starts[0]);
+        let (heads, kv_heads, dim) = (
+            self.cfg.num_attention_heads,
+            self.cfg.kv_heads(),
+            self.cfg.head_dim(),
+        );
         let input_ids = input_ids.f_to_device(self.device)?;
         let mut xs = Tensor::f_embedding(&self.embed, &input_ids, -1, false, false)?;
-        let cos = self.cos.f_narrow(0, past, seq)?.f_to_kind(self.kind)?;
-        let sin = self.sin.f_narrow(0, past, seq)?.f_to_kind(self.kind)?;
-        // Causal mask over [past + seq] keys; `None` where SDPA's own flags suffice.
-        let mask = if seq > 1 && past > 0 {
-            let keys = Tensor::f_arange(past + seq, (Kind::Int64, self.device))?;
-            let queries = Tensor::f_arange_start(past, past + seq, (Kind::Int64, self.device))?;
-            Some(keys.f_unsqueeze(0)?.f_le_tensor(&queries.f_unsqueeze(1)?)?)
-        } else {
-            None
+        // Positions of every (row, token); RoPE angles gathered per row.
+        let positions: Vec<i64> = starts
+            .iter()
+            .flat_map(|&s| (s..s + seq).collect::<Vec<_>>())
+            .collect();
+        let positions = Tensor::from_slice(&positions).f_to_device(self.device)?;
+        let rope = |table: &Tensor| -> Result<Tensor> {
+            Ok(table
+                .f_index_select(0, &positions)?
+                .f_view([rows, 1, seq, dim])?
+                .f_to_kind(self.kind)?)
         };
+        let (cos, sin) = (rope(&self.cos)?, rope(&self.sin)?);
+        // Which cached keys each query sees: positions up to its own. `None` where SDPA's causal
+        // flag (prefill from an empty cache) or no mask at all (one query per row, every row
+        // equally long) is exact.
+        let causal = uniform && starts[0] == 0 && seq > 1;
+        let mask = if causal || (uniform && seq == 1) {
+            None
+        } else {
+            let keys =
+                Tensor::f_arange(total, (Kind::Int64, self.device))?.f_view([1, 1, 1, total])?;
+            Some(keys.f_le_tensor(&positions.f_view([rows, 1, seq, 1])?)?)
+        };
+        // Where this step's keys and values go: contiguous ranges, or one position per row.
+        let first = first_slot as i64;
+        let slots = Tensor::f_arange_start(first, first + rows, (Kind::Int64, self.device))?;
+        let kv_kind = pool.kind();
+        let write_positions = if uniform {
+            None
+        } else if seq == 1 {
+            Some(Tensor::from_slice(starts).f_to_device(self.device)?)
+        } else {
+            return Err(ModelError::InvalidRequest(
+                "rows at different positions advance one token at a time".to_owned(),
+            ));
+        };
+        let eps = self.cfg.rms_norm_eps;
+        let FusedLayout {
+            q: qd,
+            kv: kvd,
+            ffn,
+        } = self.layout;
         for (i, layer) in self.layers.iter().enumerate() {
-            let lin = |proj: Proj, x: &Tensor| -> Result<Tensor> {
-                let mut y = x.f_matmul(&layer.proj[proj as usize].f_tr()?)?;
-                if let Some(delta) = adapter.map(|a| a.delta(i, proj, x)).transpose()?.flatten() {
-                    y = y.f_add(&delta)?;
-                }
-                Ok(y)
-            };
             // Self-attention.
-            let h = rms_norm(&xs, &layer.input_norm, self.cfg.rms_norm_eps)?;
-            let (heads, kv_heads, dim) = (
-                self.cfg.num_attention_heads,
-                self.cfg.kv_heads(),
-                self.cfg.head_dim(),
-            );
-            let q = lin(Proj::Q, &h)?
-                .f_view([batch, seq, heads, dim])?
-                .f_transpose(1, 2)?;
-            let k = lin(Proj::K, &h)?
-                .f_view([batch, seq, kv_heads, dim])?
-                .f_transpose(1, 2)?;
-            let v = lin(Proj::V, &h)?
-                .f_view([batch, seq, kv_heads, dim])?
-                .f_transpose(1, 2)?;
-            let q = apply_rope(&q, &cos, &sin)?;
-            let k = apply_rope(&k, &cos, &sin)?;
-            let (k, v) = match cache.layers[i].take() {
-                Some((pk, pv)) => (Tensor::f_cat(&[pk, k], 2)?, Tensor::f_cat(&[pv, v], 2)?),
-                None => (k, v),
+            let h = xs.f_rms_norm([self.cfg.hidden_size], Some(&layer.input_norm), eps)?;
+            let qkv = layer.qkv.forward(&h)?;
+            for proj in [Proj::Q, Proj::K, Proj::V] {
+                self.add_lora(&qkv, &h, i, proj, adapters)?;
+            }
+            let split = |offset: i64, len: i64, n: i64| -> Result<Tensor> {
+                Ok(qkv
+                    .f_narrow(2, offset, len)?
+                    .f_reshape([rows, seq, n, dim])?
+                    .f_transpose(1, 2)?)
             };
-            cache.layers[i] = Some((k.shallow_clone(), v.shallow_clone()));
+            let q = apply_rope(&split(0, qd, heads)?, &cos, &sin)?.f_to_kind(kv_kind)?;
+            let k = apply_rope(&split(qd, kvd, kv_heads)?, &cos, &sin)?;
+            let v = split(qd + kvd, kvd, kv_heads)?;
+            let (key_cache, value_cache) = pool.layer(i);
+            match &write_positions {
+                None => {
+                    for (cache, new) in [(key_cache, &k), (value_cache, &v)] {
+                        cache
+                            .f_narrow(0, first, rows)?
+                            .f_narrow(2, starts[0], seq)?
+                            .f_copy_(new)?;
+                    }
+                }
+                Some(at) => {
+                    for (cache, new) in [(key_cache, &k), (value_cache, &v)] {
+                        let mut cache = cache.shallow_clone();
+                        let _ = cache.f_index_put_(
+                            &[Some(&slots), None, Some(at)],
+                            &new.f_select(2, 0)?.f_to_kind(kv_kind)?,
+                            false,
+                        )?;
+                    }
+                }
+            }
+            let keys = key_cache.f_narrow(0, first, rows)?.f_narrow(2, 0, total)?;
+            let values = value_cache
+                .f_narrow(0, first, rows)?
+                .f_narrow(2, 0, total)?;
             let attn = Tensor::f_scaled_dot_product_attention(
                 &q,
-                &k,
-                &v,
+                &keys,
+                &values,
                 mask.as_ref(),
                 0.0,
-                seq > 1 && past == 0,
+                causal,
                 None,
                 kv_heads != heads,
-            )?;
-            let attn = attn
-                .f_transpose(1, 2)?
-                .f_reshape([batch, seq, heads * dim])?;
-            xs = xs.f_add(&lin(Proj::O, &attn)?)?;
+            )?
+            .f_transpose(1, 2)?
+            .f_reshape([rows, seq, heads * dim])?
+            .f_to_kind(self.kind)?;
+            let out = layer.o.forward(&attn)?;
+            self.add_lora(&out, &attn, i, Proj::O, adapters)?;
+            xs = xs.f_add(&out)?;
             // SwiGLU MLP.
-            let h = rms_norm(&xs, &layer.post_attention_norm, self.cfg.rms_norm_eps)?;
-            let gated = lin(Proj::Gate, &h)?.f_silu()?.f_mul(&lin(Proj::Up, &h)?)?;
-            xs = xs.f_add(&lin(Proj::Down, &gated)?)?;
+            let h = xs.f_rms_norm(
+                [self.cfg.hidden_size],
+                Some(&layer.post_attention_norm),
+                eps,
+            )?;
+            let gate_up = layer.gate_up.forward(&h)?;
+            for proj in [Proj::Gate, Proj::Up] {
+                self.add_lora(&gate_up, &h, i, proj, adapters)?;
+            }
+            let gated = gate_up
+                .f_narrow(2, 0, ffn)?
+                .f_silu()?
+                .f_mul(&gate_up.f_narrow(2, ffn, ffn)?)?;
+            let out = layer.down.forward(&gated)?;
+            self.add_lora(&out, &gated, i, Proj::Down, adapters)?;
+            xs = xs.f_add(&out)?;
         }
-        rms_norm(&xs, &self.norm, self.cfg.rms_norm_eps)
+        for (row, &start) in starts.iter().enumerate() {
+            pool.record_len(first_slot + row, start + seq);
+        }
+        if last_only {
+            xs = xs.f_narrow(1, seq - 1, 1)?;
+        }
+        Ok(xs.f_rms_norm([self.cfg.hidden_size], Some(&self.norm), eps)?)
     }
 }
 
@@ -738,43 +1165,6 @@ fn hf_name(gguf: &str) -> Option<String> {
             .path(),
     };
     Some(format!("model.layers.{layer}.{hf}.weight"))
-}
-
-/// Copies every variable of `vs` from the tensor of the same name, checking shapes.
-fn load_strict(vs: &VarStore, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (name, mut var) in variables {
-            let src = tensors
-                .get(&name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                })?;
-            if src.size() != var.size() {
-                return Err(ModelError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    name,
-                    expected: var.size(),
-                    found: src.size(),
-                });
-            }
-            var.f_copy_(&src.f_to_kind(var.kind())?)?;
-        }
-        Ok(())
-    })
-}
-
-/// `LlamaRMSNorm`: normalise in f32, scale by the weight in the model's kind.
-fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let kind = xs.kind();
-    let x32 = xs.f_to_kind(Kind::Float)?;
-    let variance = x32
-        .f_pow_tensor_scalar(2)?
-        .f_mean_dim(-1, true, Kind::Float)?;
-    let normed = x32.f_mul(&variance.f_add_scalar(eps)?.f_rsqrt()?)?;
-    Ok(weight.f_mul(&normed.f_to_kind(kind)?)?)
 }
 
 /// cos/sin tables (`[max_positions, head_dim]`, f32) of `LlamaRotaryEmbedding` (default rope type):
