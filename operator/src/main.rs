@@ -155,24 +155,26 @@ async fn main() -> Result<()> {
     });
 
     let identity = identity();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Some(identity.clone()),
-        metrics.clone(),
-        Arc::new(Prometheus::new(&cli.prometheus_url, cli.prometheus_timeout)),
-        Arc::new(PeftArtifacts::new(cli.artifact_cache.clone())),
-        Settings {
-            runtime_image: cli.runtime_image.clone(),
-            analysis_interval: cli.analysis_interval,
-            resync_interval: cli.resync_interval,
-            artifact_cache: cli.artifact_cache.clone(),
-        },
-        Arc::new(SystemClock),
-    )
-    .with_outcomes(Arc::new(RuntimeOutcomes::new(
-        cli.runtime_url.clone(),
-        cli.prometheus_timeout,
-    ))));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Some(identity.clone()),
+            metrics.clone(),
+            Arc::new(Prometheus::new(&cli.prometheus_url, cli.prometheus_timeout)),
+            Arc::new(PeftArtifacts::new(cli.artifact_cache.clone())),
+            Settings {
+                runtime_image: cli.runtime_image.clone(),
+                analysis_interval: cli.analysis_interval,
+                resync_interval: cli.resync_interval,
+                artifact_cache: cli.artifact_cache.clone(),
+            },
+            Arc::new(SystemClock),
+        )
+        .with_outcomes(Arc::new(RuntimeOutcomes::new(
+            cli.runtime_url.clone(),
+            cli.prometheus_timeout,
+        ))),
+    );
     let stopped = || *stop_rx.borrow();
 
     let lost_leadership = if cli.disable_leader_election {

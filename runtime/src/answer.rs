@@ -17,6 +17,7 @@ use switchboard_index::{ChunkingSpec, Embedder, Passage, SearchResponse};
 use switchboard_model::ModelError;
 use switchboard_model::chat::ChatMessage;
 use switchboard_model::generate::{GenerationConfig, Sampling};
+use switchboard_model::generator_worker::StreamEvent;
 use switchboard_policy::hash::unit_interval;
 use switchboard_policy::{
     Claims, DifficultyModel, ModelKind, Outcome, OutcomeError, QueryFeatures, RetrievalSignals,
@@ -58,6 +59,8 @@ pub struct AnswerRequest {
     pub conversation_id: Option<String>,
     /// `small` or `large`: bypasses the router.
     pub force_model: Option<String>,
+    /// HTTP: answer as server-sent events (`started`, `delta`s, `answer`).
+    pub stream: bool,
 }
 
 /// A citation mapped to its passage.
@@ -338,10 +341,85 @@ fn greedy(max_new_tokens: usize) -> GenerationConfig {
     }
 }
 
+/// What a streamed answer sends before its final [`AnswerResponse`].
+#[derive(Debug, Clone)]
+pub enum AnswerEvent {
+    /// The model was admitted and starts generating, grounded on these passages.
+    Started {
+        /// `small` or `large`.
+        model: String,
+        /// The numbered passages of the prompt.
+        passages: Vec<NumberedPassage>,
+    },
+    /// Text generated since the previous delta (the final answer is trimmed).
+    Delta(String),
+}
+
+/// Where a streamed answer's events go.
+pub type AnswerEvents = tokio::sync::mpsc::UnboundedSender<AnswerEvent>;
+
+/// One item of a streamed answer: events, then the outcome.
+#[derive(Debug)]
+pub enum AnswerItem {
+    /// Started or a text delta.
+    Event(AnswerEvent),
+    /// The final answer (the same as [`answer`]'s), or why it failed after it started.
+    Done(Box<Result<AnswerResponse, ServiceError>>),
+}
+
+/// Starts a streamed answer. An error before anything was streamed (bad input, no config, the
+/// model at capacity) is returned as such, so a transport can answer with its status code;
+/// after that, the items arrive on the receiver, ending with [`AnswerItem::Done`]. A receiver
+/// dropped early stops the generation (the answer is still finished and stored, its token
+/// undelivered).
+pub async fn answer_stream(
+    engine: Arc<Engine>,
+    request: AnswerRequest,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<AnswerItem>, ServiceError> {
+    let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move { answer_with(&engine, request, Some(events)).await });
+    let first = rx.recv().await;
+    let (out, items) = tokio::sync::mpsc::unbounded_channel();
+    match first {
+        // Done without streaming (a refusal without a model call, or an error).
+        None => {
+            let answer = task.await.map_err(internal)??;
+            let _ = out.send(AnswerItem::Done(Box::new(Ok(answer))));
+        }
+        Some(event) => {
+            tokio::spawn(async move {
+                let mut next = Some(event);
+                while let Some(event) = next {
+                    if out.send(AnswerItem::Event(event)).is_err() {
+                        // The caller went away: dropping `rx` stops the model at its next step.
+                        break;
+                    }
+                    next = rx.recv().await;
+                }
+                drop(rx);
+                let result = task.await.map_err(internal).and_then(|r| r);
+                let _ = out.send(AnswerItem::Done(Box::new(result)));
+            });
+        }
+    }
+    Ok(items)
+}
+
 /// Answers one request.
 pub async fn answer(
     engine: &Arc<Engine>,
     request: AnswerRequest,
+) -> Result<AnswerResponse, ServiceError> {
+    answer_with(engine, request, None).await
+}
+
+/// Answers one request, streaming [`AnswerEvent`]s to `events` while the model generates. The
+/// result is the same [`AnswerResponse`] as [`answer`]'s; an error before `Started` (bad input,
+/// no config, a full generation queue) means nothing was generated.
+pub async fn answer_with(
+    engine: &Arc<Engine>,
+    request: AnswerRequest,
+    events: Option<AnswerEvents>,
 ) -> Result<AnswerResponse, ServiceError> {
     let started = Instant::now();
     validate_query(&request.query)?;
@@ -521,13 +599,19 @@ pub async fn answer(
         None
     } else {
         let t = Instant::now();
-        let g = generate(&active, route, &messages, max_new_tokens, adapter.as_ref())
-            .await
-            .inspect_err(|e| {
-                if matches!(e, ServiceError::Overloaded(_)) {
-                    metrics.generation_shed("small");
-                }
-            })?;
+        let target = GenerationTarget {
+            route,
+            messages: &messages,
+            max_new_tokens,
+            adapter: adapter.as_ref(),
+            events: events.as_ref(),
+            passages: &passages,
+        };
+        let g = generate(&active, target).await.inspect_err(|e| {
+            if matches!(e, ServiceError::Overloaded(_)) {
+                metrics.generation_shed("small");
+            }
+        })?;
         generate_seconds = t.elapsed().as_secs_f64();
         Some(g)
     };
@@ -656,13 +740,78 @@ pub async fn answer(
     })
 }
 
+/// What one answer generates, and where its stream goes.
+struct GenerationTarget<'a> {
+    route: RouteDecision,
+    messages: &'a [ChatMessage],
+    max_new_tokens: usize,
+    adapter: Option<&'a AdapterRef>,
+    events: Option<&'a AnswerEvents>,
+    passages: &'a [NumberedPassage],
+}
+
+impl GenerationTarget<'_> {
+    fn started(&self, model: ModelKind) {
+        if let Some(events) = self.events {
+            let _ = events.send(AnswerEvent::Started {
+                model: model.as_str().to_owned(),
+                passages: self.passages.to_vec(),
+            });
+        }
+    }
+
+    /// Sends a delta; `false` when nobody listens any more.
+    fn delta(&self, text: String) -> bool {
+        self.events
+            .is_none_or(|events| events.send(AnswerEvent::Delta(text)).is_ok())
+    }
+}
+
+/// Runs a local model: at once, or streaming its text to the answer's events.
+async fn local_chat(
+    worker: &switchboard_model::GeneratorWorker,
+    target: &GenerationTarget<'_>,
+    model: ModelKind,
+    adapter: Option<String>,
+) -> Result<String, ServiceError> {
+    let config = greedy(target.max_new_tokens);
+    let messages = target.messages.to_vec();
+    if target.events.is_none() {
+        return worker
+            .chat(messages, config, adapter)
+            .await
+            .map(|g| g.text)
+            .map_err(generation_error);
+    }
+    let mut stream = worker
+        .chat_stream(messages, config, adapter)
+        .map_err(generation_error)?;
+    target.started(model);
+    while let Some(StreamEvent::Delta(text)) = stream.deltas.recv().await {
+        if !target.delta(text) {
+            // Nobody reads the stream: stop generating (the slot goes to the next request).
+            stream.deltas.close();
+        }
+    }
+    stream
+        .done
+        .await
+        .map_err(|_| internal("the model worker went away"))?
+        .map(|g| g.text)
+        .map_err(generation_error)
+}
+
 async fn generate(
     active: &Active,
-    route: RouteDecision,
-    messages: &[ChatMessage],
-    max_new_tokens: usize,
-    adapter: Option<&AdapterRef>,
+    target: GenerationTarget<'_>,
 ) -> Result<Generated, ServiceError> {
+    let GenerationTarget {
+        route,
+        messages,
+        max_new_tokens,
+        adapter,
+        ..
+    } = target;
     if route.model == ModelKind::Large {
         let large = match &active.large {
             Some(LargeTarget::Endpoint(client)) => client
@@ -678,17 +827,20 @@ async fn generate(
                 )
                 .await
                 .map(|r| {
-                    r.choices
+                    let text = r
+                        .choices
                         .into_iter()
                         .next()
                         .map(|c| c.message.content)
-                        .unwrap_or_default()
+                        .unwrap_or_default();
+                    // The endpoint answers whole: one delta.
+                    target.started(ModelKind::Large);
+                    let _ = target.delta(text.clone());
+                    text
                 })
                 .map_err(|e| e.to_string()),
-            Some(LargeTarget::Local(worker)) => worker
-                .chat(messages.to_vec(), greedy(max_new_tokens), None)
+            Some(LargeTarget::Local(worker)) => local_chat(worker, &target, ModelKind::Large, None)
                 .await
-                .map(|g| g.text)
                 .map_err(|e| e.to_string()),
             None => Err("no large model configured".to_owned()),
         };
@@ -705,13 +857,9 @@ async fn generate(
         }
     }
     let id = adapter.map(|a| adapter_id(&a.lineage, &a.version));
-    let g = active
-        .small
-        .chat(messages.to_vec(), greedy(max_new_tokens), id)
-        .await
-        .map_err(generation_error)?;
+    let text = local_chat(&active.small, &target, ModelKind::Small, id).await?;
     Ok(Generated {
-        text: g.text,
+        text,
         model: ModelKind::Small,
     })
 }

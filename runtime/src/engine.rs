@@ -53,6 +53,8 @@ pub struct EngineOptions {
     /// Serve without the large model, or without rerank, when it cannot be loaded (the embedded
     /// default, whose manifests name cluster paths) instead of rejecting the config.
     pub lenient_large_model: bool,
+    /// How local generators load their weights and batch requests.
+    pub generation: switchboard_model::generator_worker::WorkerOptions,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -476,8 +478,9 @@ impl Engine {
             Some((path, worker)) if *path == small_path => worker.clone(),
             _ => {
                 let path = small_path.clone();
+                let generation = self.options.generation;
                 let worker = blocking("loading the small model", move || {
-                    GeneratorWorker::spawn("small", &path, switchboard_model::default_device())
+                    GeneratorWorker::spawn_with("small", &path, generation)
                         .map_err(|e| format!("{}: {e}", path.display()))
                 })
                 .await?;
@@ -571,13 +574,10 @@ impl Engine {
                         Some((p, w)) if *p == path => Ok(w.clone()),
                         _ => {
                             let p = path.clone();
+                            let generation = self.options.generation;
                             blocking("loading the local large model", move || {
-                                GeneratorWorker::spawn(
-                                    "large",
-                                    &p,
-                                    switchboard_model::default_device(),
-                                )
-                                .map_err(|e| format!("{}: {e}", p.display()))
+                                GeneratorWorker::spawn_with("large", &p, generation)
+                                    .map_err(|e| format!("{}: {e}", p.display()))
                             })
                             .await
                             .inspect(|w| res.large_local = Some((path, w.clone())))

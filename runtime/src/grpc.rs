@@ -177,19 +177,7 @@ pub fn answer_to_proto(a: crate::answer::AnswerResponse) -> pb::AnswerResponse {
             .collect(),
         invalid_citations: a.invalid_citations.into_iter().map(index32).collect(),
         refused: a.refused,
-        passages: a
-            .passages
-            .into_iter()
-            .map(|p| pb::NumberedPassage {
-                index: index32(p.index),
-                chunk_id: p.chunk_id,
-                document_id: p.document_id,
-                breadcrumb: p.breadcrumb,
-                source: p.source,
-                text: p.text,
-                score: p.score,
-            })
-            .collect(),
+        passages: a.passages.into_iter().map(passage_to_proto).collect(),
         provenance: Some(pb::Provenance {
             router: a.provenance.router,
             kb_generation: a.provenance.kb_generation,
@@ -209,24 +197,74 @@ pub fn answer_to_proto(a: crate::answer::AnswerResponse) -> pb::AnswerResponse {
     }
 }
 
+fn answer_request(r: pb::AnswerRequest) -> crate::answer::AnswerRequest {
+    crate::answer::AnswerRequest {
+        query: r.query,
+        unit: non_empty(r.unit),
+        conversation_id: non_empty(r.conversation_id),
+        force_model: non_empty(r.force_model),
+        stream: false,
+    }
+}
+
+fn passage_to_proto(p: crate::answer::NumberedPassage) -> pb::NumberedPassage {
+    pb::NumberedPassage {
+        index: index32(p.index),
+        chunk_id: p.chunk_id,
+        document_id: p.document_id,
+        breadcrumb: p.breadcrumb,
+        source: p.source,
+        text: p.text,
+        score: p.score,
+    }
+}
+
+/// The stream of `AnswerStream`.
+pub type AnswerEventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AnswerEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::assistant_server::Assistant for GrpcAssistant {
     async fn answer(
         &self,
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
-        let r = request.into_inner();
-        let answer = crate::answer::answer(
-            &self.engine,
-            crate::answer::AnswerRequest {
-                query: r.query,
-                unit: non_empty(r.unit),
-                conversation_id: non_empty(r.conversation_id),
-                force_model: non_empty(r.force_model),
-            },
+        let answer =
+            crate::answer::answer(&self.engine, answer_request(request.into_inner())).await?;
+        Ok(Response::new(answer_to_proto(answer)))
+    }
+
+    type AnswerStreamStream = AnswerEventStream;
+
+    async fn answer_stream(
+        &self,
+        request: Request<pb::AnswerRequest>,
+    ) -> Result<Response<AnswerEventStream>, Status> {
+        use crate::answer::{AnswerEvent, AnswerItem};
+        use pb::answer_event::Event;
+        let items = crate::answer::answer_stream(
+            Arc::clone(&self.engine),
+            answer_request(request.into_inner()),
         )
         .await?;
-        Ok(Response::new(answer_to_proto(answer)))
+        let stream = futures::stream::unfold(items, |mut items| async move {
+            let item = items.recv().await?;
+            let event = match item {
+                AnswerItem::Event(AnswerEvent::Started { model, passages }) => {
+                    Ok(Event::Started(pb::AnswerStarted {
+                        model,
+                        passages: passages.into_iter().map(passage_to_proto).collect(),
+                    }))
+                }
+                AnswerItem::Event(AnswerEvent::Delta(text)) => Ok(Event::Delta(text)),
+                AnswerItem::Done(done) => match *done {
+                    Ok(answer) => Ok(Event::Answer(answer_to_proto(answer))),
+                    Err(e) => Err(Status::from(e)),
+                },
+            };
+            Some((event.map(|e| pb::AnswerEvent { event: Some(e) }), items))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn feedback(

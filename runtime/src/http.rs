@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use axum::extract::{Json, State, rejection::JsonRejection};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -256,10 +257,66 @@ async fn answer(
             );
         }
     };
+    if request.stream {
+        return answer_events(Arc::clone(engine), request).await;
+    }
     match crate::answer::answer(engine, request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(err) => err.into_response(),
     }
+}
+
+/// A response of server-sent events from a channel (ends when the channel closes).
+fn sse(events: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Response {
+    let stream = futures::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), events))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
+}
+
+/// `POST /v1/answer` with `"stream": true`: `started` (model, passages), `delta` (`{"text"}`)
+/// events while the model generates, then `answer` (the same body as without streaming) or
+/// `error` (`{code, message}`). Errors before anything streamed get their usual status code.
+async fn answer_events(engine: Arc<Engine>, request: AnswerRequest) -> Response {
+    use crate::answer::{AnswerEvent, AnswerItem};
+    let mut items = match crate::answer::answer_stream(engine, request).await {
+        Ok(items) => items,
+        Err(err) => return err.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = items.recv().await {
+            let event = match item {
+                AnswerItem::Event(AnswerEvent::Started { model, passages }) => {
+                    json_event("started", &json!({ "model": model, "passages": passages }))
+                }
+                AnswerItem::Event(AnswerEvent::Delta(text)) => {
+                    json_event("delta", &json!({ "text": text }))
+                }
+                AnswerItem::Done(done) => match *done {
+                    Ok(answer) => json_event("answer", &answer),
+                    Err(e) => json_event(
+                        "error",
+                        &json!({ "code": e.outcome(), "message": e.to_string() }),
+                    ),
+                },
+            };
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    sse(rx)
 }
 
 async fn feedback(
@@ -430,8 +487,56 @@ async fn chat_completions(
             );
         }
     };
+    if request.stream == Some(true) {
+        return chat_completion_chunks(&active, request);
+    }
     match crate::openai_server::complete(&active, request).await {
         Ok(response) => Json(response).into_response(),
         Err((status, body)) => openai_error(status, body),
     }
+}
+
+/// `stream: true`: `chat.completion.chunk` events (the role first, then content pieces, then the
+/// finish reason), then `data: [DONE]`, as OpenAI's clients expect.
+fn chat_completion_chunks(active: &crate::engine::Active, request: ChatRequest) -> Response {
+    let started = match crate::openai_server::start(active, request) {
+        Ok(started) => started,
+        Err((status, body)) => return openai_error(status, body),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let data = |chunk: &crate::openai_server::ChatChunk| {
+        Event::default()
+            .json_data(chunk)
+            .unwrap_or_else(|e| Event::default().data(e.to_string()))
+    };
+    let first = started.chunk(json!({"role": "assistant", "content": ""}), None);
+    let last = started.chunk(json!({}), None);
+    let piece = started.chunk(json!({}), None);
+    let _ = tx.send(data(&first));
+    tokio::spawn(async move {
+        let sender = tx.clone();
+        let result = started
+            .run(|text| {
+                let mut chunk = piece.clone();
+                chunk.choices[0].delta = json!({ "content": text });
+                let _ = sender.send(data(&chunk));
+            })
+            .await;
+        match result {
+            Ok((_, finish, _)) => {
+                let mut chunk = last;
+                chunk.choices[0].finish_reason = Some(finish);
+                let _ = tx.send(data(&chunk));
+            }
+            Err((_, body)) => {
+                let _ = tx.send(
+                    Event::default()
+                        .json_data(&body)
+                        .unwrap_or_else(|e| Event::default().data(e.to_string())),
+                );
+            }
+        }
+        let _ = tx.send(Event::default().data("[DONE]"));
+    });
+    sse(rx)
 }

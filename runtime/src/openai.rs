@@ -1,5 +1,5 @@
 //! The OpenAI chat-completions wire format: what the runtime serves on
-//! `POST /v1/chat/completions` (the small model, non-streaming) and what it sends to the large
+//! `POST /v1/chat/completions` (the small model, whole or streamed) and what it sends to the large
 //! model's endpoint (`largeModel.endpoint`), so one runtime can be another's large model.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,7 +70,7 @@ pub struct ChatRequest {
     /// Seed of the sampler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Must be false or absent (streaming is not served).
+    /// Stream the answer as server-sent `chat.completion.chunk` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
     /// Must be 1 or absent.
@@ -173,27 +173,9 @@ pub fn chat_messages(messages: &[Message]) -> Vec<ChatMessage> {
         .collect()
 }
 
-/// Cuts `text` at the first stop sequence; returns whether one was found.
-pub fn apply_stop(text: &mut String, stops: &[String]) -> bool {
-    let cut = stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min();
-    if let Some(at) = cut {
-        text.truncate(at);
-        true
-    } else {
-        false
-    }
-}
-
 /// Validates a request into (max new tokens, sampling temperature/top-p, stop sequences); the
 /// error names the parameter.
 pub fn validate(request: &ChatRequest, default_max: u32) -> Result<Vec<String>, ErrorBody> {
-    if request.stream == Some(true) {
-        return Err(ErrorBody::invalid("stream", "streaming is not supported"));
-    }
     if request.n.is_some_and(|n| n != 1) {
         return Err(ErrorBody::invalid("n", "only n = 1 is supported"));
     }
@@ -385,7 +367,6 @@ mod tests {
         assert_eq!(validate(&ok, 256).unwrap(), vec!["\n\n".to_owned()]);
         for (patch, param) in [
             (serde_json::json!({"messages": []}), "messages"),
-            (serde_json::json!({"stream": true}), "stream"),
             (serde_json::json!({"temperature": 3.0}), "temperature"),
             (serde_json::json!({"top_p": 0.0}), "top_p"),
             (serde_json::json!({"max_tokens": 0}), "max_tokens"),
@@ -403,13 +384,5 @@ mod tests {
             assert_eq!(err.error.param.as_deref(), Some(param));
             assert_eq!(err.error.kind, "invalid_request_error");
         }
-    }
-
-    #[test]
-    fn stop_sequences_cut_at_the_earliest() {
-        let mut text = "Refunds take 5 days.\nUser: more".to_owned();
-        assert!(apply_stop(&mut text, &["User:".into(), "\n".into()]));
-        assert_eq!(text, "Refunds take 5 days.");
-        assert!(!apply_stop(&mut text, &["zzz".into()]));
     }
 }

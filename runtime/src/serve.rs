@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use switchboard_crds::KnowledgeBase;
 use switchboard_index::{BuildOptions, BuildReport, Embedder, Generations, Reranker};
+use switchboard_model::generator_worker::WorkerOptions;
 use switchboard_model::{CrossEncoder, EncoderWorker};
 use switchboard_store::OutcomeStore;
 
@@ -232,6 +233,18 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     outcome_store: String,
+    /// Form of the generators' decoder weights: `int4` decodes with 4-bit weights (a GGUF Q4
+    /// file's own; a dense checkpoint is quantised on load) for speed on a CPU, `dense` with f32.
+    #[arg(long, env = "SWITCHBOARD_GENERATION_WEIGHTS", default_value = "int4")]
+    generation_weights: switchboard_model::llama::WeightFormat,
+    /// Sequences a generator decodes together (continuous batching; each one's key/value cache
+    /// is held in memory while it runs).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    max_batch: u16,
+    /// Prompt tokens prefilled per step while other sequences decode (bounds how long a new
+    /// prompt pauses the streams in flight).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(16..))]
+    prefill_chunk: u16,
     /// How long interactions and outcomes are kept (at least the token lifetime: a pruned
     /// interaction's token must have expired, or its feedback could count twice).
     #[arg(long, default_value = "2160h", value_parser = parse_duration)]
@@ -274,6 +287,12 @@ fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Engi
         pvc_root: args.pvc_root.clone(),
         artifacts: args.artifacts.clone(),
         token_ttl: args.token_ttl,
+        generation: WorkerOptions {
+            max_batch: usize::from(args.max_batch),
+            prefill_chunk: usize::from(args.prefill_chunk),
+            ..WorkerOptions::new(switchboard_model::default_device())
+        }
+        .weights(args.generation_weights),
         lenient_large_model: args.runtime_config.is_none(),
     }
 }

@@ -37,6 +37,5 @@ pub use route::{
 };
 pub use select::{DomainIndex, Selected};
 pub use token::{
-    Claims, Outcome, OutcomeError, TokenError, TokenKeys, Variant,
-    new_interaction_id,
+    Claims, Outcome, OutcomeError, TokenError, TokenKeys, Variant, new_interaction_id,
 };

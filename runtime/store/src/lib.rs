@@ -386,12 +386,12 @@ impl OutcomeStore {
                 // One connection: each in-memory connection is a database of its own.
                 (Backend::Sqlite, "sqlite::memory:".to_owned(), 1)
             } else {
-                if let Some(parent) = std::path::Path::new(path).parent() {
-                    if !parent.as_os_str().is_empty() {
-                        std::fs::create_dir_all(parent).map_err(|e| {
-                            bad(format!("cannot create folder {}: {e}", parent.display()))
-                        })?;
-                    }
+                if let Some(parent) = std::path::Path::new(path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        bad(format!("cannot create folder {}: {e}", parent.display()))
+                    })?;
                 }
                 let params = if params.contains("mode=") {
                     params.to_owned()

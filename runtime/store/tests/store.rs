@@ -1,5 +1,6 @@
 //! The outcome store against both databases it supports: an SQLite file (restarts) and a real
 //! PostgreSQL server shared by two stores (replicas). The same assertions run on both.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 use std::time::Duration;
 
 use switchboard_crds::Metric;
