@@ -4,8 +4,10 @@ the same SmolLM2-135M-Instruct weights (dequantised from the same GGUF file to f
 decoding of the exact prompt token ids the Rust side used, without and with a PEFT LoRA adapter
 (applied unmerged, as the runtime does).
 
-Prints one JSON line: per variant the median request time, generated tokens, tokens/s, and the
-generated ids (so the Rust side can check both produced the same tokens).
+Per variant: prompt processing (one forward over the prompt), time to first token (generate with
+one new token: prefill + the first decoding step), and the median whole request; decode tokens/s
+is (tokens - 1) / (request - time to first token). Prints one JSON line, with the generated ids so
+the Rust side can compare outputs.
 
     .cache/venv-ref/bin/python hack/reference/bench_generation.py --prompt-ids ids.json \
         --adapter runtime/model/tests/fixtures/lora/qv --max-new-tokens 64 --runs 3
@@ -29,21 +31,38 @@ MODELS = ROOT / ".cache/models"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def bench(model, ids, max_new_tokens, runs, eos):
+def timed(fn, runs):
+    times = []
+    out = None
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def bench(model, ids, max_new_tokens, runs, eos, label):
     input_ids = torch.tensor([ids], dtype=torch.long)
     attention = torch.ones_like(input_ids)
-    times, out = [], None
+
+    def generate(n):
+        return model.generate(input_ids, attention_mask=attention, max_new_tokens=n,
+                              do_sample=False, use_cache=True, eos_token_id=eos,
+                              pad_token_id=eos[0])
+
     with torch.inference_mode():
         # Warm-up (allocator, kernels), not timed.
-        model.generate(input_ids, attention_mask=attention, max_new_tokens=4, do_sample=False,
-                       use_cache=True, eos_token_id=eos, pad_token_id=eos[0])
+        generate(4)
+        prefill_s, _ = timed(lambda: model(input_ids=input_ids, use_cache=True), runs)
+        ttft_s, _ = timed(lambda: generate(1), runs)
+        times = []
+        out = None
         for _ in range(runs):
             start = time.perf_counter()
-            out = model.generate(input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 do_sample=False, use_cache=True, eos_token_id=eos,
-                                 pad_token_id=eos[0])
+            out = generate(max_new_tokens)
             times.append(time.perf_counter() - start)
-            print(f"  reference: {out.shape[1] - len(ids)} tokens in {times[-1]:.2f}s", file=sys.stderr, flush=True)
+            print(f"  reference {label}: {out.shape[1] - len(ids)} tokens in {times[-1]:.2f}s",
+                  file=sys.stderr, flush=True)
     generated = out[0, len(ids):].tolist()
     # generate() keeps the stop token; the runtime does not count it.
     if generated and generated[-1] in eos:
@@ -53,6 +72,9 @@ def bench(model, ids, max_new_tokens, runs, eos):
         "median_s": median,
         "tokens": len(generated),
         "tokens_per_s": len(generated) / median,
+        "prompt_tokens_per_s": len(ids) / prefill_s,
+        "ttft_s": ttft_s,
+        "decode_tokens_per_s": (len(generated) - 1) / max(median - ttft_s, 1e-9),
         "ids": generated,
     }
 
@@ -75,9 +97,9 @@ def main():
     ).eval()
     if not eos:
         eos = [model.config.eos_token_id]
-    base = bench(model, ids, args.max_new_tokens, args.runs, eos)
+    base = bench(model, ids, args.max_new_tokens, args.runs, eos, "base")
     peft_model = PeftModel.from_pretrained(model, args.adapter).eval()
-    adapted = bench(peft_model, ids, args.max_new_tokens, args.runs, eos)
+    adapted = bench(peft_model, ids, args.max_new_tokens, args.runs, eos, "lora")
     print(json.dumps({
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
