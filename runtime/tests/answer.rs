@@ -8,8 +8,8 @@
 
 mod support;
 use support::{
-    ask, build_sample_index, config, get_json, http, metric, post_json, publish_config, root,
-    sha256_file, start, wait_for_revision,
+    ask, build_sample_index, config, get_json, http, metric, models_present, post_json,
+    publish_config, root, sha256_file, start, wait_for_revision,
 };
 
 use std::io::Write;
@@ -51,12 +51,7 @@ fn adapter(version: &str, role: &str, fixture_name: &str, extra: Value) -> Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_feedback_hot_reload_canary_and_large_model() {
-    for needed in [
-        ".cache/models/all-MiniLM-L6-v2/model.safetensors",
-        ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-    ] {
-        assert!(root().join(needed).exists(), "run hack/setup.sh models");
-    }
+    models_present();
     let work = tempfile::tempdir().unwrap();
     let work = work.path();
 

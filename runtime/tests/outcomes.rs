@@ -10,37 +10,14 @@
 
 mod support;
 use support::{
-    Runtime, ask, build_sample_index, config_with, get_json, http, http_full, metric, post_json,
-    publish_config, root, start, start_with,
+    Runtime, ask, get_json, http, http_full, metric, post_json, prepare, start, start_with,
 };
 
-use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard_testkit::postgres::Postgres;
-
-fn models_present() {
-    for needed in [
-        ".cache/models/all-MiniLM-L6-v2/model.safetensors",
-        ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-    ] {
-        assert!(root().join(needed).exists(), "run hack/setup.sh models");
-    }
-}
-
-/// The sample KB indexed, a token key and a published config in `work`.
-fn prepare(work: &Path, patch: Value) -> (std::path::PathBuf, std::path::PathBuf) {
-    models_present();
-    build_sample_index(work);
-    let key = work.join("token-key");
-    std::fs::write(&key, format!("{}\n", "k".repeat(48))).unwrap();
-    let config_path = work.join("runtime-config.json");
-    let (_, text) = config_with(json!([]), "http://127.0.0.1:9/v1", patch);
-    publish_config(&config_path, &text);
-    (config_path, key)
-}
 
 fn feedback(rt: &Runtime, token: &str, outcome: &str) -> (u16, Value) {
     post_json(

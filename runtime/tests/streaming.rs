@@ -4,10 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod support;
-use support::{
-    build_sample_index, config_with, dechunk, http_full, post_json, publish_config, root,
-    sse_events, start,
-};
+use support::{dechunk, http_full, post_json, prepare, sse_events, start};
 
 use serde_json::{Value, json};
 use switchboard_proto::v1::{
@@ -26,24 +23,9 @@ fn post_sse(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_stream_over_http_sse_openai_chunks_and_grpc() {
-    for needed in [
-        ".cache/models/all-MiniLM-L6-v2/model.safetensors",
-        ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-    ] {
-        assert!(root().join(needed).exists(), "run hack/setup.sh models");
-    }
     let work = tempfile::tempdir().unwrap();
     let work = work.path();
-    build_sample_index(work);
-    let key = work.join("token-key");
-    std::fs::write(&key, format!("{}\n", "k".repeat(48))).unwrap();
-    let config_path = work.join("runtime-config.json");
-    let (_, text) = config_with(
-        json!([]),
-        "http://127.0.0.1:9/v1",
-        json!({"smallModel": {"maxNewTokens": 24}}),
-    );
-    publish_config(&config_path, &text);
+    let (config_path, key) = prepare(work, json!({"smallModel": {"maxNewTokens": 24}}));
     let rt = start(work, "stream", &config_path, &key);
 
     // HTTP: started (the passages), deltas, then the same answer body as without streaming.

@@ -376,3 +376,26 @@ pub fn sse_events(body: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Asserts the models `hack/setup.sh models` installs are present.
+pub fn models_present() {
+    for needed in [
+        ".cache/models/all-MiniLM-L6-v2/model.safetensors",
+        ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ] {
+        assert!(root().join(needed).exists(), "run hack/setup.sh models");
+    }
+}
+
+/// The sample KB indexed, a token key and a published config (no adapters, no reachable large
+/// model, `patch` merged in) in `work`: `(config file, key file)`.
+pub fn prepare(work: &Path, patch: serde_json::Value) -> (PathBuf, PathBuf) {
+    models_present();
+    build_sample_index(work);
+    let key = work.join("token-key");
+    std::fs::write(&key, format!("{}\n", "k".repeat(48))).expect("write the token key");
+    let config_path = work.join("runtime-config.json");
+    let (_, text) = config_with(serde_json::json!([]), "http://127.0.0.1:9/v1", patch);
+    publish_config(&config_path, &text);
+    (config_path, key)
+}
