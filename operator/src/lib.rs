@@ -25,6 +25,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod outcomes;
+pub mod pod;
 pub mod rbac;
 pub mod router;
 pub mod server;

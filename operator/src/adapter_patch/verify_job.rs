@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
     core::v1::{
-        Capabilities, Container, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
-        PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
+        Container, PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Volume,
+        VolumeMount,
     },
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -106,16 +106,7 @@ impl VerifyJob<'_> {
                 read_only: Some(true),
                 ..VolumeMount::default()
             }]),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".to_owned()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }),
+            security_context: Some(crate::pod::container_security(true)),
             ..Container::default()
         };
         Job {
@@ -154,17 +145,7 @@ impl VerifyJob<'_> {
                             }),
                             ..Volume::default()
                         }]),
-                        security_context: Some(PodSecurityContext {
-                            run_as_non_root: Some(true),
-                            run_as_user: Some(65532),
-                            run_as_group: Some(65532),
-                            fs_group: Some(65532),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".to_owned(),
-                                ..SeccompProfile::default()
-                            }),
-                            ..PodSecurityContext::default()
-                        }),
+                        security_context: Some(crate::pod::pod_security()),
                         ..PodSpec::default()
                     }),
                 },

@@ -7,10 +7,9 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec, JobStatus},
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource,
-            KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
-            SeccompProfile, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+            ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, KeyToPath,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+            Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -323,15 +322,7 @@ impl KbChildren<'_> {
             termination_message_path: Some("/dev/termination-log".to_owned()),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             volume_mounts: Some(volume_mounts),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".to_owned()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }),
+            security_context: Some(crate::pod::container_security(false)),
             ..Container::default()
         };
         let mut pod_labels = labels(self.name);
@@ -391,16 +382,7 @@ impl KbChildren<'_> {
                             .chain(source_volumes)
                             .collect(),
                         ),
-                        security_context: Some(PodSecurityContext {
-                            run_as_non_root: Some(true),
-                            run_as_user: Some(65532),
-                            fs_group: Some(65532),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".to_owned(),
-                                ..SeccompProfile::default()
-                            }),
-                            ..PodSecurityContext::default()
-                        }),
+                        security_context: Some(crate::pod::pod_security()),
                         ..PodSpec::default()
                     }),
                 },

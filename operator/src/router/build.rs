@@ -10,11 +10,10 @@ use k8s_openapi::{
             RollingUpdateDeployment,
         },
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-            ServicePort, ServiceSpec, Volume, VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSpec,
+            PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+            ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -313,16 +312,7 @@ impl RouterChildren<'_> {
             liveness_probe: Some(http_probe("/healthz", 10, 3)),
             readiness_probe: Some(http_probe("/readyz", 5, 2)),
             resources: spec.resources.clone(),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".to_owned()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }),
+            security_context: Some(crate::pod::container_security(true)),
             volume_mounts: Some(volume_mounts),
             ..Container::default()
         };
@@ -430,17 +420,7 @@ impl RouterChildren<'_> {
                     spec: Some(PodSpec {
                         containers: vec![container],
                         volumes: Some(volumes),
-                        security_context: Some(PodSecurityContext {
-                            run_as_non_root: Some(true),
-                            run_as_user: Some(65532),
-                            run_as_group: Some(65532),
-                            fs_group: Some(65532),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".to_owned(),
-                                ..SeccompProfile::default()
-                            }),
-                            ..PodSecurityContext::default()
-                        }),
+                        security_context: Some(crate::pod::pod_security()),
                         // In-flight answers finish before the pod goes (the runtime drains on
                         // SIGTERM).
                         termination_grace_period_seconds: Some(60),
