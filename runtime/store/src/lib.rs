@@ -629,10 +629,81 @@ impl OutcomeStore {
         .await
     }
 
+    /// Like [`export`](Self::export), only the interactions of `router` when given (the
+    /// training-data export's page).
+    pub async fn export_page(
+        &self,
+        router: Option<&str>,
+        from: i64,
+        until: i64,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<InteractionWithOutcomes>> {
+        let Some(router) = router else {
+            return self.export(from, until, after, limit).await;
+        };
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        self.export_query(
+            "i.created_at >= $1 AND i.created_at < $2 \
+             AND (i.created_at > $3 OR (i.created_at = $3 AND i.id > $4)) AND i.router = $5",
+            vec![
+                Arg::Int(from),
+                Arg::Int(until),
+                Arg::Int(after_at),
+                Arg::Text(after_id),
+                Arg::Text(router.to_owned()),
+            ],
+            limit,
+        )
+        .await
+    }
+
+    /// The knowledge base's coverage-gap signals created in `[from, until)` (of `router`, when
+    /// given): interactions that were escalated, found no passage, were refused, or (with
+    /// `min_score`) whose best passage scored below it; the newest `limit`, newest first.
+    pub async fn coverage_signals(
+        &self,
+        router: Option<&str>,
+        from: i64,
+        until: i64,
+        min_score: Option<f64>,
+        limit: i64,
+    ) -> Result<Vec<InteractionWithOutcomes>> {
+        let mut filter = "i.created_at >= $1 AND i.created_at < $2 AND (i.retrieval_failed = 1 \
+             OR i.refused = 1 OR i.id IN (SELECT interaction_id FROM outcomes WHERE kind = 'escalated')"
+            .to_owned();
+        let mut args = vec![Arg::Int(from), Arg::Int(until)];
+        if let Some(min_score) = min_score {
+            args.push(Arg::Float(min_score));
+            filter.push_str(&format!(" OR i.best_score < ${}", args.len()));
+        }
+        filter.push(')');
+        if let Some(router) = router {
+            args.push(Arg::Text(router.to_owned()));
+            filter.push_str(&format!(" AND i.router = ${}", args.len()));
+        }
+        self.query_interactions("coverage_gaps", &filter, args, "DESC", limit)
+            .await
+    }
+
     async fn export_query(
         &self,
         filter: &str,
         args: Vec<Arg>,
+        limit: i64,
+    ) -> Result<Vec<InteractionWithOutcomes>> {
+        self.query_interactions("export", filter, args, "ASC", limit)
+            .await
+    }
+
+    /// Interactions matching `filter` with their outcomes, in creation order (`order`: `ASC`
+    /// or `DESC`), at most `limit`; failures are labelled `op`.
+    async fn query_interactions(
+        &self,
+        op: &'static str,
+        filter: &str,
+        args: Vec<Arg>,
+        order: &str,
         limit: i64,
     ) -> Result<Vec<InteractionWithOutcomes>> {
         // Grouped by the primary key, so the interaction's own columns are single-valued.
@@ -643,7 +714,7 @@ impl OutcomeStore {
              MAX(CASE WHEN o.kind = 'reopened' THEN 1 ELSE 0 END) AS o_reopened, \
              MAX(CASE WHEN o.kind = 'csat' THEN o.value END) AS o_csat \
              FROM interactions i LEFT JOIN outcomes o ON o.interaction_id = i.id \
-             WHERE {filter} GROUP BY i.id ORDER BY i.created_at, i.id LIMIT {}",
+             WHERE {filter} GROUP BY i.id ORDER BY i.created_at {order}, i.id {order} LIMIT {}",
             limit.clamp(1, 100_000)
         );
         let mut query = sqlx::query(&sql);
@@ -651,12 +722,10 @@ impl OutcomeStore {
             query = match arg {
                 Arg::Int(v) => query.bind(v),
                 Arg::Text(v) => query.bind(v),
+                Arg::Float(v) => query.bind(v),
             };
         }
-        let rows = query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("export"))?;
+        let rows = query.fetch_all(&self.pool).await.map_err(query_error(op))?;
         rows.iter()
             .map(|row| {
                 Ok(InteractionWithOutcomes {
@@ -670,7 +739,7 @@ impl OutcomeStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_error("export"))
+            .map_err(query_error(op))
     }
 
     /// Per-unit events and trials of a metric over a period (units without trials are left
@@ -770,6 +839,7 @@ impl OutcomeStore {
 enum Arg {
     Int(i64),
     Text(String),
+    Float(f64),
 }
 
 /// Reads an integer column that SQLite may type as integer and PostgreSQL as int4 or int8.

@@ -223,6 +223,63 @@ async fn behaves(store: &OutcomeStore, replica: &OutcomeStore) {
     assert_eq!(store.prune(10_000).await.unwrap(), 7);
 }
 
+/// What the flywheel reads: one Router's page of the export, and the coverage-gap signals
+/// (escalated, nothing found, refused, or a low best score), newest first.
+async fn flywheel_reads(store: &OutcomeStore) {
+    let mut other = interaction("f-other", "u", "", 60_000);
+    other.variant.router = "support/vip".into();
+    other.retrieval_failed = true;
+    let mut failed = interaction("f-failed", "u", "", 60_001);
+    failed.retrieval_failed = true;
+    failed.refused = true;
+    let mut weak = interaction("f-weak", "u", "", 60_002);
+    weak.best_score = Some(0.1);
+    for i in [
+        other,
+        failed,
+        weak,
+        interaction("f-escalated", "u", "", 60_003),
+        interaction("f-fine", "u", "", 60_004),
+    ] {
+        store.record_interaction(&i).await.unwrap();
+    }
+    store
+        .record_outcome("f-escalated", Outcome::Escalated, 60_010)
+        .await
+        .unwrap();
+    store
+        .record_outcome("f-fine", Outcome::Resolved, 60_010)
+        .await
+        .unwrap();
+    let ids = |rows: Vec<switchboard_store::InteractionWithOutcomes>| -> Vec<String> {
+        rows.into_iter().map(|r| r.interaction.id).collect()
+    };
+    let page = store
+        .export_page(Some("support/helpdesk"), 60_000, 61_000, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(page), ["f-failed", "f-weak", "f-escalated", "f-fine"]);
+    let all = store
+        .export_page(None, 60_000, 61_000, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    let signals = store
+        .coverage_signals(Some("support/helpdesk"), 60_000, 61_000, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(signals), ["f-escalated", "f-failed"]);
+    let signals = store
+        .coverage_signals(None, 60_000, 61_000, Some(0.5), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(signals),
+        ["f-escalated", "f-weak"],
+        "newest first, limited"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_keeps_outcomes_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,6 +287,7 @@ async fn sqlite_keeps_outcomes_across_restarts() {
     let store = OutcomeStore::connect(&url).await.unwrap();
     let second = OutcomeStore::connect(&url).await.unwrap();
     behaves(&store, &second).await;
+    flywheel_reads(&second).await;
 
     store
         .record_interaction(&interaction("after", "u", "", 50_000))
@@ -269,6 +327,7 @@ async fn postgres_is_shared_by_replicas() {
         "1"
     );
     behaves(&a, &b).await;
+    flywheel_reads(&b).await;
 }
 
 #[tokio::test]
