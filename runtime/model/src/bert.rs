@@ -144,13 +144,13 @@ impl Embeddings {
         }
     }
 
-    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Tensor {
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, dropout: f64) -> Tensor {
         let seq_len = input_ids.size()[1];
         let positions = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
         let xs = self.word.forward(input_ids)
             + self.position.forward(&positions)
             + self.token_type.forward(token_type_ids);
-        self.norm.forward(&xs)
+        apply_dropout(self.norm.forward(&xs), dropout)
     }
 }
 
@@ -197,26 +197,39 @@ impl Layer {
         }
     }
 
-    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a key may be attended to.
-    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Tensor {
+    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a key may be attended to. `dropout` > 0
+    /// only while training (where `BertSelfAttention`, `BertSelfOutput` and `BertOutput` drop).
+    fn forward(&self, xs: &Tensor, mask: &Tensor, dropout: f64) -> Tensor {
         let (batch, seq, hidden) = xs.size3().expect("hidden states are [batch, seq, hidden]");
         let head_dim = hidden / self.heads;
         let split = |t: Tensor| t.view([batch, seq, self.heads, head_dim]).transpose(1, 2);
         let q = split(self.query.forward(xs));
         let k = split(self.key.forward(xs));
         let v = split(self.value.forward(xs));
-        let context =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false)
-                .transpose(1, 2)
-                .reshape([batch, seq, hidden]);
-        let xs = self
-            .attention_norm
-            .forward(&(self.attention_out.forward(&context) + xs));
+        let context = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask),
+            dropout,
+            false,
+            None,
+            false,
+        )
+        .transpose(1, 2)
+        .reshape([batch, seq, hidden]);
+        let attended = apply_dropout(self.attention_out.forward(&context), dropout);
+        let xs = self.attention_norm.forward(&(attended + xs));
         let ff = self
             .output
             .forward(&self.activation.apply(&self.intermediate.forward(&xs)));
-        self.output_norm.forward(&(ff + xs))
+        self.output_norm.forward(&(apply_dropout(ff, dropout) + xs))
     }
+}
+
+/// Dropout with probability `p` in training mode; the identity (no copy) at `p = 0`.
+fn apply_dropout(xs: Tensor, p: f64) -> Tensor {
+    if p > 0.0 { xs.dropout(p, true) } else { xs }
 }
 
 /// A BERT encoder stack (`BertModel`), optionally with its pooler.
@@ -256,6 +269,19 @@ impl BertModel {
         attention_mask: &Tensor,
         token_type_ids: Option<&Tensor>,
     ) -> Tensor {
+        self.forward_t(input_ids, attention_mask, token_type_ids, 0.0)
+    }
+
+    /// [`forward`](Self::forward) with `dropout` (the checkpoint's `hidden_dropout_prob`, also
+    /// used for attention probabilities) applied as `transformers` does in training mode; 0 is
+    /// inference. Used by the reranker trainer ([`crate::rerank_train`]).
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        dropout: f64,
+    ) -> Tensor {
         let zeros;
         let token_type_ids = match token_type_ids {
             Some(t) => t,
@@ -265,9 +291,9 @@ impl BertModel {
             }
         };
         let mask = attention_mask.ne(0).unsqueeze(1).unsqueeze(1);
-        let mut xs = self.embeddings.forward(input_ids, token_type_ids);
+        let mut xs = self.embeddings.forward(input_ids, token_type_ids, dropout);
         for layer in &self.layers {
-            xs = layer.forward(&xs, &mask);
+            xs = layer.forward(&xs, &mask, dropout);
         }
         xs
     }

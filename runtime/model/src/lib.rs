@@ -6,6 +6,7 @@
 //! - [`gguf`]: GGUF reader and dequantisation (F32, F16, BF16, Q4_0, Q4_1, Q8_0).
 //! - [`llama`]: Llama-family causal LM (GGUF or safetensors) with a KV cache.
 //! - [`lora`]: PEFT LoRA adapters applied per request without merging.
+//! - [`rerank_train`]: trains a cross-encoder reranker (listwise loss, autograd) from an encoder.
 //! - [`tokenizer`], [`chat`], [`generate`]: tokenizer from GGUF metadata or `tokenizer.json`, chat
 //!   templates, greedy / top-p generation with stop tokens.
 //! - [`generator_worker`]: a [`Generator`] on its own thread with an async API and adapter commands.
@@ -28,6 +29,7 @@ pub mod kv;
 pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod rerank_train;
 pub mod tokenizer;
 pub mod weights;
 pub mod worker;

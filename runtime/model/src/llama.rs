@@ -912,6 +912,42 @@ impl LlamaModel {
         })
     }
 
+    /// A forward pass **with autograd**, for training an adapter: every row of `input_ids`
+    /// (`[batch, seq]`, right-padded) starts at position 0 in a fresh cache, causal attention (so
+    /// padding after a row's tokens never reaches them). The base weights are plain tensors and
+    /// get no gradient; `adapter`'s tensors do when they require it (see
+    /// [`LoraAdapter::new_trainable`]). Returns f32 logits `[batch, seq, vocab]`, or with
+    /// `positions` (flat indices into `batch · seq`) only those rows, `[positions, vocab]`: a
+    /// loss over completion tokens need not project the prompt onto the vocabulary.
+    ///
+    /// Call it inside `tch::no_grad` for evaluation. Needs dense weights ([`Self::load`]): the
+    /// int4 decoding kernel has no backward.
+    pub fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        adapter: Option<&LoraAdapter>,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if self.weights != WeightFormat::Dense {
+            return Err(ModelError::Unsupported(
+                "training with int4 weights: load the model with dense weights (LlamaModel::load)"
+                    .to_owned(),
+            ));
+        }
+        let rows = input_ids.size().first().copied().unwrap_or(0).max(1);
+        let mut pool = self.new_pool(rows as usize);
+        let starts = vec![0; rows as usize];
+        let adapters = adapter.map_or(RowAdapters::None, RowAdapters::All);
+        let hidden = self.hidden_states(input_ids, &mut pool, 0, &starts, &adapters, false)?;
+        let hidden = match positions {
+            Some(positions) => hidden
+                .f_reshape([-1, self.cfg.hidden_size])?
+                .f_index_select(0, &positions.f_to_device(self.device)?)?,
+            None => hidden,
+        };
+        Ok(self.lm_head.forward(&hidden)?.f_to_kind(Kind::Float)?)
+    }
+
     fn cached_hidden(
         &self,
         input_ids: &Tensor,

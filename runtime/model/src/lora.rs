@@ -16,7 +16,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use serde::Deserialize;
-use tch::Tensor;
+use tch::{Kind, Tensor, nn};
 
 use crate::error::{ModelError, Result, read_json};
 use crate::llama::{LlamaModel, Proj};
@@ -86,6 +86,91 @@ impl LoraConfig {
         } else {
             self.lora_alpha / self.r as f64
         }
+    }
+
+    /// A plain LoRA configuration (what a trainer writes): rank `r`, `lora_alpha`, the target
+    /// module names (`q_proj`, ...) and the base model's name; every other field at PEFT's default.
+    pub fn new(
+        r: i64,
+        lora_alpha: f64,
+        target_modules: Vec<String>,
+        base_model_name_or_path: Option<String>,
+    ) -> Self {
+        Self {
+            peft_type: Some("LORA".to_owned()),
+            r,
+            lora_alpha,
+            target_modules: TargetModules::List(target_modules),
+            base_model_name_or_path,
+            use_rslora: false,
+            use_dora: false,
+            fan_in_fan_out: false,
+            bias: Some("none".to_owned()),
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            modules_to_save: None,
+            lora_bias: false,
+            target_parameters: None,
+            layer_replication: None,
+        }
+    }
+
+    /// The projections this configuration targets, in [`Proj::ALL`] order, or why it can't say.
+    pub fn target_projections(&self) -> std::result::Result<Vec<Proj>, String> {
+        let mut targets = self.targets()?;
+        targets.sort();
+        targets.dedup();
+        Ok(targets)
+    }
+
+    /// `adapter_config.json` as PEFT 0.17's `LoraConfig.save_pretrained` writes it for a causal
+    /// LM (every field, keys sorted): what `PeftModel.from_pretrained` and this crate both read.
+    pub fn to_peft_json(&self) -> serde_json::Value {
+        let targets = match &self.target_modules {
+            TargetModules::List(names) => serde_json::json!(names),
+            TargetModules::One(one) => serde_json::json!(one),
+        };
+        // PEFT writes an integral alpha as an integer (`16`, not `16.0`).
+        let alpha = if self.lora_alpha.fract() == 0.0 && self.lora_alpha.abs() < 1e15 {
+            serde_json::json!(self.lora_alpha as i64)
+        } else {
+            serde_json::json!(self.lora_alpha)
+        };
+        // serde_json's map is ordered by key, as PEFT's `json.dumps(..., sort_keys=True)`.
+        serde_json::json!({
+            "alpha_pattern": self.alpha_pattern,
+            "auto_mapping": null,
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "bias": self.bias.as_deref().unwrap_or("none"),
+            "corda_config": null,
+            "eva_config": null,
+            "exclude_modules": null,
+            "fan_in_fan_out": self.fan_in_fan_out,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "layer_replication": self.layer_replication,
+            "layers_pattern": null,
+            "layers_to_transform": null,
+            "loftq_config": {},
+            "lora_alpha": alpha,
+            "lora_bias": self.lora_bias,
+            "lora_dropout": 0.0,
+            "megatron_config": null,
+            "megatron_core": "megatron.core",
+            "modules_to_save": self.modules_to_save,
+            "peft_type": "LORA",
+            "qalora_group_size": 16,
+            "r": self.r,
+            "rank_pattern": self.rank_pattern,
+            "revision": null,
+            "target_modules": targets,
+            "target_parameters": self.target_parameters,
+            "task_type": "CAUSAL_LM",
+            "trainable_token_indices": null,
+            "use_dora": self.use_dora,
+            "use_qalora": false,
+            "use_rslora": self.use_rslora,
+        })
     }
 
     fn targets(&self) -> std::result::Result<Vec<Proj>, String> {
@@ -316,6 +401,108 @@ impl LoraAdapter {
         ))
     }
 
+    /// A new adapter to train: for every layer of `model` and every module of `config`, `A`
+    /// initialised as PEFT does (`kaiming_uniform_(a=√5)`: uniform in ±1/√in) and `B` zeros, so
+    /// the adapter starts as the identity. The tensors are variables of `vars` (f32, on its
+    /// device; named `layer<i>.<module>.lora_a_t` `[in, r]` and `.lora_b_t` `[r, out]`, the
+    /// transposes of PEFT's `lora_A` / `lora_B`), so an optimizer built on its `VarStore`
+    /// trains them and [`LlamaModel::forward_train`] sees every update. The model must be f32
+    /// with dense weights. Seed with `tch::manual_seed` first for a reproducible `A`.
+    pub fn new_trainable(
+        id: impl Into<String>,
+        config: LoraConfig,
+        vars: &nn::Path<'_>,
+        model: &LlamaModel,
+    ) -> Result<Self> {
+        let id = id.into();
+        let reject = |reason: String| ModelError::Adapter {
+            adapter: id.clone(),
+            reason,
+        };
+        config.check_supported().map_err(reject)?;
+        if config.use_rslora {
+            return Err(reject(
+                "training with use_rslora is not supported".to_owned(),
+            ));
+        }
+        if model.kind() != Kind::Float {
+            return Err(reject(format!(
+                "training needs an f32 base model, this one is {:?}",
+                model.kind()
+            )));
+        }
+        let targets = config.target_projections().map_err(reject)?;
+        let cfg = model.config();
+        let mut modules = HashMap::new();
+        for layer in 0..cfg.num_hidden_layers as usize {
+            let path = vars / format!("layer{layer}");
+            for &proj in &targets {
+                let (out, inp) = proj.shape(cfg);
+                let path = &path / proj.name();
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a_t = path.f_var(
+                    "lora_a_t",
+                    &[inp, config.r],
+                    nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )?;
+                let b_t = path.f_var("lora_b_t", &[config.r, out], nn::Init::Const(0.0))?;
+                modules.insert((layer, proj), LoraPair { a_t, b_t });
+            }
+        }
+        let scale = config.scale();
+        Ok(Self {
+            id,
+            config,
+            scale,
+            modules,
+        })
+    }
+
+    /// Writes the adapter as PEFT's `save_pretrained` does: `adapter_config.json`
+    /// ([`LoraConfig::to_peft_json`]) and `adapter_model.safetensors` with f32 `lora_A` (`[r, in]`)
+    /// and `lora_B` (`[out, r]`) under PEFT's keys
+    /// (`base_model.model.model.layers.<i>.self_attn.q_proj.lora_A.weight`) and PEFT's metadata
+    /// (`format: pt`). `dir` is created if needed; files in it are replaced.
+    pub fn save_peft(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
+        let mut keys: Vec<&(usize, Proj)> = self.modules.keys().collect();
+        keys.sort();
+        let mut tensors = Vec::with_capacity(keys.len() * 2);
+        tch::no_grad(|| -> Result<()> {
+            for key in keys {
+                let (layer, proj) = *key;
+                let pair = &self.modules[key];
+                let prefix = format!("base_model.model.model.layers.{layer}.{}", proj.path());
+                for (half, t) in [("lora_A", &pair.a_t), ("lora_B", &pair.b_t)] {
+                    let weight = t
+                        .f_detach()?
+                        .f_tr()?
+                        .f_to_device(tch::Device::Cpu)?
+                        .f_to_kind(Kind::Float)?
+                        .f_contiguous()?;
+                    tensors.push((format!("{prefix}.{half}.weight"), weight));
+                }
+            }
+            Ok(())
+        })?;
+        let weights_path = dir.join("adapter_model.safetensors");
+        let bytes = safetensors_f32(&tensors)?;
+        std::fs::write(&weights_path, bytes).map_err(ModelError::io(&weights_path))?;
+        let config_path = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&self.config.to_peft_json()).map_err(|source| {
+            ModelError::Config {
+                path: config_path.clone(),
+                source,
+            }
+        })?;
+        std::fs::write(&config_path, text).map_err(ModelError::io(&config_path))?;
+        Ok(())
+    }
+
     /// `scale · B A` (`[out, in]`) for one module: what merging would add to the base weight.
     pub fn merged_delta(&self, layer: usize, proj: Proj) -> Result<Option<Tensor>> {
         let Some(pair) = self.modules.get(&(layer, proj)) else {
@@ -328,6 +515,37 @@ impl LoraAdapter {
                 .f_mul_scalar(self.scale)?,
         ))
     }
+}
+
+/// A safetensors file of f32 tensors with PEFT's metadata (`{"format": "pt"}`): an 8-byte
+/// little-endian header length, the JSON header (padded with spaces to 8 bytes), the data.
+fn safetensors_f32(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".to_owned(),
+        serde_json::json!({"format": "pt"}),
+    );
+    let mut data = Vec::new();
+    for (name, tensor) in tensors {
+        let values: Vec<f32> = tensor.f_flatten(0, -1)?.try_into()?;
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.clone(),
+            serde_json::json!({
+                "dtype": "F32",
+                "shape": tensor.size(),
+                "data_offsets": [start, data.len()],
+            }),
+        );
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header);
+    out.extend(data);
+    Ok(out)
 }
 
 /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` -> (3, Q, true). Also accepts

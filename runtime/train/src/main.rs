@@ -1,0 +1,497 @@
+//! `switchboard-train`: trains a LoRA adapter (SFT or DPO) on a Llama-family base model, writes
+//! it as a PEFT directory with its digest and a training report, and makes it the next version
+//! of an AdapterPatch (a manifest for GitOps, or `--apply` through the Kubernetes API).
+//! See docs/training.md.
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use switchboard_artifact::PVC_ROOT;
+use switchboard_train::data::{self, LabelPolicy};
+use switchboard_train::manifest::{CurrentPatch, NextVersion, expand_output};
+use switchboard_train::report::{BaseModel, DataReport, PatchReport, TrainingReport};
+use switchboard_train::train::StepLog;
+use switchboard_train::{Hyperparameters, LoraSettings, Schedule, Trainer, apply, output};
+use tch::Device;
+
+#[derive(Parser, Debug)]
+#[command(name = "switchboard-train", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    method: Method,
+}
+
+#[derive(Subcommand, Debug)]
+enum Method {
+    /// Supervised fine-tuning: learn the answers of SFT examples (or of the positively rated
+    /// interactions of a flywheel export).
+    Sft(Args),
+    /// Direct preference optimisation: prefer the chosen over the rejected answers (or, from a
+    /// flywheel export, the positively over the negatively rated answer to the same question).
+    Dpo(Args),
+}
+
+#[derive(clap::Args, Debug)]
+struct Args {
+    /// Base model: a GGUF file or a Hugging Face directory (loaded with dense f32 weights).
+    #[arg(long, env = "SWITCHBOARD_TRAIN_MODEL")]
+    model: PathBuf,
+    /// Training data (JSONL): SFT examples, DPO pairs, or the outcome store's flywheel export.
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out data (same format); without it, --held-out-fraction of --data is held out.
+    #[arg(long)]
+    held_out: Option<PathBuf>,
+    /// Share of --data held out for evaluation when no --held-out file is given (0: none).
+    #[arg(long, default_value_t = 0.1)]
+    held_out_fraction: f64,
+    /// Where the PEFT directory goes: pvc://<claim>/<path>, file:///<dir> or a directory.
+    /// `{version}` and `{lineage}` are replaced by the new version and the AdapterPatch's lineage.
+    #[arg(long)]
+    output: String,
+    /// Where PersistentVolumeClaims are mounted (pvc://<claim>/<path> is <pvc-root>/<claim>/<path>).
+    #[arg(long, default_value = PVC_ROOT)]
+    pvc_root: PathBuf,
+    /// Replace an existing artifact directory (artifacts are immutable by default).
+    #[arg(long)]
+    overwrite: bool,
+    /// Also write the training report here (it is always written into the artifact directory).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// LoRA rank (default: the AdapterPatch's lora.rank, else 8).
+    #[arg(long)]
+    rank: Option<i64>,
+    /// LoRA alpha (default: the AdapterPatch's lora.alpha, else 2 x rank).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Modules to adapt, comma-separated PEFT names (default: the AdapterPatch's, else q_proj,v_proj).
+    #[arg(long, value_delimiter = ',')]
+    target_modules: Option<Vec<String>>,
+    /// Peak learning rate (default 2e-4 for sft, 5e-5 for dpo).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Examples (pairs) per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Forward passes per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Seed of the initialisation, the data order and the held-out split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Learning-rate schedule after warm-up: constant, linear or cosine.
+    #[arg(long, default_value = "linear")]
+    schedule: Schedule,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Drop examples longer than this many tokens (prompt + answer).
+    #[arg(long, default_value_t = 1024)]
+    max_seq_len: usize,
+    /// DPO beta.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Flywheel export: lowest CSAT of a positive interaction.
+    #[arg(long, default_value_t = 4)]
+    min_csat: i64,
+    /// libtorch threads (default: libtorch's choice, one per core).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// `base_model_name_or_path` to record (default: the AdapterPatch's baseModel when it is a
+    /// model id, else the model's Hugging Face id or file name).
+    #[arg(long)]
+    base_model_name: Option<String>,
+    /// The AdapterPatch (YAML) the adapter becomes the next version of; with --apply, only its
+    /// metadata is used and the object is read from the cluster.
+    #[arg(long)]
+    adapter_patch: Option<PathBuf>,
+    /// AdapterPatch name (with --apply, instead of --adapter-patch).
+    #[arg(long)]
+    name: Option<String>,
+    /// AdapterPatch namespace (default: the file's, else `default`).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The new spec.version (default: the next minor version).
+    #[arg(long)]
+    version: Option<String>,
+    /// The URI to put in the AdapterPatch when the directory is published elsewhere (e.g. pushed
+    /// to an OCI registry after training); default: the --output location.
+    #[arg(long)]
+    artifact_uri: Option<String>,
+    /// Write the next AdapterPatch manifest here (default: standard output).
+    #[arg(long)]
+    manifest_out: Option<PathBuf>,
+    /// Patch the AdapterPatch in the cluster (KUBECONFIG or in-cluster service account).
+    #[arg(long)]
+    apply: bool,
+}
+
+fn device(spec: &str) -> anyhow::Result<Device> {
+    Ok(match spec {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(n)) => Device::Cuda(n),
+            _ => bail!("--device {other}: auto, cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        Device::Mps => "mps".to_owned(),
+        Device::Vulkan => "vulkan".to_owned(),
+        Device::Cpu => "cpu".to_owned(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-train: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the current AdapterPatch comes from.
+enum PatchSource {
+    None,
+    File(CurrentPatch),
+    Cluster {
+        client: kube::Client,
+        runtime: tokio::runtime::Runtime,
+        current: CurrentPatch,
+    },
+}
+
+impl PatchSource {
+    fn current(&self) -> Option<&CurrentPatch> {
+        match self {
+            Self::None => None,
+            Self::File(c) | Self::Cluster { current: c, .. } => Some(c),
+        }
+    }
+}
+
+fn patch_source(args: &Args) -> anyhow::Result<PatchSource> {
+    let file = args
+        .adapter_patch
+        .as_deref()
+        .map(CurrentPatch::from_file)
+        .transpose()?;
+    if !args.apply {
+        if args.name.is_some() {
+            bail!(
+                "--name reads the AdapterPatch from the cluster: add --apply, or give --adapter-patch FILE"
+            );
+        }
+        return Ok(file.map_or(PatchSource::None, PatchSource::File));
+    }
+    let name = args
+        .name
+        .clone()
+        .or_else(|| file.as_ref().map(CurrentPatch::name))
+        .context(
+            "--apply needs the AdapterPatch: --name (and --namespace) or --adapter-patch FILE",
+        )?;
+    let namespace = args
+        .namespace
+        .clone()
+        .or_else(|| file.as_ref().map(CurrentPatch::namespace))
+        .unwrap_or_else(|| "default".to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (client, current) = runtime.block_on(async {
+        let client = apply::client().await?;
+        let current = apply::fetch(&client, &namespace, &name).await?;
+        Ok::<_, switchboard_train::TrainError>((client, current))
+    })?;
+    Ok(PatchSource::Cluster {
+        client,
+        runtime,
+        current,
+    })
+}
+
+fn hyperparameters(args: &Args, sft: bool, current: Option<&CurrentPatch>) -> Hyperparameters {
+    let defaults = if sft {
+        Hyperparameters::sft()
+    } else {
+        Hyperparameters::dpo()
+    };
+    let declared = current.map(CurrentPatch::lora);
+    let rank = args
+        .rank
+        .or(declared.as_ref().map(|l| l.rank))
+        .unwrap_or(defaults.lora.rank);
+    let alpha = args.alpha.unwrap_or(match &declared {
+        // The spec's alpha goes with the spec's rank; a new rank gets the CRD's default 2·rank.
+        Some(l) if l.rank == rank => l.alpha,
+        _ => 2.0 * rank as f64,
+    });
+    Hyperparameters {
+        lora: LoraSettings {
+            rank,
+            alpha,
+            target_modules: args
+                .target_modules
+                .clone()
+                .or(declared.map(|l| l.target_modules))
+                .unwrap_or(defaults.lora.target_modules),
+        },
+        learning_rate: args.lr.unwrap_or(defaults.learning_rate),
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        seed: args.seed,
+        weight_decay: args.weight_decay,
+        warmup_steps: args.warmup_steps,
+        schedule: args.schedule,
+        max_grad_norm: args.max_grad_norm,
+        max_seq_len: args.max_seq_len,
+        beta: args.beta,
+    }
+}
+
+fn log_step(step: &StepLog) {
+    tracing::info!(
+        epoch = step.epoch,
+        step = %format!("{}/{}", step.step, step.total_steps),
+        loss = %format!("{:.4}", step.loss),
+        lr = %format!("{:.2e}", step.learning_rate),
+        grad_norm = %format!("{:.3}", step.grad_norm),
+        seconds = %format!("{:.2}", step.seconds),
+        "step"
+    );
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (sft, args) = match &cli.method {
+        Method::Sft(a) => (true, a),
+        Method::Dpo(a) => (false, a),
+    };
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let source = patch_source(args)?;
+    let current = source.current();
+    let hp = hyperparameters(args, sft, current);
+    hp.validate()?;
+    let version = match current {
+        Some(c) => Some(c.next_version(args.version.as_deref())?),
+        None => args.version.clone(),
+    };
+    let lineage = current.map(|c| c.patch.spec.lineage.clone());
+    if args.output.contains("{version}") && version.is_none() {
+        bail!(
+            "--output uses {{version}}: give --adapter-patch (the next version is computed) or --version"
+        );
+    }
+    if args.output.contains("{lineage}") && lineage.is_none() {
+        bail!("--output uses {{lineage}}: give --adapter-patch");
+    }
+    let out = expand_output(
+        &args.output,
+        version.as_deref().unwrap_or_default(),
+        lineage.as_deref().unwrap_or_default(),
+    );
+    // Resolve the output before minutes of training, so a bad location fails at once.
+    let (out_dir, out_uri) = output::resolve(&out, &args.pvc_root)?;
+
+    let device = device(&args.device)?;
+    tracing::info!(model = %args.model.display(), device = %device_name(device), "loading the base model");
+    let mut trainer = Trainer::load(&args.model, device)?;
+    let names = trainer.model().source().names.clone();
+    if let Some(c) = current {
+        c.check_base_model(&names)?;
+        if let Some(id) = c.base_model_id() {
+            trainer.set_base_model_name(id);
+        }
+    }
+    if let Some(name) = &args.base_model_name {
+        trainer.set_base_model_name(name.clone());
+    }
+
+    let policy = LabelPolicy {
+        min_positive_csat: args.min_csat,
+        ..LabelPolicy::default()
+    };
+    let read = |path: &Path| -> anyhow::Result<_> {
+        let (rows, lines) = data::read_rows(path)?;
+        Ok((rows, lines))
+    };
+    let (rows, lines) = read(&args.data)?;
+    let held_rows = args.held_out.as_deref().map(read).transpose()?;
+    let mut on_step = |s: &StepLog| log_step(s);
+    let (trained, data_report) = if sft {
+        let (examples, stats) = data::sft_examples(&args.data, rows, lines, &policy)?;
+        let (train, held, held_stats) = match (&args.held_out, held_rows) {
+            (Some(path), Some((rows, lines))) => {
+                let (held, s) = data::sft_examples(path, rows, lines, &policy)?;
+                (examples, held, Some(s))
+            }
+            _ => {
+                let (t, h) = data::split(examples, args.held_out_fraction, args.seed)?;
+                (t, h, None)
+            }
+        };
+        tracing::info!(train = train.len(), held_out = held.len(), "SFT examples");
+        let report = DataReport {
+            train: stats,
+            held_out_fraction: held_stats.is_none().then_some(args.held_out_fraction),
+            held_out: held_stats,
+        };
+        (trainer.sft(&train, &held, &hp, &mut on_step)?, report)
+    } else {
+        let (pairs, stats) = data::dpo_pairs(&args.data, rows, lines, &policy)?;
+        let (train, held, held_stats) = match (&args.held_out, held_rows) {
+            (Some(path), Some((rows, lines))) => {
+                let (held, s) = data::dpo_pairs(path, rows, lines, &policy)?;
+                (pairs, held, Some(s))
+            }
+            _ => {
+                let (t, h) = data::split(pairs, args.held_out_fraction, args.seed)?;
+                (t, h, None)
+            }
+        };
+        tracing::info!(train = train.len(), held_out = held.len(), "DPO pairs");
+        let report = DataReport {
+            train: stats,
+            held_out_fraction: held_stats.is_none().then_some(args.held_out_fraction),
+            held_out: held_stats,
+        };
+        (trainer.dpo(&train, &held, &hp, &mut on_step)?, report)
+    };
+    for epoch in &trained.log.epochs {
+        tracing::info!(
+            epoch = epoch.epoch,
+            train_loss = %format!("{:.4}", epoch.train.loss),
+            held_out = %epoch.held_out.as_ref().map_or("-".to_owned(), |m| serde_json::to_string(m).unwrap_or_default()),
+            "epoch"
+        );
+    }
+
+    let artifact = output::write(
+        &trained.adapter,
+        trainer.model(),
+        &out_dir,
+        &out_uri,
+        args.overwrite,
+    )?;
+    tracing::info!(dir = %artifact.dir.display(), uri = %artifact.uri, sha256 = %artifact.sha256, "adapter written");
+
+    // The next AdapterPatch version.
+    let mut patch_report = None;
+    let mut manifest = None;
+    if let (Some(c), Some(version)) = (current, &version) {
+        let next = NextVersion {
+            version: version.clone(),
+            uri: args
+                .artifact_uri
+                .clone()
+                .unwrap_or_else(|| artifact.uri.clone()),
+            sha256: artifact.sha256.clone(),
+            lora: hp.lora.clone(),
+        };
+        let mut based_on = c.clone();
+        let applied = if let PatchSource::Cluster {
+            client, runtime, ..
+        } = &source
+        {
+            // Read it again: its status moved on while we trained; its spec must not have.
+            let latest = runtime.block_on(apply::fetch(client, &c.namespace(), &c.name()))?;
+            if latest.patch.spec.version != c.patch.spec.version {
+                bail!(
+                    "AdapterPatch {}: spec.version moved from {} to {} during training; the adapter is at {} ({}): re-run, or patch it in by hand",
+                    c.label,
+                    c.patch.spec.version,
+                    latest.patch.spec.version,
+                    artifact.uri,
+                    artifact.sha256
+                );
+            }
+            runtime.block_on(apply::apply(client, &latest, &next))?;
+            tracing::info!(adapter_patch = %latest.label, version = %next.version, "AdapterPatch patched: the operator verifies the artifact and starts the rollout");
+            based_on = latest;
+            true
+        } else {
+            false
+        };
+        manifest = Some(based_on.next_manifest(&next)?);
+        patch_report = Some(PatchReport {
+            name: format!("{}/{}", c.namespace(), c.name()),
+            previous_version: c.patch.spec.version.clone(),
+            version: version.clone(),
+            applied,
+        });
+    }
+
+    let report = TrainingReport {
+        trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        base_model: BaseModel {
+            path: args.model.clone(),
+            names,
+            base_model_name_or_path: trainer.base_model_name().to_owned(),
+        },
+        device: device_name(device),
+        threads: tch::get_num_threads(),
+        data: data_report,
+        hyperparameters: hp,
+        training: trained.log,
+        artifact: artifact.clone(),
+        adapter_patch: patch_report,
+    };
+    report.write(&artifact.dir.join(output::REPORT_FILE))?;
+    if let Some(path) = &args.report {
+        report.write(path)?;
+    }
+
+    let mut stdout = std::io::stdout().lock();
+    match manifest {
+        Some(doc) => {
+            let yaml = serde_yaml::to_string(&doc).context("writing the manifest")?;
+            match &args.manifest_out {
+                Some(path) => std::fs::write(path, &yaml)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => stdout.write_all(yaml.as_bytes())?,
+            }
+        }
+        None => writeln!(
+            stdout,
+            "{}",
+            serde_json::json!({"uri": artifact.uri, "sha256": artifact.sha256, "dir": artifact.dir})
+        )?,
+    }
+    Ok(())
+}
