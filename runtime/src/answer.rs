@@ -45,7 +45,19 @@ const SECTION_CHARS: usize = 1_400;
 /// prompt (prefill time on CPU) stays bounded at about 1,400 tokens.
 const PROMPT_PASSAGE_CHARS: usize = 5_600;
 /// Tokens allowed for a rewritten query.
-const REWRITE_TOKENS: usize = 48;
+pub(crate) const REWRITE_TOKENS: usize = 48;
+
+/// The search query in the small model's rewrite output: its first line without quotes, or
+/// `None` when that is empty or not a valid query. (`eval --rewrite` measures exactly this.)
+pub(crate) fn clean_rewrite(generated: &str) -> Option<String> {
+    let q = generated
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"');
+    (!q.is_empty() && validate_query(q).is_ok()).then(|| q.to_owned())
+}
 
 /// What the caller sends to `POST /v1/answer`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -472,12 +484,7 @@ pub async fn answer_with(
             )
             .await
         {
-            Ok(g) => {
-                let q = g.text.lines().next().unwrap_or("").trim().trim_matches('"');
-                if !q.is_empty() && validate_query(q).is_ok() {
-                    rewritten = Some(q.to_owned());
-                }
-            }
+            Ok(g) => rewritten = clean_rewrite(&g.text),
             Err(e) => {
                 tracing::warn!(error = %e, "query rewrite failed; searching the query as written")
             }

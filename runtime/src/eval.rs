@@ -36,9 +36,10 @@ const PASSAGES: usize = 50;
 /// Source name of the Zaragoza corpus (gold ids are `zaragoza/<n>.txt`).
 const ZARAGOZA_SOURCE: &str = "zaragoza";
 
-/// Arguments of `switchboard-runtime eval`.
+/// Where the corpus and the queries come from: shared by `eval`, `train-reranker` and
+/// `synth-queries`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct EvalArgs {
+pub struct DatasetArgs {
     /// KnowledgeBase manifest (a file or a folder of manifests) whose sources form the corpus.
     #[arg(long, requires = "golden", required_unless_present = "zaragoza")]
     pub manifests: Option<PathBuf>,
@@ -48,18 +49,35 @@ pub struct EvalArgs {
     /// Golden set (JSONL: query, gold_docs and/or gold_sections).
     #[arg(long)]
     pub golden: Option<PathBuf>,
-    /// Evaluate on the Zaragoza FAQ JSONL (rows id/q/a) instead of a KnowledgeBase.
+    /// Use the Zaragoza FAQ JSONL (rows id/q/a) instead of a KnowledgeBase.
     #[arg(long, conflicts_with_all = ["manifests", "golden", "knowledge_base"])]
     pub zaragoza: Option<PathBuf>,
     /// Sentence encoder checkpoint (default: the KnowledgeBase's, else MiniLM from hack/setup.sh).
     #[arg(long, env = "SWITCHBOARD_ENCODER")]
     pub encoder: Option<PathBuf>,
+    /// Fusion of the hybrid configuration, overriding the manifest's (Zaragoza: RRF k=60):
+    /// `rrf`, `rrf:K` or `weighted:W` (dense weight W, BM25 1 - W).
+    #[arg(long, value_parser = parse_fusion)]
+    pub fusion: Option<Fusion>,
+    /// "Now" for recency decay, Unix seconds (default: the system clock).
+    #[arg(long)]
+    pub now: Option<i64>,
+}
+
+/// Arguments of `switchboard-runtime eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    /// Which queries count: all, or one half of the fixed split (see [`Split`]).
+    #[arg(long, value_enum, default_value_t = Split::All)]
+    pub split: Split,
     /// Cross-encoder checkpoint: adds the hybrid+rerank configuration.
     #[arg(long)]
     pub reranker: Option<PathBuf>,
-    /// Fused candidates the cross-encoder rescores.
-    #[arg(long, default_value_t = 20)]
-    pub rerank_top_n: usize,
+    /// Fused candidates the cross-encoder rescores; several (comma-separated) give one row each.
+    #[arg(long, value_delimiter = ',', default_value = "20")]
+    pub rerank_top_n: Vec<usize>,
     /// Gold level: documents or sections.
     #[arg(long, value_enum, default_value_t = Level::Doc)]
     pub level: Level,
@@ -70,12 +88,68 @@ pub struct EvalArgs {
     /// Extra hybrid rows with reciprocal-rank fusion at these k, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub rrf_k: Vec<f32>,
-    /// "Now" for recency decay, Unix seconds (default: the system clock).
-    #[arg(long)]
-    pub now: Option<i64>,
+    #[command(flatten)]
+    pub rewrite: crate::eval_rewrite::RewriteArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A fixed split of a query set into two halves, by position: rows 1, 3, 5, ... (1-based line
+/// order of the golden set; for Zaragoza the FAQ's row order, which groups rows by category, so
+/// both halves cover every category) are `train`, rows 2, 4, 6, ... are `test`. The corpus is
+/// never split: held-out queries search the same documents the training queries did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Every query.
+    All,
+    /// Odd rows (1, 3, 5, ...).
+    Train,
+    /// Even rows (2, 4, 6, ...).
+    Test,
+}
+
+impl Split {
+    /// Whether the query at 0-based position `index` belongs to this half.
+    pub fn keeps(self, index: usize) -> bool {
+        match self {
+            Split::All => true,
+            Split::Train => index.is_multiple_of(2),
+            Split::Test => !index.is_multiple_of(2),
+        }
+    }
+}
+
+/// Parses `rrf`, `rrf:K` or `weighted:W`.
+pub fn parse_fusion(text: &str) -> Result<Fusion, String> {
+    let (method, value) = match text.split_once(':') {
+        Some((m, v)) => (m, Some(v)),
+        None => (text, None),
+    };
+    let number = |v: &str| {
+        v.parse::<f32>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| format!("`{v}` is not a number"))
+    };
+    match (method, value) {
+        ("rrf", None) => Ok(Fusion::Rrf { k: 60.0 }),
+        ("rrf", Some(k)) => match number(k)? {
+            k if k > 0.0 => Ok(Fusion::Rrf { k }),
+            k => Err(format!("rrf k {k} must be > 0")),
+        },
+        ("weighted", Some(w)) => match number(w)? {
+            w if (0.0..=1.0).contains(&w) => Ok(Fusion::Weighted {
+                bm25: 1.0 - w,
+                dense: w,
+            }),
+            w => Err(format!("dense weight {w} must be in [0, 1]")),
+        },
+        _ => Err(format!(
+            "fusion `{text}`: expected `rrf`, `rrf:K` or `weighted:W`"
+        )),
+    }
 }
 
 /// What counts as a hit.
@@ -105,7 +179,8 @@ pub struct GoldenQuery {
 }
 
 impl GoldenQuery {
-    fn gold(&self, level: Level) -> &[String] {
+    /// The gold ids at `level`.
+    pub fn gold(&self, level: Level) -> &[String] {
         match level {
             Level::Doc => &self.gold_docs,
             Level::Section => &self.gold_sections,
@@ -256,6 +331,7 @@ fn is_zero(n: &usize) -> bool {
 #[derive(Debug, Serialize)]
 struct Report {
     dataset: String,
+    split: Split,
     level: Level,
     queries: usize,
     skipped: usize,
@@ -264,6 +340,8 @@ struct Report {
     encoder: String,
     reranker: Option<String>,
     rows: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rewrite: Option<crate::eval_rewrite::RewriteReport>,
 }
 
 /// Removes the temporary generation store when dropped.
@@ -290,17 +368,44 @@ impl Drop for TempStore {
 }
 
 /// The corpus spec, the golden set and the base search options of one dataset.
-struct Dataset {
-    name: String,
-    spec: IndexSpec,
-    golden: Vec<GoldenQuery>,
-    base: SearchOptions,
-    encoder: PathBuf,
+pub(crate) struct Dataset {
+    pub name: String,
+    pub spec: IndexSpec,
+    pub golden: Vec<GoldenQuery>,
+    pub base: SearchOptions,
+    pub encoder: PathBuf,
 }
 
 const DEFAULT_ENCODER: &str = ".cache/models/all-MiniLM-L6-v2";
 
-fn kb_dataset(args: &EvalArgs, manifests: &Path, golden: &Path) -> Result<Dataset> {
+impl Dataset {
+    /// Reads the corpus and golden set `args` name; `--fusion` and `--now` apply to `base`.
+    pub fn load(args: &DatasetArgs) -> Result<Self> {
+        let mut dataset = match (&args.zaragoza, &args.manifests, &args.golden) {
+            (Some(path), _, _) => zaragoza_dataset(args, path)?,
+            (None, Some(manifests), Some(golden)) => kb_dataset(args, manifests, golden)?,
+            _ => bail!("give --manifests with --golden, or --zaragoza"),
+        };
+        if let Some(fusion) = args.fusion {
+            dataset.base.fusion = fusion;
+        }
+        if args.now.is_some() {
+            dataset.base.now = args.now;
+        }
+        Ok(dataset)
+    }
+
+    /// The golden queries of one half of the split, with their 0-based positions in the set.
+    pub fn queries(&self, split: Split) -> Vec<(usize, &GoldenQuery)> {
+        self.golden
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| split.keeps(*i))
+            .collect()
+    }
+}
+
+fn kb_dataset(args: &DatasetArgs, manifests: &Path, golden: &Path) -> Result<Dataset> {
     let kbs = kb::load_knowledge_bases(manifests)?;
     let kb = kb::select(kbs, args.knowledge_base.as_deref())?;
     let base_dir = if manifests.is_dir() {
@@ -341,7 +446,7 @@ struct FaqRow {
 
 /// The Zaragoza FAQ as a corpus of answers and a golden set of questions. Files are named by row
 /// number, not by the FAQ id, so that the id's category word does not leak into the fallback title.
-fn zaragoza_dataset(args: &EvalArgs, path: &Path) -> Result<Dataset> {
+fn zaragoza_dataset(args: &DatasetArgs, path: &Path) -> Result<Dataset> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut files = Vec::new();
@@ -395,19 +500,95 @@ fn zaragoza_dataset(args: &EvalArgs, path: &Path) -> Result<Dataset> {
     })
 }
 
-fn configs(args: &EvalArgs, base: &SearchOptions, reranker: bool) -> Vec<Config> {
-    let base = SearchOptions {
+/// A dataset's corpus indexed with the real encoder into a temporary store (removed on drop).
+pub(crate) struct EvalIndex {
+    pub generation: Arc<Generation>,
+    pub embedder: Arc<WorkerEmbedder>,
+    pub documents: usize,
+    // Dropped last: the generation's files live here.
+    _temp: TempStore,
+}
+
+impl EvalIndex {
+    /// Builds the corpus of `dataset` (nothing is published anywhere).
+    pub fn build(dataset: &Dataset) -> Result<Self> {
+        let worker = EncoderWorker::spawn(
+            "encoder",
+            &dataset.encoder,
+            switchboard_model::default_device(),
+            32,
+        )
+        .with_context(|| format!("loading encoder {}", dataset.encoder.display()))?;
+        let embedder = Arc::new(WorkerEmbedder::new(worker));
+        let temp = TempStore::new()?;
+        let store = Generations::open(&temp.0)?;
+        let started = Instant::now();
+        let report = switchboard_index::build(
+            &dataset.spec,
+            &store,
+            embedder.as_ref(),
+            &BuildOptions {
+                embed_batch: 64,
+                reuse: false,
+            },
+        )
+        .context("building the evaluation index")?;
+        let issues = report.source_errors();
+        if issues > 0 {
+            tracing::warn!(
+                issues,
+                "some source files were not indexed; see the build report"
+            );
+        }
+        tracing::info!(
+            chunks = report.manifest.chunks,
+            seconds = started.elapsed().as_secs_f64(),
+            "evaluation index built"
+        );
+        let generation = Arc::new(Generation::load(&store, &report.manifest.generation)?);
+        Ok(Self {
+            generation,
+            embedder,
+            documents: report.manifest.documents,
+            _temp: temp,
+        })
+    }
+
+    /// A retriever over the index (dense with the same encoder), optionally with a reranker.
+    pub fn retriever(&self, reranker: Option<Arc<dyn Reranker>>) -> Result<Retriever> {
+        let retriever = Retriever::new(
+            Arc::clone(&self.generation),
+            Some(Arc::clone(&self.embedder) as Arc<dyn Embedder>),
+        )?;
+        Ok(match reranker {
+            Some(r) => retriever.with_reranker(r),
+            None => retriever,
+        })
+    }
+}
+
+/// `name` of a fusion setting as the report prints it.
+pub(crate) fn fusion_name(f: &Fusion) -> String {
+    match f {
+        Fusion::Rrf { k } => format!("rrf k={k}"),
+        Fusion::Weighted { dense, .. } => format!("weighted dense={dense}"),
+    }
+}
+
+/// The evaluation's search options: `base` with the stages the evaluation switches, asking for
+/// [`PASSAGES`] passages, no rerank and no floor.
+pub(crate) fn eval_options(base: &SearchOptions) -> SearchOptions {
+    SearchOptions {
         top_k: PASSAGES,
         candidates: PASSAGES,
         rerank: None,
         floor: None,
-        now: args.now.or(base.now),
         ..base.clone()
-    };
-    let fusion_name = |f: &Fusion| match f {
-        Fusion::Rrf { k } => format!("rrf k={k}"),
-        Fusion::Weighted { dense, .. } => format!("weighted dense={dense}"),
-    };
+    }
+}
+
+fn configs(args: &EvalArgs, base: &SearchOptions, reranker: bool) -> Vec<Config> {
+    let base = eval_options(base);
     let mut out = vec![
         Config {
             name: "bm25".into(),
@@ -446,23 +627,33 @@ fn configs(args: &EvalArgs, base: &SearchOptions, reranker: bool) -> Vec<Config>
         });
     }
     if reranker {
-        out.push(Config {
-            name: format!(
-                "hybrid+rerank ({}, top {})",
-                fusion_name(&base.fusion),
-                args.rerank_top_n
-            ),
-            options: SearchOptions {
-                // An evaluation measures quality: no deadline worth the name.
-                rerank: Some(RerankOptions {
-                    top_n: args.rerank_top_n.max(1),
-                    deadline: Duration::from_secs(120),
-                }),
-                ..base
-            },
-        });
+        for &top_n in &args.rerank_top_n {
+            out.push(Config {
+                name: format!(
+                    "hybrid+rerank ({}, top {})",
+                    fusion_name(&base.fusion),
+                    top_n
+                ),
+                options: SearchOptions {
+                    // An evaluation measures quality: no deadline worth the name.
+                    rerank: Some(RerankOptions {
+                        top_n: top_n.max(1),
+                        deadline: Duration::from_secs(120),
+                    }),
+                    ..base.clone()
+                },
+            });
+        }
     }
     out
+}
+
+/// Ranked unique ids (documents or sections) of a response's passages.
+pub(crate) fn ranked_ids(passages: &[switchboard_index::Passage], level: Level) -> Vec<&str> {
+    dedup_ranked(passages.iter().map(|p| match level {
+        Level::Doc => p.doc_id.as_str(),
+        Level::Section => p.section_id.as_str(),
+    }))
 }
 
 fn run_config(
@@ -486,10 +677,7 @@ fn run_config(
         {
             incomplete += 1;
         }
-        let ranked = dedup_ranked(response.passages.iter().map(|p| match level {
-            Level::Doc => p.doc_id.as_str(),
-            Level::Section => p.section_id.as_str(),
-        }));
+        let ranked = ranked_ids(&response.passages, level);
         let gold: HashSet<&str> = q.gold(level).iter().map(String::as_str).collect();
         scores.push(Scores::of(&ranked, &gold));
     }
@@ -503,19 +691,7 @@ fn run_config(
 
 /// `switchboard-runtime eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let dataset = match (&args.zaragoza, &args.manifests, &args.golden) {
-        (Some(path), _, _) => zaragoza_dataset(args, path)?,
-        (None, Some(manifests), Some(golden)) => kb_dataset(args, manifests, golden)?,
-        _ => bail!("give --manifests with --golden, or --zaragoza"),
-    };
-    let worker = EncoderWorker::spawn(
-        "encoder",
-        &dataset.encoder,
-        switchboard_model::default_device(),
-        32,
-    )
-    .with_context(|| format!("loading encoder {}", dataset.encoder.display()))?;
-    let embedder = Arc::new(WorkerEmbedder::new(worker));
+    let dataset = Dataset::load(&args.data)?;
     let reranker = match &args.reranker {
         Some(dir) => {
             let model = CrossEncoder::load(dir, switchboard_model::default_device())
@@ -524,50 +700,28 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         None => None,
     };
-
-    let temp = TempStore::new()?;
-    let store = Generations::open(&temp.0)?;
-    let started = Instant::now();
-    let report = switchboard_index::build(
-        &dataset.spec,
-        &store,
-        embedder.as_ref(),
-        &BuildOptions {
-            embed_batch: 64,
-            reuse: false,
-        },
-    )
-    .context("building the evaluation index")?;
-    let issues = report.source_errors();
-    if issues > 0 {
-        tracing::warn!(
-            issues,
-            "some source files were not indexed; see the build report"
-        );
-    }
-    tracing::info!(
-        chunks = report.manifest.chunks,
-        seconds = started.elapsed().as_secs_f64(),
-        "evaluation index built"
-    );
-    let generation = Arc::new(Generation::load(&store, &report.manifest.generation)?);
-    let mut retriever = Retriever::new(
-        Arc::clone(&generation),
-        Some(Arc::clone(&embedder) as Arc<dyn Embedder>),
+    let index = EvalIndex::build(&dataset)?;
+    let retriever = index.retriever(
+        reranker
+            .as_ref()
+            .map(|r| Arc::clone(r) as Arc<dyn Reranker>),
     )?;
-    if let Some(r) = &reranker {
-        retriever = retriever.with_reranker(Arc::clone(r) as Arc<dyn Reranker>);
-    }
 
-    let golden: Vec<&GoldenQuery> = dataset
-        .golden
+    let in_split: Vec<&GoldenQuery> = dataset
+        .queries(args.split)
+        .into_iter()
+        .map(|(_, q)| q)
+        .collect();
+    let golden: Vec<&GoldenQuery> = in_split
         .iter()
+        .copied()
         .filter(|q| !q.gold(args.level).is_empty())
         .collect();
-    let skipped = dataset.golden.len() - golden.len();
+    let skipped = in_split.len() - golden.len();
     if golden.is_empty() {
         bail!(
-            "no query of the golden set has gold ids at the {:?} level",
+            "no query of the golden set ({:?} split) has gold ids at the {:?} level",
+            args.split,
             args.level
         );
     }
@@ -575,30 +729,47 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     for config in configs(args, &dataset.base, reranker.is_some()) {
         rows.push(run_config(&retriever, &golden, args.level, &config)?);
     }
+    let rewrite = if args.rewrite.enabled() {
+        Some(crate::eval_rewrite::run(
+            &args.rewrite,
+            &retriever,
+            &eval_options(&dataset.base),
+            &golden,
+            args.level,
+        )?)
+    } else {
+        None
+    };
     let report = Report {
-        dataset: dataset.name,
+        dataset: dataset.name.clone(),
+        split: args.split,
         level: args.level,
         queries: golden.len(),
         skipped,
-        chunks: generation.chunks().len(),
-        documents: report.manifest.documents,
-        encoder: embedder.model_id(),
+        chunks: index.generation.chunks().len(),
+        documents: index.documents,
+        encoder: index.embedder.model_id(),
         reranker: reranker.as_ref().map(|r| r.model_id()),
         rows,
+        rewrite,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+        if let Some(rewrite) = &report.rewrite {
+            crate::eval_rewrite::print_table(rewrite);
+        }
     }
     Ok(())
 }
 
 fn print_table(report: &Report) {
     println!(
-        "{}: {} queries ({} skipped: no gold at this level), gold = {:?}, {} documents, {} chunks",
+        "{}: {} queries ({:?} split; {} skipped: no gold at this level), gold = {:?}, {} documents, {} chunks",
         report.dataset,
         report.queries,
+        report.split,
         report.skipped,
         report.level,
         report.documents,

@@ -63,6 +63,7 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/v1/answer", post(answer))
         .route("/v1/feedback", post(feedback))
         .route("/v1/experiments/{name}/cuped", get(experiment_cuped))
+        .route("/v1/coverage-gaps", get(coverage_gaps))
         .route("/v1/config", get(config))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/retrieve", post(retrieve))
@@ -421,6 +422,41 @@ async fn experiment_cuped(
                 "unavailable",
                 e.to_string(),
             )
+        }
+    }
+}
+
+/// The questions this Router's knowledge base does not answer (escalated, nothing found,
+/// refused, or below `minScore`), clustered by meaning and ranked by volume, from the outcome
+/// store: what the KnowledgeBase's `ContentCovers` condition reads (docs/training-data.md).
+async fn coverage_gaps(
+    State(state): State<HttpState>,
+    params: Result<
+        axum::extract::Query<crate::flywheel::GapParams>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    let engine = match state.engine() {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let params = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("query: {}", rejection.body_text()),
+            );
+        }
+    };
+    match crate::flywheel::gaps_of_engine(engine, params).await {
+        Ok(report) => Json(report).into_response(),
+        Err(crate::flywheel::GapError::Invalid(m)) => {
+            error(StatusCode::BAD_REQUEST, "invalid_argument", m)
+        }
+        Err(crate::flywheel::GapError::Unavailable(m)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
         }
     }
 }

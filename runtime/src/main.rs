@@ -11,6 +11,8 @@ mod answer;
 mod artifacts;
 mod engine;
 mod eval;
+mod eval_rewrite;
+mod flywheel;
 mod grpc;
 mod http;
 mod http_client;
@@ -19,8 +21,10 @@ mod metrics;
 mod models;
 mod openai;
 mod openai_server;
+mod rerank_training;
 mod serve;
 mod service;
+mod synth_queries;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -70,6 +74,12 @@ enum Command {
     },
     /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10).
     Eval(eval::EvalArgs),
+    /// Train a cross-encoder reranker on a corpus's golden (and synthetic) queries with hard
+    /// negatives from its own retriever; writes a BertForSequenceClassification directory.
+    TrainReranker(rerank_training::TrainRerankerArgs),
+    /// Generate synthetic queries from a corpus's passages with the small model, filtered by
+    /// round-trip retrieval (training data for `train-reranker`).
+    SynthQueries(synth_queries::SynthArgs),
     /// Ask a running runtime (gRPC) for passages and print them.
     Query {
         /// gRPC address of the runtime.
@@ -98,6 +108,12 @@ enum Command {
     /// `file:///<dir>`) and print its digest and checked config fields as JSON: the AdapterPatch
     /// controller's verification Job.
     VerifyArtifact(artifacts::VerifyArgs),
+    /// Export labelled, filtered, deduplicated training records (JSONL + summary) from the
+    /// outcome store: the LoRA trainer's input (docs/training-data.md).
+    Export(flywheel::ExportArgs),
+    /// Report the questions the knowledge base does not answer (escalations, retrieval
+    /// failures, refusals), clustered by meaning and ranked by volume.
+    CoverageGaps(flywheel::GapsArgs),
     /// Rank passages for each query by cosine similarity of their embeddings.
     Search {
         /// sentence-transformers checkpoint directory.
@@ -153,6 +169,8 @@ fn main() -> Result<()> {
             },
         ),
         Command::Eval(args) => eval::run(&args),
+        Command::TrainReranker(args) => rerank_training::run(&args),
+        Command::SynthQueries(args) => synth_queries::run(&args),
         Command::Query {
             addr,
             top_k,
@@ -160,6 +178,8 @@ fn main() -> Result<()> {
         } => runtime()?.block_on(query(addr, top_k, queries)),
         Command::Embed { model, texts } => embed(&model, texts),
         Command::VerifyArtifact(args) => artifacts::verify_command(&args),
+        Command::Export(args) => flywheel::export(&args),
+        Command::CoverageGaps(args) => flywheel::coverage_gaps(&args),
         Command::Search {
             model,
             passages,

@@ -78,7 +78,7 @@ pub struct Timings {
     pub embed_seconds: f64,
     /// Clustering.
     pub cluster_seconds: f64,
-    /// Everything, writing included.
+    /// Everything but writing the files (the encoder's loading included on the command line).
     pub total_seconds: f64,
 }
 

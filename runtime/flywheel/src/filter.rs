@@ -10,7 +10,7 @@
 //! | `refusal_labelled_positive` | a refusal whose outcomes came out positive: the helpdesk resolved it some other way, and a refusal is not an answer to imitate |
 //! | `uncited_positive` | a positive answer that cites no passage: right by luck or from the model's memory, not grounded |
 //! | `invalid_citation_positive` | a positive answer citing a passage that was not in its prompt |
-//! | `replayed_query` | the same query (normalised text) from the same unit within `replay_window` of a kept one: a retry, a double submit or a script replaying a conversation; the first is kept |
+//! | `replayed_query` | the same query (normalised text) from the same unit within `replay_window` of its previous occurrence: a retry, a double submit or a script replaying a conversation (a stream of repeats stays one record however long it lasts); the first is kept |
 //! | `unit_cap` | more than `max_per_unit` records from one unit in the export: one user, account or bot must not make up the data set; the first ones (oldest) are kept |
 //!
 //! Interactions without a unit are never replays or over a cap (nothing ties them together).
@@ -86,7 +86,8 @@ pub struct FilterSettings {
     pub max_answer_chars: usize,
     /// Records kept per unit.
     pub max_per_unit: usize,
-    /// A repeat of a unit's query within this many seconds of a kept one is a replay.
+    /// A repeat of a unit's query within this many seconds of its previous occurrence is a
+    /// replay.
     pub replay_window_secs: i64,
 }
 
@@ -182,7 +183,7 @@ pub fn apply(
     labels: &[Labels],
     settings: &FilterSettings,
 ) -> Vec<Option<Rule>> {
-    // Per unit: kept records, and when each normalised query was last kept.
+    // Per unit: kept records, and when each normalised query was last asked.
     let mut kept_per_unit: HashMap<&str, usize> = HashMap::new();
     let mut last_query: HashMap<(&str, String), i64> = HashMap::new();
     rows.iter()
@@ -195,7 +196,8 @@ pub fn apply(
             // Without a unit: kept (never a replay nor over a cap).
             let unit = i.unit.as_deref()?;
             let key = (unit, crate::cluster::normalize_text(&i.query));
-            if let Some(at) = last_query.get(&key)
+            // The previous occurrence, kept or not: a stream of repeats stays a replay.
+            if let Some(at) = last_query.insert(key.clone(), i.created_at)
                 && i.created_at - at <= settings.replay_window_secs
             {
                 return Some(Rule::ReplayedQuery);
@@ -205,7 +207,6 @@ pub fn apply(
                 return Some(Rule::UnitCap);
             }
             *count += 1;
-            last_query.insert(key, i.created_at);
             None
         })
         .collect()
@@ -361,6 +362,22 @@ mod tests {
                 None
             ]
         );
+        // A script repeating one question every 5 minutes for an hour, with a 10-minute
+        // window: one record, however long the stream lasts.
+        let stream: Vec<InteractionWithOutcomes> = (0..12)
+            .map(|n| {
+                row(
+                    &format!("s{n}"),
+                    Some("script"),
+                    t + n * 300,
+                    "order status",
+                    ok,
+                )
+            })
+            .collect();
+        let verdicts = run(&stream, &settings);
+        assert_eq!(verdicts[0], None);
+        assert!(verdicts[1..].iter().all(|v| *v == Some("replayed_query")));
         let names: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), 9);
         assert_eq!(names.last(), Some(&"near_duplicate"));

@@ -40,6 +40,15 @@ pub fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// `2026-01-01T00:00:00Z` of Unix seconds (the seconds themselves when out of range).
+pub fn rfc3339(unix: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +72,6 @@ mod tests {
                 .unwrap_err()
                 .contains("YYYY-MM-DD")
         );
+        assert_eq!(rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
     }
 }

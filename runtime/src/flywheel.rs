@@ -1,0 +1,402 @@
+//! The data flywheel on the command line and over HTTP (`switchboard-flywheel` does the work):
+//!
+//! - `switchboard-runtime export`: labelled, filtered, deduplicated training records (JSONL) and
+//!   their summary, from the outcome store (docs/training-data.md);
+//! - `switchboard-runtime coverage-gaps`: what the knowledge base does not answer, for people;
+//! - `GET /v1/coverage-gaps`: the same for the operator (the KnowledgeBase's `ContentCovers`).
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use switchboard_flywheel::cluster::{DEDUP_THRESHOLD, TOPIC_THRESHOLD};
+use switchboard_flywheel::export::{self, ExportSettings};
+use switchboard_flywheel::filter::FilterSettings;
+use switchboard_flywheel::gaps::{self, GapReport, GapSettings};
+use switchboard_flywheel::window::{self, parse_time};
+use switchboard_model::EncoderWorker;
+use switchboard_store::{OutcomeStore, StoreError};
+
+use crate::engine::Engine;
+use crate::models::WorkerEmbedder;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    switchboard_crds::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Where the interactions come from (both commands).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// The outcome store (the URL `serve` writes to): `sqlite://<path>` or `postgres://...`.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTCOME_STORE",
+        default_value = "sqlite://.cache/switchboard/outcomes.db",
+        hide_env_values = true
+    )]
+    outcome_store: String,
+    /// Only the interactions of this Router (`<namespace>/<name>`; `local/<kb>` in the embedded
+    /// default). All Routers of the store when unset.
+    #[arg(long)]
+    router: Option<String>,
+    /// Window end (exclusive): `now`, Unix seconds, an RFC 3339 time, a date, or a duration ago.
+    #[arg(long, default_value = "now")]
+    until: String,
+    /// sentence-transformers checkpoint the queries are embedded with.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ENCODER",
+        default_value = ".cache/models/all-MiniLM-L6-v2"
+    )]
+    encoder: PathBuf,
+}
+
+/// Options of `export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Window start (inclusive): Unix seconds, an RFC 3339 time, a date, or a duration ago.
+    #[arg(long, default_value = "720h")]
+    from: String,
+    /// The JSONL file written (the summary goes next to it: `x.jsonl` -> `x.summary.json`).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// Interactions younger than this are never labelled positive (a reopen may still arrive).
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    settle: Duration,
+    /// Records kept per assignment unit (user, account or conversation).
+    #[arg(long, default_value_t = FilterSettings::default().max_per_unit)]
+    max_per_unit: usize,
+    /// A unit asking the same query again within this window is a replay (the first is kept).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    replay_window: Duration,
+    /// Longest query kept, in characters.
+    #[arg(long, default_value_t = FilterSettings::default().max_query_chars)]
+    max_query_chars: usize,
+    /// Longest answer kept, in characters.
+    #[arg(long, default_value_t = FilterSettings::default().max_answer_chars)]
+    max_answer_chars: usize,
+    /// Cosine (MiniLM) at or above which two queries are the same question.
+    #[arg(long, default_value_t = DEDUP_THRESHOLD)]
+    dedup_threshold: f32,
+    /// Records kept per (query cluster, label); 0 keeps every record.
+    #[arg(long, default_value_t = 1)]
+    keep_per_cluster: usize,
+    /// Cluster by exact (normalised) text only, without loading the encoder.
+    #[arg(long)]
+    no_embeddings: bool,
+}
+
+/// Options of `coverage-gaps`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GapsArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Window start (inclusive): Unix seconds, an RFC 3339 time, a date, or a duration ago.
+    #[arg(long, default_value = "168h")]
+    from: String,
+    /// A best-passage score below this is a gap signal too (the KnowledgeBase's score scale).
+    #[arg(long)]
+    min_score: Option<f64>,
+    /// Interactions a cluster needs to be a gap.
+    #[arg(long, default_value_t = 3)]
+    min_queries: u64,
+    /// Cosine (MiniLM) at or above which two queries are the same topic.
+    #[arg(long, default_value_t = TOPIC_THRESHOLD)]
+    threshold: f32,
+    /// Gaps listed.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print the report as JSON (the body of `GET /v1/coverage-gaps`).
+    #[arg(long)]
+    json: bool,
+}
+
+fn check_threshold(name: &str, t: f32) -> Result<()> {
+    anyhow::ensure!(t > 0.0 && t <= 1.0, "{name}: a cosine in (0, 1], got {t}");
+    Ok(())
+}
+
+fn load_encoder(path: &PathBuf) -> Result<WorkerEmbedder> {
+    let worker = EncoderWorker::spawn("encoder", path, switchboard_model::default_device(), 32)
+        .with_context(|| format!("loading the encoder {}", path.display()))?;
+    Ok(WorkerEmbedder::new(worker))
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Most gap signals one report reads (the newest).
+pub const MAX_GAP_SIGNALS: i64 = 20_000;
+
+/// `switchboard-runtime export`.
+pub fn export(args: &ExportArgs) -> Result<()> {
+    let started = Instant::now();
+    let now = window::now();
+    let from = parse_time(&args.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
+    let until = parse_time(&args.source.until, now).map_err(|e| anyhow::anyhow!("--until {e}"))?;
+    anyhow::ensure!(
+        from < until,
+        "--from ({from}) must be before --until ({until})"
+    );
+    check_threshold("--dedup-threshold", args.dedup_threshold)?;
+    let settings = ExportSettings {
+        settle_secs: secs(args.settle),
+        filters: FilterSettings {
+            max_query_chars: args.max_query_chars,
+            max_answer_chars: args.max_answer_chars,
+            max_per_unit: args.max_per_unit,
+            replay_window_secs: secs(args.replay_window),
+        },
+        dedup_threshold: args.dedup_threshold,
+        keep_per_cluster: args.keep_per_cluster,
+    };
+    // Load the encoder first: a wrong path fails before the store is read.
+    let encoder = if args.no_embeddings {
+        None
+    } else {
+        Some(load_encoder(&args.source.encoder)?)
+    };
+    let rows = tokio_runtime()?.block_on(async {
+        let store = OutcomeStore::connect(&args.source.outcome_store).await?;
+        switchboard_flywheel::read_interactions(&store, args.source.router.as_deref(), from, until)
+            .await
+    })?;
+    let read_seconds = started.elapsed().as_secs_f64();
+    let embedder = encoder
+        .as_ref()
+        .map(|e| e as &dyn switchboard_index::Embedder);
+    let mut export = export::build(&rows, now, embedder, &settings)?;
+    let summary = &mut export.summary;
+    summary.router.clone_from(&args.source.router);
+    summary.from = from;
+    summary.until = until;
+    summary.timings.read_seconds = read_seconds;
+    summary.timings.total_seconds = started.elapsed().as_secs_f64();
+    let summary_path = export::write_jsonl(&args.out, &export)?;
+    println!("{}", serde_json::to_string_pretty(&export.summary)?);
+    eprintln!(
+        "wrote {} records of {} interactions to {} (summary {})",
+        export.summary.written,
+        export.summary.read,
+        args.out.display(),
+        summary_path.display()
+    );
+    Ok(())
+}
+
+/// `switchboard-runtime coverage-gaps`.
+pub fn coverage_gaps(args: &GapsArgs) -> Result<()> {
+    let now = window::now();
+    let from = parse_time(&args.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
+    let until = parse_time(&args.source.until, now).map_err(|e| anyhow::anyhow!("--until {e}"))?;
+    anyhow::ensure!(
+        from < until,
+        "--from ({from}) must be before --until ({until})"
+    );
+    check_threshold("--threshold", args.threshold)?;
+    let settings = GapSettings {
+        min_score: args.min_score,
+        threshold: args.threshold,
+        min_queries: args.min_queries.max(1),
+        limit: args.limit,
+        ..GapSettings::default()
+    };
+    let encoder = load_encoder(&args.source.encoder)?;
+    let rows = tokio_runtime()?.block_on(async {
+        let store = OutcomeStore::connect(&args.source.outcome_store).await?;
+        store
+            .coverage_signals(
+                args.source.router.as_deref(),
+                from,
+                until,
+                args.min_score,
+                MAX_GAP_SIGNALS,
+            )
+            .await
+    })?;
+    let truncated = rows.len() as i64 >= MAX_GAP_SIGNALS;
+    let mut report = gaps::coverage_gaps(&rows, &encoder, &settings)?;
+    report.router.clone_from(&args.source.router);
+    report.from = from;
+    report.until = until;
+    report.truncated = truncated;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", describe(&report));
+    }
+    Ok(())
+}
+
+/// The report for people.
+pub fn describe(report: &GapReport) -> String {
+    let mut out = format!(
+        "coverage gaps of {} from {} to {}: {} signals (escalated, nothing found, refused{}) in {} \
+         clusters, {} gaps of at least {} queries{}\n",
+        report.router.as_deref().unwrap_or("every Router"),
+        window::rfc3339(report.from),
+        window::rfc3339(report.until),
+        report.signals,
+        if report.settings.min_score.is_some() {
+            ", low score"
+        } else {
+            ""
+        },
+        report.clusters,
+        report.gaps_found,
+        report.settings.min_queries,
+        if report.truncated {
+            " (only the newest signals were read)"
+        } else {
+            ""
+        }
+    );
+    for (rank, gap) in report.gaps.iter().enumerate() {
+        out.push_str(&format!(
+            "\n{:>3}. {:?}\n     {} interactions, {} escalated ({:.0}%), {} with nothing found, {} refused{}; last {}\n",
+            rank + 1,
+            gap.query,
+            gap.volume,
+            gap.escalated,
+            gap.escalation_share * 100.0,
+            gap.retrieval_failures,
+            gap.refusals,
+            if report.settings.min_score.is_some() {
+                format!(", {} below the score", gap.low_score)
+            } else {
+                String::new()
+            },
+            window::rfc3339(gap.last_seen),
+        ));
+        let others: Vec<String> = gap
+            .examples
+            .iter()
+            .filter(|e| **e != gap.query)
+            .map(|e| format!("{e:?}"))
+            .collect();
+        if !others.is_empty() {
+            out.push_str(&format!("     also asked: {}\n", others.join(", ")));
+        }
+        if gap.documents.is_empty() {
+            out.push_str("     retrieved: nothing (the knowledge base has no passage on it)\n");
+        } else {
+            let docs: Vec<String> = gap
+                .documents
+                .iter()
+                .map(|d| format!("{} ({}x)", d.document, d.interactions))
+                .collect();
+            out.push_str(&format!("     retrieved: {}\n", docs.join(", ")));
+        }
+    }
+    out
+}
+
+/// Query of `GET /v1/coverage-gaps`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GapParams {
+    /// Window start: Unix seconds, an RFC 3339 time, a date or a duration ago (default `168h`).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Window end (default now).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Gaps listed (1..=100, default 20).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Interactions a cluster needs (default 3).
+    #[serde(default)]
+    pub min_queries: Option<u64>,
+    /// Best-passage score below which an interaction is a signal (default: unused).
+    #[serde(default)]
+    pub min_score: Option<f64>,
+    /// Topic cosine (default 0.75).
+    #[serde(default)]
+    pub threshold: Option<f32>,
+}
+
+/// Why a gap report could not be made: `(status, code, message)` of the HTTP error.
+#[derive(Debug)]
+pub enum GapError {
+    /// A parameter is wrong (400, naming it).
+    Invalid(String),
+    /// No config, store or encoder failure (503).
+    Unavailable(String),
+}
+
+/// The coverage gaps of this runtime's Router over the window of `params`.
+pub async fn gaps_of_engine(
+    engine: &Arc<Engine>,
+    params: GapParams,
+) -> Result<GapReport, GapError> {
+    let now = window::now();
+    let from = parse_time(params.since.as_deref().unwrap_or("168h"), now)
+        .map_err(|e| GapError::Invalid(format!("since: {e}")))?;
+    let until = parse_time(params.until.as_deref().unwrap_or("now"), now)
+        .map_err(|e| GapError::Invalid(format!("until: {e}")))?;
+    if from >= until {
+        return Err(GapError::Invalid(format!(
+            "since: {from} is not before until ({until})"
+        )));
+    }
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(GapError::Invalid(
+            "limit: must be an integer from 1 to 100".into(),
+        ));
+    }
+    let threshold = params.threshold.unwrap_or(TOPIC_THRESHOLD);
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        return Err(GapError::Invalid("threshold: a cosine in (0, 1]".into()));
+    }
+    if params.min_score.is_some_and(|s| !s.is_finite()) {
+        return Err(GapError::Invalid("minScore: must be a number".into()));
+    }
+    let settings = GapSettings {
+        min_score: params.min_score,
+        threshold,
+        min_queries: params.min_queries.unwrap_or(3).max(1),
+        limit,
+        ..GapSettings::default()
+    };
+    let Some(active) = engine.active() else {
+        return Err(GapError::Unavailable("no RuntimeConfig applied yet".into()));
+    };
+    let rows = engine
+        .store()
+        .coverage_signals(
+            Some(&active.router),
+            from,
+            until,
+            settings.min_score,
+            MAX_GAP_SIGNALS,
+        )
+        .await
+        .map_err(|e: StoreError| {
+            engine.metrics().store_error(e.label());
+            GapError::Unavailable(e.to_string())
+        })?;
+    let truncated = rows.len() as i64 >= MAX_GAP_SIGNALS;
+    let encoder = Arc::clone(&active.encoder);
+    let mut report = tokio::task::spawn_blocking(move || {
+        gaps::coverage_gaps(&rows, encoder.as_ref(), &settings)
+    })
+    .await
+    .map_err(|e| GapError::Unavailable(format!("coverage gaps: {e}")))?
+    .map_err(|e| GapError::Unavailable(e.to_string()))?;
+    report.router = Some(active.router.clone());
+    report.from = from;
+    report.until = until;
+    report.truncated = truncated;
+    Ok(report)
+}
