@@ -178,10 +178,7 @@ type SyntheticQuery = (String, Vec<String>, Vec<String>);
 
 /// Reads the kept queries of a synthetic file (with `max_rank`: those whose source ranked within
 /// it).
-fn read_synthetic(
-    path: &Path,
-    max_rank: Option<usize>,
-) -> Result<Vec<SyntheticQuery>> {
+fn read_synthetic(path: &Path, max_rank: Option<usize>) -> Result<Vec<SyntheticQuery>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();

@@ -126,6 +126,8 @@ fn train_reranker_learns_its_queries_and_eval_uses_it() {
         "5",
         "--dropout",
         "0",
+        "--max-len",
+        "64",
         "--out",
         out_str,
     ];
