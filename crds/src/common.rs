@@ -162,6 +162,11 @@ pub mod conditions {
     /// KnowledgeBase: the served generation has no contradiction candidates (`False`:
     /// `ContradictionsFound`, listed in `status.topContradictions`).
     pub const CONTENT_CONSISTENT: &str = "ContentConsistent";
+    /// KnowledgeBase: no topic of at least `spec.coverage.minQueries` escalated, unanswered or
+    /// refused queries and `spec.coverage.minShare` of a Router's queries over
+    /// `spec.coverage.window` (`False`: `CoverageGapsFound`, listed in `status.topCoverageGaps`;
+    /// `Unknown`: a Router's runtime could not report them).
+    pub const CONTENT_COVERS: &str = "ContentCovers";
 
     /// Experiment: outcome metrics could be read for every variant.
     pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
@@ -233,6 +238,11 @@ pub mod conditions {
         pub const STALE_DOCUMENTS_FOUND: &str = "StaleDocumentsFound";
         /// Passages of the served generation disagree (`ContentConsistent=False`).
         pub const CONTRADICTIONS_FOUND: &str = "ContradictionsFound";
+        /// Topics the knowledge base does not answer (`ContentCovers=False`).
+        pub const COVERAGE_GAPS_FOUND: &str = "CoverageGapsFound";
+        /// A Router's runtime (or its outcome store) could not report coverage gaps
+        /// (`ContentCovers=Unknown`).
+        pub const COVERAGE_UNAVAILABLE: &str = "CoverageUnavailable";
         /// The served generation was built without the consistency check (an older runtime),
         /// or no generation is served yet (`ContentConsistent=Unknown`).
         pub const NOT_CHECKED: &str = "NotChecked";

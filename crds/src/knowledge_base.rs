@@ -45,6 +45,8 @@ pub mod messages {
     /// `spec.sources[*].volume.path` of sources with `claimName`.
     pub const DUPLICATE_MOUNT: &str =
         "sources[].volume.path must differ between sources that mount a claim";
+    /// `spec.coverage.window`.
+    pub const COVERAGE_WINDOW_MIN: &str = "coverage.window must be at least 1h";
     /// `spec.storage.accessMode`.
     pub const ACCESS_MODE_IMMUTABLE: &str = "storage.accessMode cannot change: the access modes of the index claim are immutable (create a new KnowledgeBase)";
 }
@@ -149,6 +151,12 @@ pub struct KnowledgeBaseSpec {
     /// answer at least this share of queries are counted in `status.staleDocuments`.
     #[serde(default)]
     pub staleness: Staleness,
+
+    /// Coverage-gap detection: topics whose questions the runtimes of the Routers using this
+    /// KnowledgeBase escalated, found no passage for, or refused (clustered by meaning from
+    /// their outcome stores) are listed in `status.topCoverageGaps` (condition `ContentCovers`).
+    #[serde(default)]
+    pub coverage: Coverage,
 
     /// Re-ingest all sources on this interval (e.g. `24h`). Unset: rebuild only when the spec
     /// or a referenced ConfigMap changes.
@@ -678,6 +686,44 @@ impl Default for Staleness {
     }
 }
 
+/// Coverage-gap detection (`ContentCovers`).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Coverage {
+    /// Query window over which gaps are measured (at least `1h`).
+    #[serde(default = "default_coverage_window")]
+    #[x_kube(validation = Rule::new(crate::units::duration_at_least_rule("self", "1h")).message(messages::COVERAGE_WINDOW_MIN))]
+    pub window: GoDuration,
+    /// A topic is a gap when at least this many of its queries were escalated, found no passage
+    /// or were refused over the window ...
+    #[serde(default = "default_coverage_min_queries")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub min_queries: i32,
+    /// ... and they are at least this share of all the Router's queries over the window.
+    #[serde(default = "default_coverage_min_share")]
+    pub min_share: Percent,
+}
+
+fn default_coverage_window() -> GoDuration {
+    GoDuration::from_secs(7 * 24 * 3600)
+}
+fn default_coverage_min_queries() -> i32 {
+    5
+}
+fn default_coverage_min_share() -> Percent {
+    Percent::from_fraction(0.005)
+}
+
+impl Default for Coverage {
+    fn default() -> Self {
+        Self {
+            window: default_coverage_window(),
+            min_queries: default_coverage_min_queries(),
+            min_share: default_coverage_min_share(),
+        }
+    }
+}
+
 /// Access mode of the index claim.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AccessMode {
@@ -775,6 +821,17 @@ pub struct KnowledgeBaseStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 5))]
     pub top_contradictions: Vec<ContradictionCandidate>,
+    /// Topics the runtimes of the Routers using this KnowledgeBase could not answer (escalated,
+    /// no passage found, or refused) with at least `spec.coverage.minQueries` queries and
+    /// `spec.coverage.minShare` of a Router's queries over `spec.coverage.window`, read from
+    /// their outcome stores (condition `ContentCovers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage_gaps: Option<i64>,
+    /// The largest gaps, most queries first (at most 10, `MAX_LISTED_COVERAGE_GAPS`;
+    /// `coverageGaps` counts them all): what to write next.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub top_coverage_gaps: Vec<CoverageGap>,
     /// Sources (or files) that could not be fetched or parsed in the last build.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_errors: Vec<SourceError>,
@@ -790,6 +847,38 @@ pub struct KnowledgeBaseStatus {
 pub const MAX_LISTED_STALE_DOCUMENTS: usize = 10;
 /// Contradiction candidates listed in `status.topContradictions`, at most.
 pub const MAX_LISTED_CONTRADICTIONS: usize = 5;
+
+/// Coverage gaps listed in `status.topCoverageGaps`, at most.
+pub const MAX_LISTED_COVERAGE_GAPS: usize = 10;
+/// Example queries per listed coverage gap, at most.
+pub const MAX_COVERAGE_GAP_EXAMPLES: usize = 3;
+
+/// A topic the knowledge base does not answer: similar queries (MiniLM cosine 0.75 or more)
+/// that were escalated, found no passage, or were refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CoverageGap {
+    /// The Router whose runtimes reported it (`namespace/name`).
+    #[schemars(length(max = 317))]
+    pub router: String,
+    /// The query closest to the topic's centroid (cut to 300 characters).
+    #[schemars(length(max = 2048))]
+    pub query: String,
+    /// Its queries over `spec.coverage.window`.
+    pub volume: i64,
+    /// Their share of all the Router's queries over the window.
+    pub share: Percent,
+    /// Of those, escalated to a human.
+    pub escalated: i64,
+    /// Distinct queries of the topic, the representative first (at most 3, each cut to 300
+    /// characters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub examples: Vec<String>,
+    /// When the last of them was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+}
 
 /// A document past its freshness class's `staleAfter` that still answers queries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -944,6 +1033,16 @@ impl Validate for KnowledgeBaseSpec {
             (r.fusion.method == FusionMethod::Weighted) == r.fusion.dense_weight.is_some(),
             "spec.retrieval.fusion.denseWeight",
             messages::DENSE_WEIGHT,
+        );
+        errors.check(
+            self.coverage.window.duration() >= std::time::Duration::from_secs(3600),
+            "spec.coverage.window",
+            messages::COVERAGE_WINDOW_MIN,
+        );
+        errors.check(
+            (1..=100_000).contains(&self.coverage.min_queries),
+            "spec.coverage.minQueries",
+            "coverage.minQueries must be between 1 and 100000",
         );
         if let Some(interval) = &self.refresh_interval {
             errors.check(

@@ -1,20 +1,23 @@
 //! Stand-ins for the operator's outside world, for tests of the real reconcilers (here and in
-//! the end-to-end crate): a metrics source answering from a function, a settable clock, and an
-//! artifact check with a fixed answer.
+//! the end-to-end crate): a metrics source answering from a function, a settable clock, an
+//! artifact check with a fixed answer, and a runtime outcome source with settable answers.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use switchboard_analysis::CupedArm;
 use switchboard_crds::AdapterPatchSpec;
 
 use crate::{
     adapter_patch::{artifact::ArtifactChecker, rollout::ArtifactCheck},
     context::Clock,
     observe::{BoxFuture, MetricsSource, Sample},
+    outcomes::{CoverageReport, CoverageRequest, CupedRequest, OutcomeSource},
 };
 
 type Answer = dyn Fn(&str) -> Result<Vec<Sample>, String> + Send + Sync;
@@ -137,6 +140,85 @@ impl ArtifactChecker for FixedArtifacts {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        Box::pin(async move { answer })
+    }
+}
+
+/// What [`FixedOutcomes`] answers.
+#[derive(Debug, Clone)]
+struct OutcomeAnswers {
+    cuped: Result<BTreeMap<String, CupedArm>, String>,
+    coverage: BTreeMap<String, Result<CoverageReport, String>>,
+    asked: Vec<CoverageRequest>,
+}
+
+/// Runtimes answering with settable values: CUPED arms, and coverage gaps per Router
+/// (`namespace/name`; a Router not set answers like an unreachable runtime).
+#[derive(Debug, Clone)]
+pub struct FixedOutcomes(Arc<Mutex<OutcomeAnswers>>);
+
+impl Default for FixedOutcomes {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(OutcomeAnswers {
+            cuped: Err("no CUPED data in this test".to_owned()),
+            coverage: BTreeMap::new(),
+            asked: Vec::new(),
+        })))
+    }
+}
+
+impl FixedOutcomes {
+    /// The CUPED answer of every runtime.
+    pub fn set_cuped(&self, arms: Result<BTreeMap<String, CupedArm>, String>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).cuped = arms;
+    }
+
+    /// The coverage-gap answer of the runtimes of `router` (`namespace/name`).
+    pub fn set_coverage(&self, router: &str, report: Result<CoverageReport, String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .coverage
+            .insert(router.to_owned(), report);
+    }
+
+    /// Every coverage request so far.
+    pub fn coverage_asked(&self) -> Vec<CoverageRequest> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .asked
+            .clone()
+    }
+}
+
+impl OutcomeSource for FixedOutcomes {
+    fn cuped<'a>(
+        &'a self,
+        _request: &'a CupedRequest,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, CupedArm>, String>> {
+        let answer = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cuped
+            .clone();
+        Box::pin(async move { answer })
+    }
+
+    fn coverage_gaps<'a>(
+        &'a self,
+        request: &'a CoverageRequest,
+    ) -> BoxFuture<'a, Result<CoverageReport, String>> {
+        let mut answers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        answers.asked.push(request.clone());
+        let router = format!("{}/{}", request.namespace, request.router);
+        let answer = answers.coverage.get(&router).cloned().unwrap_or_else(|| {
+            Err(format!(
+                "GET http://runtime-{}.{}.svc:8080/v1/coverage-gaps: connection refused",
+                request.router, request.namespace
+            ))
+        });
         Box::pin(async move { answer })
     }
 }

@@ -1,12 +1,14 @@
-//! Per-unit experiment data (CUPED) from a Router's runtime: the [`OutcomeSource`] trait and its
-//! HTTP implementation.
+//! What a Router's runtime reads from its outcome store: per-unit experiment data (CUPED) and the
+//! knowledge base's coverage gaps; the [`OutcomeSource`] trait and its HTTP implementation.
 //!
 //! Prometheus counts outcomes per arm, which is all the guardrails and the per-interaction
 //! estimates need. CUPED needs each unit's outcome rate next to its own rate before the
 //! experiment, and unit ids do not belong in metric labels. The runtime keeps interactions and
 //! outcomes in its outcome store (PostgreSQL shared by every replica in a cluster) and answers
 //! `GET /v1/experiments/{name}/cuped` with per-arm sufficient statistics; the operator reads them
-//! through the Router's Service.
+//! through the Router's Service. The same store holds the questions the knowledge base does not
+//! answer (escalated, nothing retrieved, refused): `GET /v1/coverage-gaps` clusters them by
+//! meaning, and the KnowledgeBase controller reads them for `ContentCovers`.
 
 use std::{collections::BTreeMap, fmt, time::Duration};
 
@@ -35,13 +37,65 @@ pub struct CupedRequest {
     pub preperiod: Duration,
 }
 
-/// Where per-unit outcomes come from.
+/// What the KnowledgeBase controller asks a Router's runtime for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoverageRequest {
+    /// Namespace of the Router.
+    pub namespace: String,
+    /// The Router.
+    pub router: String,
+    /// How far back (`spec.coverage.window`).
+    pub window: Duration,
+    /// Queries a topic needs (`spec.coverage.minQueries`).
+    pub min_queries: u64,
+    /// Gaps listed, at most.
+    pub limit: usize,
+}
+
+/// One gap of `GET /v1/coverage-gaps` (the fields the operator reads of the runtime's report).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedGap {
+    /// The query closest to the topic's centroid.
+    pub query: String,
+    /// Gap signals (escalated, nothing found, refused) of the topic.
+    pub volume: u64,
+    /// `volume` over every interaction of the Router in the window.
+    pub share: f64,
+    /// Of those, escalated.
+    pub escalated: u64,
+    /// Distinct queries, the representative first.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Newest one (Unix seconds).
+    pub last_seen: i64,
+}
+
+/// The runtime's coverage-gap report, as the operator reads it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoverageReport {
+    /// Every interaction of the Router in the window.
+    pub interactions: u64,
+    /// Gap signals among them.
+    pub signals: u64,
+    /// Gaps of at least `minQueries`, largest first (at most the limit asked).
+    pub gaps: Vec<ReportedGap>,
+}
+
+/// Where per-unit outcomes and coverage gaps come from.
 pub trait OutcomeSource: Send + Sync + fmt::Debug {
     /// Per-arm CUPED statistics; `Err(reason)` when the runtime or its store cannot answer.
     fn cuped<'a>(
         &'a self,
         request: &'a CupedRequest,
     ) -> BoxFuture<'a, Result<BTreeMap<String, CupedArm>, String>>;
+
+    /// The Router's coverage gaps; `Err(reason)` when the runtime or its store cannot answer.
+    fn coverage_gaps<'a>(
+        &'a self,
+        request: &'a CoverageRequest,
+    ) -> BoxFuture<'a, Result<CoverageReport, String>>;
 }
 
 /// The runtime's HTTP API behind the Router's Service.
@@ -64,21 +118,49 @@ impl RuntimeOutcomes {
         }
     }
 
+    fn base(&self, namespace: &str, router: &str) -> String {
+        self.template
+            .replace("{service}", &runtime_name(router))
+            .replace("{namespace}", namespace)
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
     /// The request URL.
     pub fn url(&self, r: &CupedRequest) -> String {
-        let base = self
-            .template
-            .replace("{service}", &runtime_name(&r.router))
-            .replace("{namespace}", &r.namespace);
         format!(
             "{}/v1/experiments/{}/cuped?metric={}&covariate={}&startedAt={}&preperiod={}s",
-            base.trim_end_matches('/'),
+            self.base(&r.namespace, &r.router),
             crate::observe::percent_encode(&r.experiment),
             r.metric.as_str(),
             r.covariate.as_str(),
             r.started_at,
             r.preperiod.as_secs()
         )
+    }
+
+    /// The coverage-gaps URL.
+    pub fn coverage_url(&self, r: &CoverageRequest) -> String {
+        format!(
+            "{}/v1/coverage-gaps?since={}s&minQueries={}&limit={}",
+            self.base(&r.namespace, &r.router),
+            r.window.as_secs(),
+            r.min_queries,
+            r.limit
+        )
+    }
+
+    /// GETs `url` and decodes a 200 body; any other status is an error with the runtime's
+    /// message.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let (status, body) = self.http.get(url, 1 << 20).await?;
+        if status != 200 {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(format!("GET {url}: HTTP {status}: {message}"));
+        }
+        serde_json::from_slice::<T>(&body).map_err(|e| format!("GET {url}: unexpected body: {e}"))
     }
 }
 
@@ -100,17 +182,15 @@ impl OutcomeSource for RuntimeOutcomes {
     ) -> BoxFuture<'a, Result<BTreeMap<String, CupedArm>, String>> {
         Box::pin(async move {
             let url = self.url(request);
-            let (status, body) = self.http.get(&url, 1 << 20).await?;
-            if status != 200 {
-                let message = serde_json::from_slice::<ErrorBody>(&body)
-                    .map(|e| e.message)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-                return Err(format!("GET {url}: HTTP {status}: {message}"));
-            }
-            serde_json::from_slice::<Response>(&body)
-                .map(|r| r.arms)
-                .map_err(|e| format!("GET {url}: unexpected body: {e}"))
+            self.get_json::<Response>(&url).await.map(|r| r.arms)
         })
+    }
+
+    fn coverage_gaps<'a>(
+        &'a self,
+        request: &'a CoverageRequest,
+    ) -> BoxFuture<'a, Result<CoverageReport, String>> {
+        Box::pin(async move { self.get_json(&self.coverage_url(request)).await })
     }
 }
 
@@ -136,6 +216,49 @@ mod tests {
                 "http://{}.support.svc:8080/v1/experiments/prompt%20v2/cuped?metric=escalationRate&covariate=csatLow&startedAt=1700000000&preperiod=1209600s",
                 runtime_name("helpdesk")
             )
+        );
+        let url = source.coverage_url(&CoverageRequest {
+            namespace: "support".into(),
+            router: "helpdesk".into(),
+            window: Duration::from_secs(7 * 86_400),
+            min_queries: 5,
+            limit: 100,
+        });
+        assert_eq!(
+            url,
+            format!(
+                "http://{}.support.svc:8080/v1/coverage-gaps?since=604800s&minQueries=5&limit=100",
+                runtime_name("helpdesk")
+            )
+        );
+    }
+
+    #[test]
+    fn the_runtimes_gap_report_is_read_ignoring_what_the_operator_does_not_use() {
+        // The body of GET /v1/coverage-gaps (switchboard-flywheel's GapReport), trimmed.
+        let body = r#"{"router":"support/helpdesk","from":1,"until":2,"interactions":400,
+            "signals":31,"truncated":false,"clusters":9,"gapsFound":1,
+            "gaps":[{"query":"Can Ledgerly run payroll?","volume":12,"share":0.03,
+              "escalated":9,"escalationShare":0.75,"retrievalFailures":12,"refusals":12,
+              "lowScore":0,"examples":["Can Ledgerly run payroll?","payroll for staff"],
+              "documents":[],"firstSeen":10,"lastSeen":20}],
+            "settings":{"minScore":null,"threshold":0.75,"minQueries":5,"limit":100,"examples":3},
+            "encoder":"all-MiniLM-L6-v2","seconds":0.01}"#;
+        let report: CoverageReport = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!((report.interactions, report.signals), (400, 31));
+        assert_eq!(
+            report.gaps,
+            [ReportedGap {
+                query: "Can Ledgerly run payroll?".into(),
+                volume: 12,
+                share: 0.03,
+                escalated: 9,
+                examples: vec![
+                    "Can Ledgerly run payroll?".into(),
+                    "payroll for staff".into()
+                ],
+                last_seen: 20,
+            }]
         );
     }
 }

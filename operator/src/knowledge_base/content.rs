@@ -1,6 +1,8 @@
 //! KB rot in a KnowledgeBase's status: stale documents (old *and* still retrieved, measured in
-//! Prometheus) and contradiction candidates (found by the index build). Pure: the PromQL, the
-//! folding of its answers, and the `ContentFresh` / `ContentConsistent` conditions.
+//! Prometheus), contradiction candidates (found by the index build) and coverage gaps (topics
+//! the runtimes escalated, found nothing for or refused, from their outcome stores). Pure: the
+//! PromQL, the folding of the answers, and the `ContentFresh` / `ContentConsistent` /
+//! `ContentCovers` conditions.
 //!
 //! "Old" is the runtime's `switchboard_document_stale{document}` gauge (1 past the class's
 //! `staleAfter`, computed at every scrape from the served generation, so it follows the clock).
@@ -25,13 +27,16 @@ use switchboard_crds::{
     Percent,
     conditions::{self as cond, reasons},
     knowledge_base::{
-        ContradictionCandidate, KnowledgeBaseStatus, MAX_LISTED_STALE_DOCUMENTS, StaleDocument,
+        ContradictionCandidate, Coverage, CoverageGap, KnowledgeBaseStatus,
+        MAX_COVERAGE_GAP_EXAMPLES, MAX_LISTED_COVERAGE_GAPS, MAX_LISTED_STALE_DOCUMENTS,
+        StaleDocument,
     },
 };
 
 use crate::{
     context::condition,
     observe::{Sample, range, router_matcher},
+    outcomes::CoverageReport,
 };
 
 /// The three instant queries of a staleness check.
@@ -290,6 +295,176 @@ pub fn consistency_condition(
     )
 }
 
+/// What a coverage check found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CoverageCheck {
+    /// The Routers asked (`namespace/name`); none: nothing serves the KnowledgeBase.
+    pub routers: Vec<String>,
+    /// Gaps at or above `spec.coverage.minShare` (the runtimes already applied `minQueries`),
+    /// most queries first.
+    pub gaps: Vec<CoverageGap>,
+    /// Queries of the Routers over the window, in all.
+    pub interactions: u64,
+}
+
+/// The gaps of `reports` (one per Router, `namespace/name`) that clear `spec`'s thresholds
+/// (`minQueries` again, in case a runtime ignored it, and `minShare`), most queries first, then
+/// largest share, then by query.
+pub fn coverage_gaps(reports: &[(String, CoverageReport)], spec: &Coverage) -> CoverageCheck {
+    let min_share = spec.min_share.fraction();
+    let min_queries = u64::try_from(spec.min_queries.max(1)).unwrap_or(1);
+    let mut gaps: Vec<(f64, CoverageGap)> = reports
+        .iter()
+        .flat_map(|(router, report)| {
+            report
+                .gaps
+                .iter()
+                .filter(|g| g.volume >= min_queries && g.share.is_finite() && g.share >= min_share)
+                .map(move |g| {
+                    (
+                        g.share,
+                        CoverageGap {
+                            router: router.clone(),
+                            query: clip(&g.query),
+                            volume: i64::try_from(g.volume).unwrap_or(i64::MAX),
+                            share: Percent::from_fraction(g.share),
+                            escalated: i64::try_from(g.escalated).unwrap_or(i64::MAX),
+                            examples: g
+                                .examples
+                                .iter()
+                                .take(MAX_COVERAGE_GAP_EXAMPLES)
+                                .map(|e| clip(e))
+                                .collect(),
+                            last_seen: Timestamp::from_second(g.last_seen).ok().map(Time),
+                        },
+                    )
+                })
+        })
+        .collect();
+    gaps.sort_by(|(x, a), (y, b)| {
+        b.volume
+            .cmp(&a.volume)
+            .then(y.total_cmp(x))
+            .then_with(|| a.query.cmp(&b.query))
+            .then_with(|| a.router.cmp(&b.router))
+    });
+    CoverageCheck {
+        routers: reports.iter().map(|(r, _)| r.clone()).collect(),
+        gaps: gaps.into_iter().map(|(_, g)| g).collect(),
+        interactions: reports.iter().map(|(_, r)| r.interactions).sum(),
+    }
+}
+
+/// Longest query copied into the status, in characters (a customer's message can be long; the
+/// status is for people to read and stays small).
+pub const MAX_GAP_QUERY_CHARS: usize = 300;
+
+/// `text` cut to [`MAX_GAP_QUERY_CHARS`] characters, marked with `...` when cut.
+fn clip(text: &str) -> String {
+    if text.chars().count() <= MAX_GAP_QUERY_CHARS {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_GAP_QUERY_CHARS - 3).collect();
+    cut.push_str("...");
+    cut
+}
+
+/// Writes a successful check into `status`: the count of all gaps and the top
+/// [`MAX_LISTED_COVERAGE_GAPS`]. (A failed check leaves the last values in place.)
+pub fn fold_coverage(status: &mut KnowledgeBaseStatus, found: &CoverageCheck) {
+    status.coverage_gaps = Some(found.gaps.len() as i64);
+    status.top_coverage_gaps = found
+        .gaps
+        .iter()
+        .take(MAX_LISTED_COVERAGE_GAPS)
+        .cloned()
+        .collect();
+}
+
+/// `ContentCovers` from a coverage check (`None`: no generation served yet).
+pub fn coverage_condition(
+    check: Option<&Result<CoverageCheck, String>>,
+    spec: &Coverage,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let found = match check {
+        None => {
+            return unknown(
+                cond::CONTENT_COVERS,
+                reasons::INDEX_BUILDING,
+                "no index generation is served yet".to_owned(),
+                generation,
+                now,
+            );
+        }
+        Some(Err(e)) => {
+            return unknown(
+                cond::CONTENT_COVERS,
+                reasons::COVERAGE_UNAVAILABLE,
+                format!("coverage gaps could not be read: {e}"),
+                generation,
+                now,
+            );
+        }
+        Some(Ok(found)) => found,
+    };
+    if found.routers.is_empty() {
+        return condition(
+            cond::CONTENT_COVERS,
+            true,
+            reasons::RECONCILED,
+            "no Router uses this KnowledgeBase, so no query goes unanswered",
+            generation,
+            now,
+        );
+    }
+    let thresholds = format!(
+        "{} or more escalated, unanswered or refused queries and {} or more of a Router's \
+         queries over {}",
+        spec.min_queries,
+        spec.min_share,
+        spec.window.as_str()
+    );
+    if found.gaps.is_empty() {
+        return condition(
+            cond::CONTENT_COVERS,
+            true,
+            reasons::RECONCILED,
+            format!(
+                "no topic with {thresholds} ({} queries read)",
+                found.interactions
+            ),
+            generation,
+            now,
+        );
+    }
+    let listed: Vec<String> = found
+        .gaps
+        .iter()
+        .take(3)
+        .map(|g| format!("{:?} ({} queries, {})", g.query, g.volume, g.share))
+        .collect();
+    let more = found.gaps.len().saturating_sub(listed.len());
+    condition(
+        cond::CONTENT_COVERS,
+        false,
+        reasons::COVERAGE_GAPS_FOUND,
+        format!(
+            "{} topics with {thresholds}: {}{}; add content for them (status.topCoverageGaps)",
+            found.gaps.len(),
+            listed.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+        generation,
+        now,
+    )
+}
+
 /// `a "30 days" vs b "14 days"`.
 pub fn describe_candidate(c: &ContradictionCandidate) -> String {
     format!(
@@ -444,6 +619,109 @@ mod tests {
             stale.message.contains("a (4%), b (3%), c (2%) and 1 more"),
             "{}",
             stale.message
+        );
+    }
+
+    #[test]
+    fn coverage_gaps_of_several_routers_are_thresholded_ranked_and_capped() {
+        use crate::outcomes::ReportedGap;
+        let gap = |q: &str, volume: u64, share: f64| ReportedGap {
+            query: q.to_owned(),
+            volume,
+            share,
+            escalated: 1,
+            examples: vec![q.to_owned()],
+            last_seen: 1_800_000_000,
+        };
+        let spec = Coverage {
+            min_queries: 3,
+            min_share: "1%".parse().unwrap_or_else(|_| unreachable!()),
+            ..Coverage::default()
+        };
+        let reports = vec![
+            (
+                "support/frontline".to_owned(),
+                CoverageReport {
+                    interactions: 1000,
+                    signals: 50,
+                    gaps: vec![
+                        gap("payroll", 20, 0.02),
+                        gap("iphone app", 10, 0.01),
+                        gap("rare", 2, 0.5),
+                        gap("nan", 9, f64::NAN),
+                    ],
+                },
+            ),
+            (
+                "support/vip".to_owned(),
+                CoverageReport {
+                    interactions: 100,
+                    signals: 30,
+                    gaps: vec![gap("payroll", 20, 0.2), gap("tiny share", 5, 0.009)],
+                },
+            ),
+        ];
+        let found = coverage_gaps(&reports, &spec);
+        let got: Vec<(&str, &str, i64, &str)> = found
+            .gaps
+            .iter()
+            .map(|g| {
+                (
+                    g.router.as_str(),
+                    g.query.as_str(),
+                    g.volume,
+                    g.share.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("support/vip", "payroll", 20, "20%"),
+                ("support/frontline", "payroll", 20, "2%"),
+                ("support/frontline", "iphone app", 10, "1%"),
+            ]
+        );
+        assert_eq!(found.interactions, 1100);
+        let mut many: Vec<ReportedGap> = (0..15).map(|i| gap(&format!("t{i}"), 5, 0.05)).collect();
+        many[0].query = "about ".repeat(100);
+        let mut status = KnowledgeBaseStatus::default();
+        fold_coverage(
+            &mut status,
+            &coverage_gaps(
+                &[(
+                    "support/frontline".to_owned(),
+                    CoverageReport {
+                        interactions: 100,
+                        signals: 75,
+                        gaps: many,
+                    },
+                )],
+                &spec,
+            ),
+        );
+        assert_eq!(status.coverage_gaps, Some(15));
+        assert_eq!(status.top_coverage_gaps.len(), MAX_LISTED_COVERAGE_GAPS);
+        let long = status
+            .top_coverage_gaps
+            .iter()
+            .find(|g| g.query.starts_with("about"))
+            .map(|g| g.query.clone())
+            .unwrap_or_default();
+        assert_eq!(long.chars().count(), MAX_GAP_QUERY_CHARS);
+        assert!(long.ends_with("..."));
+        let c = |check: Option<&Result<CoverageCheck, String>>| {
+            coverage_condition(check, &spec, Some(2), at(1_800_000_000))
+        };
+        assert_eq!(c(None).reason, reasons::INDEX_BUILDING);
+        assert_eq!(c(Some(&Ok(CoverageCheck::default()))).status, "True");
+        let found = c(Some(&Ok(found)));
+        assert_eq!(found.status, "False");
+        assert!(
+            found.message.starts_with("3 topics with 3 or more")
+                && found.message.contains("\"payroll\" (20 queries, 20%)"),
+            "{}",
+            found.message
         );
     }
 

@@ -318,6 +318,15 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
     if let Some(Ok(found)) = &freshness {
         content::fold_staleness(&mut status, found);
     }
+    // Coverage gaps: what the Routers' runtimes escalated, found nothing for or refused,
+    // clustered by topic from their outcome stores (a failed check keeps the last list).
+    let coverage = match status.index_generation {
+        Some(_) => Some(observe_coverage(ctx, kb, &namespace, &name).await),
+        None => None,
+    };
+    if let Some(Ok(found)) = &coverage {
+        content::fold_coverage(&mut status, found);
+    }
 
     let generation = kb.metadata.generation;
     let has_index = status.index_generation.is_some();
@@ -454,6 +463,12 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
         now,
     ));
     computed.push(content::consistency_condition(&status, generation, now));
+    computed.push(content::coverage_condition(
+        coverage.as_ref(),
+        &kb.spec.coverage,
+        generation,
+        now,
+    ));
     status.conditions = merge_conditions(&previous.conditions, computed);
     apply_status(client, kb, &status).await?;
     ctx.condition_events(kb, &previous.conditions, &status.conditions)
@@ -475,14 +490,12 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
     ))
 }
 
-/// Measures stale documents on the runtimes of the Routers (of the KnowledgeBase's namespace)
-/// that use it; `Err` says why it could not be measured.
-async fn observe_staleness(
+/// The Routers (of the KnowledgeBase's namespace) that use it, `namespace/name`, sorted.
+async fn routers_using(
     ctx: &Context,
-    kb: &KnowledgeBase,
     namespace: &str,
     name: &str,
-) -> std::result::Result<content::Staleness, String> {
+) -> std::result::Result<Vec<String>, String> {
     let mut routers: Vec<String> = Api::<Router>::namespaced(ctx.client.clone(), namespace)
         .list(&ListParams::default())
         .await
@@ -493,6 +506,53 @@ async fn observe_staleness(
         .filter_map(|r| r.metadata.name.map(|n| format!("{namespace}/{n}")))
         .collect();
     routers.sort();
+    Ok(routers)
+}
+
+/// Gaps listed per Router by its runtime (the operator then applies `minShare`).
+const COVERAGE_LIMIT: usize = 100;
+
+/// Reads the coverage gaps of the runtimes of the Routers that use the KnowledgeBase; `Err`
+/// names the Router whose runtime could not answer.
+async fn observe_coverage(
+    ctx: &Context,
+    kb: &KnowledgeBase,
+    namespace: &str,
+    name: &str,
+) -> std::result::Result<content::CoverageCheck, String> {
+    let routers = routers_using(ctx, namespace, name).await?;
+    let spec = &kb.spec.coverage;
+    let mut reports = Vec::with_capacity(routers.len());
+    for router in routers {
+        let request = crate::outcomes::CoverageRequest {
+            namespace: namespace.to_owned(),
+            router: router
+                .split_once('/')
+                .map_or(router.as_str(), |(_, n)| n)
+                .to_owned(),
+            window: spec.window.duration(),
+            min_queries: u64::try_from(spec.min_queries.max(1)).unwrap_or(1),
+            limit: COVERAGE_LIMIT,
+        };
+        let report = ctx
+            .outcomes
+            .coverage_gaps(&request)
+            .await
+            .map_err(|e| format!("Router {router}: {e}"))?;
+        reports.push((router, report));
+    }
+    Ok(content::coverage_gaps(&reports, spec))
+}
+
+/// Measures stale documents on the runtimes of the Routers (of the KnowledgeBase's namespace)
+/// that use it; `Err` says why it could not be measured.
+async fn observe_staleness(
+    ctx: &Context,
+    kb: &KnowledgeBase,
+    namespace: &str,
+    name: &str,
+) -> std::result::Result<content::Staleness, String> {
+    let routers = routers_using(ctx, namespace, name).await?;
     if routers.is_empty() {
         return Ok(content::Staleness::default());
     }
