@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -173,10 +173,26 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchboard-train: {e:#}");
+            eprintln!("switchboard-train: {}", message(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once (errors that print their source and also return
+/// it as their `source()` would otherwise repeat it).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// Where the current AdapterPatch comes from.
@@ -293,6 +309,69 @@ fn log_step(step: &StepLog) {
     );
 }
 
+/// Training and held-out data, read and mapped before the model is loaded.
+enum Data {
+    Sft {
+        train: Vec<data::SftExample>,
+        held: Vec<data::SftExample>,
+        report: DataReport,
+    },
+    Dpo {
+        train: Vec<data::DpoPair>,
+        held: Vec<data::DpoPair>,
+        report: DataReport,
+    },
+}
+
+/// Rows of a data file mapped to examples or pairs, with the file's statistics.
+type Mapped<T> = switchboard_train::Result<(Vec<T>, data::DataStats)>;
+
+/// The training and held-out items of `--data` and `--held-out` (or the held-out share of
+/// `--data`), mapped by `map`, and the data report.
+fn train_and_held<T>(
+    args: &Args,
+    policy: &LabelPolicy,
+    map: impl Fn(&std::path::Path, Vec<data::Row>, usize, &LabelPolicy) -> Mapped<T>,
+) -> anyhow::Result<(Vec<T>, Vec<T>, DataReport)> {
+    let (rows, lines) = data::read_rows(&args.data)?;
+    let (items, stats) = map(&args.data, rows, lines, policy)?;
+    let (train, held, held_stats) = match &args.held_out {
+        Some(path) => {
+            let (rows, lines) = data::read_rows(path)?;
+            let (held, s) = map(path, rows, lines, policy)?;
+            (items, held, Some(s))
+        }
+        None => {
+            let (t, h) = data::split(items, args.held_out_fraction, args.seed)?;
+            (t, h, None)
+        }
+    };
+    let report = DataReport {
+        train: stats,
+        held_out_fraction: held_stats.is_none().then_some(args.held_out_fraction),
+        held_out: held_stats,
+    };
+    Ok((train, held, report))
+}
+
+fn read_data(args: &Args, sft: bool, policy: &LabelPolicy) -> anyhow::Result<Data> {
+    Ok(if sft {
+        let (train, held, report) = train_and_held(args, policy, data::sft_examples)?;
+        Data::Sft {
+            train,
+            held,
+            report,
+        }
+    } else {
+        let (train, held, report) = train_and_held(args, policy, data::dpo_pairs)?;
+        Data::Dpo {
+            train,
+            held,
+            report,
+        }
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (sft, args) = match &cli.method {
         Method::Sft(a) => (true, a),
@@ -325,6 +404,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     // Resolve the output before minutes of training, so a bad location fails at once.
     let (out_dir, out_uri) = output::resolve(&out, &args.pvc_root)?;
+    output::check_free(&out_dir, &out_uri, args.overwrite)?;
+
+    // Read and check the data before loading the model, so a bad file fails at once.
+    let policy = LabelPolicy {
+        min_positive_csat: args.min_csat,
+        ..LabelPolicy::default()
+    };
+    let data = read_data(args, sft, &policy)?;
 
     let device = device(&args.device)?;
     tracing::info!(model = %args.model.display(), device = %device_name(device), "loading the base model");
@@ -340,55 +427,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         trainer.set_base_model_name(name.clone());
     }
 
-    let policy = LabelPolicy {
-        min_positive_csat: args.min_csat,
-        ..LabelPolicy::default()
-    };
-    let read = |path: &Path| -> anyhow::Result<_> {
-        let (rows, lines) = data::read_rows(path)?;
-        Ok((rows, lines))
-    };
-    let (rows, lines) = read(&args.data)?;
-    let held_rows = args.held_out.as_deref().map(read).transpose()?;
     let mut on_step = |s: &StepLog| log_step(s);
-    let (trained, data_report) = if sft {
-        let (examples, stats) = data::sft_examples(&args.data, rows, lines, &policy)?;
-        let (train, held, held_stats) = match (&args.held_out, held_rows) {
-            (Some(path), Some((rows, lines))) => {
-                let (held, s) = data::sft_examples(path, rows, lines, &policy)?;
-                (examples, held, Some(s))
-            }
-            _ => {
-                let (t, h) = data::split(examples, args.held_out_fraction, args.seed)?;
-                (t, h, None)
-            }
-        };
-        tracing::info!(train = train.len(), held_out = held.len(), "SFT examples");
-        let report = DataReport {
-            train: stats,
-            held_out_fraction: held_stats.is_none().then_some(args.held_out_fraction),
-            held_out: held_stats,
-        };
-        (trainer.sft(&train, &held, &hp, &mut on_step)?, report)
-    } else {
-        let (pairs, stats) = data::dpo_pairs(&args.data, rows, lines, &policy)?;
-        let (train, held, held_stats) = match (&args.held_out, held_rows) {
-            (Some(path), Some((rows, lines))) => {
-                let (held, s) = data::dpo_pairs(path, rows, lines, &policy)?;
-                (pairs, held, Some(s))
-            }
-            _ => {
-                let (t, h) = data::split(pairs, args.held_out_fraction, args.seed)?;
-                (t, h, None)
-            }
-        };
-        tracing::info!(train = train.len(), held_out = held.len(), "DPO pairs");
-        let report = DataReport {
-            train: stats,
-            held_out_fraction: held_stats.is_none().then_some(args.held_out_fraction),
-            held_out: held_stats,
-        };
-        (trainer.dpo(&train, &held, &hp, &mut on_step)?, report)
+    let (trained, data_report) = match data {
+        Data::Sft {
+            train,
+            held,
+            report,
+        } => {
+            tracing::info!(train = train.len(), held_out = held.len(), "SFT examples");
+            (trainer.sft(&train, &held, &hp, &mut on_step)?, report)
+        }
+        Data::Dpo {
+            train,
+            held,
+            report,
+        } => {
+            tracing::info!(train = train.len(), held_out = held.len(), "DPO pairs");
+            (trainer.dpo(&train, &held, &hp, &mut on_step)?, report)
+        }
     };
     for epoch in &trained.log.epochs {
         tracing::info!(

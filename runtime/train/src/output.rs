@@ -63,6 +63,25 @@ pub fn resolve(output: &str, pvc_root: &Path) -> Result<(PathBuf, String)> {
     }
 }
 
+/// Refuses a `dir` that already holds files unless `overwrite`: an AdapterPatch version names
+/// its artifact for the whole rollback window. Checked before training (so a taken location
+/// fails at once) and again when writing.
+pub fn check_free(dir: &Path, uri: &str, overwrite: bool) -> Result<()> {
+    let occupied = std::fs::read_dir(dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if occupied && !overwrite {
+        return Err(TrainError::Output {
+            target: uri.to_owned(),
+            message: format!(
+                "{} already holds files: an artifact is immutable once an AdapterPatch names it (write each version to its own path, e.g. .../{{version}}, or pass --overwrite)",
+                dir.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Writes `adapter` as a PEFT directory at `dir` (see the module documentation), checks that it
 /// loads against `model`, and returns it with its digest.
 pub fn write(
@@ -76,15 +95,7 @@ pub fn write(
         target: uri.to_owned(),
         message,
     };
-    let occupied = std::fs::read_dir(dir)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false);
-    if occupied && !overwrite {
-        return Err(err(format!(
-            "{} already holds files: an artifact is immutable once an AdapterPatch names it (write each version to its own path, e.g. .../{{version}}, or pass --overwrite)",
-            dir.display()
-        )));
-    }
+    check_free(dir, uri, overwrite)?;
     let name = dir
         .file_name()
         .ok_or_else(|| err(format!("{} names no directory", dir.display())))?;
