@@ -5,68 +5,83 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Runs `switchboard-train <method> --model <model> --data <data> --output <output> <extra>`
-/// and returns its error message; panics if it succeeded.
-fn fails(method: &str, model: &Path, data: &Path, output: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        method,
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--threads",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    let out = support::train(&args, &[]);
-    let err = support::stderr(&out);
-    assert!(!out.status.success(), "succeeded: {err}");
-    assert!(
-        err.starts_with("switchboard-train: ") || err.contains("error:"),
-        "{err}"
-    );
-    err
+/// A trainer invocation: the real model, the SFT test data and an output in a fresh directory,
+/// each replaceable.
+struct Run {
+    work: tempfile::TempDir,
+    method: &'static str,
+    model: PathBuf,
+    data: PathBuf,
+    output: PathBuf,
+}
+
+impl Run {
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let output = work.path().join("out");
+        Self {
+            work,
+            method: "sft",
+            model: support::model(),
+            data: support::data("support_sft.jsonl"),
+            output,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// Runs it with `extra` options; returns the error message, panics if it succeeded.
+    fn fails(&self, extra: &[&str]) -> String {
+        let mut args = vec![
+            self.method,
+            "--model",
+            self.model.to_str().unwrap(),
+            "--data",
+            self.data.to_str().unwrap(),
+            "--output",
+            self.output.to_str().unwrap(),
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = support::train(&args, &[]);
+        let err = support::stderr(&out);
+        assert!(!out.status.success(), "succeeded: {err}");
+        assert!(
+            err.starts_with("switchboard-train: ") || err.contains("error:"),
+            "{err}"
+        );
+        err
+    }
 }
 
 #[test]
 fn a_missing_data_file_is_named() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("no-such-data.jsonl");
-    let err = fails(
-        "sft",
-        &support::model(),
-        &data,
-        &work.path().join("out"),
-        &[],
-    );
-    assert!(err.contains(data.to_str().unwrap()), "{err}");
-    assert!(!work.path().join("out").exists());
+    let mut run = Run::new();
+    run.data = run.dir().join("no-such-data.jsonl");
+    let err = run.fails(&[]);
+    assert!(err.contains(run.data.to_str().unwrap()), "{err}");
+    assert!(!run.output.exists());
 }
 
 #[test]
 fn a_missing_model_is_named() {
-    let work = tempfile::tempdir().unwrap();
-    let model = work.path().join("SmolLM2-missing.gguf");
-    let err = fails(
-        "sft",
-        &model,
-        &support::data("support_sft.jsonl"),
-        &work.path().join("out"),
-        &[],
-    );
-    assert!(err.contains("SmolLM2-missing.gguf"), "{err}");
+    let mut run = Run::new();
+    run.model = run.dir().join("SmolLM2-missing.gguf");
+    let err = run.fails(&[]);
+    assert!(err.contains(run.model.to_str().unwrap()), "{err}");
 }
 
 #[test]
 fn a_line_that_is_no_known_row_names_its_file_and_line() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("tickets.jsonl");
+    let mut run = Run::new();
+    run.data = run.dir().join("tickets.jsonl");
     std::fs::write(
-        &data,
+        &run.data,
         concat!(
             r#"{"prompt": "How much is Solo?", "completion": "6 euros per month."}"#,
             "\n\n",
@@ -75,93 +90,53 @@ fn a_line_that_is_no_known_row_names_its_file_and_line() {
         ),
     )
     .unwrap();
-    let err = fails(
-        "sft",
-        &support::model(),
-        &data,
-        &work.path().join("out"),
-        &[],
-    );
+    let err = run.fails(&[]);
     assert!(err.contains("tickets.jsonl line 3"), "{err}");
 
-    // DPO refuses SFT rows (no rejected answer), naming the first one.
-    let err = fails(
-        "dpo",
-        &support::model(),
-        &support::data("support_sft.jsonl"),
-        &work.path().join("out"),
-        &[],
-    );
-    assert!(err.contains("support_sft.jsonl line 1"), "{err}");
-
     // Malformed JSON too.
-    std::fs::write(&data, "{\"prompt\": \"x\", \n").unwrap();
-    let err = fails(
-        "sft",
-        &support::model(),
-        &data,
-        &work.path().join("out"),
-        &[],
-    );
+    std::fs::write(&run.data, "{\"prompt\": \"x\", \n").unwrap();
+    let err = run.fails(&[]);
     assert!(err.contains("tickets.jsonl line 1"), "{err}");
+
+    // DPO refuses SFT rows (no rejected answer), naming the first one.
+    run.method = "dpo";
+    run.data = support::data("support_sft.jsonl");
+    let err = run.fails(&[]);
+    assert!(err.contains("support_sft.jsonl line 1"), "{err}");
 }
 
 #[test]
 fn settings_out_of_range_name_the_option() {
-    let work = tempfile::tempdir().unwrap();
-    let data = support::data("support_sft.jsonl");
-    let out = work.path().join("out");
-    let err = fails("sft", &support::model(), &data, &out, &["--rank", "65"]);
+    let mut run = Run::new();
+    let err = run.fails(&["--rank", "65"]);
     assert!(err.contains("--rank") && err.contains("65"), "{err}");
-    let err = fails("sft", &support::model(), &data, &out, &["--lr", "0"]);
+    let err = run.fails(&["--lr", "0"]);
     assert!(err.contains("--lr"), "{err}");
-    let err = fails(
-        "sft",
-        &support::model(),
-        &data,
-        &out,
-        &["--schedule", "sawtooth"],
-    );
+    let err = run.fails(&["--schedule", "sawtooth"]);
     assert!(err.contains("sawtooth"), "{err}");
     // {version} needs a version to put there.
-    let templated = work.path().join("adapters/{version}");
-    let err = fails("sft", &support::model(), &data, &templated, &[]);
+    run.output = run.dir().join("adapters/{version}");
+    let err = run.fails(&[]);
     assert!(err.contains("{version}"), "{err}");
 }
 
 #[test]
 fn an_existing_artifact_is_not_overwritten_without_overwrite() {
-    let work = tempfile::tempdir().unwrap();
-    let out = work.path().join("pricing/1.4.0");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("adapter_model.safetensors"),
-        b"the 1.4.0 in production",
-    )
-    .unwrap();
-    let err = fails(
-        "sft",
-        &support::model(),
-        &support::data("support_sft.jsonl"),
-        &out,
-        &[],
-    );
+    let mut run = Run::new();
+    run.output = run.dir().join("pricing/1.4.0");
+    let weights = run.output.join("adapter_model.safetensors");
+    std::fs::create_dir_all(&run.output).unwrap();
+    std::fs::write(&weights, b"the 1.4.0 in production").unwrap();
+    let err = run.fails(&[]);
     assert!(
         err.contains("already holds files") && err.contains("--overwrite"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
-        b"the 1.4.0 in production"
-    );
+    assert_eq!(std::fs::read(&weights).unwrap(), b"the 1.4.0 in production");
+
     // A registry is not a place to write to.
-    let err = fails(
-        "sft",
-        &support::model(),
-        &support::data("support_sft.jsonl"),
-        Path::new("oci://registry.example.com/adapters/pricing:1.4.0"),
-        &[],
-    );
+    run.output = PathBuf::from("oci://registry.example.com/adapters/pricing:1.4.0");
+    let err = run.fails(&[]);
     assert!(
         err.contains("oci://") && err.contains("--artifact-uri"),
         "{err}"
