@@ -1,5 +1,5 @@
-//! `examples/training-job.yaml` is a Job that would run: its objects parse as their kinds, the
-//! RBAC grants exactly what `--apply` needs on the AdapterPatch it names, the image is the one
+//! `examples/training/training-job.yaml` is a Job that would run: its objects parse as their
+//! kinds, the RBAC grants exactly what `--apply` needs on the AdapterPatch it names, the image is the one
 //! that carries the trainer (Dockerfile.runtime), the claims are mounted where `--pvc-root` puts
 //! them, and the real binary accepts its arguments: run against a stand-in API server holding
 //! examples/adapterpatch.yaml, with the test data where the Job's claim would hold it, it gets
@@ -19,7 +19,7 @@ use switchboard_crds::AdapterPatch;
 use switchboard_testkit::apiserver::ApiServer;
 
 fn documents() -> Vec<Value> {
-    let text = std::fs::read_to_string(support::example("training-job.yaml")).unwrap();
+    let text = std::fs::read_to_string(support::example("training/training-job.yaml")).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
@@ -27,7 +27,11 @@ fn documents() -> Vec<Value> {
 
 fn one<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
     let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
-    assert_eq!(found.len(), 1, "one {kind} in examples/training-job.yaml");
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind} in examples/training/training-job.yaml"
+    );
     serde_json::from_value(found[0].clone()).unwrap()
 }
 
@@ -204,4 +208,19 @@ async fn the_real_binary_accepts_the_jobs_arguments() {
         "failed before the model: {err}"
     );
     assert!(!root.join("adapters").exists(), "nothing written");
+}
+
+/// The Job lives in its own folder: `switchboard-runtime serve` reads every YAML file directly
+/// under `examples/` (its default `--manifests`) and refuses kinds that are not Switchboard's.
+#[test]
+fn the_examples_folder_itself_holds_only_switchboard_manifests() {
+    for entry in std::fs::read_dir(support::root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = switchboard_crds::resources_from_yaml(&text) {
+                panic!("{}: {e}", path.display());
+            }
+        }
+    }
 }
