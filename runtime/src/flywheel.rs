@@ -13,7 +13,7 @@ use switchboard_flywheel::cluster::{DEDUP_THRESHOLD, TOPIC_THRESHOLD};
 use switchboard_flywheel::export::{self, ExportSettings};
 use switchboard_flywheel::filter::FilterSettings;
 use switchboard_flywheel::gaps::{self, GapReport, GapSettings};
-use switchboard_flywheel::window::{self, parse_time};
+use switchboard_flywheel::window::{self, parse_time, parse_until};
 use switchboard_model::EncoderWorker;
 use switchboard_store::{OutcomeStore, StoreError};
 
@@ -143,7 +143,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     let started = Instant::now();
     let now = window::now();
     let from = parse_time(&args.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
-    let until = parse_time(&args.source.until, now).map_err(|e| anyhow::anyhow!("--until {e}"))?;
+    let until = parse_until(&args.source.until, now).map_err(|e| anyhow::anyhow!("--until {e}"))?;
     anyhow::ensure!(
         from < until,
         "--from ({from}) must be before --until ({until})"
@@ -166,12 +166,13 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     } else {
         Some(load_encoder(&args.source.encoder)?)
     };
+    let read_started = Instant::now();
     let rows = tokio_runtime()?.block_on(async {
         let store = OutcomeStore::connect(&args.source.outcome_store).await?;
         switchboard_flywheel::read_interactions(&store, args.source.router.as_deref(), from, until)
             .await
     })?;
-    let read_seconds = started.elapsed().as_secs_f64();
+    let read_seconds = read_started.elapsed().as_secs_f64();
     let embedder = encoder
         .as_ref()
         .map(|e| e as &dyn switchboard_index::Embedder);
@@ -198,7 +199,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
 pub fn coverage_gaps(args: &GapsArgs) -> Result<()> {
     let now = window::now();
     let from = parse_time(&args.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
-    let until = parse_time(&args.source.until, now).map_err(|e| anyhow::anyhow!("--until {e}"))?;
+    let until = parse_until(&args.source.until, now).map_err(|e| anyhow::anyhow!("--until {e}"))?;
     anyhow::ensure!(
         from < until,
         "--from ({from}) must be before --until ({until})"
@@ -212,20 +213,18 @@ pub fn coverage_gaps(args: &GapsArgs) -> Result<()> {
         ..GapSettings::default()
     };
     let encoder = load_encoder(&args.source.encoder)?;
-    let rows = tokio_runtime()?.block_on(async {
+    let router = args.source.router.as_deref();
+    let (rows, interactions) = tokio_runtime()?.block_on(async {
         let store = OutcomeStore::connect(&args.source.outcome_store).await?;
-        store
-            .coverage_signals(
-                args.source.router.as_deref(),
-                from,
-                until,
-                args.min_score,
-                MAX_GAP_SIGNALS,
-            )
-            .await
+        let rows = store
+            .coverage_signals(router, from, until, args.min_score, MAX_GAP_SIGNALS)
+            .await?;
+        let interactions = store.count_interactions(router, from, until).await?;
+        Ok::<_, StoreError>((rows, interactions))
     })?;
     let truncated = rows.len() as i64 >= MAX_GAP_SIGNALS;
     let mut report = gaps::coverage_gaps(&rows, &encoder, &settings)?;
+    report.set_interactions(interactions);
     report.router.clone_from(&args.source.router);
     report.from = from;
     report.until = until;
@@ -241,12 +240,13 @@ pub fn coverage_gaps(args: &GapsArgs) -> Result<()> {
 /// The report for people.
 pub fn describe(report: &GapReport) -> String {
     let mut out = format!(
-        "coverage gaps of {} from {} to {}: {} signals (escalated, nothing found, refused{}) in {} \
+        "coverage gaps of {} from {} to {}: {} signals among {} interactions (escalated, nothing found, refused{}) in {} \
          clusters, {} gaps of at least {} queries{}\n",
         report.router.as_deref().unwrap_or("every Router"),
         window::rfc3339(report.from),
         window::rfc3339(report.until),
         report.signals,
+        report.interactions,
         if report.settings.min_score.is_some() {
             ", low score"
         } else {
@@ -263,10 +263,11 @@ pub fn describe(report: &GapReport) -> String {
     );
     for (rank, gap) in report.gaps.iter().enumerate() {
         out.push_str(&format!(
-            "\n{:>3}. {:?}\n     {} interactions, {} escalated ({:.0}%), {} with nothing found, {} refused{}; last {}\n",
+            "\n{:>3}. {:?}\n     {} interactions ({:.1}% of all), {} escalated ({:.0}%), {} with nothing found, {} refused{}; last {}\n",
             rank + 1,
             gap.query,
             gap.volume,
+            gap.share * 100.0,
             gap.escalated,
             gap.escalation_share * 100.0,
             gap.retrieval_failures,
@@ -342,7 +343,7 @@ pub async fn gaps_of_engine(
     let now = window::now();
     let from = parse_time(params.since.as_deref().unwrap_or("168h"), now)
         .map_err(|e| GapError::Invalid(format!("since: {e}")))?;
-    let until = parse_time(params.until.as_deref().unwrap_or("now"), now)
+    let until = parse_until(params.until.as_deref().unwrap_or("now"), now)
         .map_err(|e| GapError::Invalid(format!("until: {e}")))?;
     if from >= until {
         return Err(GapError::Invalid(format!(
@@ -372,6 +373,10 @@ pub async fn gaps_of_engine(
     let Some(active) = engine.active() else {
         return Err(GapError::Unavailable("no RuntimeConfig applied yet".into()));
     };
+    let store_failed = |e: StoreError| {
+        engine.metrics().store_error(e.label());
+        GapError::Unavailable(e.to_string())
+    };
     let rows = engine
         .store()
         .coverage_signals(
@@ -382,10 +387,12 @@ pub async fn gaps_of_engine(
             MAX_GAP_SIGNALS,
         )
         .await
-        .map_err(|e: StoreError| {
-            engine.metrics().store_error(e.label());
-            GapError::Unavailable(e.to_string())
-        })?;
+        .map_err(store_failed)?;
+    let interactions = engine
+        .store()
+        .count_interactions(Some(&active.router), from, until)
+        .await
+        .map_err(store_failed)?;
     let truncated = rows.len() as i64 >= MAX_GAP_SIGNALS;
     let encoder = Arc::clone(&active.encoder);
     let mut report = tokio::task::spawn_blocking(move || {
@@ -394,6 +401,7 @@ pub async fn gaps_of_engine(
     .await
     .map_err(|e| GapError::Unavailable(format!("coverage gaps: {e}")))?
     .map_err(|e| GapError::Unavailable(e.to_string()))?;
+    report.set_interactions(interactions);
     report.router = Some(active.router.clone());
     report.from = from;
     report.until = until;

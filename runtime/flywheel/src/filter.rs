@@ -10,7 +10,7 @@
 //! | `refusal_labelled_positive` | a refusal whose outcomes came out positive: the helpdesk resolved it some other way, and a refusal is not an answer to imitate |
 //! | `uncited_positive` | a positive answer that cites no passage: right by luck or from the model's memory, not grounded |
 //! | `invalid_citation_positive` | a positive answer citing a passage that was not in its prompt |
-//! | `replayed_query` | the same query (normalised text) from the same unit within `replay_window` of its previous occurrence: a retry, a double submit or a script replaying a conversation (a stream of repeats stays one record however long it lasts); the first is kept |
+//! | `replayed_query` | the same query (normalised text) from the same unit within `replay_window` of its previous occurrence: a retry, a double submit or a script replaying a conversation (a stream of repeats stays one record however long it lasts); the first is kept (a repeat of a record dropped by an earlier rule is a replay too) |
 //! | `unit_cap` | more than `max_per_unit` records from one unit in the export: one user, account or bot must not make up the data set; the first ones (oldest) are kept |
 //!
 //! Interactions without a unit are never replays or over a cap (nothing ties them together).
@@ -189,15 +189,20 @@ pub fn apply(
     rows.iter()
         .zip(labels)
         .map(|(row, labels)| {
-            if let Some(rule) = record_rule(row, labels, settings) {
-                return Some(rule);
-            }
+            let rule = record_rule(row, labels, settings);
             let i = &row.interaction;
-            // Without a unit: kept (never a replay nor over a cap).
-            let unit = i.unit.as_deref()?;
+            // Without a unit: never a replay nor over a cap.
+            let Some(unit) = i.unit.as_deref() else {
+                return rule;
+            };
             let key = (unit, crate::cluster::normalize_text(&i.query));
-            // The previous occurrence, kept or not: a stream of repeats stays a replay.
-            if let Some(at) = last_query.insert(key.clone(), i.created_at)
+            // The previous occurrence, kept or dropped (by any rule): a stream of repeats stays
+            // a replay, and a repeat of a dropped record is a replay too.
+            let previous = last_query.insert(key, i.created_at);
+            if rule.is_some() {
+                return rule;
+            }
+            if let Some(at) = previous
                 && i.created_at - at <= settings.replay_window_secs
             {
                 return Some(Rule::ReplayedQuery);
@@ -378,6 +383,15 @@ mod tests {
         let verdicts = run(&stream, &settings);
         assert_eq!(verdicts[0], None);
         assert!(verdicts[1..].iter().all(|v| *v == Some("replayed_query")));
+        // A double submit whose first copy was dropped (an uncited positive): the second is
+        // still a replay, not a record in its place.
+        let mut first = row("d1", Some("carol"), t, "enable 2FA", ok);
+        first.interaction.cited_documents.clear();
+        let double = vec![first, row("d2", Some("carol"), t + 5, "enable 2FA", ok)];
+        assert_eq!(
+            run(&double, &settings),
+            [Some("uncited_positive"), Some("replayed_query")]
+        );
         let names: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), 9);
         assert_eq!(names.last(), Some(&"near_duplicate"));

@@ -66,6 +66,9 @@ pub struct CoverageGap {
     pub query: String,
     /// Interactions (gap signals) in the cluster.
     pub volume: u64,
+    /// `volume` over every interaction of the window ([`GapReport::interactions`]): how much of
+    /// the traffic asks about it.
+    pub share: f64,
     /// Of those, escalated.
     pub escalated: u64,
     /// `escalated / volume`.
@@ -97,6 +100,8 @@ pub struct GapReport {
     pub from: i64,
     /// Window end (Unix seconds).
     pub until: i64,
+    /// Every interaction of the window, signal or not (the denominator of a gap's `share`).
+    pub interactions: u64,
     /// Gap signals considered.
     pub signals: u64,
     /// More signals were stored than were read (the newest were kept).
@@ -113,6 +118,27 @@ pub struct GapReport {
     pub encoder: String,
     /// Seconds spent embedding and clustering.
     pub seconds: f64,
+}
+
+impl GapReport {
+    /// Sets the window's interaction count (when `rows` given to [`coverage_gaps`] were only the
+    /// signals, e.g. from [`switchboard_store::OutcomeStore::coverage_signals`]) and each gap's
+    /// share of it. A count below the signals (rows added between the two reads) counts the
+    /// signals instead.
+    pub fn set_interactions(&mut self, interactions: u64) {
+        self.interactions = interactions.max(self.signals);
+        for gap in &mut self.gaps {
+            gap.share = share(gap.volume, self.interactions);
+        }
+    }
+}
+
+fn share(volume: u64, interactions: u64) -> f64 {
+    if interactions == 0 {
+        0.0
+    } else {
+        volume as f64 / interactions as f64
+    }
 }
 
 /// Whether `row` is a gap signal (see the module documentation).
@@ -132,6 +158,7 @@ pub fn coverage_gaps(
     settings: &GapSettings,
 ) -> Result<GapReport, FlywheelError> {
     let started = Instant::now();
+    let rows_total = rows.len() as u64;
     let signals: Vec<&InteractionWithOutcomes> = rows
         .iter()
         .filter(|r| is_signal(r, settings.min_score))
@@ -234,6 +261,7 @@ pub fn coverage_gaps(
             CoverageGap {
                 query: texts[representative].clone(),
                 volume,
+                share: share(volume, rows_total),
                 escalated,
                 escalation_share: escalated as f64 / volume as f64,
                 retrieval_failures: rows
@@ -273,6 +301,7 @@ pub fn coverage_gaps(
         router: None,
         from: 0,
         until: 0,
+        interactions: rows_total,
         signals: signals.len() as u64,
         truncated: false,
         clusters: clusters.len() as u64,
@@ -401,6 +430,7 @@ mod tests {
         assert_eq!(report.gaps_found, 2);
         let top = &report.gaps[0];
         assert_eq!(top.volume, 4);
+        assert!((top.share - 4.0 / 9.0).abs() < 1e-9, "{}", top.share);
         assert_eq!(top.escalated, 3);
         assert!((top.escalation_share - 0.75).abs() < 1e-9);
         assert_eq!(top.retrieval_failures, 3);
@@ -439,6 +469,14 @@ mod tests {
             (password.volume, password.low_score, password.escalated),
             (3, 3, 0)
         );
+        // Only the signals were read: the share is of the window's count.
+        let mut counted = coverage_gaps(&rows[..6], &Topics, &settings).unwrap();
+        assert_eq!(counted.interactions, 6);
+        counted.set_interactions(40);
+        assert_eq!(counted.interactions, 40);
+        assert!((counted.gaps[0].share - 0.1).abs() < 1e-9);
+        counted.set_interactions(2);
+        assert_eq!(counted.interactions, 6, "never fewer than the signals");
         // Limit and minimum size.
         let one = coverage_gaps(
             &rows,

@@ -33,6 +33,16 @@ pub fn parse_time(spec: &str, now: i64) -> Result<i64, String> {
     Ok(now.saturating_sub(i64::try_from(ago.as_secs()).unwrap_or(i64::MAX)))
 }
 
+/// The (exclusive) end of a window from `spec`, like [`parse_time`] except that `now` includes
+/// the current second: an interaction stored a moment ago (same Unix second) is in a window
+/// ending `now`.
+pub fn parse_until(spec: &str, now: i64) -> Result<i64, String> {
+    if spec.trim() == "now" {
+        return Ok(now.saturating_add(1));
+    }
+    parse_time(spec, now)
+}
+
 /// Now, in Unix seconds.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -72,6 +82,9 @@ mod tests {
                 .unwrap_err()
                 .contains("YYYY-MM-DD")
         );
+        // A window ending now includes the current second; any other end is as written.
+        assert_eq!(parse_until("now", now), Ok(now + 1));
+        assert_eq!(parse_until("1h", now), Ok(now - 3600));
         assert_eq!(rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
     }
 }

@@ -686,6 +686,32 @@ impl OutcomeStore {
             .await
     }
 
+    /// How many interactions were created in `[from, until)` (of `router`, when given): the
+    /// denominator of a coverage gap's share.
+    pub async fn count_interactions(
+        &self,
+        router: Option<&str>,
+        from: i64,
+        until: i64,
+    ) -> Result<u64> {
+        let mut sql =
+            "SELECT COUNT(*) AS n FROM interactions WHERE created_at >= $1 AND created_at < $2"
+                .to_owned();
+        if router.is_some() {
+            sql.push_str(" AND router = $3");
+        }
+        let mut query = sqlx::query(&sql).bind(from).bind(until);
+        if let Some(router) = router {
+            query = query.bind(router.to_owned());
+        }
+        let row = query
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("count_interactions"))?;
+        let n = cast_i64(&row, "n").map_err(query_error("count_interactions"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn export_query(
         &self,
         filter: &str,

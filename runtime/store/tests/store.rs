@@ -278,6 +278,28 @@ async fn flywheel_reads(store: &OutcomeStore) {
         ["f-escalated", "f-weak"],
         "newest first, limited"
     );
+    // The denominator of a gap's share: every interaction of the window (of the Router).
+    assert_eq!(
+        store
+            .count_interactions(Some("support/helpdesk"), 60_000, 61_000)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .count_interactions(None, 60_000, 61_000)
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        store
+            .count_interactions(None, 60_001, 60_002)
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
