@@ -138,6 +138,14 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
 /// Most gap signals one report reads (the newest).
 pub const MAX_GAP_SIGNALS: i64 = 20_000;
 
+/// The query embeddings of `GET /v1/coverage-gaps`, kept between calls (the operator asks at
+/// every KnowledgeBase reconcile): at most one report's worth of texts, about 30 MB with MiniLM.
+fn gap_embeddings() -> &'static switchboard_flywheel::cache::EmbeddingCache {
+    static CACHE: std::sync::OnceLock<switchboard_flywheel::cache::EmbeddingCache> =
+        std::sync::OnceLock::new();
+    CACHE.get_or_init(|| switchboard_flywheel::cache::EmbeddingCache::new(MAX_GAP_SIGNALS as usize))
+}
+
 /// `switchboard-runtime export`.
 pub fn export(args: &ExportArgs) -> Result<()> {
     let started = Instant::now();
@@ -396,7 +404,8 @@ pub async fn gaps_of_engine(
     let truncated = rows.len() as i64 >= MAX_GAP_SIGNALS;
     let encoder = Arc::clone(&active.encoder);
     let mut report = tokio::task::spawn_blocking(move || {
-        gaps::coverage_gaps(&rows, encoder.as_ref(), &settings)
+        let cached = gap_embeddings().wrap(encoder.as_ref());
+        gaps::coverage_gaps(&rows, &cached, &settings)
     })
     .await
     .map_err(|e| GapError::Unavailable(format!("coverage gaps: {e}")))?

@@ -18,6 +18,7 @@
 //! MiniLM encoder worker; tests pass a deterministic stand-in), so this crate never links tch.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cluster;
 pub mod export;
 pub mod filter;
