@@ -113,6 +113,12 @@ pub const BUILTIN_FRESHNESS_CLASSES: [(&str, Option<&str>, Option<&str>); 4] = [
         description = "Documents past their review age that are still retrieved"
     ),
     printcolumn(
+        name = "Gaps",
+        type_ = "integer",
+        json_path = ".status.coverageGaps",
+        description = "Topics the knowledge base does not answer (escalated, nothing found, refused)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
