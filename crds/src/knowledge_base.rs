@@ -791,7 +791,8 @@ pub struct KnowledgeBaseStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`, `IndexReady`, `SourcesHealthy`.
+    /// `Ready`, `Progressing`, `Degraded`, `IndexReady`, `SourcesHealthy`, and the content
+    /// checks `ContentFresh`, `ContentConsistent`, `ContentCovers`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -124,7 +124,8 @@ pub struct Context {
     pub source: Arc<dyn MetricsSource>,
     /// Adapter artifact checks.
     pub artifacts: Arc<dyn ArtifactChecker>,
-    /// Per-unit outcomes of experiments (CUPED), from the Routers' runtimes.
+    /// What the Routers' runtimes learned from outcomes: experiments' per-unit data (CUPED) and
+    /// KnowledgeBases' coverage gaps.
     pub outcomes: Arc<dyn OutcomeSource>,
     /// Settings.
     pub settings: Settings,

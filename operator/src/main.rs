@@ -59,7 +59,8 @@ struct Cli {
     /// Directory for verified adapter artifacts (content-addressed: sha256-<hex>/).
     #[arg(long)]
     artifact_cache: Option<PathBuf>,
-    /// Base URL of a Router's runtime HTTP API, for experiments' per-unit (CUPED) data;
+    /// Base URL of a Router's runtime HTTP API, for experiments' per-unit (CUPED) data and
+    /// KnowledgeBases' coverage gaps;
     /// `{service}` and `{namespace}` are replaced by the Router's Service and namespace.
     #[arg(long, default_value = switchboard_operator::outcomes::DEFAULT_RUNTIME_URL)]
     runtime_url: String,
