@@ -360,6 +360,21 @@ struct CupedParams {
     preperiod: String,
 }
 
+/// A request's query parameters, or the 400 that names what was wrong with them.
+fn query_params<T>(
+    params: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Box<Response>> {
+    params
+        .map(|axum::extract::Query(p)| p)
+        .map_err(|rejection| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("query: {}", rejection.body_text()),
+            ))
+        })
+}
+
 /// Per-arm CUPED statistics of an experiment on this Router, from the outcome store (what the
 /// operator's Experiment analysis reads when `spec.cuped` is set; docs/statistics.md).
 async fn experiment_cuped(
@@ -371,15 +386,9 @@ async fn experiment_cuped(
         Ok(e) => e,
         Err(r) => return *r,
     };
-    let params = match params {
-        Ok(axum::extract::Query(p)) => p,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_argument",
-                format!("query: {}", rejection.body_text()),
-            );
-        }
+    let params = match query_params(params) {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     let preperiod = match switchboard_crds::parse_duration(&params.preperiod) {
         Ok(d) => d,
@@ -440,15 +449,9 @@ async fn coverage_gaps(
         Ok(e) => e,
         Err(r) => return *r,
     };
-    let params = match params {
-        Ok(axum::extract::Query(p)) => p,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_argument",
-                format!("query: {}", rejection.body_text()),
-            );
-        }
+    let params = match query_params(params) {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     match crate::flywheel::gaps_of_engine(engine, params).await {
         Ok(report) => Json(report).into_response(),

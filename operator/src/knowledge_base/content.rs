@@ -156,6 +156,52 @@ pub fn unknown(
     }
 }
 
+/// What a content check's condition says before its findings: its type, the reason and words
+/// when the measurement failed, and the words when no Router uses the KnowledgeBase.
+struct Checked {
+    type_: &'static str,
+    unavailable: &'static str,
+    failed: &'static str,
+    unused: &'static str,
+}
+
+/// The findings of a content check, or the condition that stands for them: Unknown while no
+/// generation is served (`None`) or when the measurement failed, True when `unused` (no Router
+/// uses the KnowledgeBase, so there is nothing to find).
+fn measured<T>(
+    check: Option<&Result<T, String>>,
+    unused: impl Fn(&T) -> bool,
+    words: Checked,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Result<&T, Box<Condition>> {
+    match check {
+        None => Err(Box::new(unknown(
+            words.type_,
+            reasons::INDEX_BUILDING,
+            "no index generation is served yet".to_owned(),
+            generation,
+            now,
+        ))),
+        Some(Err(e)) => Err(Box::new(unknown(
+            words.type_,
+            words.unavailable,
+            format!("{}: {e}", words.failed),
+            generation,
+            now,
+        ))),
+        Some(Ok(found)) if unused(found) => Err(Box::new(condition(
+            words.type_,
+            true,
+            reasons::RECONCILED,
+            words.unused,
+            generation,
+            now,
+        ))),
+        Some(Ok(found)) => Ok(found),
+    }
+}
+
 /// `ContentFresh` from a staleness check (`None`: no generation served yet), with the minimum
 /// share and the window for the message.
 pub fn freshness_condition(
@@ -165,37 +211,21 @@ pub fn freshness_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    let found = match check {
-        None => {
-            return unknown(
-                cond::CONTENT_FRESH,
-                reasons::INDEX_BUILDING,
-                "no index generation is served yet".to_owned(),
-                generation,
-                now,
-            );
-        }
-        Some(Err(e)) => {
-            return unknown(
-                cond::CONTENT_FRESH,
-                reasons::METRICS_UNAVAILABLE,
-                format!("stale documents could not be measured: {e}"),
-                generation,
-                now,
-            );
-        }
-        Some(Ok(found)) => found,
+    let found = match measured(
+        check,
+        |f| f.routers.is_empty(),
+        Checked {
+            type_: cond::CONTENT_FRESH,
+            unavailable: reasons::METRICS_UNAVAILABLE,
+            failed: "stale documents could not be measured",
+            unused: "no Router uses this KnowledgeBase, so no document is retrieved",
+        },
+        generation,
+        now,
+    ) {
+        Ok(found) => found,
+        Err(condition) => return *condition,
     };
-    if found.routers.is_empty() {
-        return condition(
-            cond::CONTENT_FRESH,
-            true,
-            reasons::RECONCILED,
-            "no Router uses this KnowledgeBase, so no document is retrieved",
-            generation,
-            now,
-        );
-    }
     let past = found
         .past_stale_after
         .map(|n| format!(" ({n} served documents are past staleAfter in all)"))
@@ -388,37 +418,21 @@ pub fn coverage_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    let found = match check {
-        None => {
-            return unknown(
-                cond::CONTENT_COVERS,
-                reasons::INDEX_BUILDING,
-                "no index generation is served yet".to_owned(),
-                generation,
-                now,
-            );
-        }
-        Some(Err(e)) => {
-            return unknown(
-                cond::CONTENT_COVERS,
-                reasons::COVERAGE_UNAVAILABLE,
-                format!("coverage gaps could not be read: {e}"),
-                generation,
-                now,
-            );
-        }
-        Some(Ok(found)) => found,
+    let found = match measured(
+        check,
+        |f| f.routers.is_empty(),
+        Checked {
+            type_: cond::CONTENT_COVERS,
+            unavailable: reasons::COVERAGE_UNAVAILABLE,
+            failed: "coverage gaps could not be read",
+            unused: "no Router uses this KnowledgeBase, so no query goes unanswered",
+        },
+        generation,
+        now,
+    ) {
+        Ok(found) => found,
+        Err(condition) => return *condition,
     };
-    if found.routers.is_empty() {
-        return condition(
-            cond::CONTENT_COVERS,
-            true,
-            reasons::RECONCILED,
-            "no Router uses this KnowledgeBase, so no query goes unanswered",
-            generation,
-            now,
-        );
-    }
     let thresholds = format!(
         "{} or more escalated, unanswered or refused queries and {} or more of a Router's \
          queries over {}",
