@@ -500,22 +500,13 @@ impl Trainer {
             )?))
         };
         let initial_held_out = eval(None)?;
-        let mut optimizer = self.optimizer(&vars, hp)?;
-        let per_step = hp.batch_size * hp.grad_accum;
-        let steps_per_epoch = train_enc.len().div_ceil(per_step);
-        let total_steps = steps_per_epoch * hp.epochs;
-        let mut rng = SplitMix64(hp.seed);
-        let mut epochs = Vec::new();
-        let mut step = 0;
-        let mut train_seconds = 0.0;
-        for epoch in 1..=hp.epochs {
-            let mut order: Vec<usize> = (0..train_enc.len()).collect();
-            rng.shuffle(&mut order);
-            let (mut nll, mut tokens, mut seconds) = (0.0, 0usize, 0.0);
-            for chunk in order.chunks(per_step) {
-                let t0 = Instant::now();
+        let epochs = self.run_epochs(
+            train_enc.len(),
+            hp,
+            &vars,
+            on_step,
+            |chunk, (nll, tokens): &mut (f64, usize)| {
                 let step_tokens: usize = chunk.iter().map(|&i| train_enc[i].answer_len()).sum();
-                optimizer.zero_grad();
                 let mut step_nll = 0.0;
                 for micro in chunk.chunks(hp.batch_size) {
                     let seqs: Vec<&Encoded> = micro.iter().map(|&i| &train_enc[i]).collect();
@@ -527,38 +518,20 @@ impl Trainer {
                         .f_div_scalar(step_tokens as f64)?
                         .f_backward()?;
                 }
-                let loss = step_nll / step_tokens.max(1) as f64;
-                let (lr, grad_norm) =
-                    self.update(&mut optimizer, &vars, hp, step, total_steps, loss)?;
-                step += 1;
-                let dt = t0.elapsed().as_secs_f64();
-                seconds += dt;
-                nll += step_nll;
-                tokens += step_tokens;
-                on_step(&StepLog {
-                    epoch,
-                    step,
-                    total_steps,
-                    loss,
-                    learning_rate: lr,
-                    grad_norm,
-                    seconds: dt,
-                });
-            }
-            train_seconds += seconds;
-            epochs.push(EpochLog {
-                epoch,
-                train: Metrics {
+                *nll += step_nll;
+                *tokens += step_tokens;
+                Ok(step_nll / step_tokens.max(1) as f64)
+            },
+            |(nll, tokens)| {
+                Ok(Metrics {
                     loss: nll / tokens.max(1) as f64,
                     examples: train_enc.len(),
                     tokens: Some(tokens),
                     ..Metrics::default()
-                },
-                held_out: eval(Some(&adapter))?,
-                steps: steps_per_epoch,
-                seconds,
-            });
-        }
+                })
+            },
+            || eval(Some(&adapter)),
+        )?;
         Ok(Trained {
             adapter,
             vars,
@@ -569,12 +542,70 @@ impl Trainer {
                 dropped_too_long: dropped_train + dropped_held,
                 train_answer_tokens: train_enc.iter().map(Encoded::answer_len).sum(),
                 initial_held_out,
+                steps: epochs.iter().map(|e| e.steps).sum(),
+                seconds_per_step: seconds_per_step(&epochs),
                 epochs,
-                steps: total_steps,
-                seconds_per_step: train_seconds / total_steps.max(1) as f64,
                 seconds: started.elapsed().as_secs_f64(),
             },
         })
+    }
+
+    /// The optimizer loop SFT and DPO share: `hp.epochs` passes over `n` examples in an order
+    /// shuffled by `hp.seed`, `batch_size · grad_accum` examples per optimizer step. `step`
+    /// runs the forward and backward passes of one step's examples (indices), adds to the
+    /// epoch's running statistics `S`, and returns the step's loss; `train_metrics` turns an
+    /// epoch's statistics into its metrics and `held_out` measures the adapter after it.
+    #[allow(clippy::too_many_arguments)]
+    fn run_epochs<S: Default>(
+        &self,
+        n: usize,
+        hp: &Hyperparameters,
+        vars: &nn::VarStore,
+        on_step: &mut dyn FnMut(&StepLog),
+        mut step: impl FnMut(&[usize], &mut S) -> Result<f64>,
+        mut train_metrics: impl FnMut(S) -> Result<Metrics>,
+        held_out: impl Fn() -> Result<Option<Metrics>>,
+    ) -> Result<Vec<EpochLog>> {
+        let mut optimizer = self.optimizer(vars, hp)?;
+        let per_step = hp.batch_size * hp.grad_accum;
+        let steps_per_epoch = n.div_ceil(per_step);
+        let total_steps = steps_per_epoch * hp.epochs;
+        let mut rng = SplitMix64(hp.seed);
+        let mut epochs = Vec::with_capacity(hp.epochs);
+        let mut done = 0;
+        for epoch in 1..=hp.epochs {
+            let mut order: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut order);
+            let mut stats = S::default();
+            let mut seconds = 0.0;
+            for chunk in order.chunks(per_step) {
+                let t0 = Instant::now();
+                optimizer.zero_grad();
+                let loss = step(chunk, &mut stats)?;
+                let (lr, grad_norm) =
+                    self.update(&mut optimizer, vars, hp, done, total_steps, loss)?;
+                done += 1;
+                let dt = t0.elapsed().as_secs_f64();
+                seconds += dt;
+                on_step(&StepLog {
+                    epoch,
+                    step: done,
+                    total_steps,
+                    loss,
+                    learning_rate: lr,
+                    grad_norm,
+                    seconds: dt,
+                });
+            }
+            epochs.push(EpochLog {
+                epoch,
+                train: train_metrics(stats)?,
+                held_out: held_out()?,
+                steps: steps_per_epoch,
+                seconds,
+            });
+        }
+        Ok(epochs)
     }
 
     /// Clips, sets the step's learning rate and steps the optimizer; returns (lr, grad norm).
@@ -737,22 +768,12 @@ impl Trainer {
             Ok(Some(self.dpo_metrics(&held_enc, &held_refs, adapter, hp)?))
         };
         let initial_held_out = eval(&adapter)?;
-        let mut optimizer = self.optimizer(&vars, hp)?;
-        let per_step = hp.batch_size * hp.grad_accum;
-        let steps_per_epoch = train_enc.len().div_ceil(per_step);
-        let total_steps = steps_per_epoch * hp.epochs;
-        let mut rng = SplitMix64(hp.seed);
-        let mut epochs = Vec::new();
-        let mut step = 0;
-        let mut train_seconds = 0.0;
-        for epoch in 1..=hp.epochs {
-            let mut order: Vec<usize> = (0..train_enc.len()).collect();
-            rng.shuffle(&mut order);
-            let mut acc = DpoAccumulator::default();
-            let mut seconds = 0.0;
-            for chunk in order.chunks(per_step) {
-                let t0 = Instant::now();
-                optimizer.zero_grad();
+        let epochs = self.run_epochs(
+            train_enc.len(),
+            hp,
+            &vars,
+            on_step,
+            |chunk, acc: &mut DpoAccumulator| {
                 let mut step_loss = 0.0;
                 for micro in chunk.chunks(hp.batch_size) {
                     let pairs: Vec<Vec<Encoded>> =
@@ -769,30 +790,11 @@ impl Trainer {
                     loss.f_backward()?;
                     tch::no_grad(|| acc.add(&chosen.f_detach()?, &rejected.f_detach()?))?;
                 }
-                let (lr, grad_norm) =
-                    self.update(&mut optimizer, &vars, hp, step, total_steps, step_loss)?;
-                step += 1;
-                let dt = t0.elapsed().as_secs_f64();
-                seconds += dt;
-                on_step(&StepLog {
-                    epoch,
-                    step,
-                    total_steps,
-                    loss: step_loss,
-                    learning_rate: lr,
-                    grad_norm,
-                    seconds: dt,
-                });
-            }
-            train_seconds += seconds;
-            epochs.push(EpochLog {
-                epoch,
-                train: acc.metrics()?,
-                held_out: eval(&adapter)?,
-                steps: steps_per_epoch,
-                seconds,
-            });
-        }
+                Ok(step_loss)
+            },
+            |acc| acc.metrics(),
+            || eval(&adapter),
+        )?;
         Ok(Trained {
             adapter,
             vars,
@@ -803,13 +805,19 @@ impl Trainer {
                 dropped_too_long: dropped_train + dropped_held,
                 train_answer_tokens: train_enc.iter().flatten().map(Encoded::answer_len).sum(),
                 initial_held_out,
+                steps: epochs.iter().map(|e| e.steps).sum(),
+                seconds_per_step: seconds_per_step(&epochs),
                 epochs,
-                steps: total_steps,
-                seconds_per_step: train_seconds / total_steps.max(1) as f64,
                 seconds: started.elapsed().as_secs_f64(),
             },
         })
     }
+}
+
+/// Mean wall-clock seconds of an optimizer step over a run's epochs.
+fn seconds_per_step(epochs: &[EpochLog]) -> f64 {
+    let steps: usize = epochs.iter().map(|e| e.steps).sum();
+    epochs.iter().map(|e| e.seconds).sum::<f64>() / steps.max(1) as f64
 }
 
 /// Sums of DPO statistics over batches.
