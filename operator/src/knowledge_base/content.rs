@@ -260,15 +260,20 @@ pub fn freshness_condition(
              (status.topStaleDocuments)",
             found.documents.len(),
             listed.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+            and_more(more)
         ),
         generation,
         now,
     )
+}
+
+/// ` and 3 more` after a capped list (nothing when none was left out).
+fn and_more(more: usize) -> String {
+    if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    }
 }
 
 /// `ContentConsistent` from the status a build report was folded into.
@@ -468,11 +473,7 @@ pub fn coverage_condition(
             "{} topics with {thresholds}: {}{}; add content for them (status.topCoverageGaps)",
             found.gaps.len(),
             listed.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+            and_more(more)
         ),
         generation,
         now,
