@@ -403,6 +403,27 @@ impl Validate for AdapterPatchSpec {
     }
 }
 
+/// Whether a `baseModel` names a local file or directory (`/...`, `file://`, `pvc://`) rather
+/// than a model id: its model name only the runtime can read, when it loads it.
+pub fn is_local_model(name: &str) -> bool {
+    name.starts_with('/') || name.starts_with("file://") || name.starts_with("pvc://")
+}
+
+/// The model a name points at: its last path segment without a `.gguf` / `.safetensors`
+/// extension (`/models/SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct.Q4_1`,
+/// `HuggingFaceTB/SmolLM2-135M-Instruct/` -> `SmolLM2-135M-Instruct`). What the operator's
+/// artifact check and the trainer compare base models by.
+pub fn model_stem(name: &str) -> &str {
+    let last = name
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(name);
+    last.strip_suffix(".gguf")
+        .or_else(|| last.strip_suffix(".safetensors"))
+        .unwrap_or(last)
+}
+
 impl AdapterPatchSpec {
     /// Checks the rules that compare an update with the stored object (immutable fields).
     pub fn validate_update(&self, old: &Self) -> Result<(), ValidationErrors> {

@@ -17,7 +17,11 @@ use switchboard_artifact::{
     ArtifactUri,
     oci::{Credentials, OciClient},
 };
-use switchboard_crds::{AdapterPatchSpec, conditions::reasons};
+use switchboard_crds::{
+    AdapterPatchSpec,
+    adapter_patch::{is_local_model, model_stem},
+    conditions::reasons,
+};
 
 use super::rollout::ArtifactCheck;
 use crate::{http_client::HttpClient, observe::BoxFuture};
@@ -217,22 +221,7 @@ impl ArtifactChecker for PeftArtifacts {
 
 /// Normalises a model name for comparison: last path component, no extension, lowercase.
 fn model_key(name: &str) -> String {
-    let last = name
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or(name);
-    let stem = last
-        .strip_suffix(".gguf")
-        .or_else(|| last.strip_suffix(".safetensors"))
-        .unwrap_or(last);
-    stem.to_ascii_lowercase()
-}
-
-/// Whether the spec's base model names a local file or directory (whose model name only the
-/// runtime can read, at load time).
-fn is_local_path(name: &str) -> bool {
-    name.starts_with('/') || name.starts_with("file://") || name.starts_with("pvc://")
+    model_stem(name).to_ascii_lowercase()
 }
 
 /// The pure part of the check: the weights' digest (`weights_sha256_hex`, from
@@ -300,7 +289,7 @@ pub fn verify(spec: &AdapterPatchSpec, config: &[u8], weights_sha256_hex: &str) 
         .get("base_model_name_or_path")
         .and_then(|v| v.as_str())
         .filter(|b| !b.is_empty())
-        && !is_local_path(&spec.base_model)
+        && !is_local_model(&spec.base_model)
         && model_key(base) != model_key(&spec.base_model)
     {
         return invalid(format!(

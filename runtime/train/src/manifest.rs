@@ -8,6 +8,7 @@
 //! a breach. The same document serves GitOps (commit it) and `--apply` (a merge patch of those
 //! fields, conditional on the object's `resourceVersion`).
 use serde_json::{Value, json};
+use switchboard_crds::adapter_patch::{is_local_model, model_stem};
 use switchboard_crds::{AdapterPatch, Resource, resource_from_value};
 
 use crate::error::{Result, TrainError};
@@ -140,7 +141,7 @@ impl CurrentPatch {
     /// the runtime can name, at load).
     pub fn base_model_id(&self) -> Option<&str> {
         let base = self.patch.spec.base_model.as_str();
-        (!is_local_path(base)).then_some(base)
+        (!is_local_model(base)).then_some(base)
     }
 
     /// Refuses to train for an AdapterPatch whose `baseModel` is not the loaded model: the
@@ -249,24 +250,11 @@ impl CurrentPatch {
     }
 }
 
-/// Whether a `baseModel` names a local file or directory (as the operator decides).
-pub fn is_local_path(name: &str) -> bool {
-    name.starts_with('/') || name.starts_with("file://") || name.starts_with("pvc://")
-}
-
 /// A model's identity for comparison: the last path segment without `.gguf`/`.safetensors` and
 /// a llama.cpp quantisation suffix (`.Q4_1`), letters and digits only, lowercase
 /// (`/models/SmolLM2-135M-Instruct.Q4_1.gguf` == `HuggingFaceTB/SmolLM2-135M-Instruct`).
 pub fn model_key(name: &str) -> String {
-    let last = name
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or(name);
-    let stem = last
-        .strip_suffix(".gguf")
-        .or_else(|| last.strip_suffix(".safetensors"))
-        .unwrap_or(last);
+    let stem = model_stem(name);
     let stem = match stem.rsplit_once('.') {
         Some((head, quant))
             if quant.starts_with(['Q', 'q', 'F', 'f', 'I', 'i', 'B', 'b'])
