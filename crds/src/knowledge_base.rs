@@ -34,6 +34,8 @@ pub mod messages {
     /// `spec.retrieval.fusion.denseWeight`.
     pub const DENSE_WEIGHT: &str =
         "retrieval.fusion.denseWeight is only used (and then required) with method Weighted";
+    /// `spec.retrieval.rerank.weight`.
+    pub const RERANK_WEIGHT: &str = "retrieval.rerank.weight must be between 0 and 1";
     /// `spec.sources[*].volume.path`.
     pub const ABSOLUTE_PATH: &str = "sources[].volume.path must be an absolute path";
     /// `spec.sources[*].http.url`.
@@ -630,6 +632,14 @@ pub struct Rerank {
     /// Latency budget: past it the fused order is served and the timeout is counted.
     #[serde(default = "default_rerank_deadline")]
     pub deadline: GoDuration,
+    /// Share of the reranked head's order taken by the cross-encoder (0..1). 1 (default) orders
+    /// the head by the cross-encoder alone; below 1 its probability is blended with the fused
+    /// retrieval score (min-max normalised over the head), so a small in-domain reranker adds its
+    /// judgement without discarding what BM25 + dense got right. Pick it on held-out queries
+    /// with `switchboard-runtime eval --reranker DIR --rerank-weight 1,0.7,0.5`.
+    #[serde(default = "default_rerank_weight")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub weight: f64,
 }
 
 fn default_rerank_top_n() -> i32 {
@@ -637,6 +647,9 @@ fn default_rerank_top_n() -> i32 {
 }
 fn default_rerank_deadline() -> GoDuration {
     GoDuration::from_millis(300)
+}
+fn default_rerank_weight() -> f64 {
+    1.0
 }
 
 impl Default for Rerank {
@@ -646,6 +659,7 @@ impl Default for Rerank {
             model: None,
             top_n: default_rerank_top_n(),
             deadline: default_rerank_deadline(),
+            weight: default_rerank_weight(),
         }
     }
 }
@@ -1040,6 +1054,11 @@ impl Validate for KnowledgeBaseSpec {
             (r.fusion.method == FusionMethod::Weighted) == r.fusion.dense_weight.is_some(),
             "spec.retrieval.fusion.denseWeight",
             messages::DENSE_WEIGHT,
+        );
+        errors.check(
+            (0.0..=1.0).contains(&r.rerank.weight),
+            "spec.retrieval.rerank.weight",
+            messages::RERANK_WEIGHT,
         );
         errors.check(
             self.coverage.window.duration() >= std::time::Duration::from_secs(3600),

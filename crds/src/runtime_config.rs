@@ -366,6 +366,11 @@ impl Validate for RuntimeConfig {
             "knowledgeBase.retrieval.fusion.denseWeight",
             crate::knowledge_base::messages::DENSE_WEIGHT,
         );
+        e.check(
+            (0.0..=1.0).contains(&r.rerank.weight),
+            "knowledgeBase.retrieval.rerank.weight",
+            crate::knowledge_base::messages::RERANK_WEIGHT,
+        );
 
         let small = &self.small_model;
         e.check(

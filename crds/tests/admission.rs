@@ -389,6 +389,16 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.retrieval.rerank.model", kb::RERANK_MODEL),
         },
         Case {
+            name: "rerank weight above 1",
+            file: "knowledgebase.yaml",
+            kind: "KnowledgeBase",
+            update: false,
+            edit: |d| set(d, "/spec/retrieval/rerank/weight", json!(1.5)),
+            field: "spec.retrieval.rerank.weight",
+            message: "1.5 is greater than the maximum of 1",
+            rust: Rust::Field("spec.retrieval.rerank.weight", kb::RERANK_WEIGHT),
+        },
+        Case {
             name: "weighted fusion without a dense weight",
             file: "knowledgebase.yaml",
             kind: "KnowledgeBase",

@@ -10,7 +10,7 @@
 //! corpus = the answers, one PlainText document each; query = the question; gold = its own answer).
 //! Either way the corpus is indexed into a temporary generation store that is removed afterwards.
 //! Method and results: `docs/evaluation.md`.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,11 @@ pub struct EvalArgs {
     /// Fused candidates the cross-encoder rescores; several (comma-separated) give one row each.
     #[arg(long, value_delimiter = ',', default_value = "20")]
     pub rerank_top_n: Vec<usize>,
+    /// Cross-encoder share of the reranked head's order ([`RerankOptions::weight`]), one row
+    /// per value (comma-separated, each in 0..1). Every (query, passage) pair is scored once and
+    /// reused across the rows, so a sweep costs one rerank pass.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_weight)]
+    pub rerank_weight: Vec<f32>,
     /// Gold level: documents or sections.
     #[arg(long, value_enum, default_value_t = Level::Doc)]
     pub level: Level,
@@ -628,21 +633,28 @@ fn configs(args: &EvalArgs, base: &SearchOptions, reranker: bool) -> Vec<Config>
     }
     if reranker {
         for &top_n in &args.rerank_top_n {
-            out.push(Config {
-                name: format!(
-                    "hybrid+rerank ({}, top {})",
-                    fusion_name(&base.fusion),
-                    top_n
-                ),
-                options: SearchOptions {
-                    // An evaluation measures quality: no deadline worth the name.
-                    rerank: Some(RerankOptions {
-                        top_n: top_n.max(1),
-                        deadline: Duration::from_secs(120),
-                    }),
-                    ..base.clone()
-                },
-            });
+            for &weight in &args.rerank_weight {
+                let blend = if weight < 1.0 {
+                    format!(", weight {weight}")
+                } else {
+                    String::new()
+                };
+                out.push(Config {
+                    name: format!(
+                        "hybrid+rerank ({}, top {top_n}{blend})",
+                        fusion_name(&base.fusion),
+                    ),
+                    options: SearchOptions {
+                        // An evaluation measures quality: no deadline worth the name.
+                        rerank: Some(RerankOptions {
+                            top_n: top_n.max(1),
+                            deadline: Duration::from_secs(120),
+                            weight,
+                        }),
+                        ..base.clone()
+                    },
+                });
+            }
         }
     }
     out
@@ -689,6 +701,61 @@ fn run_config(
     })
 }
 
+/// `--rerank-weight`: a number in [0, 1].
+fn parse_weight(s: &str) -> std::result::Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(w) if (0.0..=1.0).contains(&w) => Ok(w),
+        _ => Err(format!("{s:?} is not a weight between 0 and 1")),
+    }
+}
+
+/// A reranker that remembers every (query, passage) score, so the rows of one evaluation that
+/// differ only in how the scores are used (`--rerank-weight`) run the cross-encoder once.
+struct MemoReranker<R> {
+    inner: R,
+    scores: std::sync::Mutex<HashMap<(String, String), f32>>,
+}
+
+impl<R> MemoReranker<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            scores: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<R: Reranker> Reranker for MemoReranker<R> {
+    fn model_id(&self) -> String {
+        self.inner.model_id()
+    }
+
+    fn score(&self, query: &str, passages: &[String]) -> switchboard_index::Result<Vec<f32>> {
+        let key = |p: &String| (query.to_owned(), p.clone());
+        let missing: Vec<String> = {
+            let memo = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+            passages
+                .iter()
+                .filter(|p| !memo.contains_key(&key(p)))
+                .cloned()
+                .collect()
+        };
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.score(query, &missing)?
+        };
+        let mut memo = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, s) in missing.iter().zip(fresh) {
+            memo.insert(key(p), s);
+        }
+        Ok(passages
+            .iter()
+            .map(|p| memo.get(&key(p)).copied().unwrap_or(f32::NAN))
+            .collect())
+    }
+}
+
 /// `switchboard-runtime eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let dataset = Dataset::load(&args.data)?;
@@ -696,7 +763,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Some(dir) => {
             let model = CrossEncoder::load(dir, switchboard_model::default_device())
                 .with_context(|| format!("loading cross-encoder {}", dir.display()))?;
-            Some(Arc::new(CrossEncoderReranker::new(model)))
+            Some(Arc::new(MemoReranker::new(CrossEncoderReranker::new(
+                model,
+            ))))
         }
         None => None,
     };

@@ -348,6 +348,7 @@ pub fn search_options(r: &Retrieval, has_reranker: bool) -> SearchOptions {
         rerank: (r.rerank.enabled && has_reranker).then(|| RerankOptions {
             top_n: r.rerank.top_n.max(1) as usize,
             deadline: r.rerank.deadline.duration().max(Duration::from_millis(1)),
+            weight: r.rerank.weight.clamp(0.0, 1.0) as f32,
         }),
         floor: r
             .min_score
@@ -460,4 +461,23 @@ pub fn local_runtime_config(
 /// The number of an index generation id (`gen-000007` -> 7).
 pub fn generation_number(id: &str) -> Option<i64> {
     id.strip_prefix("gen-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rerank_settings_reach_the_search_options() {
+        let mut r = Retrieval::default();
+        r.rerank.enabled = true;
+        r.rerank.model = Some("/models/reranker".into());
+        r.rerank.top_n = 12;
+        r.rerank.weight = 0.4;
+        let rerank = search_options(&r, true).rerank.expect("rerank on");
+        assert_eq!(rerank.top_n, 12);
+        assert!((rerank.weight - 0.4).abs() < 1e-6);
+        // Without a loaded cross-encoder rerank stays off rather than failing the search.
+        assert_eq!(search_options(&r, false).rerank, None);
+    }
 }

@@ -297,6 +297,7 @@ impl RetrievalService {
                 options.rerank = Some(switchboard_index::RerankOptions {
                     top_n: 20,
                     deadline: Duration::from_millis(250),
+                    weight: 1.0,
                 });
             }
             _ => {}

@@ -43,6 +43,18 @@ pub struct RerankOptions {
     pub top_n: usize,
     /// Budget; when exceeded the fused order is served and the response says so.
     pub deadline: Duration,
+    /// Share of the reranked head's order taken by the cross-encoder, in [0, 1]. 1 orders the
+    /// head by the cross-encoder alone (`sigmoid(rerank) x decay`); below 1 the final score is
+    /// `weight x sigmoid(rerank) x decay + (1 - weight) x fused'`, where `fused'` is the fused
+    /// score min-max normalised over the head (it already carries the decay). A reranker trained
+    /// on a few hundred in-domain queries is a useful second opinion but a poor sole judge; the
+    /// blend keeps what the first stage got right (docs/evaluation.md, "Reranker training").
+    #[serde(default = "full_weight")]
+    pub weight: f32,
+}
+
+fn full_weight() -> f32 {
+    1.0
 }
 
 /// A minimum relevance below which a passage is not served; when no passage clears it the
@@ -124,8 +136,9 @@ pub struct StageScores {
     pub decay: f32,
     /// Raw reranker score.
     pub rerank: Option<f32>,
-    /// Score that ordered the final list. Reranked passages (sigmoid(rerank) x decay) precede the
-    /// rest (fused score), so compare it only within one response.
+    /// Score that ordered the final list. Reranked passages (sigmoid(rerank) x decay, blended
+    /// with the normalised fused score when [`RerankOptions::weight`] < 1) precede the rest
+    /// (fused score), so compare it only within one response.
     pub final_score: f32,
 }
 
@@ -438,9 +451,22 @@ impl Retriever {
                     ro.deadline,
                 ) {
                     Ok(scores) if scores.len() == n && scores.iter().all(|s| s.is_finite()) => {
-                        for (c, s) in cands[..n].iter_mut().zip(scores) {
+                        let weight = ro.weight.clamp(0.0, 1.0);
+                        let head = &mut cands[..n];
+                        let (lo, hi) = head.iter().fold((f32::MAX, f32::MIN), |(lo, hi), c| {
+                            (lo.min(c.scores.fused), hi.max(c.scores.fused))
+                        });
+                        let span = hi - lo;
+                        for (c, s) in head.iter_mut().zip(scores) {
+                            // Min-max over the head; a head of equal fused scores adds nothing.
+                            let fused = if span > 0.0 {
+                                (c.scores.fused - lo) / span
+                            } else {
+                                0.0
+                            };
                             c.scores.rerank = Some(s);
-                            c.scores.final_score = sigmoid(s) * c.scores.decay;
+                            c.scores.final_score =
+                                weight * sigmoid(s) * c.scores.decay + (1.0 - weight) * fused;
                         }
                         cands[..n].sort_by(|a, b| {
                             b.scores

@@ -415,6 +415,7 @@ fn rerank_reorders_within_deadline_and_is_skipped_after_it() {
         rerank: Some(RerankOptions {
             top_n: 10,
             deadline: Duration::from_millis(500),
+            weight: 1.0,
         }),
         ..Default::default()
     };
@@ -449,6 +450,7 @@ fn rerank_reorders_within_deadline_and_is_skipped_after_it() {
         rerank: Some(RerankOptions {
             top_n: 10,
             deadline: Duration::from_millis(50),
+            weight: 1.0,
         }),
         ..opts
     };
@@ -620,4 +622,79 @@ fn fixed_chunking_builds_and_searches_the_sample_kb() {
         .search("error LDG-429", &SearchOptions::default())
         .unwrap();
     assert_eq!(res.passages[0].doc_id, "guides/api-rate-limits.md");
+}
+
+#[test]
+fn rerank_weight_blends_the_cross_encoder_with_the_fused_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = kb_retriever(dir.path());
+    let q = "refund window days";
+    let with_weight = |weight: f32| SearchOptions {
+        now: Some(NOW),
+        top_k: 10,
+        rerank: Some(RerankOptions {
+            top_n: 10,
+            deadline: Duration::from_secs(5),
+            weight,
+        }),
+        ..Default::default()
+    };
+    let fused = base
+        .search(
+            q,
+            &SearchOptions {
+                rerank: None,
+                ..with_weight(1.0)
+            },
+        )
+        .unwrap();
+    let ids = |r: &switchboard_index::SearchResponse| {
+        r.passages
+            .iter()
+            .map(|p| p.chunk_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let sixth = &fused.passages[5];
+    let marker: &'static str = Box::leak(sixth.text.clone().into_boxed_str());
+    let reranked = base.clone().with_reranker(Arc::new(FixedReranker {
+        delay: Duration::ZERO,
+        prefer: marker,
+    }));
+
+    // Weight 0: the cross-encoder is consulted (its scores are reported) but the fused order
+    // stands.
+    let res = reranked.search(q, &with_weight(0.0)).unwrap();
+    assert_eq!(res.rerank, RerankStatus::Completed { candidates: 10 });
+    assert_eq!(ids(&res), ids(&fused));
+    assert!(res.passages.iter().all(|p| p.scores.rerank.is_some()));
+
+    // Weight 1: the cross-encoder alone orders the head.
+    let res = reranked.search(q, &with_weight(1.0)).unwrap();
+    assert_eq!(res.passages[0].chunk_id, sixth.chunk_id);
+
+    // In between: the documented blend of sigmoid(rerank) x decay and the min-max normalised
+    // fused score.
+    let res = reranked.search(q, &with_weight(0.3)).unwrap();
+    let (lo, hi) = res
+        .passages
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), p| {
+            (lo.min(p.scores.fused), hi.max(p.scores.fused))
+        });
+    for p in &res.passages {
+        let s = p.scores.rerank.unwrap();
+        let want =
+            0.3 / (1.0 + (-s).exp()) * p.scores.decay + 0.7 * (p.scores.fused - lo) / (hi - lo);
+        assert!(
+            (p.scores.final_score - want).abs() < 1e-5,
+            "{}: {} vs {want}",
+            p.chunk_id,
+            p.scores.final_score
+        );
+    }
+    assert!(
+        res.passages
+            .windows(2)
+            .all(|w| w[0].scores.final_score >= w[1].scores.final_score)
+    );
 }
