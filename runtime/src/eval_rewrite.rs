@@ -62,6 +62,16 @@ pub struct RewriteArgs {
     /// Write rewriter fine-tuning pairs (JSONL `{messages, completion}`) here.
     #[arg(long)]
     pub rewrite_sft_out: Option<PathBuf>,
+    /// With `--rewrite-sft-out`: for each query no rewrite beats, also write a pair whose
+    /// completion is the query as written, so the fine-tuned rewriter learns to leave a query
+    /// that already retrieves well alone (the seed's "rewrite only when it improves R@5").
+    #[arg(long, requires = "rewrite_sft_out")]
+    pub rewrite_sft_keep: bool,
+    /// A PEFT LoRA adapter directory the small model rewrites through (for example one
+    /// `switchboard-train sft` trained on `--rewrite-sft-out` pairs), to measure a fine-tuned
+    /// rewriter against the base one.
+    #[arg(long)]
+    pub rewrite_adapter: Option<PathBuf>,
     /// Write every query's rewrites and gold ranks (JSONL) here.
     #[arg(long)]
     pub rewrite_details: Option<PathBuf>,
@@ -70,7 +80,10 @@ pub struct RewriteArgs {
 impl RewriteArgs {
     /// Whether the comparison runs.
     pub fn enabled(&self) -> bool {
-        self.rewrite || self.rewrite_sft_out.is_some() || self.rewrite_details.is_some()
+        self.rewrite
+            || self.rewrite_sft_out.is_some()
+            || self.rewrite_details.is_some()
+            || self.rewrite_adapter.is_some()
     }
 
     fn policy(&self) -> QueryRewrite {
@@ -87,6 +100,9 @@ impl RewriteArgs {
 pub struct RewriteReport {
     /// The small model.
     pub model: String,
+    /// The LoRA adapter it rewrote through (`--rewrite-adapter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     /// Auto policy parameters.
     pub min_words: i32,
     /// Auto policy parameters.
@@ -105,6 +121,8 @@ pub struct RewriteReport {
     pub unchanged: usize,
     /// Fine-tuning pairs written (`--rewrite-sft-out`).
     pub sft_pairs: usize,
+    /// Of those, pairs that keep the query as written (`--rewrite-sft-keep`).
+    pub sft_kept_original: usize,
     /// Candidate pairs dropped for being longer than the query + 20% (the essay's length filter).
     pub sft_too_long: usize,
 }
@@ -155,10 +173,12 @@ fn better(a: Option<usize>, b: Option<usize>) -> bool {
     }
 }
 
-/// Runs `requests` on a small-model worker (continuous batching, int4 weights as served) and
-/// returns the generations in order; logs progress every 50.
+/// Runs `requests` on a small-model worker (continuous batching, int4 weights as served),
+/// through the LoRA adapter in `adapter` when given, and returns the generations in order; logs
+/// progress every 50.
 pub(crate) fn generate_all(
     model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
     requests: Vec<(Vec<ChatMessage>, GenerationConfig)>,
 ) -> Result<Vec<switchboard_model::Result<Generation>>> {
     let options =
@@ -169,14 +189,22 @@ pub(crate) fn generate_all(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    const ADAPTER_ID: &str = "eval-adapter";
+    if let Some(dir) = adapter {
+        runtime
+            .block_on(worker.load_adapter(ADAPTER_ID, dir))
+            .with_context(|| format!("loading the LoRA adapter {}", dir.display()))?;
+    }
+    let adapter_id = adapter.map(|_| ADAPTER_ID.to_owned());
     let total = requests.len();
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let futures = requests.into_iter().map(|(messages, config)| {
         let worker = worker.clone();
         let done = Arc::clone(&done);
+        let adapter_id = adapter_id.clone();
         async move {
-            let out = worker.chat(messages, config, None).await;
+            let out = worker.chat(messages, config, adapter_id).await;
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(50) || n == total {
                 tracing::info!(
@@ -236,7 +264,7 @@ pub fn run(
         }
     }
     let started = Instant::now();
-    let generated = generate_all(&args.small_model, requests)?;
+    let generated = generate_all(&args.small_model, args.rewrite_adapter.as_deref(), requests)?;
     let generation_seconds = started.elapsed().as_secs_f64();
 
     let search = |query: &str, gold: &HashSet<&str>| -> Result<(Scores, Option<usize>)> {
@@ -252,6 +280,7 @@ pub fn run(
     let mut details = Vec::with_capacity(golden.len());
     let mut sft = Vec::new();
     let (mut invalid, mut improved, mut worsened, mut unchanged, mut too_long) = (0, 0, 0, 0, 0);
+    let mut kept_original = 0;
     for (i, q) in golden.iter().enumerate() {
         let gold: HashSet<&str> = q.gold(level).iter().map(String::as_str).collect();
         let decision = should_rewrite(&q.query, &vocabulary, &policy);
@@ -311,19 +340,29 @@ pub fn run(
                 best = Some((candidate, rank));
             }
         }
-        if let Some((rewrite, rank)) = best.filter(|(_, rank)| better(*rank, original_rank)) {
-            let limit = (switchboard_policy::text::words(&q.query).len() as f64 * 1.2).ceil();
-            if switchboard_policy::text::words(&rewrite).len() as f64 > limit {
-                too_long += 1;
-            } else {
-                sft.push(serde_json::json!({
-                    "messages": [{"role": "user", "content": rewrite_prompt(&q.query)}],
-                    "completion": rewrite,
-                    "query": q.query,
-                    "original_rank": original_rank,
-                    "rewrite_rank": rank,
-                }));
+        let pair = |completion: &str, rank: Option<usize>| {
+            serde_json::json!({
+                "messages": [{"role": "user", "content": rewrite_prompt(&q.query)}],
+                "completion": completion,
+                "query": q.query,
+                "original_rank": original_rank,
+                "rewrite_rank": rank,
+            })
+        };
+        match best.filter(|(_, rank)| better(*rank, original_rank)) {
+            Some((rewrite, rank)) => {
+                let limit = (switchboard_policy::text::words(&q.query).len() as f64 * 1.2).ceil();
+                if switchboard_policy::text::words(&rewrite).len() as f64 > limit {
+                    too_long += 1;
+                } else {
+                    sft.push(pair(&rewrite, rank));
+                }
             }
+            None if args.rewrite_sft_keep => {
+                sft.push(pair(&q.query, original_rank));
+                kept_original += 1;
+            }
+            None => {}
         }
         details.push(Detail {
             query: q.query.clone(),
@@ -369,6 +408,10 @@ pub fn run(
     }
     Ok(RewriteReport {
         model: args.small_model.display().to_string(),
+        adapter: args
+            .rewrite_adapter
+            .as_ref()
+            .map(|p| p.display().to_string()),
         min_words: args.rewrite_min_words,
         max_vocabulary_overlap: args.rewrite_max_overlap,
         invalid_rewrites: invalid,
@@ -378,6 +421,7 @@ pub fn run(
         worsened,
         unchanged,
         sft_pairs: sft.len(),
+        sft_kept_original: kept_original,
         sft_too_long: too_long,
     })
 }
@@ -401,9 +445,13 @@ pub(crate) fn write_jsonl<'a, T: Serialize + 'a>(
 /// Prints the comparison as a table.
 pub fn print_table(report: &RewriteReport) {
     println!();
+    let model = match &report.adapter {
+        Some(adapter) => format!("{} + LoRA {adapter}", report.model),
+        None => report.model.clone(),
+    };
     println!(
         "query rewriting ({}; Auto policy: >= {} words and vocabulary overlap <= {}): {} improved, {} worsened, {} unchanged, {} invalid rewrites; generation {:.0} s",
-        report.model,
+        model,
         report.min_words,
         report.max_vocabulary_overlap,
         report.improved,
@@ -430,8 +478,8 @@ pub fn print_table(report: &RewriteReport) {
     }
     if report.sft_pairs > 0 || report.sft_too_long > 0 {
         println!(
-            "fine-tuning pairs: {} written, {} dropped as longer than the query + 20%",
-            report.sft_pairs, report.sft_too_long
+            "fine-tuning pairs: {} written ({} keep the query as written), {} dropped as longer than the query + 20%",
+            report.sft_pairs, report.sft_kept_original, report.sft_too_long
         );
     }
 }

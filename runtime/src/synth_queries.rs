@@ -192,7 +192,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         generations = requests.len(),
         "generating questions"
     );
-    let generated = generate_all(&args.small_model, requests)?;
+    let generated = generate_all(&args.small_model, None, requests)?;
     let generation_seconds = started.elapsed().as_secs_f64();
 
     let options = eval_options(&dataset.base);

@@ -165,12 +165,21 @@ fn train_reranker_learns_its_queries_and_eval_uses_it() {
         out_str,
         "--rerank-top-n",
         "6",
+        "--rerank-weight",
+        "1,0",
         "--json",
     ]);
     assert_eq!(report["queries"], 3);
     assert_eq!(report["split"], "train");
     let reranked = row(&report, "hybrid+rerank");
     assert_eq!(reranked["mrr@10"], 1.0, "{report}");
+    // Weight 0 keeps the fused order: the row equals plain hybrid.
+    let kept = row(&report, "hybrid+rerank (rrf k=60, top 6, weight 0)");
+    assert_eq!(
+        kept["mrr@10"],
+        row(&report, "hybrid (")["mrr@10"],
+        "{report}"
+    );
 
     // A one-label cross-encoder as --init continues training.
     let resumed = dir.path().join("resumed");
@@ -214,18 +223,30 @@ fn rewrite_comparison_follows_the_policy() {
         )
     };
 
-    let (report, original, rewritten, policy, oracle) =
-        rewrite_rows(&["--rewrite-sft-out", sft.to_str().unwrap()]);
+    let (report, original, rewritten, policy, oracle) = rewrite_rows(&[
+        "--rewrite-sft-out",
+        sft.to_str().unwrap(),
+        "--rewrite-sft-keep",
+    ]);
     assert_eq!(original["queries"], 6);
     assert_eq!(policy["rewritten"], 0, "short questions are kept: {report}");
     assert_eq!(policy["mrr@10"], original["mrr@10"]);
     let mrr = |r: &Value| r["mrr@10"].as_f64().unwrap();
     assert!(mrr(&oracle) >= mrr(&original).max(mrr(&rewritten)) - 1e-9);
-    let improved = report["rewrite"]["improved"].as_u64().unwrap() as usize;
+    let count = |key: &str| report["rewrite"][key].as_u64().unwrap() as usize;
     let lines = std::fs::read_to_string(&sft).unwrap();
-    assert!(lines.lines().count() <= improved);
+    // Every query gives a pair (its better rewrite, or itself when no rewrite beats it) unless
+    // its better rewrite is too long.
+    assert_eq!(lines.lines().count() + count("sft_too_long"), 6, "{report}");
+    assert_eq!(count("sft_pairs"), lines.lines().count());
+    assert!(count("sft_pairs") - count("sft_kept_original") <= count("improved"));
+    let mut kept = 0;
     for line in lines.lines() {
         let pair: Value = serde_json::from_str(line).unwrap();
+        if pair["completion"] == pair["query"] {
+            kept += 1;
+            assert_eq!(pair["rewrite_rank"], pair["original_rank"], "{pair}");
+        }
         assert!(
             pair["messages"][0]["content"]
                 .as_str()
@@ -235,10 +256,31 @@ fn rewrite_comparison_follows_the_policy() {
         assert!(pair["completion"].as_str().is_some_and(|c| !c.is_empty()));
     }
 
+    assert_eq!(kept, count("sft_kept_original"));
+
     let (_, _, rewritten_all, policy_all, _) =
         rewrite_rows(&["--rewrite-min-words", "1", "--rewrite-max-overlap", "1.0"]);
     assert_eq!(policy_all["mrr@10"], rewritten_all["mrr@10"]);
     assert_eq!(policy_all["rewritten"], rewritten_all["rewritten"]);
+
+    // A fine-tuned rewriter is measured through its LoRA adapter (here the PEFT fixture).
+    let adapter = root().join("runtime/model/tests/fixtures/lora/qv");
+    let (report, original_lora, ..) =
+        rewrite_rows(&["--rewrite-adapter", adapter.to_str().unwrap()]);
+    assert_eq!(report["rewrite"]["adapter"], adapter.to_str().unwrap());
+    assert_eq!(original_lora["mrr@10"], original["mrr@10"]);
+    let missing = dir.path().join("no-such-adapter");
+    let out = runtime_cmd()
+        .args(["eval", "--zaragoza", &faq, "--rewrite-adapter"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loading the LoRA adapter") && stderr.contains("no-such-adapter"),
+        "{stderr}"
+    );
 }
 
 /// `synth-queries`: every kept question names its source passage's document, and with
