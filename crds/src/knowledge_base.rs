@@ -468,6 +468,33 @@ fn default_top_k() -> i32 {
     8
 }
 
+impl Retrieval {
+    /// The cross-field rules of retrieval settings, reported under `at` (`spec.retrieval` in a
+    /// KnowledgeBase, `knowledgeBase.retrieval` in a RuntimeConfig).
+    pub(crate) fn check(&self, errors: &mut Errors, at: &str) {
+        errors.check(
+            self.bm25.enabled || self.dense.enabled,
+            at,
+            messages::ONE_RETRIEVER,
+        );
+        errors.check(
+            !self.rerank.enabled || self.rerank.model.is_some(),
+            format!("{at}.rerank.model"),
+            messages::RERANK_MODEL,
+        );
+        errors.check(
+            (self.fusion.method == FusionMethod::Weighted) == self.fusion.dense_weight.is_some(),
+            format!("{at}.fusion.denseWeight"),
+            messages::DENSE_WEIGHT,
+        );
+        errors.check(
+            (0.0..=1.0).contains(&self.rerank.weight),
+            format!("{at}.rerank.weight"),
+            messages::RERANK_WEIGHT,
+        );
+    }
+}
+
 impl Default for Retrieval {
     fn default() -> Self {
         Self {
@@ -1039,27 +1066,7 @@ impl Validate for KnowledgeBaseSpec {
             "spec.chunking.overlapTokens",
             messages::OVERLAP_BELOW_MAX,
         );
-        let r = &self.retrieval;
-        errors.check(
-            r.bm25.enabled || r.dense.enabled,
-            "spec.retrieval",
-            messages::ONE_RETRIEVER,
-        );
-        errors.check(
-            !r.rerank.enabled || r.rerank.model.is_some(),
-            "spec.retrieval.rerank.model",
-            messages::RERANK_MODEL,
-        );
-        errors.check(
-            (r.fusion.method == FusionMethod::Weighted) == r.fusion.dense_weight.is_some(),
-            "spec.retrieval.fusion.denseWeight",
-            messages::DENSE_WEIGHT,
-        );
-        errors.check(
-            (0.0..=1.0).contains(&r.rerank.weight),
-            "spec.retrieval.rerank.weight",
-            messages::RERANK_WEIGHT,
-        );
+        self.retrieval.check(&mut errors, "spec.retrieval");
         errors.check(
             self.coverage.window.duration() >= std::time::Duration::from_secs(3600),
             "spec.coverage.window",

@@ -19,7 +19,7 @@ use crate::{
     Digest,
     common::{Errors, SecretKeyRef, Validate, ValidationErrors},
     experiment::{AssignmentUnit, Overrides},
-    knowledge_base::{FusionMethod, Retrieval},
+    knowledge_base::Retrieval,
     router::{AdapterSelection, QueryRewrite},
     units::{GoDuration, Percent},
 };
@@ -345,31 +345,11 @@ impl Validate for RuntimeConfig {
             "knowledgeBase.previousGeneration",
             "must be at least 1 and older than indexGeneration",
         );
-        let r = &kb.retrieval;
+        kb.retrieval.check(&mut e, "knowledgeBase.retrieval");
         e.check(
-            r.bm25.enabled || r.dense.enabled,
-            "knowledgeBase.retrieval",
-            crate::knowledge_base::messages::ONE_RETRIEVER,
-        );
-        e.check(
-            (1..=100).contains(&r.top_k),
+            (1..=100).contains(&kb.retrieval.top_k),
             "knowledgeBase.retrieval.topK",
             "must be between 1 and 100",
-        );
-        e.check(
-            !r.rerank.enabled || r.rerank.model.is_some(),
-            "knowledgeBase.retrieval.rerank.model",
-            crate::knowledge_base::messages::RERANK_MODEL,
-        );
-        e.check(
-            (r.fusion.method == FusionMethod::Weighted) == r.fusion.dense_weight.is_some(),
-            "knowledgeBase.retrieval.fusion.denseWeight",
-            crate::knowledge_base::messages::DENSE_WEIGHT,
-        );
-        e.check(
-            (0.0..=1.0).contains(&r.rerank.weight),
-            "knowledgeBase.retrieval.rerank.weight",
-            crate::knowledge_base::messages::RERANK_WEIGHT,
         );
 
         let small = &self.small_model;

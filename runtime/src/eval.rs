@@ -713,7 +713,8 @@ fn parse_weight(s: &str) -> std::result::Result<f32, String> {
 /// differ only in how the scores are used (`--rerank-weight`) run the cross-encoder once.
 struct MemoReranker<R> {
     inner: R,
-    scores: std::sync::Mutex<HashMap<(String, String), f32>>,
+    /// Score by query, then by passage.
+    scores: std::sync::Mutex<HashMap<String, HashMap<String, f32>>>,
 }
 
 impl<R> MemoReranker<R> {
@@ -731,27 +732,20 @@ impl<R: Reranker> Reranker for MemoReranker<R> {
     }
 
     fn score(&self, query: &str, passages: &[String]) -> switchboard_index::Result<Vec<f32>> {
-        let key = |p: &String| (query.to_owned(), p.clone());
-        let missing: Vec<String> = {
-            let memo = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-            passages
-                .iter()
-                .filter(|p| !memo.contains_key(&key(p)))
-                .cloned()
-                .collect()
-        };
-        let fresh = if missing.is_empty() {
-            Vec::new()
-        } else {
-            self.inner.score(query, &missing)?
-        };
         let mut memo = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        for (p, s) in missing.iter().zip(fresh) {
-            memo.insert(key(p), s);
+        let known = memo.entry(query.to_owned()).or_default();
+        let missing: Vec<String> = passages
+            .iter()
+            .filter(|p| !known.contains_key(*p))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let fresh = self.inner.score(query, &missing)?;
+            known.extend(missing.into_iter().zip(fresh));
         }
         Ok(passages
             .iter()
-            .map(|p| memo.get(&key(p)).copied().unwrap_or(f32::NAN))
+            .map(|p| known.get(p).copied().unwrap_or(f32::NAN))
             .collect())
     }
 }

@@ -348,7 +348,7 @@ pub fn search_options(r: &Retrieval, has_reranker: bool) -> SearchOptions {
         rerank: (r.rerank.enabled && has_reranker).then(|| RerankOptions {
             top_n: r.rerank.top_n.max(1) as usize,
             deadline: r.rerank.deadline.duration().max(Duration::from_millis(1)),
-            weight: r.rerank.weight.clamp(0.0, 1.0) as f32,
+            weight: r.rerank.weight as f32,
         }),
         floor: r
             .min_score

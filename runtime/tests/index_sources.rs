@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod support;
-use support::runtime_cmd;
+use support::{runtime_cmd, stderr_of_failure};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -129,15 +129,13 @@ spec:
     let report_file = tmp.path().join("report.json");
 
     // Without --sources-dir a ConfigMap source is refused with a clear error.
-    let refused = runtime_cmd()
-        .args(["index", "--manifests"])
-        .arg(&manifest)
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = stderr_of_failure(
+        runtime_cmd()
+            .args(["index", "--manifests"])
+            .arg(&manifest)
+            .arg("--data")
+            .arg(&data),
+    );
     assert!(
         stderr.contains("ConfigMap policy-docs") && stderr.contains("--sources-dir"),
         "{stderr}"

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod support;
-use support::{models_present, root, runtime_cmd};
+use support::{models_present, root, runtime_cmd, stderr_of_failure};
 
 use std::path::Path;
 
@@ -270,13 +270,11 @@ fn rewrite_comparison_follows_the_policy() {
     assert_eq!(report["rewrite"]["adapter"], adapter.to_str().unwrap());
     assert_eq!(original_lora["mrr@10"], original["mrr@10"]);
     let missing = dir.path().join("no-such-adapter");
-    let out = runtime_cmd()
-        .args(["eval", "--zaragoza", &faq, "--rewrite-adapter"])
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr_of_failure(
+        runtime_cmd()
+            .args(["eval", "--zaragoza", &faq, "--rewrite-adapter"])
+            .arg(&missing),
+    );
     assert!(
         stderr.contains("loading the LoRA adapter") && stderr.contains("no-such-adapter"),
         "{stderr}"

@@ -23,6 +23,13 @@ pub fn runtime_cmd() -> Command {
     cmd
 }
 
+/// Runs `cmd`, asserts that it fails, and returns its standard error (to check the message).
+pub fn stderr_of_failure(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
