@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use switchboard_index::{Generation, Retriever, SearchOptions};
+use switchboard_index::{Chunk, Embedder, Generation, Retriever, SearchOptions};
 use switchboard_model::rerank_train::{RerankerTrainer, TrainConfig, TrainingGroup};
 
 use crate::eval::{Dataset, DatasetArgs, EvalIndex, Split, eval_options, fusion_name};
@@ -75,15 +75,40 @@ pub struct TrainRerankerArgs {
     /// negative pool.
     #[arg(long, default_value_t = 20)]
     pub negatives_depth: usize,
+    /// Which passages may be negatives: `positives` (default) only passages that answer some
+    /// training query, so no passage is learned as "never relevant" merely because no training
+    /// query asks for it (the held-out half's answers, or a KB's untrodden corners); `corpus`
+    /// any passage the retrievers rank high.
+    #[arg(long, value_enum, default_value_t = NegativesFrom::Positives)]
+    pub negatives_from: NegativesFrom,
     /// Longest (query, passage) pair in tokens.
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
     /// Dropout while training (default: the checkpoint's `hidden_dropout_prob`).
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Weight of distillation from the retrieval encoder: each group also teaches the model the
+    /// encoder's cosine ordering of its passages (soft cross-entropy against
+    /// `softmax(cosine / --distill-temperature)`), a relevance prior for questions no training
+    /// query resembles. 0 (default): labels only.
+    #[arg(long, default_value_t = 0.0)]
+    pub distill_weight: f64,
+    /// Temperature of the encoder's cosine similarities in the distillation target.
+    #[arg(long, default_value_t = 0.05)]
+    pub distill_temperature: f64,
     /// Seed of the head, dropout, shuffling and negative sampling.
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
+}
+
+/// Where `train-reranker` draws negatives from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NegativesFrom {
+    /// Passages that are the positive of some training query.
+    Positives,
+    /// Any passage of the corpus.
+    Corpus,
 }
 
 /// A line of a synthetic query file (the golden-set format plus `kept`).
@@ -125,6 +150,7 @@ struct TrainingRecord {
     synthetic_queries: usize,
     synthetic_max_rank: Option<usize>,
     skipped_queries: usize,
+    negatives_from: NegativesFrom,
     mean_pool: f64,
     epochs: usize,
     steps: usize,
@@ -135,6 +161,8 @@ struct TrainingRecord {
     negatives_depth: usize,
     real_weight: usize,
     max_len: usize,
+    distill_weight: f64,
+    distill_temperature: f64,
     seed: u64,
     epoch_loss: Vec<f64>,
     seconds: f64,
@@ -173,6 +201,9 @@ impl Rng {
     }
 }
 
+/// A training query: its text, gold documents, gold sections and whether it is synthetic.
+type TrainingQuery = (String, Vec<String>, Vec<String>, bool);
+
 /// A synthetic query: its text, gold documents and gold sections.
 type SyntheticQuery = (String, Vec<String>, Vec<String>);
 
@@ -207,6 +238,8 @@ struct Miner<'a> {
     rows: HashMap<&'a str, usize>,
     base: SearchOptions,
     depth: usize,
+    /// Documents negatives may come from (`None`: any).
+    eligible: Option<HashSet<String>>,
 }
 
 impl Miner<'_> {
@@ -220,15 +253,11 @@ impl Miner<'_> {
     ) -> Result<Option<(usize, Vec<usize>)>> {
         let (retriever, rows, base, depth) = (self.retriever, &self.rows, &self.base, self.depth);
         let chunks = self.generation.chunks();
-        // Sections, when given, are the precise answer (a synthetic query's source paragraph);
-        // otherwise any chunk of a gold document is.
-        let is_gold = |row: usize| {
-            let c = &chunks[row];
-            if gold_sections.is_empty() {
-                gold_docs.contains(&c.doc_id)
-            } else {
-                gold_sections.contains(&c.section_id)
-            }
+        let is_gold = |row: usize| is_gold(&chunks[row], gold_docs, gold_sections);
+        let eligible = |row: usize| {
+            self.eligible
+                .as_ref()
+                .is_none_or(|docs| docs.contains(&chunks[row].doc_id))
         };
         let lists = [
             SearchOptions {
@@ -269,7 +298,7 @@ impl Miner<'_> {
             .map(|l| {
                 l.iter()
                     .copied()
-                    .filter(|&r| !is_gold(r))
+                    .filter(|&r| !is_gold(r) && eligible(r))
                     .take(depth)
                     .collect()
             })
@@ -289,6 +318,34 @@ impl Miner<'_> {
     }
 }
 
+/// The documents that answer some training query (have a chunk that is gold for it): with
+/// `--negatives-from positives` the only documents negatives are drawn from. Without the
+/// restriction a passage no training query asks for appears only ever as a negative, and the model
+/// learns to push it down whatever the question: on a split golden set that is every held-out
+/// answer, which the held-out evaluation then measures as a reranker worse than no reranker.
+fn answering_documents(generation: &Generation, queries: &[TrainingQuery]) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for c in generation.chunks() {
+        if queries
+            .iter()
+            .any(|(_, docs, sections, _)| is_gold(c, docs, sections))
+        {
+            out.insert(c.doc_id.clone());
+        }
+    }
+    out
+}
+
+/// Whether a chunk answers a query: sections, when given, are the precise answer (a synthetic
+/// query's source paragraph); otherwise any chunk of a gold document is.
+fn is_gold(chunk: &Chunk, gold_docs: &[String], gold_sections: &[String]) -> bool {
+    if gold_sections.is_empty() {
+        gold_docs.contains(&chunk.doc_id)
+    } else {
+        gold_sections.contains(&chunk.section_id)
+    }
+}
+
 /// `switchboard-runtime train-reranker`.
 pub fn run(args: &TrainRerankerArgs) -> Result<()> {
     if args.group_size < 2 {
@@ -297,27 +354,25 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
     if args.batch_groups == 0 || args.epochs == 0 || args.negatives_depth == 0 {
         bail!("--batch-groups, --epochs and --negatives-depth must be at least 1");
     }
+    if args.distill_weight < 0.0 || !args.distill_weight.is_finite() {
+        bail!(
+            "--distill-weight must be >= 0 (got {})",
+            args.distill_weight
+        );
+    }
+    if args.distill_temperature <= 0.0 || !args.distill_temperature.is_finite() {
+        bail!(
+            "--distill-temperature must be > 0 (got {})",
+            args.distill_temperature
+        );
+    }
     let started = Instant::now();
     let dataset = Dataset::load(&args.data)?;
     let init = args.init.clone().unwrap_or_else(|| dataset.encoder.clone());
     let index = EvalIndex::build(&dataset)?;
     let retriever = index.retriever(None)?;
-    let generation = &index.generation;
-    let miner = Miner {
-        retriever: &retriever,
-        generation,
-        rows: generation
-            .chunks()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.chunk_id.as_str(), i))
-            .collect(),
-        base: eval_options(&dataset.base),
-        depth: args.negatives_depth,
-    };
-
     // Queries: the golden half, then the synthetic files.
-    let mut queries: Vec<(String, Vec<String>, Vec<String>, bool)> = Vec::new();
+    let mut queries: Vec<TrainingQuery> = Vec::new();
     if !args.synthetic_only {
         for (_, q) in dataset.queries(args.split) {
             queries.push((
@@ -337,6 +392,29 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
     if queries.is_empty() {
         bail!("no training queries (check --split, --synthetic and --synthetic-only)");
     }
+    let generation = &index.generation;
+    let eligible = (args.negatives_from == NegativesFrom::Positives)
+        .then(|| answering_documents(generation, &queries));
+    if let Some(docs) = &eligible {
+        tracing::info!(
+            documents = docs.len(),
+            "negatives drawn from the documents that answer a training query"
+        );
+    }
+    let miner = Miner {
+        retriever: &retriever,
+        generation,
+        rows: generation
+            .chunks()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.chunk_id.as_str(), i))
+            .collect(),
+        base: eval_options(&dataset.base),
+        depth: args.negatives_depth,
+        eligible,
+    };
+
     let t = Instant::now();
     let mut mined = Vec::with_capacity(queries.len());
     let mut skipped = 0;
@@ -389,6 +467,8 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
         dropout: args.dropout,
         max_len: args.max_len,
         seed: args.seed as i64,
+        distill_weight: args.distill_weight,
+        distill_temperature: args.distill_temperature,
         ..TrainConfig::default()
     };
     let device = switchboard_model::default_device();
@@ -421,6 +501,29 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
         .iter()
         .map(|c| c.embedding_text())
         .collect();
+    // The teacher: the retrieval encoder's query vectors (the chunks' are in the generation).
+    let query_vectors = if args.distill_weight > 0.0 {
+        let texts: Vec<String> = mined.iter().map(|m| m.query.clone()).collect();
+        Some(
+            index
+                .embedder
+                .embed(&texts)
+                .context("embedding the training queries for distillation")?,
+        )
+    } else {
+        None
+    };
+    let teacher = |i: usize, rows: &[usize]| -> Option<Vec<f32>> {
+        let q = &query_vectors.as_ref()?[i];
+        Some(
+            rows.iter()
+                .map(|&r| {
+                    let v = generation.vector(r);
+                    q.iter().zip(v).map(|(a, b)| a * b).sum()
+                })
+                .collect(),
+        )
+    };
     let mut rng = Rng(args.seed);
     let mut epoch_loss = Vec::with_capacity(args.epochs);
     let t = Instant::now();
@@ -433,14 +536,15 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
                 .iter()
                 .map(|&i| {
                     let m = &mined[i];
+                    let negatives = rng.sample(&m.pool, args.group_size - 1);
+                    let rows: Vec<usize> = std::iter::once(m.positive)
+                        .chain(negatives.iter().copied())
+                        .collect();
                     TrainingGroup {
                         query: m.query.clone(),
                         positive: texts[m.positive].clone(),
-                        negatives: rng
-                            .sample(&m.pool, args.group_size - 1)
-                            .into_iter()
-                            .map(|r| texts[r].clone())
-                            .collect(),
+                        negatives: negatives.into_iter().map(|r| texts[r].clone()).collect(),
+                        teacher: teacher(i, &rows),
                     }
                 })
                 .collect();
@@ -489,6 +593,7 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
         synthetic_queries,
         synthetic_max_rank: args.synthetic_max_rank,
         skipped_queries: skipped,
+        negatives_from: args.negatives_from,
         mean_pool,
         epochs: args.epochs,
         steps: trainer.steps(),
@@ -499,6 +604,8 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
         negatives_depth: args.negatives_depth,
         real_weight: args.real_weight,
         max_len: args.max_len,
+        distill_weight: args.distill_weight,
+        distill_temperature: args.distill_temperature,
         seed: args.seed,
         epoch_loss,
         seconds: started.elapsed().as_secs_f64(),

@@ -134,6 +134,10 @@ fn train_reranker_learns_its_queries_and_eval_uses_it() {
     let record = run_json(&train);
     assert_eq!(record["golden_queries"], 3, "{record}");
     assert_eq!(record["steps"], 40, "{record}");
+    // Negatives come only from the answers of training queries: the other two train answers,
+    // never the held-out half's (which would be learned as "never relevant").
+    assert_eq!(record["negatives_from"], "positives", "{record}");
+    assert_eq!(record["mean_pool"], 2.0, "{record}");
     let losses: Vec<f64> = record["epoch_loss"]
         .as_array()
         .unwrap()
@@ -187,10 +191,48 @@ fn train_reranker_learns_its_queries_and_eval_uses_it() {
     let epochs = again.iter().position(|a| *a == "40").unwrap();
     again[epochs] = "1";
     again.extend(["--init", out_str, "--out", resumed.to_str().unwrap()]);
+    again.extend(["--negatives-from", "corpus"]);
     let record = run_json(&again);
+    assert_eq!(record["mean_pool"], 5.0, "every other answer: {record}");
     assert!(
         record["epoch_loss"][0].as_f64().unwrap() < 0.3 * losses[0],
         "resumed from the trained head: {record}"
+    );
+
+    // Distillation from the retrieval encoder: the run records it and its loss adds the soft
+    // cross-entropy against the encoder's ordering.
+    let distilled = dir.path().join("distilled");
+    let mut distill: Vec<&str> = train[..train.len() - 2].to_vec();
+    distill[epochs] = "2";
+    distill.extend([
+        "--distill-weight",
+        "1",
+        "--out",
+        distilled.to_str().unwrap(),
+    ]);
+    let record = run_json(&distill);
+    assert_eq!(record["distill_weight"], 1.0, "{record}");
+    assert_eq!(record["distill_temperature"], 0.05, "{record}");
+    assert!(
+        record["epoch_loss"][0].as_f64().unwrap() > losses[0],
+        "the distillation term adds to the listwise loss: {record}"
+    );
+    let bad = stderr_of_failure(runtime_cmd().args([
+        "train-reranker",
+        "--zaragoza",
+        &faq,
+        "--encoder",
+        &encoder,
+        "--distill-temperature",
+        "0",
+        "--distill-weight",
+        "1",
+        "--out",
+        dir.path().join("never").to_str().unwrap(),
+    ]));
+    assert!(
+        bad.contains("--distill-temperature must be > 0 (got 0)"),
+        "{bad}"
     );
 }
 

@@ -469,7 +469,8 @@ impl Generation {
         self.manifest.embedding.dim
     }
 
-    pub(crate) fn vector(&self, row: usize) -> &[f32] {
+    /// The embedding of chunk `row` (as built; normalised when the encoder normalises).
+    pub fn vector(&self, row: usize) -> &[f32] {
         let dim = self.dim();
         &self.vectors[row * dim..(row + 1) * dim]
     }

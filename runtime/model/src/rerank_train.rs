@@ -62,6 +62,13 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// Seed of the head's initialisation and of dropout.
     pub seed: i64,
+    /// Weight of the distillation term (groups with `teacher` scores): soft cross-entropy of the
+    /// model's group softmax against `softmax(teacher / distill_temperature)`. 0 trains on the
+    /// labels alone.
+    pub distill_weight: f64,
+    /// Temperature applied to the teacher's scores (cosine similarities: 0.05 turns a 0.1
+    /// difference into a factor e^2).
+    pub distill_temperature: f64,
 }
 
 impl Default for TrainConfig {
@@ -75,12 +82,14 @@ impl Default for TrainConfig {
             max_len: 256,
             max_grad_norm: 1.0,
             seed: 17,
+            distill_weight: 0.0,
+            distill_temperature: 0.05,
         }
     }
 }
 
 /// One training example: a query, the passage that answers it, and passages that do not.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrainingGroup {
     /// The query.
     pub query: String,
@@ -88,6 +97,10 @@ pub struct TrainingGroup {
     pub positive: String,
     /// Passages that do not (hard negatives: what the retriever ranks high for the query).
     pub negatives: Vec<String>,
+    /// A teacher's scores of the positive then each negative (e.g. the retrieval encoder's
+    /// cosine similarities), for distillation: the model learns the teacher's ordering of every
+    /// passage of the group, not only which one is the answer. `None`: labels only.
+    pub teacher: Option<Vec<f32>>,
 }
 
 /// A `BertForSequenceClassification` (one label) being trained.
@@ -153,6 +166,15 @@ impl RerankerTrainer {
                 .and_then(Value::as_f64)
                 .unwrap_or(0.1),
         };
+        let weight_ok = train.distill_weight.is_finite() && train.distill_weight >= 0.0;
+        let temperature_ok =
+            train.distill_temperature.is_finite() && train.distill_temperature > 0.0;
+        if !weight_ok || !temperature_ok {
+            return Err(ModelError::InvalidRequest(format!(
+                "distill_weight {} must be >= 0 and distill_temperature {} > 0",
+                train.distill_weight, train.distill_temperature
+            )));
+        }
         if !(0.0..1.0).contains(&dropout) {
             return Err(ModelError::InvalidRequest(format!(
                 "dropout {dropout} must be in [0, 1)"
@@ -233,7 +255,7 @@ impl RerankerTrainer {
     /// the groups); returns the loss before the step.
     pub fn train_step(&mut self, groups: &[TrainingGroup]) -> Result<f64> {
         let (logits, sizes) = self.group_logits(groups, self.dropout)?;
-        let loss = listwise_loss(&logits, &sizes)?;
+        let loss = self.objective(&logits, &sizes, groups)?;
         let value = f64::try_from(&loss)?;
         if !value.is_finite() {
             return Err(ModelError::InvalidRequest(format!(
@@ -258,7 +280,7 @@ impl RerankerTrainer {
     pub fn loss(&self, groups: &[TrainingGroup]) -> Result<f64> {
         tch::no_grad(|| {
             let (logits, sizes) = self.group_logits(groups, 0.0)?;
-            Ok(f64::try_from(&listwise_loss(&logits, &sizes)?)?)
+            Ok(f64::try_from(&self.objective(&logits, &sizes, groups)?)?)
         })
     }
 
@@ -317,6 +339,27 @@ impl RerankerTrainer {
         Ok(())
     }
 
+    /// The training objective: the listwise loss, plus `distill_weight` times the distillation
+    /// loss of the groups that carry teacher scores.
+    fn objective(
+        &self,
+        logits: &Tensor,
+        sizes: &[usize],
+        groups: &[TrainingGroup],
+    ) -> Result<Tensor> {
+        let loss = listwise_loss(logits, sizes)?;
+        if self.train.distill_weight == 0.0 {
+            return Ok(loss);
+        }
+        let teachers: Vec<Option<&[f32]>> = groups.iter().map(|g| g.teacher.as_deref()).collect();
+        Ok(
+            match distillation_loss(logits, sizes, &teachers, self.train.distill_temperature)? {
+                Some(d) => loss + d * self.train.distill_weight,
+                None => loss,
+            },
+        )
+    }
+
     /// Logits of every pair of `groups`, flattened group by group, and each group's size.
     fn group_logits(&self, groups: &[TrainingGroup], dropout: f64) -> Result<(Tensor, Vec<usize>)> {
         if groups.is_empty() {
@@ -329,6 +372,16 @@ impl RerankerTrainer {
                 return Err(ModelError::InvalidRequest(format!(
                     "query {:?} has no negative passage",
                     g.query
+                )));
+            }
+            if let Some(t) = &g.teacher
+                && t.len() != 1 + g.negatives.len()
+            {
+                return Err(ModelError::InvalidRequest(format!(
+                    "query {:?}: {} teacher scores for {} passages",
+                    g.query,
+                    t.len(),
+                    1 + g.negatives.len()
                 )));
             }
             pairs.push((g.query.as_str(), g.positive.as_str()));
@@ -382,6 +435,31 @@ fn listwise_loss(logits: &Tensor, sizes: &[usize]) -> Result<Tensor> {
         start += size as i64;
     }
     Ok(Tensor::f_stack(&losses, 0)?.f_mean(Kind::Float)?)
+}
+
+/// Mean over the groups with teacher scores of the soft cross-entropy
+/// `-sum softmax(teacher / temperature) * log_softmax(group)`; `None` when no group has them.
+fn distillation_loss(
+    logits: &Tensor,
+    sizes: &[usize],
+    teachers: &[Option<&[f32]>],
+    temperature: f64,
+) -> Result<Option<Tensor>> {
+    let mut losses = Vec::new();
+    let mut start = 0i64;
+    for (&size, teacher) in sizes.iter().zip(teachers) {
+        let group = logits.f_narrow(0, start, size as i64)?;
+        start += size as i64;
+        let Some(teacher) = teacher else { continue };
+        let target = (Tensor::from_slice(teacher).to_device(group.device()) / temperature)
+            .f_softmax(0, Kind::Float)?;
+        let log_p = group.f_log_softmax(0, Kind::Float)?;
+        losses.push(-(target * log_p).f_sum(Kind::Float)?);
+    }
+    if losses.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::f_stack(&losses, 0)?.f_mean(Kind::Float)?))
 }
 
 /// Linear warm-up over `warmup_share` of `total` steps, then linear decay to 0 at `total`.
@@ -480,5 +558,26 @@ mod tests {
         let loss = f64::try_from(listwise_loss(&logits, &[2, 3]).unwrap()).unwrap();
         let want = ((1.0 + (-2.0f64).exp()).ln() + 3f64.ln()) / 2.0;
         assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+    }
+
+    #[test]
+    fn distillation_is_soft_cross_entropy_against_the_tempered_teacher() {
+        // Group 1 has a teacher [0.2, 0.1] at temperature 0.1 -> target softmax([2, 1]);
+        // group 2 has none and is left out of the mean.
+        let logits = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0]);
+        let loss = distillation_loss(&logits, &[2, 2], &[Some(&[0.2, 0.1]), None], 0.1)
+            .unwrap()
+            .unwrap();
+        let loss = f64::try_from(loss).unwrap();
+        let t1 = 1.0 / (1.0 + (-1.0f64).exp()); // softmax([2, 1])[0]
+        let l1 = -(1.0 / (1.0 + (-1.0f64).exp())).ln(); // -log_softmax([1, 0])[0]
+        let l2 = -(1.0 / (1.0 + 1.0f64.exp())).ln(); // -log_softmax([1, 0])[1]
+        let want = t1 * l1 + (1.0 - t1) * l2;
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+        assert!(
+            distillation_loss(&logits, &[2, 2], &[None, None], 0.1)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -62,6 +62,7 @@ fn groups() -> Vec<TrainingGroup> {
                 .filter(|(other, _)| other != name)
                 .map(|(_, p)| (*p).to_owned())
                 .collect(),
+            teacher: None,
         })
         .collect()
 }
@@ -146,9 +147,22 @@ fn bad_inputs_are_named() {
         query: "q".into(),
         positive: "p".into(),
         negatives: Vec::new(),
+        teacher: None,
     };
     let err = trainer.train_step(&[lonely]).unwrap_err();
     assert!(err.to_string().contains("no negative"), "{err}");
+    // Teacher scores must cover the positive and every negative.
+    let short = TrainingGroup {
+        query: "q".into(),
+        positive: "p".into(),
+        negatives: vec!["n".into()],
+        teacher: Some(vec![0.5]),
+    };
+    let err = trainer.train_step(&[short]).unwrap_err();
+    assert!(
+        err.to_string().contains("1 teacher scores for 2 passages"),
+        "{err}"
+    );
 
     // An encoder checkpoint missing a layer tensor: the error names it.
     let path = encoder.path().join("model.safetensors");
