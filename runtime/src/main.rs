@@ -9,6 +9,7 @@
 
 mod answer;
 mod artifacts;
+mod encoder_training;
 mod engine;
 mod eval;
 mod eval_rewrite;
@@ -77,6 +78,10 @@ enum Command {
     /// Train a cross-encoder reranker on a corpus's golden (and synthetic) queries with hard
     /// negatives from its own retriever; writes a BertForSequenceClassification directory.
     TrainReranker(rerank_training::TrainRerankerArgs),
+    /// Fine-tune the retrieval encoder (the bi-encoder behind dense search) on a corpus's golden
+    /// (and synthetic) queries; writes a sentence-encoder directory `eval --encoder` and a
+    /// KnowledgeBase can use.
+    TrainEncoder(encoder_training::TrainEncoderArgs),
     /// Generate synthetic queries from a corpus's passages with the small model, filtered by
     /// round-trip retrieval (training data for `train-reranker`).
     SynthQueries(synth_queries::SynthArgs),
@@ -170,6 +175,7 @@ fn main() -> Result<()> {
         ),
         Command::Eval(args) => eval::run(&args),
         Command::TrainReranker(args) => rerank_training::run(&args),
+        Command::TrainEncoder(args) => encoder_training::run(&args),
         Command::SynthQueries(args) => synth_queries::run(&args),
         Command::Query {
             addr,

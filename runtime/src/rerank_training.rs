@@ -22,6 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use switchboard_index::{Chunk, Embedder, Generation, Retriever, SearchOptions};
+use switchboard_model::SentenceEncoder;
 use switchboard_model::rerank_train::{RerankerTrainer, TrainConfig, TrainingGroup};
 
 use crate::eval::{Dataset, DatasetArgs, EvalIndex, Split, eval_options, fusion_name};
@@ -93,6 +94,10 @@ pub struct TrainRerankerArgs {
     /// query resembles. 0 (default): labels only.
     #[arg(long, default_value_t = 0.0)]
     pub distill_weight: f64,
+    /// The teacher of distillation: a sentence-encoder directory (e.g. one fine-tuned in domain by
+    /// `train-encoder`) instead of the retrieval encoder.
+    #[arg(long)]
+    pub distill_encoder: Option<PathBuf>,
     /// Temperature of the encoder's cosine similarities in the distillation target.
     #[arg(long, default_value_t = 0.05)]
     pub distill_temperature: f64,
@@ -131,11 +136,11 @@ fn yes() -> bool {
 
 /// A training query with its positive passage and its pool of hard negatives (chunk rows).
 #[derive(Debug, Clone)]
-struct Mined {
-    query: String,
-    positive: usize,
-    pool: Vec<usize>,
-    synthetic: bool,
+pub(crate) struct Mined {
+    pub query: String,
+    pub positive: usize,
+    pub pool: Vec<usize>,
+    pub synthetic: bool,
 }
 
 /// What `training.json` records about the run.
@@ -162,6 +167,7 @@ struct TrainingRecord {
     real_weight: usize,
     max_len: usize,
     distill_weight: f64,
+    distill_encoder: Option<String>,
     distill_temperature: f64,
     seed: u64,
     epoch_loss: Vec<f64>,
@@ -170,7 +176,7 @@ struct TrainingRecord {
 
 /// SplitMix64: a small seeded generator for shuffling and sampling (reproducible runs).
 #[derive(Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -182,18 +188,18 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             items.swap(i, self.below(i + 1));
         }
     }
 
     /// `k` distinct items of `pool` (all of them when it is smaller), in random order.
-    fn sample(&mut self, pool: &[usize], k: usize) -> Vec<usize> {
+    pub(crate) fn sample(&mut self, pool: &[usize], k: usize) -> Vec<usize> {
         let mut copy = pool.to_vec();
         self.shuffle(&mut copy);
         copy.truncate(k);
@@ -346,6 +352,101 @@ fn is_gold(chunk: &Chunk, gold_docs: &[String], gold_sections: &[String]) -> boo
     }
 }
 
+/// Where the training queries come from and how their negatives are mined (shared by
+/// `train-reranker` and `train-encoder`).
+pub(crate) struct QuerySources<'a> {
+    pub split: Split,
+    pub synthetic: &'a [PathBuf],
+    pub synthetic_max_rank: Option<usize>,
+    pub synthetic_only: bool,
+    pub negatives_from: NegativesFrom,
+    pub negatives_depth: usize,
+}
+
+impl QuerySources<'_> {
+    /// The golden half, then the synthetic files' kept queries, each with its positive chunk and
+    /// its pool of hard negatives; also how many golden queries there were and how many queries
+    /// were skipped (no gold chunk, or no negative).
+    pub(crate) fn mine(
+        &self,
+        dataset: &Dataset,
+        index: &EvalIndex,
+        retriever: &Retriever,
+    ) -> Result<(Vec<Mined>, usize, usize)> {
+        let mut queries: Vec<TrainingQuery> = Vec::new();
+        if !self.synthetic_only {
+            for (_, q) in dataset.queries(self.split) {
+                queries.push((
+                    q.query.clone(),
+                    q.gold_docs.clone(),
+                    q.gold_sections.clone(),
+                    false,
+                ));
+            }
+        }
+        let golden_queries = queries.len();
+        for path in self.synthetic {
+            for (q, d, s) in read_synthetic(path, self.synthetic_max_rank)? {
+                queries.push((q, d, s, true));
+            }
+        }
+        if queries.is_empty() {
+            bail!("no training queries (check --split, --synthetic and --synthetic-only)");
+        }
+        let generation = &index.generation;
+        let eligible = (self.negatives_from == NegativesFrom::Positives)
+            .then(|| answering_documents(generation, &queries));
+        if let Some(docs) = &eligible {
+            tracing::info!(
+                documents = docs.len(),
+                "negatives drawn from the documents that answer a training query"
+            );
+        }
+        let miner = Miner {
+            retriever,
+            generation,
+            rows: generation
+                .chunks()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.chunk_id.as_str(), i))
+                .collect(),
+            base: eval_options(&dataset.base),
+            depth: self.negatives_depth,
+            eligible,
+        };
+        let t = Instant::now();
+        let mut mined = Vec::with_capacity(queries.len());
+        let mut skipped = 0;
+        for (i, (query, docs, sections, synthetic)) in queries.iter().enumerate() {
+            match miner.mine(query, docs, sections)? {
+                Some((positive, pool)) if !pool.is_empty() => mined.push(Mined {
+                    query: query.clone(),
+                    positive,
+                    pool,
+                    synthetic: *synthetic,
+                }),
+                _ => {
+                    skipped += 1;
+                    tracing::warn!(%query, "no gold chunk or no negative in the corpus; skipped");
+                }
+            }
+            if (i + 1) % 200 == 0 {
+                tracing::info!(done = i + 1, total = queries.len(), "mining hard negatives");
+            }
+        }
+        let synthetic_queries = mined.iter().filter(|m| m.synthetic).count();
+        tracing::info!(
+            golden = mined.len() - synthetic_queries,
+            synthetic = synthetic_queries,
+            skipped,
+            seconds = t.elapsed().as_secs_f64(),
+            "training queries mined"
+        );
+        Ok((mined, golden_queries, skipped))
+    }
+}
+
 /// `switchboard-runtime train-reranker`.
 pub fn run(args: &TrainRerankerArgs) -> Result<()> {
     if args.group_size < 2 {
@@ -360,6 +461,9 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
             args.distill_weight
         );
     }
+    if args.distill_encoder.is_some() && args.distill_weight == 0.0 {
+        bail!("--distill-encoder needs --distill-weight > 0");
+    }
     if args.distill_temperature <= 0.0 || !args.distill_temperature.is_finite() {
         bail!(
             "--distill-temperature must be > 0 (got {})",
@@ -371,81 +475,19 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
     let init = args.init.clone().unwrap_or_else(|| dataset.encoder.clone());
     let index = EvalIndex::build(&dataset)?;
     let retriever = index.retriever(None)?;
-    // Queries: the golden half, then the synthetic files.
-    let mut queries: Vec<TrainingQuery> = Vec::new();
-    if !args.synthetic_only {
-        for (_, q) in dataset.queries(args.split) {
-            queries.push((
-                q.query.clone(),
-                q.gold_docs.clone(),
-                q.gold_sections.clone(),
-                false,
-            ));
-        }
-    }
-    let golden_queries = queries.len();
-    for path in &args.synthetic {
-        for (q, d, s) in read_synthetic(path, args.synthetic_max_rank)? {
-            queries.push((q, d, s, true));
-        }
-    }
-    if queries.is_empty() {
-        bail!("no training queries (check --split, --synthetic and --synthetic-only)");
-    }
-    let generation = &index.generation;
-    let eligible = (args.negatives_from == NegativesFrom::Positives)
-        .then(|| answering_documents(generation, &queries));
-    if let Some(docs) = &eligible {
-        tracing::info!(
-            documents = docs.len(),
-            "negatives drawn from the documents that answer a training query"
-        );
-    }
-    let miner = Miner {
-        retriever: &retriever,
-        generation,
-        rows: generation
-            .chunks()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.chunk_id.as_str(), i))
-            .collect(),
-        base: eval_options(&dataset.base),
-        depth: args.negatives_depth,
-        eligible,
+    let sources = QuerySources {
+        split: args.split,
+        synthetic: &args.synthetic,
+        synthetic_max_rank: args.synthetic_max_rank,
+        synthetic_only: args.synthetic_only,
+        negatives_from: args.negatives_from,
+        negatives_depth: args.negatives_depth,
     };
-
-    let t = Instant::now();
-    let mut mined = Vec::with_capacity(queries.len());
-    let mut skipped = 0;
-    for (i, (query, docs, sections, synthetic)) in queries.iter().enumerate() {
-        match miner.mine(query, docs, sections)? {
-            Some((positive, pool)) if !pool.is_empty() => mined.push(Mined {
-                query: query.clone(),
-                positive,
-                pool,
-                synthetic: *synthetic,
-            }),
-            _ => {
-                skipped += 1;
-                tracing::warn!(%query, "no gold chunk or no negative in the corpus; skipped");
-            }
-        }
-        if (i + 1) % 200 == 0 {
-            tracing::info!(done = i + 1, total = queries.len(), "mining hard negatives");
-        }
-    }
+    let (mined, golden_queries, skipped) = sources.mine(&dataset, &index, &retriever)?;
+    let generation = &index.generation;
     let synthetic_queries = mined.iter().filter(|m| m.synthetic).count();
     let mean_pool =
         mined.iter().map(|m| m.pool.len()).sum::<usize>() as f64 / mined.len().max(1) as f64;
-    tracing::info!(
-        golden = mined.len() - synthetic_queries,
-        synthetic = synthetic_queries,
-        skipped,
-        mean_pool,
-        seconds = t.elapsed().as_secs_f64(),
-        "training queries mined"
-    );
     if mined.is_empty() {
         bail!("no training query has a gold passage and a negative in the corpus");
     }
@@ -501,24 +543,45 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
         .iter()
         .map(|c| c.embedding_text())
         .collect();
-    // The teacher: the retrieval encoder's query vectors (the chunks' are in the generation).
-    let query_vectors = if args.distill_weight > 0.0 {
-        let texts: Vec<String> = mined.iter().map(|m| m.query.clone()).collect();
-        Some(
-            index
-                .embedder
-                .embed(&texts)
-                .context("embedding the training queries for distillation")?,
-        )
+    // The teacher: the retrieval encoder (its chunk vectors are in the generation), or
+    // `--distill-encoder` (a fine-tuned one: `train-encoder`), which embeds the chunks here.
+    let (query_vectors, passage_vectors) = if args.distill_weight > 0.0 {
+        let queries: Vec<String> = mined.iter().map(|m| m.query.clone()).collect();
+        match &args.distill_encoder {
+            Some(dir) => {
+                let encoder = SentenceEncoder::load(dir, device).with_context(|| {
+                    format!("loading the distillation encoder {}", dir.display())
+                })?;
+                let q = encoder
+                    .embed(&queries, 32)
+                    .context("embedding the queries")?;
+                let p = encoder
+                    .embed(&texts, 32)
+                    .context("embedding the passages")?;
+                (Some(q), Some(p))
+            }
+            None => (
+                Some(
+                    index
+                        .embedder
+                        .embed(&queries)
+                        .context("embedding the training queries for distillation")?,
+                ),
+                None,
+            ),
+        }
     } else {
-        None
+        (None, None)
     };
     let teacher = |i: usize, rows: &[usize]| -> Option<Vec<f32>> {
         let q = &query_vectors.as_ref()?[i];
         Some(
             rows.iter()
                 .map(|&r| {
-                    let v = generation.vector(r);
+                    let v = match &passage_vectors {
+                        Some(p) => p[r].as_slice(),
+                        None => generation.vector(r),
+                    };
                     q.iter().zip(v).map(|(a, b)| a * b).sum()
                 })
                 .collect(),
@@ -605,6 +668,10 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
         real_weight: args.real_weight,
         max_len: args.max_len,
         distill_weight: args.distill_weight,
+        distill_encoder: args
+            .distill_encoder
+            .as_ref()
+            .map(|p| p.display().to_string()),
         distill_temperature: args.distill_temperature,
         seed: args.seed,
         epoch_loss,

@@ -236,6 +236,136 @@ fn train_reranker_learns_its_queries_and_eval_uses_it() {
     );
 }
 
+/// `train-encoder` fine-tunes the retrieval encoder: trained on the three `train` rows, the saved
+/// directory loads as a sentence encoder, `eval --encoder` puts their answers first by dense
+/// search alone, and it teaches a cross-encoder as a distillation teacher (`--distill-encoder`).
+#[test]
+fn train_encoder_learns_its_queries_and_serves_as_encoder_and_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let faq = write_faq(dir.path());
+    let encoder = tiny_encoder(&dir.path().join("encoder"));
+    let dense = |encoder: &str| {
+        let report = run_json(&[
+            "eval",
+            "--zaragoza",
+            &faq,
+            "--encoder",
+            encoder,
+            "--split",
+            "train",
+            "--json",
+        ]);
+        row(&report, "dense")["mrr@10"].as_f64().unwrap()
+    };
+    let before = dense(&encoder);
+    let out = dir.path().join("tuned");
+    let out_str = out.to_str().unwrap();
+    let record = run_json(&[
+        "train-encoder",
+        "--zaragoza",
+        &faq,
+        "--encoder",
+        &encoder,
+        "--epochs",
+        "30",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "3",
+        "--negatives-depth",
+        "2",
+        "--dropout",
+        "0",
+        "--max-len",
+        "64",
+        "--out",
+        out_str,
+    ]);
+    assert_eq!(record["golden_queries"], 3, "{record}");
+    assert_eq!(
+        record["steps"], 30,
+        "one batch of three per epoch: {record}"
+    );
+    let losses: Vec<f64> = record["epoch_loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        losses.last().unwrap() < &(0.3 * losses[0]),
+        "loss did not fall: {losses:?}"
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training.json",
+    ] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+    let after = dense(out_str);
+    // Random weights put the answers anywhere (0.33); the fine-tuned ones first or second (0.83:
+    // one answer is outranked by a held-out answer it never saw as a negative).
+    assert!(
+        before < 0.5 && after >= 0.8,
+        "dense MRR@10 on the trained queries: {before} -> {after}"
+    );
+
+    // The fine-tuned encoder as the teacher of a cross-encoder.
+    let reranker = dir.path().join("reranker");
+    let record = run_json(&[
+        "train-reranker",
+        "--zaragoza",
+        &faq,
+        "--encoder",
+        &encoder,
+        "--epochs",
+        "2",
+        "--group-size",
+        "3",
+        "--max-len",
+        "64",
+        "--distill-weight",
+        "1",
+        "--distill-encoder",
+        out_str,
+        "--out",
+        reranker.to_str().unwrap(),
+    ]);
+    assert_eq!(record["distill_encoder"], out_str, "{record}");
+
+    // Writing over the encoder being trained is refused, and the encoder is left as it was.
+    let weights = std::fs::read(Path::new(&encoder).join("model.safetensors")).unwrap();
+    let err = stderr_of_failure(runtime_cmd().args([
+        "train-encoder",
+        "--zaragoza",
+        &faq,
+        "--encoder",
+        &encoder,
+        "--out",
+        &encoder,
+    ]));
+    assert!(err.contains("is the encoder being trained"), "{err}");
+    // So is a directory of the same name elsewhere: it would share the source's model id.
+    let twin = dir.path().join("elsewhere/encoder");
+    let err = stderr_of_failure(runtime_cmd().args([
+        "train-encoder",
+        "--zaragoza",
+        &faq,
+        "--encoder",
+        &encoder,
+        "--out",
+        twin.to_str().unwrap(),
+    ]));
+    assert!(err.contains("model id \"encoder\""), "{err}");
+    assert!(!twin.exists());
+    assert_eq!(
+        std::fs::read(Path::new(&encoder).join("model.safetensors")).unwrap(),
+        weights
+    );
+}
+
 /// `eval --rewrite`: the policy row is the query as written when the policy rewrites nothing
 /// (short FAQ questions), and the rewritten row when it rewrites everything; the fine-tuning file
 /// holds only rewrites that raised their gold's rank.

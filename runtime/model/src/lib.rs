@@ -3,6 +3,7 @@
 //! - [`bert`]: BERT-family transformer encoders loaded from Hugging Face checkpoints.
 //! - [`cross_encoder`]: `BertForSequenceClassification` rerankers scoring (query, passage) pairs.
 //! - [`encoder`]: sentence embeddings (sentence-transformers layout: pooling + normalisation).
+//! - [`encoder_train`]: fine-tunes a sentence encoder for retrieval (multiple-negatives ranking loss).
 //! - [`gguf`]: GGUF reader and dequantisation (F32, F16, BF16, Q4_0, Q4_1, Q8_0).
 //! - [`llama`]: Llama-family causal LM (GGUF or safetensors) with a KV cache.
 //! - [`lora`]: PEFT LoRA adapters applied per request without merging.
@@ -21,6 +22,7 @@ pub mod bert;
 pub mod chat;
 pub mod cross_encoder;
 pub mod encoder;
+pub mod encoder_train;
 pub mod error;
 pub mod generate;
 pub mod generator_worker;

@@ -464,7 +464,7 @@ fn distillation_loss(
 
 /// Linear warm-up over `warmup_share` of `total` steps, then linear decay to 0 at `total`.
 /// With `total = 0` (unknown), the peak.
-fn schedule(peak: f64, step: usize, total: usize, warmup_share: f64) -> f64 {
+pub(crate) fn schedule(peak: f64, step: usize, total: usize, warmup_share: f64) -> f64 {
     if total == 0 {
         return peak;
     }
