@@ -15,7 +15,7 @@ use serde::Serialize;
 use switchboard_model::encoder_train::{EncoderPair, EncoderTrainConfig, EncoderTrainer};
 
 use crate::eval::{Dataset, DatasetArgs, EvalIndex, Split};
-use crate::rerank_training::{Mined, NegativesFrom, QuerySources, Rng};
+use crate::rerank_training::{Mined, NegativesFrom, QuerySources, Rng, write_record};
 
 /// Arguments of `switchboard-runtime train-encoder`.
 #[derive(Debug, Clone, clap::Args)]
@@ -249,11 +249,7 @@ pub fn run(args: &TrainEncoderArgs) -> Result<()> {
         epoch_loss,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let path = args.out.join("training.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&record)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", serde_json::to_string_pretty(&record)?);
-    Ok(())
+    write_record(&args.out, &record)
 }
 
 #[cfg(test)]

@@ -677,10 +677,15 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
         epoch_loss,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let path = args.out.join("training.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&record)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", serde_json::to_string_pretty(&record)?);
+    write_record(&args.out, &record)
+}
+
+/// Writes a run's record as `training.json` next to the trained model and prints it.
+pub(crate) fn write_record(dir: &Path, record: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(record)?;
+    let path = dir.join("training.json");
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    println!("{text}");
     Ok(())
 }
 

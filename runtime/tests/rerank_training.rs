@@ -96,6 +96,30 @@ fn row<'a>(report: &'a Value, prefix: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row {prefix} in {report}"))
 }
 
+/// Asserts a training run's loss fell below 30 % of its first epoch's and its directory holds a
+/// loadable checkpoint with `training.json`; returns the epoch losses.
+fn assert_trained(record: &Value, out: &Path) -> Vec<f64> {
+    let losses: Vec<f64> = record["epoch_loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        losses.last().unwrap() < &(0.3 * losses[0]),
+        "loss did not fall: {losses:?}"
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training.json",
+    ] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+    losses
+}
+
 /// The reranker learns the training half: trained on the three `train` rows, the saved
 /// checkpoint puts their answers first under `eval --split train --reranker`, and training
 /// continues from it (`--init` a cross-encoder).
@@ -138,24 +162,7 @@ fn train_reranker_learns_its_queries_and_eval_uses_it() {
     // never the held-out half's (which would be learned as "never relevant").
     assert_eq!(record["negatives_from"], "positives", "{record}");
     assert_eq!(record["mean_pool"], 2.0, "{record}");
-    let losses: Vec<f64> = record["epoch_loss"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert!(
-        losses.last().unwrap() < &(0.3 * losses[0]),
-        "loss did not fall: {losses:?}"
-    );
-    for file in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "training.json",
-    ] {
-        assert!(out.join(file).exists(), "{file}");
-    }
+    let losses = assert_trained(&record, &out);
 
     let report = run_json(&[
         "eval",
@@ -286,24 +293,7 @@ fn train_encoder_learns_its_queries_and_serves_as_encoder_and_teacher() {
         record["steps"], 30,
         "one batch of three per epoch: {record}"
     );
-    let losses: Vec<f64> = record["epoch_loss"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert!(
-        losses.last().unwrap() < &(0.3 * losses[0]),
-        "loss did not fall: {losses:?}"
-    );
-    for file in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "training.json",
-    ] {
-        assert!(out.join(file).exists(), "{file}");
-    }
+    assert_trained(&record, &out);
     let after = dense(out_str);
     // Random weights put the answers anywhere (0.33); the fine-tuned ones first or second (0.83:
     // one answer is outranked by a held-out answer it never saw as a negative).

@@ -145,12 +145,7 @@ impl SentenceEncoder {
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), max_seq_len)?;
 
         let weights = Checkpoint::open(dir.join("model.safetensors"))?;
-        let prefix = weights
-            .detect_prefix("embeddings.word_embeddings.weight", &["", "bert."])
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: weights.path().to_path_buf(),
-                name: "embeddings.word_embeddings.weight".to_owned(),
-            })?;
+        let prefix = weights.bert_prefix()?;
         let mut vs = nn::VarStore::new(device);
         let model = BertModel::new(vs.root(), &cfg, false);
         weights.load_into(&vs, prefix)?;

@@ -14,15 +14,15 @@
 //! copied, so pooling and normalisation stay those of the source.
 use std::path::Path;
 
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::batch::padded_batches;
-use crate::bert::{BertConfig, BertModel};
+use crate::bert::BertModel;
 use crate::encoder::{Head, encode_all, l2_normalize, load_tokenizer, pool};
-use crate::error::{ModelError, Result, read_json};
-use crate::rerank_train::schedule;
+use crate::error::{ModelError, Result};
+use crate::train_common::{ScheduledAdamW, check_inputs, read_config};
 use crate::weights::Checkpoint;
 
 /// Hyper-parameters of an encoder fine-tuning run.
@@ -83,9 +83,7 @@ pub struct EncoderTrainer {
     dropout: f64,
     device: Device,
     train: EncoderTrainConfig,
-    optimizer: nn::Optimizer,
-    step: usize,
-    total_steps: usize,
+    optimizer: ScheduledAdamW,
 }
 
 impl EncoderTrainer {
@@ -97,55 +95,29 @@ impl EncoderTrainer {
         train: EncoderTrainConfig,
     ) -> Result<Self> {
         let dir = dir.as_ref();
-        let config: serde_json::Value = read_json(&dir.join("config.json"))?;
-        let cfg: BertConfig =
-            serde_json::from_value(config.clone()).map_err(|source| ModelError::Config {
-                path: dir.join("config.json"),
-                source,
-            })?;
-        cfg.validate()?;
-        if train.max_len < 8 || train.max_len > cfg.max_position_embeddings as usize {
-            return Err(ModelError::InvalidRequest(format!(
-                "max_len {} must be in 8..={} (max_position_embeddings)",
-                train.max_len, cfg.max_position_embeddings
-            )));
-        }
+        let (config, cfg) = read_config(dir)?;
+        let dropout = check_inputs(train.max_len, train.dropout, &config, &cfg)?;
         if !(train.scale.is_finite() && train.scale > 0.0) {
             return Err(ModelError::InvalidRequest(format!(
                 "scale {} must be > 0",
                 train.scale
             )));
         }
-        let dropout = train.dropout.unwrap_or_else(|| {
-            config
-                .get("hidden_dropout_prob")
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(0.1)
-        });
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(ModelError::InvalidRequest(format!(
-                "dropout {dropout} must be in [0, 1)"
-            )));
-        }
         let head = Head::read(dir)?;
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), train.max_len)?;
         let weights = Checkpoint::open(dir.join("model.safetensors"))?;
-        let prefix = weights
-            .detect_prefix("embeddings.word_embeddings.weight", &["", "bert."])
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: weights.path().to_path_buf(),
-                name: "embeddings.word_embeddings.weight".to_owned(),
-            })?
-            .to_owned();
+        let prefix = weights.bert_prefix()?.to_owned();
         tch::manual_seed(train.seed);
         let vs = nn::VarStore::new(device);
         let model = BertModel::new(vs.root(), &cfg, false);
         weights.load_into(&vs, &prefix)?;
-        let optimizer = nn::AdamW {
-            wd: train.weight_decay,
-            ..Default::default()
-        }
-        .build(&vs, train.learning_rate)?;
+        let optimizer = ScheduledAdamW::new(
+            &vs,
+            train.learning_rate,
+            train.weight_decay,
+            train.warmup_share,
+            train.max_grad_norm,
+        )?;
         Ok(Self {
             vs,
             model,
@@ -156,67 +128,28 @@ impl EncoderTrainer {
             device,
             train,
             optimizer,
-            step: 0,
-            total_steps: 0,
         })
     }
 
     /// Sets the number of optimiser steps the run will take (the learning-rate schedule's length).
     pub fn set_total_steps(&mut self, steps: usize) {
-        self.total_steps = steps;
+        self.optimizer.set_total_steps(steps);
     }
 
     /// Optimiser steps taken so far.
     pub fn steps(&self) -> usize {
-        self.step
+        self.optimizer.steps()
     }
 
     /// The learning rate of the next step: linear warm-up, then linear decay to 0.
     pub fn learning_rate(&self) -> f64 {
-        schedule(
-            self.train.learning_rate,
-            self.step,
-            self.total_steps,
-            self.train.warmup_share,
-        )
+        self.optimizer.learning_rate()
     }
 
     /// One optimiser step on a batch of pairs; returns the loss before the step.
     pub fn train_step(&mut self, pairs: &[EncoderPair]) -> Result<f64> {
         let loss = self.batch_loss(pairs, self.dropout)?;
-        let value = f64::try_from(&loss)?;
-        if !value.is_finite() {
-            return Err(ModelError::InvalidRequest(format!(
-                "training diverged: loss {value} at step {}",
-                self.step
-            )));
-        }
-        self.optimizer.zero_grad();
-        self.optimizer.set_lr(self.learning_rate());
-        loss.f_backward()?;
-        self.optimizer.clip_grad_norm(self.train.max_grad_norm);
-        self.optimizer.step();
-        self.step += 1;
-        Ok(value)
-    }
-
-    /// The loss of a batch without dropout or a step (held-out monitoring).
-    pub fn loss(&self, pairs: &[EncoderPair]) -> Result<f64> {
-        tch::no_grad(|| Ok(f64::try_from(&self.batch_loss(pairs, 0.0)?)?))
-    }
-
-    /// Embeddings in inference mode, as the saved encoder computes them.
-    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
-        tch::no_grad(|| {
-            let refs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-            let v = self
-                .embed_t(&refs, 0.0)?
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu);
-            let dim = v.size().get(1).copied().unwrap_or(0) as usize;
-            let flat = Vec::<f32>::try_from(v.flatten(0, -1))?;
-            Ok(flat.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect())
-        })
+        self.optimizer.step(&loss, &[])
     }
 
     /// Writes the fine-tuned `model.safetensors` (tensor names as in the source checkpoint)

@@ -33,6 +33,7 @@ pub mod llama;
 pub mod lora;
 pub mod rerank_train;
 pub mod tokenizer;
+mod train_common;
 pub mod weights;
 pub mod worker;
 

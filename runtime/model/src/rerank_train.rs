@@ -20,14 +20,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use tch::nn::{self, Init, LinearConfig, Module, OptimizerConfig};
+use tch::nn::{self, Init, LinearConfig, Module};
 use tch::{Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::batch::{Encoded, padded_batches};
-use crate::bert::{BertConfig, BertModel};
+use crate::bert::BertModel;
 use crate::encoder::{encode_all, load_tokenizer};
-use crate::error::{ModelError, Result, read_json};
+use crate::error::{ModelError, Result};
+use crate::train_common::{ScheduledAdamW, check_inputs, read_config};
 
 /// Files of the source checkpoint copied next to the trained weights, so the directory is also a
 /// complete `transformers` checkpoint (only `tokenizer.json` is required by this crate).
@@ -115,9 +116,7 @@ pub struct RerankerTrainer {
     dropout: f64,
     device: Device,
     train: TrainConfig,
-    optimizer: nn::Optimizer,
-    step: usize,
-    total_steps: usize,
+    optimizer: ScheduledAdamW,
 }
 
 impl RerankerTrainer {
@@ -138,14 +137,7 @@ impl RerankerTrainer {
     }
 
     fn init(dir: &Path, device: Device, train: TrainConfig, with_head: bool) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let config: Value = read_json(&config_path)?;
-        let cfg: BertConfig =
-            serde_json::from_value(config.clone()).map_err(|source| ModelError::Config {
-                path: config_path.clone(),
-                source,
-            })?;
-        cfg.validate()?;
+        let (config, cfg) = read_config(dir)?;
         if with_head && cfg.num_labels() != 1 {
             return Err(ModelError::Unsupported(format!(
                 "{}: training continues one-label cross-encoders; this one has {} labels",
@@ -153,19 +145,7 @@ impl RerankerTrainer {
                 cfg.num_labels()
             )));
         }
-        if train.max_len < 8 || train.max_len > cfg.max_position_embeddings as usize {
-            return Err(ModelError::InvalidRequest(format!(
-                "max_len {} must be in 8..={} (max_position_embeddings)",
-                train.max_len, cfg.max_position_embeddings
-            )));
-        }
-        let dropout = match train.dropout {
-            Some(p) => p,
-            None => config
-                .get("hidden_dropout_prob")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.1),
-        };
+        let dropout = check_inputs(train.max_len, train.dropout, &config, &cfg)?;
         let weight_ok = train.distill_weight.is_finite() && train.distill_weight >= 0.0;
         let temperature_ok =
             train.distill_temperature.is_finite() && train.distill_temperature > 0.0;
@@ -173,11 +153,6 @@ impl RerankerTrainer {
             return Err(ModelError::InvalidRequest(format!(
                 "distill_weight {} must be >= 0 and distill_temperature {} > 0",
                 train.distill_weight, train.distill_temperature
-            )));
-        }
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(ModelError::InvalidRequest(format!(
-                "dropout {dropout} must be in [0, 1)"
             )));
         }
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), train.max_len)?;
@@ -210,11 +185,13 @@ impl RerankerTrainer {
         } else {
             load_encoder(&vs, &dir.join("model.safetensors"), std)?;
         }
-        let optimizer = nn::AdamW {
-            wd: train.weight_decay,
-            ..Default::default()
-        }
-        .build(&vs, train.learning_rate)?;
+        let optimizer = ScheduledAdamW::new(
+            &vs,
+            train.learning_rate,
+            train.weight_decay,
+            train.warmup_share,
+            train.max_grad_norm,
+        )?;
         Ok(Self {
             vs,
             bert,
@@ -225,30 +202,23 @@ impl RerankerTrainer {
             device,
             train,
             optimizer,
-            step: 0,
-            total_steps: 0,
         })
     }
 
     /// Sets the number of optimiser steps the run will take (the learning-rate schedule's
     /// length). Without it the learning rate stays at its peak.
     pub fn set_total_steps(&mut self, steps: usize) {
-        self.total_steps = steps;
+        self.optimizer.set_total_steps(steps);
     }
 
     /// Optimiser steps taken so far.
     pub fn steps(&self) -> usize {
-        self.step
+        self.optimizer.steps()
     }
 
     /// The learning rate of the next step: linear warm-up, then linear decay to 0.
     pub fn learning_rate(&self) -> f64 {
-        schedule(
-            self.train.learning_rate,
-            self.step,
-            self.total_steps,
-            self.train.warmup_share,
-        )
+        self.optimizer.learning_rate()
     }
 
     /// One optimiser step on `groups` (each group's positive against its negatives, averaged over
@@ -256,24 +226,8 @@ impl RerankerTrainer {
     pub fn train_step(&mut self, groups: &[TrainingGroup]) -> Result<f64> {
         let (logits, sizes) = self.group_logits(groups, self.dropout)?;
         let loss = self.objective(&logits, &sizes, groups)?;
-        let value = f64::try_from(&loss)?;
-        if !value.is_finite() {
-            return Err(ModelError::InvalidRequest(format!(
-                "training diverged: loss {value} at step {}",
-                self.step
-            )));
-        }
-        // zero_grad registers the variables (and the head's group) with the optimiser first.
-        self.optimizer.zero_grad();
-        let lr = self.learning_rate();
-        self.optimizer.set_lr(lr);
         self.optimizer
-            .set_lr_group(HEAD_GROUP, lr * self.train.head_lr_multiplier);
-        loss.f_backward()?;
-        self.optimizer.clip_grad_norm(self.train.max_grad_norm);
-        self.optimizer.step();
-        self.step += 1;
-        Ok(value)
+            .step(&loss, &[(HEAD_GROUP, self.train.head_lr_multiplier)])
     }
 
     /// The listwise loss of `groups` without dropout or a step (held-out monitoring).
@@ -462,21 +416,6 @@ fn distillation_loss(
     Ok(Some(Tensor::f_stack(&losses, 0)?.f_mean(Kind::Float)?))
 }
 
-/// Linear warm-up over `warmup_share` of `total` steps, then linear decay to 0 at `total`.
-/// With `total = 0` (unknown), the peak.
-pub(crate) fn schedule(peak: f64, step: usize, total: usize, warmup_share: f64) -> f64 {
-    if total == 0 {
-        return peak;
-    }
-    let warmup = ((total as f64) * warmup_share).ceil().max(1.0);
-    let step = step as f64;
-    if step < warmup {
-        peak * (step + 1.0) / warmup
-    } else {
-        peak * ((total as f64 - step) / (total as f64 - warmup).max(1.0)).clamp(0.0, 1.0)
-    }
-}
-
 /// Copies the encoder's tensors into the `bert.*` variables of `vs` (checkpoint keys with or
 /// without the `bert.` prefix), checking shapes. A checkpoint without a pooler (many sentence
 /// encoders drop it) gets a freshly initialised one.
@@ -539,17 +478,6 @@ fn load_encoder(vs: &nn::VarStore, path: &Path, std: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        let lr = |s| schedule(1.0, s, 10, 0.2);
-        assert!((lr(0) - 0.5).abs() < 1e-12);
-        assert!((lr(1) - 1.0).abs() < 1e-12);
-        assert!((lr(2) - 1.0).abs() < 1e-12);
-        assert!((lr(6) - 0.5).abs() < 1e-12);
-        assert_eq!(lr(10), 0.0);
-        assert_eq!(schedule(0.3, 5, 0, 0.1), 0.3);
-    }
 
     #[test]
     fn listwise_loss_is_cross_entropy_on_the_first_logit() {

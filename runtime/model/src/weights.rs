@@ -42,6 +42,17 @@ impl Checkpoint {
     }
 
     /// The first of `candidates` under which `probe` exists (e.g. `""` or `"bert."`).
+    /// The prefix of a BERT encoder's tensors: `""` (sentence encoders) or `"bert."`
+    /// (`BertFor*` checkpoints); an error naming the probe tensor when neither holds it.
+    pub fn bert_prefix(&self) -> Result<&'static str> {
+        const PROBE: &str = "embeddings.word_embeddings.weight";
+        self.detect_prefix(PROBE, &["", "bert."])
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: PROBE.to_owned(),
+            })
+    }
+
     pub fn detect_prefix<'a>(&self, probe: &str, candidates: &[&'a str]) -> Option<&'a str> {
         candidates
             .iter()
