@@ -45,6 +45,10 @@ pub mod messages {
     pub const ROLLBACK_WINDOW: &str = "rollbackWindow must be at least 1h";
     /// `spec.guardrails`.
     pub const GUARDRAIL_UNIQUE: &str = "guardrails[].metric must be unique";
+    /// `spec.evaluation.max*`.
+    pub const EVALUATION_PERCENT: &str = "evaluation limits are percentages between 0% and 100%";
+    /// `spec.evaluation.timeout`.
+    pub const EVALUATION_TIMEOUT: &str = "evaluation.timeout must be at least 1m";
 }
 
 /// An AdapterPatch: one LoRA adapter lineage (e.g. `pricing`) on a named base model. Changing
@@ -138,6 +142,78 @@ pub struct AdapterPatchSpec {
     /// acted upon except guardrail breaches).
     #[serde(default)]
     pub paused: bool,
+
+    /// An offline evaluation before Shadow (seed section 6): once the artifact is verified, the
+    /// candidate and the stable version answer a golden set through a Router's pipeline (a Job
+    /// running `switchboard-runtime eval --answers`); a candidate that loses more than these
+    /// limits allow is Failed with the numbers in its condition and never reaches Shadow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Evaluation>,
+}
+
+/// The offline evaluation gate of a new version.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// The Router whose pipeline (knowledge base generation, grounding, base model, the other
+    /// adapters) answers the golden set. It must select this AdapterPatch.
+    pub router_ref: ObjectRef,
+    /// The golden set: JSONL in a ConfigMap key (`query`, `answerable`, `key_facts`,
+    /// `gold_docs`, ...; docs/evaluation.md), mounted read-only into the Job.
+    pub golden_set: ConfigMapKeyRef,
+    /// Key-fact accuracy (answerable questions) may be at most this many percentage points
+    /// below the stable version's.
+    #[serde(default = "default_max_key_fact_drop")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
+    pub max_key_fact_accuracy_drop: Percent,
+    /// Correct refusals (unanswerable questions) may be at most this many points below the
+    /// stable version's.
+    #[serde(default = "default_max_refusal_drop")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
+    pub max_correct_refusal_drop: Percent,
+    /// False refusals (answerable questions refused) may be at most this many points above the
+    /// stable version's.
+    #[serde(default = "default_max_false_refusal_rise")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
+    pub max_false_refusal_increase: Percent,
+    /// At most this share of the candidate's answers may come from model output citing a fact
+    /// that was not in its prompt (the runtime removes such citations; an adapter that makes
+    /// them is broken).
+    #[serde(default = "zero_percent")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
+    pub max_invalid_citation_rate: Percent,
+    /// How long the evaluation Job may run before the version is Failed (`EvaluationTimedOut`).
+    #[serde(default = "default_evaluation_timeout")]
+    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::EVALUATION_TIMEOUT))]
+    pub timeout: GoDuration,
+}
+
+/// A key of a ConfigMap in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253), pattern(crate::common::NAME_PATTERN))]
+    pub name: String,
+    /// The key holding the file.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_max_key_fact_drop() -> Percent {
+    Percent::from_fraction(0.02)
+}
+fn default_max_refusal_drop() -> Percent {
+    Percent::from_fraction(0.05)
+}
+fn default_max_false_refusal_rise() -> Percent {
+    Percent::from_fraction(0.02)
+}
+fn zero_percent() -> Percent {
+    Percent::from_fraction(0.0)
+}
+fn default_evaluation_timeout() -> GoDuration {
+    GoDuration::from_secs(30 * 60)
 }
 
 fn default_guardrails() -> Vec<Guardrail> {
@@ -218,6 +294,13 @@ pub struct Domain {
     #[serde(default)]
     #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub example_queries: Vec<String>,
+    /// Serve every query of the Router that no other lineage's domain is selected for: a
+    /// general adapter (the grounded-answer fine-tune, an SFT of the whole support domain)
+    /// rather than a hot-fix for one topic. Its own domain is then never compared with queries.
+    /// At most one fallback lineage per Router (a second is refused when the Router's config is
+    /// compiled).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// Rollout stages.
@@ -399,6 +482,14 @@ impl Validate for AdapterPatchSpec {
             "spec.rollbackWindow",
             messages::ROLLBACK_WINDOW,
         );
+        // The limits are `Percent`s: out-of-range values are refused while parsing.
+        if let Some(e) = &self.evaluation {
+            errors.check(
+                e.timeout.duration().as_secs() >= 60,
+                "spec.evaluation.timeout",
+                messages::EVALUATION_TIMEOUT,
+            );
+        }
         errors.finish()
     }
 }
@@ -515,6 +606,60 @@ pub struct AdapterPatchStatus {
     /// The most recent guardrail analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<Analysis>,
+    /// The offline evaluation of the candidate (`spec.evaluation`): running, or its verdict
+    /// with every metric of the candidate against the stable version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationResult>,
+}
+
+/// The offline evaluation of one candidate version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationResult {
+    /// The evaluated (candidate) version.
+    pub version: String,
+    /// The version it was compared with (the stable one; unset for a first version, which is
+    /// held to the absolute limits only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_version: Option<String>,
+    /// The evaluation Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Unset while the Job runs; then whether every limit held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// Golden questions answered (answerable, unanswerable).
+    #[serde(default)]
+    pub questions: i32,
+    /// Each metric of the candidate against the baseline and its limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<EvaluationMetric>,
+    /// What was decided, with the numbers.
+    #[serde(default)]
+    pub message: String,
+    /// When the Job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the verdict was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+/// One metric of an offline evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationMetric {
+    /// `keyFactAccuracy`, `correctRefusal`, `falseRefusal` or `invalidCitationRate`.
+    pub name: String,
+    /// The stable version's value (0..1), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// The candidate's value (0..1).
+    pub candidate: f64,
+    /// The limit, as written in `spec.evaluation` (`at most 2% below`, ...).
+    pub limit: String,
+    /// Whether the candidate is within it.
+    pub passed: bool,
 }
 
 /// One version in the history.

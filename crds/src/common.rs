@@ -146,6 +146,9 @@ pub mod conditions {
     pub const GUARDRAILS_HEALTHY: &str = "GuardrailsHealthy";
     /// AdapterPatch: `True` when too many adapters stack on the same base model (a warning).
     pub const ADAPTER_STACKING: &str = "AdapterStacking";
+    /// AdapterPatch with `spec.evaluation`: the candidate's offline evaluation on the golden set
+    /// is within the limits (`Unknown` while its Job runs).
+    pub const EVALUATED: &str = "Evaluated";
 
     /// Router: the compiled RuntimeConfig was written and the runtime pods loaded it.
     pub const RUNTIME_CONFIG_APPLIED: &str = "RuntimeConfigApplied";
@@ -207,6 +210,17 @@ pub mod conditions {
         pub const PROMOTED: &str = "Promoted";
         /// A guardrail breach rolled the candidate back.
         pub const GUARDRAIL_BREACHED: &str = "GuardrailBreached";
+        /// The offline evaluation Job of the candidate runs.
+        pub const EVALUATING: &str = "Evaluating";
+        /// The candidate is within every limit of `spec.evaluation`.
+        pub const EVALUATION_PASSED: &str = "EvaluationPassed";
+        /// The candidate is outside a limit of `spec.evaluation`: it is not rolled out.
+        pub const EVALUATION_FAILED: &str = "EvaluationFailed";
+        /// The evaluation could not run (its Job failed, the Router or golden set is missing);
+        /// retried.
+        pub const EVALUATION_ERROR: &str = "EvaluationError";
+        /// The evaluation Job ran past `spec.evaluation.timeout`: the candidate is not rolled out.
+        pub const EVALUATION_TIMED_OUT: &str = "EvaluationTimedOut";
         /// A user asked for a rollback through the action annotation.
         pub const MANUAL_ROLLBACK: &str = "ManualRollback";
         /// A user aborted the rollout through the action annotation.

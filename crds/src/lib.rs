@@ -25,7 +25,7 @@ pub use common::{
 pub use experiment::{Experiment, ExperimentSpec, ExperimentStatus};
 pub use knowledge_base::{KnowledgeBase, KnowledgeBaseSpec, KnowledgeBaseStatus};
 pub use manifest::{ManifestError, Resource, resource_from_value, resources_from_yaml};
-pub use router::{Router, RouterSpec, RouterStatus};
+pub use router::{Router, RouterSpec, RouterStatus, selector_matches};
 pub use units::{GoDuration, Percent, UnitError, parse_duration};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

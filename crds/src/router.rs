@@ -2,7 +2,7 @@
 
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
-    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector},
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement},
 };
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -24,6 +24,12 @@ pub mod messages {
     pub const ENDPOINT_URL: &str = "largeModel.endpoint.url must be an http:// or https:// URL";
     /// `spec.exploration.share`.
     pub const EXPLORATION_SHARE: &str = "exploration.share must be between 0% and 50%";
+    /// `spec.generation.grounding.minEvidenceScore`.
+    pub const MIN_EVIDENCE_SCORE: &str =
+        "generation.grounding.minEvidenceScore must be between 0 and 1";
+    /// `spec.generation.grounding.evidenceSentences`.
+    pub const EVIDENCE_SENTENCES: &str =
+        "generation.grounding.evidenceSentences must be between 1 and 8";
     /// `spec.queryRewrite.maxVocabularyOverlap`.
     pub const VOCABULARY_OVERLAP: &str =
         "queryRewrite.maxVocabularyOverlap must be between 0% and 100%";
@@ -393,23 +399,81 @@ impl Default for ShadowLimits {
 }
 
 /// Generation settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Generation {
-    /// Most tokens generated per answer.
+    /// Most tokens generated per answer. Answers are one to three sentences and generation
+    /// also stops at the end of the answer (a blank line); the default leaves room for three.
     #[serde(default = "default_max_new_tokens")]
     #[schemars(range(min = 1, max = 8192))]
     pub max_new_tokens: i32,
+    /// How answers are grounded in the retrieved passages.
+    #[serde(default)]
+    pub grounding: Grounding,
 }
 
 fn default_max_new_tokens() -> i32 {
-    256
+    96
 }
 
 impl Default for Generation {
     fn default() -> Self {
         Self {
             max_new_tokens: default_max_new_tokens(),
+            grounding: Grounding::default(),
+        }
+    }
+}
+
+/// Grounding: the passages' sentences are scored against the question (the evidence); the best
+/// ones are all the model sees, its answer is checked sentence by sentence against the facts it
+/// cites, and the runtime answers generatively, extractively (quoting the evidence) or refuses
+/// (docs/runtime.md, "Grounded answers").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grounding {
+    /// `Generative` (default): the model answers from the evidence and its answer is served when
+    /// it passes the grounding check, else the extractive answer. `Extractive`: the model is
+    /// not called; the best evidence sentences are the answer.
+    #[serde(default)]
+    pub mode: GroundingMode,
+    /// Answerability: the score (0..1, the evidence model's probability that a sentence answers
+    /// the question) the best evidence sentence must reach, else the runtime refuses without a
+    /// model call. The default is calibrated on the sample knowledge base's golden set
+    /// (`switchboard-runtime eval --answers`, docs/evaluation.md); raise it to refuse more.
+    #[serde(default = "default_min_evidence_score")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_evidence_score: f64,
+    /// Evidence sentences given to the model (1-8).
+    #[serde(default = "default_evidence_sentences")]
+    #[schemars(range(min = 1, max = 8))]
+    pub evidence_sentences: i32,
+}
+
+/// How answers are made from the evidence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GroundingMode {
+    /// Generate from the evidence, check, fall back to the extractive answer.
+    #[default]
+    Generative,
+    /// Quote the best evidence sentences; no model call.
+    Extractive,
+}
+
+fn default_min_evidence_score() -> f64 {
+    0.69
+}
+
+fn default_evidence_sentences() -> i32 {
+    3
+}
+
+impl Default for Grounding {
+    fn default() -> Self {
+        Self {
+            mode: GroundingMode::default(),
+            min_evidence_score: default_min_evidence_score(),
+            evidence_sentences: default_evidence_sentences(),
         }
     }
 }
@@ -441,6 +505,17 @@ impl Validate for RouterSpec {
             self.outcome_store.retention.duration().as_secs() >= 168 * 3600,
             "spec.outcomeStore.retention",
             messages::OUTCOME_RETENTION,
+        );
+        let grounding = &self.generation.grounding;
+        errors.check(
+            (0.0..=1.0).contains(&grounding.min_evidence_score),
+            "spec.generation.grounding.minEvidenceScore",
+            messages::MIN_EVIDENCE_SCORE,
+        );
+        errors.check(
+            (1..=8).contains(&grounding.evidence_sentences),
+            "spec.generation.grounding.evidenceSentences",
+            messages::EVIDENCE_SENTENCES,
         );
         errors.finish()
     }
@@ -508,4 +583,39 @@ pub struct ActiveAdapter {
     /// Percent of the lineage's traffic on the candidate.
     #[serde(default)]
     pub candidate_weight: i32,
+}
+
+/// Whether `labels` match a Kubernetes label selector (`matchLabels` AND every
+/// `matchExpressions` requirement). An empty selector matches everything.
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    labels_ok
+        && selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|req| requirement_matches(req, labels))
+}
+
+fn requirement_matches(
+    req: &LabelSelectorRequirement,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let value = labels.get(&req.key);
+    let values = req.values.as_deref().unwrap_or_default();
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        // An unknown operator selects nothing rather than everything.
+        _ => false,
+    }
 }

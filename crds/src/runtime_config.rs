@@ -181,6 +181,9 @@ pub struct DomainConfig {
     /// Typical queries.
     #[serde(default)]
     pub example_queries: Vec<String>,
+    /// The lineage serves queries no other lineage's domain is selected for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// The large model: a local model or an OpenAI-compatible endpoint.
@@ -226,6 +229,9 @@ pub struct RouterPolicy {
     pub exploration_share: Percent,
     /// Shadow requests in flight per pod.
     pub shadow_max_concurrent: i32,
+    /// How answers are grounded in the evidence (the Router's `spec.generation.grounding`).
+    #[serde(default)]
+    pub grounding: crate::router::Grounding,
 }
 
 /// A running experiment.
@@ -503,6 +509,22 @@ impl RuntimeConfig {
                 !roles.contains(&AdapterRole::Canary) || stable == 1,
                 format!("adapters[lineage={lineage}]"),
                 "a Canary version needs a Stable version of its lineage for the rest of the traffic",
+            );
+        }
+        let fallbacks: BTreeSet<&str> = self
+            .adapters
+            .iter()
+            .filter(|a| a.domain.fallback)
+            .map(|a| a.lineage.as_str())
+            .collect();
+        if fallbacks.len() > 1 {
+            e.check(
+                false,
+                "adapters",
+                &format!(
+                    "lineages {} are all domain.fallback: at most one per Router",
+                    fallbacks.into_iter().collect::<Vec<_>>().join(", ")
+                ),
             );
         }
         e.check(

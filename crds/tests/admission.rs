@@ -269,6 +269,39 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.rollbackWindow", ap::ROLLBACK_WINDOW),
         },
         Case {
+            name: "evaluation timeout shorter than 1m",
+            file: "adapterpatch.yaml",
+            kind: "AdapterPatch",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/evaluation",
+                    json!({"routerRef": {"name": "acme"}, "goldenSet": {"name": "golden", "key": "golden.jsonl"}, "timeout": "30s"}),
+                )
+            },
+            field: "spec.evaluation.timeout",
+            message: ap::EVALUATION_TIMEOUT,
+            rust: Rust::Field("spec.evaluation.timeout", ap::EVALUATION_TIMEOUT),
+        },
+        Case {
+            name: "evaluation limit above 100%",
+            file: "adapterpatch.yaml",
+            kind: "AdapterPatch",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/evaluation",
+                    json!({"routerRef": {"name": "acme"}, "goldenSet": {"name": "golden", "key": "golden.jsonl"}, "maxKeyFactAccuracyDrop": "150%"}),
+                )
+            },
+            field: "spec.evaluation.maxKeyFactAccuracyDrop",
+            message: ap::EVALUATION_PERCENT,
+            // The Percent type refuses it while parsing.
+            rust: Rust::Deserialize("must be between 0% and 100%"),
+        },
+        Case {
             name: "base model changed on update",
             file: "adapterpatch.yaml",
             kind: "AdapterPatch",
@@ -539,6 +572,44 @@ fn cases() -> Vec<Case> {
             field: "spec.largeModel",
             message: rt::ONE_LARGE_MODEL,
             rust: Rust::Field("spec.largeModel", rt::ONE_LARGE_MODEL),
+        },
+        Case {
+            name: "answerability threshold above 1",
+            file: "router.yaml",
+            kind: "Router",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/generation",
+                    json!({"grounding": {"minEvidenceScore": 1.5}}),
+                )
+            },
+            field: "spec.generation.grounding.minEvidenceScore",
+            message: "1.5 is greater than the maximum of 1",
+            rust: Rust::Field(
+                "spec.generation.grounding.minEvidenceScore",
+                rt::MIN_EVIDENCE_SCORE,
+            ),
+        },
+        Case {
+            name: "no evidence sentences",
+            file: "router.yaml",
+            kind: "Router",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/generation",
+                    json!({"grounding": {"evidenceSentences": 0}}),
+                )
+            },
+            field: "spec.generation.grounding.evidenceSentences",
+            message: "0 is less than the minimum of 1",
+            rust: Rust::Field(
+                "spec.generation.grounding.evidenceSentences",
+                rt::EVIDENCE_SENTENCES,
+            ),
         },
         Case {
             name: "exploration share above 50%",

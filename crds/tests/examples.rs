@@ -31,7 +31,7 @@ fn every_example_is_admitted() {
 }
 
 #[test]
-fn scenario_has_a_kb_two_adapters_a_router_and_an_experiment() {
+fn scenario_has_a_kb_three_adapters_a_router_and_an_experiment() {
     let docs: Vec<_> = support::example_documents()
         .into_iter()
         .filter(|(n, _)| n.starts_with("scenario.yaml#"))
@@ -41,6 +41,7 @@ fn scenario_has_a_kb_two_adapters_a_router_and_an_experiment() {
         docs,
         [
             "KnowledgeBase",
+            "AdapterPatch",
             "AdapterPatch",
             "AdapterPatch",
             "Router",

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use sha2::{Digest as _, Sha256};
 use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Router, Validate, ValidationErrors,
@@ -99,34 +98,7 @@ pub struct CompileInput<'a> {
     pub experiments: &'a [Experiment],
 }
 
-/// Whether `labels` match a Kubernetes label selector (`matchLabels` AND every
-/// `matchExpressions` requirement). An empty selector matches everything.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    labels_ok
-        && selector
-            .match_expressions
-            .iter()
-            .flatten()
-            .all(|req| requirement_matches(req, labels))
-}
-
-fn requirement_matches(req: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let value = labels.get(&req.key);
-    let values = req.values.as_deref().unwrap_or_default();
-    match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        // An unknown operator selects nothing rather than everything.
-        _ => false,
-    }
-}
+pub use switchboard_crds::selector_matches;
 
 fn normalized(p: &Percent) -> Percent {
     Percent::from_fraction(p.fraction())
@@ -205,6 +177,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
             },
             exploration_share: normalized(&spec.exploration.share),
             shadow_max_concurrent: spec.shadow.max_concurrent,
+            grounding: spec.generation.grounding.clone(),
         },
         experiments: Vec::new(),
     };
@@ -298,12 +271,16 @@ fn select_adapters(
     out
 }
 
-/// The stable and candidate entries of one AdapterPatch, from its status: the status is the
-/// rollout's single source of truth.
-fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
+/// One version of an AdapterPatch as a RuntimeConfig entry.
+fn adapter_entry(
+    patch: &AdapterPatch,
+    name: &str,
+    version: &str,
+    role: AdapterRole,
+    artifact: AdapterArtifact,
+) -> AdapterConfig {
     let spec = &patch.spec;
-    let status = patch.status.clone().unwrap_or_default();
-    let entry = |version: &str, role, artifact| AdapterConfig {
+    AdapterConfig {
         name: name.to_owned(),
         lineage: spec.lineage.clone(),
         version: version.to_owned(),
@@ -317,24 +294,77 @@ fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
         domain: DomainConfig {
             description: spec.domain.description.clone(),
             example_queries: spec.domain.example_queries.clone(),
+            fallback: spec.domain.fallback,
         },
         traffic_weight: None,
         shadow_sample_share: None,
-    };
-    // Registry credentials belong to the AdapterPatch, not to a version: every oci:// version it
-    // serves pulls with them.
-    let pull_secret = |uri: Option<&String>| {
-        spec.artifact
-            .pull_secret_ref
-            .as_ref()
-            .filter(|_| uri.is_some_and(|u| u.starts_with("oci://")))
-            .map(|s| s.name.clone())
-    };
-    let spec_artifact = AdapterArtifact {
+    }
+}
+
+/// Registry credentials belong to the AdapterPatch, not to a version: every `oci://` version it
+/// serves pulls with them.
+fn pull_secret(patch: &AdapterPatch, uri: Option<&String>) -> Option<String> {
+    patch
+        .spec
+        .artifact
+        .pull_secret_ref
+        .as_ref()
+        .filter(|_| uri.is_some_and(|u| u.starts_with("oci://")))
+        .map(|s| s.name.clone())
+}
+
+/// The artifact of the spec's version.
+fn spec_artifact(patch: &AdapterPatch) -> AdapterArtifact {
+    let spec = &patch.spec;
+    AdapterArtifact {
         uri: Some(spec.artifact.uri.clone()),
         sha256: spec.artifact.sha256.clone(),
-        pull_secret: pull_secret(Some(&spec.artifact.uri)),
-    };
+        pull_secret: pull_secret(patch, Some(&spec.artifact.uri)),
+    }
+}
+
+/// The two RuntimeConfigs of an AdapterPatch's offline evaluation, from the Router's compiled
+/// `config`: the **baseline** serves the lineage with its stable version alone (no canary or
+/// shadow), the **candidate** with the spec's version alone, as Stable; everything else (the
+/// knowledge base generation, grounding, other lineages, experiments) is the Router's. Without
+/// a stable version the baseline serves the Router without the lineage.
+pub fn evaluation_configs(
+    config: &RuntimeConfig,
+    patch: &AdapterPatch,
+    name: &str,
+) -> Result<(RuntimeConfig, RuntimeConfig), CompileError> {
+    let lineage = &patch.spec.lineage;
+    let mut baseline = config.clone();
+    baseline
+        .adapters
+        .retain(|a| a.lineage != *lineage || a.role == AdapterRole::Stable);
+    let mut candidate = baseline.clone();
+    candidate.adapters.retain(|a| a.lineage != *lineage);
+    candidate.adapters.push(adapter_entry(
+        patch,
+        name,
+        &patch.spec.version,
+        AdapterRole::Stable,
+        spec_artifact(patch),
+    ));
+    candidate
+        .adapters
+        .sort_by(|a, b| (&a.lineage, a.role).cmp(&(&b.lineage, b.role)));
+    for c in [&mut baseline, &mut candidate] {
+        c.revision = revision(c)?;
+        c.validate().map_err(CompileError::InvalidOutput)?;
+    }
+    Ok((baseline, candidate))
+}
+
+/// The stable and candidate entries of one AdapterPatch, from its status: the status is the
+/// rollout's single source of truth.
+fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
+    let spec = &patch.spec;
+    let status = patch.status.clone().unwrap_or_default();
+    let entry = |version: &str, role, artifact| adapter_entry(patch, name, version, role, artifact);
+    let pull_secret = |uri: Option<&String>| pull_secret(patch, uri);
+    let spec_artifact = spec_artifact(patch);
 
     let mut out = Vec::new();
     if let Some(stable) = &status.stable_version {

@@ -14,6 +14,7 @@ use switchboard_crds::{
     conditions::{self, reasons},
     find_condition,
 };
+use switchboard_operator::adapter_patch::evaluation::EvaluationCheck;
 use switchboard_operator::adapter_patch::rollout::{
     ArmObservation, ArtifactCheck, EventType, Observations, RolloutInput, RolloutOutput, step,
 };
@@ -84,6 +85,7 @@ struct World {
     annotations: BTreeMap<String, String>,
     status: AdapterPatchStatus,
     artifact: ArtifactCheck,
+    evaluation: EvaluationCheck,
     observations: Observations,
     adapters: usize,
 }
@@ -95,6 +97,7 @@ impl World {
             annotations: BTreeMap::new(),
             status: AdapterPatchStatus::default(),
             artifact: ArtifactCheck::Verified,
+            evaluation: EvaluationCheck::NotRequired,
             observations: healthy(),
             adapters: 1,
         }
@@ -107,6 +110,7 @@ impl World {
             annotations: &self.annotations,
             status: &self.status,
             artifact: &self.artifact,
+            evaluation: &self.evaluation,
             observations: &self.observations,
             adapters_on_base_model: self.adapters,
             now: at(minute),
@@ -165,6 +169,115 @@ fn first_version_is_promoted_once_its_artifact_is_verified() {
         &out.status.conditions,
         conditions::READY
     ));
+}
+
+#[test]
+fn a_version_that_fails_its_offline_evaluation_never_reaches_shadow() {
+    use switchboard_crds::adapter_patch::{Evaluation, EvaluationMetric, EvaluationResult};
+    let mut w = World::with_stable();
+    w.spec.evaluation = Some(
+        serde_json::from_value::<Evaluation>(serde_json::json!({
+            "routerRef": {"name": "acme"},
+            "goldenSet": {"name": "golden", "key": "golden.jsonl"},
+        }))
+        .unwrap(),
+    );
+    let running = EvaluationResult {
+        version: "1.1.0".into(),
+        baseline_version: Some("1.0.0".into()),
+        job: Some("pricing-eval-0123".into()),
+        ..EvaluationResult::default()
+    };
+    // The Job runs: the version waits in Validating, the condition says so.
+    w.evaluation = EvaluationCheck::Pending(running.clone());
+    let out = w.tick(1);
+    assert_eq!(out.status.phase, AdapterPhase::Validating);
+    let c = find_condition(&out.status.conditions, conditions::EVALUATED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("Unknown", reasons::EVALUATING)
+    );
+    assert!(c.message.contains("pricing-eval-0123"), "{}", c.message);
+    assert_eq!(
+        out.status.evaluation.as_ref().unwrap().job.as_deref(),
+        Some("pricing-eval-0123")
+    );
+
+    // The verdict: key-fact accuracy fell 30 points. Failed, with the numbers; the stable
+    // version keeps serving; no Shadow ever.
+    let failed = EvaluationResult {
+        passed: Some(false),
+        questions: 40,
+        metrics: vec![EvaluationMetric {
+            name: "keyFactAccuracy".into(),
+            baseline: Some(0.8),
+            candidate: 0.5,
+            limit: "at most 2% below".into(),
+            passed: false,
+        }],
+        message: "outside the limits: keyFactAccuracy 80.0% -> 50.0% (at most 2% below)".into(),
+        ..running
+    };
+    w.evaluation = EvaluationCheck::Failed {
+        reason: reasons::EVALUATION_FAILED.into(),
+        message: format!(
+            "1.1.0 on 40 golden questions against 1.0.0: {}",
+            failed.message
+        ),
+        result: failed,
+    };
+    let out = w.tick(2);
+    assert_eq!(out.status.phase, AdapterPhase::Failed);
+    assert_eq!(out.status.stable_version.as_deref(), Some("1.0.0"));
+    assert_eq!(out.status.candidate_version, None);
+    assert_eq!(reasons_of(&out), [reasons::EVALUATION_FAILED]);
+    assert_eq!(out.events[0].type_, EventType::Warning);
+    let c = find_condition(&out.status.conditions, conditions::EVALUATED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::EVALUATION_FAILED)
+    );
+    assert!(c.message.contains("80.0% -> 50.0%"), "{}", c.message);
+    assert_eq!(out.status.evaluation.as_ref().unwrap().passed, Some(false));
+    // Nothing later moves it to Shadow.
+    w.evaluation = EvaluationCheck::NotRequired;
+    let out = w.tick(3);
+    assert_eq!(out.status.phase, AdapterPhase::Failed);
+}
+
+#[test]
+fn a_version_that_passes_its_offline_evaluation_goes_on_to_shadow() {
+    use switchboard_crds::adapter_patch::{Evaluation, EvaluationResult};
+    let mut w = World::with_stable();
+    w.spec.evaluation = Some(
+        serde_json::from_value::<Evaluation>(serde_json::json!({
+            "routerRef": {"name": "acme"},
+            "goldenSet": {"name": "golden", "key": "golden.jsonl"},
+        }))
+        .unwrap(),
+    );
+    w.evaluation = EvaluationCheck::Error("Router acme has no compiled RuntimeConfig yet".into());
+    let out = w.tick(1);
+    assert_eq!(out.status.phase, AdapterPhase::Validating);
+    let c = find_condition(&out.status.conditions, conditions::EVALUATED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::EVALUATION_ERROR)
+    );
+    w.evaluation = EvaluationCheck::Passed(EvaluationResult {
+        version: "1.1.0".into(),
+        passed: Some(true),
+        questions: 40,
+        message: "within every limit".into(),
+        ..EvaluationResult::default()
+    });
+    let out = w.tick(2);
+    assert_eq!(out.status.phase, AdapterPhase::Shadow);
+    assert!(
+        reasons_of(&out).contains(&reasons::EVALUATION_PASSED),
+        "{:?}",
+        reasons_of(&out)
+    );
 }
 
 #[test]

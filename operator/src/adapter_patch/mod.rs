@@ -2,6 +2,7 @@
 //! Events, consumed annotations, requeue.
 
 pub mod artifact;
+pub mod evaluation;
 pub mod rollout;
 pub mod verify_job;
 
@@ -29,6 +30,7 @@ use crate::{
     observe::{RolloutScope, observe_rollout},
 };
 
+use self::evaluation::EvaluationCheck;
 use self::rollout::{ArtifactCheck, EventType, Observations, RolloutInput, RolloutOutput, step};
 
 /// Controller name in metrics.
@@ -150,6 +152,11 @@ async fn reconcile_inner(patch: &AdapterPatch, ctx: &Context) -> Result<Action> 
     } else {
         ArtifactCheck::Verified
     };
+    let evaluation = if needs_artifact_check(patch) && artifact == ArtifactCheck::Verified {
+        evaluation_check(ctx, patch, &namespace, &name).await?
+    } else {
+        EvaluationCheck::NotRequired
+    };
 
     let observations = match rollout_scope(patch, Vec::new(), now) {
         Some(_) => {
@@ -191,6 +198,7 @@ async fn reconcile_inner(patch: &AdapterPatch, ctx: &Context) -> Result<Action> 
         annotations: patch.metadata.annotations.as_ref().unwrap_or(&empty),
         status: &previous,
         artifact: &artifact,
+        evaluation: &evaluation,
         observations: &observations,
         adapters_on_base_model,
         now,
@@ -375,6 +383,164 @@ async fn pvc_check(
         }
     }
     Ok(check)
+}
+
+/// The offline evaluation of the spec's version (`spec.evaluation`): its Job is started once the
+/// Router's config, the golden set and the artifact are there, and read when it has finished. A
+/// Job that failed (rather than judged) is deleted, so the next check starts a new one.
+async fn evaluation_check(
+    ctx: &Context,
+    patch: &AdapterPatch,
+    namespace: &str,
+    name: &str,
+) -> Result<EvaluationCheck> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use switchboard_crds::adapter_patch::EvaluationResult;
+    let Some(evaluation) = &patch.spec.evaluation else {
+        return Ok(EvaluationCheck::NotRequired);
+    };
+    let client = &ctx.client;
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ctx.now());
+    let router_name = &evaluation.router_ref.name;
+    let Some(router) = Api::<Router>::namespaced(client.clone(), namespace)
+        .get_opt(router_name)
+        .await
+        .map_err(|e| Error::kube("get", format!("Router {namespace}/{router_name}"), e))?
+    else {
+        return Ok(EvaluationCheck::Error(format!(
+            "spec.evaluation.routerRef: Router {router_name} not found in namespace {namespace}"
+        )));
+    };
+    if crate::router::routers_selecting(&[Arc::new(router.clone())], patch).is_empty() {
+        return Ok(EvaluationCheck::Error(format!(
+            "spec.evaluation.routerRef: Router {router_name} does not select this AdapterPatch (labels)"
+        )));
+    }
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let config_name = crate::router::build::runtime_name(router_name);
+    let compiled = configs
+        .get_opt(&config_name)
+        .await
+        .map_err(|e| Error::kube("get", format!("ConfigMap {namespace}/{config_name}"), e))?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(switchboard_crds::runtime_config::FILE_NAME).cloned());
+    let Some(compiled) = compiled else {
+        return Ok(EvaluationCheck::Error(format!(
+            "Router {router_name} has no compiled RuntimeConfig yet"
+        )));
+    };
+    let config =
+        match switchboard_crds::runtime_config::RuntimeConfig::from_json(compiled.as_bytes()) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(EvaluationCheck::Error(format!(
+                    "the RuntimeConfig of Router {router_name}: {e}"
+                )));
+            }
+        };
+    let golden = &evaluation.golden_set;
+    let has_golden = configs
+        .get_opt(&golden.name)
+        .await
+        .map_err(|e| Error::kube("get", format!("ConfigMap {namespace}/{}", golden.name), e))?
+        .and_then(|cm| cm.data)
+        .is_some_and(|d| d.contains_key(&golden.key));
+    if !has_golden {
+        return Ok(EvaluationCheck::Error(format!(
+            "spec.evaluation.goldenSet: ConfigMap {} has no key {} in namespace {namespace}",
+            golden.name, golden.key
+        )));
+    }
+    let (baseline, candidate) = match crate::compile::evaluation_configs(&config, patch, name) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(EvaluationCheck::Error(format!(
+                "the evaluation's RuntimeConfigs: {e}"
+            )));
+        }
+    };
+    let job_name = evaluation::job_name(name, patch, evaluation);
+    let baseline_version = baseline
+        .adapters
+        .iter()
+        .find(|a| a.lineage == patch.spec.lineage)
+        .map(|a| a.version.clone());
+    let mut running = EvaluationResult {
+        version: patch.spec.version.clone(),
+        baseline_version,
+        job: Some(job_name.clone()),
+        started_at: Some(now.clone()),
+        ..EvaluationResult::default()
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let object = format!("Job {namespace}/{job_name}");
+    let Some(job) = jobs
+        .get_opt(&job_name)
+        .await
+        .map_err(|e| Error::kube("get", object.clone(), e))?
+    else {
+        let image = router
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| ctx.settings.runtime_image.clone());
+        let builder = evaluation::EvaluationJob {
+            patch,
+            name,
+            namespace,
+            evaluation,
+            router: &router,
+            image: &image,
+            configs: (&baseline, &candidate),
+        };
+        let config_map = builder.config_map().map_err(|source| Error::Serialize {
+            what: "the evaluation ConfigMap",
+            source,
+        })?;
+        apply(client, namespace, &config_map).await?;
+        apply(client, namespace, &builder.job()).await?;
+        tracing::info!(adapterpatch = %name, job = %job_name, version = %patch.spec.version, "offline evaluation Job started");
+        return Ok(EvaluationCheck::Pending(running));
+    };
+    if let Some(created) = &job.metadata.creation_timestamp {
+        running.started_at = Some(created.clone());
+    }
+    let status = job.status.as_ref();
+    let deadline = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Failed"
+                    && c.status == "True"
+                    && c.reason.as_deref() == Some("DeadlineExceeded")
+            })
+        });
+    let pods;
+    let outcome = match crate::knowledge_base::build::job_state(status) {
+        crate::knowledge_base::build::JobState::Running => evaluation::JobOutcome::Running,
+        crate::knowledge_base::build::JobState::Succeeded => {
+            pods = Api::<Pod>::namespaced(client.clone(), namespace)
+                .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+                .await
+                .map_err(|e| Error::kube("list", format!("Pods of {object}"), e))?
+                .items;
+            evaluation::JobOutcome::Succeeded(verify_job::termination_message(&pods))
+        }
+        crate::knowledge_base::build::JobState::Failed(_) if deadline => {
+            evaluation::JobOutcome::DeadlineExceeded
+        }
+        crate::knowledge_base::build::JobState::Failed(why) => {
+            let check =
+                evaluation::check_from_job(running, evaluation::JobOutcome::Failed(&why), now);
+            match jobs.delete(&job_name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube("delete", object, e)),
+            }
+            return Ok(check);
+        }
+    };
+    Ok(evaluation::check_from_job(running, outcome, now))
 }
 
 /// Logs each new guardrail analysis with its counts, so a rollout that holds says why in the

@@ -75,6 +75,9 @@ pub struct RolloutInput<'a> {
     pub status: &'a AdapterPatchStatus,
     /// The artifact check of `spec.version`.
     pub artifact: &'a ArtifactCheck,
+    /// The offline evaluation of `spec.version` (`spec.evaluation`), consulted once the artifact
+    /// is verified.
+    pub evaluation: &'a super::evaluation::EvaluationCheck,
     /// Guardrail counts.
     pub observations: &'a Observations,
     /// AdapterPatches on this object's base model (including this one).
@@ -550,6 +553,9 @@ impl Machine<'_> {
                         self.input.spec.artifact.sha256
                     ),
                 );
+                if !self.evaluated() {
+                    return;
+                }
                 if self.status.stable_version.is_none() {
                     self.promote(
                         "first version: no stable version to compare with, promoted without canary"
@@ -571,6 +577,88 @@ impl Machine<'_> {
                 } else {
                     self.enter_step(0);
                 }
+            }
+        }
+    }
+
+    /// The offline evaluation gate: `true` when the candidate may go on (no evaluation asked
+    /// for, or it passed); otherwise the status says why it waits or failed.
+    fn evaluated(&mut self) -> bool {
+        use super::evaluation::EvaluationCheck;
+        if self.input.spec.evaluation.is_none() {
+            return true;
+        }
+        match self.input.evaluation.clone() {
+            EvaluationCheck::NotRequired => true,
+            EvaluationCheck::Pending(result) => {
+                self.set_phase(AdapterPhase::Validating);
+                self.condition(
+                    conditions::EVALUATED,
+                    "Unknown",
+                    reasons::EVALUATING,
+                    format!(
+                        "evaluation Job {} answers the golden set with {} and {}",
+                        result.job.as_deref().unwrap_or("(starting)"),
+                        result.version,
+                        result
+                            .baseline_version
+                            .as_deref()
+                            .unwrap_or("the Router without this lineage")
+                    ),
+                );
+                self.status.evaluation = Some(result);
+                self.requeue_in(Duration::from_secs(10));
+                false
+            }
+            EvaluationCheck::Error(message) => {
+                self.set_phase(AdapterPhase::Validating);
+                self.condition(
+                    conditions::EVALUATED,
+                    "False",
+                    reasons::EVALUATION_ERROR,
+                    message,
+                );
+                self.requeue_in(ANALYSIS_INTERVAL);
+                false
+            }
+            EvaluationCheck::Failed {
+                reason,
+                message,
+                result,
+            } => {
+                self.condition(conditions::EVALUATED, "False", &reason, message.clone());
+                self.status.evaluation = Some(result);
+                let version = self.status.candidate_version.take().unwrap_or_default();
+                self.finish_history(&version, AdapterPhase::Failed, &reason);
+                self.status.phase = AdapterPhase::Failed;
+                self.status.step_started_at = Some(time(self.now()));
+                self.event(
+                    EventType::Warning,
+                    &reason,
+                    format!("{version} not rolled out: {message}"),
+                );
+                false
+            }
+            EvaluationCheck::Passed(result) => {
+                self.condition(
+                    conditions::EVALUATED,
+                    "True",
+                    reasons::EVALUATION_PASSED,
+                    format!(
+                        "{} on {} golden questions: {}",
+                        result.version, result.questions, result.message
+                    ),
+                );
+                self.event(
+                    EventType::Normal,
+                    reasons::EVALUATION_PASSED,
+                    format!(
+                        "{} passed its offline evaluation: {}",
+                        result.version, result.message
+                    ),
+                );
+                self.status.evaluation = Some(result);
+                true
             }
         }
     }

@@ -150,6 +150,7 @@ mod tests {
             domain: DomainConfig {
                 description: "d".into(),
                 example_queries: vec![],
+                fallback: false,
             },
             traffic_weight: (role == AdapterRole::Canary).then_some(25),
             shadow_sample_share: (role == AdapterRole::Shadow).then(|| Percent::from_fraction(0.5)),

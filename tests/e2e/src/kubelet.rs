@@ -6,8 +6,15 @@
 //! volume's symlink swap) and the token Secret into `--token-key-file`, and reports the replica
 //! as ready in the Deployment's status.
 //!
+//! It also runs the AdapterPatch evaluation Jobs (label
+//! `app.kubernetes.io/name=switchboard-adapter-evaluation`): their ConfigMap volumes projected
+//! into files, the container's paths mapped to local folders, the real `switchboard-runtime
+//! eval` run to completion; then, as a node and the Job controller would, a Pod object with the
+//! container's termination message and the Job's `Complete`/`Failed` condition.
+//!
 //! Not simulated: index-build Jobs (the stories pre-build the KnowledgeBase's generation), pod
-//! objects, restarts of crashed processes (a crash fails the story, with the runtime's log).
+//! objects of runtime Deployments, restarts of crashed processes (a crash fails the story, with
+//! the runtime's log).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -73,6 +81,9 @@ pub struct Kubelet {
     task: tokio::task::JoinHandle<()>,
     errors: Arc<Mutex<Vec<String>>>,
 }
+
+/// Label of evaluation Jobs (the shared contract).
+pub const EVALUATION_SELECTOR: &str = "app.kubernetes.io/name=switchboard-adapter-evaluation";
 
 /// Where a pod's volumes and ports are on this machine.
 #[derive(Debug, Clone)]
@@ -178,8 +189,10 @@ impl Kubelet {
         let task = {
             let (pods, errors) = (pods.clone(), errors.clone());
             tokio::spawn(async move {
+                let started: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
                 loop {
-                    if let Err(e) = sync(&client, &config, &pods).await {
+                    let jobs = sync_jobs(&client, &config, &started).await;
+                    if let Err(e) = jobs.and(sync(&client, &config, &pods).await) {
                         tracing::warn!(error = %e, "kubelet sync failed");
                         let mut errors = errors.lock().unwrap_or_else(|e| e.into_inner());
                         if errors.last() != Some(&e) {
@@ -221,6 +234,198 @@ impl Drop for Kubelet {
         self.task.abort();
         self.pods.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+}
+
+/// Starts every evaluation Job not started yet; each runs in its own task and reports itself.
+async fn sync_jobs(
+    client: &Client,
+    config: &KubeletConfig,
+    started: &Arc<Mutex<std::collections::BTreeSet<String>>>,
+) -> Result<(), String> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &config.namespace);
+    let list = jobs
+        .list(&ListParams::default().labels(EVALUATION_SELECTOR))
+        .await
+        .map_err(|e| format!("list evaluation Jobs: {e}"))?;
+    for job in list.items {
+        let name = job.name_any();
+        // By uid: a Job deleted and created again under its name is a new Job.
+        let uid = job.metadata.uid.clone().unwrap_or_else(|| name.clone());
+        if !started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid)
+        {
+            continue;
+        }
+        let (client, config) = (client.clone(), config.clone());
+        tokio::spawn(async move {
+            if let Err(e) = run_job(&client, &config, &job).await {
+                tracing::warn!(job = %name, error = %e, "evaluation Job could not run");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Runs one evaluation Job's container to completion and reports it.
+async fn run_job(client: &Client, config: &KubeletConfig, job: &Job) -> Result<(), String> {
+    let name = job.name_any();
+    let pod_spec = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .ok_or_else(|| format!("Job {name} has no pod template"))?;
+    let container = pod_spec
+        .containers
+        .first()
+        .ok_or_else(|| format!("Job {name} has no container"))?;
+    let dir = config.work.join("jobs").join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // ConfigMap volumes become folders of files; every other mount an empty folder, except the
+    // index claim (the stories' data folder).
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &config.namespace);
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let volume = pod_spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .ok_or_else(|| format!("Job {name}: no volume {}", mount.name))?;
+        let local = dir.join("volumes").join(&mount.name);
+        std::fs::create_dir_all(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+        if let Some(source) = &volume.config_map {
+            let cm = maps
+                .get(&source.name)
+                .await
+                .map_err(|e| format!("get ConfigMap {}: {e}", source.name))?;
+            for (key, value) in cm.data.iter().flatten() {
+                let wanted = source
+                    .items
+                    .as_ref()
+                    .is_none_or(|items| items.iter().any(|i| &i.key == key));
+                if wanted {
+                    std::fs::write(local.join(key), value)
+                        .map_err(|e| format!("{}: {e}", local.display()))?;
+                }
+            }
+        }
+        let local = if volume.persistent_volume_claim.is_some() && mount.name == "index" {
+            let kb = Path::new(&mount.mount_path)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            config.data.join(kb)
+        } else {
+            local
+        };
+        mounts.push((mount.mount_path.clone(), local));
+    }
+    let termination = dir.join("termination-log");
+    let message_path = container
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".to_owned());
+    let index_root = config.data.display().to_string();
+    let map_path = |value: &str| -> String {
+        if value == message_path {
+            return termination.display().to_string();
+        }
+        if value == "/var/lib/switchboard/index" {
+            return index_root.clone();
+        }
+        for (at, local) in &mounts {
+            if let Some(rest) = value.strip_prefix(at.as_str()) {
+                return format!("{}{rest}", local.display());
+            }
+        }
+        value.to_owned()
+    };
+    let mut args: Vec<String> = container
+        .args
+        .iter()
+        .flatten()
+        .map(|a| map_path(a))
+        .collect();
+    args.push("--models".into());
+    args.push(config.models.display().to_string());
+    let mut command = Command::new(&config.runtime_bin);
+    command.args(&args).current_dir(&dir);
+    for (k, v) in &config.env {
+        command.env(k, v);
+    }
+    let log = dir.join("log.txt");
+    let status = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = file.try_clone().map_err(|e| e.to_string())?;
+        command
+            .stdout(file)
+            .stderr(err)
+            .status()
+            .map_err(|e| format!("running the evaluation: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let code = status.code().unwrap_or(1);
+    let message = std::fs::read_to_string(&termination).unwrap_or_default();
+    tracing::info!(job = %name, code, "evaluation Job finished");
+
+    // The pod a node would have run, with the container's termination message.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), &config.namespace);
+    let pod_name = format!("{name}-0");
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": config.namespace, "labels": {"job-name": name}},
+        "spec": {"containers": [{"name": container.name, "image": container.image}]},
+    });
+    pods.patch(
+        &pod_name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&pod),
+    )
+    .await
+    .map_err(|e| format!("Pod {pod_name}: {e}"))?;
+    let pod_status = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "status": {
+            "phase": if code == 0 { "Succeeded" } else { "Failed" },
+            "containerStatuses": [{
+                "name": container.name, "image": container.image.clone().unwrap_or_default(),
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "message": message}},
+            }],
+        },
+    });
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&pod_status),
+    )
+    .await
+    .map_err(|e| format!("Pod {pod_name} status: {e}"))?;
+    let condition = if code == 0 {
+        json!({"type": "Complete", "status": "True"})
+    } else {
+        json!({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": format!("the evaluation exited with {code}")})
+    };
+    let job_status = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "status": {
+            "succeeded": i32::from(code == 0), "failed": i32::from(code != 0), "active": 0,
+            "conditions": [condition],
+        },
+    });
+    Api::<Job>::namespaced(client.clone(), &config.namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&job_status),
+        )
+        .await
+        .map_err(|e| format!("Job {name} status: {e}"))?;
+    Ok(())
 }
 
 async fn sync(client: &Client, config: &KubeletConfig, pods: &Pods) -> Result<(), String> {
