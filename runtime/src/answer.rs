@@ -1,10 +1,14 @@
 //! The answer pipeline (DESIGN.md "The runtime, one request") and feedback.
 //!
-//! experiment assignment -> optional rewrite -> retrieval on the pinned generation -> refusal
-//! without a model call when nothing clears the relevance floor -> route (small / large) ->
-//! adapter selection by domain centroid and version choice (stable / canary) -> grounded prompt
-//! with numbered passages -> generation -> citation and refusal checks -> provenance and a signed
-//! interaction token; a sampled share is mirrored to a Shadow candidate off the critical path.
+//! experiment assignment -> optional rewrite -> retrieval on the pinned generation -> route
+//! (small / large) -> adapter selection by domain centroid and version choice (stable / canary)
+//! -> evidence: the passages' sentences scored against the question -> refusal without a model
+//! call when no sentence clears the answerability threshold -> a grounded prompt of the best
+//! evidence sentences as numbered facts -> generation (stopped at the end of the answer) -> the
+//! output checked sentence by sentence against the facts it cites -> the generated answer, the
+//! extractive one or a refusal, citations renumbered and mapped to passages -> provenance and a
+//! signed interaction token; a sampled share is mirrored to a Shadow candidate off the critical
+//! path. The grounding logic itself is `switchboard_policy::grounding` (pure, unit-tested).
 //! Decisions are the pure functions of `switchboard-policy`; this module runs them against the
 //! models and records the metrics of docs/metrics.md.
 use std::sync::Arc;
@@ -12,17 +16,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use switchboard_crds::router::GroundingMode;
 use switchboard_crds::runtime_config::AdapterRole;
 use switchboard_index::{ChunkingSpec, Embedder, Passage, SearchResponse};
 use switchboard_model::ModelError;
 use switchboard_model::chat::ChatMessage;
 use switchboard_model::generate::{GenerationConfig, Sampling};
 use switchboard_model::generator_worker::StreamEvent;
+use switchboard_policy::grounding::{
+    AnswerPath, Decision, Evidence, EvidenceModel, OutputCheck, QuestionTerms, check_output,
+    choose, evidence_sentences, expects, grounded_prompt, select_evidence,
+};
 use switchboard_policy::hash::unit_interval;
 use switchboard_policy::{
     Claims, DifficultyModel, ModelKind, Outcome, OutcomeError, QueryFeatures, RetrievalSignals,
-    RouteDecision, RouteInput, ServingPlan, TokenError, Variant, check_citations, cosine_distance,
-    decide, enrol, is_refusal, new_interaction_id, rewrite_prompt, should_rewrite,
+    RouteDecision, RouteInput, ServingPlan, TokenError, Variant, cosine_distance, decide, enrol,
+    is_refusal, new_interaction_id, rewrite_prompt, should_rewrite,
 };
 
 use switchboard_store::{Interaction, Recorded};
@@ -44,8 +53,95 @@ const SECTION_CHARS: usize = 1_400;
 /// best-ranked passages while every later passage keeps room for its own chunk text, so the
 /// prompt (prefill time on CPU) stays bounded at about 1,400 tokens.
 const PROMPT_PASSAGE_CHARS: usize = 5_600;
+/// Longest section whose sentences are all evidence candidates (longer ones: the chunk's).
+const EVIDENCE_SECTION_CHARS: usize = 3_000;
 /// Tokens allowed for a rewritten query.
 pub(crate) const REWRITE_TOKENS: usize = 48;
+/// Evidence sentences considered per answer at most (the encoder embeds them all, in one batch
+/// with the question).
+const MAX_EVIDENCE_CANDIDATES: usize = 96;
+/// A fact scoring below this share of the best one is not given to the model.
+const RELATIVE_EVIDENCE: f64 = 0.5;
+/// Text after which generation stops: the answer is complete, or the model starts another turn.
+const STOP_SEQUENCES: [&str; 3] = ["\n\n", "\nQuestion:", "\nFacts:"];
+
+/// The headings of a breadcrumb (`[Doc > Section]` -> `Doc`, `Section`).
+fn headings_of(breadcrumb: &str) -> Vec<String> {
+    breadcrumb
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(" > ")
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+/// Every evidence sentence of `passages`, scored against `query` with the answer's evidence
+/// model: the sentences (each with its section heading, for context) are embedded in one batch
+/// with the question; their features combine that cosine with IDF-weighted term overlap
+/// (`switchboard_policy::grounding`). Sentences come in passage order, at most
+/// [`MAX_EVIDENCE_CANDIDATES`].
+pub(crate) async fn gather_evidence(
+    active: &Active,
+    model: &EvidenceModel,
+    query: &str,
+    passages: &[NumberedPassage],
+) -> Result<Vec<Evidence>, ServiceError> {
+    let mut candidates: Vec<(usize, String, String)> = Vec::new();
+    'passages: for (i, p) in passages.iter().enumerate() {
+        let headings = headings_of(&p.breadcrumb);
+        let context = headings.last().cloned().unwrap_or_default();
+        for sentence in evidence_sentences(&p.raw_text, &headings) {
+            if candidates.len() >= MAX_EVIDENCE_CANDIDATES {
+                break 'passages;
+            }
+            let embedded = if context.is_empty() {
+                sentence.clone()
+            } else {
+                format!("{context}: {sentence}")
+            };
+            candidates.push((i, sentence, embedded));
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut texts = Vec::with_capacity(candidates.len() + 1);
+    texts.push(query.to_owned());
+    texts.extend(candidates.iter().map(|(_, _, e)| e.clone()));
+    let encoder = Arc::clone(&active.encoder);
+    let vectors = tokio::task::spawn_blocking(move || encoder.embed(&texts))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let (question, sentences) = vectors
+        .split_first()
+        .ok_or_else(|| internal("encoder returned no vector"))?;
+    let terms = QuestionTerms::new(query, &active.terms);
+    let contexts: Vec<String> = passages
+        .iter()
+        .map(|p| format!("{} {}", p.breadcrumb, p.raw_text))
+        .collect();
+    let cosines: Vec<f64> = sentences
+        .iter()
+        .map(|v| 1.0 - cosine_distance(question, v))
+        .collect();
+    let best = cosines.iter().copied().fold(f64::MIN, f64::max);
+    Ok(candidates
+        .into_iter()
+        .zip(cosines)
+        .map(|((passage, text, _), cosine)| {
+            let features = terms.features(&text, &contexts[passage], passage, (cosine, best));
+            Evidence {
+                passage,
+                score: model.score(&features),
+                text,
+                features,
+            }
+        })
+        .collect())
+}
 
 /// The search query in the small model's rewrite output: its first line without quotes, or
 /// `None` when that is empty or not a valid query. (`eval --rewrite` measures exactly this.)
@@ -73,14 +169,22 @@ pub struct AnswerRequest {
     pub force_model: Option<String>,
     /// HTTP: answer as server-sent events (`started`, `delta`s, `answer`).
     pub stream: bool,
+    /// Passages to ground on instead of retrieving (the evaluation's gold-context stage; not
+    /// part of the API).
+    #[serde(skip)]
+    pub(crate) passages: Option<Vec<Passage>>,
 }
 
 /// A citation mapped to its passage.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Citation {
-    /// 1-based passage number as cited.
+    /// The number the answer text cites (`[1]`..`[k]`, in order of first appearance).
     pub index: usize,
+    /// 1-based number of the cited passage in `passages`.
+    pub passage: usize,
+    /// The evidence sentence the citation stands for.
+    pub evidence: String,
     /// Chunk id.
     pub chunk_id: String,
     /// Document id.
@@ -113,6 +217,10 @@ pub struct NumberedPassage {
     pub expanded: bool,
     /// Final retrieval score.
     pub score: f32,
+    /// The same text with its line structure (list items, table rows), whence the evidence
+    /// sentences are split.
+    #[serde(skip)]
+    pub(crate) raw_text: String,
 }
 
 /// The adapter that answered.
@@ -149,18 +257,36 @@ pub struct Provenance {
     pub config_revision: String,
 }
 
+/// An evidence sentence as the answer reports it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvidenceSentence {
+    /// 1-based number of its passage in `passages`.
+    pub passage: usize,
+    /// The sentence.
+    pub text: String,
+    /// Probability (0..1) that it answers the question.
+    pub score: f64,
+}
+
 /// The answer.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnswerResponse {
-    /// The answer text.
+    /// The answer text; it cites `[1]`..`[k]`, the entries of `citations`.
     pub answer: String,
-    /// Valid citations, mapped to passages.
+    /// The citations of the answer, in the order of their numbers.
     pub citations: Vec<Citation>,
-    /// Cited numbers that point at no passage (flagged, not mapped).
+    /// Numbers the model cited that named no fact of its prompt: removed from the answer,
+    /// reported here.
     pub invalid_citations: Vec<usize>,
     /// Whether the answer declines to answer.
     pub refused: bool,
+    /// How the answer was made: `generative` (the model's answer passed the grounding check),
+    /// `extractive` (the best evidence sentences, quoted) or `refusal`.
+    pub path: String,
+    /// The evidence sentences the model was given, best first.
+    pub evidence: Vec<EvidenceSentence>,
     /// The numbered passages of the prompt.
     pub passages: Vec<NumberedPassage>,
     /// Provenance.
@@ -172,30 +298,14 @@ pub struct AnswerResponse {
     pub rewritten_query: Option<String>,
 }
 
-/// The fixed answer when retrieval found nothing relevant (no model is called).
-pub const NO_PASSAGE_ANSWER: &str = "I don't know: the knowledge base has nothing relevant to this question. A support agent can help you further.";
-
-/// System message of grounded answers.
-pub const GROUNDED_SYSTEM: &str =
-    "You are a customer support assistant. Use only the passages the user gives you.";
-
-/// The grounded conversation: numbered passages (`[n] <breadcrumb>\n<text>`) and the question in
-/// the user turn, with the instruction to cite as `[n]` and to say it doesn't know otherwise.
-/// (Measured on SmolLM2-135M: with the passages in the user turn and the instruction after the
-/// question, the small model grounds and cites far more often than with them in the system turn.)
-pub fn grounded_messages(passages: &[NumberedPassage], query: &str) -> Vec<ChatMessage> {
-    let mut user = String::from("Passages:\n");
-    for p in passages {
-        user.push_str(&format!("[{}] {}\n{}\n\n", p.index, p.breadcrumb, p.text));
-    }
-    user.push_str(&format!(
-        "Question: {}\nAnswer in one or two sentences and cite the passage you used in brackets, for example [1]. \
-         If no passage answers the question, say \"I don't know.\"",
-        query.trim()
-    ));
+/// The grounded conversation: the instructions in the system turn, the evidence sentences as
+/// numbered facts and the question in the user turn (`switchboard_policy::grounding`). No
+/// breadcrumbs or passage headers reach the model, so it has none to copy; the training data of
+/// the grounded-answer adapter is rendered by this same function.
+pub fn grounded_messages(query: &str, facts: &[Evidence]) -> Vec<ChatMessage> {
     vec![
-        ChatMessage::system(GROUNDED_SYSTEM),
-        ChatMessage::user(user),
+        ChatMessage::system(switchboard_policy::grounding::GROUNDED_SYSTEM),
+        ChatMessage::user(grounded_prompt(query, facts)),
     ]
 }
 
@@ -270,6 +380,14 @@ fn numbered(passages: &[Passage], expand_sections: bool) -> Vec<NumberedPassage>
                 expanded_sections.insert(p.section_id.clone());
             }
             used += text.chars().count();
+            // Evidence comes from whole sentences with their line structure: the section
+            // around the chunk (a chunk is a token window that may cut a sentence), unless the
+            // section is too long to score in time.
+            let raw_text = if p.section_text.chars().count() <= EVIDENCE_SECTION_CHARS {
+                p.section_text.clone()
+            } else {
+                p.text.clone()
+            };
             NumberedPassage {
                 index: i + 1,
                 chunk_id: p.chunk_id.clone(),
@@ -280,6 +398,7 @@ fn numbered(passages: &[Passage], expand_sections: bool) -> Vec<NumberedPassage>
                 text,
                 expanded,
                 score: p.scores.final_score,
+                raw_text,
             }
         })
         .collect()
@@ -417,6 +536,33 @@ pub async fn answer_stream(
     Ok(items)
 }
 
+/// The prompt passages of `query` as the answer path retrieves them from the pinned generation
+/// (no rewrite, no experiment arm): what the evaluation labels evidence on.
+pub(crate) async fn prompt_passages(
+    active: &Active,
+    query: &str,
+) -> Result<Vec<NumberedPassage>, ServiceError> {
+    let retriever = Arc::clone(&active.retriever);
+    let hierarchical = matches!(
+        retriever.generation().manifest.chunking,
+        ChunkingSpec::Hierarchical { .. }
+    );
+    let search = active
+        .retrieval
+        .retrieve_on(
+            retriever,
+            RetrieveRequest {
+                query: query.to_owned(),
+                ..RetrieveRequest::default()
+            },
+        )
+        .await?;
+    if search.failure.is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(numbered(&search.passages, hierarchical))
+}
+
 /// Answers one request.
 pub async fn answer(
     engine: &Arc<Engine>,
@@ -506,16 +652,28 @@ pub async fn answer_with(
         retriever.generation().manifest.chunking,
         ChunkingSpec::Hierarchical { .. }
     );
-    let search = active
-        .retrieval
-        .retrieve_on(
-            retriever,
-            RetrieveRequest {
-                query: rewritten.clone().unwrap_or_else(|| request.query.clone()),
-                ..RetrieveRequest::default()
-            },
-        )
-        .await?;
+    let search = match request.passages.clone() {
+        // The evaluation's gold context: the passages are given.
+        Some(passages) => SearchResponse {
+            generation: retriever.generation().id.clone(),
+            passages,
+            failure: None,
+            rerank: switchboard_index::RerankStatus::Off,
+            timings: Default::default(),
+        },
+        None => {
+            active
+                .retrieval
+                .retrieve_on(
+                    retriever,
+                    RetrieveRequest {
+                        query: rewritten.clone().unwrap_or_else(|| request.query.clone()),
+                        ..RetrieveRequest::default()
+                    },
+                )
+                .await?
+        }
+    };
     let retrieve_seconds = t.elapsed().as_secs_f64();
     let retrieval_failed = search.failure.is_some() || search.passages.is_empty();
     let passages = numbered(&search.passages, hierarchical);
@@ -554,16 +712,25 @@ pub async fn answer_with(
         let top_k = overrides
             .and_then(|o| o.adapter_top_k)
             .unwrap_or(policy.adapter_selection.top_k);
-        let query_vector = embed_one(&active, request.query.clone()).await?;
         // The generator applies one adapter per request: the primary (top-1) one. With topK 2
         // the second lineage is reported in logs only.
-        let selected = active.domains.select(
-            &query_vector,
-            usize::try_from(top_k.max(1)).unwrap_or(1),
-            policy.adapter_selection.min_similarity,
-        );
-        if let Some(first) = selected.first() {
-            served = plan.serve(&first.lineage, sticky, assignment.as_ref());
+        let selected = if active.domains.lineages().next().is_some() {
+            let query_vector = embed_one(&active, request.query.clone()).await?;
+            active.domains.select(
+                &query_vector,
+                usize::try_from(top_k.max(1)).unwrap_or(1),
+                policy.adapter_selection.min_similarity,
+            )
+        } else {
+            Vec::new()
+        };
+        // No domain claims the query: the fallback lineage (a general adapter) serves it.
+        let lineage = selected
+            .first()
+            .map(|s| s.lineage.as_str())
+            .or(active.fallback.as_deref());
+        if let Some(lineage) = lineage {
+            served = plan.serve(lineage, sticky, assignment.as_ref());
         }
         if selected.len() > 1 {
             tracing::debug!(?selected, "top-2 adapter selection; applying the primary");
@@ -596,13 +763,38 @@ pub async fn answer_with(
         model: route.model.as_str().to_owned(),
     };
 
-    // 6. Generation (none when retrieval found nothing: refuse rather than invent).
-    let messages = grounded_messages(&passages, &request.query);
+    // 6. Evidence: the passages' sentences scored against the question; the best are the facts
+    // the model is given. Nothing clears the answerability threshold: refuse without a model call.
+    let grounding = &policy.grounding;
+    let t = Instant::now();
+    let evidence = if retrieval_failed {
+        Vec::new()
+    } else {
+        gather_evidence(&active, &engine.evidence_model(), &request.query, &passages).await?
+    };
+    let facts = select_evidence(
+        evidence,
+        usize::try_from(grounding.evidence_sentences.max(1)).unwrap_or(1),
+        RELATIVE_EVIDENCE,
+    );
+    let threshold = grounding.min_evidence_score;
+    let answerable = facts.first().is_some_and(|e| e.score >= threshold);
+    metrics.answer_stage(
+        router,
+        route.model.as_str(),
+        "ground",
+        t.elapsed().as_secs_f64(),
+    );
+
+    // 7. Generation on the facts (none when there is nothing to ground on, or extractive mode).
+    let messages = grounded_messages(&request.query, &facts);
     let max_new_tokens = usize::try_from(config.small_model.max_new_tokens.max(1)).unwrap_or(256);
     let mut route_reason = route.reason.as_str().to_owned();
     let mut generate_seconds = 0.0;
     let generated = if retrieval_failed {
         route_reason = "retrieval_failure".into();
+        None
+    } else if !answerable || grounding.mode == GroundingMode::Extractive {
         None
     } else {
         let t = Instant::now();
@@ -622,10 +814,7 @@ pub async fn answer_with(
         generate_seconds = t.elapsed().as_secs_f64();
         Some(g)
     };
-    let (text, model) = match &generated {
-        Some(g) => (g.text.trim().to_owned(), g.model),
-        None => (NO_PASSAGE_ANSWER.to_owned(), route.model),
-    };
+    let model = generated.as_ref().map_or(route.model, |g| g.model);
     if model != route.model {
         route_reason = "large_model_error".into();
         variant.model = model.as_str().to_owned();
@@ -639,32 +828,54 @@ pub async fn answer_with(
         metrics.answer_stage(router, model_label, "generate", generate_seconds);
     }
 
-    // 7. Checks.
-    let check = check_citations(&text, passages.len());
-    let refused = retrieval_failed || is_refusal(&text);
-    let citations: Vec<Citation> = check
-        .valid
+    // 8. The output against its facts, then generative, extractive or refusal.
+    let fact_texts: Vec<&str> = facts.iter().map(|e| e.text.as_str()).collect();
+    let echoes: Vec<&str> = passages.iter().map(|p| p.breadcrumb.as_str()).collect();
+    let draft = generated.as_ref().map(|g| g.text.trim().to_owned());
+    let check: Option<OutputCheck> = draft
+        .as_deref()
+        .map(|d| check_output(d, &fact_texts, expects(&request.query), &echoes));
+    let decision: Decision = choose(draft.as_deref().zip(check.as_ref()), &facts, threshold);
+    let refused = decision.path == AnswerPath::Refusal;
+    let text = decision.text.clone();
+    let citations: Vec<Citation> = decision
+        .facts
         .iter()
-        .filter_map(|n| passages.get(n - 1))
-        .map(|p| Citation {
-            index: p.index,
-            chunk_id: p.chunk_id.clone(),
-            document_id: p.document_id.clone(),
-            breadcrumb: p.breadcrumb.clone(),
-            source: p.source.clone(),
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let fact = facts.get(n - 1)?;
+            let p = passages.get(fact.passage)?;
+            Some(Citation {
+                index: i + 1,
+                passage: p.index,
+                evidence: fact.text.clone(),
+                chunk_id: p.chunk_id.clone(),
+                document_id: p.document_id.clone(),
+                breadcrumb: p.breadcrumb.clone(),
+                source: p.source.clone(),
+            })
         })
         .collect();
+    let invalid_citations = check
+        .as_ref()
+        .map(|c| c.invalid_citations.clone())
+        .unwrap_or_default();
     metrics.interaction(&variant);
+    metrics.answer_path(&variant, decision.path.as_str());
     if retrieval_failed {
         metrics.answer_check(&variant, "retrieval_failure");
     }
     if refused {
         metrics.answer_check(&variant, "refusal");
-    } else if !check.is_valid() {
+    }
+    if !invalid_citations.is_empty() {
         metrics.answer_check(&variant, "invalid_citation");
     }
+    if check.as_ref().is_some_and(|c| !c.grounded && !c.refused) {
+        metrics.answer_check(&variant, "ungrounded");
+    }
 
-    // 8. Shadow, off the critical path.
+    // 9. Shadow, off the critical path: the candidate gets the same facts.
     if let Some((lineage, version)) = shadow {
         spawn_shadow(
             engine,
@@ -674,16 +885,17 @@ pub async fn answer_with(
                 version,
                 messages: messages.clone(),
                 max_new_tokens,
-                retrieval_failed,
-                passages: passages.len(),
+                retrieval_failed: retrieval_failed || !answerable,
+                facts: fact_texts.iter().map(|f| (*f).to_owned()).collect(),
+                expects: expects(&request.query),
                 baseline: text.clone(),
                 baseline_refused: refused,
-                baseline_citations_ok: check.is_valid(),
+                baseline_citations_ok: invalid_citations.is_empty(),
             },
         );
     }
 
-    // 9. Token and provenance; the interaction is stored before the token leaves, so feedback
+    // 10. Token and provenance; the interaction is stored before the token leaves, so feedback
     // reaching any replica finds it.
     let iat = now_secs();
     let exp = iat + engine.token_ttl().as_secs().max(1);
@@ -700,7 +912,7 @@ pub async fn answer_with(
         rewritten_query: rewritten.clone(),
         answer: text.clone(),
         refused,
-        invalid_citation: !refused && !check.is_valid(),
+        invalid_citation: !invalid_citations.is_empty(),
         retrieval_failed,
         best_score: search
             .passages
@@ -729,8 +941,17 @@ pub async fn answer_with(
     Ok(AnswerResponse {
         answer: text,
         citations,
-        invalid_citations: check.invalid,
+        invalid_citations,
         refused,
+        path: decision.path.as_str().to_owned(),
+        evidence: facts
+            .iter()
+            .map(|e| EvidenceSentence {
+                passage: e.passage + 1,
+                text: e.text.clone(),
+                score: e.score,
+            })
+            .collect(),
         passages,
         provenance: Provenance {
             router: router.to_owned(),
@@ -774,7 +995,8 @@ impl GenerationTarget<'_> {
     }
 }
 
-/// Runs a local model: at once, or streaming its text to the answer's events.
+/// Runs a local model, streaming its text to the answer's events when there are any, and
+/// stops it at the first of [`STOP_SEQUENCES`] (the text is cut there).
 async fn local_chat(
     worker: &switchboard_model::GeneratorWorker,
     target: &GenerationTarget<'_>,
@@ -783,29 +1005,46 @@ async fn local_chat(
 ) -> Result<String, ServiceError> {
     let config = greedy(target.max_new_tokens);
     let messages = target.messages.to_vec();
-    if target.events.is_none() {
-        return worker
-            .chat(messages, config, adapter)
-            .await
-            .map(|g| g.text)
-            .map_err(generation_error);
-    }
     let mut stream = worker
         .chat_stream(messages, config, adapter)
         .map_err(generation_error)?;
     target.started(model);
-    while let Some(StreamEvent::Delta(text)) = stream.deltas.recv().await {
-        if !target.delta(text) {
+    let text = read_until_stop(&mut stream, |delta| target.delta(delta)).await;
+    let generation = stream
+        .done
+        .await
+        .map_err(|_| internal("the model worker went away"))?
+        .map_err(generation_error)?;
+    Ok(text.unwrap_or(generation.text))
+}
+
+/// Reads a generation's deltas, passing each to `forward` (which returns `false` when nobody
+/// listens any more), and stops the generation at the first stop sequence. Returns the text cut
+/// before the stop sequence, or `None` when the generation ended on its own (its final text
+/// is authoritative then).
+async fn read_until_stop(
+    stream: &mut switchboard_model::generator_worker::GenerationStream,
+    mut forward: impl FnMut(String) -> bool,
+) -> Option<String> {
+    let mut text = String::new();
+    while let Some(StreamEvent::Delta(delta)) = stream.deltas.recv().await {
+        let searched_from = text.len().saturating_sub(16);
+        text.push_str(&delta);
+        let stop = STOP_SEQUENCES
+            .iter()
+            .filter_map(|s| text[searched_from..].find(s).map(|at| searched_from + at))
+            .min();
+        if let Some(at) = stop {
+            text.truncate(at);
+            stream.deltas.close();
+            return Some(text);
+        }
+        if !forward(delta) {
             // Nobody reads the stream: stop generating (the slot goes to the next request).
             stream.deltas.close();
         }
     }
-    stream
-        .done
-        .await
-        .map_err(|_| internal("the model worker went away"))?
-        .map(|g| g.text)
-        .map_err(generation_error)
+    None
 }
 
 async fn generate(
@@ -876,8 +1115,10 @@ struct ShadowRun {
     version: String,
     messages: Vec<ChatMessage>,
     max_new_tokens: usize,
+    /// Nothing to ground on: neither side generates.
     retrieval_failed: bool,
-    passages: usize,
+    facts: Vec<String>,
+    expects: switchboard_policy::grounding::Expects,
     baseline: String,
     baseline_refused: bool,
     baseline_citations_ok: bool,
@@ -927,12 +1168,23 @@ fn spawn_shadow(engine: &Arc<Engine>, active: &Arc<Active>, run: ShadowRun) {
         }
         let t = Instant::now();
         let id = adapter_id(&run.lineage, &run.version);
-        let candidate = match active
-            .small
-            .chat(run.messages.clone(), greedy(run.max_new_tokens), Some(id))
-            .await
-        {
-            Ok(g) => g.text.trim().to_owned(),
+        let generated = match active.small.chat_stream(
+            run.messages.clone(),
+            greedy(run.max_new_tokens),
+            Some(id),
+        ) {
+            Ok(mut stream) => {
+                let cut = read_until_stop(&mut stream, |_| true).await;
+                match stream.done.await {
+                    Ok(Ok(g)) => Ok(cut.unwrap_or(g.text)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the model worker went away".to_owned()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let candidate = match generated {
+            Ok(text) => text.trim().to_owned(),
             Err(e) => {
                 tracing::warn!(error = %e, "shadow generation failed");
                 metrics.shadow_skipped(&router, "error");
@@ -953,11 +1205,14 @@ fn spawn_shadow(engine: &Arc<Engine>, active: &Arc<Active>, run: ShadowRun) {
         };
         let mut failed = Vec::new();
         base_checks(&mut failed);
-        let check = check_citations(&candidate, run.passages);
+        let facts: Vec<&str> = run.facts.iter().map(String::as_str).collect();
+        let check = check_output(&candidate, &facts, run.expects, &[]);
         if is_refusal(&candidate) {
             failed.push(("candidate", "refusal"));
-        } else if !check.is_valid() {
+        } else if !check.invalid_citations.is_empty() {
             failed.push(("candidate", "invalid_citation"));
+        } else if !check.grounded {
+            failed.push(("candidate", "ungrounded"));
         }
         if distance > DIVERGENCE_THRESHOLD {
             failed.push(("candidate", "divergent"));
@@ -1069,42 +1324,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_grounded_prompt_numbers_passages_with_breadcrumbs() {
-        let passages = vec![
-            NumberedPassage {
-                index: 1,
-                chunk_id: "c1".into(),
-                document_id: "d1".into(),
-                breadcrumb: "[Refunds > Timing]".into(),
-                source: "policies".into(),
-                section_id: "d1#timing".into(),
-                text: "Refunds are issued within 5 business days.".into(),
-                expanded: false,
-                score: 0.9,
-            },
-            NumberedPassage {
-                index: 2,
-                chunk_id: "c2".into(),
-                document_id: "d2".into(),
-                breadcrumb: "[Shipping]".into(),
-                source: "guides".into(),
-                section_id: "d2#shipping".into(),
-                text: "Orders ship in 2 days.".into(),
-                expanded: false,
-                score: 0.5,
-            },
+    fn the_grounded_prompt_gives_numbered_facts_and_no_breadcrumbs() {
+        let fact = |passage: usize, text: &str| Evidence {
+            passage,
+            text: text.into(),
+            score: 0.9,
+            features: Default::default(),
+        };
+        let facts = [
+            fact(3, "Refunds are issued within 5 business days."),
+            fact(0, "Orders ship in 2 days."),
         ];
-        let messages = grounded_messages(&passages, " When do refunds arrive? ");
+        let messages = grounded_messages(" When do refunds arrive? ", &facts);
         assert_eq!(messages[0].role, "system");
-        let prompt = &messages[1].content;
-        assert!(
-            prompt.contains("[1] [Refunds > Timing]\nRefunds are issued within 5 business days.")
+        assert!(messages[0].content.contains("[1]"));
+        assert!(messages[0].content.contains("I don't know"));
+        assert_eq!(
+            messages[1].content,
+            "Facts:\n[1] Refunds are issued within 5 business days.\n[2] Orders ship in 2 days.\n\nQuestion: When do refunds arrive?"
         );
-        assert!(prompt.contains("[2] [Shipping]\nOrders ship in 2 days."));
-        assert!(prompt.contains("Question: When do refunds arrive?\n"));
-        assert!(prompt.contains("cite the passage you used in brackets, for example [1]"));
-        assert!(prompt.contains("I don't know"));
-        assert!(is_refusal(NO_PASSAGE_ANSWER));
+        assert!(is_refusal(switchboard_policy::grounding::REFUSAL));
+        assert_eq!(
+            headings_of("[Refund policy > Refund window]"),
+            ["Refund policy", "Refund window"]
+        );
     }
 
     #[test]

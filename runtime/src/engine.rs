@@ -18,6 +18,7 @@ use arc_swap::ArcSwapOption;
 use switchboard_crds::runtime_config::{AdapterConfig, AdapterRole, RuntimeConfig};
 use switchboard_index::{Embedder, Generations, Reranker, Retriever};
 use switchboard_model::{EncoderWorker, GeneratorWorker};
+use switchboard_policy::grounding::{EvidenceModel, TermStats};
 use switchboard_policy::{DomainIndex, TokenKeys, Vocabulary};
 use switchboard_store::OutcomeStore;
 
@@ -95,8 +96,12 @@ pub struct Active {
     pub adapters: BTreeMap<String, AdapterConfig>,
     /// Domain centroids by lineage.
     pub domains: DomainIndex,
+    /// The lineage serving queries no domain is selected for (`domain.fallback`).
+    pub fallback: Option<String>,
     /// The KB vocabulary (rewrite policy, identifier features).
     pub vocabulary: Arc<Vocabulary>,
+    /// Term statistics of the pinned generation's chunks (evidence scoring).
+    pub terms: Arc<TermStats>,
     /// The large model, when configured.
     pub large: Option<LargeTarget>,
 }
@@ -143,7 +148,7 @@ struct Resources {
     large_local: Option<(PathBuf, GeneratorWorker)>,
     /// Adapters resident in the current small worker: id -> digest.
     resident: BTreeMap<String, String>,
-    vocabularies: HashMap<(String, String), Arc<Vocabulary>>,
+    vocabularies: HashMap<(String, String), (Arc<Vocabulary>, Arc<TermStats>)>,
 }
 
 /// The engine.
@@ -160,6 +165,8 @@ pub struct Engine {
     resources: tokio::sync::Mutex<Resources>,
     large_in_flight: Arc<AtomicUsize>,
     shadow_in_flight: Arc<AtomicUsize>,
+    /// Scores evidence sentences (`switchboard_policy::grounding`).
+    evidence_model: std::sync::RwLock<EvidenceModel>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -221,6 +228,7 @@ impl Engine {
             resources: tokio::sync::Mutex::new(Resources::default()),
             large_in_flight: Arc::new(AtomicUsize::new(0)),
             shadow_in_flight: Arc::new(AtomicUsize::new(0)),
+            evidence_model: std::sync::RwLock::new(EvidenceModel::default()),
         })
     }
 
@@ -248,6 +256,22 @@ impl Engine {
     /// Token lifetime.
     pub fn token_ttl(&self) -> Duration {
         self.options.token_ttl
+    }
+
+    /// The evidence model answers are grounded with.
+    pub fn evidence_model(&self) -> EvidenceModel {
+        self.evidence_model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the evidence model (the evaluation's fitted one).
+    pub fn set_evidence_model(&self, model: EvidenceModel) {
+        *self
+            .evidence_model
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = model;
     }
 
     /// The config in force (a snapshot: hold it for the whole request).
@@ -451,22 +475,27 @@ impl Engine {
             }
             None => None,
         };
-        let vocabulary = {
+        let (vocabulary, terms) = {
             let key = (kb_config.name.clone(), id.clone());
             match res.vocabularies.get(&key) {
-                Some(v) => Arc::clone(v),
+                Some((v, t)) => (Arc::clone(v), Arc::clone(t)),
                 None => {
                     let r = Arc::clone(&retriever);
-                    let v = blocking("vocabulary", move || {
-                        Ok(Vocabulary::from_texts(
-                            r.generation().chunks().iter().map(|c| c.text.as_str()),
+                    let (v, t) = blocking("vocabulary", move || {
+                        let chunks = r.generation().chunks();
+                        let texts: Vec<String> =
+                            chunks.iter().map(|c| c.embedding_text()).collect();
+                        Ok((
+                            Vocabulary::from_texts(chunks.iter().map(|c| c.text.as_str())),
+                            TermStats::from_texts(texts.iter().map(String::as_str)),
                         ))
                     })
                     .await?;
-                    let v = Arc::new(v);
+                    let (v, t) = (Arc::new(v), Arc::new(t));
                     res.vocabularies.clear();
-                    res.vocabularies.insert(key, Arc::clone(&v));
-                    v
+                    res.vocabularies
+                        .insert(key, (Arc::clone(&v), Arc::clone(&t)));
+                    (v, t)
                 }
             }
         };
@@ -525,10 +554,17 @@ impl Engine {
         // Domain centroids: one per lineage, from its serving version's domain (the stable one
         // when there is one; a shadow-only lineage is never selected by similarity).
         let mut domains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // The fallback lineage (at most one, by validation) serves what no domain claims; its
+        // own domain is never compared with queries.
+        let fallback = config
+            .adapters
+            .iter()
+            .find(|a| a.domain.fallback && a.role != AdapterRole::Shadow)
+            .map(|a| a.lineage.clone());
         for adapter in config
             .adapters
             .iter()
-            .filter(|a| a.role != AdapterRole::Shadow)
+            .filter(|a| a.role != AdapterRole::Shadow && !a.domain.fallback)
         {
             let texts = domains.entry(adapter.lineage.clone()).or_default();
             if texts.is_empty() || adapter.role == AdapterRole::Stable {
@@ -611,7 +647,9 @@ impl Engine {
             small,
             adapters,
             domains,
+            fallback,
             vocabulary,
+            terms,
             large,
             config,
         });

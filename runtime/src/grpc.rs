@@ -173,6 +173,8 @@ pub fn answer_to_proto(a: crate::answer::AnswerResponse) -> pb::AnswerResponse {
                 document_id: c.document_id,
                 breadcrumb: c.breadcrumb,
                 source: c.source,
+                passage: index32(c.passage),
+                evidence: c.evidence,
             })
             .collect(),
         invalid_citations: a.invalid_citations.into_iter().map(index32).collect(),
@@ -194,6 +196,16 @@ pub fn answer_to_proto(a: crate::answer::AnswerResponse) -> pb::AnswerResponse {
         }),
         interaction_token: a.interaction_token,
         rewritten_query: a.rewritten_query.unwrap_or_default(),
+        path: a.path,
+        evidence: a
+            .evidence
+            .into_iter()
+            .map(|e| pb::EvidenceSentence {
+                passage: index32(e.passage),
+                text: e.text,
+                score: e.score,
+            })
+            .collect(),
     }
 }
 
@@ -204,6 +216,7 @@ fn answer_request(r: pb::AnswerRequest) -> crate::answer::AnswerRequest {
         conversation_id: non_empty(r.conversation_id),
         force_model: non_empty(r.force_model),
         stream: false,
+        passages: None,
     }
 }
 

@@ -32,7 +32,15 @@ pub const FEEDBACK_OUTCOMES: [&str; 8] = [
 ];
 
 /// Every `check` label value of `switchboard_answer_checks_total` (docs/metrics.md).
-pub const ANSWER_CHECKS: [&str; 3] = ["refusal", "invalid_citation", "retrieval_failure"];
+pub const ANSWER_CHECKS: [&str; 4] = [
+    "refusal",
+    "invalid_citation",
+    "retrieval_failure",
+    "ungrounded",
+];
+
+/// Every `path` label value of `switchboard_answer_paths_total` (docs/metrics.md).
+pub const ANSWER_PATHS: [&str; 3] = ["generative", "extractive", "refusal"];
 
 /// The runtime's metric families, registered in one registry.
 #[derive(Debug)]
@@ -56,6 +64,7 @@ pub struct Metrics {
     feedback: IntCounterVec,
     feedback_rejected: IntCounterVec,
     answer_checks: IntCounterVec,
+    answer_paths: IntCounterVec,
     route_decisions: IntCounterVec,
     large_queue_depth: IntGaugeVec,
     answer_seconds: HistogramVec,
@@ -182,9 +191,16 @@ impl Metrics {
         let answer_checks = IntCounterVec::new(
             Opts::new(
                 "switchboard_answer_checks_total",
-                "Served answers that failed a check (refusal, invalid_citation, retrieval_failure).",
+                "Answers that failed a check: refusal, retrieval_failure, invalid_citation (the model cited a fact not in its prompt; removed before serving), ungrounded (the model's answer was not supported by its facts; the extractive answer was served).",
             ),
             &labels_with("check"),
+        )?;
+        let answer_paths = IntCounterVec::new(
+            Opts::new(
+                "switchboard_answer_paths_total",
+                "Answers by how they were made: generative (the model's, grounded), extractive (evidence quoted), refusal.",
+            ),
+            &labels_with("path"),
         )?;
         let route_decisions = IntCounterVec::new(
             Opts::new(
@@ -272,6 +288,7 @@ impl Metrics {
             Box::new(feedback.clone()),
             Box::new(feedback_rejected.clone()),
             Box::new(answer_checks.clone()),
+            Box::new(answer_paths.clone()),
             Box::new(route_decisions.clone()),
             Box::new(large_queue_depth.clone()),
             Box::new(answer_seconds.clone()),
@@ -311,6 +328,7 @@ impl Metrics {
             feedback,
             feedback_rejected,
             answer_checks,
+            answer_paths,
             route_decisions,
             large_queue_depth,
             answer_seconds,
@@ -354,6 +372,16 @@ impl Metrics {
         for check in ANSWER_CHECKS {
             self.answer_checks.with_label_values(&with(variant, check));
         }
+        for path in ANSWER_PATHS {
+            self.answer_paths.with_label_values(&with(variant, path));
+        }
+    }
+
+    /// Counts an answer by how it was made (`generative`, `extractive`, `refusal`).
+    pub fn answer_path(&self, variant: &Variant, path: &str) {
+        self.answer_paths
+            .with_label_values(&with(variant, path))
+            .inc();
     }
 
     /// Counts an answer returned to a caller.

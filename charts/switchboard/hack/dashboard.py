@@ -85,7 +85,13 @@ ROWS = [
            f"  / ignoring (check) group_left\n"
            f"  sum by (router, lineage, adapter_version) (increase(switchboard_interactions_total{{{RL}}}[$window]))",
            "{{check}} {{lineage}}@{{adapter_version}}")],
-         "Served answers that were refusals, cited an invalid passage or had no relevant passage."),
+         "Answers that were refusals, had no relevant passage, whose model output cited a fact not in its prompt (removed) or was not grounded in its facts (the extractive answer was served)."),
+        ("Answer paths", "timeseries", "percentunit",
+         [(f"sum by (router, lineage, adapter_version, path) (increase(switchboard_answer_paths_total{{{RL}}}[$window]))\n"
+           f"  / ignoring (path) group_left\n"
+           f"  sum by (router, lineage, adapter_version) (increase(switchboard_interactions_total{{{RL}}}[$window]))",
+           "{{path}} {{lineage}}@{{adapter_version}}")],
+         "generative: the model's answer passed the grounding check; extractive: the best evidence sentences quoted; refusal: no evidence cleared the threshold."),
         ("Feedback rejected", "timeseries", "short",
          [("sum by (reason) (increase(switchboard_feedback_rejected_total[$__rate_interval]))", "{{reason}}")],
          "Malformed, badly signed, expired or replayed feedback calls."),
@@ -115,7 +121,7 @@ ROWS = [
     ]),
     ("Latency", [
         ("Answer latency by stage (p50, p99)", "timeseries", "s",
-         quantiles("switchboard_answer_seconds_bucket", R, "stage"), "rewrite, retrieve, generate and total."),
+         quantiles("switchboard_answer_seconds_bucket", R, "stage"), "rewrite, retrieve, ground (evidence scoring), generate and total."),
         ("Retrieval latency by stage (p50, p99)", "timeseries", "s",
          quantiles("switchboard_retrieval_stage_seconds_bucket", "", "stage"), "bm25, embed, dense, fusion, rerank, total."),
     ]),

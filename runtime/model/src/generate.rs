@@ -193,6 +193,49 @@ impl Generator {
         self.generate_ids(&ids, config, adapter.as_deref())
     }
 
+    /// Mean log-probability per token of `reply` as the assistant's answer to `messages` (through
+    /// the adapter `adapter_id`): the model's likelihood of a given text, e.g. of a question
+    /// given a passage (query-likelihood relevance). An empty reply scores 0.
+    pub fn reply_logprob(
+        &self,
+        messages: &[ChatMessage],
+        reply: &str,
+        adapter_id: Option<&str>,
+    ) -> Result<f64> {
+        let prompt = self.chat_prompt_ids(messages)?;
+        let continuation = self.tokenizer.encode(reply, false)?;
+        if continuation.is_empty() || prompt.is_empty() {
+            return Ok(0.0);
+        }
+        let adapter = adapter_id.map(|id| self.adapter(id)).transpose()?;
+        let ids: Vec<i64> = prompt
+            .iter()
+            .chain(&continuation)
+            .map(|&t| i64::from(t))
+            .collect();
+        let mut cache = self.model.new_cache();
+        let logits = self.model.forward(
+            &Tensor::from_slice(&ids).unsqueeze(0),
+            &mut cache,
+            adapter.as_deref(),
+        )?;
+        let n = continuation.len() as i64;
+        let targets: Vec<i64> = continuation.iter().map(|&t| i64::from(t)).collect();
+        let total = tch::no_grad(|| -> std::result::Result<f64, tch::TchError> {
+            // Position i predicts token i + 1: the reply's tokens are predicted from the last
+            // prompt position on.
+            let predicted = logits
+                .f_narrow(1, prompt.len() as i64 - 1, n)?
+                .f_log_softmax(-1, Kind::Float)?;
+            let index = Tensor::from_slice(&targets).view([1, n, 1]);
+            predicted
+                .f_gather(2, &index, false)?
+                .f_sum(Kind::Double)?
+                .f_double_value(&[])
+        })?;
+        Ok(total / n as f64)
+    }
+
     /// The prompt token ids of a conversation, ready for the assistant's turn.
     pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         let prompt = self.render_chat(messages)?;

@@ -567,6 +567,13 @@ fn parse_key(key: &str) -> Option<(usize, Proj, bool)> {
     Some((layer, proj, is_a))
 }
 
+/// Whether an adapter recording `base_model_name_or_path` = `base` loads on a model known by
+/// `names` (the check [`LoraAdapter::load`] makes).
+pub fn base_model_matches(base: &str, names: &[String]) -> bool {
+    let wanted = normalize_name(base);
+    names.iter().any(|n| normalize_name(n) == wanted)
+}
+
 /// Compares model names loosely: last path segment, lowercase, letters and digits only
 /// (`HuggingFaceTB/SmolLM2-135M-Instruct` == `smollm2-135m-instruct`).
 fn normalize_name(name: &str) -> String {

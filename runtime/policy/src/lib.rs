@@ -14,11 +14,13 @@
 //! | rewrite the query or not, and the fixed rewrite template | [`rewrite`] |
 //! | signed interaction tokens and outcomes | [`token`] |
 //! | citations, refusals, divergence of two answers | [`answer`] |
+//! | evidence sentences, their scores, the grounded prompt, the output check, generative / extractive / refusal | [`grounding`] |
 //!
 //! Hashing is SHA-256 everywhere ([`hash::unit_interval`]): assignments are stable across
 //! processes, restarts and versions of this crate, which a `DefaultHasher` would not be.
 pub mod answer;
 pub mod experiment;
+pub mod grounding;
 pub mod hash;
 pub mod plan;
 pub mod rewrite;
