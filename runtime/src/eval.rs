@@ -41,7 +41,7 @@ const ZARAGOZA_SOURCE: &str = "zaragoza";
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatasetArgs {
     /// KnowledgeBase manifest (a file or a folder of manifests) whose sources form the corpus.
-    #[arg(long, requires = "golden", required_unless_present = "zaragoza")]
+    #[arg(long, requires = "golden")]
     pub manifests: Option<PathBuf>,
     /// Which KnowledgeBase when the manifests hold several.
     #[arg(long)]
@@ -95,6 +95,8 @@ pub struct EvalArgs {
     pub rrf_k: Vec<f32>,
     #[command(flatten)]
     pub rewrite: crate::eval_rewrite::RewriteArgs,
+    #[command(flatten)]
+    pub answers: crate::eval_answers::AnswerArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -168,22 +170,41 @@ pub enum Level {
 }
 
 /// One line of a golden set.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct GoldenQuery {
     /// Optional id (for messages).
     #[serde(default)]
     pub id: Option<String>,
     /// The query.
     pub query: String,
+    /// Whether the knowledge base answers it (default: it does). Unanswerable queries have no
+    /// gold ids and should be refused.
+    #[serde(default)]
+    pub answerable: Option<bool>,
+    /// Facts a correct answer states: every fact, each as alternatives (any one suffices),
+    /// matched case-insensitively in the answer (`eval --answers`).
+    #[serde(default)]
+    pub key_facts: Vec<Vec<String>>,
+    /// Outdated facts an answer must not state (a policy that changed).
+    #[serde(default)]
+    pub stale_facts: Vec<String>,
     /// Relevant document ids.
     #[serde(default)]
     pub gold_docs: Vec<String>,
     /// Relevant section ids.
     #[serde(default)]
     pub gold_sections: Vec<String>,
+    /// Free-form labels (`typo`, `indirect`, `off-topic`, ...).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 impl GoldenQuery {
+    /// Whether the knowledge base answers the query.
+    pub fn is_answerable(&self) -> bool {
+        self.answerable.unwrap_or(true)
+    }
+
     /// The gold ids at `level`.
     pub fn gold(&self, level: Level) -> &[String] {
         match level {
@@ -205,8 +226,25 @@ pub fn parse_golden(text: &str, origin: &str) -> Result<Vec<GoldenQuery>> {
         if q.query.trim().is_empty() {
             bail!("{origin}:{}: empty query", n + 1);
         }
-        if q.gold_docs.is_empty() && q.gold_sections.is_empty() {
+        let no_gold = q.gold_docs.is_empty() && q.gold_sections.is_empty();
+        if q.is_answerable() && no_gold {
             bail!("{origin}:{}: no gold_docs or gold_sections", n + 1);
+        }
+        if !q.is_answerable() && (!no_gold || !q.key_facts.is_empty()) {
+            bail!(
+                "{origin}:{}: an unanswerable query has no gold ids or key facts",
+                n + 1
+            );
+        }
+        if let Some(i) = q
+            .key_facts
+            .iter()
+            .position(|f| f.is_empty() || f.iter().any(|a| a.trim().is_empty()))
+        {
+            bail!(
+                "{origin}:{}: key_facts[{i}] needs at least one non-empty alternative",
+                n + 1
+            );
         }
         out.push(q);
     }
@@ -467,7 +505,7 @@ fn zaragoza_dataset(args: &DatasetArgs, path: &Path) -> Result<Dataset> {
             id: Some(name.clone()),
             query: row.q,
             gold_docs: vec![format!("{ZARAGOZA_SOURCE}/{name}")],
-            gold_sections: Vec::new(),
+            ..GoldenQuery::default()
         });
         files.push(InlineFile {
             name,
@@ -752,6 +790,9 @@ impl<R: Reranker> Reranker for MemoReranker<R> {
 
 /// `switchboard-runtime eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
+    if args.answers.answers {
+        return crate::eval_answers::run(&args.data, args.split, args.json, &args.answers);
+    }
     let dataset = Dataset::load(&args.data)?;
     let reranker = match &args.reranker {
         Some(dir) => {
@@ -764,6 +805,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => None,
     };
     let index = EvalIndex::build(&dataset)?;
+    crate::eval_answers::check_gold_ids(&dataset.golden, &index.generation)?;
     let retriever = index.retriever(
         reranker
             .as_ref()

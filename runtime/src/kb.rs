@@ -11,15 +11,16 @@ use sha2::Digest as _;
 use switchboard_crds::knowledge_base::{
     ChunkingStrategy, FusionMethod, Retrieval, SourceFormat as CrdFormat, SourceKind,
 };
-use switchboard_crds::{KnowledgeBase, Resource, Validate};
+use switchboard_crds::runtime_config::AdapterConfig;
+use switchboard_crds::{AdapterPatch, KnowledgeBase, Resource, Validate};
 use switchboard_index::{
     ChunkingSpec, FieldBoosts, FreshnessClass, Fusion, IndexSpec, InlineFile, RelevanceFloor,
     RerankOptions, SearchOptions, SourceFormat, SourceLocation, SourceSpec,
 };
 
-/// Reads every `*.yaml`/`*.yml` file under `path` (a file or a directory, not recursive) and
-/// returns the KnowledgeBases, each validated with the same rules the API server enforces.
-pub fn load_knowledge_bases(path: &Path) -> Result<Vec<KnowledgeBase>> {
+/// Every Switchboard resource in the `*.yaml`/`*.yml` files under `path` (a file or a
+/// directory, not recursive), with the file it came from.
+fn load_resources(path: &Path) -> Result<Vec<(PathBuf, Resource)>> {
     let files: Vec<PathBuf> = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -37,16 +38,113 @@ pub fn load_knowledge_bases(path: &Path) -> Result<Vec<KnowledgeBase>> {
             .with_context(|| format!("reading {}", file.display()))?;
         let resources = switchboard_crds::resources_from_yaml(&text)
             .with_context(|| format!("{}", file.display()))?;
-        for resource in resources {
-            if let Resource::KnowledgeBase(kb) = resource {
-                kb.spec.validate().map_err(|e| {
-                    anyhow::anyhow!("{}: KnowledgeBase {}: {e}", file.display(), name(&kb))
-                })?;
-                out.push(kb);
-            }
+        out.extend(resources.into_iter().map(|r| (file.clone(), r)));
+    }
+    Ok(out)
+}
+
+/// Reads every `*.yaml`/`*.yml` file under `path` (a file or a directory, not recursive) and
+/// returns the KnowledgeBases, each validated with the same rules the API server enforces.
+pub fn load_knowledge_bases(path: &Path) -> Result<Vec<KnowledgeBase>> {
+    let mut out = Vec::new();
+    for (file, resource) in load_resources(path)? {
+        if let Resource::KnowledgeBase(kb) = resource {
+            kb.spec.validate().map_err(|e| {
+                anyhow::anyhow!("{}: KnowledgeBase {}: {e}", file.display(), name(&kb))
+            })?;
+            out.push(kb);
         }
     }
     Ok(out)
+}
+
+/// The AdapterPatches among the manifests under `path` (as [`load_knowledge_bases`] reads
+/// them), validated.
+pub fn load_adapter_patches(path: &Path) -> Result<Vec<AdapterPatch>> {
+    let mut out = Vec::new();
+    for (file, resource) in load_resources(path)? {
+        if let Resource::AdapterPatch(patch) = resource {
+            patch.spec.validate().map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: AdapterPatch {}: {e}",
+                    file.display(),
+                    patch.metadata.name.as_deref().unwrap_or_default()
+                )
+            })?;
+            out.push(patch);
+        }
+    }
+    Ok(out)
+}
+
+/// The adapters the embedded default serves for `router`: every AdapterPatch it selects (its
+/// `smallModel.adapterSelector` and base model) whose artifact is on this machine —
+/// `pvc://<claim>/<path>` under `pvc_root`, or `file:///<dir>` — as the Stable version of its
+/// lineage at `spec.version`. Local manifests carry no rollout state (that lives in a cluster's
+/// status), so there is nothing to roll out from; an artifact that is not here is skipped with
+/// a log line, as the operator would hold it in Validating. The runtime verifies the digest
+/// when it loads the adapter.
+pub fn local_adapters(
+    router: &switchboard_crds::Router,
+    patches: &[AdapterPatch],
+    pvc_root: &Path,
+) -> Vec<AdapterConfig> {
+    use switchboard_crds::runtime_config::{
+        AdapterArtifact, AdapterRole, DomainConfig, LoraConfig,
+    };
+    let Some(selector) = &router.spec.small_model.adapter_selector else {
+        return Vec::new();
+    };
+    let empty = BTreeMap::new();
+    let mut out: Vec<AdapterConfig> = Vec::new();
+    for patch in patches {
+        let name = patch.metadata.name.clone().unwrap_or_default();
+        let spec = &patch.spec;
+        let labels = patch.metadata.labels.as_ref().unwrap_or(&empty);
+        if !switchboard_crds::selector_matches(selector, labels)
+            || spec.base_model != router.spec.small_model.model
+        {
+            continue;
+        }
+        let local = match spec.artifact.uri.split_once("://") {
+            Some(("pvc", rest)) => Some(pvc_root.join(rest)),
+            Some(("file", rest)) => Some(PathBuf::from(rest)),
+            _ => None,
+        };
+        if !local.is_some_and(|dir| dir.join("adapter_model.safetensors").is_file()) {
+            tracing::info!(adapterpatch = %name, uri = %spec.artifact.uri, "adapter artifact not on this machine; the embedded default serves without it");
+            continue;
+        }
+        if out.iter().any(|a| a.lineage == spec.lineage) {
+            tracing::warn!(adapterpatch = %name, lineage = %spec.lineage, "a second AdapterPatch of the lineage; serving the first");
+            continue;
+        }
+        out.push(AdapterConfig {
+            name,
+            lineage: spec.lineage.clone(),
+            version: spec.version.clone(),
+            role: AdapterRole::Stable,
+            artifact: AdapterArtifact {
+                uri: Some(spec.artifact.uri.clone()),
+                sha256: spec.artifact.sha256.clone(),
+                pull_secret: None,
+            },
+            lora: LoraConfig {
+                rank: spec.lora.rank,
+                alpha: spec.lora.alpha.unwrap_or(2.0 * f64::from(spec.lora.rank)),
+                target_modules: spec.lora.target_modules.clone(),
+            },
+            domain: DomainConfig {
+                description: spec.domain.description.clone(),
+                example_queries: spec.domain.example_queries.clone(),
+                fallback: spec.domain.fallback,
+            },
+            traffic_weight: None,
+            shadow_sample_share: None,
+        });
+    }
+    out.sort_by(|a, b| a.lineage.cmp(&b.lineage));
+    out
 }
 
 /// `metadata.name` (empty when unset).
@@ -361,48 +459,32 @@ pub fn search_options(r: &Retrieval, has_reranker: bool) -> SearchOptions {
 /// The Routers among the manifests under `path` (a file or a folder, as
 /// [`load_knowledge_bases`] reads it), validated.
 pub fn load_routers(path: &Path) -> Result<Vec<switchboard_crds::Router>> {
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
     let mut out = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        let resources = switchboard_crds::resources_from_yaml(&text)
-            .with_context(|| format!("{}", file.display()))?;
-        for resource in resources {
-            if let Resource::Router(router) = resource {
-                router.spec.validate().map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: Router {}: {e}",
-                        file.display(),
-                        router.metadata.name.as_deref().unwrap_or_default()
-                    )
-                })?;
-                out.push(router);
-            }
+    for (file, resource) in load_resources(path)? {
+        if let Resource::Router(router) = resource {
+            router.spec.validate().map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: Router {}: {e}",
+                    file.display(),
+                    router.metadata.name.as_deref().unwrap_or_default()
+                )
+            })?;
+            out.push(router);
         }
     }
     Ok(out)
 }
 
 /// The RuntimeConfig of the embedded default: what the operator would compile for `router` and
-/// `kb` serving index generation `generation` (`previous`: the one before), with no adapters or
-/// experiments (their rollout state lives in the cluster's status, which local manifests don't
-/// carry). The Router is reported as `local/<kb>` (docs/metrics.md).
+/// `kb` serving index generation `generation` (`previous`: the one before), with `adapters`
+/// ([`local_adapters`]) and no experiments (their state lives in a cluster's status, which
+/// local manifests don't carry). The Router is reported as `local/<kb>` (docs/metrics.md).
 pub fn local_runtime_config(
     router: &switchboard_crds::Router,
     kb: &KnowledgeBase,
     generation: i64,
     previous: Option<i64>,
+    adapters: Vec<AdapterConfig>,
 ) -> Result<switchboard_crds::runtime_config::RuntimeConfig> {
     use switchboard_crds::runtime_config::{
         EndpointConfig, KIND, KnowledgeBaseConfig, LargeModelConfig, RouterIdentity, RouterPolicy,
@@ -430,7 +512,7 @@ pub fn local_runtime_config(
             max_new_tokens: spec.generation.max_new_tokens,
             max_queue_depth: spec.small_model.max_queue_depth,
         },
-        adapters: Vec::new(),
+        adapters,
         large_model: LargeModelConfig {
             local: spec.large_model.local.as_ref().map(|l| l.model.clone()),
             endpoint: spec.large_model.endpoint.as_ref().map(|e| EndpointConfig {
@@ -447,6 +529,7 @@ pub fn local_runtime_config(
             query_rewrite: spec.query_rewrite.clone(),
             exploration_share: spec.exploration.share.clone(),
             shadow_max_concurrent: spec.shadow.max_concurrent,
+            grounding: spec.generation.grounding.clone(),
         },
         experiments: Vec::new(),
     };

@@ -12,6 +12,7 @@ mod artifacts;
 mod encoder_training;
 mod engine;
 mod eval;
+mod eval_answers;
 mod eval_rewrite;
 mod flywheel;
 mod grpc;
@@ -25,6 +26,7 @@ mod openai_server;
 mod rerank_training;
 mod serve;
 mod service;
+mod synth_answers;
 mod synth_queries;
 
 use std::io::{BufRead, Write};
@@ -73,8 +75,9 @@ enum Command {
         #[arg(long)]
         volume_root: Option<PathBuf>,
     },
-    /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10).
-    Eval(eval::EvalArgs),
+    /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10), or with
+    /// `--answers` the answers' quality in stages (retrieval, gold context, full pipeline).
+    Eval(Box<eval::EvalArgs>),
     /// Train a cross-encoder reranker on a corpus's golden (and synthetic) queries with hard
     /// negatives from its own retriever; writes a BertForSequenceClassification directory.
     TrainReranker(rerank_training::TrainRerankerArgs),
@@ -85,6 +88,10 @@ enum Command {
     /// Generate synthetic queries from a corpus's passages with the small model, filtered by
     /// round-trip retrieval (training data for `train-reranker`).
     SynthQueries(synth_queries::SynthArgs),
+    /// Generate SFT data for the grounded-answer adapter from the knowledge base: synthetic
+    /// questions per evidence sentence, grounded prompts as the runtime renders them, targets
+    /// citing the answering fact, refusals where the facts don't answer, held out by document.
+    SynthAnswers(synth_answers::SynthAnswersArgs),
     /// Ask a running runtime (gRPC) for passages and print them.
     Query {
         /// gRPC address of the runtime.
@@ -177,6 +184,7 @@ fn main() -> Result<()> {
         Command::TrainReranker(args) => rerank_training::run(&args),
         Command::TrainEncoder(args) => encoder_training::run(&args),
         Command::SynthQueries(args) => synth_queries::run(&args),
+        Command::SynthAnswers(args) => synth_answers::run(&args),
         Command::Query {
             addr,
             top_k,

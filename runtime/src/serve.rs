@@ -220,9 +220,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/etc/switchboard/secrets")]
     secrets: PathBuf,
     /// Where the Router mounts the claims that `pvc://<claim>/<path>` adapter artifacts and
-    /// models name: `<pvc-root>/<claim>/<path>`.
-    #[arg(long, default_value = switchboard_artifact::PVC_ROOT)]
-    pvc_root: PathBuf,
+    /// models name: `<pvc-root>/<claim>/<path>` (default: `/var/run/switchboard/pvc` with
+    /// `--runtime-config`; the manifests' folder in the embedded default, so
+    /// `pvc://adapters/x/1.0.0` in `examples/scenario.yaml` is `examples/adapters/x/1.0.0`).
+    #[arg(long)]
+    pvc_root: Option<PathBuf>,
     /// Where interactions and outcomes are stored (the feedback replay guard, experiment and
     /// training data): `sqlite://<path>` (embedded, one replica) or `postgres://...` (shared by
     /// every replica of a Router).
@@ -284,7 +286,10 @@ fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Engi
         encoder: args.kb.encoder.clone(),
         reranker,
         secrets: args.secrets.clone(),
-        pvc_root: args.pvc_root.clone(),
+        pvc_root: args
+            .pvc_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(switchboard_artifact::PVC_ROOT)),
         artifacts: args.artifacts.clone(),
         token_ttl: args.token_ttl,
         generation: WorkerOptions {
@@ -397,6 +402,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         // answers; a newly published generation recompiles it.
         let mut options = engine_options(&args, reranker);
         options.encoder = Some(loaded.encoder_path.clone());
+        if args.pvc_root.is_none() {
+            options.pvc_root = loaded.base.clone();
+        }
+        let adapters = kb::local_adapters(
+            &router,
+            &kb::load_adapter_patches(&args.kb.manifests)?,
+            &options.pvc_root,
+        );
         let engine = Arc::new(Engine::new(
             options,
             Arc::clone(&metrics),
@@ -415,6 +428,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 let store = store.clone();
                 let kb = kb.clone();
                 let router = router.clone();
+                let adapters = adapters.clone();
                 async move {
                     let Some(current) = store.current()? else {
                         anyhow::bail!("no index generation published yet");
@@ -433,7 +447,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                         .filter_map(|g| kb::generation_number(&g.id))
                         .filter(|g| *g < n)
                         .max();
-                    let config = kb::local_runtime_config(&router, &kb, n, previous)?;
+                    let config = kb::local_runtime_config(&router, &kb, n, previous, adapters)?;
                     engine.apply(config).await?;
                     engine.metrics().config_reload("applied");
                     Ok(())

@@ -131,3 +131,115 @@ fn sample_knowledge_base_golden_set() {
     assert!(metric(hybrid, "mrr@10") > 0.6, "{hybrid}");
     assert!(metric(row(&report, "dense"), "recall@5") > 0.8, "{report}");
 }
+
+/// `eval --answers` on the demo's configuration (extractive: no generation, so the test is
+/// quick) and the independent 35-question set: the stages are there and the numbers are those
+/// of answers that carry the fact, cite it and never echo the prompt.
+#[test]
+fn answers_on_the_sample_knowledge_base() {
+    let data = tempfile::tempdir().unwrap();
+    let report = eval(&[
+        "--answers",
+        "--manifests",
+        "examples/scenario.yaml",
+        "--golden",
+        "examples/kb/golden.jsonl",
+        "--mode",
+        "extractive",
+        "--no-gold-context",
+        "--index-data",
+        data.path().to_str().unwrap(),
+    ]);
+    let full = &report["stages"][0];
+    assert_eq!(full["stage"], "full pipeline", "{report}");
+    assert_eq!(full["answerable"], 35);
+    assert!(metric(full, "keyFactAccuracy") >= 0.85, "{full}");
+    assert_eq!(metric(full, "echoRate"), 0.0, "{full}");
+    assert_eq!(metric(full, "invalidCitationRate"), 0.0, "{full}");
+    assert!(metric(full, "falseRefusal") <= 0.05, "{full}");
+    assert!(
+        metric(&report["retrieval"], "factInPassages") >= 0.9,
+        "{report}"
+    );
+    for v in report["queries"]["full pipeline"].as_array().unwrap() {
+        let answer = v["answer"].as_str().unwrap();
+        if v["refused"] == false {
+            assert!(answer.contains("[1]"), "uncited: {v}");
+            assert_eq!(v["echo"], false, "breadcrumb echoed: {v}");
+        }
+    }
+    // The demo's question: 14 days, the refund policy cited.
+    let q01 = report["queries"]["full pipeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == "q01")
+        .unwrap();
+    assert_eq!(q01["keyFact"], true, "{q01}");
+    assert!(
+        q01["cited"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "policies/refund-policy.md"),
+        "{q01}"
+    );
+}
+
+/// A gold id that names nothing in the index is an error naming the query and the id, not a
+/// silent miss.
+#[test]
+fn a_gold_id_typo_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = dir.path().join("golden.jsonl");
+    std::fs::write(
+        &golden,
+        r#"{"id": "t1", "query": "How many days do I have to request a refund?", "key_facts": [["14 days"]], "gold_docs": ["policies/refund-polcy.md"]}"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-runtime"))
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .args([
+            "eval",
+            "--answers",
+            "--manifests",
+            "examples/scenario.yaml",
+            "--golden",
+        ])
+        .arg(&golden)
+        .arg("--index-data")
+        .arg(dir.path().join("index"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("t1: gold_docs \"policies/refund-polcy.md\""),
+        "{stderr}"
+    );
+    // An answerable question without key facts is refused before anything is built.
+    std::fs::write(
+        &golden,
+        r#"{"id": "t2", "query": "refund?", "gold_docs": ["policies/refund-policy.md"]}"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-runtime"))
+        .current_dir(root())
+        .args([
+            "eval",
+            "--answers",
+            "--manifests",
+            "examples/scenario.yaml",
+            "--golden",
+        ])
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("has no key_facts"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

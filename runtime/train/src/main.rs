@@ -424,6 +424,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     if let Some(name) = &args.base_model_name {
+        // The trained adapter is loaded back against the base model before it is written: a
+        // name the model does not answer to would fail there, after the whole run.
+        if !switchboard_model::lora::base_model_matches(name, &names) {
+            anyhow::bail!(
+                "--base-model-name {name:?} is not a name of {} (it answers to {names:?}); the adapter would not load on it",
+                args.model.display()
+            );
+        }
         trainer.set_base_model_name(name.clone());
     }
 
