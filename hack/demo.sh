@@ -45,15 +45,23 @@ answer() {
 show='import json, sys
 a = json.load(sys.stdin)
 p = a["provenance"]
+adapter = p.get("adapter") or {}
 print("  answer:", a["answer"].strip().replace("\n", " ")[:400])
 for c in a["citations"]:
-    print("  cites [%s] %s (%s)" % (c["index"], c["breadcrumb"], c["source"]))
-print("  refused=%s model=%s route=%s generation=%s config=%s..." % (
-    a["refused"], p["model"], p["routeReason"], p["kbGeneration"], p["configRevision"][:19]))
+    print("  [%s] %s (%s)" % (c["index"], c["breadcrumb"], c["source"]))
+print("  path=%s refused=%s model=%s adapter=%s route=%s generation=%s config=%s..." % (
+    a["path"], a["refused"], p["model"],
+    "%s@%s" % (adapter["lineage"], adapter["version"]) if adapter else "none",
+    p["routeReason"], p["kbGeneration"], p["configRevision"][:19]))
 open("/tmp/switchboard-demo-token", "w").write(a["interactionToken"])'
 echo
-echo "Grounded answers (POST /v1/answer):"
-for q in "How many days do I have to request a refund?" "What is the capital of France?"; do
+echo "Grounded answers (POST /v1/answer): the evidence sentences of the retrieved passages are"
+echo "scored against the question, the best go to the model as numbered facts, and its answer is"
+echo "checked against them (path: generative, extractive or refusal):"
+for q in "How many days do I have to request a refund?" \
+         "my customer's card keeps getting declined, what can they do?" \
+         "How much is the dispute fee for a chargeback?" \
+         "What is the capital of France?"; do
   echo "question: $q"
   answer "{\"query\": \"$q\", \"unit\": \"demo-user\"}" | python3 -c "$show"
 done
