@@ -282,6 +282,27 @@ impl Lora {
     }
 }
 
+impl From<&Lora> for crate::runtime_config::LoraConfig {
+    /// The RuntimeConfig's LoRA entry, with the default alpha applied.
+    fn from(lora: &Lora) -> Self {
+        Self {
+            rank: lora.rank,
+            alpha: lora.alpha.unwrap_or(2.0 * f64::from(lora.rank)),
+            target_modules: lora.target_modules.clone(),
+        }
+    }
+}
+
+impl From<&Domain> for crate::runtime_config::DomainConfig {
+    fn from(domain: &Domain) -> Self {
+        Self {
+            description: domain.description.clone(),
+            example_queries: domain.example_queries.clone(),
+            fallback: domain.fallback,
+        }
+    }
+}
+
 /// The adapter's domain, used for per-query adapter selection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

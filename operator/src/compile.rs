@@ -10,9 +10,9 @@ use switchboard_crds::{
     adapter_patch::AdapterPhase,
     experiment::ExperimentPhase,
     runtime_config::{
-        AdapterArtifact, AdapterConfig, AdapterRole, DomainConfig, EndpointConfig,
-        ExperimentConfig, KIND, KnowledgeBaseConfig, LargeModelConfig, LoraConfig, RouterIdentity,
-        RouterPolicy, RuntimeConfig, SmallModelConfig, VariantConfig,
+        AdapterArtifact, AdapterConfig, AdapterRole, EndpointConfig, ExperimentConfig, KIND,
+        KnowledgeBaseConfig, LargeModelConfig, RouterIdentity, RouterPolicy, RuntimeConfig,
+        SmallModelConfig, VariantConfig,
     },
     units::Percent,
 };
@@ -286,16 +286,8 @@ fn adapter_entry(
         version: version.to_owned(),
         role,
         artifact,
-        lora: LoraConfig {
-            rank: spec.lora.rank,
-            alpha: spec.lora.alpha.unwrap_or(2.0 * f64::from(spec.lora.rank)),
-            target_modules: spec.lora.target_modules.clone(),
-        },
-        domain: DomainConfig {
-            description: spec.domain.description.clone(),
-            example_queries: spec.domain.example_queries.clone(),
-            fallback: spec.domain.fallback,
-        },
+        lora: (&spec.lora).into(),
+        domain: (&spec.domain).into(),
         traffic_weight: None,
         shadow_sample_share: None,
     }

@@ -89,9 +89,7 @@ pub fn local_adapters(
     patches: &[AdapterPatch],
     pvc_root: &Path,
 ) -> Vec<AdapterConfig> {
-    use switchboard_crds::runtime_config::{
-        AdapterArtifact, AdapterRole, DomainConfig, LoraConfig,
-    };
+    use switchboard_crds::runtime_config::{AdapterArtifact, AdapterRole};
     let Some(selector) = &router.spec.small_model.adapter_selector else {
         return Vec::new();
     };
@@ -129,16 +127,8 @@ pub fn local_adapters(
                 sha256: spec.artifact.sha256.clone(),
                 pull_secret: None,
             },
-            lora: LoraConfig {
-                rank: spec.lora.rank,
-                alpha: spec.lora.alpha.unwrap_or(2.0 * f64::from(spec.lora.rank)),
-                target_modules: spec.lora.target_modules.clone(),
-            },
-            domain: DomainConfig {
-                description: spec.domain.description.clone(),
-                example_queries: spec.domain.example_queries.clone(),
-                fallback: spec.domain.fallback,
-            },
+            lora: (&spec.lora).into(),
+            domain: (&spec.domain).into(),
             traffic_weight: None,
             shadow_sample_share: None,
         });
