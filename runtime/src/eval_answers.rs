@@ -858,15 +858,6 @@ async fn dump_evidence(engine: &Arc<Engine>, golden: &[GoldenQuery], out: &Path)
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
     );
-    let lm = {
-        let mut options =
-            switchboard_model::llama::LoadOptions::new(switchboard_model::default_device());
-        options.weights = switchboard_model::llama::WeightFormat::Int4;
-        switchboard_model::generate::Generator::load_with(
-            ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            options,
-        )?
-    };
     let idf = |text: &str| -> Vec<(String, f64)> {
         switchboard_policy::grounding::terms(text)
             .into_iter()
@@ -897,31 +888,6 @@ async fn dump_evidence(engine: &Arc<Engine>, golden: &[GoldenQuery], out: &Path)
         let cos = |a: &[f32], b: &[f32]| 1.0 - switchboard_policy::cosine_distance(a, b);
         for (j, e) in evidence.iter().enumerate() {
             let p = &passages[e.passage];
-            use switchboard_model::chat::ChatMessage;
-            let upr = lm.reply_logprob(
-                &[ChatMessage::user(format!(
-                    "Passage: {}\n\nWrite a question that this passage answers.",
-                    e.text
-                ))],
-                &q.query,
-                None,
-            )?;
-            let upr_ctx = lm.reply_logprob(
-                &[ChatMessage::user(format!(
-                    "Passage: {} {}\n\nWrite a question that this passage answers.",
-                    p.breadcrumb, e.text
-                ))],
-                &q.query,
-                None,
-            )?;
-            let qa = lm.reply_logprob(
-                &[ChatMessage::user(format!(
-                    "Question: {}\nAnswer in one sentence.",
-                    q.query
-                ))],
-                &e.text,
-                None,
-            )?;
             let row = serde_json::json!({
                 "query_index": i,
                 "id": q.id,
@@ -938,9 +904,6 @@ async fn dump_evidence(engine: &Arc<Engine>, golden: &[GoldenQuery], out: &Path)
                 "cos_heading": e.features.cosine,
                 "cos_alone": cos(&vectors[0], &vectors[1 + 2 * j]),
                 "cos_breadcrumb": cos(&vectors[0], &vectors[2 + 2 * j]),
-                "upr": upr,
-                "upr_ctx": upr_ctx,
-                "qa": qa,
                 "query_terms": idf(&q.query),
                 "sentence_terms": idf(&e.text),
                 "passage_terms": idf(&format!("{} {}", p.breadcrumb, p.raw_text)),

@@ -311,11 +311,60 @@ impl TermStats {
         self.df.contains_key(term)
     }
 
+    /// The known term an unknown `term` most likely misspells (`refnd` -> `refund`,
+    /// `authenticater` -> `authenticator`): one edit away (insertion, deletion, substitution or
+    /// a swap of neighbours) for terms of 5 to 8 characters, two for longer ones; the most
+    /// frequent such term. `None` for a known term, a short or numeric one, or one with no
+    /// near neighbour: a word the knowledge base really doesn't use (`netflix`, `shopify`)
+    /// stays unknown.
+    pub fn correct(&self, term: &str) -> Option<&str> {
+        let n = term.chars().count();
+        if self.knows(term) || n < 5 || term.chars().any(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let max = if n > 8 { 2 } else { 1 };
+        let a: Vec<char> = term.chars().collect();
+        self.df
+            .iter()
+            .filter(|(k, _)| k.chars().count().abs_diff(n) <= max)
+            .filter(|(k, _)| {
+                let b: Vec<char> = k.chars().collect();
+                b.first() == a.first() && edit_distance(&a, &b) <= max
+            })
+            .max_by(|(ka, da), (kb, db)| da.cmp(db).then(kb.cmp(ka)))
+            .map(|(k, _)| k.as_str())
+    }
+
     /// `ln((N + 1) / (df + 1)) + 1`: 1 for a term in every chunk, largest for unknown terms.
     pub fn idf(&self, term: &str) -> f64 {
         let df = f64::from(self.df.get(term).copied().unwrap_or(0));
         ((f64::from(self.documents) + 1.0) / (df + 1.0)).ln() + 1.0
     }
+}
+
+/// Optimal-string-alignment distance: insertions, deletions, substitutions and swaps of
+/// neighbouring characters, each one edit.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// What kind of answer a question asks for, as far as its words say (the answer-type step of
@@ -620,8 +669,11 @@ pub struct QuestionTerms {
 impl QuestionTerms {
     /// The question's stemmed terms with their IDF.
     pub fn new(question: &str, stats: &TermStats) -> Self {
+        // A misspelt term is read as the term it misspells: it counts for overlap and is not
+        // mistaken for something the knowledge base doesn't cover.
         let terms: Vec<(String, f64)> = terms(question)
             .into_iter()
+            .map(|t| stats.correct(&t).map_or(t, str::to_owned))
             .map(|t| {
                 let idf = stats.idf(&t);
                 (t, idf)
@@ -1340,6 +1392,33 @@ mod tests {
             (0.3, 0.3),
         );
         assert!(f.unknown_terms > 0.3, "{f:?}");
+    }
+
+    #[test]
+    fn misspelt_terms_are_read_as_the_term_they_misspell() {
+        let stats = TermStats::from_texts([
+            "Request a refund from Settings > Billing.",
+            "Use an authenticator app for two-factor authentication.",
+            "Bank feeds refresh every night.",
+        ]);
+        assert_eq!(stats.correct("refnd"), Some("refund"));
+        assert_eq!(stats.correct("refesh"), Some("refresh"));
+        assert_eq!(stats.correct("authenticater"), Some("authenticator"));
+        // Known, short or numeric terms and real unknown words are left alone.
+        assert_eq!(stats.correct("refund"), None);
+        assert_eq!(stats.correct("bank"), None);
+        assert_eq!(stats.correct("netflix"), None);
+        assert_eq!(stats.correct("12345"), None);
+
+        let typo = QuestionTerms::new("where do i request a refnd?", &stats);
+        let f = typo.features(
+            "Request a refund from Settings > Billing.",
+            "",
+            0,
+            (0.5, 0.5),
+        );
+        assert_eq!(f.unknown_terms, 0.0, "{f:?}");
+        assert!(f.sentence_overlap > 0.5, "{f:?}");
     }
 
     #[test]
