@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod router;
 pub mod runtime_config;
 pub mod units;
+pub mod yaml;
 
 pub use adapter_patch::{AdapterPatch, AdapterPatchSpec, AdapterPatchStatus};
 pub use common::{
@@ -27,6 +28,7 @@ pub use knowledge_base::{KnowledgeBase, KnowledgeBaseSpec, KnowledgeBaseStatus};
 pub use manifest::{ManifestError, Resource, resource_from_value, resources_from_yaml};
 pub use router::{Router, RouterSpec, RouterStatus, selector_matches};
 pub use units::{GoDuration, Percent, UnitError, parse_duration};
+pub use yaml::{YamlCompatError, check_kubectl_compatible};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -121,6 +121,11 @@ pub fn resource_from_value(value: Value) -> Result<Resource, ValidationErrors> {
 /// documents of other API groups are refused (a manifest folder for `serve` holds only these).
 pub fn resources_from_yaml(yaml: &str) -> Result<Vec<Resource>, ManifestError> {
     let mut out = Vec::new();
+    // What kubectl would refuse is refused here too, before the lenient parser reads it.
+    crate::yaml::check_kubectl_compatible(yaml).map_err(|e| ManifestError::Yaml {
+        document: e.document,
+        message: e.to_string(),
+    })?;
     for (document, de) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
         let value: Value =
             serde::Deserialize::deserialize(de).map_err(|e| ManifestError::Yaml {

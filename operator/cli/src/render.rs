@@ -106,6 +106,10 @@ impl Manifests {
 
     /// Adds the Switchboard resources of a YAML (or JSON) stream.
     pub fn add_yaml(&mut self, text: &str) -> Result<()> {
+        // What kubectl would refuse is refused here too (see switchboard_crds::yaml).
+        switchboard_crds::check_kubectl_compatible(text).map_err(|e| {
+            anyhow::anyhow!("document {}: not valid YAML for kubectl: {e}", e.document)
+        })?;
         for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let value: Value = serde::Deserialize::deserialize(document)
                 .with_context(|| format!("document {index}: not valid YAML"))?;

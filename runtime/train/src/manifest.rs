@@ -68,6 +68,12 @@ impl CurrentPatch {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
         let label = path.display().to_string();
+        switchboard_crds::check_kubectl_compatible(&text).map_err(|e| {
+            TrainError::AdapterPatch {
+                name: label.clone(),
+                message: format!("not valid YAML for kubectl: {e}"),
+            }
+        })?;
         for document in serde_yaml::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(document).map_err(|e| {
                 TrainError::AdapterPatch {
