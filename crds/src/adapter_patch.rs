@@ -45,8 +45,6 @@ pub mod messages {
     pub const ROLLBACK_WINDOW: &str = "rollbackWindow must be at least 1h";
     /// `spec.guardrails`.
     pub const GUARDRAIL_UNIQUE: &str = "guardrails[].metric must be unique";
-    /// `spec.evaluation.max*`.
-    pub const EVALUATION_PERCENT: &str = "evaluation limits are percentages between 0% and 100%";
     /// `spec.evaluation.timeout`.
     pub const EVALUATION_TIMEOUT: &str = "evaluation.timeout must be at least 1m";
 }
@@ -164,23 +162,19 @@ pub struct Evaluation {
     /// Key-fact accuracy (answerable questions) may be at most this many percentage points
     /// below the stable version's.
     #[serde(default = "default_max_key_fact_drop")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
     pub max_key_fact_accuracy_drop: Percent,
     /// Correct refusals (unanswerable questions) may be at most this many points below the
     /// stable version's.
     #[serde(default = "default_max_refusal_drop")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
     pub max_correct_refusal_drop: Percent,
     /// False refusals (answerable questions refused) may be at most this many points above the
     /// stable version's.
     #[serde(default = "default_max_false_refusal_rise")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
     pub max_false_refusal_increase: Percent,
     /// At most this share of the candidate's answers may come from model output citing a fact
     /// that was not in its prompt (the runtime removes such citations; an adapter that makes
     /// them is broken).
     #[serde(default = "zero_percent")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::EVALUATION_PERCENT))]
     pub max_invalid_citation_rate: Percent,
     /// How long the evaluation Job may run before the version is Failed (`EvaluationTimedOut`).
     #[serde(default = "default_evaluation_timeout")]

@@ -241,8 +241,7 @@ pub struct Overrides {
     /// Adapter version per lineage (e.g. `pricing: 1.2.0`); the version must be in the
     /// AdapterPatch's history within its rollback window.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
-    #[x_kube(validation = Rule::new(format!("self.all(k, self[k].size() <= 128 && self[k].matches({}))", cel_string(SEMVER_PATTERN))).message(messages::ADAPTER_VERSIONS))]
+    #[schemars(schema_with = "adapter_versions_schema")]
     pub adapter_versions: BTreeMap<String, String>,
     /// KnowledgeBase index generation to serve (must still be kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -553,4 +552,23 @@ pub struct SampleRatioCheck {
     pub p_value: f64,
     /// `pValue` below 0.001: the split is broken and the results are not trusted.
     pub detected: bool,
+}
+
+/// `overrides.adapterVersions`: at most 16 lineages, each value a semantic version checked per
+/// value, with a length bound, so the CEL cost estimate stays within the API server's budget (a
+/// rule over the whole map of unbounded strings was refused by kube-apiserver: 18.9x over).
+fn adapter_versions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Adapter version per lineage (e.g. `pricing: 1.2.0`); the version must be in the AdapterPatch's history within its rollback window.",
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 64,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches({})", cel_string(SEMVER_PATTERN)),
+                "message": messages::ADAPTER_VERSIONS,
+            }],
+        },
+    })
 }

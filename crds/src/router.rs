@@ -30,9 +30,6 @@ pub mod messages {
     /// `spec.generation.grounding.evidenceSentences`.
     pub const EVIDENCE_SENTENCES: &str =
         "generation.grounding.evidenceSentences must be between 1 and 8";
-    /// `spec.queryRewrite.maxVocabularyOverlap`.
-    pub const VOCABULARY_OVERLAP: &str =
-        "queryRewrite.maxVocabularyOverlap must be between 0% and 100%";
 }
 
 /// A Router: the serving entry point. A small local model with LoRA adapters (selected from
@@ -303,7 +300,6 @@ pub struct QueryRewrite {
     pub min_words: i32,
     /// `Auto`: queries whose words overlap the KnowledgeBase vocabulary more than this are kept.
     #[serde(default = "default_max_vocabulary_overlap")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, true)).message(messages::VOCABULARY_OVERLAP))]
     pub max_vocabulary_overlap: Percent,
 }
 

@@ -129,6 +129,10 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
+/// What the API server says about a malformed or out-of-range [`Percent`] field.
+pub const PERCENT_MESSAGE: &str =
+    "must be a percentage between 0% and 100% written like \"5%\" or \"0.5%\"";
+
 impl JsonSchema for Percent {
     fn schema_name() -> Cow<'static, str> {
         "Percent".into()
@@ -140,7 +144,7 @@ impl JsonSchema for Percent {
             "maxLength": 10,
             "x-kubernetes-validations": [{
                 "rule": percent_rule("self", 0.0, 100.0, true),
-                "message": "must be a percentage between 0% and 100% written like \"5%\" or \"0.5%\"",
+                "message": PERCENT_MESSAGE,
             }],
         })
     }

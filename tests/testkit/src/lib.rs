@@ -1,5 +1,7 @@
 //! Test harness for Switchboard's controller and end-to-end tiers (docs/testing.md):
 //! - [`apiserver`]: a stand-in Kubernetes API server in the test process;
+//! - [`controlplane`]: the real one (etcd, kube-apiserver, kube-controller-manager built from
+//!   the upstream Go modules by `hack/setup.sh controlplane`);
 //! - [`prometheus`]: the real Prometheus binary scraping test processes;
 //! - [`process`]: workspace binaries as child processes, logs shown on failure;
 //! - [`postgres`]: a real PostgreSQL server (the outcome store's cluster database);
@@ -7,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod controlplane;
 pub mod postgres;
 pub mod process;
 pub mod prometheus;

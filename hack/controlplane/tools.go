@@ -1,0 +1,10 @@
+//go:build tools
+
+// Package controlplane only records the upstream commands hack/setup.sh builds, so that
+// `go mod tidy` keeps every module they need in go.mod and go.sum.
+package controlplane
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
