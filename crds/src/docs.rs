@@ -239,6 +239,14 @@ fn constraints(field: &Value) -> Vec<String> {
             rules.push(format!("CEL: {}", rule_text(rule)));
         }
     }
+    // A map's rules on its values (`adapterVersions: {pricing: 1.2.0}`).
+    if let Some(values) = field.get("additionalProperties").filter(|v| v.is_object()) {
+        rules.extend(
+            constraints(values)
+                .into_iter()
+                .map(|rule| format!("values: {rule}")),
+        );
+    }
     rules
 }
 

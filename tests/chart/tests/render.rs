@@ -1,7 +1,8 @@
 //! `helm lint` and `helm template` of the chart with default and full values: every rendered
 //! object is the Kubernetes type it claims to be, RBAC has no wildcard, the operator pod is
 //! locked down, the alerts pass `promtool check rules`, and the dashboard and alerts read only
-//! the series of docs/metrics.md.
+//! the series of docs/metrics.md. Then `helm install` and `helm upgrade` into the real
+//! kube-apiserver, with the operator's ServiceAccount checked against the declared RBAC.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -579,4 +580,213 @@ fn rendered_rbac_is_exactly_what_the_operator_declares() {
             assert_eq!(leases, leader_role, "{set}: {}", name(role));
         }
     }
+}
+
+// --- The chart on the real kube-apiserver ------------------------------------------------------
+
+/// Minimal stand-ins for the Prometheus Operator's CRDs (the full values create a ServiceMonitor
+/// and a PrometheusRule; their content is checked against the real schemas' rules above).
+const MONITORING_CRDS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: servicemonitors.monitoring.coreos.com }
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: { kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: prometheusrules.monitoring.coreos.com }
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: { kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
+"#;
+
+/// `kubectl auth can-i` as `user` in `namespace`.
+fn can_i(
+    plane: &switchboard_testkit::controlplane::ControlPlane,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> bool {
+    // `routers.switchboard.dev/status` is `routers.switchboard.dev --subresource=status`.
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, sub)) => (r, Some(sub)),
+        None => (resource, None),
+    };
+    let mut command = plane.kubectl_command();
+    command.args([
+        "auth", "can-i", verb, resource, "--as", user, "-n", namespace,
+    ]);
+    if let Some(sub) = subresource {
+        command.arg(format!("--subresource={sub}"));
+    }
+    let out = command.output().expect("kubectl");
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// The ServiceAccount the chart renders with `values`.
+fn service_account(values: &[&str]) -> String {
+    let objects = render(values);
+    let sa = objects
+        .iter()
+        .find(|o| kind(o) == "ServiceAccount")
+        .expect("a ServiceAccount");
+    format!("system:serviceaccount:switchboard-system:{}", name(sa))
+}
+
+/// `helm install` with the default values, then `helm upgrade` to the full ones, into the real
+/// control plane: the CRDs become Established, every object is accepted, and the operator's
+/// ServiceAccount may do exactly what the operator declares (`RBAC_RULES`): every declared verb,
+/// and not the escalations a compromised operator would want.
+#[test]
+fn the_chart_installs_and_upgrades_on_the_real_apiserver() {
+    let plane = switchboard_testkit::controlplane::ControlPlane::shared();
+    let kubeconfig = plane.kubeconfig();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let install = helm(&[
+        "install",
+        "switchboard",
+        ".",
+        "--namespace",
+        "switchboard-system",
+        "--create-namespace",
+        "--kubeconfig",
+        kubeconfig,
+    ]);
+    assert!(install.contains("STATUS: deployed"), "{install}");
+    plane
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/knowledgebases.switchboard.dev",
+            "crd/adapterpatches.switchboard.dev",
+            "crd/routers.switchboard.dev",
+            "crd/experiments.switchboard.dev",
+            "--timeout=120s",
+        ])
+        .unwrap();
+    plane
+        .kubectl(&[
+            "get",
+            "deployment",
+            "-n",
+            "switchboard-system",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+
+    let user = service_account(&[]);
+    let mut denied = Vec::new();
+    for rule in RBAC_RULES {
+        let (plural, subresource) = match rule.resource.split_once('/') {
+            Some((plural, sub)) => (plural, format!("/{sub}")),
+            None => (rule.resource, String::new()),
+        };
+        let resource = if rule.api_group.is_empty() {
+            format!("{plural}{subresource}")
+        } else {
+            format!("{plural}.{}{subresource}", rule.api_group)
+        };
+        // Leases in the release's namespace (leader election), the rest anywhere (default
+        // values watch every namespace).
+        let namespace = if rule.resource == "leases" {
+            "switchboard-system"
+        } else {
+            "support"
+        };
+        for verb in rule.verbs {
+            if !can_i(plane, &user, verb, &resource, namespace) {
+                denied.push(format!("{verb} {resource} in {namespace}"));
+            }
+        }
+    }
+    assert!(denied.is_empty(), "{user} may not: {denied:#?}");
+    for (verb, resource) in [
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+        ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "pods/exec"),
+        ("delete", "namespaces"),
+    ] {
+        assert!(
+            !can_i(plane, &user, verb, resource, "support"),
+            "{user} may {verb} {resource}"
+        );
+    }
+
+    // Upgrade to every optional part: a watched namespace (a Role there, not a ClusterRole), two
+    // replicas, ServiceMonitor and PrometheusRule, the dashboard ConfigMap in `monitoring`.
+    for namespace in ["support", "monitoring"] {
+        plane.kubectl(&["create", "namespace", namespace]).unwrap();
+    }
+    let crds = std::env::temp_dir().join(format!("monitoring-crds-{}.yaml", std::process::id()));
+    std::fs::write(&crds, MONITORING_CRDS).unwrap();
+    plane
+        .kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()])
+        .unwrap();
+    std::fs::remove_file(&crds).ok();
+    plane
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    let upgrade = helm(&[
+        "upgrade",
+        "switchboard",
+        ".",
+        "--namespace",
+        "switchboard-system",
+        "-f",
+        "ci/full-values.yaml",
+        "--kubeconfig",
+        kubeconfig,
+    ]);
+    assert!(upgrade.contains("REVISION: 2"), "{upgrade}");
+    let replicas = plane
+        .kubectl(&[
+            "get",
+            "deployments",
+            "-n",
+            "switchboard-system",
+            "-o",
+            "jsonpath={.items[*].spec.replicas}",
+        ])
+        .unwrap();
+    assert_eq!(replicas.trim(), "2");
+    for kind in ["servicemonitor", "prometheusrule"] {
+        plane
+            .kubectl(&["get", kind, "-n", "switchboard-system", "-o", "name"])
+            .unwrap_or_else(|e| panic!("{kind} after the upgrade: {e}"));
+    }
+    let user = service_account(&["-f", "ci/full-values.yaml"]);
+    assert!(can_i(
+        plane,
+        &user,
+        "watch",
+        "routers.switchboard.dev",
+        "support"
+    ));
+    assert!(
+        !can_i(plane, &user, "watch", "routers.switchboard.dev", "default"),
+        "with watchNamespace: support the operator may not read other namespaces"
+    );
 }
