@@ -146,6 +146,8 @@ impl VerifyJob<'_> {
                             ..Volume::default()
                         }]),
                         security_context: Some(crate::pod::pod_security()),
+                        // Hashing a file needs no Kubernetes API: no token.
+                        automount_service_account_token: Some(false),
                         ..PodSpec::default()
                     }),
                 },
@@ -270,6 +272,7 @@ mod tests {
         let spec = job.spec.unwrap();
         assert_eq!(spec.active_deadline_seconds, Some(DEADLINE_SECONDS));
         let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("runtime:0.1.0"));
         assert_eq!(

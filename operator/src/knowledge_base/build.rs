@@ -383,6 +383,8 @@ impl KbChildren<'_> {
                             .collect(),
                         ),
                         security_context: Some(crate::pod::pod_security()),
+                        // The index builder never calls the Kubernetes API: no token.
+                        automount_service_account_token: Some(false),
                         ..PodSpec::default()
                     }),
                 },
@@ -577,6 +579,7 @@ mod tests {
         // A pod that never starts fails the build at the deadline instead of hanging it.
         assert_eq!(job_spec.active_deadline_seconds, Some(6 * 3600));
         let pod = job_spec.template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
         let args = pod.containers[0].args.clone().unwrap();
         assert_eq!(
             args,

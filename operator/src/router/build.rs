@@ -421,6 +421,8 @@ impl RouterChildren<'_> {
                         containers: vec![container],
                         volumes: Some(volumes),
                         security_context: Some(crate::pod::pod_security()),
+                        // The runtime never calls the Kubernetes API: no token in its pods.
+                        automount_service_account_token: Some(false),
                         // In-flight answers finish before the pod goes (the runtime drains on
                         // SIGTERM).
                         termination_grace_period_seconds: Some(60),
@@ -807,7 +809,8 @@ mod tests {
         };
         assert_eq!(path(&c.readiness_probe), "/readyz");
         assert_eq!(path(&c.liveness_probe), "/healthz");
-        // Non-root, no privilege escalation.
+        // Non-root, no privilege escalation, no API token.
+        assert_eq!(pod.automount_service_account_token, Some(false));
         let psc = pod.security_context.unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
         let sc = c.security_context.clone().unwrap();
