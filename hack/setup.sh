@@ -236,6 +236,8 @@ CONTROLPLANE_MOD="$ROOT/hack/controlplane"
 setup_controlplane() {
   local dest="$CACHE/controlplane" kube_mod="$CONTROLPLANE_MOD" etcd_mod="$CONTROLPLANE_MOD/etcd"
   local bin="$dest/bin" stamp="$dest/.stamp"
+  # Go is on PATH on developer machines; CI shells may only have it where the Go installer puts it.
+  command -v go >/dev/null || [[ ! -x /usr/local/go/bin/go ]] || PATH="$PATH:/usr/local/go/bin"
   command -v go >/dev/null || { log "controlplane: go not found (Go >= 1.25 is needed)"; return 1; }
   local kube_version etcd_version kube_minor staging
   kube_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$kube_mod/go.mod")"

@@ -115,9 +115,14 @@ impl ControlPlane {
             let dir = std::env::temp_dir()
                 .join(format!("switchboard-controlplane-{}", std::process::id()));
             let plane = Self::start(&dir).unwrap_or_else(|e| panic!("{e}"));
-            eprintln!(
+            // Straight to stderr, past libtest's capture: the run's log shows, once per test
+            // binary, which API server its tests met.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "control plane: kube-apiserver {} at {}",
-                plane.version, plane.apiserver_url
+                plane.version,
+                plane.apiserver_url
             );
             plane
         })
