@@ -13,7 +13,7 @@
 //! strings. A manifest the runtime accepts and `kubectl apply` refuses is a trap for anyone who
 //! moves from the embedded mode to a cluster or a GitOps repository, so [`check_kubectl_compatible`]
 //! refuses those documents up front, naming the line and column and the fix (quote the value).
-//! `crds/tests/yaml_kubectl.rs` checks the verdicts against kubectl's own parser.
+//! `crds/tests/examples.rs` checks the verdicts against kubectl's own parser.
 
 use std::fmt;
 
@@ -45,8 +45,8 @@ impl std::error::Error for YamlCompatError {}
 /// Scanner state carried from line to line.
 #[derive(Default)]
 struct Scanner {
-    /// Open flow collections (`[` or `{`).
-    flow: Vec<char>,
+    /// How many flow collections (`[`, `{`) are open.
+    flow: usize,
     /// Inside a quoted scalar that continues on the next line.
     quote: Option<char>,
     /// Inside a plain scalar of a flow collection that continues on the next line.
@@ -58,8 +58,8 @@ struct Scanner {
 
 /// Checks a YAML stream (one or more documents) for constructs that go-yaml v2, and so kubectl,
 /// Helm, kustomize, Argo CD and Flux, parse differently from `serde_yaml`: an unquoted `?` inside
-/// a value of a flow collection (after its first character). The stream is assumed to be YAML `serde_yaml` accepts; anything
-/// this scanner does not understand is left to the parser.
+/// a value of a flow collection (after its first character). The stream is assumed to be YAML
+/// `serde_yaml` accepts; anything this scanner does not understand is left to the parser.
 pub fn check_kubectl_compatible(text: &str) -> Result<(), YamlCompatError> {
     let mut s = Scanner::default();
     for (n, line) in text.lines().enumerate() {
@@ -101,9 +101,9 @@ impl Scanner {
         {
             // A document marker or directive: a new document in block context.
             if line.starts_with("---") {
-                self.document += usize::from(number > 1 || !self.flow.is_empty());
+                self.document += usize::from(number > 1 || self.flow > 0);
             }
-            self.flow.clear();
+            self.flow = 0;
             self.plain = false;
             // `--- |` and the like: content may follow the marker.
             return self.scan(number, &chars, 3.min(chars.len()), indent);
@@ -133,7 +133,7 @@ impl Scanner {
             if c == '#' && (i == 0 || chars[i - 1].is_whitespace()) {
                 return Ok(()); // a comment: the rest of the line
             }
-            if self.flow.is_empty() {
+            if self.flow == 0 {
                 // Block context.
                 if c.is_whitespace() {
                     i += 1;
@@ -155,7 +155,7 @@ impl Scanner {
                         token_start = false;
                     }
                     '[' | '{' => {
-                        self.flow.push(c);
+                        self.flow += 1;
                         i += 1;
                     }
                     '|' | '>' => {
@@ -197,11 +197,11 @@ impl Scanner {
             match c {
                 _ if c.is_whitespace() => i += 1,
                 '[' | '{' => {
-                    self.flow.push(c);
+                    self.flow += 1;
                     i += 1;
                 }
                 ']' | '}' => {
-                    self.flow.pop();
+                    self.flow = self.flow.saturating_sub(1);
                     i += 1;
                     token_start = false;
                 }

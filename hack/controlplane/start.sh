@@ -2,7 +2,7 @@
 # Runs the upstream control plane that `hack/setup.sh controlplane` builds (etcd, kube-apiserver,
 # kube-controller-manager) on free loopback ports, the way controller-runtime's envtest does, and
 # stays in the foreground until SIGTERM/SIGINT (or until one of the three exits): then it stops
-# all three and, when it made DIR itself, removes it.
+# all three and, when it made DIR itself, removes it (kept after a failure, for its logs).
 #
 #   hack/controlplane/start.sh [DIR]
 #
@@ -71,7 +71,10 @@ stop() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  [[ -n "$OWN_DIR" ]] && rm -rf "$OWN_DIR"
+  # A clean stop (or a signal) removes DIR; a failure keeps it for its logs.
+  if [[ -n "$OWN_DIR" ]]; then
+    if ((rc == 0 || rc == 130 || rc == 143)); then rm -rf "$OWN_DIR"; else log "logs kept in $LOGS"; fi
+  fi
   exit "$rc"
 }
 trap stop EXIT

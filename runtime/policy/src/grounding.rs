@@ -326,11 +326,8 @@ impl TermStats {
         let a: Vec<char> = term.chars().collect();
         self.df
             .iter()
-            .filter(|(k, _)| k.chars().count().abs_diff(n) <= max)
-            .filter(|(k, _)| {
-                let b: Vec<char> = k.chars().collect();
-                b.first() == a.first() && edit_distance(&a, &b) <= max
-            })
+            .filter(|(k, _)| k.starts_with(a[0]) && k.chars().count().abs_diff(n) <= max)
+            .filter(|(k, _)| edit_distance(&a, &k.chars().collect::<Vec<_>>()) <= max)
             .max_by(|(ka, da), (kb, db)| da.cmp(db).then(kb.cmp(ka)))
             .map(|(k, _)| k.as_str())
     }

@@ -584,35 +584,29 @@ fn rendered_rbac_is_exactly_what_the_operator_declares() {
 
 // --- The chart on the real kube-apiserver ------------------------------------------------------
 
-/// Minimal stand-ins for the Prometheus Operator's CRDs (the full values create a ServiceMonitor
-/// and a PrometheusRule; their content is checked against the real schemas' rules above).
-const MONITORING_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
+/// A minimal stand-in for one of the Prometheus Operator's CRDs (the full values create a
+/// ServiceMonitor and a PrometheusRule; their content is checked against the real schemas' rules
+/// above): `monitoring.coreos.com/v1`, any content.
+fn monitoring_crd(kind: &str) -> String {
+    let plural = format!("{}s", kind.to_lowercase());
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: { name: servicemonitors.monitoring.coreos.com }
+metadata: {{ name: {plural}.monitoring.coreos.com }}
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names: { kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList }
+  names: {{ kind: {kind}, plural: {plural}, singular: {singular}, listKind: {kind}List }}
   versions:
     - name: v1
       served: true
       storage: true
-      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
+      schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
 ---
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: { name: prometheusrules.monitoring.coreos.com }
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: { kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList }
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
-"#;
+"#,
+        singular = kind.to_lowercase()
+    )
+}
 
 /// `kubectl auth can-i` as `user` in `namespace`.
 fn can_i(
@@ -735,7 +729,11 @@ fn the_chart_installs_and_upgrades_on_the_real_apiserver() {
         plane.kubectl(&["create", "namespace", namespace]).unwrap();
     }
     let crds = std::env::temp_dir().join(format!("monitoring-crds-{}.yaml", std::process::id()));
-    std::fs::write(&crds, MONITORING_CRDS).unwrap();
+    std::fs::write(
+        &crds,
+        monitoring_crd("ServiceMonitor") + &monitoring_crd("PrometheusRule"),
+    )
+    .unwrap();
     plane
         .kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()])
         .unwrap();

@@ -22,7 +22,6 @@ pub struct ControlPlane {
     _process: Process,
     dir: PathBuf,
     apiserver_url: String,
-    admin_token: String,
     version: String,
 }
 
@@ -52,7 +51,6 @@ impl ControlPlane {
             ));
         }
         let script = workspace_root().join("hack/controlplane/start.sh");
-        let logs = dir.with_extension("log");
         let mut command = Command::new("bash");
         command
             .arg(&script)
@@ -60,7 +58,13 @@ impl ControlPlane {
             .env("CONTROLPLANE_BIN", bin_dir())
             .env("CONTROLPLANE_WATCH_PID", std::process::id().to_string())
             .env("CONTROLPLANE_REMOVE_DIR", "1");
-        let mut process = Process::spawn("controlplane", command, &logs)?;
+        // The script's own log beside DIR (DIR itself must start empty).
+        let log_name = format!(
+            "{}.start",
+            dir.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let mut process = Process::spawn(&log_name, command, parent)?;
         let env_file = dir.join("controlplane.env");
         let deadline = Instant::now() + Duration::from_secs(240);
         while !env_file.is_file() {
@@ -94,7 +98,6 @@ impl ControlPlane {
             _process: process,
             dir: dir.to_owned(),
             apiserver_url: value("APISERVER_URL")?,
-            admin_token: value("ADMIN_TOKEN")?,
             version: String::new(),
         };
         let version = plane.kubectl(&["version", "-o", "json"])?;
@@ -121,8 +124,8 @@ impl ControlPlane {
             let _ = writeln!(
                 std::io::stderr(),
                 "control plane: kube-apiserver {} at {}",
-                plane.version,
-                plane.apiserver_url
+                plane.version(),
+                plane.url()
             );
             plane
         })
@@ -168,10 +171,5 @@ impl ControlPlane {
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }
-    }
-
-    /// The bearer token of the admin user.
-    pub fn admin_token(&self) -> &str {
-        &self.admin_token
     }
 }
