@@ -962,19 +962,7 @@ fn apiserver() -> &'static switchboard_testkit::controlplane::ControlPlane {
     static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let plane = switchboard_testkit::controlplane::ControlPlane::shared();
     READY.get_or_init(|| {
-        let crds = support::repo_root().join("crds/yaml");
-        plane
-            .kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()])
-            .unwrap_or_else(|e| panic!("the generated CRDs are refused: {e}"));
-        plane
-            .kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "crd",
-                "--all",
-                "--timeout=120s",
-            ])
-            .unwrap();
+        plane.install_crds();
         plane.kubectl(&["create", "namespace", NAMESPACE]).unwrap();
     });
     plane

@@ -17,7 +17,8 @@
 #
 # Environment: CONTROLPLANE_BIN (default .cache/controlplane/bin), CONTROLPLANE_TIMEOUT (seconds
 # to wait for readiness, default 180), CONTROLPLANE_VERBOSITY (klog -v of the Kubernetes parts,
-# default 0), CONTROLPLANE_WATCH_PID (stop when that process is gone: a test binary that started
+# default 0), CONTROLPLANE_CONTROLLERS (kube-controller-manager --controllers, default `*`: e.g.
+# `*,-job-controller` for tests that write a Job's status themselves), CONTROLPLANE_WATCH_PID (stop when that process is gone: a test binary that started
 # the control plane for its lifetime, even when it is killed), CONTROLPLANE_REMOVE_DIR=1 (remove
 # DIR on exit even when it was given). Needs openssl, curl and python3 (to pick free ports).
 set -euo pipefail
@@ -26,6 +27,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${CONTROLPLANE_BIN:-$ROOT/.cache/controlplane/bin}"
 TIMEOUT="${CONTROLPLANE_TIMEOUT:-180}"
 VERBOSITY="${CONTROLPLANE_VERBOSITY:-0}"
+CONTROLLERS="${CONTROLPLANE_CONTROLLERS:-*}"
 SERVICE_CIDR="10.0.0.0/24" # the kubernetes Service gets its first address, 10.0.0.1
 
 log() { printf '[controlplane] %s\n' "$*" >&2; }
@@ -232,6 +234,7 @@ wait_for kube-apiserver "$APISERVER_URL/readyz" ok --cacert "$PKI/ca.crt" \
   --secure-port="$KCM_PORT" \
   --cert-dir="$DIR/controller-manager-certs" \
   --leader-elect=false \
+  --controllers="$CONTROLLERS" \
   --use-service-account-credentials=true \
   --service-account-private-key-file="$PKI/sa.key" \
   --root-ca-file="$PKI/ca.crt" \

@@ -1,5 +1,6 @@
-//! The `switchboard-operator` binary as a process: starts from a kubeconfig pointing at a
-//! plain-HTTP stand-in API server, takes the leader Lease, reconciles, serves its endpoints, and
+//! The `switchboard-operator` binary as a process against the real kube-apiserver, with the
+//! kubeconfig of the chart's ServiceAccount (the chart's RBAC, nothing more): takes the leader
+//! Lease in the release namespace, reconciles the namespace it watches, serves its endpoints, and
 //! on SIGTERM stops and releases the Lease.
 // Fixture helpers outside #[test] fns: a bad fixture should panic loudly.
 #![allow(clippy::unwrap_used)]
@@ -17,7 +18,7 @@ use kube::{
 use serde_json::json;
 use switchboard_crds::{KnowledgeBase, Router};
 use switchboard_operator::http_client::HttpClient;
-use switchboard_testkit::apiserver::ApiServer;
+use switchboard_testkit::controlplane::{ControlPlane, OPERATOR_NAMESPACE};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -44,10 +45,15 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_sigterm() {
-    let server = ApiServer::start().unwrap();
+    let (plane, ns, kubeconfig) = tokio::task::spawn_blocking(|| {
+        let plane = ControlPlane::shared();
+        let kubeconfig = plane.operator_kubeconfig();
+        (plane, plane.namespace("operator"), kubeconfig)
+    })
+    .await
+    .unwrap();
+    let lease_name = format!("operator-{ns}");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard-operator"))
@@ -57,7 +63,11 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
             "--metrics-addr",
             &format!("127.0.0.1:{port}"),
             "--namespace",
-            "support",
+            &ns,
+            "--leader-election-namespace",
+            OPERATOR_NAMESPACE,
+            "--leader-election-lease",
+            &lease_name,
             "--analysis-interval",
             "1s",
             "--lease-duration",
@@ -70,7 +80,7 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
         .spawn()
         .unwrap();
 
-    let client = server.client();
+    let client = plane.admin_client(&ns).await;
     let http = HttpClient::new(Duration::from_secs(2));
     let base = format!("http://127.0.0.1:{port}");
     wait_for("/readyz", || async {
@@ -84,12 +94,12 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
     let (status, _) = http.get(&format!("{base}/healthz"), 1 << 16).await.unwrap();
     assert_eq!(status, 200);
 
-    let kbs: Api<KnowledgeBase> = Api::namespaced(client.clone(), "support");
+    let kbs: Api<KnowledgeBase> = Api::default_namespaced(client.clone());
     kbs.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
             "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
-            "metadata": {"name": "help", "namespace": "support"},
+            "metadata": {"name": "help"},
             "spec": {"sources": [{"name": "faq", "format": "Markdown", "inline": {"a.md": "# A"}}]},
         }))
         .unwrap(),
@@ -103,12 +113,12 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
     )
     .await
     .unwrap();
-    Api::<Router>::namespaced(client.clone(), "support")
+    Api::<Router>::default_namespaced(client.clone())
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({
                 "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
-                "metadata": {"name": "frontline", "namespace": "support"},
+                "metadata": {"name": "frontline"},
                 "spec": {
                     "knowledgeBaseRef": {"name": "help"},
                     "smallModel": {"model": "/models/smollm2.gguf"},
@@ -119,14 +129,14 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
         )
         .await
         .unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "support");
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     wait_for("the Router's ConfigMap", || async {
         cms.get_opt("frontline-runtime").await.ok().flatten()
     })
     .await;
 
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "support");
-    let lease = leases.get("switchboard-operator").await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let lease = leases.get(&lease_name).await.unwrap();
     let holder = lease.spec.unwrap().holder_identity.unwrap();
     assert!(!holder.is_empty());
     let (_, body) = http.get(&format!("{base}/metrics"), 1 << 20).await.unwrap();
@@ -153,6 +163,6 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
     };
     let log = std::fs::read_to_string(dir.path().join("operator.log")).unwrap();
     assert!(exit.success(), "exit {exit:?}; log:\n{log}");
-    let lease = leases.get("switchboard-operator").await.unwrap();
+    let lease = leases.get(&lease_name).await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity, None, "log:\n{log}");
 }

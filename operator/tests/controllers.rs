@@ -1,5 +1,10 @@
-//! The real reconcilers against the stand-in API server (switchboard-testkit), with a fake
-//! metrics source, a fake clock and a fixed artifact check.
+//! The real reconcilers against the real kube-apiserver (switchboard-testkit's control plane,
+//! one per test binary, a namespace per test), with a fake metrics source, a fake clock and a
+//! fixed artifact check. The reconcilers authenticate as the operator's ServiceAccount under the
+//! chart's RBAC, so a call the chart does not grant fails the test; the test's own fixtures are
+//! written as the admin. kube-controller-manager runs without the workload controllers: the
+//! tests play the Job controller and the kubelet (envtest-style), and the real apiserver
+//! validates what they write.
 // Fixture helpers outside #[test] fns: a bad fixture should panic loudly.
 #![allow(clippy::unwrap_used)]
 
@@ -43,9 +48,7 @@ use switchboard_operator::{
     metrics::Metrics,
     router,
 };
-use switchboard_testkit::apiserver::ApiServer;
-
-const NS: &str = "support";
+use switchboard_testkit::controlplane::{ControlPlane, OPERATOR_NAMESPACE, Options};
 const MODEL: &str = "/models/smollm2.gguf";
 
 fn digest(c: char) -> String {
@@ -53,23 +56,44 @@ fn digest(c: char) -> String {
 }
 
 struct World {
-    // Dropped last: the server outlives the clients.
+    /// The test's namespace.
+    ns: String,
+    /// The admin, default namespace `ns`: the test's own fixtures.
     client: Client,
+    /// The reconcilers' context, with the operator's client.
     ctx: Arc<Context>,
     clock: FakeClock,
     artifacts: FixedArtifacts,
     metrics: Arc<Metrics>,
-    _server: ApiServer,
 }
 
-fn world(source: FnSource) -> World {
-    let server = ApiServer::start().unwrap();
-    let client = server.client();
+/// The control plane of this binary (CRDs and the chart's RBAC installed) and a new namespace.
+async fn namespace() -> String {
+    tokio::task::spawn_blocking(|| {
+        let plane = plane();
+        plane.operator_kubeconfig();
+        plane.namespace("ctl")
+    })
+    .await
+    .unwrap()
+}
+
+fn plane() -> &'static ControlPlane {
+    ControlPlane::shared_with(&Options::without_workload_controllers())
+}
+
+async fn world(source: FnSource) -> World {
+    world_in(namespace().await, source).await
+}
+
+async fn world_in(ns: String, source: FnSource) -> World {
+    let client = plane().admin_client(&ns).await;
+    let operator = plane().operator_client(&ns).await;
     let clock = FakeClock::new(Timestamp::from_second(1_800_000_000).unwrap());
     let artifacts = FixedArtifacts::new(ArtifactCheck::Verified);
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        operator,
         Some("test".to_owned()),
         metrics.clone(),
         Arc::new(source),
@@ -82,20 +106,20 @@ fn world(source: FnSource) -> World {
         Arc::new(clock.clone()),
     ));
     World {
+        ns,
         client,
         ctx,
         clock,
         artifacts,
         metrics,
-        _server: server,
     }
 }
 
 async fn create_kb(client: &Client, generation: Option<i64>) {
-    let kbs: Api<KnowledgeBase> = Api::namespaced(client.clone(), NS);
+    let kbs: Api<KnowledgeBase> = Api::default_namespaced(client.clone());
     let kb: KnowledgeBase = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
-        "metadata": {"name": "help", "namespace": NS},
+        "metadata": {"name": "help"},
         "spec": {"sources": [{"name": "faq", "format": "Markdown", "inline": {"a.md": "# A\nanswer"}}]},
     }))
     .unwrap();
@@ -112,10 +136,10 @@ async fn create_kb(client: &Client, generation: Option<i64>) {
 }
 
 async fn create_router(client: &Client) -> Router {
-    let routers: Api<Router> = Api::namespaced(client.clone(), NS);
+    let routers: Api<Router> = Api::default_namespaced(client.clone());
     let r: Router = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
-        "metadata": {"name": "frontline", "namespace": NS},
+        "metadata": {"name": "frontline"},
         "spec": {
             "knowledgeBaseRef": {"name": "help"},
             "smallModel": {"model": MODEL, "adapterSelector": {"matchLabels": {"team": "billing"}}},
@@ -133,14 +157,14 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    Api::<K>::namespaced(client.clone(), NS)
+    Api::<K>::default_namespaced(client.clone())
         .get(name)
         .await
         .unwrap()
 }
 
 async fn events(client: &Client, regarding: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), NS)
+    Api::<Event>::default_namespaced(client.clone())
         .list(&ListParams::default())
         .await
         .unwrap()
@@ -156,7 +180,7 @@ fn reasons_of(events: &[Event]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_router_gets_its_config_map_deployment_and_service_with_owner_references() {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_kb(&w.client, Some(3)).await;
     let created = create_router(&w.client).await;
     let r = get::<Router>(&w.client, "frontline").await;
@@ -209,7 +233,7 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
             .iter()
             .all(|c| c.observed_generation == created.metadata.generation)
     );
-    // No pods run in the stand-in: not ready, waiting for children; the revision is not
+    // No pods run (no Deployment controller, no node): not ready, waiting for children; the revision is not
     // confirmed by any pod.
     let ready = find_condition(&status.conditions, cond::READY).unwrap();
     assert_eq!(
@@ -237,7 +261,7 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
 
 #[tokio::test]
 async fn a_missing_knowledge_base_is_a_condition_with_backoff_then_the_watch_recovers() {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_router(&w.client).await;
     let r = Arc::new(get::<Router>(&w.client, "frontline").await);
     let err = router::reconcile(r.clone(), w.ctx.clone())
@@ -277,11 +301,11 @@ async fn a_missing_knowledge_base_is_a_condition_with_backoff_then_the_watch_rec
     };
     let run = tokio::spawn(controllers::run(
         w.ctx.clone(),
-        Some(NS.to_owned()),
+        Some(w.ns.clone()),
         futures::FutureExt::shared(Box::pin(shutdown)),
     ));
     create_kb(&w.client, Some(1)).await;
-    let cms: Api<ConfigMap> = Api::namespaced(w.client.clone(), NS);
+    let cms: Api<ConfigMap> = Api::default_namespaced(w.client.clone());
     let mut found = None;
     for _ in 0..100 {
         if let Some(cm) = cms.get_opt("frontline-runtime").await.unwrap() {
@@ -338,7 +362,7 @@ fn helpdesk(bad: Arc<AtomicBool>, bad_version: &'static str) -> FnSource {
 fn patch(version: &str, sha: &str) -> AdapterPatch {
     serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "AdapterPatch",
-        "metadata": {"name": "pricing", "namespace": NS, "labels": {"team": "billing"}},
+        "metadata": {"name": "pricing", "labels": {"team": "billing"}},
         "spec": {
             "lineage": "pricing", "baseModel": MODEL, "version": version,
             "artifact": {"uri": format!("file:///adapters/pricing/{version}"), "sha256": sha},
@@ -367,7 +391,7 @@ async fn reconcile_patch(w: &World) -> AdapterPatch {
 }
 
 async fn set_version(w: &World, version: &str, sha: &str) {
-    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+    Api::<AdapterPatch>::default_namespaced(w.client.clone())
         .patch(
             "pricing",
             &PatchParams::default(),
@@ -387,10 +411,10 @@ async fn compiled(w: &World) -> RuntimeConfig {
 #[tokio::test]
 async fn an_adapter_walks_shadow_canary_promoted_and_a_breach_rolls_back_with_an_event() {
     let bad = Arc::new(AtomicBool::new(false));
-    let w = world(helpdesk(bad.clone(), "1.2.0"));
+    let w = world(helpdesk(bad.clone(), "1.2.0")).await;
     create_kb(&w.client, Some(1)).await;
     create_router(&w.client).await;
-    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+    Api::<AdapterPatch>::default_namespaced(w.client.clone())
         .create(&PostParams::default(), &patch("1.0.0", &digest('a')))
         .await
         .unwrap();
@@ -518,16 +542,20 @@ async fn an_adapter_walks_shadow_canary_promoted_and_a_breach_rolls_back_with_an
         "the runtime must stop serving 1.2.0"
     );
     let text = w.metrics.render();
-    assert!(text.contains("switchboard_adapter_rollbacks_total{lineage=\"pricing\",name=\"pricing\",namespace=\"support\",reason=\"GuardrailBreached\"} 1"), "{text}");
+    let rollback = format!(
+        "switchboard_adapter_rollbacks_total{{lineage=\"pricing\",name=\"pricing\",namespace=\"{}\",reason=\"GuardrailBreached\"}} 1",
+        w.ns
+    );
+    assert!(text.contains(&rollback), "{text}");
     assert!(text.contains("phase=\"RolledBack\"} 1"));
 }
 
 #[tokio::test]
 async fn unreachable_metrics_hold_a_canary_and_bad_input_is_a_condition_not_a_crash() {
-    let w = world(FnSource::new(|_| Err("connection refused".to_owned())));
+    let w = world(FnSource::new(|_| Err("connection refused".to_owned()))).await;
     create_kb(&w.client, Some(1)).await;
     create_router(&w.client).await;
-    let api = Api::<AdapterPatch>::namespaced(w.client.clone(), NS);
+    let api = Api::<AdapterPatch>::default_namespaced(w.client.clone());
     api.create(&PostParams::default(), &patch("1.0.0", &digest('a')))
         .await
         .unwrap();
@@ -569,15 +597,25 @@ async fn unreachable_metrics_hold_a_canary_and_bad_input_is_a_condition_not_a_cr
             .contains(&reasons::DIGEST_MISMATCH.to_owned())
     );
 
-    // A spec admission would refuse (the stand-in has no admission): a condition and backoff.
-    api.patch(
-        "pricing",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"rollout": {"canary": {"steps": [{"weight": 50, "duration": "1m"}, {"weight": 10, "duration": "1m"}]}}}})),
-    )
-    .await
-    .unwrap();
-    let p = Arc::new(get::<AdapterPatch>(&w.client, "pricing").await);
+    // A spec admission refuses: kube-apiserver names the field (the CRD's CEL rule)...
+    let bad_steps = json!([{"weight": 50, "duration": "1m"}, {"weight": 10, "duration": "1m"}]);
+    let refused = api
+        .patch(
+            "pricing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rollout": {"canary": {"steps": bad_steps}}}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("spec.rollout.canary.steps"),
+        "{refused}"
+    );
+    // ...and one stored before the rule existed (an older CRD) is a condition and backoff, not a
+    // crash: the reconciler validates what it reads.
+    let mut stored = serde_json::to_value(get::<AdapterPatch>(&w.client, "pricing").await).unwrap();
+    stored["spec"]["rollout"]["canary"]["steps"] = bad_steps;
+    let p: Arc<AdapterPatch> = Arc::new(serde_json::from_value(stored).unwrap());
     let err = adapter_patch::reconcile(p.clone(), w.ctx.clone())
         .await
         .unwrap_err();
@@ -613,19 +651,22 @@ async fn unreachable_metrics_hold_a_canary_and_bad_input_is_a_condition_not_a_cr
 
 #[tokio::test]
 async fn one_leader_at_a_time_and_release_hands_over() {
-    let server = ApiServer::start().unwrap();
-    let client = server.client();
+    // As the chart's ServiceAccount, in the leader-election namespace its Role covers; a Lease
+    // name of this test's own (the namespace is shared by the binary's tests).
+    let ns = namespace().await;
+    let client = plane().operator_client(OPERATOR_NAMESPACE).await;
+    let lease = format!("leader-{ns}");
     let a = LeaseLock::new(
         client.clone(),
-        NS,
-        "switchboard-operator",
+        OPERATOR_NAMESPACE,
+        &lease,
         "a",
         Duration::from_secs(15),
     );
     let b = LeaseLock::new(
         client.clone(),
-        NS,
-        "switchboard-operator",
+        OPERATOR_NAMESPACE,
+        &lease,
         "b",
         Duration::from_secs(15),
     );
@@ -658,7 +699,7 @@ async fn reconcile_kb(w: &World) -> KnowledgeBase {
 }
 
 async fn jobs(w: &World) -> Vec<Job> {
-    let mut jobs = Api::<Job>::namespaced(w.client.clone(), NS)
+    let mut jobs = Api::<Job>::default_namespaced(w.client.clone())
         .list(&ListParams::default().labels("switchboard.dev/knowledge-base=help"))
         .await
         .unwrap()
@@ -667,30 +708,41 @@ async fn jobs(w: &World) -> Vec<Job> {
     jobs
 }
 
-/// Plays kubelet and the Job controller: the build pod ends with `report` (or fails).
+/// Plays kubelet and the Job controller: the build pod ends with `report` (or fails). The Job's
+/// status is what the real Job controller writes, which kube-apiserver checks: `Complete` only
+/// after `SuccessCriteriaMet`, `Failed` only after `FailureTarget`, a start time, and a
+/// completion time on success alone.
 async fn finish_build(w: &World, job: &str, report: Option<serde_json::Value>) {
-    let jobs: Api<Job> = Api::namespaced(w.client.clone(), NS);
+    let jobs: Api<Job> = Api::default_namespaced(w.client.clone());
     let done = w.clock.now_string();
-    let condition = if report.is_some() {
-        "Complete"
+    let conditions = if report.is_some() {
+        json!([
+            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": "Reached expected number of succeeded pods"},
+            {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": "Reached expected number of succeeded pods"},
+        ])
     } else {
-        "Failed"
+        json!([
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"},
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"},
+        ])
     };
+    let (succeeded, failed) = if report.is_some() { (1, 0) } else { (0, 3) };
     jobs.patch_status(
         job,
         &PatchParams::default(),
         &Patch::Merge(json!({"status": {
-            "conditions": [{"type": condition, "status": "True", "reason": if report.is_some() { "Completed" } else { "BackoffLimitExceeded" }, "message": "pod failed 3 times"}],
+            "conditions": conditions,
             "startTime": done, "completionTime": if report.is_some() { json!(done) } else { json!(null) },
+            "succeeded": succeeded, "failed": failed,
         }})),
     )
     .await
     .unwrap();
     if let Some(report) = report {
-        let pods: Api<Pod> = Api::namespaced(w.client.clone(), NS);
+        let pods: Api<Pod> = Api::default_namespaced(w.client.clone());
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("{job}-x1"), "namespace": NS, "labels": {"job-name": job}},
+            "metadata": {"name": format!("{job}-x1"), "labels": {"job-name": job}},
             "spec": {"containers": [{"name": "indexer", "image": "runtime:test"}]},
         }))
         .unwrap();
@@ -710,7 +762,7 @@ async fn finish_build(w: &World, job: &str, report: Option<serde_json::Value>) {
 
 #[tokio::test]
 async fn a_knowledge_base_builds_in_a_job_and_reports_its_generation_keeping_the_previous_one() {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_kb(&w.client, None).await;
     let kb = reconcile_kb(&w).await;
     let claim: PersistentVolumeClaim = get(&w.client, "help-index").await;
@@ -769,7 +821,7 @@ async fn a_knowledge_base_builds_in_a_job_and_reports_its_generation_keeping_the
     assert!(w.metrics.render().contains("result=\"succeeded\"} 1"));
 
     // A spec change builds again; a failure keeps generation 7 serving.
-    Api::<KnowledgeBase>::namespaced(w.client.clone(), NS)
+    Api::<KnowledgeBase>::default_namespaced(w.client.clone())
         .patch(
             "help",
             &PatchParams::default(),
@@ -806,7 +858,7 @@ async fn a_knowledge_base_builds_in_a_job_and_reports_its_generation_keeping_the
         "a failed build is not retried in a loop"
     );
     // A successful rebuild serves generation 8 and keeps 7 for switching back.
-    Api::<KnowledgeBase>::namespaced(w.client.clone(), NS)
+    Api::<KnowledgeBase>::default_namespaced(w.client.clone())
         .patch(
             "help",
             &PatchParams::default(),
@@ -861,13 +913,13 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
             Ok(Vec::new())
         }
     });
-    let w = world(source.clone());
+    let w = world(source.clone()).await;
     create_kb(&w.client, Some(1)).await;
     create_router(&w.client).await;
-    let api = Api::<Experiment>::namespaced(w.client.clone(), NS);
+    let api = Api::<Experiment>::default_namespaced(w.client.clone());
     let x: Experiment = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
-        "metadata": {"name": "rewrite", "namespace": NS},
+        "metadata": {"name": "rewrite"},
         "spec": {
             "routerRef": {"name": "frontline"}, "salt": "2026-11",
             "holdout": {"share": "10%"},
@@ -914,9 +966,10 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
     assert!(s.eta.is_some());
     let rewrite = s.per_variant.iter().find(|v| v.name == "rewrite").unwrap();
     assert!((rewrite.estimate.unwrap() + 0.06).abs() < 1e-9);
-    assert!(w.metrics.render().contains(
-        "switchboard_experiment_samples{arm=\"rewrite\",name=\"rewrite\",namespace=\"support\"} 500"
-    ));
+    assert!(w.metrics.render().contains(&format!(
+        "switchboard_experiment_samples{{arm=\"rewrite\",name=\"rewrite\",namespace=\"{}\"}} 500",
+        w.ns
+    )));
 
     // At the planned size it concludes, and the Router stops compiling it.
     units.store(1000, Ordering::Relaxed);
@@ -941,7 +994,7 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
 async fn create_kb_reading(client: &Client, claim: &str) {
     let kb: KnowledgeBase = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
-        "metadata": {"name": "help", "namespace": NS},
+        "metadata": {"name": "help"},
         "spec": {"sources": [
             {"name": "faq", "format": "Markdown", "inline": {"a.md": "# A\nanswer"}},
             {"name": "policies", "format": "Markdown", "configMap": {"name": "policy-docs"}},
@@ -952,7 +1005,7 @@ async fn create_kb_reading(client: &Client, claim: &str) {
         ]},
     }))
     .unwrap();
-    Api::<KnowledgeBase>::namespaced(client.clone(), NS)
+    Api::<KnowledgeBase>::default_namespaced(client.clone())
         .create(&PostParams::default(), &kb)
         .await
         .unwrap();
@@ -961,11 +1014,11 @@ async fn create_kb_reading(client: &Client, claim: &str) {
 async fn put_config_map(client: &Client, data: serde_json::Value, labels: serde_json::Value) {
     let cm: ConfigMap = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "policy-docs", "namespace": NS, "labels": labels},
+        "metadata": {"name": "policy-docs", "labels": labels},
         "data": data,
     }))
     .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), NS)
+    Api::<ConfigMap>::default_namespaced(client.clone())
         .patch(
             "policy-docs",
             &PatchParams::apply("test").force(),
@@ -978,11 +1031,11 @@ async fn put_config_map(client: &Client, data: serde_json::Value, labels: serde_
 async fn create_claim(client: &Client, name: &str) {
     let claim: PersistentVolumeClaim = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name},
         "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
     }))
     .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
+    Api::<PersistentVolumeClaim>::default_namespaced(client.clone())
         .create(&PostParams::default(), &claim)
         .await
         .unwrap();
@@ -991,7 +1044,7 @@ async fn create_claim(client: &Client, name: &str) {
 #[tokio::test]
 async fn config_map_sources_are_mounted_rebuild_on_content_changes_and_a_missing_one_holds_the_build()
  {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_claim(&w.client, "zendesk-exports").await;
     create_kb_reading(&w.client, "zendesk-exports").await;
 
@@ -1042,7 +1095,7 @@ async fn config_map_sources_are_mounted_rebuild_on_content_changes_and_a_missing
     };
     let run = tokio::spawn(controllers::run(
         w.ctx.clone(),
-        Some(NS.to_owned()),
+        Some(w.ns.clone()),
         futures::FutureExt::shared(Box::pin(shutdown)),
     ));
     put_config_map(
@@ -1184,7 +1237,7 @@ async fn config_map_sources_are_mounted_rebuild_on_content_changes_and_a_missing
 
 #[tokio::test]
 async fn a_missing_claim_holds_the_build() {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     put_config_map(&w.client, json!({"refunds.md": "# R"}), json!({})).await;
     create_kb_reading(&w.client, "zendesk-exports").await;
     let kb = Arc::new(get::<KnowledgeBase>(&w.client, "help").await);
@@ -1204,12 +1257,12 @@ async fn a_missing_claim_holds_the_build() {
 
 #[tokio::test]
 async fn a_router_mounts_its_endpoint_secret_and_says_when_it_or_a_shared_index_is_missing() {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_kb(&w.client, Some(3)).await;
-    let routers: Api<Router> = Api::namespaced(w.client.clone(), NS);
+    let routers: Api<Router> = Api::default_namespaced(w.client.clone());
     let r: Router = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
-        "metadata": {"name": "frontline", "namespace": NS},
+        "metadata": {"name": "frontline"},
         "spec": {
             "knowledgeBaseRef": {"name": "help"},
             "smallModel": {"model": MODEL},
@@ -1277,11 +1330,11 @@ async fn a_router_mounts_its_endpoint_secret_and_says_when_it_or_a_shared_index_
     );
 
     // A Secret without the key is still a problem; with it, the condition clears.
-    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let secrets: Api<Secret> = Api::default_namespaced(w.client.clone());
     let secret = |key: &str| -> Secret {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "llm-api", "namespace": NS},
+            "metadata": {"name": "llm-api"},
             "data": {key: "c2VjcmV0"},
         }))
         .unwrap()
@@ -1332,7 +1385,7 @@ fn patch_at(version: &str, uri: &str, sha: &str) -> AdapterPatch {
 }
 
 async fn set_artifact(w: &World, version: &str, uri: &str, sha: &str) {
-    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+    Api::<AdapterPatch>::default_namespaced(w.client.clone())
         .patch(
             "pricing",
             &PatchParams::default(),
@@ -1345,7 +1398,7 @@ async fn set_artifact(w: &World, version: &str, uri: &str, sha: &str) {
 }
 
 async fn verify_jobs(w: &World) -> Vec<Job> {
-    Api::<Job>::namespaced(w.client.clone(), NS)
+    Api::<Job>::default_namespaced(w.client.clone())
         .list(&ListParams::default().labels("switchboard.dev/adapter-patch=pricing"))
         .await
         .unwrap()
@@ -1371,11 +1424,11 @@ fn artifact_condition(
 #[tokio::test]
 async fn a_pvc_artifact_is_verified_by_a_job_mounted_into_the_runtime_and_a_mismatch_fails_the_version()
  {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_kb(&w.client, Some(1)).await;
     create_router(&w.client).await;
     let v1 = "pvc://adapters/pricing/1.0.0";
-    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+    Api::<AdapterPatch>::default_namespaced(w.client.clone())
         .create(&PostParams::default(), &patch_at("1.0.0", v1, &digest('a')))
         .await
         .unwrap();
@@ -1538,13 +1591,13 @@ async fn a_pvc_artifact_is_verified_by_a_job_mounted_into_the_runtime_and_a_mism
 #[tokio::test]
 async fn an_oci_artifact_pull_secret_is_read_by_the_check_and_mounted_into_the_runtime() {
     use k8s_openapi::ByteString;
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_kb(&w.client, Some(1)).await;
     create_router(&w.client).await;
     let uri = "oci://registry.example.com/adapters/pricing:1.0.0";
     let mut p = patch_at("1.0.0", uri, &digest('a'));
     p.spec.artifact.pull_secret_ref = Some(switchboard_crds::ObjectRef::new("registry-creds"));
-    Api::<AdapterPatch>::namespaced(w.client.clone(), NS)
+    Api::<AdapterPatch>::default_namespaced(w.client.clone())
         .create(&PostParams::default(), &p)
         .await
         .unwrap();
@@ -1560,7 +1613,7 @@ async fn an_oci_artifact_pull_secret_is_read_by_the_check_and_mounted_into_the_r
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some("registry-creds".into()),
-            namespace: Some(NS.into()),
+            namespace: Some(w.ns.clone()),
             ..Default::default()
         },
         type_: Some("kubernetes.io/dockerconfigjson".into()),
@@ -1570,7 +1623,7 @@ async fn an_oci_artifact_pull_secret_is_read_by_the_check_and_mounted_into_the_r
         )])),
         ..Secret::default()
     };
-    Api::<Secret>::namespaced(w.client.clone(), NS)
+    Api::<Secret>::default_namespaced(w.client.clone())
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
@@ -1612,14 +1665,16 @@ async fn an_oci_artifact_pull_secret_is_read_by_the_check_and_mounted_into_the_r
 async fn serve_cuped(
     store: switchboard_store::OutcomeStore,
     asked: Arc<std::sync::Mutex<Vec<String>>>,
+    router: String,
 ) -> std::net::SocketAddr {
     use axum::extract::{Path, Query, State};
     type Shared = (
         switchboard_store::OutcomeStore,
         Arc<std::sync::Mutex<Vec<String>>>,
+        String,
     );
     async fn cuped(
-        State((store, asked)): State<Shared>,
+        State((store, asked, router)): State<Shared>,
         Path(name): Path<String>,
         Query(q): Query<std::collections::BTreeMap<String, String>>,
     ) -> axum::Json<switchboard_store::CupedData> {
@@ -1627,7 +1682,7 @@ async fn serve_cuped(
         let metric = |k: &str| serde_json::from_value(json!(q[k])).unwrap();
         let data = store
             .cuped(&switchboard_store::CupedQuery {
-                router: &format!("{NS}/frontline"),
+                router: &router,
                 experiment: &name,
                 metric: metric("metric"),
                 covariate: metric("covariate"),
@@ -1641,7 +1696,7 @@ async fn serve_cuped(
     }
     let app = axum::Router::new()
         .route("/v1/experiments/{name}/cuped", axum::routing::get(cuped))
-        .with_state((store, asked));
+        .with_state((store, asked, router));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -1653,6 +1708,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
     use switchboard_policy::{Outcome, Variant};
     use switchboard_store::{Interaction, OutcomeStore};
     let start = 1_800_000_000_i64;
+    let ns = namespace().await;
     let dir = tempfile::tempdir().unwrap();
     let store = OutcomeStore::connect(&format!("sqlite://{}/o.db", dir.path().display()))
         .await
@@ -1690,7 +1746,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
                     expires_at: at + 86_400,
                     unit: Some(format!("user-{unit}")),
                     variant: Variant {
-                        router: format!("{NS}/frontline"),
+                        router: format!("{ns}/frontline"),
                         experiment: if during {
                             "rewrite".into()
                         } else {
@@ -1722,7 +1778,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
         }
     }
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let addr = serve_cuped(store, asked.clone()).await;
+    let addr = serve_cuped(store, asked.clone(), format!("{ns}/frontline")).await;
     // Prometheus' per-arm counts agree with the store.
     let source = FnSource::new(move |q| {
         let arm = ["control", "rewrite"]
@@ -1736,7 +1792,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
             _ => Ok(Vec::new()),
         }
     });
-    let w = world(source);
+    let w = world_in(ns, source).await;
     let ctx = Arc::new((*w.ctx).clone().with_outcomes(Arc::new(
         switchboard_operator::outcomes::RuntimeOutcomes::new(
             format!("http://{addr}"),
@@ -1747,7 +1803,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
     create_router(&w.client).await;
     let x: Experiment = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
-        "metadata": {"name": "rewrite", "namespace": NS},
+        "metadata": {"name": "rewrite"},
         "spec": {
             "routerRef": {"name": "frontline"}, "salt": "2026-12",
             "holdout": {"share": "0%"},
@@ -1759,7 +1815,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
         },
     }))
     .unwrap();
-    Api::<Experiment>::namespaced(w.client.clone(), NS)
+    Api::<Experiment>::default_namespaced(w.client.clone())
         .create(&PostParams::default(), &x)
         .await
         .unwrap();
@@ -1844,7 +1900,7 @@ async fn stale_documents_are_measured_on_the_routers_runtimes_and_contradictions
         Arc::new(AtomicBool::new(false)),
     );
     let source = stale_source(down.clone(), empty.clone());
-    let w = world(source.clone());
+    let w = world(source.clone()).await;
     create_kb(&w.client, Some(3)).await;
     create_router(&w.client).await;
 
@@ -1903,7 +1959,10 @@ async fn stale_documents_are_measured_on_the_routers_runtimes_and_contradictions
     assert_eq!(asked.len(), 3, "{asked:#?}");
     for q in &asked {
         assert!(
-            q.contains(r#"switchboard_runtime_config_info{router="support/frontline"}[7776000s]"#),
+            q.contains(&format!(
+                r#"switchboard_runtime_config_info{{router="{}/frontline"}}[7776000s]"#,
+                w.ns
+            )),
             "{q}"
         );
     }
@@ -1993,10 +2052,10 @@ async fn stale_documents_are_measured_on_the_routers_runtimes_and_contradictions
 
 #[tokio::test]
 async fn a_routers_outcome_store_is_shared_through_its_secret_or_flagged_per_pod() {
-    let w = world(FnSource::empty());
+    let w = world(FnSource::empty()).await;
     create_kb(&w.client, Some(1)).await;
     create_router(&w.client).await;
-    let routers = Api::<Router>::namespaced(w.client.clone(), NS);
+    let routers = Api::<Router>::default_namespaced(w.client.clone());
     let reconcile = || async {
         let r = get::<Router>(&w.client, "frontline").await;
         router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
@@ -2075,11 +2134,11 @@ async fn a_routers_outcome_store_is_shared_through_its_secret_or_flagged_per_pod
     // The Secret appears: healthy.
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "outcomes-db", "namespace": NS},
+        "metadata": {"name": "outcomes-db"},
         "stringData": {"url": "postgres://sb:pw@db:5432/switchboard"},
     }))
     .unwrap();
-    Api::<Secret>::namespaced(w.client.clone(), NS)
+    Api::<Secret>::default_namespaced(w.client.clone())
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! `ContentCovers`: the KnowledgeBase reconciler reads the coverage gaps of the runtimes of the
 //! Routers that use it (a fake outcome source standing in for `GET /v1/coverage-gaps`) against
-//! the stand-in API server, and flags the topics over `spec.coverage`'s thresholds.
+//! the real kube-apiserver (as the chart's ServiceAccount), and flags the topics over `spec.coverage`'s thresholds.
 // Fixture helpers outside #[test] fns: a bad fixture should panic loudly.
 #![allow(clippy::unwrap_used)]
 
@@ -26,23 +26,31 @@ use switchboard_operator::{
     metrics::Metrics,
     outcomes::{CoverageReport, ReportedGap},
 };
-use switchboard_testkit::apiserver::ApiServer;
-
-const NS: &str = "support";
+use switchboard_testkit::controlplane::{ControlPlane, Options};
 
 struct World {
+    /// The test's namespace.
+    ns: String,
+    /// The admin, default namespace `ns`: the test's fixtures.
     client: Client,
     ctx: Arc<Context>,
     outcomes: FixedOutcomes,
-    _server: ApiServer,
 }
 
-fn world() -> World {
-    let server = ApiServer::start().unwrap();
-    let client = server.client();
+/// A namespace of this binary's control plane (CRDs and the chart's RBAC installed); the
+/// reconciler runs as the chart's ServiceAccount.
+async fn world() -> World {
+    let plane = || ControlPlane::shared_with(&Options::without_workload_controllers());
+    let ns = tokio::task::spawn_blocking(move || {
+        plane().operator_kubeconfig();
+        plane().namespace("coverage")
+    })
+    .await
+    .unwrap();
+    let client = plane().admin_client(&ns).await;
     let outcomes = FixedOutcomes::default();
     let ctx = Context::new(
-        client.clone(),
+        plane().operator_client(&ns).await,
         Some("test".to_owned()),
         Arc::new(Metrics::new()),
         Arc::new(FnSource::empty()),
@@ -58,18 +66,18 @@ fn world() -> World {
     )
     .with_outcomes(Arc::new(outcomes.clone()));
     World {
+        ns,
         client,
         ctx: Arc::new(ctx),
         outcomes,
-        _server: server,
     }
 }
 
 async fn create(client: &Client) {
-    let kbs: Api<KnowledgeBase> = Api::namespaced(client.clone(), NS);
+    let kbs: Api<KnowledgeBase> = Api::default_namespaced(client.clone());
     let kb: KnowledgeBase = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
-        "metadata": {"name": "help", "namespace": NS},
+        "metadata": {"name": "help"},
         "spec": {
             "sources": [{"name": "faq", "format": "Markdown", "inline": {"a.md": "# A\nanswer"}}],
             "coverage": {"window": "72h", "minQueries": 4, "minShare": "2%"},
@@ -84,10 +92,10 @@ async fn create(client: &Client) {
     )
     .await
     .unwrap();
-    let routers: Api<Router> = Api::namespaced(client.clone(), NS);
+    let routers: Api<Router> = Api::default_namespaced(client.clone());
     let r: Router = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
-        "metadata": {"name": "frontline", "namespace": NS},
+        "metadata": {"name": "frontline"},
         "spec": {
             "knowledgeBaseRef": {"name": "help"},
             "smallModel": {"model": "/models/smollm2.gguf"},
@@ -99,7 +107,7 @@ async fn create(client: &Client) {
 }
 
 async fn reconcile(w: &World) -> KnowledgeBaseStatus {
-    let kbs: Api<KnowledgeBase> = Api::namespaced(w.client.clone(), NS);
+    let kbs: Api<KnowledgeBase> = Api::default_namespaced(w.client.clone());
     let kb = kbs.get("help").await.unwrap();
     knowledge_base::reconcile(Arc::new(kb), w.ctx.clone())
         .await
@@ -124,7 +132,7 @@ fn gap(query: &str, volume: u64, share: f64) -> ReportedGap {
 }
 
 async fn warnings(client: &Client) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), NS)
+    Api::<Event>::default_namespaced(client.clone())
         .list(&ListParams::default())
         .await
         .unwrap()
@@ -137,7 +145,8 @@ async fn warnings(client: &Client) -> Vec<String> {
 
 #[tokio::test]
 async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
-    let w = world();
+    let w = world().await;
+    let router = format!("{}/frontline", w.ns);
     create(&w.client).await;
 
     // The runtime cannot be reached: Unknown, naming the Router, nothing listed.
@@ -148,7 +157,7 @@ async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
         ("Unknown", reasons::COVERAGE_UNAVAILABLE)
     );
     assert!(
-        covers.message.contains("Router support/frontline")
+        covers.message.contains(&format!("Router {router}"))
             && covers.message.contains("connection refused"),
         "{}",
         covers.message
@@ -164,13 +173,18 @@ async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
             asked[0].window,
             asked[0].min_queries
         ),
-        ("support", "frontline", Duration::from_secs(72 * 3600), 4)
+        (
+            w.ns.as_str(),
+            "frontline",
+            Duration::from_secs(72 * 3600),
+            4
+        )
     );
 
     // The runtime reports a payroll topic (12 queries, 3% of all): a gap. A topic below the
     // minimum share (1%) and one below the minimum count (3 queries) are not.
     w.outcomes.set_coverage(
-        "support/frontline",
+        &router,
         Ok(CoverageReport {
             interactions: 400,
             signals: 40,
@@ -204,13 +218,7 @@ async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
             top.share.as_str(),
             top.escalated
         ),
-        (
-            "support/frontline",
-            "Can Ledgerly run payroll?",
-            12,
-            "3%",
-            6
-        )
+        (router.as_str(), "Can Ledgerly run payroll?", 12, "3%", 6)
     );
     assert_eq!(top.examples.len(), 3, "capped: {:?}", top.examples);
     assert_eq!(
@@ -229,10 +237,8 @@ async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
     ));
 
     // The runtime goes away: Unknown, the last list stays.
-    w.outcomes.set_coverage(
-        "support/frontline",
-        Err("HTTP 503: store unavailable".into()),
-    );
+    w.outcomes
+        .set_coverage(&router, Err("HTTP 503: store unavailable".into()));
     let s = reconcile(&w).await;
     let covers = find_condition(&s.conditions, cond::CONTENT_COVERS).unwrap();
     assert_eq!(covers.status, "Unknown");
@@ -242,7 +248,7 @@ async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
 
     // Content was added: no gap left.
     w.outcomes.set_coverage(
-        "support/frontline",
+        &router,
         Ok(CoverageReport {
             interactions: 500,
             signals: 6,

@@ -125,7 +125,9 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "Service",
                 "ServiceAccount",
             ],
+            // The aggregated view/edit ClusterRoles are people's, not the operator's.
             _ => &[
+                "ClusterRole",
                 "ConfigMap",
                 "CustomResourceDefinition",
                 "Deployment",
@@ -369,7 +371,12 @@ fn the_operator_pod_is_locked_down() {
 #[test]
 fn a_watched_namespace_gets_a_role_not_a_cluster_role() {
     let objects = render(&["--set", "operator.watchNamespace=support"]);
-    assert!(!objects.iter().any(|o| kind(o) == "ClusterRole"));
+    assert!(
+        !objects
+            .iter()
+            .any(|o| kind(o) == "ClusterRole" && !aggregated(o)),
+        "the operator gets no ClusterRole"
+    );
     let role = objects
         .iter()
         .find(|o| kind(o) == "Role" && o["metadata"]["namespace"].as_str() == Some("support"))
@@ -565,9 +572,11 @@ fn rendered_rbac_is_exactly_what_the_operator_declares() {
         .collect();
     for (set, values) in VALUE_SETS {
         let objects = render(values);
+        // The operator's roles; the aggregated ones are people's (checked on the real
+        // apiserver below).
         let roles: Vec<&Value> = objects
             .iter()
-            .filter(|o| matches!(kind(o), "ClusterRole" | "Role"))
+            .filter(|o| matches!(kind(o), "ClusterRole" | "Role") && !aggregated(o))
             .collect();
         let all: Vec<PolicyRule> = roles.iter().flat_map(|r| rules_of(r)).collect();
         assert_eq!(permissions(&all), declared, "{set}");
@@ -606,6 +615,18 @@ spec:
 "#,
         singular = kind.to_lowercase()
     )
+}
+
+/// A role whose rules Kubernetes aggregates into its default user-facing roles.
+fn aggregated(object: &Value) -> bool {
+    object["metadata"]["labels"]
+        .as_mapping()
+        .is_some_and(|labels| {
+            labels.keys().any(|k| {
+                k.as_str()
+                    .is_some_and(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            })
+        })
 }
 
 /// `kubectl auth can-i` as `user` in `namespace`.
@@ -787,4 +808,67 @@ fn the_chart_installs_and_upgrades_on_the_real_apiserver() {
         !can_i(plane, &user, "watch", "routers.switchboard.dev", "default"),
         "with watchNamespace: support the operator may not read other namespaces"
     );
+
+    // People bound to the default roles in `support` get the four kinds through aggregation
+    // (kube-controller-manager's clusterrole-aggregation controller): `view` reads them and
+    // their status, `edit` also writes them; neither writes status, the operator's own.
+    for (user, role) in [("viewer", "view"), ("editor", "edit")] {
+        plane
+            .kubectl(&[
+                "create",
+                "rolebinding",
+                &format!("{user}-{role}"),
+                &format!("--clusterrole={role}"),
+                &format!("--user={user}"),
+                "-n",
+                "support",
+            ])
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !can_i(
+        plane,
+        "editor",
+        "create",
+        "adapterpatches.switchboard.dev",
+        "support",
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit role never gained the four kinds"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    for plural in ["knowledgebases", "adapterpatches", "routers", "experiments"] {
+        let resource = format!("{plural}.switchboard.dev");
+        let status = format!("{resource}/status");
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                can_i(plane, "viewer", verb, &resource, "support"),
+                "viewer {verb} {resource}"
+            );
+        }
+        assert!(
+            can_i(plane, "viewer", "get", &status, "support"),
+            "viewer get {status}"
+        );
+        for verb in ["create", "patch", "delete"] {
+            assert!(
+                !can_i(plane, "viewer", verb, &resource, "support"),
+                "viewer may {verb} {resource}"
+            );
+            assert!(
+                can_i(plane, "editor", verb, &resource, "support"),
+                "editor {verb} {resource}"
+            );
+        }
+        assert!(
+            !can_i(plane, "editor", "patch", &status, "support"),
+            "editor may patch {status}"
+        );
+        assert!(
+            !can_i(plane, "viewer", "list", &resource, "default"),
+            "viewer outside its namespace"
+        );
+    }
 }

@@ -7,14 +7,69 @@
 //!
 //! One control plane per test binary ([`ControlPlane::shared`]), started on first use and stopped
 //! when the test process ends (the script watches this process, so a killed test binary does not
-//! leave servers behind). Tests isolate themselves by namespace.
+//! leave servers behind). Tests isolate themselves by namespace ([`ControlPlane::namespace`]).
+//!
+//! On it, [`ControlPlane::install_crds`] installs the generated CRDs and
+//! [`ControlPlane::operator_kubeconfig`] the chart's ServiceAccount and RBAC (rendered by `helm
+//! template` from `charts/switchboard`), with a kubeconfig holding a token of that ServiceAccount:
+//! the operator under test is refused whatever the chart does not grant it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::process::{Process, workspace_root};
+
+/// The chart's release the tests install (ServiceAccount, RBAC): namespace and release name.
+pub const OPERATOR_NAMESPACE: &str = "switchboard-system";
+/// The chart's release name in tests; the operator's ServiceAccount is `<release>-operator`.
+pub const RELEASE: &str = "switchboard";
+/// The ServiceAccount the chart creates for the operator (release `switchboard`).
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "switchboard-operator";
+
+/// What runs in a control plane.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// kube-controller-manager controllers to leave off (`--controllers=*,-<name>...`). Controller
+    /// tests that play the workload controllers themselves (writing a Job's status as the Job
+    /// controller would) turn those off, the way envtest runs without any controller manager.
+    pub disabled_controllers: Vec<String>,
+}
+
+impl Options {
+    /// Everything kube-controller-manager runs by default (Deployments, ReplicaSets, Jobs,
+    /// garbage collection, namespaces, ServiceAccounts...).
+    pub fn all_controllers() -> Self {
+        Self::default()
+    }
+
+    /// Without the workload controllers (Deployments, ReplicaSets, Jobs, CronJobs, StatefulSets,
+    /// DaemonSets): the test writes their status. Garbage collection, namespaces and
+    /// ServiceAccounts still run.
+    pub fn without_workload_controllers() -> Self {
+        Self {
+            disabled_controllers: [
+                "deployment-controller",
+                "replicaset-controller",
+                "job-controller",
+                "cronjob-controller",
+                "statefulset-controller",
+                "daemonset-controller",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        }
+    }
+
+    fn controllers_flag(&self) -> String {
+        std::iter::once("*".to_owned())
+            .chain(self.disabled_controllers.iter().map(|c| format!("-{c}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
 
 /// A running control plane.
 #[derive(Debug)]
@@ -23,6 +78,9 @@ pub struct ControlPlane {
     dir: PathBuf,
     apiserver_url: String,
     version: String,
+    options: Options,
+    crds: OnceLock<()>,
+    operator: Mutex<Option<PathBuf>>,
 }
 
 fn bin_dir() -> PathBuf {
@@ -43,7 +101,7 @@ impl ControlPlane {
     /// Starts a control plane in `dir` (created; must not exist or be empty) and waits until the
     /// apiserver's `/readyz` and the controller manager's `/healthz` answer. A component that
     /// does not come up fails with the tail of its log.
-    pub fn start(dir: &Path) -> Result<Self, String> {
+    pub fn start(dir: &Path, options: &Options) -> Result<Self, String> {
         if !Self::available() {
             return Err(format!(
                 "no control plane binaries in {}: run `hack/setup.sh controlplane`",
@@ -57,7 +115,8 @@ impl ControlPlane {
             .arg(dir)
             .env("CONTROLPLANE_BIN", bin_dir())
             .env("CONTROLPLANE_WATCH_PID", std::process::id().to_string())
-            .env("CONTROLPLANE_REMOVE_DIR", "1");
+            .env("CONTROLPLANE_REMOVE_DIR", "1")
+            .env("CONTROLPLANE_CONTROLLERS", options.controllers_flag());
         // The script's own log beside DIR (DIR itself must start empty).
         let log_name = format!(
             "{}.start",
@@ -99,6 +158,9 @@ impl ControlPlane {
             dir: dir.to_owned(),
             apiserver_url: value("APISERVER_URL")?,
             version: String::new(),
+            options: options.clone(),
+            crds: OnceLock::new(),
+            operator: Mutex::new(None),
         };
         let version = plane.kubectl(&["version", "-o", "json"])?;
         let version: serde_json::Value =
@@ -110,14 +172,21 @@ impl ControlPlane {
         Ok(plane)
     }
 
-    /// The control plane of this test binary, started on first use; prints the apiserver's
-    /// version once. Panics with the setup command when the binaries are missing.
+    /// The control plane of this test binary with every controller, started on first use;
+    /// prints the apiserver's version once. Panics with the setup command when the binaries are
+    /// missing.
     pub fn shared() -> &'static Self {
+        Self::shared_with(&Options::all_controllers())
+    }
+
+    /// The control plane of this test binary, started on first use with `options`; every call in
+    /// one binary must ask for the same options.
+    pub fn shared_with(options: &Options) -> &'static Self {
         static PLANE: OnceLock<ControlPlane> = OnceLock::new();
-        PLANE.get_or_init(|| {
+        let plane = PLANE.get_or_init(|| {
             let dir = std::env::temp_dir()
                 .join(format!("switchboard-controlplane-{}", std::process::id()));
-            let plane = Self::start(&dir).unwrap_or_else(|e| panic!("{e}"));
+            let plane = Self::start(&dir, options).unwrap_or_else(|e| panic!("{e}"));
             // Straight to stderr, past libtest's capture: the run's log shows, once per test
             // binary, which API server its tests met.
             use std::io::Write;
@@ -128,7 +197,12 @@ impl ControlPlane {
                 plane.url()
             );
             plane
-        })
+        });
+        assert_eq!(
+            &plane.options, options,
+            "one control plane per test binary: every test must ask for the same options"
+        );
+        plane
     }
 
     /// kube-apiserver's `gitVersion` (`/version`).
@@ -172,4 +246,163 @@ impl ControlPlane {
             ))
         }
     }
+}
+
+/// Names unique within this test binary (one control plane per binary).
+static NEXT_NAME: AtomicU32 = AtomicU32::new(0);
+
+impl ControlPlane {
+    /// Installs the generated CRDs (`crds/yaml`, server-side apply) once per control plane and
+    /// waits until they are Established.
+    pub fn install_crds(&self) {
+        self.crds.get_or_init(|| {
+            let crds = workspace_root().join("crds/yaml");
+            self.kubectl(&["apply", "--server-side", "-f", &crds.to_string_lossy()])
+                .unwrap_or_else(|e| panic!("the generated CRDs are refused: {e}"));
+            self.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=120s",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        });
+    }
+
+    /// A new namespace `<prefix>-<n>` (unique in this control plane), once its `default`
+    /// ServiceAccount exists (pods are refused until the ServiceAccount controller made it).
+    pub fn namespace(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", NEXT_NAME.fetch_add(1, Ordering::Relaxed));
+        self.kubectl(&["create", "namespace", &name])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self
+            .kubectl(&[
+                "get",
+                "serviceaccount",
+                "default",
+                "-n",
+                &name,
+                "-o",
+                "name",
+            ])
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "namespace {name}: no default ServiceAccount after 60s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        name
+    }
+
+    /// The operator's identity as the chart installs it: the chart's ServiceAccount and RBAC
+    /// (`helm template charts/switchboard --show-only` the ServiceAccount and RBAC templates,
+    /// default values: a ClusterRole, and a Role for the leader Lease in
+    /// [`OPERATOR_NAMESPACE`]) applied once per control plane, and a kubeconfig with a token of
+    /// that ServiceAccount (`kubectl create token`). Also installs the CRDs.
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        self.install_crds();
+        let mut operator = self
+            .operator
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(path) = operator.as_ref() {
+            return path.clone();
+        }
+        let root = workspace_root();
+        let helm = root.join(".cache/bin/helm");
+        let out = Command::new(&helm)
+            .current_dir(root.join("charts/switchboard"))
+            .args([
+                "template",
+                RELEASE,
+                ".",
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--show-only",
+                "templates/serviceaccount.yaml",
+                "--show-only",
+                "templates/rbac.yaml",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("{} (run `hack/setup.sh tools`): {e}", helm.display()));
+        assert!(
+            out.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = self.dir.join("operator-rbac.yaml");
+        std::fs::write(&rendered, &out.stdout).unwrap_or_else(|e| panic!("{e}"));
+        if self
+            .kubectl(&["get", "namespace", OPERATOR_NAMESPACE, "-o", "name"])
+            .is_err()
+        {
+            self.kubectl(&["create", "namespace", OPERATOR_NAMESPACE])
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        self.kubectl(&["apply", "--server-side", "-f", &rendered.to_string_lossy()])
+            .unwrap_or_else(|e| panic!("the chart's RBAC is refused: {e}"));
+        let token = self
+            .kubectl(&[
+                "create",
+                "token",
+                OPERATOR_SERVICE_ACCOUNT,
+                "-n",
+                OPERATOR_NAMESPACE,
+                "--duration=24h",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "controlplane", "cluster": {
+                "server": self.url(),
+                "certificate-authority": self.dir.join("pki/ca.crt"),
+            }}],
+            "users": [{"name": OPERATOR_SERVICE_ACCOUNT, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "operator", "context": {
+                "cluster": "controlplane", "user": OPERATOR_SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE,
+            }}],
+            "current-context": "operator",
+        });
+        let path = self.dir.join("operator.kubeconfig");
+        std::fs::write(
+            &path,
+            serde_yaml::to_string(&kubeconfig).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        *operator = Some(path.clone());
+        path
+    }
+
+    /// A kube client of the admin (`system:masters`) whose default namespace is `namespace`:
+    /// what the test itself does, as a user would with kubectl (`Api::default_namespaced`).
+    /// Must be called inside a tokio runtime.
+    pub async fn admin_client(&self, namespace: &str) -> kube::Client {
+        client_from(&self.kubeconfig(), namespace).await
+    }
+
+    /// A kube client authenticated as the operator's ServiceAccount under the chart's RBAC
+    /// ([`Self::operator_kubeconfig`]), default namespace `namespace`.
+    pub async fn operator_client(&self, namespace: &str) -> kube::Client {
+        let path = self.operator_kubeconfig();
+        client_from(&path, namespace).await
+    }
+}
+
+/// A kube client from a kubeconfig file (its current context), default namespace `namespace`.
+pub async fn client_from(path: &Path, namespace: &str) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    namespace.clone_into(&mut config.default_namespace);
+    kube::Client::try_from(config).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -135,6 +135,11 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     fn exited_error(&mut self) -> Option<String> {
         match self.child.try_wait() {
             Ok(Some(status)) => Some(format!(
