@@ -67,6 +67,7 @@ helm upgrade --install switchboard charts/switchboard \
   --set image.repository=switchboard-operator --set image.tag="$TAG" --set image.pullPolicy=Never \
   --set runtimeImage.repository=switchboard-runtime --set runtimeImage.tag="$TAG" \
   --set operator.extraArgs='{--analysis-interval=10s}' \
+  --set "rbac.secretNamespaces={$NS}" \
   --wait --timeout "${TIMEOUT}s"
 
 log "waiting for the CRDs and the operator"

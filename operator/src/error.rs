@@ -5,6 +5,9 @@ use switchboard_crds::{ValidationErrors, conditions::reasons};
 
 use crate::compile::CompileError;
 
+/// Condition reason, metric label and Event reason of [`Error::SecretAccessNotGranted`].
+pub const SECRET_ACCESS_NOT_GRANTED: &str = "SecretAccessNotGranted";
+
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,6 +21,19 @@ pub enum Error {
         /// The client error.
         #[source]
         source: Box<kube::Error>,
+    },
+    /// The operator may not read or create a Secret in this namespace: Secret access is granted
+    /// per namespace by binding the chart's `<release>-operator-secrets` ClusterRole.
+    #[error(
+        "the operator may not {verb} Secret {namespace}/{name}: Secret access is granted per namespace by its owner; bind the chart's ClusterRole `<release>-operator-secrets` to the operator's ServiceAccount in {namespace} (Helm value rbac.secretNamespaces, or `kubectl create rolebinding`; docs/install.md)"
+    )]
+    SecretAccessNotGranted {
+        /// `get` or `create`.
+        verb: &'static str,
+        /// The namespace without the grant.
+        namespace: String,
+        /// The Secret.
+        name: String,
     },
     /// The spec breaks a rule admission could not check.
     #[error("{object}: {source}")]
@@ -64,6 +80,19 @@ impl Error {
         }
     }
 
+    /// Wraps a client error of `verb` on Secret `namespace/name`: a 403 is
+    /// [`Error::SecretAccessNotGranted`], naming the grant that is missing.
+    pub fn secret(verb: &'static str, namespace: &str, name: &str, source: kube::Error) -> Self {
+        match &source {
+            kube::Error::Api(status) if status.code == 403 => Self::SecretAccessNotGranted {
+                verb,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => Self::kube(verb, format!("Secret {namespace}/{name}"), source),
+        }
+    }
+
     /// Short CamelCase label for metrics (`reason` label), conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -74,6 +103,7 @@ impl Error {
                 kube::Error::Api(_) => "ApiError",
                 _ => "ApiUnreachable",
             },
+            Self::SecretAccessNotGranted { .. } => SECRET_ACCESS_NOT_GRANTED,
             Self::InvalidSpec { .. } => reasons::INVALID_SPEC,
             Self::ReferenceNotFound { .. } => reasons::REFERENCE_NOT_FOUND,
             Self::Compile(e) => e.reason(),

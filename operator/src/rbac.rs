@@ -1,5 +1,8 @@
-//! The RBAC rules the controllers need — exactly the API calls they make. The Helm chart's
-//! ClusterRole is written from [`RBAC_RULES`], and a test compares the two.
+//! The RBAC rules the controllers need — exactly the API calls they make. The Helm chart's roles
+//! are written from [`RBAC_RULES`], and a test compares the two. Where each rule is granted is
+//! [`Grant`]: most in every watched namespace (a ClusterRole, or a Role when the operator watches
+//! one namespace), the Lease in the leader-election namespace, and Secrets only in the
+//! namespaces whose owners bind the chart's `<release>-operator-secrets` ClusterRole.
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
@@ -103,9 +106,10 @@ pub const RBAC_RULES: &[Rule] = &[
         resource: "deployments",
         verbs: OWN,
     },
-    // The interaction-token key: created once, never read back beyond metadata. The Secret a
-    // Router's large-model endpoint names is read to check that it has its key (no list or watch:
-    // the operator never sees Secrets it is not pointed at).
+    // The interaction-token key: created once, never read back beyond metadata. The Secrets a
+    // Router (endpoint key, outcome store URL) or an AdapterPatch (registry credentials) names are
+    // read to check them (no list or watch: the operator never sees Secrets it is not pointed
+    // at). Granted per namespace by its owner (`Grant::PerNamespace`), never cluster-wide.
     Rule {
         api_group: "",
         resource: "secrets",
@@ -142,6 +146,29 @@ pub const RBAC_RULES: &[Rule] = &[
         verbs: &["get", "create", "update"],
     },
 ];
+
+/// Where a rule is granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// Every namespace the operator watches (the ClusterRole, or the watched namespace's Role).
+    Watched,
+    /// The leader-election namespace only (a Role).
+    LeaderElection,
+    /// Only namespaces whose owner grants it (a RoleBinding to the `<release>-operator-secrets`
+    /// ClusterRole); the watched namespace's Role when the operator watches one namespace.
+    PerNamespace,
+}
+
+impl Rule {
+    /// Where this rule is granted.
+    pub fn grant(&self) -> Grant {
+        match (self.api_group, self.resource) {
+            ("coordination.k8s.io", "leases") => Grant::LeaderElection,
+            ("", "secrets") => Grant::PerNamespace,
+            _ => Grant::Watched,
+        }
+    }
+}
 
 /// The rules as RBAC `PolicyRule`s (one per resource, in [`RBAC_RULES`] order).
 pub fn policy_rules() -> Vec<PolicyRule> {
@@ -187,5 +214,11 @@ mod tests {
             ));
         }
         assert_eq!(policy_rules().len(), RBAC_RULES.len());
+        let per_namespace: Vec<&str> = RBAC_RULES
+            .iter()
+            .filter(|r| r.grant() == Grant::PerNamespace)
+            .map(|r| r.resource)
+            .collect();
+        assert_eq!(per_namespace, ["secrets"]);
     }
 }

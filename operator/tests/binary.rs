@@ -48,7 +48,9 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
     let (plane, ns, kubeconfig) = tokio::task::spawn_blocking(|| {
         let plane = ControlPlane::shared();
         let kubeconfig = plane.operator_kubeconfig();
-        (plane, plane.namespace("operator"), kubeconfig)
+        let ns = plane.namespace("operator");
+        plane.grant_operator_secrets(&ns);
+        (plane, ns, kubeconfig)
     })
     .await
     .unwrap();

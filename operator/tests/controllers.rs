@@ -67,12 +67,13 @@ struct World {
     metrics: Arc<Metrics>,
 }
 
-/// The control plane of this binary (CRDs and the chart's RBAC installed) and a new namespace.
+/// The control plane of this binary (CRDs and the chart's RBAC installed) and a new namespace
+/// whose owner granted the operator Secrets.
 async fn namespace() -> String {
     tokio::task::spawn_blocking(|| {
-        let plane = plane();
-        plane.operator_kubeconfig();
-        plane.namespace("ctl")
+        let ns = plane().namespace("ctl");
+        plane().grant_operator_secrets(&ns);
+        ns
     })
     .await
     .unwrap()
@@ -257,6 +258,66 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
     assert_eq!(again.data, token.data);
     let cm2: ConfigMap = get(&w.client, "frontline-runtime").await;
     assert_eq!(cm2.data, cm.data);
+}
+
+#[tokio::test]
+async fn secrets_are_used_only_where_the_namespaces_owner_granted_them() {
+    // A namespace whose owner has not bound the chart's Secrets ClusterRole: the operator, under
+    // the chart's RBAC, may not create the Router's token key there, and says so (what to bind,
+    // where) instead of a bare 403; nothing else is lost.
+    let ns = tokio::task::spawn_blocking(|| plane().namespace("nogrant"))
+        .await
+        .unwrap();
+    let w = world_in(ns.clone(), FnSource::empty()).await;
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let r = Arc::new(get::<Router>(&w.client, "frontline").await);
+    let err = router::reconcile(r.clone(), w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "SecretAccessNotGranted");
+    let degraded = find_condition(
+        &get::<Router>(&w.client, "frontline")
+            .await
+            .status
+            .unwrap()
+            .conditions,
+        cond::DEGRADED,
+    )
+    .unwrap()
+    .clone();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "SecretAccessNotGranted")
+    );
+    for needle in [
+        format!("Secret {ns}/frontline-runtime-token"),
+        "operator-secrets".to_owned(),
+        "rbac.secretNamespaces".to_owned(),
+    ] {
+        assert!(
+            degraded.message.contains(&needle),
+            "{needle}: {}",
+            degraded.message
+        );
+    }
+    assert!(
+        Api::<Secret>::default_namespaced(w.client.clone())
+            .get_opt("frontline-runtime-token")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The owner grants it: the next reconcile creates the key and the runtime's children.
+    let granted = ns.clone();
+    tokio::task::spawn_blocking(move || plane().grant_operator_secrets(&granted))
+        .await
+        .unwrap();
+    let r = Arc::new(get::<Router>(&w.client, "frontline").await);
+    router::reconcile(r, w.ctx.clone()).await.unwrap();
+    let _: Secret = get(&w.client, "frontline-runtime-token").await;
+    let _: Deployment = get(&w.client, "frontline-runtime").await;
 }
 
 #[tokio::test]

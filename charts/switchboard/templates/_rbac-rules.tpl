@@ -5,6 +5,9 @@ The operator's permissions, exact resources and verbs, no wildcards. This is a c
 
 "switchboard.rbac.rules": what the controllers read and write in the namespaces they watch
 (a ClusterRole, or a Role when operator.watchNamespace is set).
+"switchboard.rbac.secretRules": Secrets, granted per namespace by its owner (a RoleBinding to the
+`<release>-operator-secrets` ClusterRole; rbac.secretNamespaces), never cluster-wide; part of the
+Role when operator.watchNamespace is set.
 "switchboard.rbac.leaderElectionRules": the Lease, in the leader-election namespace only.
 */}}
 {{- define "switchboard.rbac.rules" -}}
@@ -34,11 +37,6 @@ The operator's permissions, exact resources and verbs, no wildcards. This is a c
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# The interaction-token key of each Router: created once, read back for its metadata. The Secret a
-# Router's large-model endpoint names is read to check it has its key (no list/watch).
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "create"]
 # Index build Jobs (old ones are deleted) and their pods (the build report is the termination message).
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -49,6 +47,15 @@ The operator's permissions, exact resources and verbs, no wildcards. This is a c
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{- define "switchboard.rbac.secretRules" -}}
+# The interaction-token key of each Router: created once, read back for its metadata. The Secrets a
+# Router (endpoint key, outcome store URL) or an AdapterPatch (registry credentials) names are read
+# to check them (no list/watch: the operator never sees Secrets it is not pointed at).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 {{- end }}
 
 {{- define "switchboard.rbac.leaderElectionRules" -}}

@@ -290,7 +290,7 @@ async fn pull_credentials(
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| Error::kube("get", format!("Secret {namespace}/{name}"), e))?;
+        .map_err(|e| Error::secret("get", namespace, name, e))?;
     let uri = &patch.spec.artifact.uri;
     let Some(secret) = secret else {
         return Ok(Err(unavailable(format!(

@@ -309,11 +309,10 @@ async fn ensure_token_secret(
 ) -> Result<()> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret_name = token_secret_name(name);
-    let object = format!("Secret {namespace}/{secret_name}");
     if api
         .get_metadata_opt(&secret_name)
         .await
-        .map_err(|e| Error::kube("get", object.clone(), e))?
+        .map_err(|e| Error::secret("get", namespace, &secret_name, e))?
         .is_some()
     {
         return Ok(());
@@ -324,7 +323,7 @@ async fn ensure_token_secret(
     })?;
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(secret_name),
+            name: Some(secret_name.clone()),
             namespace: Some(namespace.to_owned()),
             labels: Some(build::labels(name)),
             owner_references: Some(router.controller_owner_ref(&()).into_iter().collect()),
@@ -341,7 +340,7 @@ async fn ensure_token_secret(
         Ok(_) => Ok(()),
         // Another writer won the race: its key stands.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube("create", object, e)),
+        Err(e) => Err(Error::secret("create", namespace, &secret_name, e)),
     }
 }
 
@@ -358,7 +357,7 @@ async fn secret_key_problem(
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| Error::kube("get", format!("Secret {namespace}/{name}"), e))?;
+        .map_err(|e| Error::secret("get", namespace, name, e))?;
     let has_key = |s: &Secret| {
         s.data
             .as_ref()

@@ -18,7 +18,7 @@ use switchboard_chart_tests::{
     VALUE_SETS, alert_expressions, chart_dir, dashboard_expressions, documented_metric_names, helm,
     kind, metric_names, name, render, root, rule_groups, tool,
 };
-use switchboard_operator::rbac::RBAC_RULES;
+use switchboard_operator::rbac::{Grant, RBAC_RULES};
 
 /// Deserializes `object` as `T` and serializes it back: the two must be equal, so a misspelled
 /// or misplaced field (which a typed client would drop) fails the test.
@@ -580,15 +580,79 @@ fn rendered_rbac_is_exactly_what_the_operator_declares() {
             .collect();
         let all: Vec<PolicyRule> = roles.iter().flat_map(|r| rules_of(r)).collect();
         assert_eq!(permissions(&all), declared, "{set}");
-        // The Lease is granted in the leader-election namespace only.
+        // The Lease is granted in the leader-election namespace only; Secrets never through a
+        // ClusterRoleBinding: the `-secrets` ClusterRole is bound per namespace, or (one watched
+        // namespace) they are in that namespace's Role.
         for role in roles {
-            let leases = permissions(&rules_of(role))
-                .keys()
-                .any(|(_, resource)| resource == "leases");
+            let granted = permissions(&rules_of(role));
+            let leases = granted.keys().any(|(_, resource)| resource == "leases");
             let leader_role = name(role).ends_with("-leader-election");
             assert_eq!(leases, leader_role, "{set}: {}", name(role));
+            let secrets = granted.keys().any(|(_, resource)| resource == "secrets");
+            if kind(role) == "ClusterRole" {
+                assert_eq!(
+                    secrets,
+                    name(role).ends_with("-secrets"),
+                    "{set}: {}",
+                    name(role)
+                );
+            }
+        }
+        for binding in objects.iter().filter(|o| kind(o) == "ClusterRoleBinding") {
+            let role = binding["roleRef"]["name"].as_str().unwrap_or_default();
+            assert!(
+                !role.ends_with("-secrets"),
+                "{set}: Secrets bound cluster-wide"
+            );
         }
     }
+}
+
+#[test]
+fn secrets_are_granted_only_in_the_listed_namespaces() {
+    let objects = render(&["--set", "rbac.secretNamespaces={support,billing}"]);
+    let bound: Vec<(&str, &str)> = objects
+        .iter()
+        .filter(|o| kind(o) == "RoleBinding" && name(o).ends_with("-secrets"))
+        .map(|o| {
+            (
+                o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                o["roleRef"]["name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bound,
+        [
+            ("support", "switchboard-operator-secrets"),
+            ("billing", "switchboard-operator-secrets")
+        ]
+    );
+    let role = objects
+        .iter()
+        .find(|o| kind(o) == "ClusterRole" && name(o) == "switchboard-operator-secrets")
+        .expect("the Secrets ClusterRole");
+    let granted = permissions(&rules_of(role));
+    assert_eq!(
+        granted.keys().collect::<Vec<_>>(),
+        [&(String::new(), "secrets".to_owned())]
+    );
+    // Names a values file could get wrong are refused at install time.
+    let output = Command::new(tool("helm"))
+        .current_dir(chart_dir())
+        .args([
+            "template",
+            "x",
+            ".",
+            "--set",
+            "rbac.secretNamespaces={Support}",
+        ])
+        .output()
+        .expect("helm");
+    assert!(
+        !output.status.success(),
+        "an invalid namespace name passed the schema"
+    );
 }
 
 // --- The chart on the real kube-apiserver ------------------------------------------------------
@@ -717,12 +781,21 @@ fn the_chart_installs_and_upgrades_on_the_real_apiserver() {
         } else {
             format!("{plural}.{}{subresource}", rule.api_group)
         };
-        // Leases in the release's namespace (leader election), the rest anywhere (default
-        // values watch every namespace).
-        let namespace = if rule.resource == "leases" {
-            "switchboard-system"
-        } else {
-            "support"
+        // Leases in the release's namespace (leader election), Secrets nowhere until a
+        // namespace's owner grants them, the rest anywhere (default values watch every
+        // namespace).
+        let namespace = match rule.grant() {
+            Grant::LeaderElection => "switchboard-system",
+            Grant::PerNamespace => {
+                for verb in rule.verbs {
+                    assert!(
+                        !can_i(plane, &user, verb, &resource, "support"),
+                        "{user} may {verb} {resource} in support without a grant"
+                    );
+                }
+                continue;
+            }
+            Grant::Watched => "support",
         };
         for verb in rule.verbs {
             if !can_i(plane, &user, verb, &resource, namespace) {
@@ -731,6 +804,37 @@ fn the_chart_installs_and_upgrades_on_the_real_apiserver() {
         }
     }
     assert!(denied.is_empty(), "{user} may not: {denied:#?}");
+    // A namespace's owner grants Secrets in theirs, as docs/install.md shows; other namespaces
+    // stay closed.
+    plane.kubectl(&["create", "namespace", "support"]).unwrap();
+    plane
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "switchboard-operator-secrets",
+            "-n",
+            "support",
+            "--clusterrole=switchboard-operator-secrets",
+            "--serviceaccount=switchboard-system:switchboard-operator",
+        ])
+        .unwrap();
+    for rule in RBAC_RULES
+        .iter()
+        .filter(|r| r.grant() == Grant::PerNamespace)
+    {
+        for verb in rule.verbs {
+            assert!(
+                can_i(plane, &user, verb, rule.resource, "support"),
+                "{verb} {}",
+                rule.resource
+            );
+            assert!(
+                !can_i(plane, &user, verb, rule.resource, "default"),
+                "{verb} {} in default",
+                rule.resource
+            );
+        }
+    }
     for (verb, resource) in [
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
         ("escalate", "clusterroles.rbac.authorization.k8s.io"),
@@ -746,9 +850,9 @@ fn the_chart_installs_and_upgrades_on_the_real_apiserver() {
 
     // Upgrade to every optional part: a watched namespace (a Role there, not a ClusterRole), two
     // replicas, ServiceMonitor and PrometheusRule, the dashboard ConfigMap in `monitoring`.
-    for namespace in ["support", "monitoring"] {
-        plane.kubectl(&["create", "namespace", namespace]).unwrap();
-    }
+    plane
+        .kubectl(&["create", "namespace", "monitoring"])
+        .unwrap();
     let crds = std::env::temp_dir().join(format!("monitoring-crds-{}.yaml", std::process::id()));
     std::fs::write(
         &crds,

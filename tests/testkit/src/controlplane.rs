@@ -378,6 +378,23 @@ impl ControlPlane {
         path
     }
 
+    /// What a namespace's owner does to let the operator use Secrets there (docs/install.md):
+    /// binds the chart's `switchboard-operator-secrets` ClusterRole to the operator's
+    /// ServiceAccount in `namespace`. Installs the operator's RBAC first.
+    pub fn grant_operator_secrets(&self, namespace: &str) {
+        self.operator_kubeconfig();
+        self.kubectl(&[
+            "create",
+            "rolebinding",
+            &format!("{OPERATOR_SERVICE_ACCOUNT}-secrets"),
+            "-n",
+            namespace,
+            &format!("--clusterrole={OPERATOR_SERVICE_ACCOUNT}-secrets"),
+            &format!("--serviceaccount={OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// A kube client of the admin (`system:masters`) whose default namespace is `namespace`:
     /// what the test itself does, as a user would with kubectl (`Api::default_namespaced`).
     /// Must be called inside a tokio runtime.
