@@ -13,7 +13,7 @@
 //! strings. A manifest the runtime accepts and `kubectl apply` refuses is a trap for anyone who
 //! moves from the embedded mode to a cluster or a GitOps repository, so [`check_kubectl_compatible`]
 //! refuses those documents up front, naming the line and column and the fix (quote the value).
-//! `crds/tests/examples.rs` checks the verdicts against kubectl's own parser.
+//! `crds/tests/it/examples.rs` checks the verdicts against kubectl's own parser.
 
 use std::fmt;
 

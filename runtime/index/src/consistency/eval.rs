@@ -4,7 +4,7 @@
 //! Each [`Injection`] copies a real passage (`original`, which must be found in the file `from`)
 //! into a new document `to` of another source: edited so that one value disagrees (a
 //! contradiction, whose edited value is `edited`), or reworded with the same values (a
-//! paraphrase, which must not be flagged). Used by `runtime/index/tests/consistency.rs` (hashing
+//! paraphrase, which must not be flagged). Used by `runtime/index/tests/it/consistency.rs` (hashing
 //! embedder) and the runtime's real-encoder test; the numbers are in `docs/evaluation.md`.
 
 use std::collections::BTreeSet;

@@ -1,0 +1,343 @@
+//! The RuntimeConfig compiler: selection, roles, experiments, determinism.
+
+use switchboard_crds::{
+    AdapterPatch, Experiment, KnowledgeBase, Router,
+    runtime_config::{AdapterRole, RuntimeConfig},
+};
+use switchboard_operator::compile::{CompileError, CompileInput, compile};
+
+fn router(selector: serde_json::Value) -> Router {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
+        "metadata": {"name": "helpdesk", "namespace": "support"},
+        "spec": {
+            "knowledgeBaseRef": {"name": "docs"},
+            "smallModel": {"model": "/models/smollm2", "adapterSelector": selector},
+            "largeModel": {"endpoint": {"url": "http://large:8080", "model": "big"}}
+        }
+    }))
+    .unwrap()
+}
+
+fn kb(generation: Option<i64>) -> KnowledgeBase {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
+        "metadata": {"name": "docs", "namespace": "support"},
+        "spec": {"sources": [{"name": "faq", "format": "Markdown", "inline": {"a.md": "# A"}}]},
+        "status": {"indexGeneration": generation, "previousGeneration": 1}
+    }))
+    .unwrap()
+}
+
+fn patch(
+    name: &str,
+    lineage: &str,
+    labels: serde_json::Value,
+    version: &str,
+    status: serde_json::Value,
+) -> AdapterPatch {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "AdapterPatch",
+        "metadata": {"name": name, "namespace": "support", "labels": labels,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "lineage": lineage, "baseModel": "/models/smollm2", "version": version,
+            "artifact": {"uri": format!("file:///adapters/{lineage}/{version}"),
+                         "sha256": format!("sha256:{}", "ab".repeat(32))},
+            "lora": {"rank": 8}, "domain": {"description": lineage, "exampleQueries": ["q"]}
+        },
+        "status": status
+    }))
+    .unwrap()
+}
+
+fn stable(version: &str) -> serde_json::Value {
+    serde_json::json!({"phase": "Promoted", "stableVersion": version, "candidateVersion": version,
+                       "history": [{"version": version, "sha256": format!("sha256:{}", "ab".repeat(32)), "phase": "Promoted"}]})
+}
+
+fn canary(stable: &str, candidate: &str, weight: i32, phase: &str) -> serde_json::Value {
+    serde_json::json!({"phase": phase, "stableVersion": stable, "candidateVersion": candidate,
+                       "canaryWeight": weight, "currentStep": 1,
+                       "history": [{"version": stable, "sha256": format!("sha256:{}", "cd".repeat(32)), "phase": "Promoted"},
+                                   {"version": candidate, "sha256": format!("sha256:{}", "ab".repeat(32)), "phase": phase}]})
+}
+
+fn experiment(name: &str, phase: &str, holdout: &str, overrides: serde_json::Value) -> Experiment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": name, "namespace": "support"},
+        "spec": {
+            "routerRef": {"name": "helpdesk"}, "salt": format!("{name}-salt"),
+            "holdout": {"share": holdout},
+            "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50, "overrides": overrides}],
+            "primaryMetric": {"name": "escalationRate", "direction": "Decrease"},
+            "minimumDetectableEffect": {"relative": "10%"}
+        },
+        "status": {"phase": phase}
+    }))
+    .unwrap()
+}
+
+fn run(router: &Router, adapters: &[AdapterPatch], experiments: &[Experiment]) -> RuntimeConfig {
+    compile(CompileInput {
+        router,
+        knowledge_base: &kb(Some(3)),
+        adapters,
+        experiments,
+    })
+    .unwrap()
+    .config
+}
+
+#[test]
+fn adapters_are_selected_by_labels_and_base_model() {
+    let r = router(serde_json::json!({"matchLabels": {"team": "support"},
+        "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["experimental"]}]}));
+    let mut other_base = patch(
+        "other",
+        "other",
+        serde_json::json!({"team": "support"}),
+        "1.0.0",
+        stable("1.0.0"),
+    );
+    other_base.spec.base_model = "/models/llama".into();
+    let adapters = [
+        patch(
+            "pricing",
+            "pricing",
+            serde_json::json!({"team": "support"}),
+            "1.0.0",
+            stable("1.0.0"),
+        ),
+        patch(
+            "billing",
+            "billing",
+            serde_json::json!({"team": "billing"}),
+            "1.0.0",
+            stable("1.0.0"),
+        ),
+        patch(
+            "exp",
+            "exp",
+            serde_json::json!({"team": "support", "tier": "experimental"}),
+            "1.0.0",
+            stable("1.0.0"),
+        ),
+        other_base,
+    ];
+    let compiled = compile(CompileInput {
+        router: &r,
+        knowledge_base: &kb(Some(3)),
+        adapters: &adapters,
+        experiments: &[],
+    })
+    .unwrap();
+    let lineages: Vec<_> = compiled
+        .config
+        .adapters
+        .iter()
+        .map(|a| a.lineage.as_str())
+        .collect();
+    assert_eq!(lineages, ["pricing"]);
+    assert_eq!(compiled.skipped.len(), 1);
+    assert_eq!(compiled.skipped[0].reason, "BaseModelMismatch");
+    // No selector: no adapters.
+    let mut none = router(serde_json::json!({}));
+    none.spec.small_model.adapter_selector = None;
+    assert!(run(&none, &adapters, &[]).adapters.is_empty());
+}
+
+#[test]
+fn canary_and_shadow_candidates_carry_their_weight_and_share() {
+    let r = router(serde_json::json!({}));
+    let adapters = [
+        patch(
+            "pricing",
+            "pricing",
+            serde_json::json!({}),
+            "1.1.0",
+            canary("1.0.0", "1.1.0", 25, "Canary"),
+        ),
+        patch(
+            "returns",
+            "returns",
+            serde_json::json!({}),
+            "2.1.0",
+            canary("2.0.0", "2.1.0", 0, "Shadow"),
+        ),
+    ];
+    let c = run(&r, &adapters, &[]);
+    let entries: Vec<_> = c
+        .adapters
+        .iter()
+        .map(|a| (a.lineage.as_str(), a.version.as_str(), a.role))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("pricing", "1.0.0", AdapterRole::Stable),
+            ("pricing", "1.1.0", AdapterRole::Canary),
+            ("returns", "2.0.0", AdapterRole::Stable),
+            ("returns", "2.1.0", AdapterRole::Shadow),
+        ]
+    );
+    assert_eq!(c.adapters[1].traffic_weight, Some(25));
+    assert_eq!(
+        c.adapters[1].artifact.uri.as_deref(),
+        Some("file:///adapters/pricing/1.1.0")
+    );
+    // The stable version's artifact is known by digest from history.
+    assert_eq!(c.adapters[0].artifact.uri, None);
+    assert_eq!(
+        c.adapters[0].artifact.sha256.as_str(),
+        format!("sha256:{}", "cd".repeat(32))
+    );
+    assert_eq!(
+        c.adapters[3]
+            .shadow_sample_share
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("10%")
+    );
+    assert_eq!(c.adapters[1].lora.alpha, 16.0);
+}
+
+#[test]
+fn rolled_back_and_validating_candidates_are_not_served() {
+    let r = router(serde_json::json!({}));
+    for phase in ["RolledBack", "Validating", "Failed", "Pending"] {
+        let adapters = [patch(
+            "pricing",
+            "pricing",
+            serde_json::json!({}),
+            "1.1.0",
+            canary("1.0.0", "1.1.0", 25, phase),
+        )];
+        let c = run(&r, &adapters, &[]);
+        let versions: Vec<_> = c.adapters.iter().map(|a| a.version.as_str()).collect();
+        assert_eq!(versions, ["1.0.0"], "{phase}");
+    }
+}
+
+#[test]
+fn running_experiments_compile_with_their_holdout() {
+    let r = router(serde_json::json!({}));
+    let adapters = [patch(
+        "pricing",
+        "pricing",
+        serde_json::json!({}),
+        "1.1.0",
+        canary("1.0.0", "1.1.0", 25, "Canary"),
+    )];
+    let experiments = [
+        experiment(
+            "rewrite",
+            "Running",
+            "7.5%",
+            serde_json::json!({"queryRewritePolicy": "Always"}),
+        ),
+        experiment("pending", "Pending", "5%", serde_json::json!({})),
+        experiment("done", "Concluded", "5%", serde_json::json!({})),
+        experiment(
+            "adapter",
+            "Running",
+            "5%",
+            serde_json::json!({"adapterVersions": {"pricing": "1.1.0"}}),
+        ),
+        experiment(
+            "missing",
+            "Running",
+            "5%",
+            serde_json::json!({"adapterVersions": {"pricing": "9.0.0"}}),
+        ),
+    ];
+    let compiled = compile(CompileInput {
+        router: &r,
+        knowledge_base: &kb(Some(3)),
+        adapters: &adapters,
+        experiments: &experiments,
+    })
+    .unwrap();
+    let names: Vec<_> = compiled
+        .config
+        .experiments
+        .iter()
+        .map(|x| x.name.as_str())
+        .collect();
+    assert_eq!(names, ["adapter", "rewrite"]);
+    let rewrite = &compiled.config.experiments[1];
+    assert_eq!(rewrite.holdout_share.as_str(), "7.5%");
+    assert_eq!(rewrite.control, "control");
+    assert_eq!(rewrite.salt, "rewrite-salt");
+    assert_eq!(compiled.skipped.len(), 1);
+    assert_eq!(
+        (
+            compiled.skipped[0].name.as_str(),
+            compiled.skipped[0].reason
+        ),
+        ("missing", "AdapterVersionNotLoaded")
+    );
+}
+
+#[test]
+fn the_revision_is_deterministic_and_tracks_content() {
+    let r = router(serde_json::json!({}));
+    let a = [
+        patch(
+            "pricing",
+            "pricing",
+            serde_json::json!({}),
+            "1.1.0",
+            canary("1.0.0", "1.1.0", 25, "Canary"),
+        ),
+        patch(
+            "returns",
+            "returns",
+            serde_json::json!({}),
+            "2.0.0",
+            stable("2.0.0"),
+        ),
+    ];
+    let reversed = [a[1].clone(), a[0].clone()];
+    let first = run(&r, &a, &[]);
+    assert_eq!(first.revision, run(&r, &reversed, &[]).revision);
+    assert_eq!(first, run(&r, &reversed, &[]));
+    assert!(first.revision.starts_with("sha256:") && first.revision.len() == 71);
+    // Replicas are not the runtime's business: same revision.
+    let mut scaled = r.clone();
+    scaled.spec.replicas = 5;
+    assert_eq!(run(&scaled, &a, &[]).revision, first.revision);
+    // A canary step changes it.
+    let moved = [
+        patch(
+            "pricing",
+            "pricing",
+            serde_json::json!({}),
+            "1.1.0",
+            canary("1.0.0", "1.1.0", 50, "Canary"),
+        ),
+        a[1].clone(),
+    ];
+    assert_ne!(run(&r, &moved, &[]).revision, first.revision);
+    // And the runtime accepts what the operator writes.
+    let bytes = serde_json::to_vec(&first).unwrap();
+    assert_eq!(RuntimeConfig::from_json(&bytes).unwrap(), first);
+}
+
+#[test]
+fn a_knowledge_base_without_an_index_is_an_error_with_a_reason() {
+    let r = router(serde_json::json!({}));
+    let err = compile(CompileInput {
+        router: &r,
+        knowledge_base: &kb(None),
+        adapters: &[],
+        experiments: &[],
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, CompileError::KnowledgeBaseNotReady(ref name) if name == "docs"),
+        "{err}"
+    );
+    assert_eq!(err.reason(), "IndexBuilding");
+}

@@ -1,0 +1,12 @@
+//! The integration tests of this crate in one test binary (`cargo test --test it`), one module
+//! per story: one link and one codegen of the dependencies' generics instead of one per file
+//! (a cold CI build links each test binary against libtorch and the async stack).
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod cross_encoder;
+mod encoder;
+mod generate;
+mod llama;
+mod lora;
+mod rerank_train;
+mod training;

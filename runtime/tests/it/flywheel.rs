@@ -1,0 +1,294 @@
+//! The data flywheel end to end, with the real binary, MiniLM and SmolLM2 over the sample KB and
+//! the embedded SQLite outcome store:
+//! - answers go through `/v1/answer` and outcomes through `/v1/feedback`: questions about a topic
+//!   the knowledge base does not cover (payroll, several wordings, escalated), a question asked
+//!   again and again (near-duplicates with a low CSAT), a replayed query, one well-rated answer;
+//! - `switchboard-runtime export` writes JSONL records with the composite labels, counts what its
+//!   filters dropped under each rule, and keeps one record per (query cluster, label);
+//! - `GET /v1/coverage-gaps` (and `switchboard-runtime coverage-gaps --json`) puts the payroll
+//!   topic first with its volume, share and example queries; bad parameters are a 400 naming
+//!   the parameter.
+
+use crate::support;
+use support::{Runtime, ask, get_json, http, post_json, prepare, runtime_cmd, start};
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+/// One topic the sample KB (Ledgerly, an accounting SaaS) has nothing on, in several wordings.
+const PAYROLL: [&str; 6] = [
+    "How do I run payroll for my employees?",
+    "How can I run payroll for my employees?",
+    "Can I run payroll for my employees?",
+    "How do I set up payroll for my employees?",
+    "Is there a payroll feature to pay my employees?",
+    "How do I pay my employees through payroll?",
+];
+
+/// A question the KB answers, asked by several customers with small differences in writing.
+const PASSWORD: [&str; 3] = [
+    "How do I reset my password?",
+    "how do I reset my password",
+    "How do I reset my password ?",
+];
+
+fn feedback(rt: &Runtime, token: &str, body: Value) {
+    let mut body = body;
+    body["token"] = json!(token);
+    let (status, reply) = post_json(rt.http, "/v1/feedback", &body);
+    assert_eq!(status, 200, "{body} -> {reply}");
+}
+
+fn token(answer: &Value) -> &str {
+    answer["interactionToken"].as_str().unwrap()
+}
+
+#[test]
+fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let (config_path, key) = prepare(work, json!({"smallModel": {"maxNewTokens": 16}}));
+    let rt = start(work, "fw", &config_path, &key);
+    let mut asked = 0;
+
+    // The uncovered topic: every wording escalated to a human, from different customers.
+    for (n, query) in PAYROLL.iter().enumerate() {
+        let answer = ask(rt.http, query, &format!("payroll-{n}"));
+        feedback(&rt, token(&answer), json!({"outcome": "escalated"}));
+        asked += 1;
+    }
+    // The same question from three customers, each unhappy (CSAT 2): near-duplicates.
+    for (n, query) in PASSWORD.iter().enumerate() {
+        let answer = ask(rt.http, query, &format!("password-{n}"));
+        feedback(&rt, token(&answer), json!({"outcome": "csat", "csat": 2}));
+        asked += 1;
+    }
+    // One customer sends the same message twice in a row (a double submit): a replay.
+    let first = ask(
+        rt.http,
+        "How do I enable two-factor authentication?",
+        "replayer",
+    );
+    ask(
+        rt.http,
+        "How do I enable two-factor authentication?",
+        "replayer",
+    );
+    asked += 2;
+    feedback(&rt, token(&first), json!({"outcome": "resolved"}));
+    // A well-rated answer: positive when it cites a passage, else dropped as uncited.
+    let rated = ask(rt.http, "How do I connect Stripe to Ledgerly?", "rated");
+    asked += 1;
+    feedback(&rt, token(&rated), json!({"outcome": "resolved"}));
+    feedback(&rt, token(&rated), json!({"outcome": "csat", "csat": 5}));
+    let rated_cites = !rated["citations"].as_array().unwrap().is_empty();
+
+    // --- the export ---
+    let store = format!("sqlite://{}", work.join("outcomes-fw.db").display());
+    let out = work.join("export/train.jsonl");
+    let export = runtime_cmd()
+        .args(["export", "--outcome-store", &store])
+        .args(["--router", "support/helpdesk", "--settle", "0s", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&export.stdout).unwrap();
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(work.join("export/train.summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary, written, "the printed summary is the one written");
+    let records: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&summary).unwrap());
+    assert_eq!(
+        summary["read"],
+        asked,
+        "{summary}\nruntime log:\n{}",
+        std::fs::read_to_string(work.join("fw.log")).unwrap_or_default()
+    );
+    assert_eq!(summary["written"], records.len(), "{summary}");
+    assert!(
+        summary["encoder"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("minilm"),
+        "{summary}"
+    );
+    let dropped = &summary["dropped"];
+    // Every rule is listed, and the drops add up.
+    let rules: Vec<&str> = dropped
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for rule in [
+        "empty_answer",
+        "garbled_answer",
+        "extreme_length",
+        "refusal_labelled_positive",
+        "uncited_positive",
+        "invalid_citation_positive",
+        "replayed_query",
+        "unit_cap",
+        "near_duplicate",
+    ] {
+        assert!(rules.contains(&rule), "{rule} missing from {dropped}");
+    }
+    let total_dropped: u64 = dropped
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total_dropped + records.len() as u64, asked as u64);
+    assert_eq!(dropped["replayed_query"], 1, "{dropped}");
+    // The three password complaints are one record (the other two are near-duplicates) ...
+    let password: Vec<&Value> = records
+        .iter()
+        .filter(|r| PASSWORD.contains(&r["query"].as_str().unwrap()))
+        .collect();
+    assert_eq!(password.len(), 1, "{password:#?}");
+    let password = password[0];
+    assert_eq!(password["cluster"]["labelSize"], 3, "{password}");
+    assert!(
+        dropped["near_duplicate"].as_u64().unwrap() >= 2,
+        "{dropped}"
+    );
+    // ... with its composite label: negative because of the CSAT, the unit hashed.
+    let labels = &password["labels"];
+    assert_eq!(labels["overall"], "negative", "{labels}");
+    assert_eq!(labels["csat"], 2);
+    assert_eq!(labels["csatLevel"], "low");
+    assert_eq!(labels["escalated"], false);
+    assert!(
+        labels["reason"].as_str().unwrap().contains("CSAT"),
+        "{labels}"
+    );
+    assert_eq!(password["format"], "switchboard.flywheel/v1");
+    assert_eq!(password["router"], "support/helpdesk");
+    assert!(
+        password["unit"].as_str().unwrap().starts_with("sha256:"),
+        "{password}"
+    );
+    assert!(!records.iter().any(|r| r.to_string().contains("password-0")));
+    // The escalated payroll questions are negative, "escalated" in the reason.
+    let payroll: Vec<&Value> = records
+        .iter()
+        .filter(|r| PAYROLL.contains(&r["query"].as_str().unwrap()))
+        .collect();
+    assert!(!payroll.is_empty());
+    for r in &payroll {
+        assert_eq!(r["labels"]["overall"], "negative", "{r}");
+        assert_eq!(r["labels"]["escalated"], true, "{r}");
+        assert!(
+            r["labels"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("escalated")
+        );
+    }
+    // The replayed question: one record, resolved (not yet rated: positive once settled, here
+    // with --settle 0s, if it cites; else dropped as an uncited positive).
+    let two_factor = records
+        .iter()
+        .filter(|r| r["query"] == "How do I enable two-factor authentication?")
+        .count();
+    let uncited = dropped["uncited_positive"].as_u64().unwrap();
+    assert!(two_factor <= 1);
+    assert_eq!(two_factor as u64 + uncited, 1 + u64::from(!rated_cites));
+    // The well-rated answer.
+    let positive: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["query"] == "How do I connect Stripe to Ledgerly?")
+        .collect();
+    if rated_cites {
+        assert_eq!(positive.len(), 1);
+        let labels = &positive[0]["labels"];
+        assert_eq!(labels["overall"], "positive", "{labels}");
+        assert_eq!(labels["resolvedWithoutReopen"], true);
+        assert_eq!(labels["csatLevel"], "high");
+        assert_eq!(labels["settled"], true);
+    } else {
+        assert!(positive.is_empty());
+    }
+    let by_label: BTreeMap<String, u64> =
+        serde_json::from_value(summary["labels"].clone()).unwrap();
+    assert_eq!(by_label.values().sum::<u64>(), records.len() as u64);
+
+    // --- coverage gaps over HTTP ---
+    let report = get_json(rt.http, "/v1/coverage-gaps?minQueries=3&limit=5");
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!(report["router"], "support/helpdesk");
+    assert_eq!(report["interactions"], asked, "{report}");
+    let top = &report["gaps"][0];
+    assert!(
+        PAYROLL.contains(&top["query"].as_str().unwrap()),
+        "payroll is the top gap: {report}"
+    );
+    assert_eq!(top["volume"], PAYROLL.len(), "{top}");
+    assert_eq!(top["escalated"], PAYROLL.len());
+    let share = top["share"].as_f64().unwrap();
+    assert!(
+        (share - PAYROLL.len() as f64 / f64::from(asked)).abs() < 1e-9,
+        "{top}"
+    );
+    let examples: Vec<&str> = top["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(examples.len(), 3, "{top}");
+    assert!(examples.iter().all(|e| PAYROLL.contains(e)), "{top}");
+    // Nothing else was escalated, refused or unretrieved three times.
+    assert!(
+        report["gaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .all(|g| !PAYROLL.contains(&g["query"].as_str().unwrap())),
+        "{report}"
+    );
+
+    // The same report on the command line.
+    let cli = runtime_cmd()
+        .args(["coverage-gaps", "--outcome-store", &store, "--json"])
+        .args(["--router", "support/helpdesk"])
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(cli["gaps"][0]["query"], top["query"], "{cli}");
+    assert_eq!(cli["gaps"][0]["volume"], top["volume"]);
+
+    // Bad parameters: 400, naming the parameter.
+    for (query, name) in [
+        ("limit=0", "limit"),
+        ("limit=many", "limit"),
+        ("since=yesterday-ish", "since"),
+        ("since=1h&until=2h", "since"),
+        ("threshold=1.5", "threshold"),
+        ("minQueries=-1", "minQueries"),
+        ("colour=blue", "colour"),
+    ] {
+        let (status, body) = http(rt.http, "GET", &format!("/v1/coverage-gaps?{query}"), "");
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(name), "{query}: {body}");
+    }
+}

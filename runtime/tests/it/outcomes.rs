@@ -1,0 +1,263 @@
+//! Outcomes that survive restarts and replicas, and load that is shed instead of queued, with the
+//! real binary, MiniLM and SmolLM2:
+//! - two runtime replicas behind one token key share a real PostgreSQL: feedback accepted by one
+//!   is refused as a replay by the other, and again after a restart; the interaction is stored
+//!   with its provenance and cited documents;
+//! - the embedded default (SQLite) keeps refusing a replay after a restart;
+//! - 100 concurrent answers against a small generation queue: every request gets a prompt answer
+//!   or a 429 with `Retry-After`, none waits without bound, and the server stays healthy.
+
+use crate::support;
+use support::{
+    Runtime, ask, get_json, http, http_full, metric, post_json, prepare, start, start_with,
+};
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchboard_testkit::postgres::Postgres;
+
+fn feedback(rt: &Runtime, token: &str, outcome: &str) -> (u16, Value) {
+    post_json(
+        rt.http,
+        "/v1/feedback",
+        &json!({"token": token, "outcome": outcome}),
+    )
+}
+
+/// An out-of-KB question: refused without a model call, but a real interaction with a token.
+fn refused_token(rt: &Runtime, unit: &str) -> String {
+    let answer = ask(rt.http, "What is the capital of France?", unit);
+    assert_eq!(answer["refused"], true, "{answer}");
+    answer["interactionToken"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_is_counted_once_across_replicas_and_restarts() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let (config_path, key) = prepare(work, json!({}));
+    let pg = Postgres::start(work).expect("PostgreSQL (hack/setup.sh tools)");
+    let url = pg.url();
+    let store = ["--outcome-store", url.as_str()];
+    let a = start_with(work, "a", &config_path, &key, &store);
+    let b = start_with(work, "b", &config_path, &key, &store);
+
+    // A grounded answer on replica a, its outcome reported to replica b.
+    let answer = ask(
+        a.http,
+        "How many days do I have to request a refund?",
+        "user-1",
+    );
+    assert_eq!(answer["refused"], false, "{answer}");
+    let token = answer["interactionToken"].as_str().unwrap().to_owned();
+    let (status, body) = feedback(&b, &token, "escalated");
+    assert_eq!(status, 200, "{body}");
+    // The same outcome again, to the other replica: a replay.
+    let (status, body) = feedback(&a, &token, "escalated");
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already recorded"),
+        "{body}"
+    );
+    // Another kind of outcome is new.
+    let (status, _) = feedback(&a, &token, "reopened");
+    assert_eq!(status, 200);
+
+    // Stored once, with who served it and what it cited.
+    let id = answer_id(&token);
+    assert_eq!(
+        pg.psql(
+            "switchboard",
+            &format!("SELECT count(*) FROM outcomes WHERE interaction_id = '{id}'")
+        )
+        .unwrap(),
+        "2"
+    );
+    let row = pg
+        .psql(
+            "switchboard",
+            &format!(
+                "SELECT router || '|' || model || '|' || kb_generation || '|' || cited_documents \
+                 FROM interactions WHERE id = '{id}'"
+            ),
+        )
+        .unwrap();
+    let cited: Vec<String> = answer["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["documentId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        row,
+        format!(
+            "support/helpdesk|small|gen-000001|{}",
+            serde_json::to_string(&cited).unwrap()
+        )
+    );
+
+    // Counted once across both replicas' metrics.
+    let escalated: f64 = [&a, &b]
+        .iter()
+        .map(|rt| {
+            let (_, text) = http(rt.http, "GET", "/metrics", "");
+            metric(
+                &text,
+                "switchboard_feedback_total",
+                &[("outcome", "escalated")],
+            )
+        })
+        .sum();
+    assert_eq!(escalated, 1.0);
+
+    // Replica a restarts (a new process, a new pod): the replay is still refused, and feedback
+    // for an interaction it never saw (served by b) is accepted once.
+    let refused = refused_token(&b, "user-2");
+    drop(a);
+    let a = start_with(work, "a", &config_path, &key, &store);
+    let (status, _) = feedback(&a, &token, "escalated");
+    assert_eq!(status, 409);
+    let (status, body) = feedback(&a, &refused, "resolved");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = feedback(&b, &refused, "resolved");
+    assert_eq!(status, 409);
+
+    // The CUPED input of the Experiment analysis reads the same store; bad input is named.
+    let cuped = get_json(
+        a.http,
+        "/v1/experiments/none/cuped?metric=escalationRate&startedAt=0&preperiod=24h",
+    );
+    assert_eq!(cuped["arms"], json!({}), "{cuped}");
+    let (status, body) = http(
+        a.http,
+        "GET",
+        "/v1/experiments/none/cuped?metric=happiness&startedAt=0&preperiod=24h",
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("metric"), "{body}");
+
+    // The database goes away: feedback is refused as retryable (503), nothing is counted, and
+    // answers are still served.
+    pg.psql(
+        "switchboard",
+        "ALTER TABLE outcomes RENAME TO outcomes_away",
+    )
+    .unwrap();
+    let (status, body) = feedback(&b, &refused, "csat");
+    assert_eq!(status, 400, "csat without a rating is malformed: {body}");
+    let (status, body) = post_json(
+        b.http,
+        "/v1/feedback",
+        &json!({"token": refused, "outcome": "csat", "csat": 5}),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "store_unavailable", "{body}");
+    refused_token(&b, "user-3");
+}
+
+/// The interaction id inside a token (`sb1.<payload>.<mac>`, payload = JSON claims).
+fn answer_id(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_refuses_a_replay_after_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let (config_path, key) = prepare(work, json!({}));
+    let rt = start(work, "solo", &config_path, &key);
+    let token = refused_token(&rt, "user-1");
+    assert_eq!(feedback(&rt, &token, "resolved").0, 200);
+    drop(rt);
+    let rt = start(work, "solo", &config_path, &key);
+    let (status, body) = feedback(&rt, &token, "resolved");
+    assert_eq!(status, 409, "{body}");
+    assert!(work.join("outcomes-solo.db").is_file());
+}
+
+#[test]
+fn a_burst_of_100_answers_is_shed_not_queued() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let limit = 2;
+    let (config_path, key) = prepare(
+        work,
+        json!({"smallModel": {"maxQueueDepth": limit, "maxNewTokens": 8}}),
+    );
+    let rt = start(work, "burst", &config_path, &key);
+    let addr = rt.http;
+
+    let n = 100;
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let body = json!({"query": "How do I reset two-factor authentication?", "unit": format!("u{i}")});
+                let (status, head, body) = http_full(addr, "POST", "/v1/answer", &body.to_string());
+                (status, head, body)
+            })
+        })
+        .collect();
+    barrier.wait();
+    // The server stays responsive while the burst is being handled.
+    let started = Instant::now();
+    let (health, _) = http(addr, "GET", "/healthz", "");
+    assert_eq!(health, 200);
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let results: Vec<(u16, String, String)> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let shed: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(
+        ok + shed.len(),
+        n,
+        "every request is answered or shed: {:?}",
+        results
+            .iter()
+            .filter(|r| r.0 != 200 && r.0 != 429)
+            .collect::<Vec<_>>()
+    );
+    println!("burst of {n}: {ok} answered, {} shed with 429", shed.len());
+    assert!(ok >= limit, "{ok} answered");
+    assert!(shed.len() >= n / 2, "only {} shed", shed.len());
+    for (_, head, body) in &shed {
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 1"),
+            "{head}"
+        );
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], "overloaded", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("at capacity"),
+            "{body}"
+        );
+    }
+    let (_, text) = http(addr, "GET", "/metrics", "");
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_generation_shed_total",
+            &[("model", "small")]
+        ),
+        shed.len() as f64
+    );
+    // Capacity comes back: the next answer is served.
+    ask(addr, "How do I reset two-factor authentication?", "after");
+}

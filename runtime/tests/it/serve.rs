@@ -1,0 +1,202 @@
+//! End to end, with the real binary, the real MiniLM encoder and the sample knowledge base:
+//! a KnowledgeBase manifest -> index generation -> gRPC and HTTP retrieval -> bad input refused ->
+//! metrics -> a newly published generation is picked up while serving -> switched back.
+
+use crate::support;
+use support::{Server, copy_dir, free_addr, http, root, runtime_cmd};
+
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use switchboard_proto::v1::{RetrieveRequest, retrieval_client::RetrievalClient};
+
+async fn retrieve(
+    client: &mut RetrievalClient<tonic::transport::Channel>,
+    query: &str,
+) -> Result<switchboard_proto::v1::RetrieveResponse, tonic::Status> {
+    client
+        .retrieve(RetrieveRequest {
+            query: query.to_owned(),
+            top_k: 3,
+            stages: None,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_retrieve_reject_switch_generations() {
+    assert!(
+        root()
+            .join(".cache/models/all-MiniLM-L6-v2/model.safetensors")
+            .exists(),
+        "run hack/setup.sh models"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let kb_dir = work.path().join("kb");
+    copy_dir(&root().join("examples/kb"), &kb_dir);
+    let manifest = kb_dir.join("knowledgebase.yaml");
+    let data = work.path().join("data");
+    let grpc_addr = free_addr();
+    let http_addr = free_addr();
+
+    let _server = Server(
+        runtime_cmd()
+            .arg("serve")
+            .arg("--manifests")
+            .arg(&manifest)
+            .arg("--data")
+            .arg(&data)
+            .args(["--grpc-addr", &grpc_addr.to_string()])
+            .args(["--http-addr", &http_addr.to_string()])
+            .args(["--reload-interval", "200ms"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Ready once the first generation is built and loaded.
+    let started = Instant::now();
+    loop {
+        if TcpStream::connect(http_addr).is_ok() && http(http_addr, "GET", "/readyz", "").0 == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "runtime not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let mut client = RetrievalClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
+    let answer = retrieve(&mut client, "How many days do I have to request a refund?")
+        .await
+        .unwrap();
+    let first_generation = answer.generation.clone();
+    assert!(first_generation.starts_with("gen-"), "{first_generation}");
+    assert!(!answer.passages.is_empty());
+    let top = &answer.passages[0];
+    assert!(
+        top.breadcrumb.starts_with('['),
+        "breadcrumb {:?}",
+        top.breadcrumb
+    );
+    assert!(
+        answer.passages.iter().any(|p| p.doc_id.contains("refund")),
+        "no refund document in {:?}",
+        answer
+            .passages
+            .iter()
+            .map(|p| &p.doc_id)
+            .collect::<Vec<_>>()
+    );
+
+    // Bad input: clear errors naming the field, over both protocols.
+    let empty = retrieve(&mut client, "  ").await.unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    assert!(empty.message().starts_with("query:"), "{}", empty.message());
+    let huge = serde_json::json!({ "query": "refund ".repeat(1000) }).to_string();
+    let (status, body) = http(http_addr, "POST", "/v1/retrieve", &huge);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("query: ") && body.contains("exceeds"),
+        "{body}"
+    );
+    let binary = serde_json::json!({ "query": "\u{0}\u{1}PK\u{3}\u{4}" }).to_string();
+    let (status, body) = http(http_addr, "POST", "/v1/retrieve", &binary);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("binary"), "{body}");
+    let (status, body) = http(http_addr, "POST", "/v1/retrieve", "{not json");
+    assert_eq!(status, 400, "{body}");
+
+    // The HTTP mirror answers like gRPC.
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/v1/retrieve",
+        r#"{"query": "How many days do I have to request a refund?", "topK": 3}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["generation"], first_generation.as_str());
+    assert_eq!(json["passages"][0]["chunkId"], top.chunk_id.as_str());
+
+    // Metrics a dashboard needs.
+    let (_, metrics) = http(http_addr, "GET", "/metrics", "");
+    for needle in [
+        "switchboard_retrieval_stage_seconds_bucket{stage=\"bm25\"",
+        "switchboard_retrieval_stage_seconds_bucket{stage=\"dense\"",
+        "switchboard_retrieval_requests_total{outcome=\"invalid_argument\",protocol=\"grpc\"} 1",
+        "switchboard_retrieval_requests_total{outcome=\"ok\",protocol=\"http\"} 1",
+        "switchboard_retrieval_concentration_ratio",
+        "switchboard_document_retrievals_total{document=",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+
+    let (status, body) = http(http_addr, "GET", "/v1/hits?limit=5", "");
+    assert_eq!(status, 200, "{body}");
+    let hits: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        hits["chunks"].as_array().is_some_and(|c| !c.is_empty()),
+        "{body}"
+    );
+
+    // A new policy is added and indexed by a second process; the server switches to it atomically.
+    std::fs::write(
+        kb_dir.join("policies/loyalty-programme.md"),
+        "---\ntitle: Zorblax loyalty programme\nlast_modified: 2026-11-01\n---\n# Zorblax loyalty programme\n\n\
+         Customers on any paid plan for 24 months earn Zorblax points worth 5% of their subscription.\n",
+    )
+    .unwrap();
+    let index = runtime_cmd()
+        .arg("index")
+        .arg("--manifests")
+        .arg(&manifest)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&index.stdout);
+    assert!(
+        index.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&index.stderr)
+    );
+    assert!(
+        stdout.contains("(unchanged, reused)"),
+        "unchanged sources were rebuilt:\n{stdout}"
+    );
+
+    let question = "What are Zorblax points?";
+    let started = Instant::now();
+    let second = loop {
+        let answer = retrieve(&mut client, question).await.unwrap();
+        if answer.generation != first_generation {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "new generation not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        second.passages[0].text.contains("Zorblax"),
+        "{:?}",
+        second.passages[0]
+    );
+
+    // ... and back.
+    let (status, body) = http(http_addr, "POST", "/v1/generations/switch-back", "");
+    assert_eq!(status, 200, "{body}");
+    let back = retrieve(&mut client, question).await.unwrap();
+    assert_eq!(back.generation, first_generation);
+    assert!(back.passages.iter().all(|p| !p.text.contains("Zorblax")));
+}
