@@ -1,5 +1,5 @@
-//! `status`, `promote`, `abort` and `rollback` against the stand-in Kubernetes API server of
-//! switchboard-testkit, through a kubeconfig, as a user runs them.
+//! `status`, `promote`, `abort` and `rollback` against the real kube-apiserver (switchboard-testkit's
+//! control plane, the generated CRDs installed), through a kubeconfig, as a user runs them.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -8,7 +8,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use switchboard_crds::{AdapterPatch, Experiment};
-use switchboard_testkit::apiserver::ApiServer;
+use switchboard_testkit::controlplane::ControlPlane;
 
 fn switchboard(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kubectl-switchboard"))
@@ -29,26 +29,32 @@ fn ok(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).expect("UTF-8")
 }
 
-fn annotations(server: &ApiServer) -> Value {
-    server
-        .object(
-            "switchboard.dev/v1alpha1",
-            "adapterpatches",
-            "support",
-            "pricing",
-        )
-        .expect("the AdapterPatch")["metadata"]["annotations"]
-        .clone()
+fn annotations(plane: &ControlPlane) -> Value {
+    let object: Value = serde_json::from_str(
+        &plane
+            .kubectl(&[
+                "get",
+                "adapterpatch",
+                "pricing",
+                "-n",
+                "support",
+                "-o",
+                "json",
+            ])
+            .expect("the AdapterPatch"),
+    )
+    .expect("JSON");
+    object["metadata"]["annotations"].clone()
 }
 
 /// The examples, with the status an operator would have written mid-canary.
-fn seed(server: &ApiServer) {
+fn seed(plane: &ControlPlane) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let client = server.client();
+        let client = plane.admin_client("support").await;
         let patches: Api<AdapterPatch> = Api::namespaced(client.clone(), "support");
         let patch: AdapterPatch =
             serde_yaml::from_str(include_str!("../../../examples/adapterpatch.yaml"))
@@ -99,11 +105,16 @@ fn seed(server: &ApiServer) {
 
 #[test]
 fn status_promote_abort_and_rollback_against_an_api_server() {
-    let server = ApiServer::start().expect("stand-in API server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    seed(&server);
+    // This binary's own control plane: the namespaces the examples name.
+    let plane = ControlPlane::shared();
+    plane.install_crds();
+    for namespace in ["support", "other"] {
+        plane
+            .kubectl(&["create", "namespace", namespace])
+            .expect("namespace");
+    }
+    let kubeconfig = plane.kubeconfig();
+    seed(plane);
 
     // status, as JSON and as text.
     let json: Value = serde_json::from_str(&ok(&switchboard(
@@ -142,7 +153,7 @@ fn status_promote_abort_and_rollback_against_an_api_server() {
         stderr.contains("has no version 9.9.9 in its history (known: 1.2.0, 1.3.0)"),
         "{stderr}"
     );
-    assert!(annotations(&server).is_null(), "{}", annotations(&server));
+    assert!(annotations(plane).is_null(), "{}", annotations(plane));
 
     // promote sets the action annotation.
     let out = ok(&switchboard(
@@ -150,14 +161,14 @@ fn status_promote_abort_and_rollback_against_an_api_server() {
         &["promote", "pricing", "-n", "support"],
     ));
     assert!(out.contains("promote requested"), "{out}");
-    assert_eq!(annotations(&server)["switchboard.dev/action"], "promote");
+    assert_eq!(annotations(plane)["switchboard.dev/action"], "promote");
 
     // rollback to the stable version, during the canary, sets both annotations.
     ok(&switchboard(
         &kubeconfig,
         &["rollback", "pricing", "-n", "support", "--to", "1.2.0"],
     ));
-    let set = annotations(&server);
+    let set = annotations(plane);
     assert_eq!(set["switchboard.dev/action"], "rollback");
     assert_eq!(set["switchboard.dev/rollback-to"], "1.2.0");
 
@@ -166,7 +177,7 @@ fn status_promote_abort_and_rollback_against_an_api_server() {
         &kubeconfig,
         &["abort", "pricing", "-n", "support"],
     ));
-    assert_eq!(annotations(&server)["switchboard.dev/action"], "abort");
+    assert_eq!(annotations(plane)["switchboard.dev/action"], "abort");
     let missing = switchboard(&kubeconfig, &["promote", "nope", "-n", "support"]);
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);

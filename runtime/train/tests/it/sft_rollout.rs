@@ -30,7 +30,7 @@ use switchboard_operator::context::{Context, Settings};
 use switchboard_operator::fakes::{FakeClock, FnSource};
 use switchboard_operator::metrics::Metrics;
 use switchboard_operator::observe::BoxFuture;
-use switchboard_testkit::apiserver::ApiServer;
+use switchboard_testkit::controlplane::ControlPlane;
 use tch::Device;
 
 /// The operator's real artifact check (`file://`: copy, digest, adapter_config.json against
@@ -70,11 +70,19 @@ fn phase(p: &AdapterPatch) -> AdapterPhase {
 async fn sft_lowers_held_out_loss_and_the_adapter_enters_the_rollout() {
     let model_path = support::model();
     let work = tempfile::tempdir().unwrap();
-    let server = ApiServer::start().unwrap();
-    let kubeconfig = work.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
-    let client = server.client();
-    let api: Api<AdapterPatch> = Api::namespaced(client.clone(), "support");
+    // The real control plane: a namespace of this test's own, the operator under the chart's
+    // RBAC, the trainer's `--apply` with the admin kubeconfig.
+    let (plane, ns) = tokio::task::spawn_blocking(|| {
+        let plane = ControlPlane::shared();
+        let ns = plane.namespace("train");
+        plane.grant_operator_secrets(&ns);
+        (plane, ns)
+    })
+    .await
+    .unwrap();
+    let kubeconfig = plane.kubeconfig();
+    let client = plane.admin_client(&ns).await;
+    let api: Api<AdapterPatch> = Api::default_namespaced(client.clone());
 
     // The example AdapterPatch at 1.3.0, promoted. (Without its pull Secret, which would only
     // matter to a registry this test cannot reach.)
@@ -83,10 +91,11 @@ async fn sft_lowers_held_out_loss_and_the_adapter_enters_the_rollout() {
         .as_object_mut()
         .unwrap()
         .remove("pullSecretRef");
+    doc["metadata"]["namespace"] = ns.clone().into();
     let created: AdapterPatch = serde_json::from_value(doc).unwrap();
     api.create(&PostParams::default(), &created).await.unwrap();
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        plane.operator_client(&ns).await,
         Some("test".to_owned()),
         Arc::new(Metrics::new()),
         Arc::new(FnSource::empty()),
@@ -130,6 +139,8 @@ async fn sft_lowers_held_out_loss_and_the_adapter_enters_the_rollout() {
         "--adapter-patch",
         example.to_str().unwrap(),
         "--apply",
+        "--namespace",
+        ns.as_str(),
         "--rank",
         "8",
         "--target-modules",

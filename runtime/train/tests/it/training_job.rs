@@ -1,7 +1,7 @@
 //! `examples/training/training-job.yaml` is a Job that would run: its objects parse as their
 //! kinds, the RBAC grants exactly what `--apply` needs on the AdapterPatch it names, the image is the one
 //! that carries the trainer (Dockerfile.runtime), the claims are mounted where `--pvc-root` puts
-//! them, and the real binary accepts its arguments: run against a stand-in API server holding
+//! them, and the real binary accepts its arguments: run against the real kube-apiserver holding
 //! examples/adapterpatch.yaml, with the test data where the Job's claim would hold it, it gets
 //! as far as loading the base model (replaced by a missing file here).
 
@@ -15,7 +15,7 @@ use kube::api::PostParams;
 use serde_json::Value;
 use switchboard_artifact::PVC_ROOT;
 use switchboard_crds::AdapterPatch;
-use switchboard_testkit::apiserver::ApiServer;
+use switchboard_testkit::controlplane::ControlPlane;
 
 fn documents() -> Vec<Value> {
     let text = std::fs::read_to_string(support::example("training/training-job.yaml")).unwrap();
@@ -154,12 +154,20 @@ async fn the_real_binary_accepts_the_jobs_arguments() {
         .unwrap();
 
     // The cluster: the AdapterPatch the Job names.
-    let server = ApiServer::start().unwrap();
+    // (A namespace of this test's own: `--namespace` is pointed at it below.)
+    let (plane, ns) = tokio::task::spawn_blocking(|| {
+        let plane = ControlPlane::shared();
+        plane.install_crds();
+        (plane, plane.namespace("training-job"))
+    })
+    .await
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let kubeconfig = work.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
-    let patch: AdapterPatch = serde_json::from_value(support::example_adapter_patch()).unwrap();
-    Api::<AdapterPatch>::namespaced(server.client(), "support")
+    let kubeconfig = plane.kubeconfig();
+    let mut patch = support::example_adapter_patch();
+    patch["metadata"]["namespace"] = ns.clone().into();
+    let patch: AdapterPatch = serde_json::from_value(patch).unwrap();
+    Api::<AdapterPatch>::default_namespaced(plane.admin_client(&ns).await)
         .create(&PostParams::default(), &patch)
         .await
         .unwrap();
@@ -173,6 +181,11 @@ async fn the_real_binary_accepts_the_jobs_arguments() {
         let a = &args[i];
         if a == "--model" {
             local.extend(["--model".to_owned(), missing_model.display().to_string()]);
+            i += 2;
+            continue;
+        }
+        if a == "--namespace" {
+            local.extend(["--namespace".to_owned(), ns.clone()]);
             i += 2;
             continue;
         }
