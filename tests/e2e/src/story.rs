@@ -1,27 +1,38 @@
-//! One end-to-end "cluster" per story: the stand-in API server, the real operator binary, the
-//! test's kubelet running real runtime processes, a real Prometheus scraping them, the sample
-//! KnowledgeBase's index, and adapter artifacts.
+//! One end-to-end "cluster" per story, on the real control plane of the test binary
+//! ([`ControlPlane::shared`]: etcd, kube-apiserver and kube-controller-manager):
+//! - a namespace of its own, where the test creates the Router, the KnowledgeBase and the
+//!   AdapterPatches as a user would (the admin's client);
+//! - the real `switchboard-operator` binary, authenticated as the chart's ServiceAccount under the
+//!   chart's RBAC (a request the chart does not grant fails), watching the story's namespace, with
+//!   its leader Lease in `switchboard-system` under a name of the story's own;
+//! - the stories' node ([`crate::node`]), which runs every pod the operator's objects call for:
+//!   the KnowledgeBase's index-build Job (the sample KnowledgeBase, `examples/kb`, is indexed by
+//!   it), the Router's runtime Deployment, the AdapterPatches' evaluation Jobs;
+//! - a real Prometheus scraping the operator and the runtime;
+//! - adapter artifacts.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use switchboard_crds::knowledge_base::SourceKind;
 use switchboard_crds::{AdapterPatch, KnowledgeBase, Router, Validate};
-use switchboard_testkit::apiserver::ApiServer;
+use switchboard_testkit::controlplane::{ControlPlane, OPERATOR_NAMESPACE};
 use switchboard_testkit::process::{Process, cargo_bin, free_addr, http_request, workspace_root};
 use switchboard_testkit::prometheus::{Prometheus, Target};
 
-use crate::kubelet::{Kubelet, KubeletConfig};
+use crate::node::{Image, NodeAgent, NodeConfig};
 
-/// Namespace of every story.
-pub const NAMESPACE: &str = "support";
 /// The Router's name.
 pub const ROUTER: &str = "helpdesk";
 /// The AdapterPatch's name and lineage.
@@ -30,6 +41,9 @@ pub const LINEAGE: &str = "billing";
 pub const KNOWLEDGE_BASE: &str = "ledgerly-support";
 /// The small model, as a Router names it (resolved under `--models` by the runtime).
 pub const SMALL_MODEL: &str = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The runtime image the operator puts in its pods (`--runtime-image`); the node runs it as the
+/// workspace's `switchboard-runtime` ([`runtime_image`]).
+pub const RUNTIME_IMAGE: &str = "switchboard-runtime:e2e";
 
 /// Polls `check` every 500 ms until it yields a value, or fails with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -130,7 +144,7 @@ pub fn adapter_patch(version: &str, artifact: &Artifact, plan: &RolloutPlan) -> 
         .collect();
     let patch: AdapterPatch = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "AdapterPatch",
-        "metadata": {"name": LINEAGE, "namespace": NAMESPACE, "labels": {"switchboard.dev/router": ROUTER}},
+        "metadata": {"name": LINEAGE, "labels": {"switchboard.dev/router": ROUTER}},
         "spec": {
             "lineage": LINEAGE,
             "baseModel": SMALL_MODEL,
@@ -161,7 +175,7 @@ pub fn adapter_patch(version: &str, artifact: &Artifact, plan: &RolloutPlan) -> 
 pub fn router() -> Router {
     let router: Router = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
-        "metadata": {"name": ROUTER, "namespace": NAMESPACE},
+        "metadata": {"name": ROUTER},
         "spec": {
             "knowledgeBaseRef": {"name": KNOWLEDGE_BASE},
             "smallModel": {
@@ -192,7 +206,8 @@ pub fn router() -> Router {
 pub struct WorkDir(PathBuf);
 
 impl WorkDir {
-    fn new(story: &str) -> Self {
+    /// `<target>/debug/e2e/<story>-<pid>`, empty.
+    pub fn new(story: &str) -> Self {
         let dir = switchboard_testkit::process::profile_dir()
             .join("e2e")
             .join(format!("{story}-{}", std::process::id()));
@@ -217,19 +232,46 @@ impl Drop for WorkDir {
     }
 }
 
+/// The runtime image as this machine has it (Dockerfile.runtime): `switchboard-runtime` as the
+/// entrypoint, `/opt/switchboard` as the working directory with the models at `.cache/models`
+/// (where the runtime looks by default); and `documents`, the sample KnowledgeBase's source
+/// folders at the image paths its volume sources name (an image that ships its documents: the
+/// index-build Job reads them with `--volume-root /`). One compute thread per process: the
+/// operator, Prometheus, the runtime and a Job share two cores.
+pub fn runtime_image(
+    runtime_bin: PathBuf,
+    models: PathBuf,
+    documents: Vec<(String, PathBuf)>,
+) -> Image {
+    Image {
+        entrypoint: runtime_bin,
+        working_dir: "/opt/switchboard".to_owned(),
+        env: vec![
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+            ("SWITCHBOARD_THREADS".to_owned(), "1".to_owned()),
+        ],
+        files: std::iter::once(("/opt/switchboard/.cache/models".to_owned(), models))
+            .chain(documents)
+            .collect(),
+    }
+}
+
 /// A running story cluster. Field order is drop order: processes go before the work folder.
 pub struct Story {
     /// The operator process (None while "crashed").
     pub operator: Option<Process>,
-    /// Runtime pods.
-    pub kubelet: Kubelet,
+    /// The node running the story's pods.
+    pub node: NodeAgent,
     /// Prometheus.
     pub prometheus: Prometheus,
-    /// The stand-in API server.
-    pub api: ApiServer,
-    /// A client for it.
+    /// The control plane (shared by the stories of a test binary).
+    pub plane: &'static ControlPlane,
+    /// The story's namespace.
+    pub namespace: String,
+    /// The admin's client (what the test does, a user would do with kubectl).
     pub client: Client,
     operator_bin: PathBuf,
+    operator_kubeconfig: PathBuf,
     operator_metrics: SocketAddr,
     /// Work folder.
     pub work: WorkDir,
@@ -241,7 +283,8 @@ pub struct Story {
 /// One story at a time per test binary.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Checks the story's prerequisites: models (hack/setup.sh models) and Prometheus (tools).
+/// Checks the story's prerequisites: models (hack/setup.sh models), Prometheus (tools) and the
+/// control plane (controlplane).
 pub fn prerequisites() -> Result<(), String> {
     let root = workspace_root();
     for needed in [
@@ -253,13 +296,18 @@ pub fn prerequisites() -> Result<(), String> {
         }
     }
     Prometheus::binary().ok_or("no prometheus binary: run hack/setup.sh tools")?;
+    if !ControlPlane::available() {
+        return Err("no control plane binaries: run hack/setup.sh controlplane".to_owned());
+    }
     Ok(())
 }
 
 impl std::fmt::Debug for Story {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Story")
-            .field("api", &self.api.url())
+            .field("apiserver", &self.plane.url())
+            .field("namespace", &self.namespace)
+            .field("node", &self.node.node_name())
             .field("prometheus", &self.prometheus.url())
             .field("work", &self.work)
             .finish_non_exhaustive()
@@ -267,8 +315,9 @@ impl std::fmt::Debug for Story {
 }
 
 impl Story {
-    /// Builds the binaries, the KnowledgeBase's first index generation, and starts everything;
-    /// the Router and KnowledgeBase exist, no AdapterPatch yet.
+    /// Starts everything in a new namespace and waits for the KnowledgeBase's first index
+    /// generation (built by its index-build Job); the Router and KnowledgeBase exist, no
+    /// AdapterPatch yet.
     pub async fn start(name: &str) -> Self {
         prerequisites().unwrap_or_else(|e| panic!("{e}"));
         let serial = SERIAL.lock().await;
@@ -285,31 +334,19 @@ impl Story {
         let runtime_bin = runtime_bin.unwrap_or_else(|e| panic!("{e}"));
         let operator_bin = operator_bin.unwrap_or_else(|e| panic!("{e}"));
 
-        // The KnowledgeBase's generation 1, as its first index build left it.
-        let kb_dir = work.path().join("kb");
-        copy_dir(&root.join("examples/kb"), &kb_dir);
-        let data = work.path().join("data");
-        let output = Command::new(&runtime_bin)
-            .current_dir(&root)
-            .arg("index")
-            .arg("--manifests")
-            .arg(kb_dir.join("knowledgebase.yaml"))
-            .arg("--data")
-            .arg(&data)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap_or_else(|e| panic!("switchboard-runtime index: {e}"));
-        assert!(
-            output.status.success(),
-            "switchboard-runtime index failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-
-        let api = ApiServer::start().unwrap_or_else(|e| panic!("stand-in API server: {e}"));
-        let kubeconfig = work.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig)
-            .unwrap_or_else(|e| panic!("kubeconfig: {e}"));
-        let client = api.client();
+        // kubectl and helm run below: off the async workers.
+        let (plane, namespace, operator_kubeconfig) = tokio::task::spawn_blocking(|| {
+            let plane = ControlPlane::shared();
+            let namespace = plane.namespace("story");
+            // The chart's ServiceAccount and RBAC (and the CRDs); Secrets in the story's
+            // namespace, as its owner grants them (docs/install.md).
+            let kubeconfig = plane.operator_kubeconfig();
+            plane.grant_operator_secrets(&namespace);
+            (plane, namespace, kubeconfig)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let client = plane.admin_client(&namespace).await;
 
         let operator_metrics = free_addr();
         let prometheus = Prometheus::start(
@@ -318,57 +355,64 @@ impl Story {
         )
         .unwrap_or_else(|e| panic!("{e}"));
 
-        // The KnowledgeBase, with the status its first build would have left.
+        // The sample KnowledgeBase, its documents where its volume sources name them.
+        let kb_dir = work.path().join("kb");
+        copy_dir(&root.join("examples/kb"), &kb_dir);
         let kb_text = std::fs::read_to_string(kb_dir.join("knowledgebase.yaml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut kb: KnowledgeBase =
-            serde_yaml::from_str(&kb_text).unwrap_or_else(|e| panic!("{e}"));
-        kb.metadata.namespace = Some(NAMESPACE.into());
-        let kbs: Api<KnowledgeBase> = Api::namespaced(client.clone(), NAMESPACE);
-        kbs.create(&PostParams::default(), &kb)
-            .await
-            .unwrap_or_else(|e| panic!("create KnowledgeBase: {e}"));
-        let built =
-            json!({"status": {"indexGeneration": 1, "lastBuildTime": "2026-01-01T00:00:00Z"}});
-        kbs.patch_status(
-            KNOWLEDGE_BASE,
-            &PatchParams::default(),
-            &Patch::Merge(&built),
+        let kb: KnowledgeBase = serde_yaml::from_str(&kb_text).unwrap_or_else(|e| panic!("{e}"));
+        let documents = kb
+            .spec
+            .sources
+            .iter()
+            .filter_map(|source| match source.kind() {
+                Some(SourceKind::Volume(volume)) if volume.claim_name.is_none() => Some((
+                    volume.path.clone(),
+                    kb_dir.join(volume.path.trim_start_matches('/')),
+                )),
+                _ => None,
+            })
+            .collect();
+        let node = NodeAgent::start(
+            client.clone(),
+            NodeConfig {
+                node_name: format!("switchboard-e2e-{namespace}"),
+                namespace: namespace.clone(),
+                images: BTreeMap::from([(
+                    RUNTIME_IMAGE.to_owned(),
+                    runtime_image(runtime_bin, root.join(".cache/models"), documents),
+                )]),
+                pods_dir: work.path().join("pods"),
+                claims_dir: work.path().join("claims"),
+            },
         )
         .await
-        .unwrap_or_else(|e| panic!("KnowledgeBase status: {e}"));
-        let routers: Api<Router> = Api::namespaced(client.clone(), NAMESPACE);
-        routers
+        .unwrap_or_else(|e| panic!("the node agent: {e}"));
+
+        Api::<KnowledgeBase>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &kb)
+            .await
+            .unwrap_or_else(|e| panic!("create KnowledgeBase: {e}"));
+        Api::<Router>::namespaced(client.clone(), &namespace)
             .create(&PostParams::default(), &router())
             .await
             .unwrap_or_else(|e| panic!("create Router: {e}"));
 
-        let kubelet = Kubelet::start(
-            client.clone(),
-            KubeletConfig {
-                namespace: NAMESPACE.into(),
-                runtime_bin,
-                work: work.path().to_path_buf(),
-                data,
-                models: root.join(".cache/models"),
-                env: vec![
-                    ("RUST_LOG".into(), "warn".into()),
-                    ("SWITCHBOARD_THREADS".into(), "1".into()),
-                ],
-            },
-        );
         let mut story = Self {
             operator: None,
-            kubelet,
+            node,
             prometheus,
-            api,
+            plane,
+            namespace,
             client,
             operator_bin,
+            operator_kubeconfig,
             operator_metrics,
             work,
             _serial: serial,
         };
-        story.start_operator();
+        tokio::task::block_in_place(|| story.start_operator());
+        story.wait_for_index().await;
         story
     }
 
@@ -376,18 +420,19 @@ impl Story {
     pub fn start_operator(&mut self) {
         let mut command = Command::new(&self.operator_bin);
         command
-            .env("KUBECONFIG", self.work.path().join("kubeconfig"))
+            .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("RUST_LOG", "info,kube=warn,hyper=warn")
             .arg("--prometheus-url")
             .arg(self.prometheus.url())
             .arg("--metrics-addr")
             .arg(self.operator_metrics.to_string())
-            .args([
-                "--namespace",
-                NAMESPACE,
-                "--leader-election-namespace",
-                NAMESPACE,
-            ])
+            .args(["--namespace", &self.namespace])
+            // The chart's leader-election Role is in its namespace; the stories of a test binary
+            // share it, each with a Lease of its own.
+            .args(["--leader-election-namespace", OPERATOR_NAMESPACE])
+            .arg("--leader-election-lease")
+            .arg(format!("switchboard-operator-{}", self.namespace))
+            .args(["--runtime-image", RUNTIME_IMAGE])
             .args([
                 "--lease-duration",
                 "3s",
@@ -413,38 +458,95 @@ impl Story {
         }
     }
 
-    /// Typed API of AdapterPatches.
-    pub fn adapter_patches(&self) -> Api<AdapterPatch> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+    /// Waits for the KnowledgeBase's first index generation: the operator's index-build Job ran
+    /// on the node, the Job controller completed it, the operator read its report.
+    async fn wait_for_index(&self) {
+        let kbs: Api<KnowledgeBase> = Api::namespaced(self.client.clone(), &self.namespace);
+        wait_for(
+            "the KnowledgeBase's first index generation",
+            Duration::from_secs(300),
+            || {
+                let kbs = kbs.clone();
+                async move {
+                    self.assert_alive();
+                    let kb = kbs.get(KNOWLEDGE_BASE).await.ok()?;
+                    kb.status?.index_generation.filter(|g| *g >= 1)
+                }
+            },
+        )
+        .await;
     }
 
-    /// Waits for the Router's runtime pod, and registers it with Prometheus.
+    /// Typed API of AdapterPatches.
+    pub fn adapter_patches(&self) -> Api<AdapterPatch> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Waits until the Router's runtime Deployment is available (its pods' readiness, as the
+    /// Deployment controller counts it) and returns a ready runtime pod's HTTP address, which it
+    /// registers with Prometheus.
     pub async fn runtime(&self) -> SocketAddr {
-        let addr = wait_for(
-            "the runtime pod to be ready",
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        // The Deployment's selector.
+        let selector = format!(
+            "app.kubernetes.io/name=switchboard-runtime,app.kubernetes.io/instance={ROUTER}"
+        );
+        let (pod, addr) = wait_for(
+            "the runtime Deployment to be available",
             Duration::from_secs(300),
-            || async move {
-                self.assert_alive();
-                self.kubelet.runtime_http(ROUTER)
+            || {
+                let (deployments, pods, selector) =
+                    (deployments.clone(), pods.clone(), selector.clone());
+                async move {
+                    self.assert_alive();
+                    let deployment = deployments
+                        .get_opt(&format!("{ROUTER}-runtime"))
+                        .await
+                        .ok()??;
+                    let available = deployment.status?.available_replicas.unwrap_or(0);
+                    if available < 1 {
+                        return None;
+                    }
+                    let listed = pods
+                        .list(&ListParams::default().labels(&selector))
+                        .await
+                        .ok()?;
+                    listed.items.iter().filter(|p| is_ready(p)).find_map(|p| {
+                        let name = p.name_any();
+                        self.node.port(&name, "http").map(|addr| (name, addr))
+                    })
+                }
             },
         )
         .await;
         self.prometheus
             .set_targets(&[
                 Target::new("switchboard-operator", self.operator_metrics),
-                Target::new("switchboard-runtime", addr).label("pod", "helpdesk-runtime-0"),
+                Target::new("switchboard-runtime", addr).label("pod", &pod),
             ])
             .unwrap_or_else(|e| panic!("{e}"));
         addr
     }
 
-    /// Fails the story at once when the operator died or the kubelet cannot run pods.
+    /// Fails the story at once when the node cannot run its pods (a runtime that exited, with
+    /// its log; a pod it cannot run; a request the API server refused), or when the chart's RBAC
+    /// refused the operator a request (the API server's 403 says `... is forbidden: User
+    /// "system:serviceaccount:switchboard-system:switchboard-operator" cannot ...`, and the
+    /// operator logs every failed request).
     pub fn assert_alive(&self) {
-        let errors = self.kubelet.errors();
+        let failures = self.node.failures();
+        assert!(failures.is_empty(), "node: {}", failures.join("\n"));
+        let log =
+            std::fs::read_to_string(self.work.path().join("operator.log")).unwrap_or_default();
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" is forbidden: "))
+            .collect();
         assert!(
-            errors.iter().all(|e| !e.contains("exited")),
-            "kubelet: {}",
-            errors.join("\n")
+            refused.is_empty(),
+            "the chart's RBAC refused the operator:\n{}",
+            refused.join("\n")
         );
     }
 
@@ -484,7 +586,7 @@ impl Story {
 
     /// Events (events.k8s.io/v1) about the AdapterPatch, oldest first.
     pub async fn events(&self) -> Vec<Event> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut items: Vec<Event> = events
             .list(&ListParams::default())
             .await
@@ -540,4 +642,14 @@ impl Story {
         })
         .await
     }
+}
+
+/// Whether a pod is Ready (its condition) and not being deleted.
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

@@ -1,7 +1,8 @@
 //! Issue 22 item 5, tier 3: the offline evaluation gate, end to end across real processes.
 //!
-//! The story's cluster (stand-in API server, the real operator, the real runtime serving the
-//! Router over the sample KnowledgeBase) with a golden set in a ConfigMap. The `billing` lineage
+//! The story's cluster (its namespace on the real control plane, the real operator under the
+//! chart's RBAC, the real runtime serving the Router over the sample KnowledgeBase, all pods run
+//! by the stories' node) with a golden set in a ConfigMap. The `billing` lineage
 //! is a fallback adapter (it answers every question) at 1.0.0 — the grounded-answer adapter
 //! trained in-project (`examples/adapters/grounded-answers/1.0.0`). Then:
 //!
@@ -9,7 +10,8 @@
 //!    its prompt does not have (`[4]` of three: a hot-fix gone wrong;
 //!    `tests/e2e/fixtures/deflector`, made as docs/training.md says). With `spec.evaluation`,
 //!    the operator runs the evaluation Job (the real `switchboard-runtime eval --answers` on the
-//!    baseline and candidate RuntimeConfigs it compiled); the candidate's answers carry invalid
+//!    baseline and candidate RuntimeConfigs it compiled, run by the node, completed or failed by
+//!    kube-controller-manager's Job controller); the candidate's answers carry invalid
 //!    citations (the runtime would remove them and fall back to the extractive answer, but the
 //!    model got worse and `maxInvalidCitationRate` is 0%), so the version is Failed with the
 //!    numbers in the `Evaluated` condition, `status.evaluation` and a Warning Event — it **never
@@ -24,9 +26,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use switchboard_e2e::story::{
-    Artifact, LINEAGE, NAMESPACE, ROUTER, RolloutPlan, Story, adapter_patch,
-};
+use switchboard_e2e::story::{Artifact, LINEAGE, ROUTER, RolloutPlan, Story, adapter_patch};
 
 /// Golden questions of `examples/kb/golden-answers.jsonl` the story asks: a few answerable
 /// across sources and two the knowledge base cannot answer.
@@ -110,10 +110,10 @@ async fn a_version_that_hurts_the_golden_set_never_reaches_shadow() {
     let v2 = artifact(&deflector, &work.join("artifacts/1.1.0"), false);
     let v3 = artifact(&good, &work.join("artifacts/1.2.0"), true);
 
-    let maps: Api<ConfigMap> = Api::namespaced(story.client.clone(), NAMESPACE);
+    let maps: Api<ConfigMap> = Api::namespaced(story.client.clone(), &story.namespace);
     let golden: ConfigMap = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "golden", "namespace": NAMESPACE},
+        "metadata": {"name": "golden"},
         "data": {"golden.jsonl": golden_set()},
     }))
     .unwrap();

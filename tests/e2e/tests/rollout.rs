@@ -1,10 +1,13 @@
 //! Issue 7 item 7, tier 3: adapter rollouts end to end, across real processes.
 //!
-//! Each story runs its own "cluster": the stand-in API server, the real `switchboard-operator`
-//! (Prometheus metrics source, 2 s analysis interval), a real `switchboard-runtime` serving the
-//! Router (SmolLM2-135M with PEFT LoRA adapters, MiniLM retrieval over the sample KnowledgeBase),
-//! a real Prometheus scraping it every second, and a simulated helpdesk whose customers escalate
-//! with a probability that depends on the adapter version that answered them.
+//! Each story runs its own "cluster" in a namespace of the real control plane (etcd,
+//! kube-apiserver, kube-controller-manager): the real `switchboard-operator` under the chart's
+//! RBAC (Prometheus metrics source, 2 s analysis interval), the stories' node running the pods
+//! it asks for — the KnowledgeBase's index-build Job, then a real `switchboard-runtime` serving
+//! the Router (SmolLM2-135M with PEFT LoRA adapters, MiniLM retrieval over the sample
+//! KnowledgeBase) as the runtime Deployment's pod —, a real Prometheus scraping it every second,
+//! and a simulated helpdesk whose customers escalate with a probability that depends on the
+//! adapter version that answered them.
 //!
 //! (a) a canary whose escalations rise is rolled back automatically: status and an Event say
 //!     why, and the runtime stops serving the candidate;
