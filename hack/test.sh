@@ -14,7 +14,8 @@ hack/setup.sh tools
 
 # The upstream control plane (hack/setup.sh controlplane: etcd, kube-apiserver and
 # kube-controller-manager built from the Go modules pinned in hack/controlplane) is the API
-# server of the admission tests. Cold, its Go build is ~9 CPU-minutes on each core: it runs at
+# server of every test that talks to Kubernetes: admission, the chart, the controllers, the CLI,
+# the trainer's --apply and the end-to-end stories. Cold, its Go build is ~9 CPU-minutes on each core: it runs at
 # low priority beside the Rust build below, on the cycles rustc leaves idle (one big crate at a
 # time, links), and is waited for before the tests. Warm, it is a stamp check.
 controlplane_log="$(mktemp)"
