@@ -47,9 +47,7 @@ async fn the_binary_leads_reconciles_serves_metrics_and_releases_the_lease_on_si
         // This binary's control plane (the controller tests' options: one per binary).
         let plane = ControlPlane::shared_with(&Options::without_workload_controllers());
         let kubeconfig = plane.operator_kubeconfig();
-        let ns = plane.namespace("operator");
-        plane.grant_operator_secrets(&ns);
-        (plane, ns, kubeconfig)
+        (plane, plane.operator_namespace("operator"), kubeconfig)
     })
     .await
     .unwrap();

@@ -68,13 +68,9 @@ struct World {
 /// The control plane of this binary (CRDs and the chart's RBAC installed) and a new namespace
 /// whose owner granted the operator Secrets.
 async fn namespace() -> String {
-    tokio::task::spawn_blocking(|| {
-        let ns = plane().namespace("ctl");
-        plane().grant_operator_secrets(&ns);
-        ns
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(|| plane().operator_namespace("ctl"))
+        .await
+        .unwrap()
 }
 
 fn plane() -> &'static ControlPlane {

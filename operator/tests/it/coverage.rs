@@ -39,12 +39,9 @@ struct World {
 /// reconciler runs as the chart's ServiceAccount.
 async fn world() -> World {
     let plane = || ControlPlane::shared_with(&Options::without_workload_controllers());
-    let ns = tokio::task::spawn_blocking(move || {
-        plane().operator_kubeconfig();
-        plane().namespace("coverage")
-    })
-    .await
-    .unwrap();
+    let ns = tokio::task::spawn_blocking(move || plane().operator_namespace("coverage"))
+        .await
+        .unwrap();
     let client = plane().admin_client(&ns).await;
     let outcomes = FixedOutcomes::default();
     let ctx = Context::new(

@@ -337,12 +337,10 @@ impl Story {
         // kubectl and helm run below: off the async workers.
         let (plane, namespace, operator_kubeconfig) = tokio::task::spawn_blocking(|| {
             let plane = ControlPlane::shared();
-            let namespace = plane.namespace("story");
             // The chart's ServiceAccount and RBAC (and the CRDs); Secrets in the story's
             // namespace, as its owner grants them (docs/install.md).
-            let kubeconfig = plane.operator_kubeconfig();
-            plane.grant_operator_secrets(&namespace);
-            (plane, namespace, kubeconfig)
+            let namespace = plane.operator_namespace("story");
+            (plane, namespace, plane.operator_kubeconfig())
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -345,6 +345,13 @@ impl ControlPlane {
         }
         self.kubectl(&["apply", "--server-side", "-f", &rendered.to_string_lossy()])
             .unwrap_or_else(|e| panic!("the chart's RBAC is refused: {e}"));
+        // The authorizer sees new bindings through an informer: wait until they are in effect.
+        self.wait_until_allowed(&[
+            "watch",
+            "knowledgebases.switchboard.dev",
+            "--all-namespaces",
+        ]);
+        self.wait_until_allowed(&["update", "leases", "-n", OPERATOR_NAMESPACE]);
         let token = self
             .kubectl(&[
                 "create",
@@ -378,6 +385,15 @@ impl ControlPlane {
         path
     }
 
+    /// A new namespace ([`Self::namespace`]) where the operator under the chart's RBAC works as
+    /// installed with `rbac.secretNamespaces` naming it: Secrets granted
+    /// ([`Self::grant_operator_secrets`]).
+    pub fn operator_namespace(&self, prefix: &str) -> String {
+        let namespace = self.namespace(prefix);
+        self.grant_operator_secrets(&namespace);
+        namespace
+    }
+
     /// What a namespace's owner does to let the operator use Secrets there (docs/install.md):
     /// binds the chart's `switchboard-operator-secrets` ClusterRole to the operator's
     /// ServiceAccount in `namespace`. Installs the operator's RBAC first.
@@ -393,6 +409,27 @@ impl ControlPlane {
             &format!("--serviceaccount={OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
+        // kube-apiserver's authorizer reads RoleBindings from an informer: wait until the grant
+        // is in effect, or the operator's first Secret call may still be refused.
+        for verb in ["get", "create"] {
+            self.wait_until_allowed(&[verb, "secrets", "-n", namespace]);
+        }
+    }
+
+    /// Waits (up to 30 s) until `kubectl auth can-i <args>` says yes for the operator's
+    /// ServiceAccount.
+    fn wait_until_allowed(&self, args: &[&str]) {
+        let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}");
+        let mut command = vec!["auth", "can-i", "--as", &user];
+        command.extend_from_slice(args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.kubectl(&command).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{user} is still not allowed to {args:?} after 30s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A kube client of the admin (`system:masters`) whose default namespace is `namespace`:

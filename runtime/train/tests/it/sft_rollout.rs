@@ -74,9 +74,7 @@ async fn sft_lowers_held_out_loss_and_the_adapter_enters_the_rollout() {
     // RBAC, the trainer's `--apply` with the admin kubeconfig.
     let (plane, ns) = tokio::task::spawn_blocking(|| {
         let plane = ControlPlane::shared();
-        let ns = plane.namespace("train");
-        plane.grant_operator_secrets(&ns);
-        (plane, ns)
+        (plane, plane.operator_namespace("train"))
     })
     .await
     .unwrap();

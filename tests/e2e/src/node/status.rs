@@ -295,6 +295,17 @@ mod tests {
         Timestamp::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
     }
 
+    fn terminated_state(status: &PodStatus) -> ContainerStateTerminated {
+        status
+            .container_statuses
+            .as_ref()
+            .unwrap_or_else(|| unreachable!())[0]
+            .state
+            .clone()
+            .and_then(|s| s.terminated)
+            .unwrap_or_else(|| panic!("not terminated: {status:?}"))
+    }
+
     fn condition<'a>(status: &'a PodStatus, type_: &str) -> &'a PodCondition {
         status
             .conditions
@@ -393,14 +404,7 @@ mod tests {
             at(8),
         );
         assert_eq!(status.phase.as_deref(), Some("Succeeded"));
-        let state = status
-            .container_statuses
-            .as_ref()
-            .unwrap_or_else(|| unreachable!())[0]
-            .state
-            .clone()
-            .and_then(|s| s.terminated)
-            .unwrap_or_else(|| panic!("not terminated: {status:?}"));
+        let state = terminated_state(&status);
         assert_eq!(
             (
                 state.exit_code,
@@ -422,14 +426,7 @@ mod tests {
             at(8),
         );
         assert_eq!(status.phase.as_deref(), Some("Failed"));
-        let state = status
-            .container_statuses
-            .as_ref()
-            .unwrap_or_else(|| unreachable!())[0]
-            .state
-            .clone()
-            .and_then(|s| s.terminated)
-            .unwrap_or_else(|| panic!("not terminated: {status:?}"));
+        let state = terminated_state(&status);
         assert_eq!(
             (state.exit_code, state.reason.as_deref(), state.message),
             (3, Some("Error"), None)
