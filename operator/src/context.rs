@@ -54,6 +54,9 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// Local directory where verified adapter artifacts are kept (content-addressed), if any.
     pub artifact_cache: Option<std::path::PathBuf>,
+    /// `--egress-allow`: internal address blocks the pods it creates may fetch sources and
+    /// artifacts from (passed on as `SWITCHBOARD_EGRESS_ALLOW`); `None`: public addresses only.
+    pub egress_allow: Option<String>,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
             analysis_interval: crate::adapter_patch::rollout::ANALYSIS_INTERVAL,
             resync_interval: Duration::from_secs(300),
             artifact_cache: None,
+            egress_allow: None,
         }
     }
 }

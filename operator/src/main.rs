@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use futures::FutureExt;
 use kube::{Api, Client, api::ListParams};
+use switchboard_artifact::egress::EgressPolicy;
 use switchboard_crds::Router;
 use switchboard_operator::{
     adapter_patch::artifact::PeftArtifacts,
@@ -59,6 +60,13 @@ struct Cli {
     /// Directory for verified adapter artifacts (content-addressed: sha256-<hex>/).
     #[arg(long)]
     artifact_cache: Option<PathBuf>,
+    /// Internal address blocks (comma-separated CIDRs, `10.20.0.0/16,fd00::/8`) that adapter
+    /// artifacts and HTTP KnowledgeBase sources may be fetched from; passed on to the index-build
+    /// Jobs, runtimes and evaluation Jobs it creates. Without it only public addresses are
+    /// fetched: loopback, private, link-local (cloud metadata) and other internal addresses are
+    /// refused after DNS resolution (docs/security.md). The chart sets it from `egress.allowCidrs`.
+    #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", value_parser = egress_list)]
+    egress_allow: Option<String>,
     /// Base URL of a Router's runtime HTTP API, for experiments' per-unit (CUPED) data and
     /// KnowledgeBases' coverage gaps;
     /// `{service}` and `{namespace}` are replaced by the Router's Service and namespace.
@@ -162,12 +170,16 @@ async fn main() -> Result<()> {
             Some(identity.clone()),
             metrics.clone(),
             Arc::new(Prometheus::new(&cli.prometheus_url, cli.prometheus_timeout)),
-            Arc::new(PeftArtifacts::new(cli.artifact_cache.clone())),
+            Arc::new(PeftArtifacts::with_egress(
+                cli.artifact_cache.clone(),
+                egress_policy(cli.egress_allow.as_deref()),
+            )),
             Settings {
                 runtime_image: cli.runtime_image.clone(),
                 analysis_interval: cli.analysis_interval,
                 resync_interval: cli.resync_interval,
                 artifact_cache: cli.artifact_cache.clone(),
+                egress_allow: cli.egress_allow.clone(),
             },
             Arc::new(SystemClock),
         )
@@ -301,4 +313,15 @@ async fn main() -> Result<()> {
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--egress-allow`: checked here, passed on verbatim.
+fn egress_list(list: &str) -> Result<String, String> {
+    EgressPolicy::parse(list)?;
+    Ok(list.trim().to_owned())
+}
+
+fn egress_policy(list: Option<&str>) -> EgressPolicy {
+    list.and_then(|l| EgressPolicy::parse(l).ok())
+        .unwrap_or_else(EgressPolicy::public_only)
 }

@@ -24,6 +24,22 @@ pub fn pod_security() -> PodSecurityContext {
     }
 }
 
+/// `SWITCHBOARD_EGRESS_ALLOW`: the operator's `--egress-allow`, passed on to every container that
+/// fetches what a manifest names (index builds: HTTP sources; runtimes and evaluation Jobs:
+/// adapter artifacts). `None` when nothing internal is allowed (the runtime's default).
+pub fn egress_env(allow: Option<&str>) -> Option<k8s_openapi::api::core::v1::EnvVar> {
+    allow
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| k8s_openapi::api::core::v1::EnvVar {
+            name: EGRESS_ALLOW_ENV.to_owned(),
+            value: Some(a.to_owned()),
+            ..Default::default()
+        })
+}
+
+/// The environment variable of [`egress_env`] (the runtime's `--egress-allow`).
+pub const EGRESS_ALLOW_ENV: &str = "SWITCHBOARD_EGRESS_ALLOW";
+
 /// The container-level security context; `read_only_root_filesystem` where the container writes
 /// only to its volumes.
 pub fn container_security(read_only_root_filesystem: bool) -> SecurityContext {

@@ -77,6 +77,15 @@ fn headings_of(breadcrumb: &str) -> Vec<String> {
         .collect()
 }
 
+/// What the evidence scorers read of a sentence: its section heading (the breadcrumb's last
+/// part), for context, then the sentence.
+pub(crate) fn scorer_text(breadcrumb: &str, sentence: &str) -> String {
+    match headings_of(breadcrumb).last() {
+        Some(heading) => format!("{heading}: {sentence}"),
+        None => sentence.to_owned(),
+    }
+}
+
 /// Every evidence sentence of `passages`, scored against `query` with the answer's evidence
 /// model: the sentences (each with its section heading, for context) are embedded in one batch
 /// with the question; their features combine that cosine with IDF-weighted term overlap
@@ -91,16 +100,11 @@ pub(crate) async fn gather_evidence(
     let mut candidates: Vec<(usize, String, String)> = Vec::new();
     'passages: for (i, p) in passages.iter().enumerate() {
         let headings = headings_of(&p.breadcrumb);
-        let context = headings.last().cloned().unwrap_or_default();
         for sentence in evidence_sentences(&p.raw_text, &headings) {
             if candidates.len() >= MAX_EVIDENCE_CANDIDATES {
                 break 'passages;
             }
-            let embedded = if context.is_empty() {
-                sentence.clone()
-            } else {
-                format!("{context}: {sentence}")
-            };
+            let embedded = scorer_text(&p.breadcrumb, &sentence);
             candidates.push((i, sentence, embedded));
         }
     }

@@ -240,6 +240,14 @@ impl ArtifactCache {
                     }
                 }
                 ArtifactUri::Oci(reference) => {
+                    self.http
+                        .egress()
+                        .check_authority(reference.resolve_registry())
+                        .await
+                        .map_err(|message| ArtifactError::Http {
+                            uri: uri.clone(),
+                            message,
+                        })?;
                     let auth =
                         self.registry_auth(artifact, &uri, reference.resolve_registry())?;
                     let pulled = self

@@ -56,6 +56,8 @@ pub struct EngineOptions {
     pub lenient_large_model: bool,
     /// How local generators load their weights and batch requests.
     pub generation: switchboard_model::generator_worker::WorkerOptions,
+    /// Where adapter artifacts may be downloaded from (`--egress-allow`).
+    pub egress: switchboard_artifact::egress::EgressPolicy,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -208,14 +210,17 @@ impl Engine {
         store: OutcomeStore,
     ) -> anyhow::Result<Self> {
         let http = HttpClient::new();
-        let artifacts = ArtifactCache::open(&options.artifacts, http.clone())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "opening the artifact cache {}: {e}",
-                    options.artifacts.display()
-                )
-            })?
-            .with_sources(options.pvc_root.clone(), options.secrets.clone());
+        let artifacts = ArtifactCache::open(
+            &options.artifacts,
+            HttpClient::with_egress(options.egress.clone()),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "opening the artifact cache {}: {e}",
+                options.artifacts.display()
+            )
+        })?
+        .with_sources(options.pvc_root.clone(), options.secrets.clone());
         Ok(Self {
             options,
             metrics,

@@ -97,6 +97,9 @@ pub struct AnswerArgs {
     /// Content-addressed adapter artifact cache.
     #[arg(long, default_value = ".cache/switchboard/artifacts")]
     pub artifacts: PathBuf,
+    /// Internal address blocks adapter artifacts may be downloaded from (as `serve`).
+    #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = crate::parse_egress)]
+    pub egress_allow: switchboard_artifact::egress::EgressPolicy,
     /// Leave the manifests' AdapterPatches out (the base model alone): the "before" of an
     /// adapter, compared with `--baseline`.
     #[arg(long, requires = "answers")]
@@ -118,6 +121,10 @@ pub struct AnswerArgs {
     /// IDFs, key-fact label) for offline analysis of the evidence model, then stop.
     #[arg(long, requires = "answers")]
     pub dump_evidence: Option<PathBuf>,
+    /// With `--dump-evidence`: also score every candidate with this evidence scorer
+    /// (`train-evidence` output), as column `scorer`.
+    #[arg(long, requires = "dump_evidence")]
+    pub evidence_scorer: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<switchboard_crds::router::GroundingMode, String> {
@@ -547,6 +554,7 @@ pub(crate) async fn harness(
         artifacts: PathBuf::from(".cache/switchboard/artifacts"),
         token_ttl: std::time::Duration::from_secs(3600),
         lenient_large_model: true,
+        egress: args.egress_allow.clone(),
         generation: switchboard_model::generator_worker::WorkerOptions::new(
             switchboard_model::default_device(),
         )
@@ -852,9 +860,18 @@ async fn labelled_pairs(
 }
 
 /// Writes the evidence candidates of every query (see [`AnswerArgs::dump_evidence`]).
-async fn dump_evidence(engine: &Arc<Engine>, golden: &[GoldenQuery], out: &Path) -> Result<()> {
+async fn dump_evidence(
+    engine: &Arc<Engine>,
+    golden: &[GoldenQuery],
+    out: &Path,
+    scorer: Option<&Path>,
+) -> Result<()> {
     use std::io::Write;
     let active = engine.active().context("no config applied")?;
+    let scorer = scorer
+        .map(|dir| switchboard_model::CrossEncoder::load(dir, switchboard_model::default_device()))
+        .transpose()
+        .context("loading the evidence scorer")?;
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
     );
@@ -885,6 +902,16 @@ async fn dump_evidence(engine: &Arc<Engine>, golden: &[GoldenQuery], out: &Path)
             switchboard_index::Embedder::embed(encoder.as_ref(), &texts)
         })
         .await??;
+        let scored: Vec<f32> = match &scorer {
+            Some(s) => {
+                let texts: Vec<String> = evidence
+                    .iter()
+                    .map(|e| crate::answer::scorer_text(&passages[e.passage].breadcrumb, &e.text))
+                    .collect();
+                s.relevance_logits(&q.query, &texts, 32)?
+            }
+            None => vec![0.0; evidence.len()],
+        };
         let cos = |a: &[f32], b: &[f32]| 1.0 - switchboard_policy::cosine_distance(a, b);
         for (j, e) in evidence.iter().enumerate() {
             let p = &passages[e.passage];
@@ -902,6 +929,7 @@ async fn dump_evidence(engine: &Arc<Engine>, golden: &[GoldenQuery], out: &Path)
                 "text": e.text,
                 "features": e.features,
                 "cos_heading": e.features.cosine,
+                "scorer": scored[j],
                 "cos_alone": cos(&vectors[0], &vectors[1 + 2 * j]),
                 "cos_breadcrumb": cos(&vectors[0], &vectors[2 + 2 * j]),
                 "query_terms": idf(&q.query),
@@ -1128,7 +1156,7 @@ pub fn run(
         let generation = Arc::clone(active.retriever.generation());
         check_gold_ids(&golden, &generation)?;
         if let Some(out) = &args.dump_evidence {
-            dump_evidence(engine, &golden, out).await?;
+            dump_evidence(engine, &golden, out, args.evidence_scorer.as_deref()).await?;
             println!(
                 "evidence candidates of {} queries written to {}",
                 golden.len(),
@@ -1387,7 +1415,8 @@ async fn gate(config_path: &Path, golden: &[GoldenQuery], args: &AnswerArgs) -> 
             token_ttl: std::time::Duration::from_secs(3600),
             // The large model is part of the pipeline being judged: it must load.
             lenient_large_model: false,
-            generation: switchboard_model::generator_worker::WorkerOptions::new(
+            egress: args.egress_allow.clone(),
+                generation: switchboard_model::generator_worker::WorkerOptions::new(
                 switchboard_model::default_device(),
             )
             .weights(switchboard_model::llama::WeightFormat::Int4),

@@ -1,5 +1,7 @@
-//! A small HTTP(S)/1.1 client (hyper + rustls with the webpki roots) for adapter artifacts and the
-//! large model's OpenAI-compatible endpoint.
+//! A small HTTP(S)/1.1 client (hyper + rustls with the webpki roots) for adapter artifacts, HTTP
+//! KnowledgeBase sources and the large model's OpenAI-compatible endpoint. Fetches whose address
+//! a manifest's author chooses (sources, artifacts) go through [`HttpClient::with_egress`]: every
+//! address is checked against the egress policy (`switchboard_artifact::egress`).
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -8,11 +10,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use switchboard_artifact::egress::{EgressPolicy, GuardedResolver};
 
 /// A pooled client; cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    egress: std::sync::Arc<EgressPolicy>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -44,9 +48,15 @@ fn check_scheme(url: &str) -> Result<(), String> {
 }
 
 impl HttpClient {
-    /// A new client with a connection pool.
+    /// A new client with a connection pool, to any address (the large model's endpoint, which
+    /// the platform team configures; tools run by hand).
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
+        Self::with_egress(EgressPolicy::unrestricted())
+    }
+
+    /// A client that connects only where `policy` allows (sources and artifacts).
+    pub fn with_egress(policy: EgressPolicy) -> Self {
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
         http.set_connect_timeout(Some(Duration::from_secs(5)));
         http.set_nodelay(true);
         http.enforce_http(false);
@@ -57,7 +67,13 @@ impl HttpClient {
             .wrap_connector(http);
         Self {
             inner: Client::builder(TokioExecutor::new()).build(https),
+            egress: std::sync::Arc::new(policy),
         }
+    }
+
+    /// Where this client may connect.
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.egress
     }
 
     async fn send(
@@ -65,6 +81,12 @@ impl HttpClient {
         request: hyper::Request<Full<Bytes>>,
         max_bytes: usize,
     ) -> Result<HttpResponse, String> {
+        // The large model's client is unrestricted: no per-request URI copy on the answer path.
+        if !self.egress.is_unrestricted() {
+            self.egress
+                .check_url(&request.uri().to_string())
+                .map_err(|e| e.to_string())?;
+        }
         let response = self.inner.request(request).await.map_err(|e| {
             let mut message = e.to_string();
             let mut source = std::error::Error::source(&e);

@@ -341,7 +341,13 @@ pub async fn fetch_http_sources(
         {
             Ok(Ok(body)) => body,
             Ok(Err(e)) => {
-                failures.push(fail("FetchFailed", format!("GET {}: {e}", http.url)));
+                // A refusal names the rule; no response body is ever quoted.
+                let reason = if e.contains(switchboard_artifact::egress::REFUSED) {
+                    "EgressRefused"
+                } else {
+                    "FetchFailed"
+                };
+                failures.push(fail(reason, format!("GET {}: {e}", http.url)));
                 continue;
             }
             Err(_) => {

@@ -14,6 +14,7 @@ mod engine;
 mod eval;
 mod eval_answers;
 mod eval_rewrite;
+mod evidence_training;
 mod flywheel;
 mod grpc;
 mod http;
@@ -35,6 +36,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use switchboard_artifact::egress::EgressPolicy;
 use switchboard_model::SentenceEncoder;
 
 /// The Switchboard runtime.
@@ -74,6 +76,12 @@ enum Command {
         /// index-build Job passes `/`, where it mounts claims at their paths.
         #[arg(long)]
         volume_root: Option<PathBuf>,
+        /// Internal address blocks HTTP sources may be fetched from, comma-separated
+        /// (`10.20.0.0/16,fd00::/8`; `*`: any). Public addresses only by default: loopback,
+        /// private, link-local (metadata) and other internal addresses are refused, after DNS
+        /// resolution (docs/security.md). The operator passes its own `--egress-allow`.
+        #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = parse_egress)]
+        egress_allow: EgressPolicy,
     },
     /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10), or with
     /// `--answers` the answers' quality in stages (retrieval, gold context, full pipeline).
@@ -81,6 +89,10 @@ enum Command {
     /// Train a cross-encoder reranker on a corpus's golden (and synthetic) queries with hard
     /// negatives from its own retriever; writes a BertForSequenceClassification directory.
     TrainReranker(rerank_training::TrainRerankerArgs),
+    /// Train an evidence scorer (a cross-encoder: does this sentence answer the question?) from
+    /// synth-answers questions over the knowledge base, FAQ files and a golden set's train half;
+    /// compare it with `eval --answers --dump-evidence F --evidence-scorer DIR`.
+    TrainEvidence(evidence_training::TrainEvidenceArgs),
     /// Fine-tune the retrieval encoder (the bi-encoder behind dense search) on a corpus's golden
     /// (and synthetic) queries; writes a sentence-encoder directory `eval --encoder` and a
     /// KnowledgeBase can use.
@@ -170,6 +182,7 @@ fn main() -> Result<()> {
             report_file,
             sources_dir,
             volume_root,
+            egress_allow,
         } => index(
             &kb,
             &IndexOptions {
@@ -178,10 +191,12 @@ fn main() -> Result<()> {
                 report_file,
                 sources_dir,
                 volume_root,
+                egress: egress_allow,
             },
         ),
         Command::Eval(args) => eval::run(&args),
         Command::TrainReranker(args) => rerank_training::run(&args),
+        Command::TrainEvidence(args) => evidence_training::run(&args),
         Command::TrainEncoder(args) => encoder_training::run(&args),
         Command::SynthQueries(args) => synth_queries::run(&args),
         Command::SynthAnswers(args) => synth_answers::run(&args),
@@ -218,6 +233,12 @@ struct IndexOptions {
     report_file: Option<PathBuf>,
     sources_dir: Option<PathBuf>,
     volume_root: Option<PathBuf>,
+    egress: EgressPolicy,
+}
+
+/// `--egress-allow`: a comma-separated list of address blocks, or `*`.
+pub(crate) fn parse_egress(list: &str) -> Result<EgressPolicy, String> {
+    EgressPolicy::parse(list)
 }
 
 fn index(args: &serve::KbArgs, options: &IndexOptions) -> Result<()> {
@@ -233,7 +254,7 @@ fn index(args: &serve::KbArgs, options: &IndexOptions) -> Result<()> {
     // HTTP sources are fetched first, into a scratch folder that lives as long as the build.
     let scratch = Scratch::new()?;
     let (fetched, failures) = if loaded.kb.spec.sources.iter().any(|s| s.http.is_some()) {
-        let client = http_client::HttpClient::new();
+        let client = http_client::HttpClient::with_egress(options.egress.clone());
         runtime()?.block_on(kb::fetch_http_sources(
             &loaded.kb,
             &scratch.0,

@@ -180,6 +180,11 @@ pub fn print_report(report: &BuildReport) {
 pub struct ServeArgs {
     #[command(flatten)]
     kb: KbArgs,
+    /// Internal address blocks adapter artifacts may be downloaded from, comma-separated
+    /// (`10.20.0.0/16,fd00::/8`; `*`: any). Public addresses only by default (docs/security.md);
+    /// the operator passes its own `--egress-allow` to the pods it creates.
+    #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = crate::parse_egress)]
+    egress_allow: switchboard_artifact::egress::EgressPolicy,
     /// gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
@@ -299,6 +304,7 @@ fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Engi
         }
         .weights(args.generation_weights),
         lenient_large_model: args.runtime_config.is_none(),
+        egress: args.egress_allow.clone(),
     }
 }
 

@@ -25,6 +25,7 @@ use switchboard_crds::{
 
 use super::rollout::ArtifactCheck;
 use crate::{http_client::HttpClient, observe::BoxFuture};
+use switchboard_artifact::egress::EgressPolicy;
 
 pub use switchboard_artifact::{CONFIG_FILE, WEIGHTS_FILE, sha256_hex};
 
@@ -58,8 +59,13 @@ pub struct PeftArtifacts {
 impl PeftArtifacts {
     /// A checker with an optional cache directory.
     pub fn new(cache: Option<PathBuf>) -> Self {
+        Self::with_egress(cache, EgressPolicy::public_only())
+    }
+
+    /// A checker that downloads only where `egress` allows (`--egress-allow`).
+    pub fn with_egress(cache: Option<PathBuf>, egress: EgressPolicy) -> Self {
         Self {
-            http: HttpClient::new(Duration::from_secs(60)),
+            http: HttpClient::with_egress(Duration::from_secs(60), egress),
             oci: OciClient::default(),
             cache,
             seq: AtomicU64::new(0),
@@ -107,6 +113,10 @@ impl PeftArtifacts {
                 Ok(())
             }
             ArtifactUri::Oci(reference) => {
+                self.http
+                    .egress()
+                    .check_authority(reference.resolve_registry())
+                    .await?;
                 let auth = credentials
                     .auth_for(reference.resolve_registry())
                     .map_err(|e| e.to_string())?;
@@ -423,9 +433,33 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let checker = PeftArtifacts::new(None);
         let anonymous = Credentials::default();
         let mut s = spec(&sha256_hex(b"weights"), repo);
+
+        // By default a loopback (or any internal) address is refused, by literal and by name,
+        // before a request is sent; the status names the rule, not the server's answer.
+        let default = PeftArtifacts::new(None);
+        for uri in [
+            format!("http://{addr}/adapters/pricing/1.1.0/"),
+            format!("http://localhost:{}/adapters/pricing/1.1.0/", addr.port()),
+        ] {
+            s.artifact.uri.clone_from(&uri);
+            match default.check(&s, &anonymous).await {
+                ArtifactCheck::Failed { reason, message } => {
+                    assert_eq!(reason, reasons::ARTIFACT_UNAVAILABLE);
+                    assert!(
+                        message.contains("refused by the egress policy")
+                            && message.contains("loopback"),
+                        "{uri}: {message}"
+                    );
+                }
+                other => panic!("{uri}: {other:?}"),
+            }
+        }
+
+        // Allowed explicitly (the chart's egress.allowCidrs), it is fetched and verified.
+        let checker =
+            PeftArtifacts::with_egress(None, EgressPolicy::parse("127.0.0.0/8,::1").unwrap());
         s.artifact.uri = format!("http://{addr}/adapters/pricing/1.1.0/");
         assert_eq!(checker.check(&s, &anonymous).await, ArtifactCheck::Verified);
         s.artifact.uri = format!("http://{addr}/adapters/pricing/9.9.9");
@@ -463,9 +497,24 @@ mod tests {
             uris.push(format!("oci://{}", reference.whole()));
         }
         let cache = tmp.path().join("cache");
-        let checker = PeftArtifacts::new(Some(cache.clone()));
         let anonymous = Credentials::default();
         let digest = sha256_hex(b"oci-weights");
+        // A registry on an internal address needs the egress allow-list.
+        let mut s = spec(&digest, repo);
+        s.artifact.uri.clone_from(&uris[0]);
+        match PeftArtifacts::new(None).check(&s, &anonymous).await {
+            ArtifactCheck::Failed { message, .. } => {
+                assert!(
+                    message.contains("refused by the egress policy"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let checker = PeftArtifacts::with_egress(
+            Some(cache.clone()),
+            EgressPolicy::parse("127.0.0.0/8,::1").unwrap(),
+        );
         for uri in &uris {
             let mut s = spec(&digest, repo);
             s.artifact.uri.clone_from(uri);

@@ -106,6 +106,8 @@ pub struct EvaluationJob<'a> {
     pub image: &'a str,
     /// The baseline and candidate configs.
     pub configs: (&'a RuntimeConfig, &'a RuntimeConfig),
+    /// Internal address blocks adapter artifacts may come from (the operator's `--egress-allow`).
+    pub egress_allow: Option<&'a str>,
 }
 
 impl EvaluationJob<'_> {
@@ -306,6 +308,7 @@ impl EvaluationJob<'_> {
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             resources: self.router.spec.resources.clone(),
             volume_mounts: Some(mounts),
+            env: crate::pod::egress_env(self.egress_allow).map(|e| vec![e]),
             security_context: Some(crate::pod::container_security(true)),
             ..Container::default()
         };
@@ -510,6 +513,7 @@ mod tests {
             router: &r,
             image: "runtime:0.1.0",
             configs: (&baseline, &candidate),
+            egress_allow: None,
         };
         let job = builder.job();
         let name = job.metadata.name.clone().unwrap();

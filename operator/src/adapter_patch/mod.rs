@@ -492,6 +492,7 @@ async fn evaluation_check(
             router: &router,
             image: &image,
             configs: (&baseline, &candidate),
+            egress_allow: ctx.settings.egress_allow.as_deref(),
         };
         let config_map = builder.config_map().map_err(|source| Error::Serialize {
             what: "the evaluation ConfigMap",

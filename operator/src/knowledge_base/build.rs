@@ -218,6 +218,8 @@ pub struct KbChildren<'a> {
     pub namespace: &'a str,
     /// Indexer image.
     pub image: &'a str,
+    /// Internal address blocks HTTP sources may come from (the operator's `--egress-allow`).
+    pub egress_allow: Option<&'a str>,
 }
 
 impl KbChildren<'_> {
@@ -322,6 +324,7 @@ impl KbChildren<'_> {
             termination_message_path: Some("/dev/termination-log".to_owned()),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             volume_mounts: Some(volume_mounts),
+            env: crate::pod::egress_env(self.egress_allow).map(|e| vec![e]),
             security_context: Some(crate::pod::container_security(false)),
             ..Container::default()
         };
@@ -552,6 +555,7 @@ mod tests {
             name: "help",
             namespace: "support",
             image: "runtime:1",
+            egress_allow: None,
         };
         let claim = c.claim();
         assert_eq!(claim.metadata.name.as_deref(), Some("help-index"));
@@ -640,6 +644,7 @@ mod tests {
             name: "help",
             namespace: "support",
             image: "runtime:1",
+            egress_allow: None,
         };
         assert_eq!(
             c.claim().spec.unwrap().access_modes,

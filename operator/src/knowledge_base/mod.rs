@@ -193,6 +193,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
         name: &name,
         namespace: &namespace,
         image: &ctx.settings.runtime_image,
+        egress_allow: ctx.settings.egress_allow.as_deref(),
     };
     apply(client, &namespace, &children.claim()).await?;
     let manifest = children.manifest().map_err(|source| Error::Serialize {

@@ -163,6 +163,8 @@ pub struct RouterChildren<'a> {
     pub namespace: &'a str,
     /// The image when the Router names none.
     pub default_image: &'a str,
+    /// Internal address blocks adapter artifacts may come from (the operator's `--egress-allow`).
+    pub egress_allow: Option<&'a str>,
 }
 
 impl RouterChildren<'_> {
@@ -290,6 +292,7 @@ impl RouterChildren<'_> {
                     ..EnvVar::default()
                 })
                 .chain(outcome_store_env(&spec.outcome_store))
+                .chain(crate::pod::egress_env(self.egress_allow))
                 .collect(),
             ),
             ports: Some(vec![
@@ -661,6 +664,7 @@ mod tests {
             name: "frontline",
             namespace: "support",
             default_image: "runtime:0.1.0",
+            egress_allow: None,
         }
     }
 

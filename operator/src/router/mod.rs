@@ -95,6 +95,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         name: &name,
         namespace: &namespace,
         default_image: &ctx.settings.runtime_image,
+        egress_allow: ctx.settings.egress_allow.as_deref(),
     };
     let config_map = children
         .config_map(&config)

@@ -12,6 +12,7 @@
 //! [`oci`] pulls (and, for tests and tooling, pushes) PEFT directories from OCI registries.
 #![forbid(unsafe_code)]
 
+pub mod egress;
 pub mod oci;
 
 use std::io::Read;

@@ -140,6 +140,44 @@ spec:
         "{stderr}"
     );
 
+    // The sources are served on loopback: by default the index builder refuses to fetch from an
+    // internal address (the source fails with EgressRefused, naming the rule), and indexes the rest.
+    let refused_report = tmp.path().join("refused.json");
+    let out = runtime_cmd()
+        .env_remove("SWITCHBOARD_EGRESS_ALLOW")
+        .args(["index", "--no-publish", "--manifests"])
+        .arg(&manifest)
+        .arg("--data")
+        .arg(tmp.path().join("refused-data"))
+        .arg("--sources-dir")
+        .arg(&sources)
+        .arg("--volume-root")
+        .arg(&volumes)
+        .arg("--report-file")
+        .arg(&refused_report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&refused_report).unwrap()).unwrap();
+    let remote = refused["sourceErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["source"] == "remote")
+        .unwrap_or_else(|| panic!("{refused}"));
+    assert_eq!(remote["reason"], "EgressRefused", "{refused}");
+    let message = remote["message"].as_str().unwrap();
+    assert!(
+        message.contains("loopback") && message.contains("egress.allowCidrs"),
+        "{message}"
+    );
+    assert_eq!(refused["documents"], 4, "{refused}");
+
     let out = runtime_cmd()
         .args(["index", "--manifests"])
         .arg(&manifest)
@@ -151,6 +189,7 @@ spec:
         .arg(&volumes)
         .arg("--report-file")
         .arg(&report_file)
+        .args(["--egress-allow", "127.0.0.0/8,::1"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
