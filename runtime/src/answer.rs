@@ -585,6 +585,8 @@ pub async fn answer_with(
 ) -> Result<AnswerResponse, ServiceError> {
     let started = Instant::now();
     validate_query(&request.query)?;
+    crate::limits::validate_id("unit", request.unit.as_deref())?;
+    crate::limits::validate_id("conversationId", request.conversation_id.as_deref())?;
     let forced = match request.force_model.as_deref() {
         None | Some("") => None,
         Some("small") => Some(ModelKind::Small),

@@ -58,6 +58,9 @@ pub struct EngineOptions {
     pub generation: switchboard_model::generator_worker::WorkerOptions,
     /// Where adapter artifacts may be downloaded from (`--egress-allow`).
     pub egress: switchboard_artifact::egress::EgressPolicy,
+    /// Bounds the retrievals running and waiting, across generations and configs
+    /// (`--max-concurrent-retrievals`, `--max-queued-retrievals`).
+    pub retrieval_admission: Arc<crate::limits::Admission>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -446,6 +449,7 @@ impl Engine {
                     reranker.clone(),
                     kb::search_options(&kb_config.retrieval, reranker.is_some()),
                     Arc::clone(&self.metrics),
+                    Arc::clone(&self.options.retrieval_admission),
                 ));
                 // A service replaced (another encoder or reranker) is held only by the snapshots
                 // still using it.

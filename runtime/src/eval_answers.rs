@@ -555,6 +555,7 @@ pub(crate) async fn harness(
         token_ttl: std::time::Duration::from_secs(3600),
         lenient_large_model: true,
         egress: args.egress_allow.clone(),
+        retrieval_admission: Default::default(),
         generation: switchboard_model::generator_worker::WorkerOptions::new(
             switchboard_model::default_device(),
         )
@@ -1416,7 +1417,8 @@ async fn gate(config_path: &Path, golden: &[GoldenQuery], args: &AnswerArgs) -> 
             // The large model is part of the pipeline being judged: it must load.
             lenient_large_model: false,
             egress: args.egress_allow.clone(),
-                generation: switchboard_model::generator_worker::WorkerOptions::new(
+            retrieval_admission: Default::default(),
+            generation: switchboard_model::generator_worker::WorkerOptions::new(
                 switchboard_model::default_device(),
             )
             .weights(switchboard_model::llama::WeightFormat::Int4),

@@ -26,9 +26,27 @@ pub struct HttpState {
     pub pinned: bool,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// One coverage-gap report (clustering up to 20,000 signals) is computed at a time.
+    reports: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpState {
+    /// The state of a server: `service` alone (retrieval only) or an `engine`.
+    pub fn new(
+        service: Option<Arc<RetrievalService>>,
+        engine: Option<Arc<Engine>>,
+        pinned: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            service,
+            engine,
+            pinned,
+            metrics,
+            reports: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
     /// The retrieval service in force.
     pub fn service(&self) -> Option<Arc<RetrievalService>> {
         match &self.engine {
@@ -57,8 +75,8 @@ fn unavailable() -> Response {
     )
 }
 
-/// The HTTP routes.
-pub fn router(state: HttpState) -> axum::Router {
+/// The HTTP routes, each request bounded by `limits` (body size and time, response deadline).
+pub fn router(state: HttpState, limits: crate::limits::RequestLimits) -> axum::Router {
     axum::Router::new()
         .route("/v1/answer", post(answer))
         .route("/v1/feedback", post(feedback))
@@ -73,6 +91,10 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(limits),
+            crate::limits::bounded,
+        ))
         .with_state(state)
 }
 
@@ -452,6 +474,19 @@ async fn coverage_gaps(
     let params = match query_params(params) {
         Ok(p) => p,
         Err(r) => return *r,
+    };
+    let Ok(_report) = state.reports.try_acquire() else {
+        state.metrics.limit_refused("admin_busy");
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            "a coverage-gap report is being computed; retry later".into(),
+        );
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return response;
     };
     match crate::flywheel::gaps_of_engine(engine, params).await {
         Ok(report) => Json(report).into_response(),

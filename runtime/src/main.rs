@@ -20,6 +20,7 @@ mod grpc;
 mod http;
 mod http_client;
 mod kb;
+mod limits;
 mod metrics;
 mod models;
 mod openai;

@@ -76,6 +76,8 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     generation_shed: IntCounterVec,
     generation_queue: IntGaugeVec,
+    limit_refused: IntCounterVec,
+    connections: IntGauge,
 }
 
 pub use switchboard_policy::Variant;
@@ -280,8 +282,21 @@ impl Metrics {
             ),
             &["model"],
         )?;
+        let limit_refused = IntCounterVec::new(
+            Opts::new(
+                "switchboard_limit_refused_total",
+                "Requests (HTTP and gRPC) and connections refused by a serving limit: header_timeout, body_timeout, body_too_large, deadline_exceeded, retrieval_overloaded, admin_busy (docs/security.md).",
+            ),
+            &["reason"],
+        )?;
+        let connections = IntGauge::new(
+            "switchboard_http_connections",
+            "HTTP connections open now (at most --max-connections).",
+        )?;
         for collector in [
             Box::new(interactions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(limit_refused.clone()),
+            Box::new(connections.clone()),
             Box::new(store_errors.clone()),
             Box::new(generation_shed.clone()),
             Box::new(generation_queue.clone()),
@@ -340,7 +355,24 @@ impl Metrics {
             store_errors,
             generation_shed,
             generation_queue,
+            limit_refused,
+            connections,
         })
+    }
+
+    /// Counts a request or connection refused by a serving limit (`crate::limits`).
+    pub fn limit_refused(&self, reason: &str) {
+        self.limit_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// An HTTP connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    /// An HTTP connection ended.
+    pub fn connection_closed(&self) {
+        self.connections.dec();
     }
 
     /// Counts a failed outcome-store operation.

@@ -256,6 +256,8 @@ pub struct ServeArgs {
     /// interaction's token must have expired, or its feedback could count twice).
     #[arg(long, default_value = "2160h", value_parser = parse_duration)]
     outcome_retention: Duration,
+    #[command(flatten)]
+    limits: crate::limits::LimitArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -305,6 +307,7 @@ fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Engi
         .weights(args.generation_weights),
         lenient_large_model: args.runtime_config.is_none(),
         egress: args.egress_allow.clone(),
+        retrieval_admission: args.limits.retrieval_admission(),
     }
 }
 
@@ -364,12 +367,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             args.grpc_addr,
             args.http_addr
         );
-        let state = HttpState {
-            service: None,
-            engine: Some(engine),
-            pinned: true,
-            metrics,
-        };
+        let state = HttpState::new(None, Some(engine), true, metrics);
         let result = run_servers(&args, state).await;
         watcher.abort();
         return result;
@@ -482,12 +480,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             args.grpc_addr,
             args.http_addr
         );
-        let state = HttpState {
-            service: None,
-            engine: Some(engine),
-            pinned: false,
-            metrics,
-        };
+        let state = HttpState::new(None, Some(engine), false, metrics);
         let result = run_servers(&args, state).await;
         watcher.abort();
         return result;
@@ -503,6 +496,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         reranker,
         options,
         Arc::clone(&metrics),
+        args.limits.retrieval_admission(),
     ));
     {
         let service = Arc::clone(&service);
@@ -536,12 +530,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         args.grpc_addr,
         args.http_addr
     );
-    let state = HttpState {
-        service: Some(service),
-        engine: None,
-        pinned: false,
-        metrics,
-    };
+    let state = HttpState::new(Some(service), None, false, metrics);
     let result = run_servers(&args, state).await;
     watcher.abort();
     result
@@ -564,7 +553,15 @@ async fn run_servers(args: &ServeArgs, state: HttpState) -> Result<()> {
         .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // The same bounds as HTTP where tonic has them: a deadline per call, a bounded number of
+    // streams per connection, and keepalive pings that find dead peers.
+    let limits = &args.limits;
     let grpc = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .concurrency_limit_per_connection(64)
+        .max_concurrent_streams(64_u32)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(limits.header_read_timeout))
         .add_service(health)
         .add_service(reflection)
         .add_service(
@@ -581,9 +578,19 @@ async fn run_servers(args: &ServeArgs, state: HttpState) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    let http = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal());
+    let metrics = Arc::clone(&state.metrics);
+    let app = router(
+        state,
+        crate::limits::RequestLimits {
+            body_timeout: limits.body_timeout,
+            request_timeout: limits.request_timeout,
+            max_body_bytes: limits.max_body_bytes,
+            metrics: Arc::clone(&metrics),
+        },
+    );
+    let http = crate::limits::serve_http(listener, app, limits, metrics, shutdown_signal());
     tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, "serving");
-    let (grpc, http) = tokio::join!(grpc, async { http.await });
+    let (grpc, http) = tokio::join!(grpc, http);
     grpc.context("gRPC server")?;
     http.context("HTTP server")?;
     Ok(())

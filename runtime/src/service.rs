@@ -10,6 +10,7 @@ use switchboard_index::{
     Embedder, Generation, Generations, Reranker, Retriever, SearchOptions, SearchResponse,
 };
 
+use crate::limits::Admission;
 use crate::metrics::Metrics;
 
 /// Longest query accepted, in bytes.
@@ -114,6 +115,7 @@ pub struct RetrievalService {
     options: ArcSwap<SearchOptions>,
     current: ArcSwapOption<Retriever>,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for RetrievalService {
@@ -135,6 +137,7 @@ impl RetrievalService {
         reranker: Option<Arc<dyn Reranker>>,
         options: SearchOptions,
         metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
     ) -> Self {
         Self {
             knowledge_base: knowledge_base.into(),
@@ -144,6 +147,7 @@ impl RetrievalService {
             options: ArcSwap::from_pointee(options),
             current: ArcSwapOption::empty(),
             metrics,
+            admission,
         }
     }
 
@@ -268,6 +272,11 @@ impl RetrievalService {
         validate_query(&request.query)?;
         let options = self.options_for(&request);
         let query = request.query;
+        // Each search holds a blocking thread and an encoder slot: bounded, and shed past the
+        // queue (429) instead of growing threads (`crate::limits`).
+        let _slot = self.admission.admit().await.inspect_err(|_| {
+            self.metrics.limit_refused("retrieval_overloaded");
+        })?;
         let response = tokio::task::spawn_blocking(move || retriever.search(&query, &options))
             .await
             .map_err(|e| ServiceError::Internal(format!("retrieval task failed: {e}")))?

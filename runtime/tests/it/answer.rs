@@ -207,6 +207,17 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
     assert_eq!(status, 400, "{body}");
     let (status, _) = http(a.http, "POST", "/v1/feedback", "{nope");
     assert_eq!(status, 400);
+    // An assignment id is an id, not a document (it is stored with every interaction).
+    let (status, body) = post_json(
+        a.http,
+        "/v1/answer",
+        &json!({"query": "How do refunds work?", "unit": "u".repeat(1024)}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["message"], "unit: 1024 bytes exceeds the limit of 256",
+        "{body}"
+    );
 
     // Hot reload: the billing lineage (stable 1.0.0) with a Shadow candidate on every request.
     // A request in flight when the file changes finishes on the config it started with.

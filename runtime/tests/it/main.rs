@@ -8,6 +8,7 @@ mod consistency;
 mod eval;
 mod flywheel;
 mod index_sources;
+mod limits;
 mod outcomes;
 mod rerank;
 mod rerank_training;
