@@ -37,7 +37,12 @@ impl HttpClient {
             .enable_http1()
             .wrap_connector(http);
         Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            // Idle connections are dropped before a runtime's header-read timeout (10 s) would
+            // close them under a request about to be sent on them.
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build(https),
             timeout,
             egress: std::sync::Arc::new(policy),
         }
