@@ -106,14 +106,15 @@ pub const RBAC_RULES: &[Rule] = &[
         resource: "deployments",
         verbs: OWN,
     },
-    // The interaction-token key: created once, never read back beyond metadata. The Secrets a
-    // Router (endpoint key, outcome store URL) or an AdapterPatch (registry credentials) names are
-    // read to check them (no list or watch: the operator never sees Secrets it is not pointed
-    // at). Granted per namespace by its owner (`Grant::PerNamespace`), never cluster-wide.
+    // The interaction-token key: created, and updated to rotate it (the chart's admission policy
+    // limits updates to the Secrets a Router controls). The Secrets a Router (endpoint key,
+    // outcome store URL) or an AdapterPatch (registry credentials) names are read to check them
+    // (no list or watch: the operator never sees Secrets it is not pointed at). Granted per
+    // namespace by its owner (`Grant::PerNamespace`), never cluster-wide.
     Rule {
         api_group: "",
         resource: "secrets",
-        verbs: &["get", "create"],
+        verbs: &["get", "create", "update"],
     },
     // KnowledgeBase children: the index volume and the build Jobs (old Jobs are deleted); the
     // claims volume sources mount are checked and watched.

@@ -162,7 +162,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     http: HttpClient,
     artifacts: ArtifactCache,
-    keys: TokenKeys,
+    /// Swapped whole when the key file changes (`watch_keys`).
+    keys: arc_swap::ArcSwap<TokenKeys>,
     store: OutcomeStore,
     active: ArcSwapOption<Active>,
     /// Snapshots replaced but possibly still held by requests: their adapters stay resident.
@@ -229,7 +230,7 @@ impl Engine {
             metrics,
             http,
             artifacts,
-            keys,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
             store,
             active: ArcSwapOption::empty(),
             retiring: std::sync::Mutex::new(Vec::new()),
@@ -250,9 +251,50 @@ impl Engine {
         &self.metrics
     }
 
-    /// The token keys.
-    pub fn keys(&self) -> &TokenKeys {
-        &self.keys
+    /// The token keys in force.
+    pub fn keys(&self) -> Arc<TokenKeys> {
+        self.keys.load_full()
+    }
+
+    /// Re-reads the token key file every `interval`; a changed file with valid keys replaces the
+    /// keys in force (tokens are signed with its first key from then on, and verified with any
+    /// of its keys), an invalid one is logged, counted and ignored: the keys in force stay.
+    pub async fn watch_keys(self: Arc<Self>, path: PathBuf, interval: Duration) {
+        let shown = path.display().to_string();
+        let mut last: Option<Vec<u8>> = None;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    if last.is_some() {
+                        tracing::warn!(path = %shown, error = %e, "token key file not readable; keeping the keys in force");
+                        last = None;
+                    }
+                    continue;
+                }
+            };
+            if last.as_deref() == Some(bytes.as_slice()) {
+                continue;
+            }
+            let result = TokenKeys::parse(&shown, &bytes);
+            last = Some(bytes);
+            match result {
+                Ok(keys) if keys.fingerprints() == self.keys().fingerprints() => {}
+                Ok(keys) => {
+                    let fingerprints = keys.fingerprints();
+                    tracing::info!(path = %shown, signing = %fingerprints[0], keys = ?fingerprints, "token keys reloaded");
+                    self.keys.store(Arc::new(keys));
+                    self.metrics.token_keys_reload("applied");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "token keys rejected; keeping the keys in force");
+                    self.metrics.token_keys_reload("rejected");
+                }
+            }
+        }
     }
 
     /// The durable interactions and outcomes (the feedback replay guard across replicas and

@@ -533,6 +533,8 @@ async fn config(State(state): State<HttpState>) -> Response {
         "knowledgeBase": active.config.knowledge_base.name,
         "generation": active.retriever.generation().id,
         "adapters": adapters,
+        // Fingerprints (not the keys), the signing key first: follows a key rotation.
+        "tokenKeys": engine.keys().fingerprints(),
     }))
     .into_response()
 }

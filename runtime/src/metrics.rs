@@ -78,6 +78,7 @@ pub struct Metrics {
     generation_queue: IntGaugeVec,
     limit_refused: IntCounterVec,
     connections: IntGauge,
+    token_key_reloads: IntCounterVec,
 }
 
 pub use switchboard_policy::Variant;
@@ -293,8 +294,16 @@ impl Metrics {
             "switchboard_http_connections",
             "HTTP connections open now (at most --max-connections).",
         )?;
+        let token_key_reloads = IntCounterVec::new(
+            Opts::new(
+                "switchboard_token_key_reloads_total",
+                "Changes of the token key file: applied (new keys in force) or rejected (invalid; the keys in force stay).",
+            ),
+            &["result"],
+        )?;
         for collector in [
             Box::new(interactions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(token_key_reloads.clone()),
             Box::new(limit_refused.clone()),
             Box::new(connections.clone()),
             Box::new(store_errors.clone()),
@@ -357,7 +366,13 @@ impl Metrics {
             generation_queue,
             limit_refused,
             connections,
+            token_key_reloads,
         })
+    }
+
+    /// Counts a change of the token key file (`applied` or `rejected`).
+    pub fn token_keys_reload(&self, result: &str) {
+        self.token_key_reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts a request or connection refused by a serving limit (`crate::limits`).

@@ -286,6 +286,17 @@ fn token_keys(args: &ServeArgs) -> Result<switchboard_policy::TokenKeys> {
     }
 }
 
+/// Follows `--token-key-file` for rotations (a no-op task without one).
+fn watch_keys(args: &ServeArgs, engine: &Arc<Engine>) -> tokio::task::JoinHandle<()> {
+    match args.token_key_file.clone() {
+        Some(path) => tokio::spawn(
+            Arc::clone(engine)
+                .watch_keys(path, args.config_poll_interval.max(Duration::from_secs(1))),
+        ),
+        None => tokio::spawn(async {}),
+    }
+}
+
 fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> EngineOptions {
     EngineOptions {
         data: args.kb.data.clone(),
@@ -361,6 +372,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         )?);
         let watcher =
             tokio::spawn(Arc::clone(&engine).watch_file(path.clone(), args.config_poll_interval));
+        let keys_watcher = watch_keys(&args, &engine);
         println!(
             "serving RuntimeConfig {} on grpc://{} and http://{}",
             path.display(),
@@ -370,6 +382,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let state = HttpState::new(None, Some(engine), true, metrics);
         let result = run_servers(&args, state).await;
         watcher.abort();
+        keys_watcher.abort();
         return result;
     }
 
@@ -480,9 +493,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             args.grpc_addr,
             args.http_addr
         );
+        let keys_watcher = watch_keys(&args, &engine);
         let state = HttpState::new(None, Some(engine), false, metrics);
         let result = run_servers(&args, state).await;
         watcher.abort();
+        keys_watcher.abort();
         return result;
     }
 

@@ -50,12 +50,13 @@ Role when operator.watchNamespace is set.
 {{- end }}
 
 {{- define "switchboard.rbac.secretRules" -}}
-# The interaction-token key of each Router: created once, read back for its metadata. The Secrets a
-# Router (endpoint key, outcome store URL) or an AdapterPatch (registry credentials) names are read
-# to check them (no list/watch: the operator never sees Secrets it is not pointed at).
+# The interaction-token key of each Router: created, and updated to rotate it (admission-policy.yaml
+# limits updates to Secrets a Router controls). The Secrets a Router (endpoint key, outcome store
+# URL) or an AdapterPatch (registry credentials) names are read to check them (no list/watch: the
+# operator never sees Secrets it is not pointed at).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "update"]
 {{- end }}
 
 {{- define "switchboard.rbac.leaderElectionRules" -}}

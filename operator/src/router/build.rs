@@ -472,6 +472,9 @@ pub fn runtime_args() -> Vec<String> {
         ARTIFACTS_DIR,
         "--token-key-file",
         &format!("{TOKEN_DIR}/{TOKEN_KEY}"),
+        // The lifetime a rotation keeps replaced keys for (super::token_key).
+        "--token-ttl",
+        &format!("{}s", super::token_key::TOKEN_LIFETIME.as_secs()),
         "--secrets",
         SECRETS_DIR,
         "--pvc-root",
@@ -746,6 +749,8 @@ mod tests {
                 "/var/lib/switchboard/artifacts",
                 "--token-key-file",
                 "/var/run/switchboard/token/key",
+                "--token-ttl",
+                "604800s",
                 "--secrets",
                 "/var/run/switchboard/secrets",
                 "--pvc-root",

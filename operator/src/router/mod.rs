@@ -2,12 +2,11 @@
 //! report replicas, config revision and routed share.
 
 pub mod build;
+pub mod token_key;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, PostParams},
@@ -87,7 +86,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         experiments: &experiments,
     })?;
 
-    ensure_token_secret(ctx, router, &namespace, &name).await?;
+    let rotation = ensure_token_secret(ctx, router, &namespace, &name).await?;
     let secret_problems = secret_problems(ctx, router, &namespace).await?;
     let missing_secret = (!secret_problems.is_empty()).then(|| secret_problems.join("; "));
     let children = RouterChildren {
@@ -293,56 +292,103 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     // A missing Secret is not watched (that would need list/watch on every Secret): look again
     // soon.
     let settle = progressing || applied != Some(true) || missing_secret.is_some();
-    Ok(Action::requeue(if settle {
+    let requeue = if settle {
         ctx.settings.analysis_interval.max(Duration::from_secs(1))
     } else {
         ctx.settings.resync_interval
-    }))
+    };
+    // A key rotation's next step comes at its own time.
+    Ok(Action::requeue(
+        rotation.map_or(requeue, |r| r.min(requeue)),
+    ))
 }
 
-/// The interaction-token key of a Router's runtime pods: created once with 32 random bytes,
-/// never rewritten (rewriting would invalidate every token in flight).
+/// The interaction-token key of a Router's runtime pods: created once with 32 random bytes, then
+/// rotated only on request, in the steps of [`token_key`] (rewriting it at once would invalidate
+/// every token in flight). Returns when to look again while a rotation runs.
 async fn ensure_token_secret(
     ctx: &Context,
     router: &Router,
     namespace: &str,
     name: &str,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret_name = token_secret_name(name);
-    if api
-        .get_metadata_opt(&secret_name)
-        .await
-        .map_err(|e| Error::secret("get", namespace, &secret_name, e))?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let key = random_hex(32).map_err(|e| Error::Serialize {
+    let requested = router
+        .annotations()
+        .get(token_key::ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let key_error = |e: std::io::Error| Error::Serialize {
         what: "token key",
         source: serde_json::Error::io(e),
-    })?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name.clone()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(build::labels(name)),
-            owner_references: Some(router.controller_owner_ref(&()).into_iter().collect()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            build::TOKEN_KEY.to_owned(),
-            ByteString(key.into_bytes()),
-        )])),
-        type_: Some("Opaque".to_owned()),
-        ..Secret::default()
     };
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        // Another writer won the race: its key stands.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::secret("create", namespace, &secret_name, e)),
+    let Some(existing) = api
+        .get_opt(&secret_name)
+        .await
+        .map_err(|e| Error::secret("get", namespace, &secret_name, e))?
+    else {
+        let state = token_key::KeyState::new(random_hex(32).map_err(key_error)?, requested);
+        let mut annotations = BTreeMap::new();
+        state.annotate(&mut annotations);
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(secret_name.clone()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(build::labels(name)),
+                annotations: Some(annotations),
+                owner_references: Some(router.controller_owner_ref(&()).into_iter().collect()),
+                ..ObjectMeta::default()
+            },
+            data: Some(state.data()),
+            type_: Some("Opaque".to_owned()),
+            ..Secret::default()
+        };
+        return match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(None),
+            // Another writer won the race: its key stands.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+            Err(e) => Err(Error::secret("create", namespace, &secret_name, e)),
+        };
+    };
+    let current = token_key::KeyState::read(&existing);
+    let mut fresh_key = None;
+    let mut new_key = || match random_hex(32) {
+        Ok(k) => k,
+        Err(e) => {
+            fresh_key = Some(e);
+            String::new()
+        }
+    };
+    let step = token_key::plan(&current, requested, ctx.now(), &mut new_key);
+    if let Some(e) = fresh_key {
+        return Err(key_error(e));
     }
+    let Some((next, reason, note)) = step.write else {
+        return Ok(step.requeue);
+    };
+    // Replaced at the version read (a concurrent writer makes this a 409: retried with backoff);
+    // the chart's admission policy lets the operator update only Secrets a Router controls.
+    let mut secret = existing;
+    next.annotate(
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new),
+    );
+    secret.data = Some(next.data());
+    secret.string_data = None;
+    api.replace(&secret_name, &PostParams::default(), &secret)
+        .await
+        .map_err(|e| Error::secret("update", namespace, &secret_name, e))?;
+    ctx.event(
+        router,
+        kube::runtime::events::EventType::Normal,
+        reason,
+        "RotateTokenKey",
+        note,
+    )
+    .await;
+    Ok(step.requeue)
 }
 
 /// Why a Secret key the Router names is unusable, if it is: the Secret or its key does not

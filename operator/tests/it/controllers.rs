@@ -254,6 +254,107 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
     assert_eq!(cm2.data, cm.data);
 }
 
+fn key_lines(secret: &Secret) -> Vec<String> {
+    String::from_utf8(secret.data.as_ref().unwrap()["key"].0.clone())
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_token_key_rotates_on_request_in_three_steps_and_no_other_secret_can_be_updated() {
+    use router::token_key::{DISTRIBUTION, ROTATE_ANNOTATION, TOKEN_LIFETIME};
+    let w = world(FnSource::empty()).await;
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let reconcile = || async {
+        let r = get::<Router>(&w.client, "frontline").await;
+        router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+        key_lines(&get::<Secret>(&w.client, "frontline-runtime-token").await)
+    };
+    let first = reconcile().await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(reconcile().await, first, "kept while nothing is requested");
+
+    // Requested by annotating the Router (a GitOps commit or `kubectl annotate`).
+    Api::<Router>::default_namespaced(w.client.clone())
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "2026-12-07"}}})),
+        )
+        .await
+        .unwrap();
+    // 1. Appended: accepted by every runtime before any signs with it.
+    let appended = reconcile().await;
+    assert_eq!((appended.len(), &appended[0]), (2, &first[0]));
+    let new = appended[1].clone();
+    assert_ne!(new, first[0]);
+    assert_eq!(
+        reconcile().await,
+        appended,
+        "not promoted before it is distributed"
+    );
+    // 2. After the distribution delay: it signs; the old key still verifies.
+    w.clock.advance(DISTRIBUTION);
+    assert_eq!(reconcile().await, [new.clone(), first[0].clone()]);
+    w.clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        reconcile().await.len(),
+        2,
+        "the old key verifies for the token lifetime"
+    );
+    // 3. After the token lifetime: dropped.
+    w.clock.advance(TOKEN_LIFETIME);
+    assert_eq!(reconcile().await, std::slice::from_ref(&new));
+    assert_eq!(reconcile().await, [new], "one rotation per request");
+    let seen = reasons_of(&events(&w.client, "frontline").await);
+    for reason in [
+        "TokenKeyRotationStarted",
+        "TokenKeySigning",
+        "TokenKeyRotated",
+    ] {
+        assert!(seen.contains(&reason.to_owned()), "{reason}: {seen:?}");
+    }
+
+    // The operator's `update` on Secrets (granted here) reaches no other Secret: the chart's
+    // admission policy refuses it, and refuses taking a Router's Secret away from it.
+    let admin: Api<Secret> = Api::default_namespaced(w.client.clone());
+    let db: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "helpdesk-db"},
+        "stringData": {"url": "postgres://support:hunter2@db/support"},
+    }))
+    .unwrap();
+    admin.create(&PostParams::default(), &db).await.unwrap();
+    let operator: Api<Secret> = Api::namespaced(w.ctx.client.clone(), &w.ns);
+    let mut stolen = operator.get("helpdesk-db").await.unwrap();
+    stolen.string_data = Some([("url".to_owned(), "postgres://evil/".to_owned())].into());
+    let refused = operator
+        .replace("helpdesk-db", &PostParams::default(), &stolen)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("may update only the Secrets a Router controls"),
+        "{refused}"
+    );
+    let mut orphaned = operator.get("frontline-runtime-token").await.unwrap();
+    orphaned.metadata.owner_references = None;
+    assert!(
+        operator
+            .replace("frontline-runtime-token", &PostParams::default(), &orphaned)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        admin.get("helpdesk-db").await.unwrap().data.unwrap()["url"].0,
+        b"postgres://support:hunter2@db/support"
+    );
+}
+
 #[tokio::test]
 async fn secrets_are_used_only_where_the_namespaces_owner_granted_them() {
     // A namespace whose owner has not bound the chart's Secrets ClusterRole: the operator, under

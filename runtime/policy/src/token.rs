@@ -6,8 +6,10 @@
 //! with the outcome; because the variant comes from the signed token, feedback cannot be counted
 //! for a variant that did not serve the interaction. Format: `sb1.<payload>.<mac>`, both
 //! base64url without padding, `payload` = JSON [`Claims`], `mac` = HMAC-SHA256 over `sb1.<payload>`
-//! with the first key of the key file. Verification accepts any key in the file, so keys rotate by
-//! prepending a new line, waiting out the token lifetime, then dropping the old line.
+//! with the first key of the key file. Verification accepts any key in the file, so keys rotate
+//! without a restart (the runtime re-reads the file): append the new key (every replica then
+//! accepts it), move it first once every replica has it (it signs), and drop the old line after
+//! the token lifetime. The operator does this for a Router on request (docs/runtime.md).
 use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -185,6 +187,11 @@ impl TokenKeys {
             path: shown.clone(),
             source,
         })?;
+        Self::parse(&shown, &text)
+    }
+
+    /// Parses the contents of a key file read from `source` (named in errors).
+    pub fn parse(source: &str, text: &[u8]) -> Result<Self, KeyError> {
         let keys: Vec<Vec<u8>> = text
             .split(|b| *b == b'\n')
             .map(|line| line.trim_ascii().to_vec())
@@ -192,11 +199,26 @@ impl TokenKeys {
             .collect();
         Self::new(keys).map_err(|e| match e {
             KeyError::Invalid { message, .. } => KeyError::Invalid {
-                path: shown,
+                path: source.to_owned(),
                 message,
             },
             other => other,
         })
+    }
+
+    /// A short, non-secret name of each key, the signing key first (the first 8 hex digits of
+    /// its SHA-256): what logs and `/v1/config` show to follow a rotation.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| {
+                Sha256::digest(k)
+                    .iter()
+                    .take(4)
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect()
     }
 
     /// A random key for this process only (the embedded default without a key file; tokens

@@ -511,4 +511,96 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
         ),
         1.0
     );
+    rotate_token_keys(&a, &key);
+}
+
+/// The key file of a running runtime is rotated in the three steps the operator takes
+/// (docs/runtime.md): append the new key, move it first, drop the old one. No restart; tokens of
+/// the old key count until it is dropped, and an invalid file changes nothing.
+fn rotate_token_keys(a: &support::Runtime, key: &std::path::Path) {
+    let (old_key, new_key) = ("k".repeat(48), "n".repeat(48));
+    let fingerprint = |k: &str| {
+        TokenKeys::new(vec![k.as_bytes().to_vec()])
+            .unwrap()
+            .fingerprints()[0]
+            .clone()
+    };
+    let keys_in_force = || get_json(a.http, "/v1/config")["tokenKeys"].clone();
+    let wait_for = |want: Value| {
+        let started = Instant::now();
+        while keys_in_force() != want {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "keys in force {} never became {want}",
+                keys_in_force()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (old_fp, new_fp) = (fingerprint(&old_key), fingerprint(&new_key));
+    assert_eq!(keys_in_force(), json!([old_fp]));
+    let query = "How do I reset two-factor authentication?";
+    let old_token_1 = ask(a.http, query, "rotation-1")["interactionToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_token_2 = ask(a.http, query, "rotation-2")["interactionToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let feedback = |token: &str| {
+        post_json(
+            a.http,
+            "/v1/feedback",
+            &json!({"token": token, "outcome": "resolved"}),
+        )
+        .0
+    };
+
+    // 1. Appended: every replica accepts the new key before any signs with it.
+    std::fs::write(key, format!("{old_key}\n{new_key}\n")).unwrap();
+    wait_for(json!([old_fp, new_fp]));
+    // 2. First: it signs; the old key's tokens still count.
+    std::fs::write(key, format!("{new_key}\n{old_key}\n")).unwrap();
+    wait_for(json!([new_fp, old_fp]));
+    let new_token = ask(a.http, query, "rotation-3")["interactionToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    TokenKeys::new(vec![new_key.as_bytes().to_vec()])
+        .unwrap()
+        .verify(&new_token, now)
+        .expect("signed with the new key");
+    assert_eq!(feedback(&old_token_1), 200);
+    // 3. Dropped: the old key's tokens are refused, the new key's count.
+    std::fs::write(key, format!("{new_key}\n")).unwrap();
+    wait_for(json!([new_fp]));
+    assert_eq!(feedback(&old_token_2), 401);
+    assert_eq!(feedback(&new_token), 200);
+    // A file with an unusable key is refused whole: the keys in force stay.
+    std::fs::write(key, "short\n").unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = http(a.http, "GET", "/metrics", "");
+        if metric(
+            &metrics,
+            "switchboard_token_key_reloads_total",
+            &[("result", "rejected")],
+        ) >= 1.0
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(keys_in_force(), json!([new_fp]));
+    assert_eq!(
+        feedback(&new_token),
+        409,
+        "counted once, under the keys in force"
+    );
 }

@@ -7,6 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -94,6 +97,10 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "Role" => round_trip::<Role>(object),
                 "RoleBinding" => round_trip::<RoleBinding>(object),
                 "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(object),
+                "ValidatingAdmissionPolicy" => round_trip::<ValidatingAdmissionPolicy>(object),
+                "ValidatingAdmissionPolicyBinding" => {
+                    round_trip::<ValidatingAdmissionPolicyBinding>(object)
+                }
                 "ServiceMonitor" => check_service_monitor(object),
                 "PrometheusRule" => check_prometheus_rule(object),
                 other => Err(format!("unexpected kind {other}: add it to this test")),
@@ -104,7 +111,11 @@ fn every_rendered_object_is_its_kubernetes_type() {
             // Namespaced objects land in an explicit namespace (GitOps tools render without one).
             if !matches!(
                 kind,
-                "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+                "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "CustomResourceDefinition"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
             ) {
                 assert!(
                     object["metadata"]["namespace"].as_str().is_some(),
@@ -124,6 +135,8 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "RoleBinding",
                 "Service",
                 "ServiceAccount",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
             ],
             // The aggregated view/edit ClusterRoles are people's, not the operator's.
             _ => &[
@@ -137,6 +150,8 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "Service",
                 "ServiceAccount",
                 "ServiceMonitor",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
             ],
         };
         assert_eq!(

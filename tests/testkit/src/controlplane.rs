@@ -326,6 +326,8 @@ impl ControlPlane {
                 "templates/serviceaccount.yaml",
                 "--show-only",
                 "templates/rbac.yaml",
+                "--show-only",
+                "templates/admission-policy.yaml",
             ])
             .output()
             .unwrap_or_else(|e| panic!("{} (run `hack/setup.sh tools`): {e}", helm.display()));
@@ -411,7 +413,7 @@ impl ControlPlane {
         .unwrap_or_else(|e| panic!("{e}"));
         // kube-apiserver's authorizer reads RoleBindings from an informer: wait until the grant
         // is in effect, or the operator's first Secret call may still be refused.
-        for verb in ["get", "create"] {
+        for verb in ["get", "create", "update"] {
             self.wait_until_allowed(&[verb, "secrets", "-n", namespace]);
         }
     }
