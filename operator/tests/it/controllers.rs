@@ -356,6 +356,162 @@ async fn a_token_key_rotates_on_request_in_three_steps_and_no_other_secret_can_b
 }
 
 #[tokio::test]
+async fn a_router_or_adapter_patch_may_name_only_secrets_its_author_can_read() {
+    // An author who may write Routers and AdapterPatches but not read Secrets: naming a Secret
+    // would have the operator read it (and the runtime send it) on their behalf. The chart's
+    // admission policies refuse it, naming the Secret; a Secret they may read is accepted.
+    let w = world(FnSource::empty()).await;
+    let ns = w.ns.clone();
+    let kubeconfig = tokio::task::spawn_blocking(move || {
+        plane().user_kubeconfig(
+            &ns,
+            "author",
+            &[
+                (
+                    "switchboard.dev",
+                    "routers",
+                    &["get", "create", "update", "patch"],
+                ),
+                (
+                    "switchboard.dev",
+                    "adapterpatches",
+                    &["get", "create", "update"],
+                ),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let author = switchboard_testkit::controlplane::client_from(&kubeconfig, &w.ns).await;
+    let admin: Api<Secret> = Api::default_namespaced(w.client.clone());
+    for name in ["llm-api", "team-llm-api"] {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"token": "sk-live-1234"},
+        }))
+        .unwrap();
+        admin.create(&PostParams::default(), &secret).await.unwrap();
+    }
+    let router = |secret: &str| -> Router {
+        serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
+            "metadata": {"name": "frontline"},
+            "spec": {
+                "knowledgeBaseRef": {"name": "help"},
+                "smallModel": {"model": MODEL},
+                "largeModel": {"endpoint": {"url": "https://llm.internal/v1", "model": "big",
+                                            "secretRef": {"name": secret, "key": "token"}}},
+            },
+        }))
+        .unwrap()
+    };
+    let routers: Api<Router> = Api::default_namespaced(author.clone());
+    let refused = routers
+        .create(&PostParams::default(), &router("llm-api"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains(&format!(
+            "this Router may name only Secrets its author can read: you may not get every Secret it newly names in namespace {} (llm-api)",
+            w.ns
+        )),
+        "{refused}"
+    );
+    let patches: Api<AdapterPatch> = Api::default_namespaced(author.clone());
+    let mut patch = patch("1.0.0", &digest('a'));
+    "oci://registry.example.com/adapters/pricing:1.0.0".clone_into(&mut patch.spec.artifact.uri);
+    patch.spec.artifact.pull_secret_ref =
+        Some(serde_json::from_value(json!({"name": "llm-api"})).unwrap());
+    let refused = patches
+        .create(&PostParams::default(), &patch)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("you may not get every Secret it newly names"),
+        "{refused}"
+    );
+
+    // The namespace's owner lets the author read one Secret: a Router naming it is accepted.
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "author-reads-team-llm-api"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["team-llm-api"],
+                   "verbs": ["get"]}],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "author-reads-team-llm-api"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "author-reads-team-llm-api"},
+        "subjects": [{"kind": "ServiceAccount", "name": "author", "namespace": w.ns}],
+    });
+    Api::<k8s_openapi::api::rbac::v1::Role>::default_namespaced(w.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(role).unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::default_namespaced(w.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(binding).unwrap(),
+        )
+        .await
+        .unwrap();
+    // The authorizer sees new bindings through an informer: retry briefly.
+    let mut accepted = None;
+    for _ in 0..100 {
+        match routers
+            .create(&PostParams::default(), &router("team-llm-api"))
+            .await
+        {
+            Ok(r) => {
+                accepted = Some(r);
+                break;
+            }
+            Err(e)
+                if e.to_string()
+                    .contains("may name only Secrets its author can read") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let accepted = accepted.expect("a Router naming a Secret its author may read");
+    // Edits that keep the Secrets it names need no further check; switching to one the author
+    // may not read is refused like a creation.
+    let mut scaled = accepted.clone();
+    scaled.spec.replicas = 2;
+    let scaled = routers
+        .replace("frontline", &PostParams::default(), &scaled)
+        .await
+        .unwrap();
+    let mut switched = scaled.clone();
+    switched
+        .spec
+        .large_model
+        .endpoint
+        .as_mut()
+        .unwrap()
+        .secret_ref =
+        Some(serde_json::from_value(json!({"name": "llm-api", "key": "token"})).unwrap());
+    let refused = routers
+        .replace("frontline", &PostParams::default(), &switched)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("you may not get every Secret it newly names"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
 async fn secrets_are_used_only_where_the_namespaces_owner_granted_them() {
     // A namespace whose owner has not bound the chart's Secrets ClusterRole: the operator, under
     // the chart's RBAC, may not create the Router's token key there, and says so (what to bind,

@@ -364,25 +364,13 @@ impl ControlPlane {
                 "--duration=24h",
             ])
             .unwrap_or_else(|e| panic!("{e}"));
-        let kubeconfig = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "controlplane", "cluster": {
-                "server": self.url(),
-                "certificate-authority": self.dir.join("pki/ca.crt"),
-            }}],
-            "users": [{"name": OPERATOR_SERVICE_ACCOUNT, "user": {"token": token.trim()}}],
-            "contexts": [{"name": "operator", "context": {
-                "cluster": "controlplane", "user": OPERATOR_SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE,
-            }}],
-            "current-context": "operator",
-        });
         let path = self.dir.join("operator.kubeconfig");
-        std::fs::write(
+        self.write_kubeconfig(
             &path,
-            serde_yaml::to_string(&kubeconfig).unwrap_or_else(|e| panic!("{e}")),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+            OPERATOR_SERVICE_ACCOUNT,
+            token.trim(),
+            OPERATOR_NAMESPACE,
+        );
         *operator = Some(path.clone());
         path
     }
@@ -422,7 +410,12 @@ impl ControlPlane {
     /// ServiceAccount.
     fn wait_until_allowed(&self, args: &[&str]) {
         let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}");
-        let mut command = vec!["auth", "can-i", "--as", &user];
+        self.wait_until_allowed_as(&user, args);
+    }
+
+    /// Waits (up to 30 s) until `kubectl auth can-i --as <user> <args>` says yes.
+    fn wait_until_allowed_as(&self, user: &str, args: &[&str]) {
+        let mut command = vec!["auth", "can-i", "--as", user];
         command.extend_from_slice(args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.kubectl(&command).is_err() {
@@ -432,6 +425,81 @@ impl ControlPlane {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Writes a kubeconfig for this control plane authenticating `user` with `token`.
+    fn write_kubeconfig(&self, path: &Path, user: &str, token: &str, namespace: &str) {
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "controlplane", "cluster": {
+                "server": self.url(),
+                "certificate-authority": self.dir.join("pki/ca.crt"),
+            }}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {
+                "cluster": "controlplane", "user": user, "namespace": namespace,
+            }}],
+            "current-context": user,
+        });
+        std::fs::write(
+            path,
+            serde_yaml::to_string(&kubeconfig).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A kubeconfig of a namespace user with exactly `rules` (`(apiGroup, resource, verbs)`): a
+    /// ServiceAccount `name` in `namespace`, bound there to a Role holding the rules, with a
+    /// token. What an admission test needs to act as a manifest author who may not do
+    /// everything (read Secrets, say).
+    pub fn user_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        rules: &[(&str, &str, &[&str])],
+    ) -> PathBuf {
+        let rules: Vec<serde_json::Value> = rules
+            .iter()
+            .map(|(group, resource, verbs)| {
+                serde_json::json!({"apiGroups": [group], "resources": [resource], "verbs": verbs})
+            })
+            .collect();
+        let objects = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": name, "namespace": namespace}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": name, "namespace": namespace}, "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": name, "namespace": namespace},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+        ]});
+        let file = self.dir.join(format!("user-{namespace}-{name}.json"));
+        std::fs::write(&file, objects.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        self.kubectl(&["apply", "-f", &file.to_string_lossy()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        if let Some((group, resource, verbs)) = rules.first().map(|r| {
+            (
+                r["apiGroups"][0].as_str().unwrap_or_default().to_owned(),
+                r["resources"][0].as_str().unwrap_or_default().to_owned(),
+                r["verbs"][0].as_str().unwrap_or_default().to_owned(),
+            )
+        }) {
+            let resource = if group.is_empty() {
+                resource
+            } else {
+                format!("{resource}.{group}")
+            };
+            self.wait_until_allowed_as(&user, &[&verbs, &resource, "-n", namespace]);
+        }
+        let token = self
+            .kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = self.dir.join(format!("user-{namespace}-{name}.kubeconfig"));
+        self.write_kubeconfig(&path, name, token.trim(), namespace);
+        path
     }
 
     /// A kube client of the admin (`system:masters`) whose default namespace is `namespace`:
