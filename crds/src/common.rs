@@ -26,6 +26,44 @@ impl ObjectRef {
     }
 }
 
+/// RE2 pattern of a plain-HTTP URL of an in-cluster Service (`http://<service>.<namespace>.svc`,
+/// optionally `.cluster.local`, a port and a path): where a credential may go unencrypted when
+/// an endpoint allows it ([`credential_url_allowed`]).
+pub const IN_CLUSTER_HTTP_PATTERN: &str =
+    r"^http://[a-z0-9]([-a-z0-9.]*[a-z0-9])?\.svc(\.cluster\.local)?(:[0-9]+)?(/.*)?$";
+
+/// Whether a credential (an API key sent as a bearer token) may be sent to `url`: over
+/// `https://`, or, when `allow_plaintext_in_cluster`, over `http://` to an in-cluster Service
+/// ([`IN_CLUSTER_HTTP_PATTERN`], which the CRD's rule uses; this is the same test in Rust).
+pub fn credential_url_allowed(url: &str, allow_plaintext_in_cluster: bool) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .filter(|_| allow_plaintext_in_cluster)
+    else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.split_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some(_) => return false,
+        None => authority,
+    };
+    let label_like = |h: &str| {
+        let b = h.as_bytes();
+        let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        !b.is_empty()
+            && b.first().is_some_and(edge)
+            && b.last().is_some_and(edge)
+            && b.iter().all(|c| edge(c) || *c == b'-' || *c == b'.')
+    };
+    [".svc.cluster.local", ".svc"]
+        .iter()
+        .any(|suffix| host.strip_suffix(suffix).is_some_and(label_like))
+}
+
 /// A reference to one key of a Secret in the same namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretKeyRef {
@@ -499,6 +537,37 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn credentials_go_over_https_or_plain_http_to_an_in_cluster_service_when_allowed() {
+        // The CRD's CEL rule uses the RE2 pattern; RE2 and Rust's regex agree on it.
+        let pattern = regex::Regex::new(IN_CLUSTER_HTTP_PATTERN).unwrap();
+        for (url, allow, ok) in [
+            ("https://llm.example.com/v1", false, true),
+            ("http://llm.example.com/v1", false, false),
+            ("http://llm.example.com/v1", true, false),
+            ("http://llm.models.svc/v1", false, false),
+            ("http://llm.models.svc/v1", true, true),
+            ("http://llm.models.svc.cluster.local:8000/v1", true, true),
+            ("http://llm.models.svc:8000", true, true),
+            ("http://llm.models.svc:/v1", true, false),
+            ("http://user@llm.models.svc/v1", true, false),
+            ("http://llm.models.svc.evil.com/v1", true, false),
+            ("http://.svc/v1", true, false),
+            ("http://LLM.models.svc/v1", true, false),
+        ] {
+            assert_eq!(
+                credential_url_allowed(url, allow),
+                ok,
+                "{url} allow={allow}"
+            );
+            assert_eq!(
+                url.starts_with("https://") || (allow && pattern.is_match(url)),
+                ok,
+                "pattern: {url} allow={allow}"
+            );
+        }
+    }
 
     fn ready(status: &str, reason: &str, at: i64) -> Condition {
         Condition {

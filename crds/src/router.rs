@@ -22,6 +22,8 @@ pub mod messages {
     pub const ONE_LARGE_MODEL: &str = "largeModel: set exactly one of local or endpoint";
     /// `spec.largeModel.endpoint.url`.
     pub const ENDPOINT_URL: &str = "largeModel.endpoint.url must be an http:// or https:// URL";
+    /// `spec.largeModel.endpoint`.
+    pub const PLAINTEXT_CREDENTIALS: &str = "largeModel.endpoint: an endpoint with a secretRef receives the API key, so its url must be https://, or http://<service>.<namespace>.svc[.cluster.local] with allowPlaintextInCluster: true";
     /// `spec.exploration.share`.
     pub const EXPLORATION_SHARE: &str = "exploration.share must be between 0% and 50%";
     /// `spec.generation.grounding.minEvidenceScore`.
@@ -202,6 +204,10 @@ pub struct LocalModel {
 /// An external OpenAI-compatible endpoint.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(format!(
+    "!has(self.secretRef) || self.url.startsWith('https://') || (has(self.allowPlaintextInCluster) && self.allowPlaintextInCluster && self.url.matches({}))",
+    crate::units::cel_string(crate::common::IN_CLUSTER_HTTP_PATTERN)
+)).message(messages::PLAINTEXT_CREDENTIALS))]
 pub struct Endpoint {
     /// Base URL (e.g. `https://llm.internal/v1`).
     #[schemars(length(min = 1, max = 2048))]
@@ -210,9 +216,16 @@ pub struct Endpoint {
     /// Model name sent in requests.
     #[schemars(length(min = 1, max = 256))]
     pub model: String,
-    /// Secret key holding the API key (sent as a bearer token).
+    /// Secret key holding the API key (sent as a bearer token). The url must then be
+    /// `https://` (or an in-cluster Service with `allowPlaintextInCluster`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
+    /// Send the API key over plain `http://` to an in-cluster Service
+    /// (`http://<service>.<namespace>.svc[.cluster.local]`), e.g. a model server inside a service
+    /// mesh that encrypts pod-to-pod traffic. Without it an endpoint with a `secretRef` must use
+    /// `https://`; other hosts are refused either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext_in_cluster: bool,
     /// Per-request timeout.
     #[serde(default = "default_endpoint_timeout")]
     pub timeout: GoDuration,
@@ -491,6 +504,15 @@ impl Validate for RouterSpec {
                 })
             });
             errors.check(ok, "spec.largeModel.endpoint.url", messages::ENDPOINT_URL);
+            errors.check(
+                endpoint.secret_ref.is_none()
+                    || crate::common::credential_url_allowed(
+                        &endpoint.url,
+                        endpoint.allow_plaintext_in_cluster,
+                    ),
+                "spec.largeModel.endpoint",
+                messages::PLAINTEXT_CREDENTIALS,
+            );
         }
         errors.check(
             self.exploration.share.percent() <= 50.0,

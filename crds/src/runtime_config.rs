@@ -211,6 +211,10 @@ pub struct EndpointConfig {
     /// Secret key holding the API key; the runtime reads it from the mounted secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
+    /// The API key may go over plain `http://` to an in-cluster Service (the Router's
+    /// `largeModel.endpoint.allowPlaintextInCluster`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext_in_cluster: bool,
     /// Request timeout.
     pub timeout: GoDuration,
 }
@@ -393,6 +397,16 @@ impl Validate for RuntimeConfig {
                 http_url(&endpoint.url),
                 "largeModel.endpoint.url",
                 crate::router::messages::ENDPOINT_URL,
+            );
+            // The runtime never sends the API key where the Router's admission rule would not.
+            e.check(
+                endpoint.secret_ref.is_none()
+                    || crate::common::credential_url_allowed(
+                        &endpoint.url,
+                        endpoint.allow_plaintext_in_cluster,
+                    ),
+                "largeModel.endpoint",
+                crate::router::messages::PLAINTEXT_CREDENTIALS,
             );
             e.check(
                 !endpoint.timeout.duration().is_zero(),

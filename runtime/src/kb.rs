@@ -515,6 +515,7 @@ pub fn local_runtime_config(
                 url: e.url.clone(),
                 model: e.model.clone(),
                 secret_ref: e.secret_ref.clone(),
+                allow_plaintext_in_cluster: e.allow_plaintext_in_cluster,
                 timeout: e.timeout.clone(),
             }),
             max_queue_depth: spec.large_model.max_queue_depth,

@@ -658,6 +658,43 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.largeModel.endpoint.url", rt::ENDPOINT_URL),
         },
         Case {
+            name: "API key over plain http",
+            file: "router.yaml",
+            kind: "Router",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/largeModel/endpoint/url",
+                    json!("http://llm.example.com/v1"),
+                )
+            },
+            field: "spec.largeModel.endpoint",
+            message: rt::PLAINTEXT_CREDENTIALS,
+            rust: Rust::Field("spec.largeModel.endpoint", rt::PLAINTEXT_CREDENTIALS),
+        },
+        Case {
+            name: "plaintext allowed only to an in-cluster Service",
+            file: "router.yaml",
+            kind: "Router",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/largeModel/endpoint/url",
+                    json!("http://llm.example.com/v1"),
+                );
+                set(
+                    d,
+                    "/spec/largeModel/endpoint/allowPlaintextInCluster",
+                    json!(true),
+                );
+            },
+            field: "spec.largeModel.endpoint",
+            message: rt::PLAINTEXT_CREDENTIALS,
+            rust: Rust::Field("spec.largeModel.endpoint", rt::PLAINTEXT_CREDENTIALS),
+        },
+        Case {
             name: "knowledge base reference not a name",
             file: "router.yaml",
             kind: "Router",
