@@ -38,6 +38,9 @@ pub mod messages {
     pub const RERANK_WEIGHT: &str = "retrieval.rerank.weight must be between 0 and 1";
     /// `spec.sources[*].volume.path`.
     pub const ABSOLUTE_PATH: &str = "sources[].volume.path must be an absolute path";
+    /// `spec.sources[].volume.path`.
+    pub const NORMALIZED_PATH: &str =
+        "sources[].volume.path must be normalised: no . or .. segments and no //";
     /// `spec.sources[*].http.url`.
     pub const HTTP_URL: &str = "sources[].http.url must be an http:// or https:// URL";
     /// `spec.refreshInterval`.
@@ -312,6 +315,7 @@ pub struct VolumeSource {
     /// a path the index builder image holds.
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message(messages::ABSOLUTE_PATH))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.]?(/|$)') && !self.contains('//')").message(messages::NORMALIZED_PATH))]
     pub path: String,
     /// A PersistentVolumeClaim in the KnowledgeBase's namespace, mounted read-only at `path` in
     /// the index build pod. Its content is not hashed: edits reach the index on the next
@@ -323,6 +327,12 @@ pub struct VolumeSource {
 }
 
 impl VolumeSource {
+    /// Whether `path` has no `.` or `..` segment and no empty one (`//`): what it names is what
+    /// it says, with nothing to climb out of a mount.
+    pub fn path_is_normalized(&self) -> bool {
+        !self.path.contains("//") && !self.path.split('/').any(|s| s == "." || s == "..")
+    }
+
     /// Whether `path` is one of the index builder's own mount points ([`RESERVED_MOUNT_PATHS`])
     /// or below one, or `/`.
     pub fn path_is_reserved(&self) -> bool {
@@ -1029,6 +1039,11 @@ impl Validate for KnowledgeBaseSpec {
                     v.path.starts_with('/'),
                     format!("{field}.volume.path"),
                     messages::ABSOLUTE_PATH,
+                );
+                errors.check(
+                    v.path_is_normalized(),
+                    format!("{field}.volume.path"),
+                    messages::NORMALIZED_PATH,
                 );
                 if v.claim_name.is_some() {
                     errors.check(

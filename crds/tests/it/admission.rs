@@ -452,6 +452,22 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.sources[1].volume.path", kb::ABSOLUTE_PATH),
         },
         Case {
+            name: "volume path climbing out with ..",
+            file: "knowledgebase.yaml",
+            kind: "KnowledgeBase",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/sources/3/volume/path",
+                    json!("/data/tickets/../../var/run/secrets"),
+                )
+            },
+            field: "spec.sources[3].volume.path",
+            message: kb::NORMALIZED_PATH,
+            rust: Rust::Field("spec.sources[3].volume.path", kb::NORMALIZED_PATH),
+        },
+        Case {
             name: "claim mounted over the index builder's own paths",
             file: "knowledgebase.yaml",
             kind: "KnowledgeBase",

@@ -2,7 +2,7 @@
 //! recorded (named, with a reason) and the rest of the source is still ingested.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -82,7 +82,10 @@ pub(crate) fn read_source(
             }
         }
         SourceLocation::Path { path } => match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => walk(path, path, source.format, &mut files, &mut errors),
+            Ok(meta) if meta.is_dir() => {
+                let mut walker = Walk::new(path, source.format);
+                walker.walk(path, &mut files, &mut errors);
+            }
             Ok(_) => {
                 let name = path
                     .file_name()
@@ -122,55 +125,105 @@ pub(crate) fn read_source(
     }
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
+/// A directory walk that stays inside the source's folder: symbolic links are followed (a
+/// ConfigMap volume is a farm of them) only where they lead to a file or folder inside it, so
+/// a link to the pod's own files (`/var/run/secrets/...`, `/etc`) is reported, not indexed; a
+/// folder reached twice (a link to a parent) is read once.
+struct Walk<'a> {
+    root: &'a Path,
+    /// The folder's real path (`None` when it cannot be resolved: then nothing is followed).
+    real_root: Option<PathBuf>,
     format: SourceFormat,
-    files: &mut Vec<InputFile>,
-    errors: &mut Vec<SourceIssue>,
-) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            errors.push(SourceIssue {
-                item: rel(root, dir),
-                reason: format!("cannot list: {e}"),
-            });
+    visited: std::collections::HashSet<PathBuf>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(root: &'a Path, format: SourceFormat) -> Self {
+        Self {
+            root,
+            real_root: std::fs::canonicalize(root).ok(),
+            format,
+            visited: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Whether `path` (a symbolic link) resolves inside the source's folder.
+    fn inside(&self, path: &Path) -> Result<bool, std::io::Error> {
+        let real = std::fs::canonicalize(path)?;
+        Ok(self
+            .real_root
+            .as_ref()
+            .is_some_and(|root| real.starts_with(root)))
+    }
+
+    fn walk(&mut self, dir: &Path, files: &mut Vec<InputFile>, errors: &mut Vec<SourceIssue>) {
+        let root = self.root;
+        if let Ok(real) = std::fs::canonicalize(dir)
+            && !self.visited.insert(real)
+        {
             return;
         }
-    };
-    for entry in entries {
-        let entry = match entry {
+        let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) => {
                 errors.push(SourceIssue {
                     item: rel(root, dir),
                     reason: format!("cannot list: {e}"),
                 });
-                continue;
+                return;
             }
         };
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        // Follows symlinks (ConfigMap volumes are symlink farms).
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => walk(root, &path, format, files, errors),
-            Ok(_) => {
-                let ext = name
-                    .rsplit_once('.')
-                    .map(|(_, e)| e.to_ascii_lowercase())
-                    .unwrap_or_default();
-                if format.extensions().contains(&ext.as_str()) {
-                    read_file(&path, rel(root, &path), files, errors);
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(SourceIssue {
+                        item: rel(root, dir),
+                        reason: format!("cannot list: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                match self.inside(&path) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        errors.push(SourceIssue {
+                            item: rel(root, &path),
+                            reason: "a symbolic link leading outside the source's folder is not followed".into(),
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        errors.push(SourceIssue {
+                            item: rel(root, &path),
+                            reason: format!("cannot resolve the symbolic link: {e}"),
+                        });
+                        continue;
+                    }
                 }
             }
-            Err(e) => errors.push(SourceIssue {
-                item: rel(root, &path),
-                reason: format!("cannot stat: {e}"),
-            }),
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => self.walk(&path, files, errors),
+                Ok(_) => {
+                    let ext = name
+                        .rsplit_once('.')
+                        .map(|(_, e)| e.to_ascii_lowercase())
+                        .unwrap_or_default();
+                    if self.format.extensions().contains(&ext.as_str()) {
+                        read_file(&path, rel(root, &path), files, errors);
+                    }
+                }
+                Err(e) => errors.push(SourceIssue {
+                    item: rel(root, &path),
+                    reason: format!("cannot stat: {e}"),
+                }),
+            }
         }
     }
 }
@@ -281,4 +334,51 @@ pub(crate) fn parse_source(
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_followed_inside_the_source_only_and_loops_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("pod");
+        std::fs::create_dir_all(outside.join("secrets")).unwrap();
+        std::fs::write(outside.join("secrets/token"), "eyJhbGciOi.secret").unwrap();
+        let root = tmp.path().join("kb");
+        std::fs::create_dir_all(root.join("..2026_12_07/guides")).unwrap();
+        std::fs::write(
+            root.join("..2026_12_07/guides/refunds.txt"),
+            "Refunds take 14 days.",
+        )
+        .unwrap();
+        // A ConfigMap volume's shape: visible names are links into a hidden, timestamped folder.
+        std::os::unix::fs::symlink("..2026_12_07", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/guides", root.join("guides")).unwrap();
+        // What an author must not get indexed: the pod's own files, and a loop.
+        std::os::unix::fs::symlink(outside.join("secrets/token"), root.join("token.txt")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("pod")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("again")).unwrap();
+        let source = SourceSpec {
+            name: "notes".into(),
+            format: SourceFormat::PlainText,
+            freshness_class: "standard".into(),
+            location: SourceLocation::Path { path: root.clone() },
+        };
+        let read = read_source(&source, None, &ChunkingSpec::default());
+        let names: Vec<&str> = read.files.iter().map(|f| f.rel_path.as_str()).collect();
+        assert_eq!(names, ["guides/refunds.txt"]);
+        let mut refused: Vec<(&str, &str)> = read
+            .errors
+            .iter()
+            .map(|e| (e.item.as_str(), e.reason.as_str()))
+            .collect();
+        refused.sort_unstable();
+        let outside_link = "a symbolic link leading outside the source's folder is not followed";
+        assert_eq!(
+            refused,
+            [("pod", outside_link), ("token.txt", outside_link)]
+        );
+    }
 }
