@@ -39,6 +39,7 @@ use switchboard_store::{Interaction, Recorded};
 use crate::engine::{Active, Engine, LargeTarget, adapter_id};
 use crate::openai::Message;
 use crate::service::{RetrieveRequest, ServiceError, validate_query};
+use switchboard_policy::redact::redact;
 
 /// Cosine distance between the served and the shadow answer's embeddings above which the shadow
 /// answer counts as `divergent`.
@@ -914,9 +915,11 @@ pub async fn answer_with(
         kb_generation: search.generation.clone(),
         config_revision: config.revision.clone(),
         route_reason: route_reason.clone(),
-        query: request.query.clone(),
-        rewritten_query: rewritten.clone(),
-        answer: text.clone(),
+        // Personal data and secrets never reach the store, nor what reads it (the export for
+        // training, coverage gaps, the KnowledgeBase's status): `switchboard_policy::redact`.
+        query: redact(&request.query).into_owned(),
+        rewritten_query: rewritten.as_deref().map(|r| redact(r).into_owned()),
+        answer: redact(&text).into_owned(),
         refused,
         invalid_citation: !invalid_citations.is_empty(),
         retrieval_failed,

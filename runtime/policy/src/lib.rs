@@ -23,6 +23,7 @@ pub mod experiment;
 pub mod grounding;
 pub mod hash;
 pub mod plan;
+pub mod redact;
 pub mod rewrite;
 pub mod route;
 pub mod select;

@@ -291,4 +291,57 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains(name), "{query}: {body}");
     }
+
+    // Personal data and secrets customers type never reach the store, so neither the export
+    // for training nor coverage-gap examples (what the operator writes into a KnowledgeBase's
+    // status) hold them; placeholders stand in their place.
+    let seeded = [
+        "I'm jane.doe@example.com, how do I run payroll for my staff? Card 4111 1111 1111 1111",
+        "Payroll for my team please, call +44 20 7946 0958; my password is hunter2!",
+        "Refund to DE89 3704 0044 0532 0130 00, API key sk-live-8fJ3kLm9Qw2Er5Ty7Ui0",
+    ];
+    for (n, query) in seeded.iter().enumerate() {
+        let answer = ask(rt.http, query, &format!("pii-{n}"));
+        feedback(&rt, token(&answer), json!({"outcome": "escalated"}));
+    }
+    let raw = [
+        "jane.doe",
+        "example.com",
+        "4111",
+        "7946",
+        "hunter2",
+        "DE89",
+        "3704",
+        "sk-live",
+    ];
+    let gaps = get_json(
+        rt.http,
+        "/v1/coverage-gaps?minQueries=1&minScore=1&limit=100",
+    )
+    .to_string();
+    let pii_out = work.join("export/pii.jsonl");
+    let export = runtime_cmd()
+        .args(["export", "--outcome-store", &store])
+        .args(["--router", "support/helpdesk", "--settle", "0s", "--out"])
+        .arg(&pii_out)
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let exported = std::fs::read_to_string(&pii_out).unwrap();
+    // The database file and its write-ahead log, byte for byte.
+    let mut stored = std::fs::read(work.join("outcomes-fw.db")).unwrap();
+    stored.extend(std::fs::read(work.join("outcomes-fw.db-wal")).unwrap_or_default());
+    let stored = String::from_utf8_lossy(&stored);
+    for (what, text) in [
+        ("coverage gaps", gaps.as_str()),
+        ("export", exported.as_str()),
+        ("outcome store", &*stored),
+    ] {
+        for value in raw {
+            assert!(!text.contains(value), "{what} holds {value}");
+        }
+    }
+    for placeholder in ["[email]", "[card]", "[phone]", "[secret]", "[iban]"] {
+        assert!(gaps.contains(placeholder), "{placeholder} in {gaps}");
+    }
 }
