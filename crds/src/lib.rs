@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapter_patch;
+pub mod admission;
 pub mod common;
 pub mod docs;
 pub mod experiment;

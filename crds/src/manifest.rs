@@ -1,6 +1,7 @@
 //! Reading manifests without an API server (`switchboard-runtime serve` on a folder, CLI checks):
-//! documents are deserialised with the path of any bad field kept, then validated with the same
-//! rules admission applies, so every refusal names the field.
+//! each document is first put through what the API server checks ([`crate::admission`]: schema,
+//! unknown fields, CEL rules), then deserialised with the path of any bad field kept and
+//! validated with the Rust rules, so every refusal names the field.
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -157,6 +158,22 @@ pub fn resources_from_yaml(yaml: &str) -> Result<Vec<Resource>, ManifestError> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        // What the API server refuses (unknown fields, schema bounds and patterns, CEL rules) is
+        // refused here, before the typed checks: the embedded default admits what a cluster does.
+        let refused = crate::admission::admit(&value, None);
+        if !refused.is_empty() {
+            return Err(ManifestError::Invalid {
+                document,
+                kind,
+                name,
+                errors: ValidationErrors(
+                    refused
+                        .into_iter()
+                        .map(|r| FieldError::new(r.field, r.message))
+                        .collect(),
+                ),
+            });
+        }
         let resource = resource_from_value(value).map_err(|errors| ManifestError::Invalid {
             document,
             kind,
@@ -205,8 +222,33 @@ spec:
             panic!("{err}")
         };
         assert_eq!(errors.0[0].field, "spec.exploration.share");
+        // The schema's own wording, as the API server refuses it.
         assert!(
-            errors.0[0].message.contains("invalid percentage \"half\""),
+            errors.0[0].message.contains("must be a percentage"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_schema_bounds_are_refused_as_kubectl_apply_would() {
+        // A typo is not a silent default.
+        let typo = ROUTER.replace(
+            "largeModel: { local: { model: /models/large } }",
+            "largeModel: { local: { model: /models/large } }\n  rolout: { canary: true }",
+        );
+        let err = resources_from_yaml(&typo).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.rolout: unknown field \"rolout\""),
+            "{err}"
+        );
+        // A bound only the schema holds.
+        let replicas = ROUTER.replace(
+            "largeModel: { local: { model: /models/large } }",
+            "largeModel: { local: { model: /models/large } }\n  replicas: -1",
+        );
+        let err = resources_from_yaml(&replicas).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.replicas: -1 is less than the minimum of"),
             "{err}"
         );
     }

@@ -139,6 +139,14 @@ enum Command {
     /// Report the questions the knowledge base does not answer (escalations, retrieval
     /// failures, refusals), clustered by meaning and ranked by volume.
     CoverageGaps(flywheel::GapsArgs),
+    /// Check manifest files as the API server would (schema, unknown fields, CEL rules) and
+    /// as the operator does (the Rust rules): prints each file's verdict, fails if any is
+    /// refused. What `serve --manifests` reads is held to the same rules.
+    Validate {
+        /// YAML files of Switchboard resources.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Rank passages for each query by cosine similarity of their embeddings.
     Search {
         /// sentence-transformers checkpoint directory.
@@ -176,6 +184,7 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve::serve(args)),
+        Command::Validate { files } => validate(&files),
         Command::Index {
             kb,
             no_publish,
@@ -683,4 +692,30 @@ mod date_tests {
         assert_eq!(super::date(1_709_251_200), "2024-03-01");
         assert_eq!(super::date(951_782_400), "2000-02-29");
     }
+}
+
+/// `validate`: every file's verdict; an error when any is refused.
+fn validate(files: &[PathBuf]) -> Result<()> {
+    let mut refused = 0;
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        match switchboard_crds::resources_from_yaml(&text) {
+            Ok(resources) => {
+                let names: Vec<String> = resources
+                    .iter()
+                    .map(|r| format!("{} {}", r.kind(), r.name()))
+                    .collect();
+                println!("{}: ok ({})", file.display(), names.join(", "));
+            }
+            Err(e) => {
+                refused += 1;
+                println!("{}: {e}", file.display());
+            }
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} of {} files refused", files.len());
+    }
+    Ok(())
 }

@@ -920,6 +920,20 @@ fn every_rule_refuses_its_bad_manifest_naming_the_field() {
             }
         }
 
+        // The embedded default's reader (`serve --manifests`) refuses every creation the API
+        // server refuses, SchemaOnly cases included, naming the field.
+        if !case.update {
+            let yaml = serde_yaml::to_string(&bad).unwrap();
+            match switchboard_crds::resources_from_yaml(&yaml) {
+                Ok(_) => failures.push(format!("[{}] --manifests accepted it", case.name)),
+                Err(e) if !e.to_string().contains(case.field) => failures.push(format!(
+                    "[{}] --manifests refused it without naming {}: {e}",
+                    case.name, case.field
+                )),
+                Err(_) => {}
+            }
+        }
+
         let rust = support::rust_check(&bad, old);
         match (&case.rust, rust) {
             (Rust::Field(field, message), Err(errors)) => {

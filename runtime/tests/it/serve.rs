@@ -200,3 +200,34 @@ async fn serve_retrieve_reject_switch_generations() {
     assert_eq!(back.generation, first_generation);
     assert!(back.passages.iter().all(|p| !p.text.contains("Zorblax")));
 }
+
+#[test]
+fn validate_admits_the_examples_and_refuses_what_the_api_server_would() {
+    let ok = runtime_cmd()
+        .arg("validate")
+        .arg(root().join("examples/scenario.yaml"))
+        .arg(root().join("examples/kb/knowledgebase.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let work = tempfile::tempdir().unwrap();
+    let bad = work.path().join("router.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: switchboard.dev/v1alpha1\nkind: Router\nmetadata: {name: support}\nspec:\n  knowledgeBaseRef: {name: kb}\n  smallModel: {model: /m}\n  largeModel: {local: {model: /l}}\n  rolout: {canary: {}}\n  difficulty: {threshold: 1.5}\n",
+    )
+    .unwrap();
+    let refused = runtime_cmd().arg("validate").arg(&bad).output().unwrap();
+    assert!(!refused.status.success());
+    let out = String::from_utf8_lossy(&refused.stdout);
+    for needle in [
+        "spec.rolout: unknown field \"rolout\"",
+        "spec.difficulty.threshold: 1.5 is greater than the maximum of 1.0",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+}

@@ -9,120 +9,15 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::core::cel::Validator;
 use serde_json::Value;
 
-/// One refusal: the field path as the API server prints it, and the message.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rejection {
-    pub field: String,
-    pub message: String,
-}
+pub use switchboard_crds::admission::admit;
 
 /// The openAPIV3Schema of `kind`.
 pub fn schema(kind: &str) -> Value {
-    let crd = switchboard_crds::crds()
-        .into_iter()
-        .find(|c| c.spec.names.kind == kind)
-        .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .unwrap()
-        .open_api_v3_schema
-        .as_ref()
-        .unwrap();
-    serde_json::to_value(schema).unwrap()
-}
-
-/// What admission says about `doc` (an update when `old` is given).
-pub fn admit(doc: &Value, old: Option<&Value>) -> Vec<Rejection> {
-    let kind = doc["kind"].as_str().expect("manifest has a kind");
-    assert_eq!(
-        doc["apiVersion"], "switchboard.dev/v1alpha1",
-        "apiVersion of {kind}"
-    );
-    let schema = schema(kind);
-    let mut out = Vec::new();
-
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    for error in validator.iter_errors(doc) {
-        out.push(Rejection {
-            field: pointer_to_path(error.instance_path().as_str()),
-            message: error.to_string(),
-        });
-    }
-    unknown_fields(&schema, doc, String::new(), &mut out);
-
-    if let Err(errors) = Validator::new().validate(&schema, doc, old) {
-        for e in errors.iter() {
-            out.push(Rejection {
-                field: e.field_path.clone(),
-                message: e.message.clone(),
-            });
-        }
-    }
-    out
-}
-
-/// `/spec/sources/0/name` -> `spec.sources[0].name`.
-pub fn pointer_to_path(pointer: &str) -> String {
-    let mut path = String::new();
-    for segment in pointer.split('/').skip(1) {
-        let segment = segment.replace("~1", "/").replace("~0", "~");
-        if segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
-            path.push_str(&format!("[{segment}]"));
-        } else {
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(&segment);
-        }
-    }
-    path
-}
-
-fn unknown_fields(schema: &Value, value: &Value, path: String, out: &mut Vec<Rejection>) {
-    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
-        return;
-    }
-    match value {
-        Value::Object(map) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (k, v) in map {
-                    let child = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    match props.get(k) {
-                        Some(s) => unknown_fields(s, v, child, out),
-                        // metadata is validated by the API server's own ObjectMeta schema.
-                        None if path.is_empty()
-                            && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
-                        None => out.push(Rejection {
-                            field: child,
-                            message: format!("unknown field \"{k}\""),
-                        }),
-                    }
-                }
-            } else if let Some(additional) =
-                schema.get("additionalProperties").filter(|a| a.is_object())
-            {
-                for (k, v) in map {
-                    unknown_fields(additional, v, format!("{path}.{k}"), out);
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(item_schema) = schema.get("items") {
-                for (i, v) in items.iter().enumerate() {
-                    unknown_fields(item_schema, v, format!("{path}[{i}]"), out);
-                }
-            }
-        }
-        _ => {}
-    }
+    switchboard_crds::admission::schema(kind)
+        .unwrap_or_else(|| panic!("no CRD for kind {kind}"))
+        .clone()
 }
 
 /// The repository root.
