@@ -128,11 +128,17 @@ pub fn resources_from_yaml(yaml: &str) -> Result<Vec<Resource>, ManifestError> {
         message: e.to_string(),
     })?;
     for (document, de) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value: Value =
+        // Read as YAML first: its mappings refuse a key given twice (kubectl's parser does too;
+        // read straight into JSON the last one would silently win).
+        let yaml: serde_yaml::Value =
             serde::Deserialize::deserialize(de).map_err(|e| ManifestError::Yaml {
                 document,
                 message: e.to_string(),
             })?;
+        let value: Value = serde_json::to_value(&yaml).map_err(|e| ManifestError::Yaml {
+            document,
+            message: e.to_string(),
+        })?;
         if value.is_null() {
             continue;
         }
@@ -264,6 +270,19 @@ spec:
             err.contains("spec.exploration.share: exploration.share must be between 0% and 50%"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_not_overwritten() {
+        let twice = ROUTER.replace(
+            "knowledgeBaseRef: { name: kb }",
+            "knowledgeBaseRef: { name: kb }\n  knowledgeBaseRef: { name: other }",
+        );
+        assert_ne!(twice, ROUTER);
+        let err = resources_from_yaml(&twice).unwrap_err();
+        assert!(matches!(err, ManifestError::Yaml { .. }), "{err}");
+        assert!(err.to_string().contains("duplicate"), "{err}");
+        assert!(err.to_string().contains("knowledgeBaseRef"), "{err}");
     }
 
     #[test]
