@@ -182,7 +182,23 @@ pub fn coverage_gaps(
         })
         .collect();
     let vectors = embed_all(embedder, &texts)?;
-    let clusters = leader_clusters(&vectors, Some(&weights), settings.threshold);
+    // Leader clustering depends on the order it sees texts in; rows that share a second come
+    // back in the order of their random ids. Most frequent first, then by text: the same
+    // queries always make the same gaps.
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by(|&a, &b| {
+        weights[b]
+            .cmp(&weights[a])
+            .then_with(|| texts[a].cmp(&texts[b]))
+    });
+    let sorted: Vec<Vec<f32>> = order.iter().map(|&t| vectors[t].clone()).collect();
+    let sorted_weights: Vec<usize> = order.iter().map(|&t| weights[t]).collect();
+    let mut clusters = leader_clusters(&sorted, Some(&sorted_weights), settings.threshold);
+    let mut assignment = vec![0; texts.len()];
+    for (k, &t) in order.iter().enumerate() {
+        assignment[t] = clusters.assignment[k];
+    }
+    clusters.assignment = assignment;
 
     // Centroids (for the representative) and members per cluster.
     let dim = vectors.first().map_or(0, Vec::len);
