@@ -98,7 +98,8 @@ pub fn router(state: HttpState, limits: crate::limits::RequestLimits) -> axum::R
         .with_state(state)
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
+/// The `{code, message}` error body every JSON endpoint answers with.
+pub(crate) fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(json!({ "code": code, "message": message }))).into_response()
 }
 

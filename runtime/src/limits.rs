@@ -23,7 +23,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http_body_util::BodyExt as _;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -195,14 +195,6 @@ pub struct RequestLimits {
     pub metrics: Arc<Metrics>,
 }
 
-fn refusal(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "code": code, "message": message })),
-    )
-        .into_response()
-}
-
 /// Middleware: reads the body within the time and size limits (408, 413), then runs the
 /// handler within the request timeout (503 `deadline_exceeded`).
 pub async fn bounded(
@@ -218,7 +210,7 @@ pub async fn bounded(
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = |limits: &RequestLimits| {
         limits.metrics.limit_refused("body_too_large");
-        let mut response = refusal(
+        let mut response = crate::http::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!(
@@ -240,7 +232,7 @@ pub async fn bounded(
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(&limits),
         Ok(Err(e)) => {
-            return refusal(
+            return crate::http::error(
                 StatusCode::BAD_REQUEST,
                 "invalid_argument",
                 format!("request body: {e}"),
@@ -248,7 +240,7 @@ pub async fn bounded(
         }
         Err(_) => {
             limits.metrics.limit_refused("body_timeout");
-            let mut response = refusal(
+            let mut response = crate::http::error(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 format!(
@@ -267,7 +259,7 @@ pub async fn bounded(
         Ok(response) => response,
         Err(_) => {
             limits.metrics.limit_refused("deadline_exceeded");
-            refusal(
+            crate::http::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "deadline_exceeded",
                 format!(

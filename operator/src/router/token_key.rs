@@ -154,10 +154,9 @@ impl KeyState {
     }
 }
 
-/// A short, non-secret name of a key: the first 8 hex digits of its SHA-256, as the runtime's
-/// `/v1/config` (`tokenKeys`) and logs show it.
-pub fn fingerprint(key: &str) -> String {
-    switchboard_artifact::sha256_hex(key.as_bytes())[..8].to_owned()
+/// A short, non-secret name of a key, as the runtime's `/v1/config` (`tokenKeys`) shows it.
+fn fingerprint(key: &str) -> String {
+    switchboard_policy::token::fingerprint(key.as_bytes())
 }
 
 /// The next step of a rotation.

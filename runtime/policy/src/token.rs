@@ -156,6 +156,16 @@ pub enum KeyError {
     },
 }
 
+/// A short, non-secret name of a key: the first 8 hex digits of its SHA-256 (the runtime's
+/// `/v1/config` and the operator's rotation Events use it).
+pub fn fingerprint(key: &[u8]) -> String {
+    Sha256::digest(key)
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl TokenKeys {
     /// Keys from bytes; each must have at least [`MIN_KEY_BYTES`].
     pub fn new(keys: Vec<Vec<u8>>) -> Result<Self, KeyError> {
@@ -206,19 +216,10 @@ impl TokenKeys {
         })
     }
 
-    /// A short, non-secret name of each key, the signing key first (the first 8 hex digits of
-    /// its SHA-256): what logs and `/v1/config` show to follow a rotation.
+    /// Each key's [`fingerprint`], the signing key first: what logs and `/v1/config` show to
+    /// follow a rotation.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.keys
-            .iter()
-            .map(|k| {
-                Sha256::digest(k)
-                    .iter()
-                    .take(4)
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
-            .collect()
+        self.keys.iter().map(|k| fingerprint(k)).collect()
     }
 
     /// A random key for this process only (the embedded default without a key file; tokens

@@ -4,7 +4,9 @@
 //! threads, and `/healthz` answers throughout (issue 24, point 6; docs/security.md).
 
 use crate::support;
-use support::{Server, copy_dir, free_addr, http, http_full, metric, root, runtime_cmd};
+use support::{
+    Server, copy_dir, free_addr, http, http_full, metric, root, runtime_cmd, wait_until_ready,
+};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -78,14 +80,7 @@ async fn slow_clients_and_bursts_are_bounded() {
             .unwrap(),
     );
     let pid = server.0.id();
-    let started = Instant::now();
-    while !(TcpStream::connect(addr).is_ok() && http(addr, "GET", "/readyz", "").0 == 200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "runtime not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_until_ready(addr);
 
     // 1. Forty slow-header clients (a header byte every 200 ms, never finishing): each is
     //    closed about a second after it opened, and /healthz answers meanwhile.

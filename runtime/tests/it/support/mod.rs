@@ -103,6 +103,19 @@ pub fn get_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("JSON body")
 }
 
+/// Waits (up to 300 s: a first index build) until `addr` answers `/readyz` with 200.
+pub fn wait_until_ready(addr: std::net::SocketAddr) {
+    let started = std::time::Instant::now();
+    while !(std::net::TcpStream::connect(addr).is_ok() && http(addr, "GET", "/readyz", "").0 == 200)
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "runtime not ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// A child process killed on drop.
 pub struct Server(pub std::process::Child);
 
