@@ -15,9 +15,10 @@ cargo build -p switchboard-runtime --locked
 BIN=target/debug/switchboard-runtime
 GRPC="${SWITCHBOARD_GRPC_ADDR:-127.0.0.1:50051}"
 HTTP="${SWITCHBOARD_HTTP_ADDR:-127.0.0.1:8080}"
+ADMIN="${SWITCHBOARD_ADMIN_ADDR:-127.0.0.1:8081}"
 
 "$BIN" --threads 2 serve --manifests examples/scenario.yaml \
-  --grpc-addr "$GRPC" --http-addr "$HTTP" &
+  --grpc-addr "$GRPC" --http-addr "$HTTP" --admin-addr "$ADMIN" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 
@@ -74,3 +75,9 @@ curl -sS "http://$HTTP/v1/feedback" -H 'content-type: application/json' \
   -d "{\"token\": \"$token\", \"outcome\": \"resolved\"}"; echo
 echo
 curl -fsS "http://$HTTP/metrics" | grep -E '^switchboard_(interactions|feedback|answer_checks|route_decisions)_total' || true
+echo
+echo "The admin API (its own listener, always authenticated; the token the runtime wrote at start):"
+echo "  curl -s http://$ADMIN/v1/config -H \"Authorization: Bearer \$(cat .cache/switchboard/index/admin-token)\""
+curl -fsS "http://$ADMIN/v1/config" -H "Authorization: Bearer $(cat .cache/switchboard/index/admin-token)" \
+  | python3 -c 'import json, sys; c = json.load(sys.stdin); print("  config", c["revision"][:19] + "...", "router", c["router"], "adapters", [a["lineage"] + "@" + a["version"] for a in c.get("adapters", [])])' || true
+echo "  without the token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "http://$ADMIN/v1/config")"

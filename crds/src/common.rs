@@ -64,6 +64,20 @@ pub fn credential_url_allowed(url: &str, allow_plaintext_in_cluster: bool) -> bo
         .any(|suffix| host.strip_suffix(suffix).is_some_and(label_like))
 }
 
+/// Label a Secret's owner sets to let Switchboard use it: a Router or AdapterPatch may name only
+/// Secrets labelled `switchboard.dev/usable: "true"` (docs/security.md). The chart's admission
+/// policy also requires the author to be allowed to read it; the label holds where that policy
+/// is not installed, and keeps a namespace's other Secrets (service-account tokens, TLS keys)
+/// out of reach even of authors who may read them.
+pub const USABLE_SECRET_LABEL: &str = "switchboard.dev/usable";
+
+/// Whether a Secret with these labels may be used by Switchboard.
+pub fn secret_usable(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(USABLE_SECRET_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
 /// A reference to one key of a Secret in the same namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretKeyRef {
@@ -224,6 +238,8 @@ pub mod conditions {
         pub const INVALID_SPEC: &str = "InvalidSpec";
         /// A referenced object does not exist.
         pub const REFERENCE_NOT_FOUND: &str = "ReferenceNotFound";
+        /// A referenced Secret lacks the opt-in label `switchboard.dev/usable: "true"`.
+        pub const SECRET_NOT_USABLE: &str = "SecretNotUsable";
         /// Everything is as the spec asks.
         pub const RECONCILED: &str = "Reconciled";
         /// Waiting for child objects (Job, Deployment) to become ready.

@@ -908,31 +908,34 @@ pub const MAX_LISTED_CONTRADICTIONS: usize = 5;
 
 /// Coverage gaps listed in `status.topCoverageGaps`, at most.
 pub const MAX_LISTED_COVERAGE_GAPS: usize = 10;
-/// Example queries per listed coverage gap, at most.
-pub const MAX_COVERAGE_GAP_EXAMPLES: usize = 3;
+/// Documents named per listed coverage gap, at most.
+pub const MAX_COVERAGE_GAP_DOCUMENTS: usize = 3;
 
 /// A topic the knowledge base does not answer: similar queries (MiniLM cosine 0.75 or more)
-/// that were escalated, found no passage, or were refused.
+/// that were escalated, found no passage, or were refused. Counts and ids only: the queries
+/// themselves are customers' words, read through the Router's authenticated admin API
+/// (`GET /v1/coverage-gaps`) or `switchboard-runtime coverage-gaps`, never written into status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CoverageGap {
     /// The Router whose runtimes reported it (`namespace/name`).
     #[schemars(length(max = 317))]
     pub router: String,
-    /// The query closest to the topic's centroid (cut to 300 characters).
-    #[schemars(length(max = 2048))]
-    pub query: String,
+    /// An interaction asking the topic's most central question (its id in the Router's outcome
+    /// store): the admin API's report lists the topic's questions under it.
+    #[schemars(length(max = 128))]
+    pub interaction: String,
     /// Its queries over `spec.coverage.window`.
     pub volume: i64,
     /// Their share of all the Router's queries over the window.
     pub share: Percent,
     /// Of those, escalated to a human.
     pub escalated: i64,
-    /// Distinct queries of the topic, the representative first (at most 3, each cut to 300
-    /// characters).
+    /// Documents retrieved for them, most often first (at most 3; empty: nothing was retrieved):
+    /// where the missing answer probably belongs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 3))]
-    pub examples: Vec<String>,
+    pub documents: Vec<String>,
     /// When the last of them was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,

@@ -2,6 +2,7 @@
 
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
+    api::networking::v1::NetworkPolicyPeer,
     apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement},
 };
 use kube::{CustomResource, KubeSchema};
@@ -122,6 +123,11 @@ pub struct RouterSpec {
     /// of CUPED experiments and the training data of the flywheel.
     #[serde(default)]
     pub outcome_store: OutcomeStore,
+    /// Who may call the runtime's public API (answers, retrieval, feedback, chat completions,
+    /// gRPC): the NetworkPolicy of the runtime pods and, optionally, client bearer tokens. The
+    /// admin API is never exposed by the Router's Service and answers the operator only.
+    #[serde(default)]
+    pub access: Access,
     /// Runtime pods.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 100))]
@@ -536,6 +542,45 @@ impl Validate for RouterSpec {
             messages::EVIDENCE_SENTENCES,
         );
         errors.finish()
+    }
+}
+
+/// Access to a Router's runtime pods (docs/security.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Access {
+    /// Bearer tokens the public API requires: a Secret key holding one token per line (at least
+    /// 16 characters each; any line is accepted, so a rotation adds a line, moves the clients,
+    /// then removes the old one). Unset: the public API needs no token, and the NetworkPolicy
+    /// alone decides who can call it. The chart's admission policy requires the Router's author
+    /// to be allowed to read the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tokens: Option<SecretKeyRef>,
+    /// Who may reach the public ports (HTTP 8080, gRPC 50051): NetworkPolicy peers, e.g. the
+    /// helpdesk's pods or the monitoring namespace that scrapes `/metrics`. Empty: every pod of
+    /// the Router's namespace. The operator always reaches the admin port (8081); nothing else
+    /// does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allow_from: Vec<NetworkPolicyPeer>,
+    /// Create the NetworkPolicy (`<router>-runtime`). Turn off only where another policy layer
+    /// (a service mesh's) decides who reaches the pods: the admin port is then open to the pod
+    /// network, guarded by its token alone.
+    #[serde(default = "enabled")]
+    pub network_policy: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            client_tokens: None,
+            allow_from: Vec::new(),
+            network_policy: true,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! What every reconciler shares: the client, Events, metrics, the metrics source, the artifact
 //! check, settings and the clock; and the apply/status/Event helpers of the pipeline.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp,
@@ -57,6 +57,18 @@ pub struct Settings {
     /// `--egress-allow`: internal address blocks the pods it creates may fetch sources and
     /// artifacts from (passed on as `SWITCHBOARD_EGRESS_ALLOW`); `None`: public addresses only.
     pub egress_allow: Option<String>,
+    /// The operator's own pods as a NetworkPolicy peer: the only callers the runtime pods'
+    /// policies admit to the admin port (`--operator-namespace`, `--operator-pod-labels`).
+    pub operator_peer: k8s_openapi::api::networking::v1::NetworkPolicyPeer,
+}
+
+/// The operator pods' labels when `--operator-pod-labels` is not given (the chart's
+/// `app.kubernetes.io/component`).
+pub fn default_operator_pod_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "app.kubernetes.io/component".to_owned(),
+        "operator".to_owned(),
+    )])
 }
 
 impl Default for Settings {
@@ -67,6 +79,7 @@ impl Default for Settings {
             resync_interval: Duration::from_secs(300),
             artifact_cache: None,
             egress_allow: None,
+            operator_peer: crate::router::build::operator_peer(None, default_operator_pod_labels()),
         }
     }
 }

@@ -43,6 +43,20 @@ pub enum Error {
         /// The broken rules.
         source: ValidationErrors,
     },
+    /// A referenced Secret exists but its owner has not labelled it usable.
+    #[error(
+        "{object}: Secret {name} ({field}) is not labelled switchboard.dev/usable=true: Switchboard uses only Secrets their owner opted in (kubectl label secret {name} -n {namespace} switchboard.dev/usable=true); the running pods are left as they are"
+    )]
+    SecretNotUsable {
+        /// The referencing object.
+        object: String,
+        /// The spec field naming the Secret.
+        field: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// The Secret.
+        name: String,
+    },
     /// A referenced object does not exist.
     #[error("{object} references {kind} {name}, which does not exist")]
     ReferenceNotFound {
@@ -106,6 +120,7 @@ impl Error {
             Self::SecretAccessNotGranted { .. } => SECRET_ACCESS_NOT_GRANTED,
             Self::InvalidSpec { .. } => reasons::INVALID_SPEC,
             Self::ReferenceNotFound { .. } => reasons::REFERENCE_NOT_FOUND,
+            Self::SecretNotUsable { .. } => reasons::SECRET_NOT_USABLE,
             Self::Compile(e) => e.reason(),
             Self::MissingMetadata(..) => "MissingMetadata",
             Self::Serialize { .. } => "SerializeFailed",

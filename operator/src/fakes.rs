@@ -215,7 +215,7 @@ impl OutcomeSource for FixedOutcomes {
         let router = format!("{}/{}", request.namespace, request.router);
         let answer = answers.coverage.get(&router).cloned().unwrap_or_else(|| {
             Err(format!(
-                "GET http://runtime-{}.{}.svc:8080/v1/coverage-gaps: connection refused",
+                "GET http://{}-runtime-admin.{}.svc:8081/v1/coverage-gaps: connection refused",
                 request.router, request.namespace
             ))
         });

@@ -56,12 +56,29 @@ impl HttpClient {
     /// GETs `url`; `Ok((status, body))` for any response, `Err` for transport failures, a
     /// timeout or a body over `max_bytes`.
     pub async fn get(&self, url: &str, max_bytes: usize) -> Result<(u16, Bytes), String> {
+        self.get_with(url, max_bytes, None).await
+    }
+
+    /// [`Self::get`] with `Authorization: Bearer <token>` when `bearer` is given.
+    pub async fn get_with(
+        &self,
+        url: &str,
+        max_bytes: usize,
+        bearer: Option<&str>,
+    ) -> Result<(u16, Bytes), String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url}: {e}"))?;
         self.egress
             .check_url(url)
             .map_err(|e| format!("GET {url}: {e}"))?;
+        let mut builder = http::Request::get(uri);
+        if let Some(token) = bearer {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = builder
+            .body(Empty::new())
+            .map_err(|e| format!("GET {url}: {e}"))?;
         let request = async {
-            let response = self.client.get(uri).await.map_err(|e| {
+            let response = self.client.request(request).await.map_err(|e| {
                 // The egress refusal is the root cause: name it, not hyper's wrapper.
                 let mut message = e.to_string();
                 let mut source = std::error::Error::source(&e);

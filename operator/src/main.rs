@@ -2,6 +2,7 @@
 //! `/healthz` and `/readyz`, and shuts down gracefully on SIGTERM/SIGINT.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -67,11 +68,19 @@ struct Cli {
     /// refused after DNS resolution (docs/security.md). The chart sets it from `egress.allowCidrs`.
     #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", value_parser = egress_list)]
     egress_allow: Option<String>,
-    /// Base URL of a Router's runtime HTTP API, for experiments' per-unit (CUPED) data and
-    /// KnowledgeBases' coverage gaps;
-    /// `{service}` and `{namespace}` are replaced by the Router's Service and namespace.
+    /// Base URL of a Router's runtime admin API, for experiments' per-unit (CUPED) data and
+    /// KnowledgeBases' coverage gaps; `{service}` and `{namespace}` are replaced by the Router's
+    /// runtime Service name and namespace. Requests carry the Router's admin token (its
+    /// `<router>-runtime-token` Secret).
     #[arg(long, default_value = switchboard_operator::outcomes::DEFAULT_RUNTIME_URL)]
     runtime_url: String,
+    /// The operator's namespace: the runtime pods' NetworkPolicies admit the operator's pods of
+    /// this namespace to their admin port (unset: its pods in any namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
+    /// Labels of the operator's pods (`key=value,...`), for the same NetworkPolicies.
+    #[arg(long, default_value = "app.kubernetes.io/component=operator", value_parser = label_list)]
+    operator_pod_labels: BTreeMap<String, String>,
     /// Longest time between two analyses of a running rollout or experiment.
     #[arg(long, default_value = "60s", value_parser = duration)]
     analysis_interval: Duration,
@@ -180,13 +189,17 @@ async fn main() -> Result<()> {
                 resync_interval: cli.resync_interval,
                 artifact_cache: cli.artifact_cache.clone(),
                 egress_allow: cli.egress_allow.clone(),
+                operator_peer: switchboard_operator::router::build::operator_peer(
+                    cli.operator_namespace.as_deref(),
+                    cli.operator_pod_labels.clone(),
+                ),
             },
             Arc::new(SystemClock),
         )
-        .with_outcomes(Arc::new(RuntimeOutcomes::new(
-            cli.runtime_url.clone(),
-            cli.prometheus_timeout,
-        ))),
+        .with_outcomes(Arc::new(
+            RuntimeOutcomes::new(cli.runtime_url.clone(), cli.prometheus_timeout)
+                .with_admin_tokens(client.clone()),
+        )),
     );
     let stopped = || *stop_rx.borrow();
 
@@ -316,6 +329,20 @@ async fn main() -> Result<()> {
 }
 
 /// `--egress-allow`: checked here, passed on verbatim.
+fn label_list(list: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: a label is key=value"))?;
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    if labels.is_empty() {
+        return Err("at least one key=value label".to_owned());
+    }
+    Ok(labels)
+}
+
 fn egress_list(list: &str) -> Result<String, String> {
     EgressPolicy::parse(list)?;
     Ok(list.trim().to_owned())

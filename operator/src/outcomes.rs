@@ -56,19 +56,30 @@ pub struct CoverageRequest {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportedGap {
-    /// The query closest to the topic's centroid.
+    /// The query closest to the topic's centroid (never written into status).
     pub query: String,
+    /// The newest interaction asking it (an id).
+    #[serde(default)]
+    pub interaction: String,
     /// Gap signals (escalated, nothing found, refused) of the topic.
     pub volume: u64,
     /// `volume` over every interaction of the Router in the window.
     pub share: f64,
     /// Of those, escalated.
     pub escalated: u64,
-    /// Distinct queries, the representative first.
+    /// Documents retrieved for the topic's queries, most often first.
     #[serde(default)]
-    pub examples: Vec<String>,
+    pub documents: Vec<ReportedDocument>,
     /// Newest one (Unix seconds).
     pub last_seen: i64,
+}
+
+/// A document retrieved for a gap's queries.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedDocument {
+    /// Document id.
+    pub document: String,
 }
 
 /// The runtime's coverage-gap report, as the operator reads it.
@@ -98,15 +109,28 @@ pub trait OutcomeSource: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<CoverageReport, String>>;
 }
 
-/// The runtime's HTTP API behind the Router's Service.
-#[derive(Clone, Debug)]
+/// The runtime's admin API behind the Router's admin Service.
+#[derive(Clone)]
 pub struct RuntimeOutcomes {
     template: String,
     http: HttpClient,
+    /// Reads the Router's admin token from its `<router>-runtime-token` Secret; `None`: requests
+    /// go without one (a test's runtime stand-in).
+    secrets: Option<kube::Client>,
 }
 
-/// The in-cluster address of a Router's runtime Service.
-pub const DEFAULT_RUNTIME_URL: &str = "http://{service}.{namespace}.svc:8080";
+impl fmt::Debug for RuntimeOutcomes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeOutcomes")
+            .field("template", &self.template)
+            .field("admin_tokens", &self.secrets.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The in-cluster address of a Router's runtime admin API: the `<router>-runtime-admin`
+/// Service's admin port (`{service}` is the runtime Service's name, `<router>-runtime`).
+pub const DEFAULT_RUNTIME_URL: &str = "http://{service}-admin.{namespace}.svc:8081";
 
 impl RuntimeOutcomes {
     /// Reads from the runtime at `template`, where `{service}` and `{namespace}` are replaced by
@@ -115,6 +139,40 @@ impl RuntimeOutcomes {
         Self {
             template: template.into(),
             http: HttpClient::new(timeout),
+            secrets: None,
+        }
+    }
+
+    /// Sends each Router's admin token (key `admin-token` of its `<router>-runtime-token`
+    /// Secret, which the Router controller creates) with the requests.
+    #[must_use]
+    pub fn with_admin_tokens(mut self, client: kube::Client) -> Self {
+        self.secrets = Some(client);
+        self
+    }
+
+    /// The admin token of `namespace/router`, when tokens are sent.
+    async fn admin_token(&self, namespace: &str, router: &str) -> Result<Option<String>, String> {
+        let Some(client) = &self.secrets else {
+            return Ok(None);
+        };
+        let name = crate::router::build::token_secret_name(router);
+        let secret =
+            kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("reading the admin token (Secret {namespace}/{name}): {e}"))?;
+        let token = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(crate::router::build::ADMIN_TOKEN_KEY).cloned())
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
+            .filter(|t| !t.is_empty());
+        match token {
+            Some(t) => Ok(Some(t)),
+            None => Err(format!(
+                "Secret {namespace}/{name} has no {} yet (the Router controller writes it)",
+                crate::router::build::ADMIN_TOKEN_KEY
+            )),
         }
     }
 
@@ -152,8 +210,14 @@ impl RuntimeOutcomes {
 
     /// GETs `url` and decodes a 200 body; any other status is an error with the runtime's
     /// message.
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let (status, body) = self.http.get(url, 1 << 20).await?;
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        namespace: &str,
+        router: &str,
+    ) -> Result<T, String> {
+        let token = self.admin_token(namespace, router).await?;
+        let (status, body) = self.http.get_with(url, 1 << 20, token.as_deref()).await?;
         if status != 200 {
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.message)
@@ -182,7 +246,9 @@ impl OutcomeSource for RuntimeOutcomes {
     ) -> BoxFuture<'a, Result<BTreeMap<String, CupedArm>, String>> {
         Box::pin(async move {
             let url = self.url(request);
-            self.get_json::<Response>(&url).await.map(|r| r.arms)
+            self.get_json::<Response>(&url, &request.namespace, &request.router)
+                .await
+                .map(|r| r.arms)
         })
     }
 
@@ -190,7 +256,14 @@ impl OutcomeSource for RuntimeOutcomes {
         &'a self,
         request: &'a CoverageRequest,
     ) -> BoxFuture<'a, Result<CoverageReport, String>> {
-        Box::pin(async move { self.get_json(&self.coverage_url(request)).await })
+        Box::pin(async move {
+            self.get_json(
+                &self.coverage_url(request),
+                &request.namespace,
+                &request.router,
+            )
+            .await
+        })
     }
 }
 
@@ -213,7 +286,7 @@ mod tests {
         assert_eq!(
             url,
             format!(
-                "http://{}.support.svc:8080/v1/experiments/prompt%20v2/cuped?metric=escalationRate&covariate=csatLow&startedAt=1700000000&preperiod=1209600s",
+                "http://{}-admin.support.svc:8081/v1/experiments/prompt%20v2/cuped?metric=escalationRate&covariate=csatLow&startedAt=1700000000&preperiod=1209600s",
                 runtime_name("helpdesk")
             )
         );
@@ -227,7 +300,7 @@ mod tests {
         assert_eq!(
             url,
             format!(
-                "http://{}.support.svc:8080/v1/coverage-gaps?since=604800s&minQueries=5&limit=100",
+                "http://{}-admin.support.svc:8081/v1/coverage-gaps?since=604800s&minQueries=5&limit=100",
                 runtime_name("helpdesk")
             )
         );
@@ -238,10 +311,12 @@ mod tests {
         // The body of GET /v1/coverage-gaps (switchboard-flywheel's GapReport), trimmed.
         let body = r#"{"router":"support/helpdesk","from":1,"until":2,"interactions":400,
             "signals":31,"truncated":false,"clusters":9,"gapsFound":1,
-            "gaps":[{"query":"Can Ledgerly run payroll?","volume":12,"share":0.03,
-              "escalated":9,"escalationShare":0.75,"retrievalFailures":12,"refusals":12,
-              "lowScore":0,"examples":["Can Ledgerly run payroll?","payroll for staff"],
-              "documents":[],"firstSeen":10,"lastSeen":20}],
+            "gaps":[{"query":"Can Ledgerly run payroll?","interaction":"i-42","volume":12,
+              "share":0.03,"escalated":9,"escalationShare":0.75,"retrievalFailures":12,
+              "refusals":12,"lowScore":0,
+              "examples":["Can Ledgerly run payroll?","payroll for staff"],
+              "documents":[{"document":"help-pages/team.html","interactions":7}],
+              "firstSeen":10,"lastSeen":20}],
             "settings":{"minScore":null,"threshold":0.75,"minQueries":5,"limit":100,"examples":3},
             "encoder":"all-MiniLM-L6-v2","seconds":0.01}"#;
         let report: CoverageReport = serde_json::from_str(body).unwrap_or_default();
@@ -250,13 +325,13 @@ mod tests {
             report.gaps,
             [ReportedGap {
                 query: "Can Ledgerly run payroll?".into(),
+                interaction: "i-42".into(),
                 volume: 12,
                 share: 0.03,
                 escalated: 9,
-                examples: vec![
-                    "Can Ledgerly run payroll?".into(),
-                    "payroll for staff".into()
-                ],
+                documents: vec![ReportedDocument {
+                    document: "help-pages/team.html".into()
+                }],
                 last_seen: 20,
             }]
         );

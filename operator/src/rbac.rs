@@ -116,6 +116,12 @@ pub const RBAC_RULES: &[Rule] = &[
         resource: "secrets",
         verbs: &["get", "create", "update"],
     },
+    // The runtime pods' NetworkPolicy: applied, and deleted when a Router turns it off.
+    Rule {
+        api_group: "networking.k8s.io",
+        resource: "networkpolicies",
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+    },
     // KnowledgeBase children: the index volume and the build Jobs (old Jobs are deleted); the
     // claims volume sources mount are checked and watched.
     Rule {

@@ -1,4 +1,5 @@
-//! HTTP/JSON mirror of the gRPC API, plus `/metrics`, `/healthz`, `/readyz` and generation admin.
+//! HTTP/JSON mirror of the gRPC API, plus `/metrics`, `/healthz`, `/readyz` (the public
+//! listener), and the admin API on its own listener (crate::auth).
 use std::sync::Arc;
 
 use axum::extract::{Json, State, rejection::JsonRejection};
@@ -75,22 +76,58 @@ fn unavailable() -> Response {
     )
 }
 
-/// The HTTP routes, each request bounded by `limits` (body size and time, response deadline).
-pub fn router(state: HttpState, limits: crate::limits::RequestLimits) -> axum::Router {
-    axum::Router::new()
+/// The public HTTP API (answers, retrieval, feedback, chat completions; `/metrics`, `/healthz`,
+/// `/readyz`), each request bounded by `limits` (body size and time, response deadline) and, with
+/// `clients`, authenticated by a client bearer token (probes and `/metrics` excepted).
+pub fn public_router(
+    state: HttpState,
+    limits: crate::limits::RequestLimits,
+    clients: Option<Arc<crate::auth::Tokens>>,
+) -> axum::Router {
+    let routes = axum::Router::new()
         .route("/v1/answer", post(answer))
         .route("/v1/feedback", post(feedback))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/retrieve", post(retrieve))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    let routes = match clients {
+        // On the routes only: a path that is not the public API's is a 404 either way.
+        Some(tokens) => routes.route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::require,
+        )),
+        None => routes,
+    };
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(limits),
+            crate::limits::bounded,
+        ))
+        .with_state(state)
+}
+
+/// The admin HTTP API (`--admin-addr`, not exposed by the Router's Service): the configuration
+/// in force, coverage gaps (customer queries), hits, CUPED sums, generations and switch-back.
+/// Every request but `/healthz` needs an admin bearer token.
+pub fn admin_router(
+    state: HttpState,
+    limits: crate::limits::RequestLimits,
+    admins: Arc<crate::auth::Tokens>,
+) -> axum::Router {
+    axum::Router::new()
         .route("/v1/experiments/{name}/cuped", get(experiment_cuped))
         .route("/v1/coverage-gaps", get(coverage_gaps))
         .route("/v1/config", get(config))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/retrieve", post(retrieve))
         .route("/v1/generations", get(generations))
         .route("/v1/generations/switch-back", post(switch_back))
         .route("/v1/hits", get(hits))
-        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            admins,
+            crate::auth::require,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(limits),
             crate::limits::bounded,

@@ -9,6 +9,7 @@
 
 mod answer;
 mod artifacts;
+mod auth;
 mod encoder_training;
 mod engine;
 mod eval;
@@ -54,7 +55,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build the KnowledgeBase's index and serve retrieval over gRPC and HTTP.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Build an index generation from KnowledgeBase manifests and publish it.
     Index {
         #[command(flatten)]
@@ -183,7 +184,7 @@ fn main() -> Result<()> {
         tch::set_num_threads(cli.threads);
     }
     match cli.command {
-        Command::Serve(args) => runtime()?.block_on(serve::serve(args)),
+        Command::Serve(args) => runtime()?.block_on(serve::serve(*args)),
         Command::Validate { files } => validate(&files),
         Command::Index {
             kb,

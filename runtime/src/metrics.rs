@@ -79,6 +79,8 @@ pub struct Metrics {
     limit_refused: IntCounterVec,
     connections: IntGauge,
     token_key_reloads: IntCounterVec,
+    auth_refused: IntCounterVec,
+    credential_reloads: IntCounterVec,
 }
 
 pub use switchboard_policy::Variant;
@@ -294,6 +296,20 @@ impl Metrics {
             "switchboard_http_connections",
             "HTTP connections open now (at most --max-connections).",
         )?;
+        let auth_refused = IntCounterVec::new(
+            Opts::new(
+                "switchboard_auth_refused_total",
+                "Requests refused for their credentials, by API (public, admin) and reason (missing: no bearer token; invalid: not one of the listed tokens).",
+            ),
+            &["api", "reason"],
+        )?;
+        let credential_reloads = IntCounterVec::new(
+            Opts::new(
+                "switchboard_credential_reloads_total",
+                "Changes of a bearer-token file (admin, client): applied or rejected (invalid; the tokens in force stay).",
+            ),
+            &["api", "result"],
+        )?;
         let token_key_reloads = IntCounterVec::new(
             Opts::new(
                 "switchboard_token_key_reloads_total",
@@ -304,6 +320,8 @@ impl Metrics {
         for collector in [
             Box::new(interactions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(token_key_reloads.clone()),
+            Box::new(auth_refused.clone()),
+            Box::new(credential_reloads.clone()),
             Box::new(limit_refused.clone()),
             Box::new(connections.clone()),
             Box::new(store_errors.clone()),
@@ -367,12 +385,26 @@ impl Metrics {
             limit_refused,
             connections,
             token_key_reloads,
+            auth_refused,
+            credential_reloads,
         })
     }
 
     /// Counts a change of the token key file (`applied` or `rejected`).
     pub fn token_keys_reload(&self, result: &str) {
         self.token_key_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a request refused for its credentials (`crate::auth`).
+    pub fn auth_refused(&self, api: &str, reason: &str) {
+        self.auth_refused.with_label_values(&[api, reason]).inc();
+    }
+
+    /// Counts a change of a bearer-token file: `applied` or `rejected`.
+    pub fn credential_reload(&self, api: &str, result: &str) {
+        self.credential_reloads
+            .with_label_values(&[api, result])
+            .inc();
     }
 
     /// Counts a request or connection refused by a serving limit (`crate::limits`).

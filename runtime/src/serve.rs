@@ -14,7 +14,7 @@ use switchboard_store::OutcomeStore;
 
 use crate::engine::{Engine, EngineOptions};
 use crate::grpc::{GrpcAssistant, GrpcRetrieval};
-use crate::http::{HttpState, router};
+use crate::http::{HttpState, admin_router, public_router};
 use crate::kb;
 use crate::metrics::Metrics;
 use crate::models::{CrossEncoderReranker, WorkerEmbedder};
@@ -188,9 +188,28 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
-    /// HTTP listen address (JSON API, /metrics, /healthz, /readyz).
+    /// HTTP listen address of the public API (answers, retrieval, feedback, chat completions,
+    /// /metrics, /healthz, /readyz).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
+    /// HTTP listen address of the admin API (config, coverage gaps, hits, CUPED sums,
+    /// generations, switch-back): always authenticated, never behind the Router's Service.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin_addr: SocketAddr,
+    /// Bearer tokens of the admin API, one per line (the operator's is in the Router's
+    /// `<router>-runtime-token` Secret). Without it a random token is written to
+    /// `<data>/admin-token` (mode 0600) at start-up.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Bearer tokens the public API (HTTP and gRPC) requires, one per line: a Router's
+    /// `spec.access.clientTokens`. Without it the public API is open to whoever can reach it
+    /// (the Router's NetworkPolicy decides who can).
+    #[arg(long, env = "SWITCHBOARD_CLIENT_TOKEN_FILE")]
+    client_token_file: Option<PathBuf>,
+    /// Serve gRPC server reflection (lists every service and message: for grpcurl while
+    /// developing; off in the pods the operator creates).
+    #[arg(long)]
+    grpc_reflection: bool,
     /// Cross-encoder checkpoint (BertForSequenceClassification) for reranking.
     #[arg(long, env = "SWITCHBOARD_RERANKER")]
     reranker: Option<PathBuf>,
@@ -380,7 +399,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             args.http_addr
         );
         let state = HttpState::new(None, Some(engine), true, metrics);
-        let result = run_servers(&args, state).await;
+        let result = run_servers(&args, state, client_token_file(&args, None)).await;
         watcher.abort();
         keys_watcher.abort();
         return result;
@@ -417,6 +436,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(router) = router {
         // The embedded default with a Router: compile its RuntimeConfig locally and serve
         // answers; a newly published generation recompiles it.
+        let client_tokens = client_token_file(&args, Some(&router));
         let mut options = engine_options(&args, reranker);
         options.encoder = Some(loaded.encoder_path.clone());
         if args.pvc_root.is_none() {
@@ -495,7 +515,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         );
         let keys_watcher = watch_keys(&args, &engine);
         let state = HttpState::new(None, Some(engine), false, metrics);
-        let result = run_servers(&args, state).await;
+        let result = run_servers(&args, state, client_tokens).await;
         watcher.abort();
         keys_watcher.abort();
         return result;
@@ -546,14 +566,63 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         args.http_addr
     );
     let state = HttpState::new(Some(service), None, false, metrics);
-    let result = run_servers(&args, state).await;
+    let result = run_servers(&args, state, client_token_file(&args, None)).await;
     watcher.abort();
     result
 }
 
-/// Serves gRPC (Retrieval, Assistant when there is an engine, health, reflection) and HTTP until
-/// a shutdown signal; in-flight requests finish.
-async fn run_servers(args: &ServeArgs, state: HttpState) -> Result<()> {
+/// The public API's token file: `--client-token-file`, else, in the embedded default, the
+/// Router manifest's `spec.access.clientTokens` read as `<secrets>/<name>/<key>` (where a pod
+/// mounts Secrets).
+fn client_token_file(
+    args: &ServeArgs,
+    router: Option<&switchboard_crds::Router>,
+) -> Option<PathBuf> {
+    args.client_token_file.clone().or_else(|| {
+        let secret = router?.spec.access.client_tokens.as_ref()?;
+        Some(args.secrets.join(&secret.name).join(&secret.key))
+    })
+}
+
+/// The admin API's tokens: `--admin-token-file`, or a fresh random one in `<data>/admin-token`.
+fn admin_tokens(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Arc<crate::auth::Tokens>> {
+    use crate::auth::{Api, Tokens};
+    match &args.admin_token_file {
+        Some(path) => Tokens::from_file(Api::Admin, path, Arc::clone(metrics)),
+        None => {
+            let path = args.kb.data.join("admin-token");
+            let tokens = Tokens::generate(Api::Admin, &path, Arc::clone(metrics))?;
+            tracing::info!(path = %path.display(), "admin API token written (no --admin-token-file)");
+            Ok(tokens)
+        }
+    }
+}
+
+/// Serves gRPC (Retrieval, Assistant when there is an engine, health; reflection with
+/// `--grpc-reflection`), the public HTTP API and the admin HTTP API until a shutdown signal;
+/// in-flight requests finish.
+async fn run_servers(
+    args: &ServeArgs,
+    state: HttpState,
+    client_tokens: Option<PathBuf>,
+) -> Result<()> {
+    let metrics = Arc::clone(&state.metrics);
+    let admins = admin_tokens(args, &metrics)?;
+    let clients = client_tokens
+        .as_deref()
+        .map(|path| {
+            crate::auth::Tokens::from_file(crate::auth::Api::Public, path, Arc::clone(&metrics))
+                .context(
+                    "the public API's client tokens (--client-token-file, or the Router's \
+                     spec.access.clientTokens read from <--secrets>/<name>/<key>)",
+                )
+        })
+        .transpose()?;
+    let poll = args.config_poll_interval.max(Duration::from_secs(1));
+    let mut watchers = vec![tokio::spawn(Arc::clone(&admins).watch(poll))];
+    if let Some(clients) = &clients {
+        watchers.push(tokio::spawn(Arc::clone(clients).watch(poll)));
+    }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<switchboard_proto::v1::retrieval_server::RetrievalServer<GrpcRetrieval>>()
@@ -564,13 +633,21 @@ async fn run_servers(args: &ServeArgs, state: HttpState) -> Result<()> {
             )
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = if args.grpc_reflection {
+        Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        )
+    } else {
+        None
+    };
     // The same bounds as HTTP where tonic has them: a deadline per call, a bounded number of
-    // streams per connection, and keepalive pings that find dead peers.
+    // streams per connection, and keepalive pings that find dead peers. The client tokens guard
+    // Retrieval and Assistant; health stays open for probes.
     let limits = &args.limits;
+    let auth = crate::auth::GrpcAuth(clients.clone());
     let grpc = tonic::transport::Server::builder()
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(64)
@@ -578,36 +655,51 @@ async fn run_servers(args: &ServeArgs, state: HttpState) -> Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(limits.header_read_timeout))
         .add_service(health)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .add_service(
-            switchboard_proto::v1::retrieval_server::RetrievalServer::new(GrpcRetrieval::new(
-                state.clone(),
-            )),
+            switchboard_proto::v1::retrieval_server::RetrievalServer::with_interceptor(
+                GrpcRetrieval::new(state.clone()),
+                auth.clone(),
+            ),
         )
         .add_optional_service(state.engine.clone().map(|engine| {
-            switchboard_proto::v1::assistant_server::AssistantServer::new(GrpcAssistant::new(
-                engine,
-            ))
+            switchboard_proto::v1::assistant_server::AssistantServer::with_interceptor(
+                GrpcAssistant::new(engine),
+                auth.clone(),
+            )
         }))
         .serve_with_shutdown(args.grpc_addr, shutdown_signal());
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    let metrics = Arc::clone(&state.metrics);
-    let app = router(
-        state,
-        crate::limits::RequestLimits {
-            body_timeout: limits.body_timeout,
-            request_timeout: limits.request_timeout,
-            max_body_bytes: limits.max_body_bytes,
-            metrics: Arc::clone(&metrics),
-        },
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding {} (--admin-addr)", args.admin_addr))?;
+    let request_limits = crate::limits::RequestLimits {
+        body_timeout: limits.body_timeout,
+        request_timeout: limits.request_timeout,
+        max_body_bytes: limits.max_body_bytes,
+        metrics: Arc::clone(&metrics),
+    };
+    let app = public_router(state.clone(), request_limits.clone(), clients);
+    let admin = admin_router(state, request_limits, admins);
+    let http = crate::limits::serve_http(
+        listener,
+        app,
+        limits,
+        Arc::clone(&metrics),
+        shutdown_signal(),
     );
-    let http = crate::limits::serve_http(listener, app, limits, metrics, shutdown_signal());
-    tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, "serving");
-    let (grpc, http) = tokio::join!(grpc, http);
+    let admin =
+        crate::limits::serve_http(admin_listener, admin, limits, metrics, shutdown_signal());
+    tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, admin = %args.admin_addr, "serving");
+    let (grpc, http, admin) = tokio::join!(grpc, http, admin);
+    for watcher in watchers {
+        watcher.abort();
+    }
     grpc.context("gRPC server")?;
     http.context("HTTP server")?;
+    admin.context("admin HTTP server")?;
     Ok(())
 }
 

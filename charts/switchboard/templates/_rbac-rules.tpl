@@ -28,7 +28,7 @@ Role when operator.watchNamespace is set.
 - apiGroups: ["switchboard.dev"]
   resources: ["adapterpatches/finalizers", "experiments/finalizers", "knowledgebases/finalizers", "routers/finalizers"]
   verbs: ["update"]
-# Router children (ConfigMap, Service, Deployment) and the KnowledgeBase index volume: server-side
+# Router children (ConfigMap, Services, Deployment) and the KnowledgeBase index volume: server-side
 # apply creates them the first time and patches them afterwards. The ConfigMaps and claims that
 # KnowledgeBase sources read are watched (a ConfigMap's content change rebuilds the index).
 - apiGroups: [""]
@@ -37,6 +37,10 @@ Role when operator.watchNamespace is set.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# The runtime pods' NetworkPolicy: applied, and deleted when a Router turns it off.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Index build Jobs (old ones are deleted) and their pods (the build report is the termination message).
 - apiGroups: ["batch"]
   resources: ["jobs"]

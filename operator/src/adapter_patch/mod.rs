@@ -297,6 +297,13 @@ async fn pull_credentials(
             "{uri}: Secret {name} (spec.artifact.pullSecretRef) does not exist"
         ))));
     };
+    if !switchboard_crds::common::secret_usable(secret.metadata.labels.as_ref()) {
+        return Ok(Err(unavailable(format!(
+            "{uri}: Secret {name} (spec.artifact.pullSecretRef) is not labelled \
+             switchboard.dev/usable=true: Switchboard uses only Secrets their owner opted in \
+             (kubectl label secret {name} -n {namespace} switchboard.dev/usable=true)"
+        ))));
+    }
     let data = secret.data.unwrap_or_default();
     let Some(bytes) = data
         .get(DOCKER_CONFIG_KEY)

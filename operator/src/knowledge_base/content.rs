@@ -28,7 +28,7 @@ use switchboard_crds::{
     conditions::{self as cond, reasons},
     knowledge_base::{
         ContradictionCandidate, Coverage, CoverageGap, KnowledgeBaseStatus,
-        MAX_COVERAGE_GAP_EXAMPLES, MAX_LISTED_COVERAGE_GAPS, MAX_LISTED_STALE_DOCUMENTS,
+        MAX_COVERAGE_GAP_DOCUMENTS, MAX_LISTED_COVERAGE_GAPS, MAX_LISTED_STALE_DOCUMENTS,
         StaleDocument,
     },
 };
@@ -360,15 +360,15 @@ pub fn coverage_gaps(reports: &[(String, CoverageReport)], spec: &Coverage) -> C
                         g.share,
                         CoverageGap {
                             router: router.clone(),
-                            query: clip(&g.query),
+                            interaction: g.interaction.chars().take(128).collect(),
                             volume: i64::try_from(g.volume).unwrap_or(i64::MAX),
                             share: Percent::from_fraction(g.share),
                             escalated: i64::try_from(g.escalated).unwrap_or(i64::MAX),
-                            examples: g
-                                .examples
+                            documents: g
+                                .documents
                                 .iter()
-                                .take(MAX_COVERAGE_GAP_EXAMPLES)
-                                .map(|e| clip(e))
+                                .take(MAX_COVERAGE_GAP_DOCUMENTS)
+                                .map(|d| d.document.clone())
                                 .collect(),
                             last_seen: Timestamp::from_second(g.last_seen).ok().map(Time),
                         },
@@ -380,28 +380,14 @@ pub fn coverage_gaps(reports: &[(String, CoverageReport)], spec: &Coverage) -> C
         b.volume
             .cmp(&a.volume)
             .then(y.total_cmp(x))
-            .then_with(|| a.query.cmp(&b.query))
             .then_with(|| a.router.cmp(&b.router))
+            .then_with(|| a.interaction.cmp(&b.interaction))
     });
     CoverageCheck {
         routers: reports.iter().map(|(r, _)| r.clone()).collect(),
         gaps: gaps.into_iter().map(|(_, g)| g).collect(),
         interactions: reports.iter().map(|(_, r)| r.interactions).sum(),
     }
-}
-
-/// Longest query copied into the status, in characters (a customer's message can be long; the
-/// status is for people to read and stays small).
-pub const MAX_GAP_QUERY_CHARS: usize = 300;
-
-/// `text` cut to [`MAX_GAP_QUERY_CHARS`] characters, marked with `...` when cut.
-fn clip(text: &str) -> String {
-    if text.chars().count() <= MAX_GAP_QUERY_CHARS {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(MAX_GAP_QUERY_CHARS - 3).collect();
-    cut.push_str("...");
-    cut
 }
 
 /// Writes a successful check into `status`: the count of all gaps and the top
@@ -462,7 +448,18 @@ pub fn coverage_condition(
         .gaps
         .iter()
         .take(3)
-        .map(|g| format!("{:?} ({} queries, {})", g.query, g.volume, g.share))
+        .map(|g| {
+            format!(
+                "interaction {} ({} queries, {}{})",
+                g.interaction,
+                g.volume,
+                g.share,
+                g.documents
+                    .first()
+                    .map(|d| format!(", retrieving {d}"))
+                    .unwrap_or_default()
+            )
+        })
         .collect();
     let more = found.gaps.len().saturating_sub(listed.len());
     condition(
@@ -470,7 +467,8 @@ pub fn coverage_condition(
         false,
         reasons::COVERAGE_GAPS_FOUND,
         format!(
-            "{} topics with {thresholds}: {}{}; add content for them (status.topCoverageGaps)",
+            "{} topics with {thresholds}: {}{}; add content for them (status.topCoverageGaps; \
+             their questions: the Router's admin API, GET /v1/coverage-gaps)",
             found.gaps.len(),
             listed.join(", "),
             and_more(more)
@@ -642,10 +640,11 @@ mod tests {
         use crate::outcomes::ReportedGap;
         let gap = |q: &str, volume: u64, share: f64| ReportedGap {
             query: q.to_owned(),
+            interaction: format!("i-{q}"),
             volume,
             share,
             escalated: 1,
-            examples: vec![q.to_owned()],
+            documents: Vec::new(),
             last_seen: 1_800_000_000,
         };
         let spec = Coverage {
@@ -683,7 +682,7 @@ mod tests {
             .map(|g| {
                 (
                     g.router.as_str(),
-                    g.query.as_str(),
+                    g.interaction.as_str(),
                     g.volume,
                     g.share.as_str(),
                 )
@@ -692,14 +691,14 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("support/vip", "payroll", 20, "20%"),
-                ("support/frontline", "payroll", 20, "2%"),
-                ("support/frontline", "iphone app", 10, "1%"),
+                ("support/vip", "i-payroll", 20, "20%"),
+                ("support/frontline", "i-payroll", 20, "2%"),
+                ("support/frontline", "i-iphone app", 10, "1%"),
             ]
         );
         assert_eq!(found.interactions, 1100);
         let mut many: Vec<ReportedGap> = (0..15).map(|i| gap(&format!("t{i}"), 5, 0.05)).collect();
-        many[0].query = "about ".repeat(100);
+        many[0].query = "my email is jane@example.com, about ".repeat(10);
         let mut status = KnowledgeBaseStatus::default();
         fold_coverage(
             &mut status,
@@ -717,14 +716,12 @@ mod tests {
         );
         assert_eq!(status.coverage_gaps, Some(15));
         assert_eq!(status.top_coverage_gaps.len(), MAX_LISTED_COVERAGE_GAPS);
-        let long = status
-            .top_coverage_gaps
-            .iter()
-            .find(|g| g.query.starts_with("about"))
-            .map(|g| g.query.clone())
-            .unwrap_or_default();
-        assert_eq!(long.chars().count(), MAX_GAP_QUERY_CHARS);
-        assert!(long.ends_with("..."));
+        // Counts and ids only: no customer's words in status.
+        let written = serde_json::to_string(&status).unwrap_or_default();
+        assert!(
+            !written.contains("jane") && !written.contains("about"),
+            "{written}"
+        );
         let c = |check: Option<&Result<CoverageCheck, String>>| {
             coverage_condition(check, &spec, Some(2), at(1_800_000_000))
         };
@@ -734,7 +731,10 @@ mod tests {
         assert_eq!(found.status, "False");
         assert!(
             found.message.starts_with("3 topics with 3 or more")
-                && found.message.contains("\"payroll\" (20 queries, 20%)"),
+                && found
+                    .message
+                    .contains("interaction i-payroll (20 queries, 20%)")
+                && !found.message.contains("\"payroll\""),
             "{}",
             found.message
         );

@@ -15,6 +15,10 @@ use k8s_openapi::{
             PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
             ServiceSpec, Volume, VolumeMount,
         },
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+            NetworkPolicySpec,
+        },
     },
     apimachinery::pkg::{
         apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
@@ -49,6 +53,12 @@ pub const OUTCOME_STORE_ENV: &str = "SWITCHBOARD_OUTCOME_STORE";
 pub const TOKEN_DIR: &str = "/var/run/switchboard/token";
 /// Key of the token Secret.
 pub const TOKEN_KEY: &str = "key";
+/// Key of the token Secret holding the admin API's bearer token (the operator reads it to call
+/// the admin API).
+pub const ADMIN_TOKEN_KEY: &str = "admin-token";
+/// Directory of the `spec.access.clientTokens` Secret (the runtime's `--client-token-file` is
+/// `<dir>/<key>`).
+pub const CLIENT_TOKENS_DIR: &str = "/var/run/switchboard/client-tokens";
 /// Directory of the Secrets the RuntimeConfig names (`<dir>/<secret name>/<key>`): the large
 /// model endpoint's API key. The runtime's `--secrets`.
 pub const SECRETS_DIR: &str = "/var/run/switchboard/secrets";
@@ -60,12 +70,20 @@ pub const PVC_DIR: &str = switchboard_artifact::PVC_ROOT;
 pub const GRPC_PORT: i32 = 50051;
 /// HTTP port (JSON API, /metrics, /healthz, /readyz).
 pub const HTTP_PORT: i32 = 8080;
+/// Admin API port (config, coverage gaps, hits, CUPED sums, switch-back): not on the Router's
+/// Service; the admin Service and the NetworkPolicy let the operator alone reach it.
+pub const ADMIN_PORT: i32 = 8081;
 /// Annotation on the ConfigMap: the revision it holds.
 pub const REVISION_ANNOTATION: &str = "switchboard.dev/config-revision";
 
 /// Name of a Router's ConfigMap, Deployment and Service.
 pub fn runtime_name(router: &str) -> String {
     format!("{router}-runtime")
+}
+
+/// Name of the Service in front of a Router's admin port.
+pub fn admin_service_name(router: &str) -> String {
+    format!("{router}-runtime-admin")
 }
 
 /// Name of a Router's interaction-token Secret.
@@ -165,6 +183,8 @@ pub struct RouterChildren<'a> {
     pub default_image: &'a str,
     /// Internal address blocks adapter artifacts may come from (the operator's `--egress-allow`).
     pub egress_allow: Option<&'a str>,
+    /// The operator's pods, as a NetworkPolicy peer: the only callers of the admin port.
+    pub operator: &'a NetworkPolicyPeer,
 }
 
 impl RouterChildren<'_> {
@@ -269,6 +289,9 @@ impl RouterChildren<'_> {
                 true,
             ));
         }
+        if spec.access.client_tokens.is_some() {
+            volume_mounts.push(mount("client-tokens", CLIENT_TOKENS_DIR, true));
+        }
         for (i, claim) in config_volumes.claims.iter().enumerate() {
             volume_mounts.push(mount(
                 &format!("pvc-{i}"),
@@ -283,6 +306,7 @@ impl RouterChildren<'_> {
                 runtime_args()
                     .into_iter()
                     .chain(outcome_store_args(&spec.outcome_store))
+                    .chain(client_token_args(spec))
                     .collect(),
             ),
             env: Some(
@@ -305,6 +329,12 @@ impl RouterChildren<'_> {
                 ContainerPort {
                     name: Some("http".to_owned()),
                     container_port: HTTP_PORT,
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some("admin".to_owned()),
+                    container_port: ADMIN_PORT,
                     protocol: Some("TCP".to_owned()),
                     ..ContainerPort::default()
                 },
@@ -368,6 +398,19 @@ impl RouterChildren<'_> {
                     // A missing Secret (reported on the Router) must not keep the pods from
                     // starting: the small model serves, the endpoint is called without a key.
                     optional: Some(true),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+        if let Some(secret) = &spec.access.client_tokens {
+            volumes.push(Volume {
+                name: "client-tokens".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.name.clone()),
+                    // Not optional: a runtime without its client tokens must not start (it would
+                    // serve the public API to anyone); the Router says the Secret is missing.
+                    optional: Some(false),
                     ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
@@ -438,26 +481,129 @@ impl RouterChildren<'_> {
         }
     }
 
-    /// The Service in front of the runtime pods (gRPC and HTTP).
+    /// The Service in front of the runtime pods: the public API (gRPC and HTTP), never the
+    /// admin port.
     pub fn service(&self) -> Service {
-        let port = |name: &str, port: i32| ServicePort {
-            name: Some(name.to_owned()),
-            port,
-            target_port: Some(IntOrString::String(name.to_owned())),
-            protocol: Some("TCP".to_owned()),
-            ..ServicePort::default()
-        };
+        self.service_of(
+            runtime_name(self.name),
+            vec![
+                service_port("grpc", GRPC_PORT),
+                service_port("http", HTTP_PORT),
+            ],
+        )
+    }
+
+    /// The Service the operator reaches the admin API through (`<router>-runtime-admin`, the
+    /// admin port only; the NetworkPolicy admits the operator's pods alone).
+    pub fn admin_service(&self) -> Service {
+        self.service_of(
+            admin_service_name(self.name),
+            vec![service_port("admin", ADMIN_PORT)],
+        )
+    }
+
+    fn service_of(&self, name: String, ports: Vec<ServicePort>) -> Service {
         Service {
-            metadata: self.meta(runtime_name(self.name), BTreeMap::new()),
+            metadata: self.meta(name, BTreeMap::new()),
             spec: Some(ServiceSpec {
                 selector: Some(selector_labels(self.name)),
-                ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+                ports: Some(ports),
                 type_: Some("ClusterIP".to_owned()),
                 ..ServiceSpec::default()
             }),
             status: None,
         }
     }
+
+    /// The runtime pods' NetworkPolicy (`<router>-runtime`), unless `spec.access.networkPolicy`
+    /// is off: the public ports from `spec.access.allowFrom` (default: the Router's namespace),
+    /// the admin port from the operator only, nothing else.
+    pub fn network_policy(&self) -> Option<NetworkPolicy> {
+        let access = &self.router.spec.access;
+        if !access.network_policy {
+            return None;
+        }
+        let port = |name: &str| NetworkPolicyPort {
+            port: Some(IntOrString::String(name.to_owned())),
+            protocol: Some("TCP".to_owned()),
+            ..NetworkPolicyPort::default()
+        };
+        let clients = if access.allow_from.is_empty() {
+            // Every pod of the Router's namespace.
+            vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector::default()),
+                ..NetworkPolicyPeer::default()
+            }]
+        } else {
+            access.allow_from.clone()
+        };
+        Some(NetworkPolicy {
+            metadata: self.meta(runtime_name(self.name), BTreeMap::new()),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(self.name)),
+                    ..LabelSelector::default()
+                }),
+                policy_types: Some(vec!["Ingress".to_owned()]),
+                ingress: Some(vec![
+                    NetworkPolicyIngressRule {
+                        from: Some(clients),
+                        ports: Some(vec![port("grpc"), port("http")]),
+                    },
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![self.operator.clone()]),
+                        ports: Some(vec![port("admin")]),
+                    },
+                ]),
+                egress: None,
+            }),
+        })
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+/// The operator's pods as a NetworkPolicy peer: pods labelled `pod_labels` in `namespace` (any
+/// namespace when it is unknown).
+pub fn operator_peer(
+    namespace: Option<&str>,
+    pod_labels: BTreeMap<String, String>,
+) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: namespace.map(|ns| {
+                BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), ns.to_owned())])
+            }),
+            ..LabelSelector::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(pod_labels),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+/// `--client-token-file` when the Router requires client tokens.
+pub fn client_token_args(spec: &switchboard_crds::router::RouterSpec) -> Vec<String> {
+    spec.access
+        .client_tokens
+        .as_ref()
+        .map(|secret| {
+            vec![
+                "--client-token-file".to_owned(),
+                format!("{CLIENT_TOKENS_DIR}/{}", secret.key),
+            ]
+        })
+        .unwrap_or_default()
 }
 
 /// The runtime's command line in operator mode (the shared contract).
@@ -483,6 +629,10 @@ pub fn runtime_args() -> Vec<String> {
         &format!("0.0.0.0:{GRPC_PORT}"),
         "--http-addr",
         &format!("0.0.0.0:{HTTP_PORT}"),
+        "--admin-addr",
+        &format!("0.0.0.0:{ADMIN_PORT}"),
+        "--admin-token-file",
+        &format!("{TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
     ]
     .into_iter()
     .map(str::to_owned)
@@ -661,6 +811,16 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    static OPERATOR: std::sync::LazyLock<NetworkPolicyPeer> = std::sync::LazyLock::new(|| {
+        operator_peer(
+            Some("switchboard-system"),
+            BTreeMap::from([(
+                "app.kubernetes.io/component".to_owned(),
+                "operator".to_owned(),
+            )]),
+        )
+    });
+
     fn children(r: &Router) -> RouterChildren<'_> {
         RouterChildren {
             router: r,
@@ -668,7 +828,117 @@ mod tests {
             namespace: "support",
             default_image: "runtime:0.1.0",
             egress_allow: None,
+            operator: &OPERATOR,
         }
+    }
+
+    #[test]
+    fn the_admin_port_is_for_the_operator_only() {
+        let r = router(false);
+        let c = children(&r);
+        // The Router's Service never exposes the admin port; its own Service does, alone.
+        let ports = |s: Service| -> Vec<(String, i32)> {
+            s.spec
+                .unwrap()
+                .ports
+                .unwrap()
+                .iter()
+                .map(|p| (p.name.clone().unwrap(), p.port))
+                .collect()
+        };
+        assert!(!ports(c.service()).iter().any(|(n, _)| n == "admin"));
+        let admin = c.admin_service();
+        assert_eq!(
+            admin.metadata.name.as_deref(),
+            Some("frontline-runtime-admin")
+        );
+        assert_eq!(ports(admin), [("admin".to_owned(), 8081)]);
+        // The runtime listens there with the admin token of the Router's token Secret.
+        let args = runtime_args().join(" ");
+        assert!(args.contains("--admin-addr 0.0.0.0:8081"), "{args}");
+        assert!(
+            args.contains("--admin-token-file /var/run/switchboard/token/admin-token"),
+            "{args}"
+        );
+        // Public ports from the Router's namespace (the default), the admin port from the
+        // operator's pods in the operator's namespace, nothing else.
+        let policy = c.network_policy().expect("a NetworkPolicy by default");
+        assert_eq!(policy.metadata.name.as_deref(), Some("frontline-runtime"));
+        let spec = policy.spec.unwrap();
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels,
+            Some(selector_labels("frontline"))
+        );
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+        let rules = spec.ingress.unwrap();
+        let names = |rule: &NetworkPolicyIngressRule| -> Vec<String> {
+            rule.ports
+                .iter()
+                .flatten()
+                .filter_map(|p| match &p.port {
+                    Some(IntOrString::String(n)) => Some(n.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(rules.len(), 2);
+        assert_eq!(names(&rules[0]), ["grpc", "http"]);
+        let same_namespace = NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..NetworkPolicyPeer::default()
+        };
+        assert_eq!(rules[0].from, Some(vec![same_namespace]));
+        assert_eq!(names(&rules[1]), ["admin"]);
+        assert_eq!(rules[1].from, Some(vec![OPERATOR.clone()]));
+        let operator = &rules[1].from.as_ref().unwrap()[0];
+        assert_eq!(
+            operator
+                .namespace_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .map(|l| l["kubernetes.io/metadata.name"].as_str()),
+            Some("switchboard-system")
+        );
+    }
+
+    #[test]
+    fn access_names_the_clients_and_their_tokens() {
+        let mut r = router(false);
+        r.spec.access = serde_json::from_value(serde_json::json!({
+            "clientTokens": {"name": "helpdesk-tokens", "key": "tokens"},
+            "allowFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "helpdesk"}}}],
+        }))
+        .unwrap();
+        let c = children(&r);
+        let rules = c.network_policy().unwrap().spec.unwrap().ingress.unwrap();
+        assert_eq!(rules[0].from, Some(r.spec.access.allow_from.clone()));
+        let d = c.deployment("help", &ConfigVolumes::default());
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        let args = container.args.clone().unwrap().join(" ");
+        assert!(
+            args.contains("--client-token-file /var/run/switchboard/client-tokens/tokens"),
+            "{args}"
+        );
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "client-tokens")
+            .expect("client-tokens volume");
+        let secret = volume.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("helpdesk-tokens"));
+        assert_eq!(secret.optional, Some(false));
+        assert!(
+            container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "client-tokens" && m.read_only == Some(true))
+        );
+        // Turned off (a mesh decides): no policy; the operator deletes an earlier one.
+        r.spec.access.network_policy = false;
+        assert!(children(&r).network_policy().is_none());
     }
 
     #[test]
@@ -759,6 +1029,10 @@ mod tests {
                 "0.0.0.0:50051",
                 "--http-addr",
                 "0.0.0.0:8080",
+                "--admin-addr",
+                "0.0.0.0:8081",
+                "--admin-token-file",
+                "/var/run/switchboard/token/admin-token",
                 // No PostgreSQL named: each pod keeps its outcomes on its state volume.
                 "--outcome-retention",
                 "2160h",

@@ -6,10 +6,13 @@ pub mod token_key;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    api::{core::v1::Secret, networking::v1::NetworkPolicy},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{ListParams, PostParams},
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
     runtime::controller::Action,
 };
 use switchboard_crds::{
@@ -86,8 +89,8 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         experiments: &experiments,
     })?;
 
-    let rotation = ensure_token_secret(ctx, router, &namespace, &name).await?;
     let secret_problems = secret_problems(ctx, router, &namespace).await?;
+    let rotation = ensure_token_secret(ctx, router, &namespace, &name).await?;
     let missing_secret = (!secret_problems.is_empty()).then(|| secret_problems.join("; "));
     let children = RouterChildren {
         router,
@@ -95,6 +98,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         namespace: &namespace,
         default_image: &ctx.settings.runtime_image,
         egress_allow: ctx.settings.egress_allow.as_deref(),
+        operator: &ctx.settings.operator_peer,
     };
     let config_map = children
         .config_map(&config)
@@ -110,6 +114,13 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     )
     .await?;
     apply(client, &namespace, &children.service()).await?;
+    apply(client, &namespace, &children.admin_service()).await?;
+    match children.network_policy() {
+        Some(policy) => {
+            apply(client, &namespace, &policy).await?;
+        }
+        None => remove_network_policy(client, &namespace, &name).await?,
+    }
 
     // Observe: pods, the revision they run, the routed share.
     let router_id = format!("{namespace}/{name}");
@@ -303,6 +314,22 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     ))
 }
 
+/// Deletes the runtime pods' NetworkPolicy of a Router that turned `spec.access.networkPolicy`
+/// off (absent already: nothing to do).
+async fn remove_network_policy(client: &Client, namespace: &str, router: &str) -> Result<()> {
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    let name = build::runtime_name(router);
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube {
+            verb: "delete",
+            object: format!("NetworkPolicy {namespace}/{name}"),
+            source: Box::new(e),
+        }),
+    }
+}
+
 /// The interaction-token key of a Router's runtime pods: created once with 32 random bytes, then
 /// rotated only on request, in the steps of [`token_key`] (rewriting it at once would invalidate
 /// every token in flight). Returns when to look again while a rotation runs.
@@ -327,7 +354,8 @@ async fn ensure_token_secret(
         .await
         .map_err(|e| Error::secret("get", namespace, &secret_name, e))?
     else {
-        let state = token_key::KeyState::new(random_hex(32).map_err(key_error)?, requested);
+        let mut state = token_key::KeyState::new(random_hex(32).map_err(key_error)?, requested);
+        state.admin_token = Some(random_hex(32).map_err(key_error)?);
         let mut annotations = BTreeMap::new();
         state.annotate(&mut annotations);
         let secret = Secret {
@@ -350,7 +378,12 @@ async fn ensure_token_secret(
             Err(e) => Err(Error::secret("create", namespace, &secret_name, e)),
         };
     };
-    let current = token_key::KeyState::read(&existing);
+    let mut current = token_key::KeyState::read(&existing);
+    // A Secret written before the admin API existed gets its admin token now.
+    let add_admin_token = current.admin_token.is_none();
+    if add_admin_token {
+        current.admin_token = Some(random_hex(32).map_err(key_error)?);
+    }
     let mut fresh_key = None;
     let mut new_key = || match random_hex(32) {
         Ok(k) => k,
@@ -363,8 +396,10 @@ async fn ensure_token_secret(
     if let Some(e) = fresh_key {
         return Err(key_error(e));
     }
-    let Some((next, reason, note)) = step.write else {
-        return Ok(step.requeue);
+    let (next, event) = match step.write {
+        Some((next, reason, note)) => (next, Some((reason, note))),
+        None if add_admin_token => (current, None),
+        None => return Ok(step.requeue),
     };
     // Replaced at the version read (a concurrent writer makes this a 409: retried with backoff);
     // the chart's admission policy lets the operator update only Secrets a Router controls.
@@ -380,24 +415,29 @@ async fn ensure_token_secret(
     api.replace(&secret_name, &PostParams::default(), &secret)
         .await
         .map_err(|e| Error::secret("update", namespace, &secret_name, e))?;
-    ctx.event(
-        router,
-        kube::runtime::events::EventType::Normal,
-        reason,
-        "RotateTokenKey",
-        note,
-    )
-    .await;
+    if let Some((reason, note)) = event {
+        ctx.event(
+            router,
+            kube::runtime::events::EventType::Normal,
+            reason,
+            "RotateTokenKey",
+            note,
+        )
+        .await;
+    }
     Ok(step.requeue)
 }
 
 /// Why a Secret key the Router names is unusable, if it is: the Secret or its key does not
-/// exist. `field` names the spec field, `consequence` what happens meanwhile.
+/// exist. `field` names the spec field, `consequence` what happens meanwhile. A Secret its owner
+/// has not labelled `switchboard.dev/usable: "true"` is an error: the Router's children are not
+/// touched while it names one.
 async fn secret_key_problem(
     ctx: &Context,
+    router: &Router,
     namespace: &str,
     secret_ref: &SecretKeyRef,
-    field: &str,
+    field: &'static str,
     consequence: &str,
 ) -> Result<Option<String>> {
     let name = &secret_ref.name;
@@ -417,6 +457,14 @@ async fn secret_key_problem(
         None => Some(format!(
             "Secret {name} ({field}) does not exist: {consequence}"
         )),
+        Some(s) if !switchboard_crds::common::secret_usable(s.metadata.labels.as_ref()) => {
+            return Err(Error::SecretNotUsable {
+                object: describe(router),
+                field,
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+            });
+        }
         Some(s) if !has_key(&s) => Some(format!(
             "Secret {name} has no key {} ({field}): {consequence}",
             secret_ref.key
@@ -441,6 +489,7 @@ async fn secret_problems(ctx: &Context, router: &Router, namespace: &str) -> Res
         problems.extend(
             secret_key_problem(
                 ctx,
+                router,
                 namespace,
                 secret_ref,
                 "spec.largeModel.endpoint.secretRef",
@@ -453,11 +502,26 @@ async fn secret_problems(ctx: &Context, router: &Router, namespace: &str) -> Res
         problems.extend(
             secret_key_problem(
                 ctx,
+                router,
                 namespace,
                 secret_ref,
                 "spec.outcomeStore.postgres",
                 "new runtime pods cannot start (they would not share the feedback replay guard); \
                  the running ones keep serving",
+            )
+            .await?,
+        );
+    }
+    if let Some(secret_ref) = &router.spec.access.client_tokens {
+        problems.extend(
+            secret_key_problem(
+                ctx,
+                router,
+                namespace,
+                secret_ref,
+                "spec.access.clientTokens",
+                "new runtime pods cannot start (they would serve the public API without its \
+                 tokens); the running ones keep serving",
             )
             .await?,
         );

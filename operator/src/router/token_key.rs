@@ -33,6 +33,9 @@ pub const PHASE_ANNOTATION: &str = "switchboard.dev/token-key-phase";
 pub const SINCE_ANNOTATION: &str = "switchboard.dev/token-key-phase-since";
 /// The Secret's data key holding the key file.
 pub const KEY: &str = "key";
+/// The Secret's data key holding the admin API's bearer token (the runtimes'
+/// `--admin-token-file`; the operator sends it to the admin API).
+pub const ADMIN_TOKEN: &str = super::build::ADMIN_TOKEN_KEY;
 
 /// How long a new key is only accepted before it signs: the kubelet's refresh of Secret volumes
 /// (its sync period, one minute by default, plus its cache) and the runtime's poll of the file.
@@ -73,6 +76,9 @@ pub struct KeyState {
     pub phase: Phase,
     /// When the phase began.
     pub since: Option<Timestamp>,
+    /// The admin API's token (created with the Secret; added to a Secret of an earlier
+    /// version).
+    pub admin_token: Option<String>,
 }
 
 impl KeyState {
@@ -84,25 +90,31 @@ impl KeyState {
             rotation: rotation.map(str::to_owned),
             phase: Phase::Steady,
             since: None,
+            admin_token: None,
         }
     }
 
     /// Reads the state of `secret`. A phase whose keys do not fit it (edited by hand) reads as
     /// steady.
     pub fn read(secret: &Secret) -> Self {
-        let text = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(KEY))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(KEY))
-                    .cloned()
-            })
-            .unwrap_or_default();
+        let field = |key: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .cloned()
+                })
+        };
+        let text = field(KEY).unwrap_or_default();
+        let admin_token = field(ADMIN_TOKEN)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
         let keys: Vec<String> = text
             .lines()
             .map(str::trim)
@@ -123,14 +135,22 @@ impl KeyState {
             rotation: annotations.get(ROTATION_ANNOTATION).cloned(),
             phase,
             since,
+            admin_token,
         }
     }
 
-    /// The Secret's data: the key file.
+    /// The Secret's data: the key file, and the admin token.
     pub fn data(&self) -> BTreeMap<String, ByteString> {
         let mut file = self.keys.join("\n");
         file.push('\n');
-        BTreeMap::from([(KEY.to_owned(), ByteString(file.into_bytes()))])
+        let mut data = BTreeMap::from([(KEY.to_owned(), ByteString(file.into_bytes()))]);
+        if let Some(token) = &self.admin_token {
+            data.insert(
+                ADMIN_TOKEN.to_owned(),
+                ByteString(format!("{token}\n").into_bytes()),
+            );
+        }
+        data
     }
 
     /// Writes the state's annotations into `annotations` (removing those that no longer apply).
@@ -201,6 +221,7 @@ pub fn plan(
                 rotation: Some(requested.to_owned()),
                 phase: Phase::Distributing,
                 since: Some(now),
+                admin_token: current.admin_token.clone(),
             };
             Step {
                 write: Some((
@@ -378,6 +399,7 @@ mod tests {
             rotation: Some("x".into()),
             phase: Phase::Distributing,
             since: Some(at(0)),
+            admin_token: None,
         });
         broken.data = Some(KeyState::new("a".repeat(64), None).data());
         assert_eq!(KeyState::read(&broken).phase, Phase::Steady);

@@ -20,6 +20,7 @@ use k8s_openapi::{
         batch::v1::Job,
         core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service},
         events::v1::Event,
+        networking::v1::NetworkPolicy,
     },
     jiff::Timestamp,
 };
@@ -186,11 +187,15 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
     let d: Deployment = get(&w.client, "frontline-runtime").await;
     let s: Service = get(&w.client, "frontline-runtime").await;
     let token: Secret = get(&w.client, "frontline-runtime-token").await;
+    let admin: Service = get(&w.client, "frontline-runtime-admin").await;
+    let policy: NetworkPolicy = get(&w.client, "frontline-runtime").await;
     for owners in [
         cm.metadata.owner_references.clone(),
         d.metadata.owner_references.clone(),
         s.metadata.owner_references.clone(),
         token.metadata.owner_references.clone(),
+        admin.metadata.owner_references.clone(),
+        policy.metadata.owner_references.clone(),
     ] {
         let owner = &owners.unwrap()[0];
         assert_eq!(
@@ -215,6 +220,29 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
     assert_eq!(config.router.name, "frontline");
     let pod = d.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.containers[0].image.as_deref(), Some("runtime:test"));
+    // The admin API: its own Service and port, a token in the token Secret, the operator
+    // alone admitted by the policy the API server stored.
+    let service_ports = |s: &Service| -> Vec<i32> {
+        s.spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port)
+            .collect()
+    };
+    assert_eq!(service_ports(&s), [50051, 8080]);
+    assert_eq!(service_ports(&admin), [8081]);
+    let admin_token =
+        String::from_utf8(token.data.as_ref().unwrap()["admin-token"].0.clone()).unwrap();
+    assert_eq!(admin_token.trim().len(), 64);
+    let rules = policy.spec.unwrap().ingress.unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[1].from.as_ref().unwrap()[0],
+        w.ctx.settings.operator_peer
+    );
 
     let status = get::<Router>(&w.client, "frontline").await.status.unwrap();
     assert_eq!(
@@ -323,7 +351,7 @@ async fn a_token_key_rotates_on_request_in_three_steps_and_no_other_secret_can_b
     let admin: Api<Secret> = Api::default_namespaced(w.client.clone());
     let db: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "helpdesk-db"},
+        "metadata": {"name": "helpdesk-db", "labels": {"switchboard.dev/usable": "true"}},
         "stringData": {"url": "postgres://support:hunter2@db/support"},
     }))
     .unwrap();
@@ -386,7 +414,8 @@ async fn a_router_or_adapter_patch_may_name_only_secrets_its_author_can_read() {
     let admin: Api<Secret> = Api::default_namespaced(w.client.clone());
     for name in ["llm-api", "team-llm-api"] {
         let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"switchboard.dev/usable": "true"}},
             "stringData": {"token": "sk-live-1234"},
         }))
         .unwrap();
@@ -415,6 +444,27 @@ async fn a_router_or_adapter_patch_may_name_only_secrets_its_author_can_read() {
             "this Router may name only Secrets its author can read: you may not get every Secret it newly names in namespace {} (llm-api)",
             w.ns
         )),
+        "{refused}"
+    );
+    // The client tokens of the public API are a Secret reference like any other.
+    let mut tokens_of_another = router("team-llm-api");
+    tokens_of_another
+        .spec
+        .large_model
+        .endpoint
+        .as_mut()
+        .unwrap()
+        .secret_ref = None;
+    tokens_of_another.spec.access.client_tokens =
+        Some(serde_json::from_value(json!({"name": "llm-api", "key": "token"})).unwrap());
+    let refused = routers
+        .create(&PostParams::default(), &tokens_of_another)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("you may not get every Secret it newly names"),
         "{refused}"
     );
     let patches: Api<AdapterPatch> = Api::default_namespaced(author.clone());
@@ -1641,18 +1691,62 @@ async fn a_router_mounts_its_endpoint_secret_and_says_when_it_or_a_shared_index_
         "{warnings:?}"
     );
 
-    // A Secret without the key is still a problem; with it, the condition clears.
+    // The Secret exists but its owner has not opted it in (label switchboard.dev/usable):
+    // nothing is applied (a change of the Router waits), and the Router says how to opt in.
     let secrets: Api<Secret> = Api::default_namespaced(w.client.clone());
-    let secret = |key: &str| -> Secret {
+    let secret = |key: &str, usable: bool| -> Secret {
+        let labels = if usable {
+            json!({"switchboard.dev/usable": "true"})
+        } else {
+            json!({})
+        };
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "llm-api"},
+            "metadata": {"name": "llm-api", "labels": labels},
             "data": {key: "c2VjcmV0"},
         }))
         .unwrap()
     };
     secrets
-        .create(&PostParams::default(), &secret("apiKey"))
+        .create(&PostParams::default(), &secret("apiKey", false))
+        .await
+        .unwrap();
+    routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    let r = get::<Router>(&w.client, "frontline").await;
+    let err = router::reconcile(Arc::new(r), w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), reasons::SECRET_NOT_USABLE, "{err}");
+    let s = get::<Router>(&w.client, "frontline").await.status.unwrap();
+    let degraded = find_condition(&s.conditions, cond::DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reasons::SECRET_NOT_USABLE)
+    );
+    assert!(
+        degraded.message.contains(
+            "Secret llm-api (spec.largeModel.endpoint.secretRef) is not labelled switchboard.dev/usable=true"
+        ) && degraded.message.contains("kubectl label secret llm-api"),
+        "{}",
+        degraded.message
+    );
+    let d: Deployment = get(&w.client, "frontline-runtime").await;
+    assert_eq!(d.spec.unwrap().replicas, Some(2), "children untouched");
+
+    // Opted in, a Secret without the key is still a problem; with it, the condition clears.
+    secrets
+        .patch(
+            "llm-api",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&secret("apiKey", true)),
+        )
         .await
         .unwrap();
     let s = reconcile().await;
@@ -1665,7 +1759,7 @@ async fn a_router_mounts_its_endpoint_secret_and_says_when_it_or_a_shared_index_
         .patch(
             "llm-api",
             &PatchParams::apply("test").force(),
-            &Patch::Apply(&secret("token")),
+            &Patch::Apply(&secret("token", true)),
         )
         .await
         .unwrap();
@@ -1935,8 +2029,27 @@ async fn an_oci_artifact_pull_secret_is_read_by_the_check_and_mounted_into_the_r
         )])),
         ..Secret::default()
     };
-    Api::<Secret>::default_namespaced(w.client.clone())
+    let secrets = Api::<Secret>::default_namespaced(w.client.clone());
+    secrets
         .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // Not opted in by its owner: unavailable, saying how.
+    let p = reconcile_patch(&w).await;
+    let c = artifact_condition(&p);
+    assert_eq!(c.reason, reasons::ARTIFACT_UNAVAILABLE);
+    assert!(
+        c.message
+            .contains("is not labelled switchboard.dev/usable=true"),
+        "{}",
+        c.message
+    );
+    secrets
+        .patch(
+            "registry-creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"switchboard.dev/usable": "true"}}})),
+        )
         .await
         .unwrap();
     let p = reconcile_patch(&w).await;
@@ -1989,8 +2102,16 @@ async fn serve_cuped(
         State((store, asked, router)): State<Shared>,
         Path(name): Path<String>,
         Query(q): Query<std::collections::BTreeMap<String, String>>,
+        headers: http::HeaderMap,
     ) -> axum::Json<switchboard_store::CupedData> {
-        asked.lock().unwrap().push(format!("{name} {q:?}"));
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        asked
+            .lock()
+            .unwrap()
+            .push(format!("{name} {q:?} authorization={auth}"));
         let metric = |k: &str| serde_json::from_value(json!(q[k])).unwrap();
         let data = store
             .cuped(&switchboard_store::CupedQuery {
@@ -2105,14 +2226,21 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
         }
     });
     let w = world_in(ns, source).await;
-    let ctx = Arc::new((*w.ctx).clone().with_outcomes(Arc::new(
-        switchboard_operator::outcomes::RuntimeOutcomes::new(
-            format!("http://{addr}"),
-            Duration::from_secs(10),
-        ),
-    )));
+    // The admin API is called with the Router's admin token, from its token Secret.
+    let ctx = Arc::new(
+        (*w.ctx).clone().with_outcomes(Arc::new(
+            switchboard_operator::outcomes::RuntimeOutcomes::new(
+                format!("http://{addr}"),
+                Duration::from_secs(10),
+            )
+            .with_admin_tokens(w.client.clone()),
+        )),
+    );
     create_kb(&w.client, Some(1)).await;
-    create_router(&w.client).await;
+    let r = create_router(&w.client).await;
+    router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+    let secret = get::<Secret>(&w.client, "frontline-runtime-token").await;
+    let admin_token = String::from_utf8(secret.data.unwrap()["admin-token"].0.clone()).unwrap();
     let x: Experiment = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
         "metadata": {"name": "rewrite"},
@@ -2155,6 +2283,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
         "\"covariate\": \"escalationRate\"",
         &format!("\"startedAt\": \"{start}\""),
         "\"preperiod\": \"604800s\"",
+        &format!("authorization=Bearer {}", admin_token.trim()),
     ] {
         assert!(request.contains(part), "{part} not in {request}");
     }
@@ -2446,7 +2575,7 @@ async fn a_routers_outcome_store_is_shared_through_its_secret_or_flagged_per_pod
     // The Secret appears: healthy.
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "outcomes-db"},
+        "metadata": {"name": "outcomes-db", "labels": {"switchboard.dev/usable": "true"}},
         "stringData": {"url": "postgres://sb:pw@db:5432/switchboard"},
     }))
     .unwrap();

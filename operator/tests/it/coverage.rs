@@ -22,7 +22,7 @@ use switchboard_operator::{
     fakes::{FakeClock, FixedArtifacts, FixedOutcomes, FnSource},
     knowledge_base,
     metrics::Metrics,
-    outcomes::{CoverageReport, ReportedGap},
+    outcomes::{CoverageReport, ReportedDocument, ReportedGap},
 };
 use switchboard_testkit::controlplane::{ControlPlane, Options};
 
@@ -115,13 +115,19 @@ fn gap(query: &str, volume: u64, share: f64) -> ReportedGap {
         query: query.to_owned(),
         volume,
         share,
+        interaction: "0f3c9a1e-payroll".to_owned(),
         escalated: volume / 2,
-        examples: vec![
-            query.to_owned(),
-            format!("{query} (again)"),
-            format!("{query} (and again)"),
-            format!("{query} (once more)"),
-        ],
+        documents: [
+            "help-pages/team.html",
+            "wiki/Billing.html",
+            "policies/refund-policy.md",
+            "guides/api.md",
+        ]
+        .into_iter()
+        .map(|d| ReportedDocument {
+            document: d.to_owned(),
+        })
+        .collect(),
         last_seen: 1_799_990_000,
     }
 }
@@ -198,7 +204,7 @@ async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
     );
     assert!(
         covers.message.starts_with(
-            "1 topics with 4 or more escalated, unanswered or refused queries and 2% or more of a Router's queries over 72h: \"Can Ledgerly run payroll?\" (12 queries, 3%)"
+            "1 topics with 4 or more escalated, unanswered or refused queries and 2% or more of a Router's queries over 72h: interaction 0f3c9a1e-payroll (12 queries, 3%, retrieving help-pages/team.html)"
         ),
         "{}",
         covers.message
@@ -208,14 +214,17 @@ async fn coverage_gaps_of_the_routers_runtimes_flip_content_covers() {
     assert_eq!(
         (
             top.router.as_str(),
-            top.query.as_str(),
+            top.interaction.as_str(),
             top.volume,
             top.share.as_str(),
             top.escalated
         ),
-        (router.as_str(), "Can Ledgerly run payroll?", 12, "3%", 6)
+        (router.as_str(), "0f3c9a1e-payroll", 12, "3%", 6)
     );
-    assert_eq!(top.examples.len(), 3, "capped: {:?}", top.examples);
+    assert_eq!(top.documents.len(), 3, "capped: {:?}", top.documents);
+    // The customers' words stay in the Router's store: not in status, not in Events.
+    let kb = serde_json::to_string(&s).unwrap();
+    assert!(!kb.contains("payroll?"), "{kb}");
     assert_eq!(
         top.last_seen.as_ref().map(|t| t.0.as_second()),
         Some(1_799_990_000)

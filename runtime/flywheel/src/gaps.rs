@@ -64,6 +64,9 @@ pub struct RetrievedDocument {
 pub struct CoverageGap {
     /// The query closest to the cluster's centroid.
     pub query: String,
+    /// The newest interaction asking it: an id (random, not personal) that names the topic
+    /// where its text may not go (a KnowledgeBase's status).
+    pub interaction: String,
     /// Interactions (gap signals) in the cluster.
     pub volume: u64,
     /// `volume` over every interaction of the window ([`GapReport::interactions`]): how much of
@@ -274,8 +277,16 @@ pub fn coverage_gaps(
             documents.truncate(3);
             let volume = rows.len() as u64;
             let escalated = rows.iter().filter(|r| r.outcomes.escalated).count() as u64;
+            let interaction = rows
+                .iter()
+                .zip(m)
+                .filter(|(_, n)| row_text[**n] == representative)
+                .max_by_key(|(r, _)| (r.interaction.created_at, r.interaction.id.clone()))
+                .map(|(r, _)| r.interaction.id.clone())
+                .unwrap_or_default();
             CoverageGap {
                 query: texts[representative].clone(),
+                interaction,
                 volume,
                 share: share(volume, rows_total),
                 escalated,

@@ -7,7 +7,7 @@
 
 use crate::support;
 use support::{
-    ask, build_sample_index, config, get_json, http, metric, models_present, post_json,
+    admin_json, ask, build_sample_index, config, http, metric, models_present, post_json,
     publish_config, root, sha256_file, start, wait_for_revision,
 };
 
@@ -64,7 +64,7 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
     publish_config(&config_path, &text1);
     let a = start(work, "a", &config_path, &key);
 
-    let config1 = get_json(a.http, "/v1/config");
+    let config1 = admin_json(a.admin, "/v1/config");
     assert_eq!(config1["revision"], rev1.as_str());
     assert_eq!(config1["router"], "support/helpdesk");
     assert_eq!(config1["generation"], "gen-000001");
@@ -239,7 +239,7 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
     };
     std::thread::sleep(Duration::from_millis(300));
     publish_config(&config_path, &text2);
-    let config2 = wait_for_revision(a.http, &rev2);
+    let config2 = wait_for_revision(a.admin, &rev2);
     let old = in_flight.join().unwrap();
     assert_eq!(old["provenance"]["configRevision"], rev1.as_str(), "{old}");
     let loaded: Vec<(String, String, bool)> = config2["adapters"]
@@ -319,7 +319,7 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
     }
     let during = in_flight.join().unwrap();
     assert_eq!(during["provenance"]["configRevision"], rev2.as_str());
-    assert_eq!(get_json(a.http, "/v1/config")["revision"], rev2.as_str());
+    assert_eq!(admin_json(a.admin, "/v1/config")["revision"], rev2.as_str());
 
     // Canary at 100%: every unit is served by the candidate.
     let (rev3, text3) = config(
@@ -330,7 +330,7 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
         "http://127.0.0.1:9/v1",
     );
     publish_config(&config_path, &text3);
-    wait_for_revision(a.http, &rev3);
+    wait_for_revision(a.admin, &rev3);
     for unit in ["acct-1", "acct-2", "acct-3"] {
         let answer = ask(a.http, "Can I get a refund on my annual invoice?", unit);
         assert_eq!(
@@ -525,7 +525,7 @@ fn rotate_token_keys(a: &support::Runtime, key: &std::path::Path) {
             .fingerprints()[0]
             .clone()
     };
-    let keys_in_force = || get_json(a.http, "/v1/config")["tokenKeys"].clone();
+    let keys_in_force = || admin_json(a.admin, "/v1/config")["tokenKeys"].clone();
     let wait_for = |want: Value| {
         let started = Instant::now();
         while keys_in_force() != want {

@@ -10,7 +10,9 @@
 //!   the parameter.
 
 use crate::support;
-use support::{Runtime, ask, get_json, http, post_json, prepare, runtime_cmd, start};
+use support::{
+    Runtime, admin, admin_json, ask, http, http_with, post_json, prepare, runtime_cmd, start,
+};
 
 use std::collections::BTreeMap;
 
@@ -227,7 +229,27 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
     assert_eq!(by_label.values().sum::<u64>(), records.len() as u64);
 
     // --- coverage gaps over HTTP ---
-    let report = get_json(rt.http, "/v1/coverage-gaps?minQueries=3&limit=5");
+    // Customer queries are served by the admin API only, to its token (docs/security.md).
+    let (status, _) = http(
+        rt.http,
+        "GET",
+        "/v1/coverage-gaps?minQueries=1&minScore=1",
+        "",
+    );
+    assert_eq!(status, 404, "coverage gaps are not on the public listener");
+    for token in [None, Some("not-the-admin-token-0123456789")] {
+        let (status, head, body) = http_with(
+            rt.admin,
+            "GET",
+            "/v1/coverage-gaps?minQueries=1&minScore=1",
+            "",
+            token,
+        );
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(head.contains("www-authenticate: Bearer"), "{head}");
+        assert!(!body.contains("payroll"), "{body}");
+    }
+    let report = admin_json(rt.admin, "/v1/coverage-gaps?minQueries=3&limit=5");
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert_eq!(report["router"], "support/helpdesk");
     assert_eq!(report["interactions"], asked, "{report}");
@@ -287,7 +309,7 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         ("minQueries=-1", "minQueries"),
         ("colour=blue", "colour"),
     ] {
-        let (status, body) = http(rt.http, "GET", &format!("/v1/coverage-gaps?{query}"), "");
+        let (status, body) = admin(rt.admin, "GET", &format!("/v1/coverage-gaps?{query}"));
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains(name), "{query}: {body}");
     }
@@ -314,8 +336,8 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         "3704",
         "sk-live",
     ];
-    let gaps = get_json(
-        rt.http,
+    let gaps = admin_json(
+        rt.admin,
         "/v1/coverage-gaps?minQueries=1&minScore=1&limit=100",
     )
     .to_string();

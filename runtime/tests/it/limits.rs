@@ -71,6 +71,7 @@ async fn slow_clients_and_bursts_are_bounded() {
             .arg(work.path().join("data"))
             .args(["--grpc-addr", &free_addr().to_string()])
             .args(["--http-addr", &addr.to_string()])
+            .args(["--admin-addr", &free_addr().to_string()])
             .args(["--header-read-timeout", "1s", "--body-timeout", "1s"])
             .args(["--max-body-bytes", "65536", "--max-connections", "64"])
             .args(["--max-concurrent-retrievals", "1"])

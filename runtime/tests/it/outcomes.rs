@@ -9,7 +9,7 @@
 
 use crate::support;
 use support::{
-    Runtime, ask, get_json, http, http_full, metric, post_json, prepare, start, start_with,
+    Runtime, admin, admin_json, ask, http, http_full, metric, post_json, prepare, start, start_with,
 };
 
 use std::sync::{Arc, Barrier};
@@ -128,16 +128,15 @@ async fn feedback_is_counted_once_across_replicas_and_restarts() {
     assert_eq!(status, 409);
 
     // The CUPED input of the Experiment analysis reads the same store; bad input is named.
-    let cuped = get_json(
-        a.http,
+    let cuped = admin_json(
+        a.admin,
         "/v1/experiments/none/cuped?metric=escalationRate&startedAt=0&preperiod=24h",
     );
     assert_eq!(cuped["arms"], json!({}), "{cuped}");
-    let (status, body) = http(
-        a.http,
+    let (status, body) = admin(
+        a.admin,
         "GET",
         "/v1/experiments/none/cuped?metric=happiness&startedAt=0&preperiod=24h",
-        "",
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("metric"), "{body}");

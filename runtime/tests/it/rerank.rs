@@ -44,12 +44,6 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String)
     (status, body)
 }
 
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, text) = http(addr, "GET", path, "");
-    assert_eq!(status, 200, "{path}: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
 fn retrieve(addr: SocketAddr, query: &str) -> Value {
     let body = json!({"query": query}).to_string();
     let (status, text) = http(addr, "POST", "/v1/retrieve", &body);
@@ -202,6 +196,7 @@ fn the_config_s_rerank_model_and_pvc_artifacts_are_loaded_where_the_router_mount
 
     let http_addr = free_addr();
     let grpc_addr = free_addr();
+    let admin_addr = free_addr();
     let log = work.join("runtime.log");
     let _server = Server(
         runtime_cmd()
@@ -220,6 +215,9 @@ fn the_config_s_rerank_model_and_pvc_artifacts_are_loaded_where_the_router_mount
             .arg(root().join(".cache/models"))
             .args(["--grpc-addr", &grpc_addr.to_string()])
             .args(["--http-addr", &http_addr.to_string()])
+            .args(["--admin-addr", &admin_addr.to_string()])
+            .arg("--admin-token-file")
+            .arg(support::admin_token_file(work))
             .args(["--config-poll-interval", "200ms"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -232,7 +230,7 @@ fn the_config_s_rerank_model_and_pvc_artifacts_are_loaded_where_the_router_mount
         || TcpStream::connect(http_addr).is_ok() && http(http_addr, "GET", "/readyz", "").0 == 200,
         &log,
     );
-    let applied = get_json(http_addr, "/v1/config");
+    let applied = support::admin_json(admin_addr, "/v1/config");
     assert_eq!(applied["revision"], rev1.as_str());
     // The pvc:// adapter was copied from the claim, verified and loaded.
     assert_eq!(applied["adapters"][0]["loaded"], true, "{applied}");
@@ -275,7 +273,10 @@ fn the_config_s_rerank_model_and_pvc_artifacts_are_loaded_where_the_router_mount
             && logged.contains("pvc://models/no-such-reranker"),
         "the rejection names the model:\n{logged}"
     );
-    assert_eq!(get_json(http_addr, "/v1/config")["revision"], rev1.as_str());
+    assert_eq!(
+        support::admin_json(admin_addr, "/v1/config")["revision"],
+        rev1.as_str()
+    );
     let response = retrieve(http_addr, "How many days do I have to request a refund?");
     assert_eq!(response["rerank"]["status"], "completed", "{response}");
 
@@ -285,7 +286,7 @@ fn the_config_s_rerank_model_and_pvc_artifacts_are_loaded_where_the_router_mount
     wait_for(
         "the config without rerank is applied",
         Duration::from_secs(120),
-        || get_json(http_addr, "/v1/config")["revision"] == rev3.as_str(),
+        || support::admin_json(admin_addr, "/v1/config")["revision"] == rev3.as_str(),
         &log,
     );
     let response = retrieve(http_addr, "How many days do I have to request a refund?");

@@ -3,7 +3,10 @@
 //! metrics -> a newly published generation is picked up while serving -> switched back.
 
 use crate::support;
-use support::{Server, copy_dir, free_addr, http, root, runtime_cmd};
+use support::{Server, copy_dir, free_addr, http, http_with, root, runtime_cmd};
+
+/// The client token the test's Router requires (`--client-token-file`).
+const CLIENT_TOKEN: &str = "helpdesk-0123456789abcdef";
 
 use std::net::TcpStream;
 use std::process::Stdio;
@@ -15,14 +18,34 @@ async fn retrieve(
     client: &mut RetrievalClient<tonic::transport::Channel>,
     query: &str,
 ) -> Result<switchboard_proto::v1::RetrieveResponse, tonic::Status> {
+    retrieve_as(client, query, Some(CLIENT_TOKEN)).await
+}
+
+async fn retrieve_as(
+    client: &mut RetrievalClient<tonic::transport::Channel>,
+    query: &str,
+    token: Option<&str>,
+) -> Result<switchboard_proto::v1::RetrieveResponse, tonic::Status> {
+    let mut request = tonic::Request::new(RetrieveRequest {
+        query: query.to_owned(),
+        top_k: 3,
+        stages: None,
+    });
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
     client
-        .retrieve(RetrieveRequest {
-            query: query.to_owned(),
-            top_k: 3,
-            stages: None,
-        })
+        .retrieve(request)
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// A public API request with the client token.
+fn as_client(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, body, Some(CLIENT_TOKEN));
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,6 +63,9 @@ async fn serve_retrieve_reject_switch_generations() {
     let data = work.path().join("data");
     let grpc_addr = free_addr();
     let http_addr = free_addr();
+    let admin_addr = free_addr();
+    let clients = work.path().join("client-tokens");
+    std::fs::write(&clients, format!("# the helpdesk\n{CLIENT_TOKEN}\n")).unwrap();
 
     let _server = Server(
         runtime_cmd()
@@ -50,6 +76,9 @@ async fn serve_retrieve_reject_switch_generations() {
             .arg(&data)
             .args(["--grpc-addr", &grpc_addr.to_string()])
             .args(["--http-addr", &http_addr.to_string()])
+            .args(["--admin-addr", &admin_addr.to_string()])
+            .arg("--client-token-file")
+            .arg(&clients)
             .args(["--reload-interval", "200ms"])
             .stdout(Stdio::null())
             .spawn()
@@ -94,26 +123,69 @@ async fn serve_retrieve_reject_switch_generations() {
             .collect::<Vec<_>>()
     );
 
+    // The public API wants a client token, over both protocols; health and metrics stay open.
+    let refused = retrieve_as(&mut client, "refund", None).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let refused = retrieve_as(&mut client, "refund", Some("not-a-client-token-0123"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let body = r#"{"query": "refund"}"#;
+    let (status, head, _) = http_with(http_addr, "POST", "/v1/retrieve", body, None);
+    assert_eq!(status, 401);
+    assert!(head.contains("www-authenticate: Bearer"), "{head}");
+    let (status, _, _) = http_with(
+        http_addr,
+        "POST",
+        "/v1/retrieve",
+        body,
+        Some("not-a-client-token-0123"),
+    );
+    assert_eq!(status, 401);
+    assert_eq!(http(http_addr, "GET", "/healthz", "").0, 200);
+    // The admin API is not on the public listener, and wants the admin token: without
+    // `--admin-token-file` one was written to `<data>/admin-token`, readable by its owner only.
+    assert_eq!(http(http_addr, "GET", "/v1/hits?limit=5", "").0, 404);
+    assert_eq!(http(admin_addr, "GET", "/v1/hits?limit=5", "").0, 401);
+    let (status, _, _) = http_with(
+        admin_addr,
+        "GET",
+        "/v1/hits?limit=5",
+        "",
+        Some(CLIENT_TOKEN),
+    );
+    assert_eq!(status, 401, "a client token is not an admin token");
+    let admin_token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let admin_token = admin_token.trim();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "admin-token mode {mode:o}");
+    }
+
     // Bad input: clear errors naming the field, over both protocols.
     let empty = retrieve(&mut client, "  ").await.unwrap_err();
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
     assert!(empty.message().starts_with("query:"), "{}", empty.message());
     let huge = serde_json::json!({ "query": "refund ".repeat(1000) }).to_string();
-    let (status, body) = http(http_addr, "POST", "/v1/retrieve", &huge);
+    let (status, body) = as_client(http_addr, "POST", "/v1/retrieve", &huge);
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("query: ") && body.contains("exceeds"),
         "{body}"
     );
     let binary = serde_json::json!({ "query": "\u{0}\u{1}PK\u{3}\u{4}" }).to_string();
-    let (status, body) = http(http_addr, "POST", "/v1/retrieve", &binary);
+    let (status, body) = as_client(http_addr, "POST", "/v1/retrieve", &binary);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("binary"), "{body}");
-    let (status, body) = http(http_addr, "POST", "/v1/retrieve", "{not json");
+    let (status, body) = as_client(http_addr, "POST", "/v1/retrieve", "{not json");
     assert_eq!(status, 400, "{body}");
 
     // The HTTP mirror answers like gRPC.
-    let (status, body) = http(
+    let (status, body) = as_client(
         http_addr,
         "POST",
         "/v1/retrieve",
@@ -133,6 +205,10 @@ async fn serve_retrieve_reject_switch_generations() {
         "switchboard_retrieval_requests_total{outcome=\"ok\",protocol=\"http\"} 1",
         "switchboard_retrieval_concentration_ratio",
         "switchboard_document_retrievals_total{document=",
+        "switchboard_auth_refused_total{api=\"public\",reason=\"missing\"} 2",
+        "switchboard_auth_refused_total{api=\"public\",reason=\"invalid\"} 2",
+        "switchboard_auth_refused_total{api=\"admin\",reason=\"missing\"} 1",
+        "switchboard_auth_refused_total{api=\"admin\",reason=\"invalid\"} 1",
     ] {
         assert!(
             metrics.contains(needle),
@@ -140,7 +216,7 @@ async fn serve_retrieve_reject_switch_generations() {
         );
     }
 
-    let (status, body) = http(http_addr, "GET", "/v1/hits?limit=5", "");
+    let (status, _, body) = http_with(admin_addr, "GET", "/v1/hits?limit=5", "", Some(admin_token));
     assert_eq!(status, 200, "{body}");
     let hits: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -194,7 +270,13 @@ async fn serve_retrieve_reject_switch_generations() {
     );
 
     // ... and back.
-    let (status, body) = http(http_addr, "POST", "/v1/generations/switch-back", "");
+    let (status, _, body) = http_with(
+        admin_addr,
+        "POST",
+        "/v1/generations/switch-back",
+        "",
+        Some(admin_token),
+    );
     assert_eq!(status, 200, "{body}");
     let back = retrieve(&mut client, question).await.unwrap();
     assert_eq!(back.generation, first_generation);

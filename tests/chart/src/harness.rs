@@ -185,7 +185,8 @@ pub fn start_runtime(work: &Path) -> (Process, SocketAddr) {
         .arg("--data")
         .arg(work.join("data"))
         .args(["--grpc-addr", &grpc_addr.to_string()])
-        .args(["--http-addr", &http_addr.to_string()]);
+        .args(["--http-addr", &http_addr.to_string()])
+        .args(["--admin-addr", &free_addr().to_string()]);
     let mut process = Process::spawn("switchboard-runtime", command, &work.join("runtime.log"));
     // The first start indexes the sample knowledge base with the real encoder.
     process.wait_http_ok(http_addr, "/readyz", Duration::from_secs(600));

@@ -12,6 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
@@ -101,6 +102,7 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "ValidatingAdmissionPolicyBinding" => {
                     round_trip::<ValidatingAdmissionPolicyBinding>(object)
                 }
+                "NetworkPolicy" => round_trip::<NetworkPolicy>(object),
                 "ServiceMonitor" => check_service_monitor(object),
                 "PrometheusRule" => check_prometheus_rule(object),
                 other => Err(format!("unexpected kind {other}: add it to this test")),
@@ -131,6 +133,7 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "ConfigMap",
                 "CustomResourceDefinition",
                 "Deployment",
+                "NetworkPolicy",
                 "Role",
                 "RoleBinding",
                 "Service",
@@ -144,6 +147,7 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "ConfigMap",
                 "CustomResourceDefinition",
                 "Deployment",
+                "NetworkPolicy",
                 "PrometheusRule",
                 "Role",
                 "RoleBinding",
@@ -372,6 +376,7 @@ fn the_operator_pod_is_locked_down() {
             "--leader-election-namespace=",
             "--runtime-image=",
             "--artifact-cache=",
+            "--operator-pod-labels=",
         ] {
             assert!(
                 args.iter().any(|a| a.starts_with(flag)),
@@ -380,7 +385,68 @@ fn the_operator_pod_is_locked_down() {
         }
         let watches_one_namespace = args.iter().any(|a| a == "--namespace=support");
         assert_eq!(watches_one_namespace, set == "full", "{set}: {args:?}");
+        // The operator's pods accept connections on the metrics port only; the runtime pods'
+        // policies admit the pods `--operator-pod-labels` names, which are these.
+        let policy: NetworkPolicy = objects
+            .iter()
+            .find(|o| kind(o) == "NetworkPolicy")
+            .map(|o| serde_yaml::from_value(o.clone()).expect("NetworkPolicy"))
+            .expect("a NetworkPolicy");
+        let spec = policy.spec.expect("spec");
+        let selected = spec
+            .pod_selector
+            .and_then(|s| s.match_labels)
+            .expect("matchLabels");
+        let template_labels = deployment_labels(&objects);
+        assert!(
+            selected
+                .iter()
+                .all(|(k, v)| template_labels.get(k) == Some(v)),
+            "{set}: {selected:?} vs {template_labels:?}"
+        );
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+        let ingress = spec.ingress.expect("ingress");
+        let ports: Vec<_> = ingress
+            .iter()
+            .flat_map(|r| r.ports.iter().flatten())
+            .map(|p| p.port.clone())
+            .collect();
+        assert_eq!(
+            ports,
+            [Some(
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                    "metrics".to_owned()
+                )
+            )],
+            "{set}"
+        );
+        let named = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--operator-pod-labels="))
+            .expect("--operator-pod-labels");
+        for pair in named.split(',') {
+            let (k, v) = pair.split_once('=').expect("key=value");
+            assert_eq!(
+                template_labels.get(k).map(String::as_str),
+                Some(v),
+                "{set}: {pair}"
+            );
+        }
     }
+}
+
+/// The operator pod template's labels.
+fn deployment_labels(objects: &[Value]) -> BTreeMap<String, String> {
+    let deployment: Deployment = objects
+        .iter()
+        .find(|o| kind(o) == "Deployment")
+        .map(|o| serde_yaml::from_value(o.clone()).expect("Deployment"))
+        .expect("a Deployment");
+    deployment
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default()
 }
 
 #[test]

@@ -28,7 +28,9 @@ use sha2::{Digest, Sha256};
 use switchboard_crds::knowledge_base::SourceKind;
 use switchboard_crds::{AdapterPatch, KnowledgeBase, Router, Validate};
 use switchboard_testkit::controlplane::{ControlPlane, OPERATOR_NAMESPACE};
-use switchboard_testkit::process::{Process, cargo_bin, free_addr, http_request, workspace_root};
+use switchboard_testkit::process::{
+    Process, cargo_bin, free_addr, http_request_as, workspace_root,
+};
 use switchboard_testkit::prometheus::{Prometheus, Target};
 
 use crate::node::{Image, NodeAgent, NodeConfig};
@@ -548,10 +550,36 @@ impl Story {
         );
     }
 
-    /// The runtime's `GET /v1/config`.
-    pub fn runtime_config(addr: SocketAddr) -> Value {
-        let (status, body) =
-            http_request(addr, "GET", "/v1/config", None).unwrap_or_else(|e| panic!("{e}"));
+    /// A ready runtime pod's admin API address and the Router's admin token (from the
+    /// `<router>-runtime-token` Secret, as the operator reads it).
+    pub async fn runtime_admin(&self) -> Option<(SocketAddr, String)> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = format!(
+            "app.kubernetes.io/name=switchboard-runtime,app.kubernetes.io/instance={ROUTER}"
+        );
+        let listed = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        let addr = listed
+            .items
+            .iter()
+            .filter(|p| is_ready(p))
+            .find_map(|p| self.node.port(&p.name_any(), "admin"))?;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let secret = secrets
+            .get_opt(&format!("{ROUTER}-runtime-token"))
+            .await
+            .ok()??;
+        let token = secret.data?.get("admin-token")?.0.clone();
+        Some((addr, String::from_utf8(token).ok()?.trim().to_owned()))
+    }
+
+    /// The runtime's `GET /v1/config` (admin API).
+    pub fn runtime_config(admin: SocketAddr, token: &str) -> Value {
+        let (status, body) = http_request_as(admin, "GET", "/v1/config", None, Some(token))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(status, 200, "GET /v1/config: {body}");
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("/v1/config is not JSON ({e}): {body}"))
@@ -609,13 +637,14 @@ impl Story {
     /// (`(version, role)`, all loaded), from `GET /v1/config`.
     pub async fn wait_for_runtime_adapters(
         &self,
-        runtime: SocketAddr,
+        _runtime: SocketAddr,
         expected: &[(&str, &str)],
     ) -> Value {
         let what = format!("the runtime to serve {expected:?}");
         wait_for(&what, Duration::from_secs(120), || async move {
             self.assert_alive();
-            let config = tokio::task::spawn_blocking(move || Self::runtime_config(runtime))
+            let (admin, token) = self.runtime_admin().await?;
+            let config = tokio::task::spawn_blocking(move || Self::runtime_config(admin, &token))
                 .await
                 .ok()?;
             let mut served: Vec<(String, String, bool)> = config["adapters"]

@@ -259,6 +259,17 @@ pub fn http_request(
     path: &str,
     json_body: Option<&str>,
 ) -> Result<(u16, String), String> {
+    http_request_as(addr, method, path, json_body, None)
+}
+
+/// [`http_request`] with `Authorization: Bearer <token>` when `bearer` is given.
+pub fn http_request_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+    bearer: Option<&str>,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("{addr}: {e}"))?;
     stream
@@ -270,9 +281,11 @@ pub fn http_request(
     } else {
         ""
     };
+    let authorization =
+        bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .map_err(|e| e.to_string())?;

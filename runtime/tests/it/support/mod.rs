@@ -51,6 +51,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The admin token the test runtimes are started with (`--admin-token-file`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// Writes [`ADMIN_TOKEN`] to `<work>/admin-token` and returns the path.
+pub fn admin_token_file(work: &Path) -> PathBuf {
+    let path = work.join("admin-token");
+    std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).expect("write admin token");
+    path
+}
+
 /// Minimal HTTP/1.1 client (one request per connection): `(status, head, body)`.
 pub fn http_full(
     addr: std::net::SocketAddr,
@@ -58,11 +68,23 @@ pub fn http_full(
     path: &str,
     body: &str,
 ) -> (u16, String, String) {
+    http_with(addr, method, path, body, None)
+}
+
+/// [`http_full`] with `Authorization: Bearer <token>` when `token` is given.
+pub fn http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write request");
@@ -99,6 +121,19 @@ pub fn post_json(
 /// GETs JSON, asserting 200.
 pub fn get_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
     let (status, text) = http(addr, "GET", path, "");
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text).expect("JSON body")
+}
+
+/// An admin API request with [`ADMIN_TOKEN`]: `(status, body)`.
+pub fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, "", Some(ADMIN_TOKEN));
+    (status, body)
+}
+
+/// GETs JSON from the admin API with [`ADMIN_TOKEN`], asserting 200.
+pub fn admin_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let (status, text) = admin(addr, "GET", path);
     assert_eq!(status, 200, "{path}: {text}");
     serde_json::from_str(&text).expect("JSON body")
 }
@@ -250,6 +285,8 @@ pub struct Runtime {
     pub http: std::net::SocketAddr,
     /// gRPC address.
     pub grpc: std::net::SocketAddr,
+    /// Admin API address ([`ADMIN_TOKEN`]).
+    pub admin: std::net::SocketAddr,
     /// The process.
     pub server: Server,
 }
@@ -271,6 +308,7 @@ pub fn start_with(
 ) -> Runtime {
     let http_addr = free_addr();
     let grpc_addr = free_addr();
+    let admin_addr = free_addr();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -292,6 +330,9 @@ pub fn start_with(
         .arg(root().join(".cache/models"))
         .args(["--grpc-addr", &grpc_addr.to_string()])
         .args(["--http-addr", &http_addr.to_string()])
+        .args(["--admin-addr", &admin_addr.to_string()])
+        .arg("--admin-token-file")
+        .arg(admin_token_file(work))
         .args(["--config-poll-interval", "200ms"]);
     if !extra.contains(&"--outcome-store") {
         command.arg("--outcome-store").arg(format!(
@@ -324,15 +365,17 @@ pub fn start_with(
     Runtime {
         http: http_addr,
         grpc: grpc_addr,
+        admin: admin_addr,
         server,
     }
 }
 
-/// Waits until the runtime serves config `revision`; returns `/v1/config`.
-pub fn wait_for_revision(addr: std::net::SocketAddr, revision: &str) -> serde_json::Value {
+/// Waits until the runtime serves config `revision`; returns `/v1/config` (`admin`: the admin
+/// API's address).
+pub fn wait_for_revision(admin: std::net::SocketAddr, revision: &str) -> serde_json::Value {
     let started = std::time::Instant::now();
     loop {
-        let config = get_json(addr, "/v1/config");
+        let config = admin_json(admin, "/v1/config");
         if config["revision"] == revision {
             return config;
         }
