@@ -47,6 +47,8 @@ pub mod messages {
     pub const REFRESH_MIN: &str = "refreshInterval must be at least 1m";
     /// `spec.sources[*].volume.path` of a source with `claimName`.
     pub const RESERVED_PATH: &str = "sources[].volume.path of a claim must not be /, /tmp, /dev, /proc, /sys or under /etc/switchboard or /var/lib/switchboard (the index builder's own mounts)";
+    /// `spec.sources[*].volume.path` of sources without `claimName`.
+    pub const SYSTEM_PATH: &str = "sources[].volume.path without claimName names a folder of the index builder's image: it must not be / or under /proc, /sys, /dev, /etc, /run, /var/run, /root, /tmp or /var/lib/switchboard (the system's and the builder's own files, not documents)";
     /// `spec.sources[*].volume.path` of sources with `claimName`.
     pub const DUPLICATE_MOUNT: &str =
         "sources[].volume.path must differ between sources that mount a claim";
@@ -65,6 +67,21 @@ pub const RESERVED_MOUNT_PATHS: [&str; 6] = [
     "/dev",
     "/proc",
     "/sys",
+];
+
+/// Folders of the index builder's image a volume source without a claim must not read (exact
+/// paths and everything below them): the kernel's views of the process (its environment, its
+/// memory), configuration and credentials, runtime state and the builder's own files.
+pub const SYSTEM_PATHS: [&str; 9] = [
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/run",
+    "/var/run",
+    "/root",
+    "/tmp",
+    "/var/lib/switchboard",
 ];
 
 /// Freshness classes every KnowledgeBase has, with their half-lives (None: no decay) and
@@ -309,6 +326,7 @@ pub struct ConfigMapSource {
 #[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.claimName) || !(self.path == '/' || ['/etc/switchboard', '/var/lib/switchboard', '/tmp', '/dev', '/proc', '/sys'].exists(p, self.path == p || self.path.startsWith(p + '/')))").message(messages::RESERVED_PATH).field_path(".path"))]
+#[x_kube(validation = Rule::new("has(self.claimName) || !(self.path == '/' || ['/proc', '/sys', '/dev', '/etc', '/run', '/var/run', '/root', '/tmp', '/var/lib/switchboard'].exists(p, self.path == p || self.path.startsWith(p + '/')))").message(messages::SYSTEM_PATH).field_path(".path"))]
 pub struct VolumeSource {
     /// Absolute path of a file or directory (directories are read recursively). With
     /// `claimName`, where the claim is mounted in the index builder (its root is read); without,
@@ -336,8 +354,18 @@ impl VolumeSource {
     /// Whether `path` is one of the index builder's own mount points ([`RESERVED_MOUNT_PATHS`])
     /// or below one, or `/`.
     pub fn path_is_reserved(&self) -> bool {
+        self.path_is_under(&RESERVED_MOUNT_PATHS)
+    }
+
+    /// Whether `path` is `/` or one of [`SYSTEM_PATHS`] or below one: not a folder of documents
+    /// in the index builder's image.
+    pub fn path_is_system(&self) -> bool {
+        self.path_is_under(&SYSTEM_PATHS)
+    }
+
+    fn path_is_under(&self, roots: &[&str]) -> bool {
         self.path == "/"
-            || RESERVED_MOUNT_PATHS.iter().any(|p| {
+            || roots.iter().any(|p| {
                 self.path == *p
                     || self
                         .path
@@ -1048,6 +1076,13 @@ impl Validate for KnowledgeBaseSpec {
                     format!("{field}.volume.path"),
                     messages::NORMALIZED_PATH,
                 );
+                if v.claim_name.is_none() {
+                    errors.check(
+                        !v.path_is_system(),
+                        format!("{field}.volume.path"),
+                        messages::SYSTEM_PATH,
+                    );
+                }
                 if v.claim_name.is_some() {
                     errors.check(
                         !v.path_is_reserved(),

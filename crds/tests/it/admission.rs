@@ -468,6 +468,38 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.sources[3].volume.path", kb::NORMALIZED_PATH),
         },
         Case {
+            name: "image path reading the process environment",
+            file: "knowledgebase.yaml",
+            kind: "KnowledgeBase",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/sources/1/volume/path",
+                    json!("/proc/self/environ"),
+                )
+            },
+            field: "spec.sources[1].volume.path",
+            message: kb::SYSTEM_PATH,
+            rust: Rust::Field("spec.sources[1].volume.path", kb::SYSTEM_PATH),
+        },
+        Case {
+            name: "image path reading a ServiceAccount token",
+            file: "knowledgebase.yaml",
+            kind: "KnowledgeBase",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/sources/1/volume/path",
+                    json!("/var/run/secrets/kubernetes.io/serviceaccount"),
+                )
+            },
+            field: "spec.sources[1].volume.path",
+            message: kb::SYSTEM_PATH,
+            rust: Rust::Field("spec.sources[1].volume.path", kb::SYSTEM_PATH),
+        },
+        Case {
             name: "claim mounted over the index builder's own paths",
             file: "knowledgebase.yaml",
             kind: "KnowledgeBase",
