@@ -25,6 +25,8 @@ pub mod messages {
     pub const ENDPOINT_URL: &str = "largeModel.endpoint.url must be an http:// or https:// URL";
     /// `spec.largeModel.endpoint`.
     pub const PLAINTEXT_CREDENTIALS: &str = "largeModel.endpoint: an endpoint with a secretRef receives the API key, so its url must be https://, or http://<service>.<namespace>.svc[.cluster.local] with allowPlaintextInCluster: true";
+    /// `spec.privacy.redact[*].pattern`.
+    pub const REDACT_PATTERN: &str = "privacy.redact[].pattern must be a regular expression that matches neither the empty string nor its placeholder";
     /// `spec.exploration.share`.
     pub const EXPLORATION_SHARE: &str = "exploration.share must be between 0% and 50%";
     /// `spec.generation.grounding.minEvidenceScore`.
@@ -128,6 +130,11 @@ pub struct RouterSpec {
     /// admin API is never exposed by the Router's Service and answers the operator only.
     #[serde(default)]
     pub access: Access,
+    /// What is removed from customers' text before it is stored (queries, rewrites, answers):
+    /// the built-in detectors (emails, phone, card and IBAN numbers, keys and passwords) and
+    /// these patterns.
+    #[serde(default)]
+    pub privacy: Privacy,
     /// Runtime pods.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 100))]
@@ -541,7 +548,66 @@ impl Validate for RouterSpec {
             "spec.generation.grounding.evidenceSentences",
             messages::EVIDENCE_SENTENCES,
         );
+        for (i, p) in self.privacy.redact.iter().enumerate() {
+            if let Some(problem) = p.problem() {
+                errors.check(
+                    false,
+                    format!("spec.privacy.redact[{i}].pattern"),
+                    &format!("{}: {problem}", messages::REDACT_PATTERN),
+                );
+            }
+        }
         errors.finish()
+    }
+}
+
+/// Personal data the runtime removes before storing (docs/security.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Privacy {
+    /// The Router's own patterns, applied after the built-in detectors: each match becomes
+    /// `[<name>]` in what is stored, exported and reported (e.g. customer numbers, order ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub redact: Vec<RedactPattern>,
+}
+
+/// One redaction pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedactPattern {
+    /// The placeholder's name: matches become `[<name>]`.
+    #[schemars(length(min = 1, max = 32), pattern(r"^[a-z][a-z0-9-]*$"))]
+    pub name: String,
+    /// A regular expression (Rust `regex` syntax, no look-around), e.g. `\bACME-[0-9]{6}\b`.
+    #[schemars(length(min = 1, max = 512))]
+    pub pattern: String,
+}
+
+impl RedactPattern {
+    /// `[<name>]`, what a match is replaced with.
+    pub fn placeholder(&self) -> String {
+        format!("[{}]", self.name)
+    }
+
+    /// Why the pattern cannot be used, if it cannot: it does not compile, matches the empty
+    /// string (it would fill the text with placeholders) or its own placeholder (redacting twice
+    /// would not give the same text).
+    pub fn problem(&self) -> Option<String> {
+        let re = match regex::Regex::new(&self.pattern) {
+            Ok(re) => re,
+            Err(e) => return Some(format!("not a regular expression: {e}")),
+        };
+        if re.is_match("") {
+            Some("matches the empty string".to_owned())
+        } else if re.is_match(&self.placeholder()) {
+            Some(format!(
+                "matches its own placeholder {}",
+                self.placeholder()
+            ))
+        } else {
+            None
+        }
     }
 }
 
@@ -680,5 +746,38 @@ fn requirement_matches(
         "DoesNotExist" => value.is_none(),
         // An unknown operator selects nothing rather than everything.
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_patterns_that_cannot_work_are_refused_naming_the_field() {
+        let mut spec: RouterSpec = serde_json::from_value(serde_json::json!({
+            "knowledgeBaseRef": {"name": "kb"},
+            "smallModel": {"model": "m"},
+            "largeModel": {"endpoint": {"url": "https://llm.example.com/v1", "model": "big"}},
+            "privacy": {"redact": [
+                {"name": "account", "pattern": "\\bACME-[0-9]{6}\\b"},
+                {"name": "everything", "pattern": "x*"},
+                {"name": "broken", "pattern": "(ACME"},
+            ]},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let errors = spec.validate().unwrap_err().to_string();
+        assert!(!errors.contains("redact[0]"), "{errors}");
+        assert!(
+            errors.contains("spec.privacy.redact[1].pattern") && errors.contains("empty string"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("spec.privacy.redact[2].pattern")
+                && errors.contains("not a regular expression"),
+            "{errors}"
+        );
+        spec.privacy.redact.truncate(1);
+        assert!(spec.validate().is_ok());
     }
 }

@@ -236,6 +236,10 @@ pub struct RouterPolicy {
     /// How answers are grounded in the evidence (the Router's `spec.generation.grounding`).
     #[serde(default)]
     pub grounding: crate::router::Grounding,
+    /// The Router's own redaction patterns (`spec.privacy.redact`), applied after the built-in
+    /// detectors before anything is stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<crate::router::RedactPattern>,
 }
 
 /// A running experiment.
@@ -337,6 +341,12 @@ impl Validate for RuntimeConfig {
             "router",
             "router.name and router.namespace must be set",
         );
+
+        for (i, p) in self.router_policy.redact.iter().enumerate() {
+            if let Some(problem) = p.problem() {
+                e.check(false, format!("routerPolicy.redact[{i}].pattern"), &problem);
+            }
+        }
 
         let kb = &self.knowledge_base;
         e.check(

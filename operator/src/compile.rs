@@ -179,6 +179,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
             exploration_share: normalized(&spec.exploration.share),
             shadow_max_concurrent: spec.shadow.max_concurrent,
             grounding: spec.generation.grounding.clone(),
+            redact: spec.privacy.redact.clone(),
         },
         experiments: Vec::new(),
     };

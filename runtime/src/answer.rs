@@ -39,7 +39,6 @@ use switchboard_store::{Interaction, Recorded};
 use crate::engine::{Active, Engine, LargeTarget, adapter_id};
 use crate::openai::Message;
 use crate::service::{RetrieveRequest, ServiceError, validate_query};
-use switchboard_policy::redact::redact;
 
 /// Cosine distance between the served and the shadow answer's embeddings above which the shadow
 /// answer counts as `divergent`.
@@ -916,10 +915,13 @@ pub async fn answer_with(
         config_revision: config.revision.clone(),
         route_reason: route_reason.clone(),
         // Personal data and secrets never reach the store, nor what reads it (the export for
-        // training, coverage gaps, the KnowledgeBase's status): `switchboard_policy::redact`.
-        query: redact(&request.query).into_owned(),
-        rewritten_query: rewritten.as_deref().map(|r| redact(r).into_owned()),
-        answer: redact(&text).into_owned(),
+        // training, coverage gaps): the built-in detectors and the Router's own patterns
+        // (`switchboard_policy::redact::Redactor`).
+        query: active.redactor.redact(&request.query).into_owned(),
+        rewritten_query: rewritten
+            .as_deref()
+            .map(|r| active.redactor.redact(r).into_owned()),
+        answer: active.redactor.redact(&text).into_owned(),
         refused,
         invalid_citation: !invalid_citations.is_empty(),
         retrieval_failed,

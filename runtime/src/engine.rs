@@ -109,6 +109,8 @@ pub struct Active {
     pub terms: Arc<TermStats>,
     /// The large model, when configured.
     pub large: Option<LargeTarget>,
+    /// The built-in detectors and the Router's own patterns: applied to what is stored.
+    pub redactor: switchboard_policy::redact::Redactor,
 }
 
 /// The large model: an endpoint, or a second local model.
@@ -688,8 +690,11 @@ impl Engine {
             &config.knowledge_base.retrieval,
             service.has_reranker(),
         ));
+        let redactor = switchboard_policy::redact::Redactor::new(&config.router_policy.redact)
+            .map_err(reject)?;
         let router = format!("{}/{}", config.router.namespace, config.router.name);
         let active = Arc::new(Active {
+            redactor,
             router: router.clone(),
             retrieval: Arc::clone(&service),
             retriever: Arc::clone(&retriever),

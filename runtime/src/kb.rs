@@ -527,6 +527,7 @@ pub fn local_runtime_config(
             exploration_share: spec.exploration.share.clone(),
             shadow_max_concurrent: spec.shadow.max_concurrent,
             grounding: spec.generation.grounding.clone(),
+            redact: spec.privacy.redact.clone(),
         },
         experiments: Vec::new(),
     };

@@ -191,7 +191,9 @@ fn speaker_label(unit: &str) -> (Option<String>, &str) {
 /// headers; headings (a short line without a full stop, or a line equal to one of `headings`),
 /// questions (FAQ prompts) and a ticket's `Problem:` paragraph (the customer's words: context,
 /// not evidence) dropped; a `Resolution:` label removed; very long runs cut to
-/// [`MAX_SENTENCE_WORDS`] words.
+/// [`MAX_SENTENCE_WORDS`] words. Bracketed numbers in the text (a document's own footnote marks,
+/// `[3]`) are removed: in the prompt and in a quoted answer they would read as citations of facts
+/// that were never given (found by fuzzing, `fuzz/regressions/model_output/`).
 pub fn evidence_sentences(text: &str, headings: &[String]) -> Vec<String> {
     let headings: HashSet<String> = headings.iter().map(|h| h.trim().to_lowercase()).collect();
     let mut out = Vec::new();
@@ -220,6 +222,17 @@ pub fn evidence_sentences(text: &str, headings: &[String]) -> Vec<String> {
             if !terminated && n_words < 5 && !has_digit {
                 continue;
             }
+            if n_words < 2 {
+                continue;
+            }
+            let stripped;
+            let sentence: &str = if sentence.contains('[') {
+                stripped = strip_citations(&sentence);
+                &stripped
+            } else {
+                &sentence
+            };
+            let n_words = sentence.split_whitespace().count();
             if n_words < 2 {
                 continue;
             }
@@ -876,8 +889,20 @@ pub fn answer_sentences(answer: &str) -> Vec<String> {
     out
 }
 
-/// `text` without `[n]` citations.
+/// `text` without `[n]` citations, including those that removing one would make (`[[1]2]`).
 pub fn strip_citations(text: &str) -> String {
+    let mut out = strip_citations_once(text);
+    // Each pass that changes the text removes a citation: this ends.
+    loop {
+        let again = strip_citations_once(&out);
+        if again == out {
+            return out;
+        }
+        out = again;
+    }
+}
+
+fn strip_citations_once(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find('[') {

@@ -50,7 +50,14 @@ fn token(answer: &Value) -> &str {
 fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
     let work = tempfile::tempdir().unwrap();
     let work = work.path();
-    let (config_path, key) = prepare(work, json!({"smallModel": {"maxNewTokens": 16}}));
+    // The Router's own redaction pattern (spec.privacy.redact): order numbers.
+    let (config_path, key) = prepare(
+        work,
+        json!({
+            "smallModel": {"maxNewTokens": 16},
+            "routerPolicy": {"redact": [{"name": "order", "pattern": "\\bORD-[0-9]{6}\\b"}]},
+        }),
+    );
     let rt = start(work, "fw", &config_path, &key);
     let mut asked = 0;
 
@@ -321,6 +328,7 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         "I'm jane.doe@example.com, how do I run payroll for my staff? Card 4111 1111 1111 1111",
         "Payroll for my team please, call +44 20 7946 0958; my password is hunter2!",
         "Refund to DE89 3704 0044 0532 0130 00, API key sk-live-8fJ3kLm9Qw2Er5Ty7Ui0",
+        "Payroll question about order ORD-482913 please",
     ];
     for (n, query) in seeded.iter().enumerate() {
         let answer = ask(rt.http, query, &format!("pii-{n}"));
@@ -335,6 +343,7 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         "DE89",
         "3704",
         "sk-live",
+        "482913",
     ];
     let gaps = admin_json(
         rt.admin,
@@ -366,4 +375,8 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
     for placeholder in ["[email]", "[card]", "[phone]", "[secret]", "[iban]"] {
         assert!(gaps.contains(placeholder), "{placeholder} in {gaps}");
     }
+    assert!(
+        stored.contains("[order]"),
+        "the Router's own pattern was applied"
+    );
 }

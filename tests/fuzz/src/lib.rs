@@ -1,0 +1,150 @@
+//! Fuzz targets: each takes arbitrary bytes and must return without panicking, in bounded time,
+//! whatever they hold. The same functions are run
+//!
+//! - coverage-guided by libFuzzer: `fuzz/fuzz_targets/<target>.rs` call them (cargo-fuzz,
+//!   nightly; `hack/fuzz.sh [seconds]`), starting from the seed corpus in `fuzz/corpus/<target>/`;
+//! - by `cargo test -p switchboard-fuzz` on stable: every corpus and regression file, then a
+//!   seeded mutation run of `FUZZ_SECONDS` (default 3) per target (`tests/fuzz.rs`).
+//!
+//! An input that once crashed a target is kept in `fuzz/regressions/<target>/`, so the fix is
+//! tested forever.
+
+use std::collections::BTreeMap;
+
+use switchboard_index::chunk::chunk_document;
+use switchboard_index::parse::{InputFile, parse_file, parse_slack_export};
+use switchboard_index::{ChunkingSpec, SourceFormat};
+
+/// A fuzz target: arbitrary bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
+/// Every target, by name (the name of its `fuzz/fuzz_targets/` file and corpus folder).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("documents", documents),
+    ("slack_export", slack_export),
+    ("manifests", manifests),
+    ("interaction_token", interaction_token),
+    ("redact", redact),
+    ("model_output", model_output),
+];
+
+/// The format a `documents` input is parsed as: its first byte.
+const FORMATS: [SourceFormat; 6] = [
+    SourceFormat::Markdown,
+    SourceFormat::Html,
+    SourceFormat::ConfluenceHtml,
+    SourceFormat::ZendeskTickets,
+    SourceFormat::Pdf,
+    SourceFormat::PlainText,
+];
+
+/// One file of any per-file source format (the first byte picks it; the rest is the file), then
+/// the chunker over what it yields: ingestion reads files an author points a KnowledgeBase at.
+pub fn documents(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    let format = FORMATS[usize::from(pick) % FORMATS.len()];
+    let file = InputFile {
+        rel_path: "fuzz/input".to_owned(),
+        bytes: bytes.to_vec(),
+        mtime: Some(1_800_000_000),
+    };
+    if let Ok(parsed) = parse_file(format, "fuzz", &file) {
+        chunk(&parsed.documents);
+    }
+}
+
+/// A Slack workspace export: the input is split into files at NUL bytes (the first names
+/// `channels.json`, then `users.json`, then day files of channel `general`).
+pub fn slack_export(data: &[u8]) {
+    let mut files = Vec::new();
+    for (i, part) in data.split(|b| *b == 0).take(16).enumerate() {
+        let rel_path = match i {
+            0 => "channels.json".to_owned(),
+            1 => "users.json".to_owned(),
+            n => format!("general/2026-01-{:02}.json", n - 1),
+        };
+        files.push(InputFile {
+            rel_path,
+            bytes: part.to_vec(),
+            mtime: None,
+        });
+    }
+    let (parsed, _errors) = parse_slack_export("slack", &files);
+    chunk(&parsed.documents);
+}
+
+fn chunk(documents: &[switchboard_index::Document]) {
+    let spec = ChunkingSpec::default();
+    for doc in documents {
+        let (chunks, _sections) = chunk_document(doc, "standard", &spec);
+        // The chunker's contract: no empty chunk.
+        assert!(chunks.iter().all(|c| !c.text.trim().is_empty()));
+    }
+}
+
+/// A manifest file as `serve --manifests` and `switchboard-runtime validate` read it: YAML
+/// documents, the API server's schema and CEL rules, the Rust rules.
+pub fn manifests(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = switchboard_crds::manifest::resources_from_yaml(text);
+}
+
+/// An interaction token as feedback carries it (`sb1.<claims>.<mac>`), verified with fixed keys;
+/// and a key file.
+pub fn interaction_token(data: &[u8]) {
+    let keys = switchboard_policy::TokenKeys::parse(
+        "fuzz",
+        b"0123456789abcdef0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap_or_else(|e| unreachable!("fixed keys: {e}"));
+    if let Ok(token) = std::str::from_utf8(data) {
+        let _ = keys.verify(token, 1_800_000_000);
+    }
+    let _ = switchboard_policy::TokenKeys::parse("fuzz", data);
+}
+
+/// The redaction every stored query and answer goes through: never panics, and what it leaves
+/// is left alone by a second pass (no detector fires on its own placeholders).
+pub fn redact(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let once = switchboard_policy::redact::redact(&text).into_owned();
+    let twice = switchboard_policy::redact::redact(&once);
+    assert_eq!(once, twice, "redaction is not idempotent");
+}
+
+/// A model's answer checked against its facts: citation parsing, sentence splitting, the
+/// grounding check and the choice of the answer served (the model's output is outside input).
+pub fn model_output(data: &[u8]) {
+    use switchboard_policy::grounding::{
+        Evidence, EvidenceFeatures, answer_sentences, check_output, choose, evidence_sentences,
+        expects, strip_citations,
+    };
+    let text = String::from_utf8_lossy(data);
+    let (answer, rest) = text.split_once('\u{0}').unwrap_or((&text, ""));
+    let facts: Vec<String> = evidence_sentences(rest, &["Heading".to_owned()]);
+    let fact_refs: Vec<&str> = facts.iter().map(String::as_str).collect();
+    let _ = switchboard_policy::parse_citations(answer);
+    let _ = switchboard_policy::check_citations(answer, facts.len());
+    let _ = answer_sentences(answer);
+    let _ = strip_citations(answer);
+    let kind = expects(answer);
+    let check = check_output(answer, &fact_refs, kind, &["[Heading]"]);
+    let evidence: Vec<Evidence> = facts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Evidence {
+            passage: i,
+            text: f.clone(),
+            score: 0.9 - 0.01 * i as f64,
+            features: EvidenceFeatures::default(),
+        })
+        .collect();
+    let decision = choose(Some((answer, &check)), &evidence, 0.5);
+    // Served citations are always facts that were given.
+    let cited: BTreeMap<usize, ()> = decision.facts.iter().map(|f| (*f, ())).collect();
+    assert!(cited.keys().all(|f| (1..=evidence.len()).contains(f)));
+}
