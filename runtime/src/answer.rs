@@ -909,7 +909,8 @@ pub async fn answer_with(
         id: id.clone(),
         created_at: i64::try_from(iat).unwrap_or(i64::MAX),
         expires_at: i64::try_from(exp).unwrap_or(i64::MAX),
-        unit: unit.map(str::to_owned),
+        // Pseudonymised: a unit id may be an email address or a customer number.
+        unit: unit.map(|u| engine.stored_unit(u)),
         variant: variant.clone(),
         kb_generation: search.generation.clone(),
         config_revision: config.revision.clone(),

@@ -61,6 +61,9 @@ pub struct EngineOptions {
     /// Bounds the retrievals running and waiting, across generations and configs
     /// (`--max-concurrent-retrievals`, `--max-queued-retrievals`).
     pub retrieval_admission: Arc<crate::limits::Admission>,
+    /// The key units are pseudonymised with before they are stored (`--unit-key-file`;
+    /// `switchboard_policy::hash::pseudonym`). Empty in evaluations, whose store is thrown away.
+    pub unit_key: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -308,6 +311,11 @@ impl Engine {
     /// Token lifetime.
     pub fn token_ttl(&self) -> Duration {
         self.options.token_ttl
+    }
+
+    /// What a unit id is stored as: its pseudonym under the unit key.
+    pub fn stored_unit(&self, unit: &str) -> String {
+        switchboard_policy::hash::pseudonym(&self.options.unit_key, unit)
     }
 
     /// The evidence model answers are grounded with.

@@ -556,6 +556,7 @@ pub(crate) async fn harness(
         lenient_large_model: true,
         egress: args.egress_allow.clone(),
         retrieval_admission: Default::default(),
+        unit_key: Arc::from(&b"evaluation"[..]),
         generation: switchboard_model::generator_worker::WorkerOptions::new(
             switchboard_model::default_device(),
         )
@@ -1418,6 +1419,7 @@ async fn gate(config_path: &Path, golden: &[GoldenQuery], args: &AnswerArgs) -> 
             lenient_large_model: false,
             egress: args.egress_allow.clone(),
             retrieval_admission: Default::default(),
+            unit_key: Arc::from(&b"evaluation"[..]),
             generation: switchboard_model::generator_worker::WorkerOptions::new(
                 switchboard_model::default_device(),
             )

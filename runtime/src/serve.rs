@@ -206,6 +206,11 @@ pub struct ServeArgs {
     /// (the Router's NetworkPolicy decides who can).
     #[arg(long, env = "SWITCHBOARD_CLIENT_TOKEN_FILE")]
     client_token_file: Option<PathBuf>,
+    /// The key unit ids are pseudonymised with before they are stored (HMAC-SHA256; the
+    /// Router's `<router>-runtime-token` Secret holds it). Without it `<data>/unit-key` is used,
+    /// created once (mode 0600) and kept: a new key would split every unit's history.
+    #[arg(long, env = "SWITCHBOARD_UNIT_KEY_FILE")]
+    unit_key_file: Option<PathBuf>,
     /// Serve gRPC server reflection (lists every service and message: for grpcurl while
     /// developing; off in the pods the operator creates).
     #[arg(long)]
@@ -316,8 +321,51 @@ fn watch_keys(args: &ServeArgs, engine: &Arc<Engine>) -> tokio::task::JoinHandle
     }
 }
 
-fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> EngineOptions {
-    EngineOptions {
+/// The unit pseudonym key: `--unit-key-file`, else `<data>/unit-key` (created once, mode 0600).
+fn unit_key(args: &ServeArgs) -> Result<Arc<[u8]>> {
+    let path = match &args.unit_key_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = args.kb.data.join("unit-key");
+            if !path.exists() {
+                use std::io::{Read as _, Write as _};
+                let mut raw = [0u8; 32];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| f.read_exact(&mut raw))
+                    .context("reading /dev/urandom")?;
+                std::fs::create_dir_all(&args.kb.data)
+                    .with_context(|| format!("creating {}", args.kb.data.display()))?;
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                match options.open(&path) {
+                    Ok(mut file) => writeln!(file, "{hex}")
+                        .with_context(|| format!("writing {}", path.display()))?,
+                    // Another process created it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("creating {}", path.display()));
+                    }
+                }
+            }
+            path
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the unit key {}", path.display()))?;
+    let key = text.trim();
+    anyhow::ensure!(
+        key.len() >= 32,
+        "{}: the unit key must be at least 32 characters",
+        path.display()
+    );
+    Ok(Arc::from(key.as_bytes()))
+}
+
+fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Result<EngineOptions> {
+    Ok(EngineOptions {
         data: args.kb.data.clone(),
         models: args.models.clone(),
         encoder: args.kb.encoder.clone(),
@@ -338,7 +386,8 @@ fn engine_options(args: &ServeArgs, reranker: Option<Arc<dyn Reranker>>) -> Engi
         lenient_large_model: args.runtime_config.is_none(),
         egress: args.egress_allow.clone(),
         retrieval_admission: args.limits.retrieval_admission(),
-    }
+        unit_key: unit_key(args)?,
+    })
 }
 
 /// Opens the outcome store and prunes it hourly past the retention.
@@ -384,7 +433,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(path) = args.runtime_config.clone() {
         // Operator mode: everything comes from the RuntimeConfig.
         let engine = Arc::new(Engine::new(
-            engine_options(&args, reranker),
+            engine_options(&args, reranker)?,
             Arc::clone(&metrics),
             token_keys(&args)?,
             store,
@@ -437,7 +486,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         // The embedded default with a Router: compile its RuntimeConfig locally and serve
         // answers; a newly published generation recompiles it.
         let client_tokens = client_token_file(&args, Some(&router));
-        let mut options = engine_options(&args, reranker);
+        let mut options = engine_options(&args, reranker)?;
         options.encoder = Some(loaded.encoder_path.clone());
         if args.pvc_root.is_none() {
             options.pvc_root = loaded.base.clone();

@@ -56,6 +56,8 @@ pub const TOKEN_KEY: &str = "key";
 /// Key of the token Secret holding the admin API's bearer token (the operator reads it to call
 /// the admin API).
 pub const ADMIN_TOKEN_KEY: &str = "admin-token";
+/// Key of the token Secret holding the key units are pseudonymised with before storage.
+pub const UNIT_KEY_KEY: &str = "unit-key";
 /// Directory of the `spec.access.clientTokens` Secret (the runtime's `--client-token-file` is
 /// `<dir>/<key>`).
 pub const CLIENT_TOKENS_DIR: &str = "/var/run/switchboard/client-tokens";
@@ -633,6 +635,8 @@ pub fn runtime_args() -> Vec<String> {
         &format!("0.0.0.0:{ADMIN_PORT}"),
         "--admin-token-file",
         &format!("{TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
+        "--unit-key-file",
+        &format!("{TOKEN_DIR}/{UNIT_KEY_KEY}"),
     ]
     .into_iter()
     .map(str::to_owned)
@@ -1033,6 +1037,8 @@ mod tests {
                 "0.0.0.0:8081",
                 "--admin-token-file",
                 "/var/run/switchboard/token/admin-token",
+                "--unit-key-file",
+                "/var/run/switchboard/token/unit-key",
                 // No PostgreSQL named: each pod keeps its outcomes on its state volume.
                 "--outcome-retention",
                 "2160h",

@@ -356,6 +356,7 @@ async fn ensure_token_secret(
     else {
         let mut state = token_key::KeyState::new(random_hex(32).map_err(key_error)?, requested);
         state.admin_token = Some(random_hex(32).map_err(key_error)?);
+        state.unit_key = Some(random_hex(32).map_err(key_error)?);
         let mut annotations = BTreeMap::new();
         state.annotate(&mut annotations);
         let secret = Secret {
@@ -379,10 +380,14 @@ async fn ensure_token_secret(
         };
     };
     let mut current = token_key::KeyState::read(&existing);
-    // A Secret written before the admin API existed gets its admin token now.
-    let add_admin_token = current.admin_token.is_none();
-    if add_admin_token {
+    // A Secret written before the admin API (or unit pseudonyms) existed gets its token (key)
+    // now.
+    let add_admin_token = current.admin_token.is_none() || current.unit_key.is_none();
+    if current.admin_token.is_none() {
         current.admin_token = Some(random_hex(32).map_err(key_error)?);
+    }
+    if current.unit_key.is_none() {
+        current.unit_key = Some(random_hex(32).map_err(key_error)?);
     }
     let mut fresh_key = None;
     let mut new_key = || match random_hex(32) {

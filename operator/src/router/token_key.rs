@@ -36,6 +36,10 @@ pub const KEY: &str = "key";
 /// The Secret's data key holding the admin API's bearer token (the runtimes'
 /// `--admin-token-file`; the operator sends it to the admin API).
 pub const ADMIN_TOKEN: &str = super::build::ADMIN_TOKEN_KEY;
+/// The Secret's data key holding the key units are pseudonymised with before they are stored
+/// (the runtimes' `--unit-key-file`): created once, never rotated (a new key would split every
+/// unit's history in two).
+pub const UNIT_KEY: &str = super::build::UNIT_KEY_KEY;
 
 /// How long a new key is only accepted before it signs: the kubelet's refresh of Secret volumes
 /// (its sync period, one minute by default, plus its cache) and the runtime's poll of the file.
@@ -79,6 +83,9 @@ pub struct KeyState {
     /// The admin API's token (created with the Secret; added to a Secret of an earlier
     /// version).
     pub admin_token: Option<String>,
+    /// The unit pseudonym key (created with the Secret; added to a Secret of an earlier
+    /// version).
+    pub unit_key: Option<String>,
 }
 
 impl KeyState {
@@ -91,6 +98,7 @@ impl KeyState {
             phase: Phase::Steady,
             since: None,
             admin_token: None,
+            unit_key: None,
         }
     }
 
@@ -115,6 +123,9 @@ impl KeyState {
         let admin_token = field(ADMIN_TOKEN)
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty());
+        let unit_key = field(UNIT_KEY)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
         let keys: Vec<String> = text
             .lines()
             .map(str::trim)
@@ -136,6 +147,7 @@ impl KeyState {
             phase,
             since,
             admin_token,
+            unit_key,
         }
     }
 
@@ -148,6 +160,12 @@ impl KeyState {
             data.insert(
                 ADMIN_TOKEN.to_owned(),
                 ByteString(format!("{token}\n").into_bytes()),
+            );
+        }
+        if let Some(key) = &self.unit_key {
+            data.insert(
+                UNIT_KEY.to_owned(),
+                ByteString(format!("{key}\n").into_bytes()),
             );
         }
         data
@@ -222,6 +240,7 @@ pub fn plan(
                 phase: Phase::Distributing,
                 since: Some(now),
                 admin_token: current.admin_token.clone(),
+                unit_key: current.unit_key.clone(),
             };
             Step {
                 write: Some((
@@ -400,6 +419,7 @@ mod tests {
             phase: Phase::Distributing,
             since: Some(at(0)),
             admin_token: None,
+            unit_key: None,
         });
         broken.data = Some(KeyState::new("a".repeat(64), None).data());
         assert_eq!(KeyState::read(&broken).phase, Phase::Steady);

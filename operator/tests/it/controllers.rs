@@ -237,6 +237,8 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
     let admin_token =
         String::from_utf8(token.data.as_ref().unwrap()["admin-token"].0.clone()).unwrap();
     assert_eq!(admin_token.trim().len(), 64);
+    let unit_key = String::from_utf8(token.data.as_ref().unwrap()["unit-key"].0.clone()).unwrap();
+    assert_eq!(unit_key.trim().len(), 64);
     let rules = policy.spec.unwrap().ingress.unwrap();
     assert_eq!(rules.len(), 2);
     assert_eq!(

@@ -18,9 +18,35 @@ pub fn unit_interval(parts: &[&str]) -> f64 {
     (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The id a unit (user, account, conversation) is stored under: `u:` and 32 hex digits of
+/// HMAC-SHA256 with the Router's unit key. Stable for a key (experiments' per-unit analysis
+/// groups by it), not reversible without the key: an email address given as the unit is not
+/// stored, and its pseudonym cannot be found by hashing guesses.
+pub fn pseudonym(key: &[u8], unit: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(unit.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("u:{hex}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pseudonyms_are_stable_per_key_and_hide_the_unit() {
+        let p = pseudonym(b"key-1", "jane@example.com");
+        assert_eq!(p, pseudonym(b"key-1", "jane@example.com"));
+        assert_ne!(p, pseudonym(b"key-2", "jane@example.com"));
+        assert_ne!(p, pseudonym(b"key-1", "john@example.com"));
+        assert!(
+            p.starts_with("u:") && p.len() == 34 && !p.contains("jane"),
+            "{p}"
+        );
+    }
 
     #[test]
     fn stable_and_in_range() {

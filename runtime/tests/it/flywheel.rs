@@ -344,6 +344,8 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         "3704",
         "sk-live",
         "482913",
+        // The units themselves: stored as pseudonyms (HMAC with the unit key).
+        "pii-0",
     ];
     let gaps = admin_json(
         rt.admin,
