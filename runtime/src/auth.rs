@@ -125,26 +125,9 @@ impl Tokens {
     /// A fresh random admin token written to `path` (mode 0600, replacing an earlier one), for
     /// a runtime started without `--admin-token-file`.
     pub fn generate(api: Api, path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Self>> {
-        use std::io::{Read as _, Write as _};
-        let mut raw = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut raw))
-            .context("reading /dev/urandom")?;
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        writeln!(file, "{token}").with_context(|| format!("writing {}", tmp.display()))?;
+        write_private(&tmp, &random_hex(32)?)?;
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
         Self::from_file(api, path, metrics)
     }
@@ -208,6 +191,35 @@ impl Tokens {
             }
         }
     }
+}
+
+/// `bytes` random bytes from /dev/urandom, in hex.
+pub fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read as _;
+    let mut raw = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom")?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Creates `path` (and its folder) readable by its owner only (mode 0600) with `line`; an
+/// existing file is an error of kind `AlreadyExists` (nothing is overwritten).
+pub fn write_private(path: &Path, line: &str) -> Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// The token of an `Authorization: Bearer <token>` value.

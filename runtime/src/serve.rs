@@ -328,26 +328,11 @@ fn unit_key(args: &ServeArgs) -> Result<Arc<[u8]>> {
         None => {
             let path = args.kb.data.join("unit-key");
             if !path.exists() {
-                use std::io::{Read as _, Write as _};
-                let mut raw = [0u8; 32];
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| f.read_exact(&mut raw))
-                    .context("reading /dev/urandom")?;
-                std::fs::create_dir_all(&args.kb.data)
-                    .with_context(|| format!("creating {}", args.kb.data.display()))?;
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-                match options.open(&path) {
-                    Ok(mut file) => writeln!(file, "{hex}")
-                        .with_context(|| format!("writing {}", path.display()))?,
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("creating {}", path.display()));
-                    }
+                // Another process creating it first is fine: its key is used.
+                if let Err(e) = crate::auth::write_private(&path, &crate::auth::random_hex(32)?)
+                    && !path.exists()
+                {
+                    return Err(e);
                 }
             }
             path
