@@ -180,7 +180,13 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements.
     pub fn len(&self) -> u64 {
-        self.dims.iter().product()
+        self.checked_len().unwrap_or(u64::MAX)
+    }
+
+    /// Number of elements, `None` when the dimensions' product does not fit in 64 bits (a
+    /// malformed file: [`GgufFile::open`] refuses it).
+    pub fn checked_len(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, d| n.checked_mul(*d))
     }
 
     /// Whether the tensor has no elements.
@@ -261,7 +267,9 @@ impl GgufFile {
                 }
             },
         };
-        let data_start = r.pos.div_ceil(alignment) * alignment;
+        let Some(data_start) = r.pos.div_ceil(alignment).checked_mul(alignment) else {
+            return Err(r.invalid(format!("general.alignment {alignment} is too large")));
+        };
         let gguf = Self {
             path,
             version,
@@ -277,9 +285,21 @@ impl GgufFile {
                     info.name, info.offset
                 )));
             }
+            if info.checked_len().is_none() {
+                return Err(gguf.invalid(format!(
+                    "tensor `{}` has dimensions {:?}, more elements than 64 bits count",
+                    info.name, info.dims
+                )));
+            }
             // Only the extent of types we can size is checked here; others fail when read.
+            // Sums that overflow are past the end too (found by fuzzing,
+            // fuzz/regressions/gguf/).
             if let Ok(n) = gguf.byte_len(info)
-                && gguf.data_start + info.offset + n > gguf.file_len
+                && gguf
+                    .data_start
+                    .checked_add(info.offset)
+                    .and_then(|start| start.checked_add(n))
+                    .is_none_or(|end| end > gguf.file_len)
             {
                 return Err(gguf.invalid(format!(
                     "tensor `{}` ends past the end of the file ({} bytes)",
@@ -346,7 +366,14 @@ impl GgufFile {
                 info.name
             )));
         }
-        Ok(info.len() / per_block as u64 * block_bytes as u64)
+        (info.len() / per_block as u64)
+            .checked_mul(block_bytes as u64)
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "tensor `{}` has more bytes than 64 bits count",
+                    info.name
+                ))
+            })
     }
 
     /// Reads the raw bytes of a tensor.

@@ -365,10 +365,15 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
     let mut stored = std::fs::read(work.join("outcomes-fw.db")).unwrap();
     stored.extend(std::fs::read(work.join("outcomes-fw.db-wal")).unwrap_or_default());
     let stored = String::from_utf8_lossy(&stored);
+    // Nor the runtime's log or its metrics.
+    let log = std::fs::read_to_string(work.join("fw.log")).unwrap_or_default();
+    let (_, metrics) = http(rt.http, "GET", "/metrics", "");
     for (what, text) in [
         ("coverage gaps", gaps.as_str()),
         ("export", exported.as_str()),
         ("outcome store", &*stored),
+        ("runtime log", log.as_str()),
+        ("metrics", metrics.as_str()),
     ] {
         for value in raw {
             assert!(!text.contains(value), "{what} holds {value}");

@@ -26,6 +26,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("interaction_token", interaction_token),
     ("redact", redact),
     ("model_output", model_output),
+    ("gguf", gguf),
+    ("tokenizer_input", tokenizer_input),
 ];
 
 /// The format a `documents` input is parsed as: its first byte.
@@ -147,4 +149,77 @@ pub fn model_output(data: &[u8]) {
     // Served citations are always facts that were given.
     let cited: BTreeMap<usize, ()> = decision.facts.iter().map(|f| (*f, ())).collect();
     assert!(cited.keys().all(|f| (1..=evidence.len()).contains(f)));
+}
+
+/// A GGUF model file (adapters and models come from manifests' artifact URIs): the header,
+/// metadata and tensor table, then the tokenizer rebuilt from its metadata.
+pub fn gguf(data: &[u8]) {
+    use std::io::Write as _;
+    // The reader takes a path: a per-thread scratch file.
+    let path = std::env::temp_dir().join(format!(
+        "switchboard-fuzz-{}-{:?}.gguf",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let written = std::fs::File::create(&path).and_then(|mut f| f.write_all(data));
+    if written.is_err() {
+        return;
+    }
+    if let Ok(file) = switchboard_model::gguf::GgufFile::open(&path)
+        && let Ok(tokenizer) = switchboard_model::tokenizer::LlmTokenizer::from_gguf(&file)
+    {
+        let _ = tokenizer.encode("How many days do I have to request a refund?", true);
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Customers' text through the small model's tokenizer (SmolLM2's byte-level BPE, read from the
+/// model file `hack/setup.sh models` installs) and its chat template: encoding and decoding never
+/// fail, and a prompt holding the text has exactly the turns the template wrote (a customer cannot
+/// open one by typing a control token). Decoding does not always give the text back: some bytes
+/// (seen: a control character, the lead byte 0xF2) come out of this vocabulary as
+/// `<|endoftext|>` (docs/security.md, Open).
+pub fn tokenizer_input(data: &[u8]) {
+    use std::sync::OnceLock;
+    use switchboard_model::chat::{ChatMessage, ChatTemplate};
+    use switchboard_model::tokenizer::LlmTokenizer;
+    static LOADED: OnceLock<(LlmTokenizer, ChatTemplate, u32)> = OnceLock::new();
+    let (tokenizer, template, im_start) = LOADED.get_or_init(|| {
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let tokenizer = LlmTokenizer::load(&model)
+            .unwrap_or_else(|e| panic!("{}: {e} (run hack/setup.sh models)", model.display()));
+        let template = ChatTemplate::new(None, None, None)
+            .unwrap_or_else(|e| panic!("the ChatML template: {e}"));
+        let ids = tokenizer
+            .encode("<|im_start|>", false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids.len(), 1, "<|im_start|> is one token");
+        (tokenizer, template, ids[0])
+    });
+    let text = String::from_utf8_lossy(data);
+    // What a message's content becomes before the tokenizer sees it.
+    let content = switchboard_model::chat::neutralise_control_tokens(&text);
+    let ids = tokenizer
+        .encode(&content, false)
+        .unwrap_or_else(|e| panic!("encoding {content:?}: {e}"));
+    tokenizer
+        .decode(&ids, false)
+        .unwrap_or_else(|e| panic!("decoding {ids:?}: {e}"));
+    let prompt = template
+        .render(
+            &[
+                ChatMessage::system("Be brief."),
+                ChatMessage::user(text.as_ref()),
+            ],
+            true,
+        )
+        .unwrap_or_else(|e| panic!("rendering: {e}"));
+    let turns = tokenizer
+        .encode(&prompt, false)
+        .unwrap_or_else(|e| panic!("encoding the prompt: {e}"))
+        .iter()
+        .filter(|id| *id == im_start)
+        .count();
+    assert_eq!(turns, 3, "system, user and the answer's turn: {prompt:?}");
 }
