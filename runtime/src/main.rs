@@ -26,6 +26,8 @@ mod metrics;
 mod models;
 mod openai;
 mod openai_server;
+#[cfg(test)]
+mod request_bodies;
 mod rerank_training;
 mod serve;
 mod service;

@@ -11,6 +11,126 @@
 
 use std::collections::BTreeMap;
 
+/// The seeded mutator of the bounded runs (`cargo test`), shared with other crates' tests of
+/// input they decode (the runtime's request bodies).
+pub mod mutation {
+    /// xorshift64*.
+    #[derive(Debug)]
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        /// The next number (xorshift64*).
+        pub fn next_u64(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        /// A number below `n` (0 when `n` is 0).
+        pub fn below(&mut self, n: usize) -> usize {
+            if n == 0 {
+                0
+            } else {
+                (self.next_u64() % n as u64) as usize
+            }
+        }
+    }
+
+    /// Byte strings that sit near the formats the targets read.
+    pub const INTERESTING: &[&[u8]] = &[
+        b"\0",
+        b"\xff",
+        b"\xc3",
+        b"\xe2\x80\xa8",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b"\\",
+        b"<",
+        b">",
+        b"</",
+        b"<!--",
+        b"---\n",
+        b"#",
+        b"|",
+        b"\n\n",
+        b"\r\n",
+        b"%PDF-",
+        b"stream",
+        b"endobj",
+        b"1e999",
+        b"-1",
+        b"18446744073709551616",
+        b"null",
+        b"true",
+        b"sb1.",
+        b".",
+        b"[1]",
+        b"[99]",
+        b"@example.com",
+        b"4111 1111 1111 1111",
+        b"DE89 3704 0044 0532 0130 00",
+        b"sk-",
+        b"&amp;",
+        b"&#x0;",
+        b"\xef\xbb\xbf",
+        b"apiVersion: ",
+        b"kind: ",
+        b"  - ",
+        b": ",
+        b"*a",
+        b"&a ",
+        b"!!binary ",
+    ];
+
+    /// `seed` with one to five random edits: bit flips, byte changes, cuts, inserted
+    /// [`INTERESTING`] words, splices from `other`, repeats, truncation.
+    pub fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
+        let mut data = seed.to_vec();
+        for _ in 0..=rng.below(4) {
+            let len = data.len();
+            match rng.below(7) {
+                0 if len > 0 => {
+                    let i = rng.below(len);
+                    data[i] ^= 1 << rng.below(8);
+                }
+                1 if len > 0 => {
+                    let i = rng.below(len);
+                    data[i] = rng.next_u64() as u8;
+                }
+                2 if len > 0 => {
+                    let at = rng.below(len);
+                    let end = (at + 1 + rng.below(64)).min(len);
+                    data.drain(at..end);
+                }
+                3 => {
+                    let at = rng.below(len + 1);
+                    let word = INTERESTING[rng.below(INTERESTING.len())];
+                    data.splice(at..at, word.iter().copied());
+                }
+                4 if !other.is_empty() => {
+                    let at = rng.below(len + 1);
+                    let from = rng.below(other.len());
+                    let end = (from + 1 + rng.below(256)).min(other.len());
+                    data.splice(at..at, other[from..end].iter().copied());
+                }
+                5 if len > 0 && len < 1 << 16 => {
+                    let from = rng.below(len);
+                    let end = (from + 1 + rng.below(32)).min(len);
+                    let piece = data[from..end].to_vec();
+                    for _ in 0..rng.below(16) {
+                        data.splice(from..from, piece.iter().copied());
+                    }
+                }
+                _ => data.truncate(rng.below(len + 1)),
+            }
+        }
+        data
+    }
+}
+
 use switchboard_index::chunk::chunk_document;
 use switchboard_index::parse::{InputFile, parse_file, parse_slack_export};
 use switchboard_index::{ChunkingSpec, SourceFormat};
