@@ -17,6 +17,10 @@ if ! [ -x "$TOOLS/bin/cargo-fuzz" ]; then
   cargo install --locked --root "$TOOLS" cargo-fuzz@0.13.2
 fi
 export PATH="$TOOLS/bin:$PATH"
+# The gguf and tokenizer_input targets link libtorch (hack/setup.sh libtorch); the workspace's
+# binaries carry its folder as an rpath, cargo-fuzz's do not.
+hack/setup.sh libtorch >/dev/null
+export LD_LIBRARY_PATH="$ROOT/.cache/libtorch/torch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "cargo-fuzz needs a nightly toolchain (rustup toolchain install nightly)" >&2
   exit 2
