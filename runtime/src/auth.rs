@@ -165,20 +165,9 @@ impl Tokens {
     pub async fn watch(self: Arc<Self>, interval: Duration) {
         let shown = self.path.display().to_string();
         let api = self.api.as_str();
-        let mut last = std::fs::read(&self.path).ok();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Ok(bytes) = tokio::fs::read(&self.path).await else {
-                continue;
-            };
-            if last.as_deref() == Some(bytes.as_slice()) {
-                continue;
-            }
-            let parsed = parse(&shown, &bytes);
-            last = Some(bytes);
-            match parsed {
+        let initial = std::fs::read(&self.path).ok();
+        follow_file(self.path.clone(), interval, initial, |bytes| {
+            match parse(&shown, bytes) {
                 Ok(digests) => {
                     tracing::info!(api, path = %shown, tokens = digests.0.len(), "bearer tokens reloaded");
                     self.digests.store(Arc::new(digests));
@@ -189,6 +178,40 @@ impl Tokens {
                     self.metrics.credential_reload(api, "rejected");
                 }
             }
+        })
+        .await;
+    }
+}
+
+/// Polls `path` every `interval` for as long as the task runs and calls `changed` with its bytes
+/// whenever they differ from the last ones seen (`initial` at first): how the runtime follows
+/// its key and token files, which a mounted Secret updates in place. A file that becomes
+/// unreadable is logged once; what it held stays in force, and its next readable content counts
+/// as a change.
+pub async fn follow_file(
+    path: PathBuf,
+    interval: Duration,
+    initial: Option<Vec<u8>>,
+    mut changed: impl FnMut(&[u8]),
+) {
+    let shown = path.display().to_string();
+    let mut last = initial;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) => {
+                if last.take().is_some() {
+                    tracing::warn!(path = %shown, error = %e, "file not readable; keeping what it held in force");
+                }
+                continue;
+            }
+        };
+        if last.as_deref() != Some(bytes.as_slice()) {
+            changed(&bytes);
+            last = Some(bytes);
         }
     }
 }

@@ -266,27 +266,8 @@ impl Engine {
     /// of its keys), an invalid one is logged, counted and ignored: the keys in force stay.
     pub async fn watch_keys(self: Arc<Self>, path: PathBuf, interval: Duration) {
         let shown = path.display().to_string();
-        let mut last: Option<Vec<u8>> = None;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let bytes = match tokio::fs::read(&path).await {
-                Ok(b) => b,
-                Err(e) => {
-                    if last.is_some() {
-                        tracing::warn!(path = %shown, error = %e, "token key file not readable; keeping the keys in force");
-                        last = None;
-                    }
-                    continue;
-                }
-            };
-            if last.as_deref() == Some(bytes.as_slice()) {
-                continue;
-            }
-            let result = TokenKeys::parse(&shown, &bytes);
-            last = Some(bytes);
-            match result {
+        crate::auth::follow_file(path, interval, None, |bytes| {
+            match TokenKeys::parse(&shown, bytes) {
                 Ok(keys) if keys.fingerprints() == self.keys().fingerprints() => {}
                 Ok(keys) => {
                     let fingerprints = keys.fingerprints();
@@ -299,7 +280,8 @@ impl Engine {
                     self.metrics.token_keys_reload("rejected");
                 }
             }
-        }
+        })
+        .await;
     }
 
     /// The durable interactions and outcomes (the feedback replay guard across replicas and

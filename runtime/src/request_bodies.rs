@@ -45,10 +45,7 @@ fn chat(body: &[u8]) {
 
 #[test]
 fn request_bodies_are_refused_or_accepted_never_a_panic() {
-    let seconds: u64 = std::env::var("FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let seconds = switchboard_fuzz::mutation::fuzz_seconds(2);
     let kinds: [(&str, switchboard_fuzz::Target, &[&str]); 4] = [
         (
             "answer",

@@ -393,41 +393,17 @@ impl RouterChildren<'_> {
             },
         ];
         if let Some(secret) = endpoint_secret {
-            volumes.push(Volume {
-                name: "endpoint-secret".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.name.clone()),
-                    // A missing Secret (reported on the Router) must not keep the pods from
-                    // starting: the small model serves, the endpoint is called without a key.
-                    optional: Some(true),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            });
+            // A missing Secret (reported on the Router) must not keep the pods from starting:
+            // the small model serves, the endpoint is called without a key.
+            volumes.push(secret_volume("endpoint-secret", &secret.name, true));
         }
         if let Some(secret) = &spec.access.client_tokens {
-            volumes.push(Volume {
-                name: "client-tokens".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.name.clone()),
-                    // Not optional: a runtime without its client tokens must not start (it would
-                    // serve the public API to anyone); the Router says the Secret is missing.
-                    optional: Some(false),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            });
+            // Not optional: a runtime without its client tokens must not start (it would serve
+            // the public API to anyone); the Router says the Secret is missing.
+            volumes.push(secret_volume("client-tokens", &secret.name, false));
         }
         for (i, secret) in pull_secrets.iter().enumerate() {
-            volumes.push(Volume {
-                name: format!("pull-secret-{i}"),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some((*secret).clone()),
-                    optional: Some(true),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            });
+            volumes.push(secret_volume(&format!("pull-secret-{i}"), secret, true));
         }
         for (i, claim) in config_volumes.claims.iter().enumerate() {
             volumes.push(Volume {
@@ -560,6 +536,19 @@ impl RouterChildren<'_> {
                 egress: None,
             }),
         })
+    }
+}
+
+/// A volume of the whole Secret `secret` (no `subPath`, so the kubelet updates its files).
+fn secret_volume(name: &str, secret: &str, optional: bool) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            optional: Some(optional),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
     }
 }
 

@@ -479,57 +479,40 @@ async fn secret_key_problem(
 }
 
 /// Problems with the Secrets the Router names: the large model endpoint's API key (the Router
-/// still serves: the Secret volume is optional and the endpoint is called without a key) and the
-/// outcome store's PostgreSQL URL (new runtime pods cannot start without it; the running ones
-/// serve on).
+/// still serves: the Secret volume is optional and the endpoint is called without a key), the
+/// outcome store's PostgreSQL URL and the client tokens (new runtime pods cannot start without
+/// them; the running ones serve on).
 async fn secret_problems(ctx: &Context, router: &Router, namespace: &str) -> Result<Vec<String>> {
+    let spec = &router.spec;
+    let named = [
+        (
+            spec.large_model
+                .endpoint
+                .as_ref()
+                .and_then(|e| e.secret_ref.as_ref()),
+            "spec.largeModel.endpoint.secretRef",
+            "the large model endpoint is called without an API key until it does",
+        ),
+        (
+            spec.outcome_store.postgres.as_ref(),
+            "spec.outcomeStore.postgres",
+            "new runtime pods cannot start (they would not share the feedback replay guard); \
+             the running ones keep serving",
+        ),
+        (
+            spec.access.client_tokens.as_ref(),
+            "spec.access.clientTokens",
+            "new runtime pods cannot start (they would serve the public API without its \
+             tokens); the running ones keep serving",
+        ),
+    ];
     let mut problems = Vec::new();
-    if let Some(secret_ref) = router
-        .spec
-        .large_model
-        .endpoint
-        .as_ref()
-        .and_then(|e| e.secret_ref.as_ref())
-    {
-        problems.extend(
-            secret_key_problem(
-                ctx,
-                router,
-                namespace,
-                secret_ref,
-                "spec.largeModel.endpoint.secretRef",
-                "the large model endpoint is called without an API key until it does",
-            )
-            .await?,
-        );
-    }
-    if let Some(secret_ref) = &router.spec.outcome_store.postgres {
-        problems.extend(
-            secret_key_problem(
-                ctx,
-                router,
-                namespace,
-                secret_ref,
-                "spec.outcomeStore.postgres",
-                "new runtime pods cannot start (they would not share the feedback replay guard); \
-                 the running ones keep serving",
-            )
-            .await?,
-        );
-    }
-    if let Some(secret_ref) = &router.spec.access.client_tokens {
-        problems.extend(
-            secret_key_problem(
-                ctx,
-                router,
-                namespace,
-                secret_ref,
-                "spec.access.clientTokens",
-                "new runtime pods cannot start (they would serve the public API without its \
-                 tokens); the running ones keep serving",
-            )
-            .await?,
-        );
+    for (secret_ref, field, consequence) in named {
+        if let Some(secret_ref) = secret_ref {
+            problems.extend(
+                secret_key_problem(ctx, router, namespace, secret_ref, field, consequence).await?,
+            );
+        }
     }
     Ok(problems)
 }

@@ -14,6 +14,23 @@ use std::collections::BTreeMap;
 /// The seeded mutator of the bounded runs (`cargo test`), shared with other crates' tests of
 /// input they decode (the runtime's request bodies).
 pub mod mutation {
+    /// Seconds of mutation per target: `FUZZ_SECONDS`, else `default`.
+    pub fn fuzz_seconds(default: u64) -> u64 {
+        std::env::var("FUZZ_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// The message of a caught panic's payload.
+    pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panic".to_owned())
+    }
+
     /// xorshift64*.
     #[derive(Debug)]
     pub struct Rng(pub u64);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use switchboard_fuzz::TARGETS;
-use switchboard_fuzz::mutation::{Rng, mutate};
+use switchboard_fuzz::mutation::{Rng, fuzz_seconds, mutate, panic_message};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -40,12 +40,7 @@ fn run(target: &str, f: fn(&[u8]), input: &[u8], what: &str) {
     let result = catch_unwind(AssertUnwindSafe(|| f(input)));
     let took = started.elapsed();
     let failure = match result {
-        Err(e) => Some(
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panic".to_owned()),
-        ),
+        Err(e) => Some(panic_message(e.as_ref())),
         // A parser that takes seconds on a small input is a denial of service.
         Ok(()) if took > Duration::from_secs(2) && input.len() < 1 << 16 => {
             Some(format!("took {took:?} on {} bytes", input.len()))
@@ -93,10 +88,7 @@ fn every_target_has_a_seed_corpus_and_a_cargo_fuzz_target() {
 
 #[test]
 fn targets_survive_their_corpus_and_bounded_mutation() {
-    let seconds: u64 = std::env::var("FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let seconds = fuzz_seconds(3);
     let seed: u64 = std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -108,12 +100,7 @@ fn targets_survive_their_corpus_and_bounded_mutation() {
     let outcome = catch_unwind(AssertUnwindSafe(|| run_all(seconds, seed)));
     std::panic::set_hook(hook);
     if let Err(e) = outcome {
-        let message = e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "panic".to_owned());
-        panic!("{message}");
+        panic!("{}", panic_message(e.as_ref()));
     }
 }
 
