@@ -223,6 +223,9 @@ pub mod conditions {
     /// `Unknown`: a Router's runtime could not report them).
     pub const CONTENT_COVERS: &str = "ContentCovers";
 
+    /// Experiment: it holds a range of its Router's experiment layer (`status.allocation`);
+    /// `False` with `LayerFull` while no free range is as large as `spec.traffic`.
+    pub const ALLOCATED: &str = "Allocated";
     /// Experiment: outcome metrics could be read for every variant.
     pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
     /// Experiment: `True` when the observed assignment split differs from the configured weights.
@@ -314,6 +317,10 @@ pub mod conditions {
         /// The served generation was built without the consistency check (an older runtime),
         /// or no generation is served yet (`ContentConsistent=Unknown`).
         pub const NOT_CHECKED: &str = "NotChecked";
+        /// The Router's experiment layer has no free range as large as the Experiment's traffic.
+        pub const LAYER_FULL: &str = "LayerFull";
+        /// The Experiment holds its range of the layer.
+        pub const ALLOCATED: &str = "Allocated";
         /// The estimates are CUPED-adjusted.
         pub const CUPED_ADJUSTED: &str = "CupedAdjusted";
         /// CUPED could not be applied (store unreachable, too few units, no pre-period data);
@@ -435,6 +442,24 @@ impl Metric {
     /// Whether an increase of this metric is bad (guardrails watch for increases of these).
     pub fn lower_is_better(self) -> bool {
         !matches!(self, Self::CsatHigh | Self::ResolutionRate)
+    }
+
+    /// How long after an answer its outcome for this metric may still arrive (the default
+    /// settle window of an Experiment's comparison): escalations, reopens, resolutions and CSAT
+    /// ratings are reported by the helpdesk hours later (72h, the reopen window); refusals,
+    /// invalid citations and retrieval failures are known when the answer is given.
+    pub fn default_settle(self) -> std::time::Duration {
+        match self {
+            Self::EscalationRate
+            | Self::ReopenRate
+            | Self::CsatLow
+            | Self::CsatHigh
+            | Self::ResolutionRate => std::time::Duration::from_secs(72 * 3600),
+            Self::RefusalRate
+            | Self::InvalidCitationRate
+            | Self::RetrievalFailureRate
+            | Self::ShadowDivergence => std::time::Duration::ZERO,
+        }
     }
 
     /// The metric name as written in manifests and metric labels.

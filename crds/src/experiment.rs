@@ -41,6 +41,10 @@ pub mod messages {
     pub const MAX_DURATION: &str = "maxDuration must be at least 1h";
     /// `spec.guardrails`.
     pub const GUARDRAIL_UNIQUE: &str = "guardrails[].metric must be unique";
+    /// `spec.traffic`.
+    pub const TRAFFIC: &str = "traffic must be above 0% and at most 100%";
+    /// `spec.traffic`.
+    pub const TRAFFIC_IMMUTABLE: &str = "traffic is immutable: the Experiment's range of the Router's experiment layer was allocated at the start and never moves; create a new Experiment for another share";
     /// `spec.cuped`.
     pub const CUPED_METRIC: &str = "cuped needs per-unit outcomes: primaryMetric and cuped.covariate cannot be shadowDivergence";
 }
@@ -95,7 +99,9 @@ pub struct ExperimentSpec {
     pub router_ref: ObjectRef,
 
     /// What is randomised: `User` (default; stateful conversations stay in one arm), `Account`
-    /// or `Conversation`.
+    /// or `Conversation`. The runtime reads the id from the answer request's `userId`,
+    /// `accountId` or `conversationId`; requests without it are not enrolled (counted by
+    /// `switchboard_experiment_unenrolled_total`).
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE))]
     pub unit: AssignmentUnit,
@@ -105,7 +111,18 @@ pub struct ExperimentSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE))]
     pub salt: String,
 
-    /// The permanent holdout: units that never get updates, the long-run baseline.
+    /// Share of the Router's units that enter this experiment (its holdout and variants), e.g.
+    /// `20%`. At the start the Experiment is given a fixed range of that size in the Router's
+    /// experiment layer (`status.allocation`), disjoint from every other running Experiment of
+    /// the Router, so that a unit is in at most one experiment and never changes experiment while
+    /// it runs; when the layer has no free range that large the Experiment stays `Pending`
+    /// (condition `Allocated`, reason `LayerFull`). Immutable. Default: `100%`.
+    #[serde(default = "default_traffic")]
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::TRAFFIC))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::TRAFFIC_IMMUTABLE))]
+    pub traffic: Percent,
+
+    /// The experiment's holdout: units of its range that get none of its variants' overrides.
     #[serde(default)]
     pub holdout: Holdout,
 
@@ -153,7 +170,7 @@ pub struct ExperimentSpec {
     /// CUPED variance reduction with a pre-period covariate. The analysis then compares per-unit
     /// rates adjusted by each unit's own rate in the pre-period before the start, read from the
     /// Router's outcome store (the runtime's `GET /v1/experiments/{name}/cuped`; docs/statistics.md).
-    /// Units need an id on every request (`unit` of the answer API) for this to work.
+    /// Units need an id on every request (the answer API's field for `spec.unit`: `userId`, `accountId` or `conversationId`) for this to work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuped: Option<Cuped>,
 
@@ -163,6 +180,9 @@ pub struct ExperimentSpec {
     pub max_duration: GoDuration,
 }
 
+fn default_traffic() -> Percent {
+    Percent::from_fraction(1.0)
+}
 fn default_alpha() -> Percent {
     Percent::from_fraction(0.05)
 }
@@ -259,12 +279,30 @@ pub enum Direction {
 }
 
 /// The primary metric.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PrimaryMetric {
     /// The metric.
     pub name: Metric,
     /// Which way is better.
     pub direction: Direction,
+    /// How old an interaction must be before it counts for the comparison: its outcome has had
+    /// time to arrive. Arms are compared on settled interactions only, so a late escalation
+    /// never makes the newer interactions look better; `status.unsettledInteractions` shows how
+    /// many wait. Default: `72h` for escalationRate, reopenRate, resolutionRate, csatLow and
+    /// csatHigh (reported by the helpdesk later), `0s` for the answer-time metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "0s")).message("primaryMetric.settleAfter must be a duration like 72h"))]
+    pub settle_after: Option<GoDuration>,
+}
+
+impl PrimaryMetric {
+    /// The settle window in force.
+    pub fn settle(&self) -> std::time::Duration {
+        self.settle_after
+            .as_ref()
+            .map_or_else(|| self.name.default_settle(), GoDuration::duration)
+    }
 }
 
 /// Minimum detectable effect: exactly one of `absolute` (percentage points, e.g. `1%` for 15% ->
@@ -335,6 +373,11 @@ impl ExperimentSpec {
             "spec.salt",
             messages::ASSIGNMENT_IMMUTABLE,
         );
+        errors.check(
+            self.traffic == old.traffic,
+            "spec.traffic",
+            messages::TRAFFIC_IMMUTABLE,
+        );
         errors.finish()
     }
 }
@@ -349,6 +392,11 @@ impl Validate for ExperimentSpec {
             self.variants.iter().all(|v| names.insert(v.name.as_str())),
             "spec.variants",
             messages::VARIANT_NAMES_UNIQUE,
+        );
+        errors.check(
+            self.traffic.percent() > 0.0 && self.traffic.percent() <= 100.0,
+            "spec.traffic",
+            messages::TRAFFIC,
         );
         errors.check(
             self.holdout.share.percent() <= 20.0,
@@ -480,12 +528,21 @@ pub struct ExperimentStatus {
     /// When assignment started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
-    /// Units assigned to variants so far (holdout excluded).
+    /// The Experiment's range of the Router's experiment layer, allocated at the start and kept
+    /// until it ends (`spec.traffic` wide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<LayerRange>,
+    /// Units assigned to variants so far (holdout excluded): distinct unit ids in the outcome
+    /// store, not interactions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<i64>,
     /// Units held out so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout_samples: Option<i64>,
+    /// Enrolled interactions younger than `primaryMetric.settleAfter`: not yet in the
+    /// comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsettled_interactions: Option<i64>,
     /// Per-variant results.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_variant: Vec<VariantResult>,
@@ -509,6 +566,68 @@ pub struct ExperimentStatus {
     pub message: Option<String>,
 }
 
+/// Buckets of a Router's experiment layer: a unit's position is `hash(unit id)` in
+/// `0..LAYER_BUCKETS`, and every running Experiment owns a disjoint range of them.
+pub const LAYER_BUCKETS: u32 = 10_000;
+
+/// A half-open range `[start, end)` of a Router's experiment layer, in buckets of
+/// [`LAYER_BUCKETS`] (one bucket is 0.01% of the units).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+pub struct LayerRange {
+    /// First bucket.
+    #[schemars(range(min = 0, max = 10000))]
+    pub start: u32,
+    /// One past the last bucket.
+    #[schemars(range(min = 0, max = 10000))]
+    pub end: u32,
+}
+
+impl LayerRange {
+    /// Buckets in the range.
+    pub fn len(&self) -> u32 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// Whether the range holds no bucket.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `bucket` is in the range.
+    pub fn contains(&self, bucket: u32) -> bool {
+        (self.start..self.end).contains(&bucket)
+    }
+
+    /// Whether the two ranges share a bucket.
+    pub fn overlaps(&self, other: &Self) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+
+    /// The share of the layer, as a fraction.
+    pub fn fraction(&self) -> f64 {
+        f64::from(self.len()) / f64::from(LAYER_BUCKETS)
+    }
+}
+
+impl std::fmt::Display for LayerRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}, {}) of {}", self.start, self.end, LAYER_BUCKETS)
+    }
+}
+
 /// Results of one variant.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -517,16 +636,24 @@ pub struct VariantResult {
     pub name: String,
     /// Units assigned.
     pub units: i64,
-    /// Interactions with an outcome for the primary metric.
+    /// Settled interactions that count for the primary metric.
     pub trials: i64,
-    /// Interactions with the outcome.
+    /// Of those, interactions with the outcome.
     pub events: i64,
-    /// Observed rate of the primary metric.
+    /// Observed rate of the primary metric (`events / trials`).
     pub rate: f64,
+    /// Two-sided p-value of `estimate` (unit-level: delta method, or CUPED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// `pValue` after Holm's adjustment across the treatment variants: a variant wins or loses
+    /// only when this is below `spec.alpha`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjusted_p_value: Option<f64>,
     /// Estimated difference to the control (CUPED-adjusted when configured), as a fraction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate: Option<f64>,
-    /// Lower bound of the confidence interval of `estimate`.
+    /// Lower bound of the confidence interval of `estimate` (at `1 − alpha/k` for `k` treatment
+    /// variants, Bonferroni, so that all of them hold together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci_low: Option<f64>,
     /// Upper bound of the confidence interval of `estimate`.

@@ -252,6 +252,10 @@ pub struct ExperimentConfig {
     pub unit: AssignmentUnit,
     /// Assignment salt: `hash(unit id + salt)` picks the arm.
     pub salt: String,
+    /// The experiment's range of the Router's experiment layer: units whose layer bucket
+    /// (`hash("experiments", unit id)`) falls in it are enrolled. Experiments are listed in the
+    /// order they started; a request is enrolled in the first whose range holds it.
+    pub range: crate::experiment::LayerRange,
     /// Permanent holdout share (at most 20%), served with no experiment overrides.
     pub holdout_share: Percent,
     /// The control variant.

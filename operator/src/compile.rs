@@ -440,6 +440,16 @@ fn select_experiments(
             reason,
             message,
         };
+        let status = x.status.as_ref();
+        let Some(range) = status.and_then(|s| s.allocation) else {
+            skipped.push(skip(
+                "NotAllocated",
+                "running without a range of the Router's experiment layer (status.allocation)"
+                    .to_owned(),
+            ));
+            continue;
+        };
+        let started = status.and_then(|s| s.started_at.as_ref()).map(|t| t.0);
         if let Err(errors) = x.spec.validate() {
             skipped.push(skip(
                 switchboard_crds::conditions::reasons::INVALID_SPEC,
@@ -482,29 +492,38 @@ fn select_experiments(
             ));
             continue;
         }
-        out.push(ExperimentConfig {
-            name,
-            unit: x.spec.unit,
-            salt: x.spec.salt.clone(),
-            holdout_share: normalized(&x.spec.holdout.share),
-            control: x.spec.control().unwrap_or_default().to_owned(),
-            variants: x
-                .spec
-                .variants
-                .iter()
-                .map(|v| {
-                    let mut overrides = v.overrides.clone();
-                    overrides.exploration_share =
-                        overrides.exploration_share.as_ref().map(normalized);
-                    VariantConfig {
-                        name: v.name.clone(),
-                        weight: v.weight,
-                        overrides,
-                    }
-                })
-                .collect(),
-        });
+        out.push((
+            started,
+            ExperimentConfig {
+                name,
+                unit: x.spec.unit,
+                salt: x.spec.salt.clone(),
+                range,
+                holdout_share: normalized(&x.spec.holdout.share),
+                control: x.spec.control().unwrap_or_default().to_owned(),
+                variants: x
+                    .spec
+                    .variants
+                    .iter()
+                    .map(|v| {
+                        let mut overrides = v.overrides.clone();
+                        overrides.exploration_share =
+                            overrides.exploration_share.as_ref().map(normalized);
+                        VariantConfig {
+                            name: v.name.clone(),
+                            weight: v.weight,
+                            overrides,
+                        }
+                    })
+                    .collect(),
+            },
+        ));
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    // In the order they started: a request goes to the first experiment whose range holds it,
+    // so an older experiment's units are never taken by a newer one (units of different kinds
+    // land in different buckets).
+    out.sort_by(|(a_started, a), (b_started, b)| {
+        a_started.cmp(b_started).then_with(|| a.name.cmp(&b.name))
+    });
+    out.into_iter().map(|(_, x)| x).collect()
 }

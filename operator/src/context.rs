@@ -150,6 +150,10 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Backoff of failed reconciles.
     pub backoff: Arc<Backoff>,
+    /// Held while an Experiment is given its range of a Router's experiment layer, from reading
+    /// the other Experiments' ranges to writing its own: two Experiments starting at once never
+    /// get overlapping ranges (one operator acts at a time: leader election).
+    pub layer_allocation: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Context {
@@ -209,6 +213,7 @@ impl Context {
             settings,
             clock,
             backoff: Arc::default(),
+            layer_allocation: Arc::default(),
         }
     }
 

@@ -10,14 +10,14 @@ use std::{
 };
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use switchboard_analysis::CupedArm;
+use switchboard_analysis::{CupedArm, ExperimentUnits};
 use switchboard_crds::AdapterPatchSpec;
 
 use crate::{
     adapter_patch::{artifact::ArtifactChecker, rollout::ArtifactCheck},
     context::Clock,
     observe::{BoxFuture, MetricsSource, Sample},
-    outcomes::{CoverageReport, CoverageRequest, CupedRequest, OutcomeSource},
+    outcomes::{CoverageReport, CoverageRequest, CupedRequest, OutcomeSource, UnitsRequest},
 };
 
 type Answer = dyn Fn(&str) -> Result<Vec<Sample>, String> + Send + Sync;
@@ -148,6 +148,7 @@ impl ArtifactChecker for FixedArtifacts {
 #[derive(Debug, Clone)]
 struct OutcomeAnswers {
     cuped: Result<BTreeMap<String, CupedArm>, String>,
+    units: Result<ExperimentUnits, String>,
     coverage: BTreeMap<String, Result<CoverageReport, String>>,
     asked: Vec<CoverageRequest>,
 }
@@ -161,6 +162,7 @@ impl Default for FixedOutcomes {
     fn default() -> Self {
         Self(Arc::new(Mutex::new(OutcomeAnswers {
             cuped: Err("no CUPED data in this test".to_owned()),
+            units: Err("no unit-level data in this test".to_owned()),
             coverage: BTreeMap::new(),
             asked: Vec::new(),
         })))
@@ -171,6 +173,11 @@ impl FixedOutcomes {
     /// The CUPED answer of every runtime.
     pub fn set_cuped(&self, arms: Result<BTreeMap<String, CupedArm>, String>) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).cuped = arms;
+    }
+
+    /// The unit-level answer of every runtime.
+    pub fn set_units(&self, units: Result<ExperimentUnits, String>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).units = units;
     }
 
     /// The coverage-gap answer of the runtimes of `router` (`namespace/name`).
@@ -193,6 +200,19 @@ impl FixedOutcomes {
 }
 
 impl OutcomeSource for FixedOutcomes {
+    fn units<'a>(
+        &'a self,
+        _request: &'a UnitsRequest,
+    ) -> BoxFuture<'a, Result<ExperimentUnits, String>> {
+        let answer = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .units
+            .clone();
+        Box::pin(async move { answer })
+    }
+
     fn cuped<'a>(
         &'a self,
         _request: &'a CupedRequest,

@@ -13,7 +13,7 @@
 use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::Deserialize;
-use switchboard_analysis::CupedArm;
+use switchboard_analysis::{CupedArm, ExperimentUnits};
 use switchboard_crds::Metric;
 
 use crate::{http_client::HttpClient, observe::BoxFuture, router::build::runtime_name};
@@ -35,6 +35,27 @@ pub struct CupedRequest {
     pub started_at: i64,
     /// Length of the pre-period.
     pub preperiod: Duration,
+    /// Only interactions before this (Unix seconds) count for the metric: those whose outcomes
+    /// have settled.
+    pub settled_before: i64,
+}
+
+/// What the Experiment analysis asks for every time: the arms' units and the primary metric per
+/// unit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnitsRequest {
+    /// Namespace of the Router.
+    pub namespace: String,
+    /// The Router.
+    pub router: String,
+    /// The Experiment.
+    pub experiment: String,
+    /// Metrics with their settle windows.
+    pub metrics: Vec<(Metric, Duration)>,
+    /// When the experiment started (Unix seconds).
+    pub started_at: i64,
+    /// The analysis' now (Unix seconds).
+    pub until: i64,
 }
 
 /// What the KnowledgeBase controller asks a Router's runtime for.
@@ -96,6 +117,13 @@ pub struct CoverageReport {
 
 /// Where per-unit outcomes and coverage gaps come from.
 pub trait OutcomeSource: Send + Sync + fmt::Debug {
+    /// Per-arm units and per-unit metric moments; `Err(reason)` when the runtime or its store
+    /// cannot answer.
+    fn units<'a>(
+        &'a self,
+        request: &'a UnitsRequest,
+    ) -> BoxFuture<'a, Result<ExperimentUnits, String>>;
+
     /// Per-arm CUPED statistics; `Err(reason)` when the runtime or its store cannot answer.
     fn cuped<'a>(
         &'a self,
@@ -187,13 +215,31 @@ impl RuntimeOutcomes {
     /// The request URL.
     pub fn url(&self, r: &CupedRequest) -> String {
         format!(
-            "{}/v1/experiments/{}/cuped?metric={}&covariate={}&startedAt={}&preperiod={}s",
+            "{}/v1/experiments/{}/cuped?metric={}&covariate={}&startedAt={}&preperiod={}s&until={}",
             self.base(&r.namespace, &r.router),
             crate::observe::percent_encode(&r.experiment),
             r.metric.as_str(),
             r.covariate.as_str(),
             r.started_at,
-            r.preperiod.as_secs()
+            r.preperiod.as_secs(),
+            r.settled_before
+        )
+    }
+
+    /// The unit-level statistics URL.
+    pub fn units_url(&self, r: &UnitsRequest) -> String {
+        let metrics: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|(m, settle)| format!("{}:{}s", m.as_str(), settle.as_secs()))
+            .collect();
+        format!(
+            "{}/v1/experiments/{}/units?startedAt={}&until={}&metrics={}",
+            self.base(&r.namespace, &r.router),
+            crate::observe::percent_encode(&r.experiment),
+            r.started_at,
+            r.until,
+            crate::observe::percent_encode(&metrics.join(","))
         )
     }
 
@@ -240,6 +286,20 @@ struct ErrorBody {
 }
 
 impl OutcomeSource for RuntimeOutcomes {
+    fn units<'a>(
+        &'a self,
+        request: &'a UnitsRequest,
+    ) -> BoxFuture<'a, Result<ExperimentUnits, String>> {
+        Box::pin(async move {
+            self.get_json(
+                &self.units_url(request),
+                &request.namespace,
+                &request.router,
+            )
+            .await
+        })
+    }
+
     fn cuped<'a>(
         &'a self,
         request: &'a CupedRequest,
@@ -282,13 +342,28 @@ mod tests {
             covariate: Metric::CsatLow,
             started_at: 1_700_000_000,
             preperiod: Duration::from_secs(14 * 86_400),
+            settled_before: 1_700_086_400,
         });
         assert_eq!(
             url,
             format!(
-                "http://{}-admin.support.svc:8081/v1/experiments/prompt%20v2/cuped?metric=escalationRate&covariate=csatLow&startedAt=1700000000&preperiod=1209600s",
+                "http://{}-admin.support.svc:8081/v1/experiments/prompt%20v2/cuped?metric=escalationRate&covariate=csatLow&startedAt=1700000000&preperiod=1209600s&until=1700086400",
                 runtime_name("helpdesk")
             )
+        );
+        let units = source.units_url(&UnitsRequest {
+            namespace: "support".into(),
+            router: "helpdesk".into(),
+            experiment: "prompt-v2".into(),
+            metrics: vec![(Metric::EscalationRate, Duration::from_secs(72 * 3600))],
+            started_at: 1_700_000_000,
+            until: 1_700_086_400,
+        });
+        assert!(
+            units.ends_with(
+                "/v1/experiments/prompt-v2/units?startedAt=1700000000&until=1700086400&metrics=escalationRate%3A259200s"
+            ),
+            "{units}"
         );
         let url = source.coverage_url(&CoverageRequest {
             namespace: "support".into(),

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use switchboard_crds::experiment::AssignmentUnit;
 use switchboard_crds::router::GroundingMode;
 use switchboard_crds::runtime_config::AdapterRole;
 use switchboard_index::{ChunkingSpec, Embedder, Passage, SearchResponse};
@@ -23,6 +24,7 @@ use switchboard_model::ModelError;
 use switchboard_model::chat::ChatMessage;
 use switchboard_model::generate::{GenerationConfig, Sampling};
 use switchboard_model::generator_worker::StreamEvent;
+use switchboard_policy::experiment::{UnitIds, unit_field};
 use switchboard_policy::grounding::{
     AnswerPath, Decision, Evidence, EvidenceModel, OutputCheck, QuestionTerms, check_output,
     choose, evidence_sentences, expects, grounded_prompt, select_evidence,
@@ -165,9 +167,14 @@ pub(crate) fn clean_rewrite(generated: &str) -> Option<String> {
 pub struct AnswerRequest {
     /// The customer's message.
     pub query: String,
-    /// Assignment unit id (user or account) for experiments and sticky canaries.
-    pub unit: Option<String>,
-    /// Conversation id (the unit when none is given).
+    /// The end user's id: the unit of Experiments randomised by `User`, and the key of sticky
+    /// canary assignment. `unit` is accepted as its older name.
+    #[serde(alias = "unit")]
+    pub user_id: Option<String>,
+    /// The customer account's id: the unit of Experiments randomised by `Account`.
+    pub account_id: Option<String>,
+    /// The conversation's id: the unit of Experiments randomised by `Conversation` (and the
+    /// canary key when there is no user or account id).
     pub conversation_id: Option<String>,
     /// `small` or `large`: bypasses the router.
     pub force_model: Option<String>,
@@ -585,7 +592,8 @@ pub async fn answer_with(
 ) -> Result<AnswerResponse, ServiceError> {
     let started = Instant::now();
     validate_query(&request.query)?;
-    crate::limits::validate_id("unit", request.unit.as_deref())?;
+    crate::limits::validate_id("userId", request.user_id.as_deref())?;
+    crate::limits::validate_id("accountId", request.account_id.as_deref())?;
     crate::limits::validate_id("conversationId", request.conversation_id.as_deref())?;
     let forced = match request.force_model.as_deref() {
         None | Some("") => None,
@@ -606,16 +614,31 @@ pub async fn answer_with(
     let router = active.router.as_str();
     let metrics = engine.metrics();
     let id = new_interaction_id();
-    let unit = request
-        .unit
-        .as_deref()
-        .or(request.conversation_id.as_deref())
-        .filter(|u| !u.is_empty());
-    let sticky = unit.unwrap_or(&id);
+    let ids = UnitIds {
+        user: request.user_id.as_deref(),
+        account: request.account_id.as_deref(),
+        conversation: request.conversation_id.as_deref(),
+    };
 
-    // 1. Experiment.
-    let assignment = enrol(&config.experiments, unit);
+    // 1. Experiment: each one reads the id of its own unit kind.
+    let enrolment = enrol(&config.experiments, ids);
+    for x in &enrolment.missing_unit {
+        metrics.experiment_unenrolled(router, &x.name, unit_field(x.unit));
+    }
+    let assignment = enrolment.assignment;
     let overrides = assignment.as_ref().and_then(|a| a.overrides);
+    // The unit stored with the interaction (per-unit analysis, CUPED's pre-period) and the
+    // canary key: the experiment's unit when enrolled, else the most durable id given.
+    let unit = assignment.as_ref().map(|a| a.unit).or_else(|| {
+        [
+            AssignmentUnit::User,
+            AssignmentUnit::Account,
+            AssignmentUnit::Conversation,
+        ]
+        .into_iter()
+        .find_map(|k| ids.get(k))
+    });
+    let sticky = unit.unwrap_or(&id);
 
     // 2. Rewrite.
     let mut rewrite_policy = policy.query_rewrite.clone();

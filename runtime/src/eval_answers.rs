@@ -785,7 +785,7 @@ async fn remote(
     let mut curve = Vec::new();
     for (id, q) in queries {
         let body = serde_json::to_vec(
-            &serde_json::json!({"query": q.query, "unit": format!("eval-{id}")}),
+            &serde_json::json!({"query": q.query, "userId": format!("eval-{id}")}),
         )?;
         let t = Instant::now();
         let response = client
@@ -1013,7 +1013,7 @@ async fn evaluate(
             engine,
             AnswerRequest {
                 query: q.query.clone(),
-                unit: Some(format!("eval-{id}")),
+                user_id: Some(format!("eval-{id}")),
                 ..AnswerRequest::default()
             },
         )
@@ -1065,7 +1065,7 @@ async fn evaluate(
                 engine,
                 AnswerRequest {
                     query: q.query.clone(),
-                    unit: Some(format!("eval-{id}")),
+                    user_id: Some(format!("eval-{id}")),
                     passages: Some(gold_passages(q, generation)),
                     ..AnswerRequest::default()
                 },

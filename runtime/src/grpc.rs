@@ -212,7 +212,8 @@ pub fn answer_to_proto(a: crate::answer::AnswerResponse) -> pb::AnswerResponse {
 fn answer_request(r: pb::AnswerRequest) -> crate::answer::AnswerRequest {
     crate::answer::AnswerRequest {
         query: r.query,
-        unit: non_empty(r.unit),
+        user_id: non_empty(r.user_id),
+        account_id: non_empty(r.account_id),
         conversation_id: non_empty(r.conversation_id),
         force_model: non_empty(r.force_model),
         stream: false,

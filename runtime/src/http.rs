@@ -1,6 +1,8 @@
 //! HTTP/JSON mirror of the gRPC API, plus `/metrics`, `/healthz`, `/readyz` (the public
 //! listener), and the admin API on its own listener (crate::auth).
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Json, State, rejection::JsonRejection};
 use axum::http::StatusCode;
@@ -118,6 +120,7 @@ pub fn admin_router(
 ) -> axum::Router {
     axum::Router::new()
         .route("/v1/experiments/{name}/cuped", get(experiment_cuped))
+        .route("/v1/experiments/{name}/units", get(experiment_units))
         .route("/v1/coverage-gaps", get(coverage_gaps))
         .route("/v1/config", get(config))
         .route("/v1/generations", get(generations))
@@ -418,6 +421,105 @@ struct CupedParams {
     started_at: i64,
     /// Length of the pre-period (`336h`).
     preperiod: String,
+    /// Only interactions before this (Unix seconds) count for the metric: those whose outcomes
+    /// have settled; default: now.
+    #[serde(default)]
+    until: Option<i64>,
+}
+
+/// Query of `GET /v1/experiments/{name}/units`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UnitsParams {
+    /// When the experiment started (Unix seconds).
+    started_at: i64,
+    /// Until when (Unix seconds, exclusive: the analysis' now); default: the end of this second.
+    #[serde(default)]
+    until: Option<i64>,
+    /// Comma-separated `metric:settle` pairs, e.g. `escalationRate:72h,refusalRate:0s`.
+    metrics: String,
+}
+
+/// Parses `escalationRate:72h,refusalRate:0s` into metrics and their settle windows.
+fn parse_metric_windows(
+    text: &str,
+) -> Result<
+    (
+        Vec<switchboard_crds::Metric>,
+        BTreeMap<switchboard_crds::Metric, Duration>,
+    ),
+    String,
+> {
+    let mut metrics = Vec::new();
+    let mut settle = BTreeMap::new();
+    for item in text.split(',').filter(|i| !i.trim().is_empty()) {
+        let (name, window) = item.split_once(':').unwrap_or((item, "0s"));
+        let metric: switchboard_crds::Metric =
+            serde_json::from_value(serde_json::Value::String(name.trim().to_owned()))
+                .map_err(|_| format!("metrics: `{}` is not a metric", name.trim()))?;
+        let window = switchboard_crds::parse_duration(window.trim())
+            .map_err(|e| format!("metrics: {}: {e}", metric.as_str()))?;
+        metrics.push(metric);
+        settle.insert(metric, window);
+    }
+    if metrics.is_empty() || metrics.len() > 16 {
+        return Err("metrics: name 1 to 16 metrics as metric:settle pairs".to_owned());
+    }
+    Ok((metrics, settle))
+}
+
+/// Unit-level statistics of an experiment on this Router, from the outcome store: per arm the
+/// units and interactions enrolled, per metric the delta-method moments over settled
+/// interactions (what the operator's Experiment analysis decides on; docs/statistics.md).
+async fn experiment_units(
+    State(state): State<HttpState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    params: Result<axum::extract::Query<UnitsParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let engine = match state.engine() {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let params = match query_params(params) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let (metrics, settle) = match parse_metric_windows(&params.metrics) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_argument", e),
+    };
+    let Some(active) = engine.active() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no RuntimeConfig applied yet".into(),
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let query = switchboard_store::UnitsQuery {
+        router: &active.router,
+        experiment: &name,
+        metrics: &metrics,
+        started_at: params.started_at,
+        now: params.until.unwrap_or(now + 1),
+        settle: &settle,
+    };
+    match engine.store().experiment_units(&query).await {
+        Ok(data) => Json(data).into_response(),
+        Err(e @ switchboard_store::StoreError::Unsupported(_)) => {
+            error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
+        }
+        Err(e) => {
+            engine.metrics().store_error(e.label());
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        }
+    }
 }
 
 /// A request's query parameters, or the 400 that names what was wrong with them.
@@ -477,7 +579,7 @@ async fn experiment_cuped(
         covariate: params.covariate.unwrap_or(params.metric),
         started_at: params.started_at,
         preperiod,
-        now,
+        now: params.until.unwrap_or(now + 1),
     };
     match engine.store().cuped(&query).await {
         Ok(data) => Json(data).into_response(),

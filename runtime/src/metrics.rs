@@ -81,6 +81,7 @@ pub struct Metrics {
     token_key_reloads: IntCounterVec,
     auth_refused: IntCounterVec,
     credential_reloads: IntCounterVec,
+    experiment_unenrolled: IntCounterVec,
 }
 
 pub use switchboard_policy::Variant;
@@ -310,6 +311,13 @@ impl Metrics {
             ),
             &["api", "result"],
         )?;
+        let experiment_unenrolled = IntCounterVec::new(
+            Opts::new(
+                "switchboard_experiment_unenrolled_total",
+                "Requests not enrolled in a running Experiment because they lack the id of its unit (field: userId, accountId or conversationId).",
+            ),
+            &["router", "experiment", "field"],
+        )?;
         let token_key_reloads = IntCounterVec::new(
             Opts::new(
                 "switchboard_token_key_reloads_total",
@@ -322,6 +330,7 @@ impl Metrics {
             Box::new(token_key_reloads.clone()),
             Box::new(auth_refused.clone()),
             Box::new(credential_reloads.clone()),
+            Box::new(experiment_unenrolled.clone()),
             Box::new(limit_refused.clone()),
             Box::new(connections.clone()),
             Box::new(store_errors.clone()),
@@ -387,6 +396,7 @@ impl Metrics {
             token_key_reloads,
             auth_refused,
             credential_reloads,
+            experiment_unenrolled,
         })
     }
 
@@ -499,6 +509,13 @@ impl Metrics {
         self.large_queue_depth
             .with_label_values(&[router])
             .set(depth as i64);
+    }
+
+    /// Counts a request not enrolled in `experiment` for want of the id in `field`.
+    pub fn experiment_unenrolled(&self, router: &str, experiment: &str, field: &str) {
+        self.experiment_unenrolled
+            .with_label_values(&[router, experiment, field])
+            .inc();
     }
 
     /// Records one stage of the answer pipeline.

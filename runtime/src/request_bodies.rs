@@ -17,7 +17,7 @@ use crate::service::RetrieveRequest;
 fn answer(body: &[u8]) {
     if let Ok(r) = serde_json::from_slice::<AnswerRequest>(body) {
         let _ = crate::service::validate_query(&r.query);
-        let _ = crate::limits::validate_id("unit", r.unit.as_deref());
+        let _ = crate::limits::validate_id("userId", r.user_id.as_deref());
         let _ = crate::limits::validate_id("conversationId", r.conversation_id.as_deref());
     }
 }

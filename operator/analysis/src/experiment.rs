@@ -246,6 +246,48 @@ pub fn difference_of_ratios(
     Estimate::new(rc, rt, vc + vt, None, alpha, "difference of ratios")
 }
 
+/// Holm's step-down adjustment of `p_values` (one per comparison, any order): the adjusted
+/// p-values, in the same order, each at most 1. Rejecting where the adjusted value is below α
+/// controls the family-wise error rate at α for any dependence between the comparisons, and
+/// rejects at least what Bonferroni does (Holm 1979).
+pub fn holm(p_values: &[f64]) -> Vec<f64> {
+    let m = p_values.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p_values[a].total_cmp(&p_values[b]));
+    let mut adjusted = vec![1.0; m];
+    let mut running: f64 = 0.0;
+    for (rank, &i) in order.iter().enumerate() {
+        let value = ((m - rank) as f64 * p_values[i]).min(1.0);
+        running = running.max(value);
+        adjusted[i] = running;
+    }
+    adjusted
+}
+
+/// One arm of an experiment, per unit (what the outcome store reports).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmUnits {
+    /// Distinct units enrolled in the arm.
+    pub units: u64,
+    /// Their interactions.
+    pub interactions: u64,
+    /// Per metric (its name, e.g. `escalationRate`), the ratio Σevents / Σtrials over units
+    /// (delta-method moments), from settled interactions only; a unit counts once it has a
+    /// settled trial of the metric.
+    pub metrics: std::collections::BTreeMap<String, RatioMoments>,
+}
+
+/// Per-arm unit-level statistics of an experiment (what its analysis decides on).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentUnits {
+    /// Per arm (variants and `holdout`).
+    pub arms: std::collections::BTreeMap<String, ArmUnits>,
+    /// Per metric name: enrolled interactions too recent to count for it yet.
+    pub unsettled: std::collections::BTreeMap<String, u64>,
+}
+
 /// Per-unit sums of the outcome y and its pre-period covariate x (e.g. the user's escalation rate
 /// or CSAT before the experiment).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
@@ -462,6 +504,24 @@ pub fn sample_ratio_mismatch(
         threshold,
         mismatch: p_value < threshold,
     })
+}
+
+#[cfg(test)]
+mod holm_tests {
+    use super::holm;
+
+    #[test]
+    fn holm_steps_down_and_stays_monotone() {
+        // Sorted 0.01, 0.03, 0.04, 0.2 -> 4·0.01, 3·0.03, max(2·0.04, 0.09), 0.2, back in order.
+        let adjusted = holm(&[0.01, 0.04, 0.03, 0.2]);
+        let expected = [0.04, 0.09, 0.09, 0.2];
+        for (a, e) in adjusted.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-12, "{adjusted:?}");
+        }
+        assert_eq!(holm(&[0.5]), [0.5]);
+        assert_eq!(holm(&[0.6, 0.7]), [1.0, 1.0]);
+        assert!(holm(&[]).is_empty());
+    }
 }
 
 #[cfg(test)]

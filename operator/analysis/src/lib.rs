@@ -31,9 +31,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use experiment::{
-    CupedArm, CupedEstimate, CupedMoments, Estimate, Moments, RatioMoments, SampleRatioMismatch,
-    cuped_difference, difference_of_means, difference_of_proportions, difference_of_ratios,
-    sample_ratio_mismatch,
+    ArmUnits, CupedArm, CupedEstimate, CupedMoments, Estimate, ExperimentUnits, Moments,
+    RatioMoments, SampleRatioMismatch, cuped_difference, difference_of_means,
+    difference_of_proportions, difference_of_ratios, holm, sample_ratio_mismatch,
 };
 pub use guardrail::{
     GuardrailDecision, GuardrailEvaluation, GuardrailEvidence, GuardrailPolicy, GuardrailReason,

@@ -7,8 +7,8 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use switchboard_analysis::{
-    Counts, CupedArm, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs, cuped_difference,
-    difference_of_proportions, estimate_eta, evaluate_guardrail, plan, planning,
+    Counts, CupedArm, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs, RatioMoments,
+    cuped_difference, difference_of_ratios, estimate_eta, evaluate_guardrail, holm, plan, planning,
     sample_ratio_mismatch,
 };
 use switchboard_crds::{
@@ -16,10 +16,12 @@ use switchboard_crds::{
     conditions::{self as cond, reasons},
     experiment::{
         Direction, ExperimentDecision, ExperimentPhase, ExperimentSpec, ExperimentStatus,
-        SampleRatioCheck, VariantResult,
+        LayerRange, SampleRatioCheck, VariantResult,
     },
     set_condition,
 };
+
+use switchboard_policy::experiment::LayerFull;
 
 use crate::context::condition;
 
@@ -28,14 +30,19 @@ pub const HOLDOUT: &str = "holdout";
 /// p-value below which the assignment split is declared broken.
 pub const SRM_THRESHOLD: f64 = 0.001;
 
-/// Counts of one arm since the start.
-#[derive(Clone, Debug, PartialEq)]
+/// What one arm has seen since the start.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ArmData {
-    /// Interactions (the sample unit the runtime counts per arm).
+    /// Distinct units enrolled (the outcome store): what samples, the sample-ratio check and
+    /// the plan count.
+    pub units: u64,
+    /// Their interactions.
     pub interactions: u64,
-    /// Primary metric: events out of trials.
-    pub primary: Counts,
-    /// Guardrail metrics: events out of trials, or why unavailable.
+    /// Primary metric per unit over settled interactions: Σevents / Σtrials with its
+    /// delta-method moments.
+    pub primary: RatioMoments,
+    /// Guardrail metrics (Prometheus, per interaction): events out of trials, or why
+    /// unavailable.
     pub guardrails: BTreeMap<Metric, Result<Counts, String>>,
 }
 
@@ -52,8 +59,13 @@ pub struct ExperimentInput<'a> {
     pub status: &'a ExperimentStatus,
     /// Whether the Router exists.
     pub router_exists: bool,
-    /// Per arm (variants and `holdout`); `Err` when the metrics could not be read.
+    /// For a Pending Experiment whose Router exists: the range of the Router's experiment layer
+    /// it was given, or why none was free. `None` otherwise.
+    pub allocation: Option<Result<LayerRange, LayerFull>>,
+    /// Per arm (variants and `holdout`); `Err` when the outcome store could not be read.
     pub data: Result<BTreeMap<String, ArmData>, String>,
+    /// Enrolled interactions not settled yet for the primary metric.
+    pub unsettled: Option<u64>,
     /// With `spec.cuped`: per-arm CUPED statistics from the outcome store, or why they could not
     /// be read; `None` without `spec.cuped` (or before the start).
     pub cuped: Option<Result<BTreeMap<String, CupedArm>, String>>,
@@ -72,17 +84,13 @@ pub struct ExperimentOutput {
     pub consumed_annotations: Vec<String>,
 }
 
-impl Default for ArmData {
-    fn default() -> Self {
-        Self {
-            interactions: 0,
-            primary: Counts {
-                events: 0,
-                trials: 0,
-            },
-            guardrails: BTreeMap::new(),
-        }
-    }
+/// The rate of a ratio metric, when it has trials.
+fn ratio(m: &RatioMoments) -> Option<f64> {
+    (m.denominator > 0.0).then(|| m.numerator / m.denominator)
+}
+
+fn to_i64(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }
 
 fn ended(phase: ExperimentPhase) -> bool {
@@ -138,21 +146,52 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
             );
         } else if status.phase == ExperimentPhase::Pending {
             if input.router_exists {
-                status.phase = ExperimentPhase::Running;
-                status.started_at = Some(Time(now));
-                events.push((
-                    false,
-                    "Started".to_owned(),
-                    format!(
-                        "assigning units to {} (holdout {})",
-                        spec.variants
+                match &input.allocation {
+                    Some(Ok(range)) => {
+                        status.phase = ExperimentPhase::Running;
+                        status.started_at = Some(Time(now));
+                        status.allocation = Some(*range);
+                        set(
+                            &mut status,
+                            cond::ALLOCATED,
+                            true,
+                            reasons::ALLOCATED,
+                            format!("{} of the Router's units: buckets {range}", spec.traffic),
+                        );
+                        events.push((
+                            false,
+                            "Started".to_owned(),
+                            format!(
+                                "assigning {} of {}'s units (buckets {range}) to {} (holdout {})",
+                                spec.traffic,
+                                spec.router_ref.name,
+                                spec.variants
+                                    .iter()
+                                    .map(|v| format!("{} {}%", v.name, v.weight))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                spec.holdout.share
+                            ),
+                        ));
+                    }
+                    Some(Err(full)) => {
+                        let already = status
+                            .conditions
                             .iter()
-                            .map(|v| format!("{} {}%", v.name, v.weight))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        spec.holdout.share
-                    ),
-                ));
+                            .any(|c| c.type_ == cond::ALLOCATED && c.reason == reasons::LAYER_FULL);
+                        if !already {
+                            events.push((true, reasons::LAYER_FULL.to_owned(), full.to_string()));
+                        }
+                        set(
+                            &mut status,
+                            cond::ALLOCATED,
+                            false,
+                            reasons::LAYER_FULL,
+                            full.to_string(),
+                        );
+                    }
+                    None => {}
+                }
             } else {
                 set(
                     &mut status,
@@ -185,7 +224,7 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
                     cond::METRICS_AVAILABLE,
                     true,
                     reasons::RECONCILED,
-                    "outcome counts read for every arm".to_owned(),
+                    "unit-level outcomes read for every arm".to_owned(),
                 );
                 analyse(
                     &mut status,
@@ -193,6 +232,7 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
                     spec,
                     data,
                     input.cuped.as_ref(),
+                    input.unsettled,
                     started,
                     now,
                     generation,
@@ -215,7 +255,14 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
 
     // Summary conditions.
     let phase = status.phase;
+    let layer_full = matches!(input.allocation, Some(Err(_)));
     let (ready, r_reason, r_message) = match phase {
+        ExperimentPhase::Pending if layer_full => (
+            false,
+            reasons::LAYER_FULL,
+            "waiting for a free range of the Router's experiment layer (see the Allocated condition)"
+                .to_owned(),
+        ),
         ExperimentPhase::Pending => (
             false,
             reasons::WAITING_FOR_CHILDREN,
@@ -284,6 +331,7 @@ fn analyse(
     spec: &ExperimentSpec,
     data: &BTreeMap<String, ArmData>,
     cuped: Option<&Result<BTreeMap<String, CupedArm>, String>>,
+    unsettled: Option<u64>,
     started: Timestamp,
     now: Timestamp,
     generation: Option<i64>,
@@ -294,25 +342,22 @@ fn analyse(
     let alpha = spec.alpha.fraction();
     let lower_is_better = spec.primary_metric.direction == Direction::Decrease;
 
-    // Samples.
-    let variant_units: Vec<u64> = spec
-        .variants
-        .iter()
-        .map(|v| arm(&v.name).interactions)
-        .collect();
-    status.samples = Some(i64::try_from(variant_units.iter().sum::<u64>()).unwrap_or(i64::MAX));
-    status.holdout_samples = Some(i64::try_from(arm(HOLDOUT).interactions).unwrap_or(i64::MAX));
+    // Samples: units, the thing randomised (a user with ten conversations is one sample).
+    let variant_units: Vec<u64> = spec.variants.iter().map(|v| arm(&v.name).units).collect();
+    status.samples = Some(to_i64(variant_units.iter().sum::<u64>()));
+    status.holdout_samples = Some(to_i64(arm(HOLDOUT).units));
+    status.unsettled_interactions = unsettled.map(to_i64);
 
-    // Sample ratio mismatch over the arms that receive traffic (holdout included when kept).
+    // Sample ratio mismatch over the arms that receive units (holdout included when kept).
     let holdout = spec.holdout.share.fraction();
     let mut observed = Vec::new();
     let mut weights = Vec::new();
     for v in spec.variants.iter().filter(|v| v.weight > 0) {
-        observed.push(arm(&v.name).interactions);
+        observed.push(arm(&v.name).units);
         weights.push(f64::from(v.weight) / 100.0 * (1.0 - holdout));
     }
     if holdout > 0.0 {
-        observed.push(arm(HOLDOUT).interactions);
+        observed.push(arm(HOLDOUT).units);
         weights.push(holdout);
     }
     let srm = sample_ratio_mismatch(&observed, &weights, SRM_THRESHOLD).ok();
@@ -345,21 +390,32 @@ fn analyse(
         ),
     );
 
-    // Per-variant estimates against the control.
+    // Per-variant estimates against the control, per unit (delta method: a unit's interactions
+    // are not independent trials), with intervals that hold together across the k treatment
+    // variants (Bonferroni) and decisions on Holm-adjusted p-values.
+    let comparisons = spec
+        .variants
+        .iter()
+        .filter(|v| v.name != control_name)
+        .count()
+        .max(1);
+    let interval_alpha = alpha / comparisons as f64;
     status.per_variant = spec
         .variants
         .iter()
         .map(|v| {
             let d = arm(&v.name);
             let estimate = (v.name != control_name)
-                .then(|| difference_of_proportions(control.primary, d.primary, alpha).ok())
+                .then(|| difference_of_ratios(&control.primary, &d.primary, interval_alpha).ok())
                 .flatten();
             VariantResult {
                 name: v.name.clone(),
-                units: i64::try_from(d.interactions).unwrap_or(i64::MAX),
-                trials: i64::try_from(d.primary.trials).unwrap_or(i64::MAX),
-                events: i64::try_from(d.primary.events).unwrap_or(i64::MAX),
-                rate: d.primary.rate().unwrap_or(0.0),
+                units: to_i64(d.units),
+                trials: d.primary.denominator.round() as i64,
+                events: d.primary.numerator.round() as i64,
+                rate: ratio(&d.primary).unwrap_or(0.0),
+                p_value: estimate.map(|e| e.p_value),
+                adjusted_p_value: None,
                 estimate: estimate.map(|e| e.difference),
                 ci_low: estimate.map(|e| e.interval.lower),
                 ci_high: estimate.map(|e| e.interval.upper),
@@ -369,20 +425,39 @@ fn analyse(
             }
         })
         .collect();
-    let variance_reduction = spec
-        .cuped
-        .as_ref()
-        .and_then(|_| apply_cuped(status, spec, &control_name, cuped, alpha, generation, now));
+    let variance_reduction = spec.cuped.as_ref().and_then(|_| {
+        apply_cuped(
+            status,
+            spec,
+            &control_name,
+            cuped,
+            interval_alpha,
+            generation,
+            now,
+        )
+    });
+    let tested: Vec<usize> = (0..status.per_variant.len())
+        .filter(|&i| status.per_variant[i].p_value.is_some())
+        .collect();
+    let adjusted = holm(
+        &tested
+            .iter()
+            .filter_map(|&i| status.per_variant[i].p_value)
+            .collect::<Vec<_>>(),
+    );
+    for (&i, p) in tested.iter().zip(adjusted) {
+        status.per_variant[i].adjusted_p_value = Some(p);
+    }
 
     // Required sample size: the holdout's observed rate once available, else the expected one.
-    let observed_baseline = arm(HOLDOUT).primary.rate().filter(|r| *r > 0.0 && *r < 1.0);
+    let observed_baseline = ratio(&arm(HOLDOUT).primary).filter(|r| *r > 0.0 && *r < 1.0);
     let baseline = observed_baseline
         .or_else(|| {
             spec.expected_baseline_rate
                 .as_ref()
                 .map(switchboard_crds::Percent::fraction)
         })
-        .or_else(|| control.primary.rate().filter(|r| *r > 0.0 && *r < 1.0));
+        .or_else(|| ratio(&control.primary).filter(|r| *r > 0.0 && *r < 1.0));
     let required = baseline.and_then(|baseline| {
         let mde = &spec.minimum_detectable_effect;
         let sign = if lower_is_better { -1.0 } else { 1.0 };
@@ -481,34 +556,24 @@ fn analyse(
         }
     }
 
-    // Conclude at the planned size.
+    // Conclude at the planned size, counted in units whose outcomes have settled.
     let Some(required) = status.required_samples_per_variant else {
         return;
     };
-    let reached = status.per_variant.iter().all(|v| v.units >= required);
+    let reached = spec
+        .variants
+        .iter()
+        .all(|v| to_i64(arm(&v.name).primary.units) >= required);
     if !reached {
         return;
     }
-    let better = |v: &VariantResult| match (v.ci_low, v.ci_high) {
-        (Some(lo), Some(hi)) => {
-            if lower_is_better {
-                hi < 0.0
-            } else {
-                lo > 0.0
-            }
-        }
-        _ => false,
+    let significant = |v: &VariantResult| v.adjusted_p_value.is_some_and(|p| p < alpha);
+    let improves = |v: &VariantResult| {
+        v.estimate
+            .is_some_and(|e| if lower_is_better { e < 0.0 } else { e > 0.0 })
     };
-    let worse = |v: &VariantResult| match (v.ci_low, v.ci_high) {
-        (Some(lo), Some(hi)) => {
-            if lower_is_better {
-                lo > 0.0
-            } else {
-                hi < 0.0
-            }
-        }
-        _ => false,
-    };
+    let better = |v: &VariantResult| significant(v) && improves(v);
+    let worse = |v: &VariantResult| significant(v) && !improves(v);
     let treatments: Vec<&VariantResult> = status
         .per_variant
         .iter()
@@ -526,20 +591,28 @@ fn analyse(
         .map(|v| (*v).clone());
     let summary = |v: &VariantResult| {
         format!(
-            "{}: {:+.2} pts {}, {:.0}% CI [{:+.2}, {:+.2}]",
+            "{}: {:+.2} pts {}, {}% CI [{:+.2}, {:+.2}], Holm-adjusted p = {:.3}",
             v.name,
             v.estimate.unwrap_or(0.0) * 100.0,
             spec.primary_metric.name.as_str(),
-            (1.0 - alpha) * 100.0,
+            (1.0 - interval_alpha) * 100.0,
             v.ci_low.unwrap_or(0.0) * 100.0,
-            v.ci_high.unwrap_or(0.0) * 100.0
+            v.ci_high.unwrap_or(0.0) * 100.0,
+            v.adjusted_p_value.unwrap_or(1.0)
         )
     };
-    let message = treatments
+    let mut message = treatments
         .iter()
         .map(|v| summary(v))
         .collect::<Vec<_>>()
         .join("; ");
+    if treatments.len() > 1 {
+        message.push_str(&format!(
+            " ({} comparisons: family-wise alpha {}, Holm)",
+            treatments.len(),
+            spec.alpha
+        ));
+    }
     status.decision = if let Some(w) = &winner {
         status.winner = Some(w.name.clone());
         ExperimentDecision::ShipVariant
@@ -671,18 +744,19 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn arm(interactions: u64, escalations: u64, csat_low: u64) -> ArmData {
+    /// An arm of `units` units with one interaction each, `escalations` of them escalated.
+    fn arm(units: u64, escalations: u64, csat_low: u64) -> ArmData {
         ArmData {
-            interactions,
-            primary: Counts {
-                events: escalations,
-                trials: interactions,
-            },
+            units,
+            interactions: units,
+            primary: RatioMoments::from_units(
+                (0..units).map(|u| (if u < escalations { 1.0 } else { 0.0 }, 1.0)),
+            ),
             guardrails: [(
                 Metric::CsatLow,
                 Ok(Counts {
                     events: csat_low,
-                    trials: interactions / 2,
+                    trials: units / 2,
                 }),
             )]
             .into(),
@@ -701,10 +775,72 @@ mod tests {
             annotations: &BTreeMap::new(),
             status,
             router_exists: true,
+            allocation: Some(Ok(LayerRange {
+                start: 0,
+                end: 10_000,
+            })),
             data: Ok(data),
+            unsettled: None,
             cuped: None,
             now: Timestamp::from_second(at).unwrap(),
         })
+    }
+
+    #[test]
+    fn a_full_layer_keeps_the_experiment_pending_with_the_reason() {
+        let spec = spec(false);
+        let full = switchboard_policy::experiment::allocate(
+            1.0,
+            &[LayerRange {
+                start: 0,
+                end: 2_000,
+            }],
+        )
+        .unwrap_err();
+        let none = BTreeMap::new();
+        let pending = ExperimentStatus::default();
+        fn input<'a>(
+            spec: &'a ExperimentSpec,
+            none: &'a BTreeMap<String, String>,
+            status: &'a ExperimentStatus,
+            full: &LayerFull,
+        ) -> ExperimentInput<'a> {
+            ExperimentInput {
+                generation: Some(1),
+                spec,
+                annotations: none,
+                status,
+                router_exists: true,
+                allocation: Some(Err(full.clone())),
+                data: Ok(BTreeMap::new()),
+                unsettled: None,
+                cuped: None,
+                now: Timestamp::from_second(0).unwrap(),
+            }
+        }
+        let out = evaluate(input(&spec, &none, &pending, &full));
+        assert_eq!(out.status.phase, ExperimentPhase::Pending);
+        assert_eq!(out.status.allocation, None);
+        let c = switchboard_crds::find_condition(&out.status.conditions, cond::ALLOCATED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "LayerFull")
+        );
+        assert!(
+            c.message
+                .contains("largest free range is 8000 buckets (80%)"),
+            "{}",
+            c.message
+        );
+        let ready = switchboard_crds::find_condition(&out.status.conditions, cond::READY).unwrap();
+        assert_eq!(ready.reason, "LayerFull");
+        assert_eq!(out.events.len(), 1);
+        // Said once, not at every analysis.
+        assert!(
+            evaluate(input(&spec, &none, &out.status, &full))
+                .events
+                .is_empty()
+        );
     }
 
     #[test]
@@ -713,6 +849,13 @@ mod tests {
         let started = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0);
         assert_eq!(started.status.phase, ExperimentPhase::Running);
         assert_eq!(started.events[0].1, "Started");
+        assert_eq!(
+            started.status.allocation,
+            Some(LayerRange {
+                start: 0,
+                end: 10_000
+            })
+        );
 
         let early: BTreeMap<_, _> = [
             ("control".to_owned(), arm(450, 90, 0)),
@@ -795,7 +938,12 @@ mod tests {
             annotations: &BTreeMap::new(),
             status: &running,
             router_exists: true,
-            data: Err("Prometheus unreachable".to_owned()),
+            allocation: Some(Ok(LayerRange {
+                start: 0,
+                end: 10_000,
+            })),
+            data: Err("outcome store unreachable".to_owned()),
+            unsettled: None,
             cuped: None,
             now: Timestamp::from_second(60).unwrap(),
         });
@@ -814,7 +962,12 @@ mod tests {
             annotations: &stop,
             status: &running,
             router_exists: true,
+            allocation: Some(Ok(LayerRange {
+                start: 0,
+                end: 10_000,
+            })),
             data: Err("unused".to_owned()),
+            unsettled: None,
             cuped: None,
             now: Timestamp::from_second(60).unwrap(),
         });
@@ -843,25 +996,21 @@ mod tests {
 
     /// Simulated units of one arm: each has its own escalation propensity, seen through 20
     /// pre-period interactions (the covariate) and 5 interactions during the experiment (shifted
-    /// by `effect`). Returns the interaction counts Prometheus would give and the store's CUPED
-    /// sums.
+    /// by `effect`). Returns the store's unit-level data and CUPED sums.
     fn simulate_arm(rng: &mut Rng, units: usize, effect: f64) -> (ArmData, CupedArm) {
         let mut pairs = Vec::new();
-        let (mut interactions, mut events) = (0, 0);
+        let mut per_unit = Vec::new();
         for _ in 0..units {
             let propensity = 0.05 + 0.5 * rng.uniform();
             let pre = f64::from(rng.binomial(20, propensity)) / 20.0;
             let during = rng.binomial(5, (propensity + effect).clamp(0.0, 1.0));
-            interactions += 5;
-            events += u64::from(during);
+            per_unit.push((f64::from(during), 5.0));
             pairs.push((f64::from(during) / 5.0, pre));
         }
         let data = ArmData {
-            interactions,
-            primary: Counts {
-                events,
-                trials: interactions,
-            },
+            units: units as u64,
+            interactions: 5 * units as u64,
+            primary: RatioMoments::from_units(per_unit),
             guardrails: BTreeMap::new(),
         };
         let cuped = CupedArm {
@@ -903,7 +1052,12 @@ mod tests {
             annotations: &no_annotations,
             status: &running,
             router_exists: true,
+            allocation: Some(Ok(LayerRange {
+                start: 0,
+                end: 10_000,
+            })),
             data: Ok(data.clone()),
+            unsettled: None,
             cuped,
             now: Timestamp::from_second(3600).unwrap(),
         };
@@ -925,9 +1079,8 @@ mod tests {
             ("True", reasons::CUPED_ADJUSTED)
         );
 
-        // Without the store's data: the unadjusted per-interaction estimate, a larger plan, and a
-        // condition that says why. (Its interval is not comparable: it treats a unit's
-        // interactions as independent; the next test compares like with like.)
+        // Without the pre-period data: the unadjusted unit-level estimate, a larger plan, and a
+        // condition that says why.
         let fallback = evaluate(input(Some(Err("connection refused".to_owned()))));
         let u = &fallback.status.per_variant[1];
         assert!(u.variance_reduction.is_none() && u.estimate.is_some());

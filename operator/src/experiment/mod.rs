@@ -9,21 +9,22 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use kube::{
     Api,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{controller::Action, events::EventType},
 };
 use switchboard_analysis::Counts;
 use switchboard_crds::{
     Experiment, Metric, Router, Validate,
     conditions::{self as cond},
-    experiment::ExperimentPhase,
+    experiment::{ExperimentPhase, LayerRange},
 };
+use switchboard_policy::experiment::allocate;
 
 use crate::{
     context::{Context, apply_status, condition, describe, namespaced_name},
     error::{Error, Result},
     observe::{Arm, MetricsSource, count, metric_queries},
-    outcomes::CupedRequest,
+    outcomes::{CupedRequest, UnitsRequest},
 };
 
 use self::analysis::{ArmData, ExperimentInput, HOLDOUT, evaluate};
@@ -61,43 +62,93 @@ async fn counts_or_zero(
     })
 }
 
-/// Reads every arm's counts since the start.
+/// Reads every arm's data since the start: units, interactions and the primary metric per unit
+/// from the Router's outcome store, guardrail counts from the metrics source. The number of
+/// enrolled interactions not settled yet comes along.
 pub async fn arm_data(
-    source: &dyn MetricsSource,
+    ctx: &Context,
     x: &Experiment,
-    router_id: &str,
+    namespace: &str,
+    started_at: i64,
+    now: i64,
     window: Duration,
-) -> Result<BTreeMap<String, ArmData>, String> {
+) -> Result<(BTreeMap<String, ArmData>, u64), String> {
     let name = x.metadata.name.clone().unwrap_or_default();
+    let router = &x.spec.router_ref.name;
+    let primary = x.spec.primary_metric.name;
+    let request = UnitsRequest {
+        namespace: namespace.to_owned(),
+        router: router.clone(),
+        experiment: name.clone(),
+        metrics: vec![(primary, x.spec.primary_metric.settle())],
+        started_at,
+        until: now,
+    };
+    let units = ctx
+        .outcomes
+        .units(&request)
+        .await
+        .map_err(|e| format!("unit-level outcomes: {e}"))?;
     let mut arms: Vec<String> = x.spec.variants.iter().map(|v| v.name.clone()).collect();
     arms.push(HOLDOUT.to_owned());
     let mut out = BTreeMap::new();
     for arm_name in arms {
+        let reported = units.arms.get(&arm_name).cloned().unwrap_or_default();
         let arm = Arm::ExperimentArm {
-            router: router_id.to_owned(),
+            router: format!("{namespace}/{router}"),
             experiment: name.clone(),
             arm: arm_name.clone(),
         };
-        let primary = counts_or_zero(source, x.spec.primary_metric.name, &arm, window).await?;
-        let (_, interactions_q) = metric_queries(Metric::EscalationRate, &arm, window)?;
-        let interactions = count(source, &interactions_q).await?.unwrap_or(0);
         let mut guardrails = BTreeMap::new();
         for g in &x.spec.guardrails {
             guardrails.insert(
                 g.metric,
-                counts_or_zero(source, g.metric, &arm, window).await,
+                counts_or_zero(ctx.source.as_ref(), g.metric, &arm, window).await,
             );
         }
         out.insert(
             arm_name,
             ArmData {
-                interactions,
-                primary,
+                units: reported.units,
+                interactions: reported.interactions,
+                primary: reported
+                    .metrics
+                    .get(primary.as_str())
+                    .copied()
+                    .unwrap_or_default(),
                 guardrails,
             },
         );
     }
-    Ok(out)
+    let unsettled = units
+        .unsettled
+        .get(primary.as_str())
+        .copied()
+        .unwrap_or_default();
+    Ok((out, unsettled))
+}
+
+/// The ranges of `router`'s experiment layer held by its running Experiments other than `name`,
+/// read from the API server (not a cache: the caller holds [`Context::layer_allocation`], and a
+/// range written a moment ago must be seen).
+async fn occupied_ranges(
+    ctx: &Context,
+    namespace: &str,
+    router: &str,
+    name: &str,
+) -> Result<Vec<LayerRange>> {
+    let experiments = Api::<Experiment>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("list", format!("Experiments in {namespace}"), e))?;
+    Ok(experiments
+        .items
+        .iter()
+        .filter(|o| o.spec.router_ref.name == router && o.metadata.name.as_deref() != Some(name))
+        .filter_map(|o| o.status.as_ref())
+        .filter(|s| s.phase == ExperimentPhase::Running)
+        .filter_map(|s| s.allocation)
+        .collect())
 }
 
 async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
@@ -106,7 +157,6 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
         object: describe(x),
         source,
     })?;
-    let now = ctx.now();
     let router_name = &x.spec.router_ref.name;
     let router_exists = Api::<Router>::namespaced(ctx.client.clone(), &namespace)
         .get_opt(router_name)
@@ -114,21 +164,41 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
         .map_err(|e| Error::kube("get", format!("Router {namespace}/{router_name}"), e))?
         .is_some();
     let previous = x.status.clone().unwrap_or_default();
+    // A start takes a range of the Router's layer: held from reading the others' ranges until
+    // this one's is written.
+    let starting = previous.phase == ExperimentPhase::Pending && router_exists;
+    let _allocating = if starting {
+        Some(ctx.layer_allocation.lock().await)
+    } else {
+        None
+    };
+    let allocation = if starting {
+        let occupied = occupied_ranges(ctx, &namespace, router_name, &name).await?;
+        Some(allocate(x.spec.traffic.fraction(), &occupied))
+    } else {
+        None
+    };
+    let now = ctx.now();
     let data = if previous.phase == ExperimentPhase::Running {
         let started = previous.started_at.as_ref().map_or(now, |t| t.0);
         let elapsed = Duration::try_from(now.duration_since(started)).unwrap_or_default();
         // Whole seconds, at least a minute (increase() needs two samples in range).
         let window = Duration::from_secs(elapsed.as_secs().max(60) + 1);
         arm_data(
-            ctx.source.as_ref(),
+            ctx,
             x,
-            &format!("{namespace}/{router_name}"),
+            &namespace,
+            started.as_second(),
+            now.as_second(),
             window,
         )
         .await
+        .map(Some)
     } else {
-        Ok(BTreeMap::new())
+        Ok(None)
     };
+    let unsettled = data.as_ref().ok().and_then(Option::as_ref).map(|(_, u)| *u);
+    let data = data.map(|d| d.map(|(arms, _)| arms).unwrap_or_default());
     let cuped = match (&x.spec.cuped, &previous.started_at) {
         (Some(c), Some(started)) if previous.phase == ExperimentPhase::Running => {
             let request = CupedRequest {
@@ -139,6 +209,10 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
                 covariate: c.covariate.unwrap_or(x.spec.primary_metric.name),
                 started_at: started.0.as_second(),
                 preperiod: c.preperiod.duration(),
+                // The same settled interactions as the unadjusted comparison.
+                settled_before: now.as_second().saturating_sub(
+                    i64::try_from(x.spec.primary_metric.settle().as_secs()).unwrap_or(i64::MAX),
+                ),
             };
             Some(ctx.outcomes.cuped(&request).await)
         }
@@ -151,7 +225,9 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
         annotations: x.metadata.annotations.as_ref().unwrap_or(&empty),
         status: &previous,
         router_exists,
+        allocation,
         data,
+        unsettled,
         cuped,
         now,
     });

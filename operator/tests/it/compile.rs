@@ -64,6 +64,18 @@ fn canary(stable: &str, candidate: &str, weight: i32, phase: &str) -> serde_json
 }
 
 fn experiment(name: &str, phase: &str, holdout: &str, overrides: serde_json::Value) -> Experiment {
+    // Running ones hold a range of the layer and started in the order rewrite, adapter, missing.
+    let (start, started) = match name {
+        "rewrite" => (0, "2026-11-01T00:00:00Z"),
+        "adapter" => (2_000, "2026-11-02T00:00:00Z"),
+        _ => (4_000, "2026-11-03T00:00:00Z"),
+    };
+    let status = if phase == "Running" {
+        serde_json::json!({"phase": phase, "startedAt": started,
+                           "allocation": {"start": start, "end": start + 2_000}})
+    } else {
+        serde_json::json!({"phase": phase})
+    };
     serde_json::from_value(serde_json::json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
         "metadata": {"name": name, "namespace": "support"},
@@ -72,9 +84,10 @@ fn experiment(name: &str, phase: &str, holdout: &str, overrides: serde_json::Val
             "holdout": {"share": holdout},
             "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50, "overrides": overrides}],
             "primaryMetric": {"name": "escalationRate", "direction": "Decrease"},
-            "minimumDetectableEffect": {"relative": "10%"}
+            "minimumDetectableEffect": {"relative": "10%"},
+            "traffic": "20%"
         },
-        "status": {"phase": phase}
+        "status": status
     }))
     .unwrap()
 }
@@ -251,6 +264,12 @@ fn running_experiments_compile_with_their_holdout() {
             "5%",
             serde_json::json!({"adapterVersions": {"pricing": "9.0.0"}}),
         ),
+        {
+            // Running without a range (written by hand, or by an older operator): left out.
+            let mut x = experiment("unallocated", "Running", "5%", serde_json::json!({}));
+            x.status.as_mut().unwrap().allocation = None;
+            x
+        },
     ];
     let compiled = compile(CompileInput {
         router: &r,
@@ -265,18 +284,28 @@ fn running_experiments_compile_with_their_holdout() {
         .iter()
         .map(|x| x.name.as_str())
         .collect();
-    assert_eq!(names, ["adapter", "rewrite"]);
-    let rewrite = &compiled.config.experiments[1];
+    // In the order they started: the older experiment keeps its units.
+    assert_eq!(names, ["rewrite", "adapter"]);
+    let rewrite = &compiled.config.experiments[0];
     assert_eq!(rewrite.holdout_share.as_str(), "7.5%");
     assert_eq!(rewrite.control, "control");
     assert_eq!(rewrite.salt, "rewrite-salt");
-    assert_eq!(compiled.skipped.len(), 1);
     assert_eq!(
-        (
-            compiled.skipped[0].name.as_str(),
-            compiled.skipped[0].reason
-        ),
-        ("missing", "AdapterVersionNotLoaded")
+        (rewrite.range.start, rewrite.range.end),
+        (0, 2_000),
+        "the range in status is the range served"
+    );
+    let skipped: Vec<_> = compiled
+        .skipped
+        .iter()
+        .map(|s| (s.name.as_str(), s.reason))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("missing", "AdapterVersionNotLoaded"),
+            ("unallocated", "NotAllocated")
+        ]
     );
 }
 

@@ -1252,34 +1252,68 @@ async fn a_knowledge_base_builds_in_a_job_and_reports_its_generation_keeping_the
 
 #[tokio::test]
 async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_size() {
-    // Per variant `units` interactions (the holdout gets its 10% share), escalations 20% vs 14%.
-    let units = Arc::new(std::sync::atomic::AtomicU64::new(500));
-    let per_arm = units.clone();
-    let source = FnSource::new(move |q| {
-        let arm = ["control", "rewrite", "holdout"]
-            .into_iter()
-            .find(|a| q.contains(&format!("arm=\"{a}\"")));
-        let Some(arm) = arm else {
-            return Ok(Vec::new());
-        };
-        #[allow(clippy::cast_precision_loss)]
-        let variant = per_arm.load(Ordering::Relaxed) as f64;
-        let n = if arm == "holdout" {
-            (variant * 2.0 / 9.0).round()
-        } else {
-            variant
-        };
-        if q.contains("switchboard_interactions_total") {
-            Ok(scalar(n))
-        } else if q.contains("outcome=\"escalated\"") {
-            Ok(scalar(if arm == "rewrite" { 0.14 * n } else { 0.2 * n }))
-        } else {
-            Ok(Vec::new())
+    use switchboard_policy::{Outcome, Variant};
+    use switchboard_store::{Interaction, OutcomeStore};
+    let start = 1_800_000_000_i64;
+    let ns = namespace().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = OutcomeStore::connect(&format!("sqlite://{}/o.db", dir.path().display()))
+        .await
+        .unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = serve_outcomes(store.clone(), asked.clone(), format!("{ns}/frontline")).await;
+    // What the runtime stores: `units` new users per variant (the holdout its 10% share), each
+    // asking twice at `at`; escalations 20% of users in control, 14% in rewrite (both of a
+    // user's interactions), so the per-unit difference is exactly -6 points.
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let add_users = |units: u64, at: i64| {
+        let (store, ns, n) = (store.clone(), ns.clone(), n.clone());
+        async move {
+            for (arm, count, rate) in [
+                ("control", units, 0.20),
+                ("rewrite", units, 0.14),
+                ("holdout", units * 2 / 9, 0.20),
+            ] {
+                #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+                let escalating = (count as f64 * rate).round() as u64;
+                for u in 0..count {
+                    let user = n.fetch_add(1, Ordering::Relaxed);
+                    for turn in 0..2 {
+                        let id = format!("i{user}-{turn}");
+                        store
+                            .record_interaction(&Interaction {
+                                id: id.clone(),
+                                created_at: at + turn,
+                                expires_at: at + 86_400,
+                                unit: Some(format!("user-{user}")),
+                                variant: Variant {
+                                    router: format!("{ns}/frontline"),
+                                    experiment: "rewrite".into(),
+                                    arm: arm.into(),
+                                    model: "small".into(),
+                                    ..Variant::default()
+                                },
+                                ..Interaction::default()
+                            })
+                            .await
+                            .unwrap();
+                        if u < escalating {
+                            // Reported hours after the answer.
+                            store
+                                .record_outcome(&id, Outcome::Escalated, at + 6 * 3600)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                }
+            }
         }
-    });
-    let w = world(source.clone()).await;
+    };
+    let w = world_in(ns.clone(), FnSource::new(|_| Ok(Vec::new()))).await;
+    let ctx = with_runtime(&w, addr);
     create_kb(&w.client, Some(1)).await;
-    create_router(&w.client).await;
+    let r = create_router(&w.client).await;
+    router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
     let api = Api::<Experiment>::default_namespaced(w.client.clone());
     let x: Experiment = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
@@ -1298,7 +1332,7 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
     api.create(&PostParams::default(), &x).await.unwrap();
     let reconcile = || async {
         let x = get::<Experiment>(&w.client, "rewrite").await;
-        experiment::reconcile(Arc::new(x), w.ctx.clone())
+        experiment::reconcile(Arc::new(x), ctx.clone())
             .await
             .unwrap();
         get::<Experiment>(&w.client, "rewrite")
@@ -1308,36 +1342,59 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
     };
     let s = reconcile().await;
     assert_eq!(s.phase, ExperimentPhase::Running);
+    assert_eq!(s.started_at.as_ref().unwrap().0.as_second(), start);
+    // No traffic declared: the whole layer.
+    assert_eq!(s.allocation.map(|r| (r.start, r.end)), Some((0, 10_000)));
     let config = compiled(&w).await;
     assert_eq!(config.experiments.len(), 1);
     assert_eq!(config.experiments[0].control, "control");
 
+    // Six hours in: 500 users per variant, 1,000 interactions each, none settled yet (72h).
+    add_users(500, start + 60).await;
     w.clock.advance(Duration::from_secs(6 * 3600));
     let s = reconcile().await;
-    assert!(
-        source
-            .asked()
-            .iter()
-            .any(|q| q.contains(r#"experiment="rewrite",arm="holdout""#)),
-        "{:?}",
-        source.asked()
-    );
-    assert_eq!(s.phase, ExperimentPhase::Running);
     assert_eq!((s.samples, s.holdout_samples), (Some(1000), Some(111)));
-    assert!(!s.srm.unwrap().detected);
+    assert_eq!(s.unsettled_interactions, Some(2 * 1111));
+    assert!(!s.srm.as_ref().unwrap().detected);
+    let rewrite = s.per_variant.iter().find(|v| v.name == "rewrite").unwrap();
+    assert_eq!((rewrite.units, rewrite.trials), (500, 0));
+    assert!(rewrite.estimate.is_none(), "nothing settled to compare");
+    let request = asked.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        request.starts_with("units rewrite ") && request.contains("escalationRate:259200s"),
+        "{request}"
+    );
+    assert!(!request.contains("authorization=none"), "{request}");
+
+    // Three days later they have settled: a unit-level estimate; not yet the planned size.
+    w.clock.advance(Duration::from_secs(67 * 3600));
+    let s = reconcile().await;
+    assert_eq!(s.phase, ExperimentPhase::Running);
+    assert_eq!(s.unsettled_interactions, Some(0));
     let required = s.required_samples_per_variant.unwrap();
     assert!((500..1000).contains(&required), "{required}");
     assert!(s.eta.is_some());
     let rewrite = s.per_variant.iter().find(|v| v.name == "rewrite").unwrap();
+    assert_eq!(
+        (rewrite.units, rewrite.trials, rewrite.events),
+        (500, 1000, 140)
+    );
     assert!((rewrite.estimate.unwrap() + 0.06).abs() < 1e-9);
+    assert!(rewrite.p_value.unwrap() < 0.05);
+    assert_eq!(rewrite.adjusted_p_value, rewrite.p_value, "one comparison");
     assert!(w.metrics.render().contains(&format!(
         "switchboard_experiment_samples{{arm=\"rewrite\",name=\"rewrite\",namespace=\"{}\"}} 500",
         w.ns
     )));
 
-    // At the planned size it concludes, and the Router stops compiling it.
-    units.store(1000, Ordering::Relaxed);
-    w.clock.advance(Duration::from_secs(6 * 3600));
+    // 500 more users per variant; once they have settled it concludes at the planned size, and
+    // the Router stops compiling it.
+    add_users(500, start + 73 * 3600).await;
+    w.clock.advance(Duration::from_secs(3600));
+    let s = reconcile().await;
+    assert_eq!(s.phase, ExperimentPhase::Running, "{:?}", s.message);
+    assert_eq!(s.samples, Some(2000));
+    w.clock.advance(Duration::from_secs(73 * 3600));
     let s = reconcile().await;
     assert_eq!(
         (s.phase, s.decision, s.winner.as_deref()),
@@ -1349,9 +1406,105 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
         "{:?}",
         s.message
     );
+    assert!(s.message.as_deref().unwrap().contains("Holm-adjusted p"));
     assert!(compiled(&w).await.experiments.is_empty());
     assert!(
         reasons_of(&events(&w.client, "rewrite").await).contains(&reasons::CONCLUDED.to_owned())
+    );
+}
+
+#[tokio::test]
+async fn experiments_get_fixed_disjoint_ranges_and_a_full_layer_waits_with_the_reason() {
+    let w = world(FnSource::new(|_| Ok(Vec::new()))).await;
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    let api = Api::<Experiment>::default_namespaced(w.client.clone());
+    let make = |name: &str, traffic: &str| -> Experiment {
+        serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "Experiment",
+            "metadata": {"name": name},
+            "spec": {
+                "routerRef": {"name": "frontline"}, "salt": name, "traffic": traffic,
+                "variants": [{"name": "control", "weight": 50},
+                             {"name": "treatment", "weight": 50, "overrides": {"queryRewritePolicy": "Always"}}],
+                "primaryMetric": {"name": "escalationRate", "direction": "Decrease"},
+                "minimumDetectableEffect": {"absolute": "5%"},
+                "expectedBaselineRate": "20%",
+            },
+        }))
+        .unwrap()
+    };
+    let reconcile = |name: &'static str| {
+        let w = &w;
+        async move {
+            let x = get::<Experiment>(&w.client, name).await;
+            experiment::reconcile(Arc::new(x), w.ctx.clone())
+                .await
+                .unwrap();
+            get::<Experiment>(&w.client, name).await.status.unwrap()
+        }
+    };
+    for (name, traffic) in [("tone", "30%"), ("rewrite", "50%"), ("big", "40%")] {
+        api.create(&PostParams::default(), &make(name, traffic))
+            .await
+            .unwrap();
+    }
+    // Started together: disjoint ranges of their traffic's size.
+    let (tone, rewrite) = tokio::join!(reconcile("tone"), reconcile("rewrite"));
+    let (a, b) = (tone.allocation.unwrap(), rewrite.allocation.unwrap());
+    assert_eq!((a.len(), b.len()), (3_000, 5_000));
+    assert!(!a.overlaps(&b), "{a} and {b}");
+    // 20% is left: the 40% one waits, and says why.
+    let big = reconcile("big").await;
+    assert_eq!(big.phase, ExperimentPhase::Pending);
+    let c = find_condition(&big.conditions, "Allocated").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "LayerFull")
+    );
+    assert!(
+        c.message
+            .contains("largest free range is 2000 buckets (20%)"),
+        "{}",
+        c.message
+    );
+    assert!(reasons_of(&events(&w.client, "big").await).contains(&"LayerFull".to_owned()));
+    let config = compiled(&w).await;
+    let ranges: Vec<_> = config
+        .experiments
+        .iter()
+        .map(|x| (x.name.as_str(), x.range))
+        .collect();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert!(ranges.contains(&("tone", a)) && ranges.contains(&("rewrite", b)));
+
+    // rewrite stops: big takes its place; tone's range never moved.
+    api.patch(
+        "rewrite",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"switchboard.dev/action": "stop"}}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reconcile("rewrite").await.phase, ExperimentPhase::Stopped);
+    let big = reconcile("big").await;
+    assert_eq!(big.phase, ExperimentPhase::Running);
+    let c = big.allocation.unwrap();
+    assert_eq!(c.len(), 4_000);
+    assert!(!c.overlaps(&a));
+    assert_eq!(reconcile("tone").await.allocation, Some(a));
+    // Traffic is fixed once allocated.
+    let refused = api
+        .patch(
+            "tone",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"traffic": "35%"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("traffic is immutable"),
+        "{refused}"
     );
 }
 
@@ -2087,9 +2240,10 @@ async fn an_oci_artifact_pull_secret_is_read_by_the_check_and_mounted_into_the_r
     );
 }
 
-/// The runtime side of CUPED for this test: `GET /v1/experiments/{name}/cuped` answered from a
-/// real outcome store (SQLite) filled with simulated units, as the runtime's handler does.
-async fn serve_cuped(
+/// The runtime's admin side of an Experiment's analysis: `GET /v1/experiments/{name}/units` and
+/// `.../cuped` answered from a real outcome store (SQLite) filled with simulated units, as the
+/// runtime's handlers do. Every request is logged with its query and authorization.
+async fn serve_outcomes(
     store: switchboard_store::OutcomeStore,
     asked: Arc<std::sync::Mutex<Vec<String>>>,
     router: String,
@@ -2100,12 +2254,7 @@ async fn serve_cuped(
         Arc<std::sync::Mutex<Vec<String>>>,
         String,
     );
-    async fn cuped(
-        State((store, asked, router)): State<Shared>,
-        Path(name): Path<String>,
-        Query(q): Query<std::collections::BTreeMap<String, String>>,
-        headers: http::HeaderMap,
-    ) -> axum::Json<switchboard_store::CupedData> {
+    fn log(asked: &std::sync::Mutex<Vec<String>>, what: String, headers: &http::HeaderMap) {
         let auth = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -2113,17 +2262,54 @@ async fn serve_cuped(
         asked
             .lock()
             .unwrap()
-            .push(format!("{name} {q:?} authorization={auth}"));
-        let metric = |k: &str| serde_json::from_value(json!(q[k])).unwrap();
+            .push(format!("{what} authorization={auth}"));
+    }
+    fn metric(name: &str) -> switchboard_crds::Metric {
+        serde_json::from_value(json!(name)).unwrap()
+    }
+    async fn cuped(
+        State((store, asked, router)): State<Shared>,
+        Path(name): Path<String>,
+        Query(q): Query<std::collections::BTreeMap<String, String>>,
+        headers: http::HeaderMap,
+    ) -> axum::Json<switchboard_store::CupedData> {
+        log(&asked, format!("cuped {name} {q:?}"), &headers);
         let data = store
             .cuped(&switchboard_store::CupedQuery {
                 router: &router,
                 experiment: &name,
-                metric: metric("metric"),
-                covariate: metric("covariate"),
+                metric: metric(&q["metric"]),
+                covariate: metric(&q["covariate"]),
                 started_at: q["startedAt"].parse().unwrap(),
                 preperiod: switchboard_crds::parse_duration(&q["preperiod"]).unwrap(),
-                now: i64::MAX,
+                now: q["until"].parse().unwrap(),
+            })
+            .await
+            .unwrap();
+        axum::Json(data)
+    }
+    async fn units(
+        State((store, asked, router)): State<Shared>,
+        Path(name): Path<String>,
+        Query(q): Query<std::collections::BTreeMap<String, String>>,
+        headers: http::HeaderMap,
+    ) -> axum::Json<switchboard_store::ExperimentUnits> {
+        log(&asked, format!("units {name} {q:?}"), &headers);
+        let mut metrics = Vec::new();
+        let mut settle = std::collections::BTreeMap::new();
+        for item in q["metrics"].split(',') {
+            let (m, window) = item.split_once(':').unwrap();
+            metrics.push(metric(m));
+            settle.insert(metric(m), switchboard_crds::parse_duration(window).unwrap());
+        }
+        let data = store
+            .experiment_units(&switchboard_store::UnitsQuery {
+                router: &router,
+                experiment: &name,
+                metrics: &metrics,
+                started_at: q["startedAt"].parse().unwrap(),
+                now: q["until"].parse().unwrap(),
+                settle: &settle,
             })
             .await
             .unwrap();
@@ -2131,11 +2317,25 @@ async fn serve_cuped(
     }
     let app = axum::Router::new()
         .route("/v1/experiments/{name}/cuped", axum::routing::get(cuped))
+        .route("/v1/experiments/{name}/units", axum::routing::get(units))
         .with_state((store, asked, router));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// A context reading outcomes from the stand-in at `addr`, with the Router's admin token.
+fn with_runtime(w: &World, addr: std::net::SocketAddr) -> Arc<Context> {
+    Arc::new(
+        (*w.ctx).clone().with_outcomes(Arc::new(
+            switchboard_operator::outcomes::RuntimeOutcomes::new(
+                format!("http://{addr}"),
+                Duration::from_secs(10),
+            )
+            .with_admin_tokens(w.client.clone()),
+        )),
+    )
 }
 
 #[tokio::test]
@@ -2213,7 +2413,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
         }
     }
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let addr = serve_cuped(store, asked.clone(), format!("{ns}/frontline")).await;
+    let addr = serve_outcomes(store, asked.clone(), format!("{ns}/frontline")).await;
     // Prometheus' per-arm counts agree with the store.
     let source = FnSource::new(move |q| {
         let arm = ["control", "rewrite"]
@@ -2229,15 +2429,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
     });
     let w = world_in(ns, source).await;
     // The admin API is called with the Router's admin token, from its token Secret.
-    let ctx = Arc::new(
-        (*w.ctx).clone().with_outcomes(Arc::new(
-            switchboard_operator::outcomes::RuntimeOutcomes::new(
-                format!("http://{addr}"),
-                Duration::from_secs(10),
-            )
-            .with_admin_tokens(w.client.clone()),
-        )),
-    );
+    let ctx = with_runtime(&w, addr);
     create_kb(&w.client, Some(1)).await;
     let r = create_router(&w.client).await;
     router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
@@ -2271,16 +2463,16 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
             .status
             .unwrap()
     };
-    // Start at the fake clock's time, then analyse an hour later.
+    // Start at the fake clock's time, then analyse once the escalations have settled (72h).
     let s = reconcile().await;
     assert_eq!(s.phase, ExperimentPhase::Running);
     assert_eq!(s.started_at.as_ref().unwrap().0.as_second(), start);
-    w.clock.advance(Duration::from_secs(3600));
+    w.clock.advance(Duration::from_secs(73 * 3600));
     let s = reconcile().await;
 
     let request = asked.lock().unwrap().last().cloned().unwrap();
     for part in [
-        "rewrite ",
+        "cuped rewrite ",
         "\"metric\": \"escalationRate\"",
         "\"covariate\": \"escalationRate\"",
         &format!("\"startedAt\": \"{start}\""),

@@ -215,6 +215,7 @@ mod tests {
             experiment: "e",
             arm: "holdout",
             overrides: None,
+            unit: "u",
         };
         for i in 0..500 {
             let s = plan
@@ -229,6 +230,7 @@ mod tests {
             experiment: "e",
             arm: "treatment",
             overrides: Some(&pin),
+            unit: "u",
         };
         for i in 0..200 {
             let s = plan.serve("pricing", &i.to_string(), Some(&arm)).unwrap();

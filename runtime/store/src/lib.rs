@@ -21,7 +21,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Connection, Executor, Row};
-use switchboard_analysis::{CupedArm, CupedMoments};
+pub use switchboard_analysis::{ArmUnits, ExperimentUnits};
+use switchboard_analysis::{CupedArm, CupedMoments, RatioMoments};
 use switchboard_crds::Metric;
 use switchboard_policy::{Outcome, Variant};
 
@@ -241,6 +242,24 @@ pub struct CupedQuery<'a> {
     pub preperiod: Duration,
     /// Now (Unix seconds).
     pub now: i64,
+}
+
+/// What [`OutcomeStore::experiment_units`] reads.
+#[derive(Clone, Debug)]
+pub struct UnitsQuery<'a> {
+    /// `<namespace>/<name>` of the Router.
+    pub router: &'a str,
+    /// The experiment.
+    pub experiment: &'a str,
+    /// Metrics to summarise per unit.
+    pub metrics: &'a [Metric],
+    /// When the experiment started (Unix seconds).
+    pub started_at: i64,
+    /// Now (Unix seconds).
+    pub now: i64,
+    /// Per metric: only interactions at least this old count for it (their outcomes have had
+    /// time to arrive); missing: no wait.
+    pub settle: &'a BTreeMap<Metric, Duration>,
 }
 
 /// Per-arm CUPED sufficient statistics of an experiment, from the stored per-unit outcomes.
@@ -804,6 +823,84 @@ impl OutcomeStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(query_error("unit_outcomes"))
+    }
+
+    /// Unit-level statistics of an experiment since its start: per arm the distinct units and
+    /// interactions enrolled, and per metric the delta-method moments of Σevents/Σtrials over
+    /// units, counting only interactions older than the metric's settle window (an escalation
+    /// reported a day after the answer must not make a young arm look better than an old one).
+    pub async fn experiment_units(&self, q: &UnitsQuery<'_>) -> Result<ExperimentUnits> {
+        let until = q.now.max(q.started_at);
+        let rows = sqlx::query(
+            "SELECT arm, COUNT(DISTINCT unit) AS units, COUNT(*) AS interactions \
+             FROM interactions WHERE router = $1 AND experiment = $2 AND unit IS NOT NULL \
+             AND created_at >= $3 AND created_at < $4 GROUP BY arm",
+        )
+        .bind(q.router)
+        .bind(q.experiment)
+        .bind(q.started_at)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("experiment_units"))?;
+        let mut out = ExperimentUnits::default();
+        for row in &rows {
+            let arm: String = row
+                .try_get("arm")
+                .map_err(query_error("experiment_units"))?;
+            let count = |c| {
+                cast_i64(row, c)
+                    .map(|n| u64::try_from(n).unwrap_or(0))
+                    .map_err(query_error("experiment_units"))
+            };
+            let entry = out.arms.entry(arm).or_default();
+            entry.units = count("units")?;
+            entry.interactions = count("interactions")?;
+        }
+        for &metric in q.metrics {
+            let wait = q
+                .settle
+                .get(&metric)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let settled = until.saturating_sub(wait).max(q.started_at);
+            let per_unit = self
+                .unit_outcomes(&UnitQuery {
+                    router: q.router,
+                    experiment: Some(q.experiment),
+                    metric,
+                    from: q.started_at,
+                    until: settled,
+                })
+                .await?;
+            let mut arms: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+            for u in &per_unit {
+                arms.entry(u.arm.as_str())
+                    .or_default()
+                    .push((u.events as f64, u.trials as f64));
+            }
+            for (arm, units) in arms {
+                out.arms
+                    .entry(arm.to_owned())
+                    .or_default()
+                    .metrics
+                    .insert(metric.as_str().to_owned(), RatioMoments::from_units(units));
+            }
+            let recent = sqlx::query(
+                "SELECT COUNT(*) AS n FROM interactions WHERE router = $1 AND experiment = $2 \
+                 AND unit IS NOT NULL AND created_at >= $3 AND created_at < $4",
+            )
+            .bind(q.router)
+            .bind(q.experiment)
+            .bind(settled)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("experiment_units"))?;
+            let n = cast_i64(&recent, "n").map_err(query_error("experiment_units"))?;
+            out.unsettled
+                .insert(metric.as_str().to_owned(), u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out)
     }
 
     /// CUPED statistics of an experiment (Deng et al. 2013): per unit, `y` = the metric's rate

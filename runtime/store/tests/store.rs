@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use switchboard_crds::Metric;
 use switchboard_policy::{Outcome, Variant};
-use switchboard_store::{CupedQuery, Interaction, OutcomeStore, Recorded, StoreError, UnitQuery};
+use switchboard_store::{
+    CupedQuery, Interaction, OutcomeStore, Recorded, StoreError, UnitQuery, UnitsQuery,
+};
 use switchboard_testkit::postgres::Postgres;
 
 fn interaction(id: &str, unit: &str, arm: &str, created_at: i64) -> Interaction {
@@ -182,6 +184,45 @@ async fn behaves(store: &OutcomeStore, replica: &OutcomeStore) {
     assert_eq!(cuped.arms["control"].units_with_covariate, 1);
     // user-a: y = 0.5, x = 1.0 (escalated in the pre-period).
     assert!((cuped.arms["control"].moments.sum_xy - 0.5).abs() < 1e-12);
+
+    // Unit-level counts per arm; a metric counts only interactions past its settle window.
+    let units = |now, settle: u64| {
+        let replica = replica.clone();
+        async move {
+            let settle = [(Metric::EscalationRate, Duration::from_secs(settle))].into();
+            replica
+                .experiment_units(&UnitsQuery {
+                    router: "support/helpdesk",
+                    experiment: "prompt-test",
+                    metrics: &[Metric::EscalationRate, Metric::RefusalRate],
+                    started_at: 2_000,
+                    now,
+                    settle: &settle,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let all = units(3_000, 0).await;
+    let control = &all.arms["control"];
+    assert_eq!((control.units, control.interactions), (1, 2));
+    let esc = control.metrics["escalationRate"];
+    assert_eq!((esc.units, esc.numerator, esc.denominator), (1, 1.0, 2.0));
+    assert_eq!(all.arms["treatment"].units, 1);
+    assert_eq!(all.unsettled["escalationRate"], 0);
+    // At 2_501 with a 500 s window only e-1 (2_000) has settled: e-2 and e-3 wait.
+    let early = units(2_501, 500).await;
+    assert_eq!(early.arms["control"].interactions, 2);
+    let esc = early.arms["control"].metrics["escalationRate"];
+    assert_eq!((esc.numerator, esc.denominator), (1.0, 1.0));
+    assert!(
+        !early.arms["treatment"]
+            .metrics
+            .contains_key("escalationRate")
+    );
+    assert_eq!(early.unsettled["escalationRate"], 2);
+    // Answer-time metrics need no wait.
+    assert_eq!(early.unsettled["refusalRate"], 0);
     assert!(matches!(
         store
             .unit_outcomes(&UnitQuery {

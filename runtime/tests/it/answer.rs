@@ -102,7 +102,7 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
     let refused = grpc
         .answer(AnswerRequest {
             query: "What is the capital of France?".into(),
-            unit: "user-2".into(),
+            user_id: "user-2".into(),
             ..AnswerRequest::default()
         })
         .await
@@ -215,7 +215,7 @@ async fn answers_feedback_hot_reload_canary_and_large_model() {
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(
-        body["message"], "unit: 1024 bytes exceeds the limit of 256",
+        body["message"], "userId: 1024 bytes exceeds the limit of 256",
         "{body}"
     );
 

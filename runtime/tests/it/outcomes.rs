@@ -173,6 +173,117 @@ fn answer_id(token: &str) -> String {
     claims["id"].as_str().unwrap().to_owned()
 }
 
+/// Two experiments on one Router, each randomised by its own unit and holding half of the layer:
+/// every answer is enrolled exactly where the policy says (user ids for one, account ids for the
+/// other), requests without the account id are counted, and the admin API reports distinct
+/// units per arm from the store, not interactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiments_enrol_by_their_own_unit_and_count_units_per_arm() {
+    use switchboard_crds::runtime_config::ExperimentConfig;
+    use switchboard_policy::experiment::{UnitIds, enrol};
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let experiment = |name: &str, unit: &str, start: u32, end: u32| {
+        json!({
+            "name": name, "unit": unit, "salt": format!("{name}-salt"),
+            "range": {"start": start, "end": end}, "holdoutShare": "0%", "control": "control",
+            "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}],
+        })
+    };
+    let experiments = json!([
+        experiment("by-user", "User", 0, 5_000),
+        experiment("by-account", "Account", 5_000, 10_000),
+    ]);
+    let (config_path, key) = prepare(work, json!({"experiments": experiments.clone()}));
+    let configs: Vec<ExperimentConfig> = serde_json::from_value(experiments).unwrap();
+    let rt = start(work, "x", &config_path, &key);
+
+    // 30 users, each asking twice; even users send their account id too.
+    let mut expected_units: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut missing_account = 0;
+    for _ in 0..2 {
+        for i in 0..30 {
+            let user = format!("user-{i}");
+            let account = format!("account-{}", i / 2);
+            let ids = UnitIds {
+                user: Some(&user),
+                account: (i % 2 == 0).then_some(account.as_str()),
+                conversation: None,
+            };
+            let mut body = json!({"query": "What is the capital of France?", "userId": user});
+            if let Some(a) = ids.account {
+                body["accountId"] = json!(a);
+            }
+            let (status, answer) = post_json(rt.http, "/v1/answer", &body);
+            assert_eq!(status, 200, "{answer}");
+            let want = enrol(&configs, ids);
+            missing_account += want.missing_unit.len();
+            let p = &answer["provenance"];
+            match want.assignment {
+                Some(a) => {
+                    assert_eq!(
+                        (p["experiment"].as_str(), p["arm"].as_str()),
+                        (Some(a.experiment), Some(a.arm)),
+                        "{i}"
+                    );
+                    expected_units
+                        .entry(format!("{}/{}", a.experiment, a.arm))
+                        .or_default()
+                        .insert(a.unit.to_owned());
+                }
+                None => assert_eq!(p["experiment"], "", "{answer}"),
+            }
+        }
+    }
+    assert!(expected_units.len() >= 3, "{expected_units:?}");
+    assert!(missing_account > 0);
+    let (_, text) = http(rt.http, "GET", "/metrics", "");
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_experiment_unenrolled_total",
+            &[("experiment", "by-account"), ("field", "accountId")]
+        ),
+        missing_account as f64
+    );
+    for name in ["by-user", "by-account"] {
+        let units = admin_json(
+            rt.admin,
+            &format!(
+                "/v1/experiments/{name}/units?startedAt=0&metrics=refusalRate:0s,escalationRate:72h"
+            ),
+        );
+        for arm in ["control", "treatment"] {
+            let want = expected_units
+                .get(&format!("{name}/{arm}"))
+                .map_or(0, std::collections::BTreeSet::len);
+            let got = &units["arms"][arm];
+            assert_eq!(
+                got["units"].as_u64().unwrap_or(0),
+                want as u64,
+                "{name}/{arm}: {units}"
+            );
+            if want > 0 {
+                // Every unit asked twice (two interactions), and every answer was a refusal.
+                assert_eq!(got["interactions"], json!(2 * want), "{units}");
+                let refusals = &got["metrics"]["refusalRate"];
+                assert_eq!(refusals["numerator"], refusals["denominator"], "{units}");
+                // Escalations settle for 72h: none of these counts yet.
+                assert!(got["metrics"].get("escalationRate").is_none(), "{units}");
+            }
+        }
+        assert!(units["unsettled"]["escalationRate"].as_u64().unwrap() > 0);
+    }
+    let (status, body) = admin(
+        rt.admin,
+        "GET",
+        "/v1/experiments/by-user/units?startedAt=0&metrics=happiness:1h",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("`happiness` is not a metric"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_refuses_a_replay_after_a_restart() {
     let work = tempfile::tempdir().unwrap();

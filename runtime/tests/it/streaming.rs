@@ -171,7 +171,7 @@ async fn answers_stream_over_http_sse_openai_chunks_and_grpc() {
     let mut stream = grpc
         .answer_stream(AnswerRequest {
             query: question.into(),
-            unit: "u2".into(),
+            user_id: "u2".into(),
             ..AnswerRequest::default()
         })
         .await

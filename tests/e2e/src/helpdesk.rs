@@ -72,7 +72,7 @@ pub fn ticket(
     escalation: &EscalationModel,
 ) -> Result<Ticket, String> {
     let query = QUESTIONS[(customer as usize) % QUESTIONS.len()];
-    let request = json!({"query": query, "unit": format!("customer-{customer}")});
+    let request = json!({"query": query, "userId": format!("customer-{customer}")});
     let (status, body) = http_request(runtime, "POST", "/v1/answer", Some(&request.to_string()))?;
     if status != 200 {
         return Err(format!("POST /v1/answer: {status} {body}"));

@@ -392,7 +392,7 @@ pub fn ask(addr: std::net::SocketAddr, query: &str, unit: &str) -> serde_json::V
     let (status, body) = post_json(
         addr,
         "/v1/answer",
-        &serde_json::json!({"query": query, "unit": unit}),
+        &serde_json::json!({"query": query, "userId": unit}),
     );
     assert_eq!(status, 200, "{body}");
     body
