@@ -70,6 +70,13 @@ pub mod messages {
     derive = "PartialEq",
     doc = "An Experiment: an A/B test on a Router's traffic with stable hash assignment, a permanent holdout, guardrails, CUPED and sample-size planning.",
     printcolumn(name = "Router", type_ = "string", json_path = ".spec.routerRef.name"),
+    printcolumn(
+        name = "Traffic",
+        type_ = "string",
+        json_path = ".spec.traffic",
+        description = "Share of the Router's units in this experiment",
+        priority = 1
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Samples",

@@ -55,7 +55,7 @@ pub struct RuntimeConfig {
     pub large_model: LargeModelConfig,
     /// Per-query routing policy.
     pub router_policy: RouterPolicy,
-    /// Running experiments, sorted by name.
+    /// Running experiments, in the order they started, with disjoint ranges of the layer.
     #[serde(default)]
     pub experiments: Vec<ExperimentConfig>,
 }
@@ -579,6 +579,18 @@ impl RuntimeConfig {
                 "must not be empty",
             );
             e.check(
+                !x.range.is_empty() && x.range.end <= crate::experiment::LAYER_BUCKETS,
+                format!("{field}.range"),
+                "must be a non-empty range of the layer's 10000 buckets",
+            );
+            e.check(
+                self.experiments[..i]
+                    .iter()
+                    .all(|other| !other.range.overlaps(&x.range)),
+                format!("{field}.range"),
+                "overlaps another experiment's range: a unit would be in two experiments",
+            );
+            e.check(
                 x.holdout_share.percent() <= 20.0,
                 format!("{field}.holdoutShare"),
                 crate::experiment::messages::HOLDOUT_SHARE,
@@ -673,6 +685,7 @@ mod tests {
                              "adapterSelection": {"topK": 1, "minSimilarity": 0.3},
                              "queryRewrite": {}, "explorationShare": "5%", "shadowMaxConcurrent": 2},
             "experiments": [{"name": "rewrite", "unit": "User", "salt": "s1", "holdoutShare": "5%",
+                             "range": {"start": 0, "end": 5000},
                              "control": "off", "variants": [
                                 {"name": "off", "weight": 50},
                                 {"name": "on", "weight": 50,
@@ -737,6 +750,16 @@ mod tests {
         let mut c = sample();
         c.experiments[0].variants[0].weight = 60;
         assert_eq!(errors_of(&c), ["experiments[0].variants"]);
+
+        let mut c = sample();
+        let mut second = c.experiments[0].clone();
+        second.name = "tone".into();
+        second.range = crate::experiment::LayerRange {
+            start: 4_000,
+            end: 6_000,
+        };
+        c.experiments.push(second);
+        assert_eq!(errors_of(&c), ["experiments[1].range"]);
 
         let mut c = sample();
         c.large_model.local = Some("/models/big".into());

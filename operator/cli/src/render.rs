@@ -5,7 +5,8 @@
 //! Manifests carry no status, so by default the render shows the steady state: every
 //! KnowledgeBase without a status serves generation `--index-generation`, every AdapterPatch
 //! without a status serves `spec.version` as its stable version, and every Experiment without a
-//! status is running. Objects exported with their status (`kubectl get -o yaml`) render as they are.
+//! status is running with its range of the Router's experiment layer, allocated in manifest order
+//! (one that finds the layer full stays pending). Objects exported with their status (`kubectl get -o yaml`) render as they are.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Resource, Router, resource_from_value,
 };
 use switchboard_operator::compile::{CompileInput, compile};
+use switchboard_policy::experiment::allocate;
 
 use crate::output::OutputFormat;
 
@@ -148,9 +150,32 @@ impl Manifests {
                 ..AdapterPatchStatus::default()
             });
         }
-        for experiment in &mut self.experiments {
-            experiment.status.get_or_insert_with(|| ExperimentStatus {
-                phase: ExperimentPhase::Running,
+        // Experiments without status start in manifest order, each given its range of its
+        // Router's layer as the operator would; one that finds the layer full stays Pending.
+        for i in 0..self.experiments.len() {
+            if self.experiments[i].status.is_some() {
+                continue;
+            }
+            let x = &self.experiments[i];
+            let occupied: Vec<_> = self
+                .experiments
+                .iter()
+                .filter(|o| {
+                    o.metadata.namespace == x.metadata.namespace
+                        && o.spec.router_ref == x.spec.router_ref
+                })
+                .filter_map(|o| o.status.as_ref())
+                .filter(|s| s.phase == ExperimentPhase::Running)
+                .filter_map(|s| s.allocation)
+                .collect();
+            let allocation = allocate(x.spec.traffic.fraction(), &occupied).ok();
+            self.experiments[i].status = Some(ExperimentStatus {
+                phase: if allocation.is_some() {
+                    ExperimentPhase::Running
+                } else {
+                    ExperimentPhase::Pending
+                },
+                allocation,
                 ..ExperimentStatus::default()
             });
         }

@@ -54,6 +54,8 @@ pub struct ExperimentRow {
     namespace: String,
     name: String,
     router: String,
+    /// `spec.traffic`, with the allocated range once running.
+    traffic: String,
     phase: String,
     samples: Option<i64>,
     required_per_variant: Option<i64>,
@@ -116,6 +118,7 @@ pub fn experiment_row(experiment: &Experiment, now: Timestamp) -> ExperimentRow 
         namespace: experiment.metadata.namespace.clone().unwrap_or_default(),
         name: experiment.metadata.name.clone().unwrap_or_default(),
         router: experiment.spec.router_ref.name.clone(),
+        traffic: experiment.spec.traffic.to_string(),
         phase: debug_name(&status.phase),
         samples: status.samples,
         required_per_variant: status.required_samples_per_variant,
@@ -236,6 +239,7 @@ pub fn render_text(status: &Status) -> String {
                     e.namespace.clone(),
                     e.name.clone(),
                     e.router.clone(),
+                    e.traffic.clone(),
                     e.phase.clone(),
                     dash(e.samples.map(|s| thousands(u64::try_from(s).unwrap_or(0)))),
                     dash(
@@ -253,6 +257,7 @@ pub fn render_text(status: &Status) -> String {
                 "NAMESPACE",
                 "EXPERIMENT",
                 "ROUTER",
+                "TRAFFIC",
                 "PHASE",
                 "SAMPLES",
                 "REQUIRED/VARIANT",
@@ -381,7 +386,7 @@ mod tests {
         );
         assert_eq!(
             line("rewrite-always  support"),
-            "support rewrite-always support Running 12,000 19,461 in 2d Pending"
+            "support rewrite-always support 50% Running 12,000 19,461 in 2d Pending"
         );
         assert_eq!(
             line("treatment:"),
