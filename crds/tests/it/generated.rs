@@ -97,7 +97,9 @@ fn crds_have_what_kubectl_users_rely_on() {
     );
     assert_eq!(
         columns("Experiment"),
-        ["Router", "Traffic", "Phase", "Samples", "Required", "Decision", "Age"]
+        [
+            "Router", "Traffic", "Phase", "Samples", "Required", "Decision", "Age"
+        ]
     );
 }
 

@@ -455,7 +455,46 @@ pub struct SampleRatioMismatch {
     pub mismatch: bool,
 }
 
-/// Sample-ratio-mismatch test (scipy `chisquare(observed, expected)`).
+/// Concentration of the Dirichlet prior of [`sequential_sample_ratio_mismatch`]: the prior
+/// behaves like this many units split by the weights.
+pub const SRM_PRIOR_UNITS: f64 = 1_000.0;
+
+/// The sample-ratio-mismatch test for an experiment checked at every analysis: the
+/// Dirichlet-multinomial Bayes factor of "some other split" (Dirichlet prior centred on the
+/// weights, [`SRM_PRIOR_UNITS`] strong) against the configured split (Lindon & Malek 2022,
+/// "Anytime-valid inference for multinomial count data"). Its reciprocal is an anytime-valid
+/// p-value: by Ville's inequality the chance that it *ever* falls below the threshold while the
+/// assignment is right is at most the threshold, however often it is looked at, where a
+/// chi-square test repeated at every analysis raises false alarms with every look. `pValue` holds
+/// that anytime-valid value; `chiSquare` is Pearson's statistic for reference.
+pub fn sequential_sample_ratio_mismatch(
+    observed: &[u64],
+    weights: &[f64],
+    threshold: f64,
+) -> Result<SampleRatioMismatch> {
+    let mut out = sample_ratio_mismatch(observed, weights, threshold)?;
+    let weight_sum: f64 = weights.iter().sum();
+    let prior: Vec<f64> = weights
+        .iter()
+        .map(|w| SRM_PRIOR_UNITS * w / weight_sum)
+        .collect();
+    let n: f64 = observed.iter().map(|&x| x as f64).sum();
+    let log_bf = dist::ln_gamma(SRM_PRIOR_UNITS) - dist::ln_gamma(SRM_PRIOR_UNITS + n)
+        + observed
+            .iter()
+            .zip(&prior)
+            .zip(weights)
+            .map(|((&x, &a), &w)| {
+                let x = x as f64;
+                dist::ln_gamma(a + x) - dist::ln_gamma(a) - x * (w / weight_sum).ln()
+            })
+            .sum::<f64>();
+    out.p_value = (-log_bf).exp().min(1.0);
+    out.mismatch = out.p_value < threshold;
+    Ok(out)
+}
+
+/// Sample-ratio-mismatch test (scipy `chisquare(observed, expected)`), for one look.
 pub fn sample_ratio_mismatch(
     observed: &[u64],
     weights: &[f64],
@@ -508,7 +547,34 @@ pub fn sample_ratio_mismatch(
 
 #[cfg(test)]
 mod holm_tests {
-    use super::holm;
+    use super::{holm, sequential_sample_ratio_mismatch};
+
+    #[test]
+    fn the_sequential_ratio_test_needs_more_evidence_than_one_chi_square() {
+        let even = [0.5, 0.5];
+        // Pearson p = 6e-5 on 10,000 units; anytime-valid: not yet (0.0023, Lindon & Malek's
+        // Bayes factor with a Dirichlet(500, 500) prior, computed with Python's lgamma).
+        let s = sequential_sample_ratio_mismatch(&[5_200, 4_800], &even, 0.001).unwrap();
+        assert!(
+            s.p_value > 0.001 && (s.p_value - 0.002_298).abs() < 1e-5,
+            "{s:?}"
+        );
+        assert!(!s.mismatch);
+        // The same 52/48 on 100,000 units, or a gross skew: detected.
+        assert!(
+            sequential_sample_ratio_mismatch(&[52_000, 48_000], &even, 0.001)
+                .unwrap()
+                .mismatch
+        );
+        assert!(
+            sequential_sample_ratio_mismatch(&[900, 500], &even, 0.001)
+                .unwrap()
+                .mismatch
+        );
+        // A good split keeps p at 1-ish.
+        let fine = sequential_sample_ratio_mismatch(&[520, 480], &even, 0.001).unwrap();
+        assert!(fine.p_value > 0.5, "{fine:?}");
+    }
 
     #[test]
     fn holm_steps_down_and_stays_monotone() {

@@ -34,6 +34,7 @@ pub use experiment::{
     ArmUnits, CupedArm, CupedEstimate, CupedMoments, Estimate, ExperimentUnits, Moments,
     RatioMoments, SampleRatioMismatch, cuped_difference, difference_of_means,
     difference_of_proportions, difference_of_ratios, holm, sample_ratio_mismatch,
+    sequential_sample_ratio_mismatch,
 };
 pub use guardrail::{
     GuardrailDecision, GuardrailEvaluation, GuardrailEvidence, GuardrailPolicy, GuardrailReason,

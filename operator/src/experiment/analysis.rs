@@ -9,7 +9,7 @@ use k8s_openapi::{
 use switchboard_analysis::{
     Counts, CupedArm, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs, RatioMoments,
     cuped_difference, difference_of_ratios, estimate_eta, evaluate_guardrail, holm, plan, planning,
-    sample_ratio_mismatch,
+    sequential_sample_ratio_mismatch,
 };
 use switchboard_crds::{
     Metric, annotations,
@@ -82,6 +82,20 @@ pub struct ExperimentOutput {
     pub events: Vec<(bool, String, String)>,
     /// Annotations to remove.
     pub consumed_annotations: Vec<String>,
+}
+
+/// Settled control units needed before the plan trusts their observed variance.
+pub const MIN_UNITS_FOR_VARIANCE: u64 = 200;
+
+/// The standard deviation per unit of a ratio metric, `sqrt(n · Var(Σy/Σx))` by the delta
+/// method, once there are [`MIN_UNITS_FOR_VARIANCE`] units.
+fn observed_unit_sd(m: &RatioMoments) -> Option<f64> {
+    if m.units < MIN_UNITS_FOR_VARIANCE {
+        return None;
+    }
+    let (_, variance) = m.ratio_and_variance().ok()?;
+    let sd = (variance * m.units as f64).sqrt();
+    (sd.is_finite() && sd > 0.0).then_some(sd)
 }
 
 /// The rate of a ratio metric, when it has trials.
@@ -360,7 +374,7 @@ fn analyse(
         observed.push(arm(HOLDOUT).units);
         weights.push(holdout);
     }
-    let srm = sample_ratio_mismatch(&observed, &weights, SRM_THRESHOLD).ok();
+    let srm = sequential_sample_ratio_mismatch(&observed, &weights, SRM_THRESHOLD).ok();
     status.srm = srm.as_ref().map(|s| SampleRatioCheck {
         p_value: s.p_value,
         detected: s.mismatch,
@@ -380,7 +394,7 @@ fn analyse(
                 || "no units yet".to_owned(),
                 |s| {
                     format!(
-                        "chi-square p = {:.4} over observed {:?}",
+                        "anytime-valid p = {:.4} (sequential test, valid at every analysis) over observed units {:?}",
                         s.p_value, s.observed
                     )
                 },
@@ -479,7 +493,21 @@ fn analyse(
         // CUPED shrinks the variance, hence the sample needed, by the observed ρ² (capped: an
         // estimate from few units should not promise a tiny plan).
         inputs.variance_reduction = variance_reduction.unwrap_or(0.0).clamp(0.0, 0.9);
-        plan(&inputs).ok()
+        // A unit's several interactions are not one Bernoulli trial: once the control has
+        // enough settled units, the plan is scaled by the design effect, the observed per-unit
+        // variance of the ratio (delta method) over the binomial variance it assumed.
+        let deff = observed_unit_sd(&control.primary).map_or(1.0, |sd| {
+            (sd * sd / (baseline * (1.0 - baseline))).clamp(0.1, 10.0)
+        });
+        plan(&inputs).ok().map(|p| {
+            let scale = |n: u64| (n as f64 * deff).ceil() as u64;
+            switchboard_analysis::Plan {
+                units_per_variant: scale(p.units_per_variant),
+                outcomes_per_variant: scale(p.outcomes_per_variant),
+                total_units: scale(p.units_per_variant) * u64::from(p.arms),
+                ..p
+            }
+        })
     });
     status.required_samples_per_variant =
         required.map(|p| i64::try_from(p.units_per_variant).unwrap_or(i64::MAX));

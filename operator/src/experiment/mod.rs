@@ -4,6 +4,8 @@
 //! into the RuntimeConfig.
 
 pub mod analysis;
+#[cfg(test)]
+mod simulation;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
