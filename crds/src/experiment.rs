@@ -261,9 +261,10 @@ pub struct Overrides {
     /// Router `exploration.share`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exploration_share: Option<Percent>,
-    /// Router `adapterSelection.topK`.
+    /// Router `adapterSelection.topK`. Deprecated with it: only `1` is supported (one adapter
+    /// per request); the field leaves the API in `v1beta1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 2))]
+    #[schemars(range(min = 1, max = 1))]
     pub adapter_top_k: Option<i32>,
     /// Adapter version per lineage (e.g. `pricing: 1.2.0`); the version must be in the
     /// AdapterPatch's history within its rollback window.

@@ -243,8 +243,10 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSource>,
 
-    /// Slack exports only: a thread is indexed only when one of its messages carries one of
-    /// these reactions or tags. Default `resolved`, `answer`.
+    /// Slack exports only: a thread is indexed only when one of its messages carries a reaction
+    /// of one of these names (e.g. `white_check_mark`) or starts with one of them in brackets
+    /// (`[resolved] ...`). Default: `white_check_mark`, `heavy_check_mark`,
+    /// `ballot_box_with_check`, `resolved`, `answer`, `answered`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
     pub resolved_tags: Option<Vec<String>>,
@@ -265,13 +267,6 @@ impl Source {
     /// The freshness class name, with the default applied.
     pub fn freshness_class(&self) -> &str {
         self.freshness_class.as_deref().unwrap_or("evergreen")
-    }
-
-    /// Slack resolved tags, with the default applied.
-    pub fn resolved_tags(&self) -> Vec<String> {
-        self.resolved_tags
-            .clone()
-            .unwrap_or_else(|| vec!["resolved".to_owned(), "answer".to_owned()])
     }
 }
 

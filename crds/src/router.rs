@@ -274,9 +274,12 @@ impl Default for Difficulty {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdapterSelection {
-    /// Adapters applied per query: 1 or 2, the most similar domains first.
+    /// Adapters applied per query. Deprecated: only `1` (the most similar domain's adapter) is
+    /// supported; the runtime applies one LoRA adapter per request, and `2` was accepted
+    /// without effect until v0.1, so it is refused now and the field leaves the API in
+    /// `v1beta1` (docs/api-versioning.md).
     #[serde(default = "default_adapter_top_k")]
-    #[schemars(range(min = 1, max = 2))]
+    #[schemars(range(min = 1, max = 1))]
     pub top_k: i32,
     /// Cosine similarity (0..1) of query and domain centroid below which no adapter is applied.
     #[serde(default = "default_min_similarity")]

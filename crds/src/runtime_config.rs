@@ -441,9 +441,9 @@ impl Validate for RuntimeConfig {
             "must be between 0 and 1",
         );
         e.check(
-            (1..=2).contains(&policy.adapter_selection.top_k),
+            policy.adapter_selection.top_k == 1,
             "routerPolicy.adapterSelection.topK",
-            "must be 1 or 2",
+            "must be 1: one adapter per request (topK is deprecated)",
         );
         e.check(
             unit_interval(policy.adapter_selection.min_similarity),
@@ -628,9 +628,9 @@ impl RuntimeConfig {
                     crate::router::messages::EXPLORATION_SHARE,
                 );
                 e.check(
-                    o.adapter_top_k.is_none_or(|k| (1..=2).contains(&k)),
+                    o.adapter_top_k.is_none_or(|k| k == 1),
                     format!("{vfield}.adapterTopK"),
-                    "must be 1 or 2",
+                    "must be 1: one adapter per request (topK is deprecated)",
                 );
                 for (lineage, version) in &o.adapter_versions {
                     e.check(

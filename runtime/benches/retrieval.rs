@@ -154,6 +154,7 @@ fn main() -> Result<(), BoxError> {
             format: SourceFormat::PlainText,
             freshness_class: "evergreen".into(),
             location: SourceLocation::Inline { files },
+            resolved_tags: None,
         }],
         freshness_classes: switchboard_index::spec::default_freshness_classes(),
         chunking: ChunkingSpec::Hierarchical {

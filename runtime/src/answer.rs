@@ -738,18 +738,13 @@ pub async fn answer_with(
     let plan = ServingPlan::new(config);
     let mut served = None;
     if route.model == ModelKind::Small && !active.adapters.is_empty() {
-        let top_k = overrides
-            .and_then(|o| o.adapter_top_k)
-            .unwrap_or(policy.adapter_selection.top_k);
-        // The generator applies one adapter per request: the primary (top-1) one. With topK 2
-        // the second lineage is reported in logs only.
+        // The generator applies one adapter per request: the most similar domain's (topK is
+        // validated to 1).
         let selected = if active.domains.lineages().next().is_some() {
             let query_vector = embed_one(&active, request.query.clone()).await?;
-            active.domains.select(
-                &query_vector,
-                usize::try_from(top_k.max(1)).unwrap_or(1),
-                policy.adapter_selection.min_similarity,
-            )
+            active
+                .domains
+                .select(&query_vector, 1, policy.adapter_selection.min_similarity)
         } else {
             Vec::new()
         };
@@ -760,9 +755,6 @@ pub async fn answer_with(
             .or(active.fallback.as_deref());
         if let Some(lineage) = lineage {
             served = plan.serve(lineage, sticky, assignment.as_ref());
-        }
-        if selected.len() > 1 {
-            tracing::debug!(?selected, "top-2 adapter selection; applying the primary");
         }
     }
     let adapter = served.map(|s| AdapterRef {

@@ -521,6 +521,7 @@ fn zaragoza_dataset(args: &DatasetArgs, path: &Path) -> Result<Dataset> {
             format: SourceFormat::PlainText,
             freshness_class: "evergreen".into(),
             location: SourceLocation::Inline { files },
+            resolved_tags: None,
         }],
         freshness_classes: switchboard_index::spec::default_freshness_classes(),
         chunking: ChunkingSpec::Hierarchical {

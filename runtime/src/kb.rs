@@ -264,6 +264,7 @@ pub fn index_spec_with(kb: &KnowledgeBase, roots: &SourceRoots) -> Result<IndexS
             format: format(source.format),
             freshness_class: source.freshness_class().to_owned(),
             location,
+            resolved_tags: source.resolved_tags.clone(),
         });
     }
     let mut freshness_classes = switchboard_index::spec::default_freshness_classes();

@@ -287,7 +287,13 @@ pub(crate) fn parse_source(
     let mut docs = Vec::new();
     let mut skipped = Vec::new();
     if source.format == SourceFormat::SlackExport {
-        let (parsed, errors) = parse::parse_slack_export(&source.name, &read.files);
+        let tags: Vec<String> = source.resolved_tags.clone().unwrap_or_else(|| {
+            parse::slack::DEFAULT_RESOLVED_TAGS
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect()
+        });
+        let (parsed, errors) = parse::parse_slack_export(&source.name, &read.files, &tags);
         docs.extend(parsed.documents);
         skipped.extend(parsed.skipped);
         report.errors.extend(
@@ -365,6 +371,7 @@ mod tests {
             format: SourceFormat::PlainText,
             freshness_class: "standard".into(),
             location: SourceLocation::Path { path: root.clone() },
+            resolved_tags: None,
         };
         let read = read_source(&source, None, &ChunkingSpec::default());
         let names: Vec<&str> = read.files.iter().map(|f| f.rel_path.as_str()).collect();

@@ -37,6 +37,10 @@ pub struct SourceSpec {
     pub freshness_class: String,
     /// Where its content is.
     pub location: SourceLocation,
+    /// Slack exports only: reactions (and `[tag]` message prefixes) that mark a thread as
+    /// answered; `None`: [`crate::parse::slack::DEFAULT_RESOLVED_TAGS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_tags: Option<Vec<String>>,
 }
 
 /// The formats the ingester understands.
@@ -354,6 +358,7 @@ mod tests {
                 format: SourceFormat::Markdown,
                 freshness_class: "policy".into(),
                 location: SourceLocation::Inline { files: vec![] },
+                resolved_tags: None,
             }],
             freshness_classes: default_freshness_classes(),
             chunking: ChunkingSpec::default(),

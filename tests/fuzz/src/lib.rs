@@ -210,7 +210,8 @@ pub fn slack_export(data: &[u8]) {
             mtime: None,
         });
     }
-    let (parsed, _errors) = parse_slack_export("slack", &files);
+    let tags = ["resolved".to_owned(), "white_check_mark".to_owned()];
+    let (parsed, _errors) = parse_slack_export("slack", &files, &tags);
     chunk(&parsed.documents);
 }
 

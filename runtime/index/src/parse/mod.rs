@@ -4,7 +4,7 @@
 mod html;
 mod markdown;
 mod pdf;
-mod slack;
+pub mod slack;
 mod text;
 mod zendesk;
 
@@ -98,9 +98,15 @@ pub fn parse_file(format: SourceFormat, source: &str, file: &InputFile) -> Resul
     Ok(parsed)
 }
 
-/// Parses a whole Slack export. Returns the documents plus per-file errors (file, reason).
-pub fn parse_slack_export(source: &str, files: &[InputFile]) -> (Parsed, Vec<(String, String)>) {
-    let (mut parsed, errors) = slack::parse(source, files);
+/// Parses a whole Slack export, indexing the threads marked with one of `resolved_tags`
+/// (reactions or `[tag]` prefixes; see [`slack::DEFAULT_RESOLVED_TAGS`]). Returns the documents
+/// plus per-file errors (file, reason).
+pub fn parse_slack_export(
+    source: &str,
+    files: &[InputFile],
+    resolved_tags: &[String],
+) -> (Parsed, Vec<(String, String)>) {
+    let (mut parsed, errors) = slack::parse(source, files, resolved_tags);
     parsed.documents = parsed
         .documents
         .into_iter()

@@ -2,8 +2,9 @@
 //! (arrays of messages). Threads are reassembled across day files by `thread_ts`.
 //!
 //! Slack knowledge ages fast and is mostly noise, so only threads someone marked as answered are
-//! indexed: a reaction in [`RESOLVED_REACTIONS`] on any message of the thread, or a message starting
-//! with `[resolved]` / `[answer]`. The document is the thread's question (root message) plus the
+//! indexed: a reaction named by one of the source's resolved tags (default
+//! [`DEFAULT_RESOLVED_TAGS`]) on any message of the thread, or a message starting with one of them
+//! in brackets (`[resolved]`, `[answer]`). The document is the thread's question (root message) plus the
 //! answer: the marked reply, or, when the root itself carries the marker, the last reply.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,8 +14,9 @@ use serde_json::Value;
 use super::{InputFile, Parsed};
 use crate::document::{Document, Section, parse_timestamp};
 
-/// Reaction names that mark a thread as answered.
-pub const RESOLVED_REACTIONS: &[&str] = &[
+/// Tags that mark a thread as answered when a source names none: reaction names, and
+/// `[tag]` prefixes of a message.
+pub const DEFAULT_RESOLVED_TAGS: &[&str] = &[
     "white_check_mark",
     "heavy_check_mark",
     "ballot_box_with_check",
@@ -22,8 +24,6 @@ pub const RESOLVED_REACTIONS: &[&str] = &[
     "answer",
     "answered",
 ];
-
-const TEXT_MARKERS: &[&str] = &["[resolved]", "[answer]"];
 
 /// Top-level files of a workspace export that hold no messages.
 const EXPORT_METADATA_FILES: &[&str] = &[
@@ -55,7 +55,22 @@ struct Message {
     marked: bool,
 }
 
-pub(super) fn parse(source: &str, files: &[InputFile]) -> (Parsed, Vec<(String, String)>) {
+pub(super) fn parse(
+    source: &str,
+    files: &[InputFile],
+    resolved_tags: &[String],
+) -> (Parsed, Vec<(String, String)>) {
+    let tags: Vec<String> = resolved_tags
+        .iter()
+        .map(|t| {
+            t.trim()
+                .trim_start_matches(':')
+                .trim_end_matches(':')
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    let markers: Vec<String> = tags.iter().map(|t| format!("[{t}]")).collect();
     let mut errors = Vec::new();
     let mut users: HashMap<String, String> = HashMap::new();
     // (channel, thread ts) -> messages
@@ -138,9 +153,9 @@ pub(super) fn parse(source: &str, files: &[InputFile]) -> (Parsed, Vec<(String, 
                 .into_iter()
                 .flatten()
                 .filter_map(|r| r.get("name").and_then(Value::as_str))
-                .any(|n| RESOLVED_REACTIONS.contains(&n));
+                .any(|n| tags.iter().any(|t| t.eq_ignore_ascii_case(n)));
             let lower = raw.trim_start().to_ascii_lowercase();
-            let marker = TEXT_MARKERS.iter().find(|mk| lower.starts_with(*mk));
+            let marker = markers.iter().find(|mk| lower.starts_with(mk.as_str()));
             let text = match marker {
                 Some(mk) => raw.trim_start()[mk.len()..].trim_start().to_string(),
                 None => raw.to_string(),
@@ -284,6 +299,13 @@ fn clean_text(text: &str, users: &HashMap<String, String>) -> String {
 mod tests {
     use super::*;
 
+    fn defaults() -> Vec<String> {
+        DEFAULT_RESOLVED_TAGS
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect()
+    }
+
     fn f(path: &str, json: &str) -> InputFile {
         InputFile {
             rel_path: path.into(),
@@ -314,7 +336,7 @@ mod tests {
             ),
             f("random/broken.json", "{not json"),
         ];
-        let (parsed, errors) = parse("slack", &files);
+        let (parsed, errors) = parse("slack", &files, &defaults());
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(parsed.documents.len(), 1);
         let doc = &parsed.documents[0];
@@ -334,6 +356,27 @@ mod tests {
             "the unmarked message is skipped, the join ignored"
         );
         assert_eq!(parsed.skipped[0].1, "not marked resolved");
+
+        // A team that marks answers with its own emoji: only that counts.
+        let own = vec![":solved:".to_owned()];
+        let (parsed, _) = parse("slack", &files, &own);
+        assert!(
+            parsed.documents.is_empty(),
+            "white_check_mark is not theirs"
+        );
+        let mut files = files;
+        files[2] = f(
+            "support/2025-06-02.json",
+            r#"[{"type":"message","user":"U2","text":"Yes, nightly.","ts":"1748822400.000200","thread_ts":"1748736000.000100",
+                 "reactions":[{"name":"solved","users":["U1"],"count":1}]},
+                {"type":"message","user":"U2","text":"[Solved] and one-way.","ts":"1748822500.000200","thread_ts":"1748736000.000100"}]"#,
+        );
+        let (parsed, _) = parse("slack", &files, &own);
+        assert_eq!(parsed.documents.len(), 1);
+        assert_eq!(
+            parsed.documents[0].sections[0].blocks[1], "Answer (raj): and one-way.",
+            "the last marked reply, its [tag] prefix removed"
+        );
     }
 
     #[test]
@@ -343,7 +386,7 @@ mod tests {
             r#"[{"type":"message","user":"U1","text":"How do I export?","ts":"1748736000.000100","thread_ts":"1748736000.000100"},
                 {"type":"message","user":"U2","text":"[answer] Settings > Data > Export, then CSV.","ts":"1748736060.000100","thread_ts":"1748736000.000100"}]"#,
         )];
-        let (parsed, errors) = parse("helpdesk", &files);
+        let (parsed, errors) = parse("helpdesk", &files, &defaults());
         assert!(errors.is_empty());
         assert_eq!(
             parsed.documents[0].doc_id,

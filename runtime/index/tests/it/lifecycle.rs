@@ -158,6 +158,7 @@ fn a_corrupt_file_is_reported_and_the_rest_indexed() {
             location: SourceLocation::Path {
                 path: kb.join("pdf"),
             },
+            resolved_tags: None,
         },
         SourceSpec {
             name: "md".into(),
@@ -166,6 +167,7 @@ fn a_corrupt_file_is_reported_and_the_rest_indexed() {
             location: SourceLocation::Path {
                 path: kb.join("md"),
             },
+            resolved_tags: None,
         },
         SourceSpec {
             name: "gone".into(),
@@ -174,6 +176,7 @@ fn a_corrupt_file_is_reported_and_the_rest_indexed() {
             location: SourceLocation::Path {
                 path: kb.join("does-not-exist"),
             },
+            resolved_tags: None,
         },
     ]);
     s.sources.push(inline_source(

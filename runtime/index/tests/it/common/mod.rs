@@ -59,6 +59,7 @@ pub fn inline_source(
                 })
                 .collect(),
         },
+        resolved_tags: None,
     }
 }
 
