@@ -218,6 +218,36 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
         }
     }
 
+    // A running Experiment from before ranges existed gets one now (its units are reassigned
+    // once: the old assignment gave every running experiment 1/n of the units).
+    if status.phase == ExperimentPhase::Running && status.allocation.is_none() {
+        match &input.allocation {
+            Some(Ok(range)) => {
+                status.allocation = Some(*range);
+                let message = format!(
+                    "{} of the Router's units: buckets {range} (given while running: units assigned before were reassigned once)",
+                    spec.traffic
+                );
+                set(
+                    &mut status,
+                    cond::ALLOCATED,
+                    true,
+                    reasons::ALLOCATED,
+                    message.clone(),
+                );
+                events.push((true, reasons::ALLOCATED.to_owned(), message));
+            }
+            Some(Err(full)) => set(
+                &mut status,
+                cond::ALLOCATED,
+                false,
+                reasons::LAYER_FULL,
+                format!("{full}; not served until a range is free"),
+            ),
+            None => {}
+        }
+    }
+
     if status.phase == ExperimentPhase::Running {
         let started = status.started_at.as_ref().map_or(now, |t| t.0);
         let deadline = SignedDuration::try_from(spec.max_duration.duration())
@@ -869,6 +899,17 @@ mod tests {
                 .events
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_running_experiment_without_a_range_gets_one_and_says_so() {
+        let spec = spec(false);
+        let mut running = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0).status;
+        running.allocation = None;
+        let out = run(&spec, &running, BTreeMap::new(), 60);
+        assert_eq!(out.status.phase, ExperimentPhase::Running);
+        assert_eq!(out.status.allocation.map(|r| r.len()), Some(10_000));
+        assert!(out.events.iter().any(|e| e.1 == reasons::ALLOCATED));
     }
 
     #[test]

@@ -165,21 +165,34 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
         .await
         .map_err(|e| Error::kube("get", format!("Router {namespace}/{router_name}"), e))?
         .is_some();
-    let previous = x.status.clone().unwrap_or_default();
-    // A start takes a range of the Router's layer: held from reading the others' ranges until
-    // this one's is written.
-    let starting = previous.phase == ExperimentPhase::Pending && router_exists;
-    let _allocating = if starting {
+    let mut previous = x.status.clone().unwrap_or_default();
+    // A start takes a range of the Router's layer (so does a running Experiment from before
+    // ranges existed): held from reading the others' ranges until this one's is written.
+    let needs_range = router_exists
+        && (previous.phase == ExperimentPhase::Pending
+            || (previous.phase == ExperimentPhase::Running && previous.allocation.is_none()));
+    let _allocating = if needs_range {
         Some(ctx.layer_allocation.lock().await)
     } else {
         None
     };
-    let allocation = if starting {
-        let occupied = occupied_ranges(ctx, &namespace, router_name, &name).await?;
-        Some(allocate(x.spec.traffic.fraction(), &occupied))
-    } else {
-        None
-    };
+    let mut allocation = None;
+    if needs_range {
+        // The cache may lag behind the range this Experiment was given a moment ago: the API
+        // server's copy decides, so a range is never given twice.
+        let fresh = Api::<Experiment>::namespaced(ctx.client.clone(), &namespace)
+            .get(&name)
+            .await
+            .map_err(|e| Error::kube("get", describe(x), e))?
+            .status
+            .unwrap_or_default();
+        if fresh.allocation.is_some() || fresh.phase != previous.phase {
+            previous = fresh;
+        } else {
+            let occupied = occupied_ranges(ctx, &namespace, router_name, &name).await?;
+            allocation = Some(allocate(x.spec.traffic.fraction(), &occupied));
+        }
+    }
     let now = ctx.now();
     let data = if previous.phase == ExperimentPhase::Running {
         let started = previous.started_at.as_ref().map_or(now, |t| t.0);

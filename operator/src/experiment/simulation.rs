@@ -27,7 +27,7 @@ fn runs() -> u32 {
     std::env::var("SIMULATION_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000)
+        .unwrap_or(4_000)
 }
 
 /// SplitMix64: a deterministic stream.
