@@ -14,6 +14,9 @@ use crate::{
     units::{GoDuration, Percent, cel_string, duration_at_least_rule, percent_rule},
 };
 
+/// A request attribute name (`spec.segments`).
+pub const SEGMENT_PATTERN: &str = "^[a-zA-Z][a-zA-Z0-9_-]*$";
+
 /// Messages of the Experiment admission rules (shared by the CEL rules and [`Validate`]).
 pub mod messages {
     /// `spec.variants`.
@@ -45,6 +48,8 @@ pub mod messages {
     pub const TRAFFIC: &str = "traffic must be above 0% and at most 100%";
     /// `spec.traffic`.
     pub const TRAFFIC_IMMUTABLE: &str = "traffic is immutable: the Experiment's range of the Router's experiment layer was allocated at the start and never moves; create a new Experiment for another share";
+    /// `spec.segments`.
+    pub const SEGMENTS: &str = "segments: at most 3 unique request attribute names (a letter, then letters, digits, _ or -)";
     /// `spec.cuped`.
     pub const CUPED_METRIC: &str = "cuped needs per-unit outcomes: primaryMetric and cuped.covariate cannot be shadowDivergence";
 }
@@ -180,6 +185,19 @@ pub struct ExperimentSpec {
     /// Units need an id on every request (the answer API's field for `spec.unit`: `userId`, `accountId` or `conversationId`) for this to work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuped: Option<Cuped>,
+
+    /// Request attributes to break the results down by (the answer request's `attributes`, e.g.
+    /// `channel`, `plan`): `status.perSegment` shows each variant's units, rate and estimate per
+    /// value (the 10 values with the most units; the rest, and requests without the attribute,
+    /// as `(other)`). Exploratory: per-segment intervals are not corrected for the number of
+    /// segments, and only the overall comparison decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 3),
+        inner(length(min = 1, max = 63), pattern(SEGMENT_PATTERN))
+    )]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b == a))").message(messages::SEGMENTS))]
+    pub segments: Vec<String>,
 
     /// Stop (inconclusive) after this long even without enough samples.
     #[serde(default = "default_max_duration")]
@@ -475,6 +493,19 @@ impl Validate for ExperimentSpec {
             "spec.maxDuration",
             messages::MAX_DURATION,
         );
+        let mut seen = std::collections::BTreeSet::new();
+        errors.check(
+            self.segments.len() <= 3
+                && self.segments.iter().all(|a| {
+                    seen.insert(a.as_str())
+                        && a.len() <= 63
+                        && a.starts_with(|c: char| c.is_ascii_alphabetic())
+                        && a.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                }),
+            "spec.segments",
+            messages::SEGMENTS,
+        );
         if let Some(cuped) = &self.cuped {
             errors.check(
                 self.primary_metric.name != Metric::ShadowDivergence
@@ -554,6 +585,10 @@ pub struct ExperimentStatus {
     /// Per-variant results.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_variant: Vec<VariantResult>,
+    /// Per value of each `spec.segments` attribute: every variant's units, rate and estimate
+    /// against the control (exploratory: not corrected for the number of segments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_segment: Vec<SegmentResult>,
     /// Sample-ratio-mismatch check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srm: Option<SampleRatioCheck>,
@@ -677,6 +712,39 @@ pub struct VariantResult {
     /// With CUPED: units of this variant that had pre-period data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units_with_covariate: Option<i64>,
+}
+
+/// The results of one value of a segment attribute.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentResult {
+    /// The attribute (`channel`).
+    pub attribute: String,
+    /// Its value (`chat`), or `(other)`.
+    pub value: String,
+    /// Per variant.
+    pub variants: Vec<SegmentVariant>,
+}
+
+/// One variant within a segment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentVariant {
+    /// Variant name.
+    pub name: String,
+    /// Units of the segment in the variant with settled outcomes.
+    pub units: i64,
+    /// The primary metric's rate.
+    pub rate: f64,
+    /// Difference to the control's rate in the segment (unit-level, delta method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<f64>,
+    /// Lower bound of the `1 − alpha` interval of `estimate` (not corrected for segments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_low: Option<f64>,
+    /// Upper bound of that interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_high: Option<f64>,
 }
 
 /// Sample-ratio-mismatch check (chi-square of assigned units against the weights).

@@ -256,6 +256,9 @@ pub struct ExperimentConfig {
     /// (`hash("experiments", unit id)`) falls in it are enrolled. Experiments are listed in the
     /// order they started; a request is enrolled in the first whose range holds it.
     pub range: crate::experiment::LayerRange,
+    /// Request attributes stored with its interactions for per-segment results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
     /// Permanent holdout share (at most 20%), served with no experiment overrides.
     pub holdout_share: Percent,
     /// The control variant.

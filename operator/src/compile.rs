@@ -499,6 +499,7 @@ fn select_experiments(
                 unit: x.spec.unit,
                 salt: x.spec.salt.clone(),
                 range,
+                segments: x.spec.segments.clone(),
                 holdout_share: normalized(&x.spec.holdout.share),
                 control: x.spec.control().unwrap_or_default().to_owned(),
                 variants: x

@@ -52,6 +52,8 @@ pub struct UnitsRequest {
     pub experiment: String,
     /// Metrics with their settle windows.
     pub metrics: Vec<(Metric, Duration)>,
+    /// Request attributes to break the first metric down by.
+    pub segments: Vec<String>,
     /// When the experiment started (Unix seconds).
     pub started_at: i64,
     /// The analysis' now (Unix seconds).
@@ -233,14 +235,19 @@ impl RuntimeOutcomes {
             .iter()
             .map(|(m, settle)| format!("{}:{}s", m.as_str(), settle.as_secs()))
             .collect();
-        format!(
+        let mut url = format!(
             "{}/v1/experiments/{}/units?startedAt={}&until={}&metrics={}",
             self.base(&r.namespace, &r.router),
             crate::observe::percent_encode(&r.experiment),
             r.started_at,
             r.until,
             crate::observe::percent_encode(&metrics.join(","))
-        )
+        );
+        if !r.segments.is_empty() {
+            url.push_str("&segments=");
+            url.push_str(&crate::observe::percent_encode(&r.segments.join(",")));
+        }
+        url
     }
 
     /// The coverage-gaps URL.
@@ -356,6 +363,7 @@ mod tests {
             router: "helpdesk".into(),
             experiment: "prompt-v2".into(),
             metrics: vec![(Metric::EscalationRate, Duration::from_secs(72 * 3600))],
+            segments: Vec::new(),
             started_at: 1_700_000_000,
             until: 1_700_086_400,
         });

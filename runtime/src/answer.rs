@@ -161,6 +161,31 @@ pub(crate) fn clean_rewrite(generated: &str) -> Option<String> {
     (!q.is_empty() && validate_query(q).is_ok()).then(|| q.to_owned())
 }
 
+/// The attributes the enrolled experiment breaks its results down by (`spec.segments`), as
+/// `name=value` lines; values redacted like the query (a value is stored and may reach a status).
+fn segments_of(
+    config: &switchboard_crds::runtime_config::RuntimeConfig,
+    assignment: Option<&switchboard_policy::Assignment<'_>>,
+    attributes: &std::collections::BTreeMap<String, String>,
+    active: &Active,
+) -> String {
+    let Some(experiment) =
+        assignment.and_then(|a| config.experiments.iter().find(|x| x.name == a.experiment))
+    else {
+        return String::new();
+    };
+    experiment
+        .segments
+        .iter()
+        .filter_map(|name| {
+            attributes
+                .get(name)
+                .map(|v| format!("{name}={}", active.redactor.redact(v)))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What the caller sends to `POST /v1/answer`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -176,6 +201,9 @@ pub struct AnswerRequest {
     /// The conversation's id: the unit of Experiments randomised by `Conversation` (and the
     /// canary key when there is no user or account id).
     pub conversation_id: Option<String>,
+    /// Request attributes such as `channel` or `plan`: an Experiment that names one in
+    /// `spec.segments` breaks its results down by its values.
+    pub attributes: std::collections::BTreeMap<String, String>,
     /// `small` or `large`: bypasses the router.
     pub force_model: Option<String>,
     /// HTTP: answer as server-sent events (`started`, `delta`s, `answer`).
@@ -595,6 +623,7 @@ pub async fn answer_with(
     crate::limits::validate_id("userId", request.user_id.as_deref())?;
     crate::limits::validate_id("accountId", request.account_id.as_deref())?;
     crate::limits::validate_id("conversationId", request.conversation_id.as_deref())?;
+    crate::limits::validate_attributes(&request.attributes)?;
     let forced = match request.force_model.as_deref() {
         None | Some("") => None,
         Some("small") => Some(ModelKind::Small),
@@ -947,6 +976,7 @@ pub async fn answer_with(
             .map(|p| f64::from(p.scores.final_score)),
         cited_documents: citations.iter().map(|c| c.document_id.clone()).collect(),
         retrieved_documents: passages.iter().map(|p| p.document_id.clone()).collect(),
+        segments: segments_of(config, assignment.as_ref(), &request.attributes, &active),
     };
     if let Err(e) = engine.store().record_interaction(&stored).await {
         // The answer is still served: its feedback verifies from the token alone.

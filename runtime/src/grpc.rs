@@ -214,6 +214,7 @@ fn answer_request(r: pb::AnswerRequest) -> crate::answer::AnswerRequest {
         query: r.query,
         user_id: non_empty(r.user_id),
         account_id: non_empty(r.account_id),
+        attributes: r.attributes.into_iter().collect(),
         conversation_id: non_empty(r.conversation_id),
         force_model: non_empty(r.force_model),
         stream: false,

@@ -438,6 +438,9 @@ struct UnitsParams {
     until: Option<i64>,
     /// Comma-separated `metric:settle` pairs, e.g. `escalationRate:72h,refusalRate:0s`.
     metrics: String,
+    /// Comma-separated request attributes to break the first metric down by (at most 3).
+    #[serde(default)]
+    segments: String,
 }
 
 /// Parses `escalationRate:72h,refusalRate:0s` into metrics and their settle windows.
@@ -488,6 +491,20 @@ async fn experiment_units(
         Ok(m) => m,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_argument", e),
     };
+    let segments: Vec<String> = params
+        .segments
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if segments.len() > 3 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "segments: at most 3 attributes".into(),
+        );
+    }
     let Some(active) = engine.active() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -505,6 +522,7 @@ async fn experiment_units(
         started_at: params.started_at,
         now: params.until.unwrap_or(now + 1),
         settle: &settle,
+        segments: &segments,
     };
     match engine.store().experiment_units(&query).await {
         Ok(data) => Json(data).into_response(),

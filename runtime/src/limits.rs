@@ -51,6 +51,47 @@ pub fn validate_id(field: &'static str, id: Option<&str>) -> Result<(), ServiceE
     Ok(())
 }
 
+/// Request attributes an answer request may carry (`attributes`).
+pub const MAX_ATTRIBUTES: usize = 16;
+/// Bytes of an attribute value.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 64;
+
+/// Checks the answer request's `attributes`: at most [`MAX_ATTRIBUTES`], names like `channel`
+/// (a letter, then letters, digits, `_` or `-`, at most 63), values of at most
+/// [`MAX_ATTRIBUTE_VALUE_BYTES`] without control characters.
+pub fn validate_attributes(
+    attributes: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ServiceError> {
+    let bad = |message: String| ServiceError::InvalidArgument {
+        field: "attributes",
+        message,
+    };
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(bad(format!(
+            "{} attributes exceed the limit of {MAX_ATTRIBUTES}",
+            attributes.len()
+        )));
+    }
+    for (name, value) in attributes {
+        let good_name = name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !good_name {
+            return Err(bad(format!(
+                "{name:?}: a name is a letter, then letters, digits, _ or -, at most 63"
+            )));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_BYTES || value.chars().any(char::is_control) {
+            return Err(bad(format!(
+                "{name}: a value is at most {MAX_ATTRIBUTE_VALUE_BYTES} bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The serving limits (`serve`'s flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitArgs {
@@ -460,6 +501,33 @@ mod tests {
         let (status, body) = send(&mut app, "/stuck", Body::empty()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.contains("deadline_exceeded") && body.contains("--request-timeout"));
+    }
+
+    #[test]
+    fn attributes_are_few_named_and_short() {
+        let attrs = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        validate_attributes(&attrs(&[("channel", "chat"), ("plan_tier", "pro-2")])).unwrap();
+        for (bad, why) in [
+            (attrs(&[("1channel", "chat")]), "a name is a letter"),
+            (attrs(&[("channel", "a\nb")]), "without control characters"),
+            (attrs(&[("channel", &"x".repeat(65))]), "at most 64 bytes"),
+        ] {
+            let e = validate_attributes(&bad).unwrap_err().to_string();
+            assert!(e.starts_with("attributes:") && e.contains(why), "{e}");
+        }
+        let many: std::collections::BTreeMap<String, String> =
+            (0..17).map(|i| (format!("a{i}"), "v".to_owned())).collect();
+        assert!(
+            validate_attributes(&many)
+                .unwrap_err()
+                .to_string()
+                .contains("limit of 16")
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ fn answer(body: &[u8]) {
     if let Ok(r) = serde_json::from_slice::<AnswerRequest>(body) {
         let _ = crate::service::validate_query(&r.query);
         let _ = crate::limits::validate_id("userId", r.user_id.as_deref());
+        let _ = crate::limits::validate_id("accountId", r.account_id.as_deref());
         let _ = crate::limits::validate_id("conversationId", r.conversation_id.as_deref());
+        let _ = crate::limits::validate_attributes(&r.attributes);
     }
 }
 
@@ -53,6 +55,7 @@ fn request_bodies_are_refused_or_accepted_never_a_panic() {
             &[
                 r#"{"query": "How many days do I have to request a refund?", "unit": "u-1"}"#,
                 r#"{"query": "refund", "conversationId": "c-9", "forceModel": "large", "stream": true}"#,
+                r#"{"query": "refund", "userId": "u-2", "accountId": "a-1", "attributes": {"channel": "chat", "plan": "pro"}}"#,
             ],
         ),
         (

@@ -883,6 +883,16 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.traffic", exp::TRAFFIC_IMMUTABLE),
         },
         Case {
+            name: "the same segment twice",
+            file: "experiment.yaml",
+            kind: "Experiment",
+            update: false,
+            edit: |d| set(d, "/spec/segments", json!(["channel", "channel"])),
+            field: "spec.segments",
+            message: exp::SEGMENTS,
+            rust: Rust::Field("spec.segments", exp::SEGMENTS),
+        },
+        Case {
             name: "no traffic",
             file: "experiment.yaml",
             kind: "Experiment",

@@ -286,6 +286,13 @@ pub struct ExperimentUnits {
     pub arms: std::collections::BTreeMap<String, ArmUnits>,
     /// Per metric name: enrolled interactions too recent to count for it yet.
     pub unsettled: std::collections::BTreeMap<String, u64>,
+    /// Per segment attribute, value and arm: the first metric's units and per-unit moments
+    /// (settled interactions only; `interactions` counts their trials).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub segments: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, ArmUnits>>,
+    >,
 }
 
 /// Per-unit sums of the outcome y and its pre-period covariate x (e.g. the user's escalation rate

@@ -7,16 +7,16 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use switchboard_analysis::{
-    Counts, CupedArm, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs, RatioMoments,
-    cuped_difference, difference_of_ratios, estimate_eta, evaluate_guardrail, holm, plan, planning,
-    sequential_sample_ratio_mismatch,
+    ArmUnits, Counts, CupedArm, Effect, GuardrailDecision, GuardrailPolicy, PlanInputs,
+    RatioMoments, cuped_difference, difference_of_ratios, estimate_eta, evaluate_guardrail, holm,
+    plan, planning, sequential_sample_ratio_mismatch,
 };
 use switchboard_crds::{
     Metric, annotations,
     conditions::{self as cond, reasons},
     experiment::{
         Direction, ExperimentDecision, ExperimentPhase, ExperimentSpec, ExperimentStatus,
-        LayerRange, SampleRatioCheck, VariantResult,
+        LayerRange, SampleRatioCheck, SegmentResult, SegmentVariant, VariantResult,
     },
     set_condition,
 };
@@ -66,6 +66,8 @@ pub struct ExperimentInput<'a> {
     pub data: Result<BTreeMap<String, ArmData>, String>,
     /// Enrolled interactions not settled yet for the primary metric.
     pub unsettled: Option<u64>,
+    /// Per `spec.segments` attribute, value and arm: the primary metric per unit.
+    pub segments: Segments,
     /// With `spec.cuped`: per-arm CUPED statistics from the outcome store, or why they could not
     /// be read; `None` without `spec.cuped` (or before the start).
     pub cuped: Option<Result<BTreeMap<String, CupedArm>, String>>,
@@ -83,6 +85,9 @@ pub struct ExperimentOutput {
     /// Annotations to remove.
     pub consumed_annotations: Vec<String>,
 }
+
+/// Per segment attribute, value and arm: units and per-unit moments (the outcome store's report).
+pub type Segments = BTreeMap<String, BTreeMap<String, BTreeMap<String, ArmUnits>>>;
 
 /// Settled control units needed before the plan trusts their observed variance.
 pub const MIN_UNITS_FOR_VARIANCE: u64 = 200;
@@ -277,6 +282,7 @@ pub fn evaluate(input: ExperimentInput<'_>) -> ExperimentOutput {
                     data,
                     input.cuped.as_ref(),
                     input.unsettled,
+                    &input.segments,
                     started,
                     now,
                     generation,
@@ -376,6 +382,7 @@ fn analyse(
     data: &BTreeMap<String, ArmData>,
     cuped: Option<&Result<BTreeMap<String, CupedArm>, String>>,
     unsettled: Option<u64>,
+    segments: &Segments,
     started: Timestamp,
     now: Timestamp,
     generation: Option<i64>,
@@ -492,6 +499,8 @@ fn analyse(
     for (&i, p) in tested.iter().zip(adjusted) {
         status.per_variant[i].adjusted_p_value = Some(p);
     }
+
+    status.per_segment = segment_results(spec, &control_name, segments, alpha);
 
     // Required sample size: the holdout's observed rate once available, else the expected one.
     let observed_baseline = ratio(&arm(HOLDOUT).primary).filter(|r| *r > 0.0 && *r < 1.0);
@@ -688,6 +697,52 @@ fn analyse(
     ));
 }
 
+/// Per segment value, each variant's rate and its unit-level difference to the control's within
+/// the segment, at `1 − alpha` (exploratory: not corrected for the number of segments).
+fn segment_results(
+    spec: &ExperimentSpec,
+    control_name: &str,
+    segments: &Segments,
+    alpha: f64,
+) -> Vec<SegmentResult> {
+    let metric = spec.primary_metric.name.as_str();
+    let moments = |arms: &BTreeMap<String, ArmUnits>, name: &str| {
+        arms.get(name)
+            .and_then(|a| a.metrics.get(metric))
+            .copied()
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for attribute in &spec.segments {
+        for (value, arms) in segments.get(attribute).into_iter().flatten() {
+            let control = moments(arms, control_name);
+            out.push(SegmentResult {
+                attribute: attribute.clone(),
+                value: value.clone(),
+                variants: spec
+                    .variants
+                    .iter()
+                    .map(|v| {
+                        let m = moments(arms, &v.name);
+                        let e = (v.name != control_name)
+                            .then(|| difference_of_ratios(&control, &m, alpha).ok())
+                            .flatten();
+                        SegmentVariant {
+                            name: v.name.clone(),
+                            units: to_i64(m.units),
+                            rate: ratio(&m).unwrap_or(0.0),
+                            estimate: e.map(|e| e.difference),
+                            ci_low: e.map(|e| e.interval.lower),
+                            ci_high: e.map(|e| e.interval.upper),
+                        }
+                    })
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
 /// With `spec.cuped`: replaces each treatment variant's estimate by the CUPED-adjusted
 /// comparison of per-unit rates (Deng, Xu, Kohavi & Walker 2013) where the outcome store's data
 /// allows, keeps the unadjusted per-interaction estimate where it does not, and says which on the
@@ -839,6 +894,7 @@ mod tests {
             })),
             data: Ok(data),
             unsettled: None,
+            segments: Segments::new(),
             cuped: None,
             now: Timestamp::from_second(at).unwrap(),
         })
@@ -872,6 +928,7 @@ mod tests {
                 allocation: Some(Err(full.clone())),
                 data: Ok(BTreeMap::new()),
                 unsettled: None,
+                segments: Segments::new(),
                 cuped: None,
                 now: Timestamp::from_second(0).unwrap(),
             }
@@ -898,6 +955,77 @@ mod tests {
             evaluate(input(&spec, &none, &out.status, &full))
                 .events
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn segments_get_their_own_estimates() {
+        let mut spec = spec(false);
+        spec.segments = vec!["channel".into()];
+        let running = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0).status;
+        let arm_units = |units: u64, escalations: u64| ArmUnits {
+            units,
+            interactions: units,
+            metrics: [(
+                "escalationRate".to_owned(),
+                arm(units, escalations, 0).primary,
+            )]
+            .into(),
+        };
+        let segments: Segments = [(
+            "channel".to_owned(),
+            [
+                (
+                    "chat".to_owned(),
+                    [
+                        ("control".to_owned(), arm_units(400, 80)),
+                        ("rewrite".to_owned(), arm_units(400, 40)),
+                    ]
+                    .into(),
+                ),
+                (
+                    "email".to_owned(),
+                    [
+                        ("control".to_owned(), arm_units(100, 20)),
+                        ("rewrite".to_owned(), arm_units(100, 20)),
+                    ]
+                    .into(),
+                ),
+            ]
+            .into(),
+        )]
+        .into();
+        let data: BTreeMap<_, _> = [
+            ("control".to_owned(), arm(500, 100, 0)),
+            ("rewrite".to_owned(), arm(500, 60, 0)),
+            (HOLDOUT.to_owned(), arm(111, 22, 0)),
+        ]
+        .into();
+        let out = evaluate(ExperimentInput {
+            generation: Some(1),
+            spec: &spec,
+            annotations: &BTreeMap::new(),
+            status: &running,
+            router_exists: true,
+            allocation: None,
+            data: Ok(data),
+            unsettled: None,
+            segments,
+            cuped: None,
+            now: Timestamp::from_second(3600).unwrap(),
+        });
+        let s = &out.status.per_segment;
+        assert_eq!(s.len(), 2);
+        let chat = s.iter().find(|r| r.value == "chat").unwrap();
+        let rewrite = &chat.variants[1];
+        assert_eq!((rewrite.name.as_str(), rewrite.units), ("rewrite", 400));
+        assert!((rewrite.estimate.unwrap() + 0.10).abs() < 1e-9);
+        assert!(rewrite.ci_high.unwrap() < 0.0);
+        let email = s.iter().find(|r| r.value == "email").unwrap();
+        assert!(email.variants[1].estimate.unwrap().abs() < 1e-9);
+        assert!(
+            email.variants[0].estimate.is_none(),
+            "the control has no estimate"
         );
     }
 
@@ -1013,6 +1141,7 @@ mod tests {
             })),
             data: Err("outcome store unreachable".to_owned()),
             unsettled: None,
+            segments: Segments::new(),
             cuped: None,
             now: Timestamp::from_second(60).unwrap(),
         });
@@ -1037,6 +1166,7 @@ mod tests {
             })),
             data: Err("unused".to_owned()),
             unsettled: None,
+            segments: Segments::new(),
             cuped: None,
             now: Timestamp::from_second(60).unwrap(),
         });
@@ -1127,6 +1257,7 @@ mod tests {
             })),
             data: Ok(data.clone()),
             unsettled: None,
+            segments: Segments::new(),
             cuped,
             now: Timestamp::from_second(3600).unwrap(),
         };

@@ -29,7 +29,7 @@ use crate::{
     outcomes::{CupedRequest, UnitsRequest},
 };
 
-use self::analysis::{ArmData, ExperimentInput, HOLDOUT, evaluate};
+use self::analysis::{ArmData, ExperimentInput, HOLDOUT, Segments, evaluate};
 
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "experiment";
@@ -74,7 +74,7 @@ pub async fn arm_data(
     started_at: i64,
     now: i64,
     window: Duration,
-) -> Result<(BTreeMap<String, ArmData>, u64), String> {
+) -> Result<(BTreeMap<String, ArmData>, u64, Segments), String> {
     let name = x.metadata.name.clone().unwrap_or_default();
     let router = &x.spec.router_ref.name;
     let primary = x.spec.primary_metric.name;
@@ -83,6 +83,7 @@ pub async fn arm_data(
         router: router.clone(),
         experiment: name.clone(),
         metrics: vec![(primary, x.spec.primary_metric.settle())],
+        segments: x.spec.segments.clone(),
         started_at,
         until: now,
     };
@@ -127,7 +128,7 @@ pub async fn arm_data(
         .get(primary.as_str())
         .copied()
         .unwrap_or_default();
-    Ok((out, unsettled))
+    Ok((out, unsettled, units.segments))
 }
 
 /// The ranges of `router`'s experiment layer held by its running Experiments other than `name`,
@@ -212,8 +213,11 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
     } else {
         Ok(None)
     };
-    let unsettled = data.as_ref().ok().and_then(Option::as_ref).map(|(_, u)| *u);
-    let data = data.map(|d| d.map(|(arms, _)| arms).unwrap_or_default());
+    let (unsettled, segments) = match &data {
+        Ok(Some((_, unsettled, segments))) => (Some(*unsettled), segments.clone()),
+        _ => (None, Segments::new()),
+    };
+    let data = data.map(|d| d.map(|(arms, _, _)| arms).unwrap_or_default());
     let cuped = match (&x.spec.cuped, &previous.started_at) {
         (Some(c), Some(started)) if previous.phase == ExperimentPhase::Running => {
             let request = CupedRequest {
@@ -243,6 +247,7 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
         allocation,
         data,
         unsettled,
+        segments,
         cuped,
         now,
     });

@@ -181,6 +181,7 @@ fn analyse(
         allocation: None,
         data: Ok(data),
         unsettled: None,
+        segments: super::analysis::Segments::new(),
         cuped: cuped.map(Ok),
         now: Timestamp::from_second((at_hours * 3600.0) as i64).unwrap(),
     })

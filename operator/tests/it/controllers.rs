@@ -1293,6 +1293,10 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
                                     model: "small".into(),
                                     ..Variant::default()
                                 },
+                                segments: format!(
+                                    "channel={}",
+                                    if user % 4 == 0 { "email" } else { "chat" }
+                                ),
                                 ..Interaction::default()
                             })
                             .await
@@ -1326,6 +1330,7 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
             "primaryMetric": {"name": "escalationRate", "direction": "Decrease"},
             "minimumDetectableEffect": {"absolute": "5%"},
             "expectedBaselineRate": "20%",
+            "segments": ["channel"],
         },
     }))
     .unwrap();
@@ -1382,6 +1387,21 @@ async fn an_experiment_runs_is_compiled_measures_its_arms_and_concludes_at_its_s
     assert!((rewrite.estimate.unwrap() + 0.06).abs() < 1e-9);
     assert!(rewrite.p_value.unwrap() < 0.05);
     assert_eq!(rewrite.adjusted_p_value, rewrite.p_value, "one comparison");
+    // Broken down by channel: every rewrite unit is in one of the two values.
+    let values: Vec<&str> = s.per_segment.iter().map(|r| r.value.as_str()).collect();
+    assert_eq!(values, ["chat", "email"], "{:?}", s.per_segment);
+    let rewrite_units: i64 = s
+        .per_segment
+        .iter()
+        .map(|r| {
+            r.variants
+                .iter()
+                .find(|v| v.name == "rewrite")
+                .unwrap()
+                .units
+        })
+        .sum();
+    assert_eq!(rewrite_units, 500);
     assert!(w.metrics.render().contains(&format!(
         "switchboard_experiment_samples{{arm=\"rewrite\",name=\"rewrite\",namespace=\"{}\"}} 500",
         w.ns
@@ -2310,6 +2330,10 @@ async fn serve_outcomes(
                 started_at: q["startedAt"].parse().unwrap(),
                 now: q["until"].parse().unwrap(),
                 settle: &settle,
+                segments: &q
+                    .get("segments")
+                    .map(|s| s.split(',').map(str::to_owned).collect::<Vec<_>>())
+                    .unwrap_or_default(),
             })
             .await
             .unwrap();

@@ -173,6 +173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     vec![document.clone()]
                 },
                 retrieved_documents: if refused { Vec::new() } else { vec![document] },
+                segments: String::new(),
             })
             .await?;
         let at = created_at + 600;

@@ -390,6 +390,7 @@ mod tests {
                 refused: failed,
                 best_score: Some(score),
                 retrieved_documents: docs.iter().map(|d| (*d).to_owned()).collect(),
+                segments: String::new(),
                 ..Interaction::default()
             },
             outcomes: Outcomes {

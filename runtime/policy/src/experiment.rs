@@ -238,6 +238,7 @@ mod tests {
                 start: 0,
                 end: LAYER_BUCKETS,
             },
+            segments: Vec::new(),
             holdout_share: Percent::from_fraction(holdout),
             control: weights[0].0.into(),
             variants: weights

@@ -159,6 +159,10 @@ pub struct Interaction {
     pub cited_documents: Vec<String>,
     /// Documents of the passages in the prompt, in rank order.
     pub retrieved_documents: Vec<String>,
+    /// The request attributes the interaction's Experiment breaks its results down by, as
+    /// `name=value` lines (empty when not enrolled or none declared).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub segments: String,
 }
 
 /// Whether an outcome was new or a replay.
@@ -260,6 +264,22 @@ pub struct UnitsQuery<'a> {
     /// Per metric: only interactions at least this old count for it (their outcomes have had
     /// time to arrive); missing: no wait.
     pub settle: &'a BTreeMap<Metric, Duration>,
+    /// Request attributes to break the first metric down by (the Experiment's `segments`).
+    pub segments: &'a [String],
+}
+
+/// Values of one segment attribute reported on their own; the rest are [`OTHER_SEGMENT`].
+pub const MAX_SEGMENT_VALUES: usize = 10;
+/// The value standing for the rarer values of an attribute, and for interactions without it.
+pub const OTHER_SEGMENT: &str = "(other)";
+
+/// The value of `attribute` in a `name=value` lines string.
+pub fn segment_value<'a>(segments: &'a str, attribute: &str) -> Option<&'a str> {
+    segments
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| *k == attribute)
+        .map(|(_, v)| v)
 }
 
 /// Per-arm CUPED sufficient statistics of an experiment, from the stored per-unit outcomes.
@@ -351,7 +371,8 @@ fn metric_sql(metric: Metric) -> Result<(&'static str, &'static str)> {
 const INTERACTION_COLUMNS: &str = "i.id, i.created_at, i.expires_at, i.router, i.unit, \
     i.experiment, i.arm, i.lineage, i.adapter_version, i.adapter_role, i.model, i.kb_generation, \
     i.config_revision, i.route_reason, i.query, i.rewritten_query, i.answer, i.refused, \
-    i.invalid_citation, i.retrieval_failed, i.best_score, i.cited_documents, i.retrieved_documents";
+    i.invalid_citation, i.retrieval_failed, i.best_score, i.cited_documents, i.retrieved_documents, \
+    i.segments";
 
 fn interaction_from_row(row: &AnyRow) -> Result<Interaction, sqlx::Error> {
     Ok(Interaction {
@@ -380,6 +401,7 @@ fn interaction_from_row(row: &AnyRow) -> Result<Interaction, sqlx::Error> {
         best_score: row.try_get("best_score")?,
         cited_documents: parse_list(&row.try_get::<String, _>("cited_documents")?),
         retrieved_documents: parse_list(&row.try_get::<String, _>("retrieved_documents")?),
+        segments: row.try_get("segments")?,
     })
 }
 
@@ -557,9 +579,9 @@ impl OutcomeStore {
             "INSERT INTO interactions (id, created_at, expires_at, router, unit, experiment, arm, \
              lineage, adapter_version, adapter_role, model, kb_generation, config_revision, \
              route_reason, query, rewritten_query, answer, refused, invalid_citation, \
-             retrieval_failed, best_score, cited_documents, retrieved_documents) \
+             retrieval_failed, best_score, cited_documents, retrieved_documents, segments) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23) ON CONFLICT (id) DO NOTHING",
+             $18, $19, $20, $21, $22, $23, $24) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&i.id)
         .bind(i.created_at)
@@ -584,6 +606,7 @@ impl OutcomeStore {
         .bind(i.best_score)
         .bind(json_list(&i.cited_documents))
         .bind(json_list(&i.retrieved_documents))
+        .bind(&i.segments)
         .execute(&self.pool)
         .await
         .map(|_| ())
@@ -900,7 +923,61 @@ impl OutcomeStore {
             out.unsettled
                 .insert(metric.as_str().to_owned(), u64::try_from(n).unwrap_or(0));
         }
+        if let (Some(&metric), false) = (q.metrics.first(), q.segments.is_empty()) {
+            let wait = q
+                .settle
+                .get(&metric)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let rows = self
+                .segment_outcomes(q, metric, until.saturating_sub(wait).max(q.started_at))
+                .await?;
+            out.segments = segment_arms(&rows, q.segments, metric);
+        }
         Ok(out)
+    }
+
+    /// Per (unit, arm, segments) events and trials of `metric` for an experiment's interactions
+    /// from its start until `until`.
+    async fn segment_outcomes(
+        &self,
+        q: &UnitsQuery<'_>,
+        metric: Metric,
+        until: i64,
+    ) -> Result<Vec<(UnitOutcome, String)>> {
+        let (event, trial) = metric_sql(metric)?;
+        let sql = format!(
+            "SELECT unit, arm, segments, CAST(SUM(ev) AS BIGINT) AS events, \
+             CAST(SUM(tr) AS BIGINT) AS trials \
+             FROM (SELECT i.unit AS unit, i.arm AS arm, i.segments AS segments, {event} AS ev, \
+                   {trial} AS tr \
+                   FROM interactions i LEFT JOIN outcomes o ON o.interaction_id = i.id \
+                   WHERE i.router = $1 AND i.unit IS NOT NULL AND i.experiment = $2 \
+                     AND i.created_at >= $3 AND i.created_at < $4 \
+                   GROUP BY i.id, i.unit, i.arm, i.segments) per_interaction \
+             GROUP BY unit, arm, segments HAVING SUM(tr) > 0"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(q.router)
+            .bind(q.experiment)
+            .bind(q.started_at)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("experiment_units"))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    UnitOutcome {
+                        unit: row.try_get("unit")?,
+                        arm: row.try_get("arm")?,
+                        events: row.try_get("events")?,
+                        trials: row.try_get("trials")?,
+                    },
+                    row.try_get("segments")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error("experiment_units"))
     }
 
     /// CUPED statistics of an experiment (Deng et al. 2013): per unit, `y` = the metric's rate
@@ -1011,6 +1088,74 @@ pub fn cuped_arms(period: &[UnitOutcome], pre: &[UnitOutcome]) -> BTreeMap<Strin
         .collect()
 }
 
+/// Per attribute, value and arm: the units and the metric's per-unit moments. An attribute's
+/// [`MAX_SEGMENT_VALUES`] values with the most units are reported on their own, the rest (and
+/// interactions without the attribute) as [`OTHER_SEGMENT`]; a unit's interactions with one value
+/// are one sample of that value.
+pub fn segment_arms(
+    rows: &[(UnitOutcome, String)],
+    attributes: &[String],
+    metric: Metric,
+) -> BTreeMap<String, BTreeMap<String, BTreeMap<String, ArmUnits>>> {
+    let mut out = BTreeMap::new();
+    for attribute in attributes {
+        let value_of = |segments: &str| {
+            segment_value(segments, attribute)
+                .unwrap_or(OTHER_SEGMENT)
+                .to_owned()
+        };
+        // Units per value, to keep the most common values.
+        let mut units: HashMap<String, std::collections::HashSet<&str>> = HashMap::new();
+        for (u, segments) in rows {
+            units
+                .entry(value_of(segments))
+                .or_default()
+                .insert(u.unit.as_str());
+        }
+        let mut ranked: Vec<(&String, usize)> = units.iter().map(|(v, s)| (v, s.len())).collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let kept: std::collections::HashSet<&str> = ranked
+            .iter()
+            .filter(|(v, _)| v.as_str() != OTHER_SEGMENT)
+            .take(MAX_SEGMENT_VALUES)
+            .map(|(v, _)| v.as_str())
+            .collect();
+        // (value, arm, unit) -> (events, trials)
+        let mut per_unit: BTreeMap<(String, String, &str), (f64, f64)> = BTreeMap::new();
+        for (u, segments) in rows {
+            let value = value_of(segments);
+            let value = if kept.contains(value.as_str()) {
+                value
+            } else {
+                OTHER_SEGMENT.to_owned()
+            };
+            let e = per_unit
+                .entry((value, u.arm.clone(), u.unit.as_str()))
+                .or_default();
+            e.0 += u.events as f64;
+            e.1 += u.trials as f64;
+        }
+        let mut grouped: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+        for ((value, arm, _), pair) in per_unit {
+            grouped.entry((value, arm)).or_default().push(pair);
+        }
+        let by_value: &mut BTreeMap<String, BTreeMap<String, ArmUnits>> =
+            out.entry(attribute.clone()).or_default();
+        for ((value, arm), pairs) in grouped {
+            let moments = RatioMoments::from_units(pairs);
+            by_value.entry(value).or_default().insert(
+                arm,
+                ArmUnits {
+                    units: moments.units,
+                    interactions: moments.denominator as u64,
+                    metrics: [(metric.as_str().to_owned(), moments)].into(),
+                },
+            );
+        }
+    }
+    out
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1029,6 +1174,56 @@ mod tests {
         );
         assert_eq!(redact("postgres://sb@db/x"), "postgres://sb@db/x");
         assert_eq!(redact("sqlite://.cache/o.db"), "sqlite://.cache/o.db");
+    }
+
+    #[test]
+    fn segments_keep_the_common_values_and_merge_the_rest() {
+        let row = |unit: &str, arm: &str, events, trials, segments: &str| {
+            (
+                UnitOutcome {
+                    unit: unit.into(),
+                    arm: arm.into(),
+                    events,
+                    trials,
+                },
+                segments.to_owned(),
+            )
+        };
+        let mut rows = vec![
+            // u1 asks on chat twice (two segment strings: same channel, other plans).
+            row("u1", "control", 1, 2, "channel=chat\nplan=pro"),
+            row("u1", "control", 0, 1, "channel=chat\nplan=free"),
+            row("u2", "treatment", 0, 3, "channel=email"),
+            row("u3", "treatment", 1, 1, ""),
+        ];
+        // Eleven rare channels with one unit each: one of them is folded into (other).
+        for i in 0..11 {
+            rows.push(row(
+                &format!("r{i}"),
+                "control",
+                0,
+                1,
+                &format!("channel=rare{i:02}"),
+            ));
+        }
+        let out = segment_arms(&rows, &["channel".to_owned()], Metric::EscalationRate);
+        let channel = &out["channel"];
+        let chat = channel["chat"]["control"].metrics["escalationRate"];
+        assert_eq!(
+            (chat.units, chat.numerator, chat.denominator),
+            (1, 1.0, 3.0)
+        );
+        assert_eq!(channel["email"]["treatment"].units, 1);
+        assert_eq!(
+            channel.len(),
+            11,
+            "10 values and (other): {:?}",
+            channel.keys()
+        );
+        let other = &channel[OTHER_SEGMENT];
+        assert_eq!(other["treatment"].units, 1, "u3 had no channel");
+        assert_eq!(other["control"].units, 3, "rare08, rare09, rare10 by rank");
+        assert_eq!(segment_value("channel=chat\nplan=pro", "plan"), Some("pro"));
     }
 
     #[test]

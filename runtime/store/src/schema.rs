@@ -7,11 +7,12 @@
 //! and re-reads the version).
 
 /// `(version, statements)`, in order. Never edit a published migration: add the next one.
-pub const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        // One row per answered interaction: what a helpdesk outcome is joined to.
-        "CREATE TABLE interactions (
+pub const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            // One row per answered interaction: what a helpdesk outcome is joined to.
+            "CREATE TABLE interactions (
             id TEXT PRIMARY KEY,
             created_at BIGINT NOT NULL,
             expires_at BIGINT NOT NULL,
@@ -36,21 +37,30 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             cited_documents TEXT NOT NULL,
             retrieved_documents TEXT NOT NULL
         )",
-        "CREATE INDEX interactions_created ON interactions (created_at)",
-        "CREATE INDEX interactions_experiment ON interactions (experiment, created_at)",
-        "CREATE INDEX interactions_unit ON interactions (router, unit, created_at)",
-        // One row per (interaction, outcome kind): the primary key is the replay guard, shared by
-        // every replica and kept across restarts.
-        "CREATE TABLE outcomes (
+            "CREATE INDEX interactions_created ON interactions (created_at)",
+            "CREATE INDEX interactions_experiment ON interactions (experiment, created_at)",
+            "CREATE INDEX interactions_unit ON interactions (router, unit, created_at)",
+            // One row per (interaction, outcome kind): the primary key is the replay guard, shared by
+            // every replica and kept across restarts.
+            "CREATE TABLE outcomes (
             interaction_id TEXT NOT NULL,
             kind TEXT NOT NULL,
             value BIGINT,
             recorded_at BIGINT NOT NULL,
             PRIMARY KEY (interaction_id, kind)
         )",
-        "CREATE INDEX outcomes_recorded ON outcomes (recorded_at)",
-    ],
-)];
+            "CREATE INDEX outcomes_recorded ON outcomes (recorded_at)",
+        ],
+    ),
+    (
+        2,
+        &[
+            // The request attributes an enrolled interaction's Experiment breaks its results down
+            // by (`spec.segments`), as `name=value` lines.
+            "ALTER TABLE interactions ADD COLUMN segments TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
+];
 
 /// Bookkeeping table of applied migrations.
 pub const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS switchboard_migrations (

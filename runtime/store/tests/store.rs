@@ -41,6 +41,7 @@ fn interaction(id: &str, unit: &str, arm: &str, created_at: i64) -> Interaction 
         best_score: Some(0.8),
         cited_documents: vec!["refunds".into()],
         retrieved_documents: vec!["refunds".into(), "billing".into()],
+        segments: String::new(),
     }
 }
 
@@ -198,6 +199,7 @@ async fn behaves(store: &OutcomeStore, replica: &OutcomeStore) {
                     started_at: 2_000,
                     now,
                     settle: &settle,
+                    segments: &["channel".to_owned()],
                 })
                 .await
                 .unwrap()
@@ -223,6 +225,9 @@ async fn behaves(store: &OutcomeStore, replica: &OutcomeStore) {
     assert_eq!(early.unsettled["escalationRate"], 2);
     // Answer-time metrics need no wait.
     assert_eq!(early.unsettled["refusalRate"], 0);
+    // Interactions stored without the attribute are the (other) segment.
+    let other = &all.segments["channel"]["(other)"]["control"];
+    assert_eq!(other.metrics["escalationRate"].numerator, 1.0);
     assert!(matches!(
         store
             .unit_outcomes(&UnitQuery {
@@ -380,14 +385,14 @@ async fn sqlite_keeps_outcomes_across_restarts() {
 async fn postgres_is_shared_by_replicas() {
     let work = tempfile::tempdir().unwrap();
     let pg = Postgres::start(work.path()).expect("PostgreSQL (hack/setup.sh tools)");
-    // Two replicas connecting at once migrate the schema once.
+    // Two replicas connecting at once migrate the schema once: one row per migration.
     let url = pg.url();
     let (a, b) = tokio::join!(OutcomeStore::connect(&url), OutcomeStore::connect(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(
         pg.psql("switchboard", "SELECT count(*) FROM switchboard_migrations")
             .unwrap(),
-        "1"
+        switchboard_store::schema::latest().to_string()
     );
     behaves(&a, &b).await;
     flywheel_reads(&b).await;

@@ -190,10 +190,9 @@ async fn experiments_enrol_by_their_own_unit_and_count_units_per_arm() {
             "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}],
         })
     };
-    let experiments = json!([
-        experiment("by-user", "User", 0, 5_000),
-        experiment("by-account", "Account", 5_000, 10_000),
-    ]);
+    let mut by_user = experiment("by-user", "User", 0, 5_000);
+    by_user["segments"] = json!(["channel"]);
+    let experiments = json!([by_user, experiment("by-account", "Account", 5_000, 10_000)]);
     let (config_path, key) = prepare(work, json!({"experiments": experiments.clone()}));
     let configs: Vec<ExperimentConfig> = serde_json::from_value(experiments).unwrap();
     let rt = start(work, "x", &config_path, &key);
@@ -211,7 +210,9 @@ async fn experiments_enrol_by_their_own_unit_and_count_units_per_arm() {
                 account: (i % 2 == 0).then_some(account.as_str()),
                 conversation: None,
             };
-            let mut body = json!({"query": "What is the capital of France?", "userId": user});
+            let channel = if i % 3 == 0 { "email" } else { "chat" };
+            let mut body = json!({"query": "What is the capital of France?", "userId": user,
+                                  "attributes": {"channel": channel, "plan": "pro"}});
             if let Some(a) = ids.account {
                 body["accountId"] = json!(a);
             }
@@ -275,6 +276,46 @@ async fn experiments_enrol_by_their_own_unit_and_count_units_per_arm() {
         }
         assert!(units["unsettled"]["escalationRate"].as_u64().unwrap() > 0);
     }
+    // by-user breaks its results down by channel (refusals settle at once).
+    let units = admin_json(
+        rt.admin,
+        "/v1/experiments/by-user/units?startedAt=0&metrics=refusalRate:0s&segments=channel",
+    );
+    let channels = &units["segments"]["channel"];
+    let segment_units = |value: &str| -> u64 {
+        ["control", "treatment"]
+            .iter()
+            .map(|arm| channels[value][arm]["units"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let enrolled: usize = ["control", "treatment"]
+        .iter()
+        .map(|arm| {
+            expected_units
+                .get(&format!("by-user/{arm}"))
+                .map_or(0, std::collections::BTreeSet::len)
+        })
+        .sum();
+    assert_eq!(
+        segment_units("chat") + segment_units("email"),
+        enrolled as u64,
+        "{units}"
+    );
+    assert!(
+        channels.get("(other)").is_none(),
+        "plan is not a segment: {units}"
+    );
+    // Bad attributes are named.
+    let (status, body) = post_json(
+        rt.http,
+        "/v1/answer",
+        &json!({"query": "hi", "userId": "u", "attributes": {"1bad": "x"}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("attributes:"),
+        "{body}"
+    );
     let (status, body) = admin(
         rt.admin,
         "GET",
