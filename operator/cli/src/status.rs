@@ -62,6 +62,8 @@ pub struct ExperimentRow {
     eta: Option<String>,
     decision: String,
     estimates: Vec<String>,
+    /// Per segment value (exploratory), one line each.
+    segments: Vec<String>,
     message: Option<String>,
 }
 
@@ -149,6 +151,36 @@ pub fn experiment_row(experiment: &Experiment, now: Timestamp) -> ExperimentRow 
                     }
                 }
                 text
+            })
+            .collect(),
+        segments: status
+            .per_segment
+            .iter()
+            .map(|seg| {
+                let variants: Vec<String> = seg
+                    .variants
+                    .iter()
+                    .map(|v| {
+                        let mut text = format!(
+                            "{} {} units, rate {}",
+                            v.name,
+                            thousands(u64::try_from(v.units).unwrap_or(0)),
+                            short(v.rate)
+                        );
+                        if let (Some(e), Some(lo), Some(hi)) = (v.estimate, v.ci_low, v.ci_high) {
+                            let sign = if e > 0.0 { "+" } else { "" };
+                            let _ = write!(
+                                text,
+                                " {sign}{}pp [{}, {}]",
+                                short(e * 100.0),
+                                short(lo * 100.0),
+                                short(hi * 100.0)
+                            );
+                        }
+                        text
+                    })
+                    .collect();
+                format!("{}={}: {}", seg.attribute, seg.value, variants.join("; "))
             })
             .collect(),
         message: status.message.clone(),
@@ -274,6 +306,15 @@ pub fn render_text(status: &Status) -> String {
             for estimate in &e.estimates {
                 let _ = writeln!(out, "  {estimate}");
             }
+            if !e.segments.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  by segment (exploratory, not corrected for the number of segments):"
+                );
+                for segment in &e.segments {
+                    let _ = writeln!(out, "    {segment}");
+                }
+            }
             if let Some(message) = &e.message {
                 let _ = writeln!(out, "  {message}");
             }
@@ -363,6 +404,12 @@ mod tests {
                 "perVariant": [
                     { "name": "treatment", "units": 6000, "trials": 6000, "events": 840, "rate": 0.14,
                       "estimate": -0.011, "ciLow": -0.016, "ciHigh": -0.006 }
+                ],
+                "perSegment": [
+                    { "attribute": "channel", "value": "chat", "variants": [
+                        { "name": "current", "units": 3000, "rate": 0.15 },
+                        { "name": "always-rewrite", "units": 3000, "rate": 0.13,
+                          "estimate": -0.02, "ciLow": -0.035, "ciHigh": -0.005 } ] }
                 ]
             }))
             .expect("ExperimentStatus"),
@@ -392,5 +439,10 @@ mod tests {
             line("treatment:"),
             "treatment: 6,000 units, rate 0.14, -1.1pp [-1.6, -0.6]"
         );
+        assert_eq!(
+            line("channel=chat"),
+            "channel=chat: current 3,000 units, rate 0.15; always-rewrite 3,000 units, rate 0.13 -2pp [-3.5, -0.5]"
+        );
+        assert!(text.contains("by segment (exploratory"), "{text}");
     }
 }
