@@ -64,7 +64,7 @@ for q in "How many days do I have to request a refund?" \
          "How much is the dispute fee for a chargeback?" \
          "What is the capital of France?"; do
   echo "question: $q"
-  answer "{\"query\": \"$q\", \"unit\": \"demo-user\"}" | python3 -c "$show"
+  answer "{\"query\": \"$q\", \"userId\": \"demo-user\"}" | python3 -c "$show"
 done
 echo
 echo "Feedback for the last answer (POST /v1/feedback), then the same call replayed:"
