@@ -656,18 +656,19 @@ pub async fn answer_with(
     }
     let assignment = enrolment.assignment;
     let overrides = assignment.as_ref().and_then(|a| a.overrides);
-    // The unit stored with the interaction (per-unit analysis, CUPED's pre-period) and the
-    // canary key: the experiment's unit when enrolled, else the most durable id given.
-    let unit = assignment.as_ref().map(|a| a.unit).or_else(|| {
-        [
-            AssignmentUnit::User,
-            AssignmentUnit::Account,
-            AssignmentUnit::Conversation,
-        ]
-        .into_iter()
-        .find_map(|k| ids.get(k))
-    });
-    let sticky = unit.unwrap_or(&id);
+    // The most durable id given: the canary key (whatever experiment the request is in, so a
+    // user's canary version never depends on enrolment), and the unit stored with interactions
+    // outside experiments; an enrolled interaction is stored under its experiment's unit (the
+    // per-unit analysis groups by it).
+    let durable = [
+        AssignmentUnit::User,
+        AssignmentUnit::Account,
+        AssignmentUnit::Conversation,
+    ]
+    .into_iter()
+    .find_map(|k| ids.get(k));
+    let unit = assignment.as_ref().map(|a| a.unit).or(durable);
+    let sticky = durable.unwrap_or(&id);
 
     // 2. Rewrite.
     let mut rewrite_policy = policy.query_rewrite.clone();
