@@ -505,16 +505,11 @@ async fn experiment_units(
             "segments: at most 3 attributes".into(),
         );
     }
-    let Some(active) = engine.active() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "no RuntimeConfig applied yet".into(),
-        );
+    let active = match active_config(engine) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = unix_now();
     let query = switchboard_store::UnitsQuery {
         router: &active.router,
         experiment: &name,
@@ -524,7 +519,34 @@ async fn experiment_units(
         settle: &settle,
         segments: &segments,
     };
-    match engine.store().experiment_units(&query).await {
+    store_response(engine, engine.store().experiment_units(&query).await)
+}
+
+/// The RuntimeConfig in force, or the 503 that says there is none yet.
+fn active_config(engine: &Engine) -> Result<Arc<crate::engine::Active>, Box<Response>> {
+    engine.active().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no RuntimeConfig applied yet".into(),
+        ))
+    })
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// An outcome-store answer as JSON: a question the stored data cannot answer is the caller's
+/// 400, any other failure a retryable 503 (counted in `switchboard_store_errors_total`).
+fn store_response<T: serde::Serialize>(
+    engine: &Engine,
+    result: Result<T, switchboard_store::StoreError>,
+) -> Response {
+    match result {
         Ok(data) => Json(data).into_response(),
         Err(e @ switchboard_store::StoreError::Unsupported(_)) => {
             error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
@@ -580,16 +602,11 @@ async fn experiment_cuped(
             );
         }
     };
-    let Some(active) = engine.active() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "no RuntimeConfig applied yet".into(),
-        );
+    let active = match active_config(engine) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = unix_now();
     let query = switchboard_store::CupedQuery {
         router: &active.router,
         experiment: &name,
@@ -599,20 +616,7 @@ async fn experiment_cuped(
         preperiod,
         now: params.until.unwrap_or(now + 1),
     };
-    match engine.store().cuped(&query).await {
-        Ok(data) => Json(data).into_response(),
-        Err(e @ switchboard_store::StoreError::Unsupported(_)) => {
-            error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
-        }
-        Err(e) => {
-            engine.metrics().store_error(e.label());
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        }
-    }
+    store_response(engine, engine.store().cuped(&query).await)
 }
 
 /// The questions this Router's knowledge base does not answer (escalated, nothing found,
@@ -663,12 +667,9 @@ async fn config(State(state): State<HttpState>) -> Response {
         Ok(e) => e,
         Err(r) => return *r,
     };
-    let Some(active) = engine.active() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "no RuntimeConfig applied yet".into(),
-        );
+    let active = match active_config(engine) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
     let resident = engine.resident_adapters().await;
     let adapters: Vec<serde_json::Value> = active

@@ -876,28 +876,39 @@ mod tests {
         }
     }
 
-    fn run(
-        spec: &ExperimentSpec,
-        status: &ExperimentStatus,
-        data: BTreeMap<String, ArmData>,
+    /// One evaluation at second `at`: the whole layer free, no CUPED, no segments.
+    fn input<'a>(
+        spec: &'a ExperimentSpec,
+        annotations: &'a BTreeMap<String, String>,
+        status: &'a ExperimentStatus,
+        data: Result<BTreeMap<String, ArmData>, String>,
         at: i64,
-    ) -> ExperimentOutput {
-        evaluate(ExperimentInput {
+    ) -> ExperimentInput<'a> {
+        ExperimentInput {
             generation: Some(1),
             spec,
-            annotations: &BTreeMap::new(),
+            annotations,
             status,
             router_exists: true,
             allocation: Some(Ok(LayerRange {
                 start: 0,
                 end: 10_000,
             })),
-            data: Ok(data),
+            data,
             unsettled: None,
             segments: Segments::new(),
             cuped: None,
             now: Timestamp::from_second(at).unwrap(),
-        })
+        }
+    }
+
+    fn run(
+        spec: &ExperimentSpec,
+        status: &ExperimentStatus,
+        data: BTreeMap<String, ArmData>,
+        at: i64,
+    ) -> ExperimentOutput {
+        evaluate(input(spec, &BTreeMap::new(), status, Ok(data), at))
     }
 
     #[test]
@@ -1001,18 +1012,10 @@ mod tests {
             (HOLDOUT.to_owned(), arm(111, 22, 0)),
         ]
         .into();
+        let none = BTreeMap::new();
         let out = evaluate(ExperimentInput {
-            generation: Some(1),
-            spec: &spec,
-            annotations: &BTreeMap::new(),
-            status: &running,
-            router_exists: true,
-            allocation: None,
-            data: Ok(data),
-            unsettled: None,
             segments,
-            cuped: None,
-            now: Timestamp::from_second(3600).unwrap(),
+            ..input(&spec, &none, &running, Ok(data), 3600)
         });
         let s = &out.status.per_segment;
         assert_eq!(s.len(), 2);
@@ -1129,22 +1132,14 @@ mod tests {
     fn missing_metrics_hold_and_stop_annotation_acts_once() {
         let spec = spec(false);
         let running = run(&spec, &ExperimentStatus::default(), BTreeMap::new(), 0).status;
-        let out = evaluate(ExperimentInput {
-            generation: Some(1),
-            spec: &spec,
-            annotations: &BTreeMap::new(),
-            status: &running,
-            router_exists: true,
-            allocation: Some(Ok(LayerRange {
-                start: 0,
-                end: 10_000,
-            })),
-            data: Err("outcome store unreachable".to_owned()),
-            unsettled: None,
-            segments: Segments::new(),
-            cuped: None,
-            now: Timestamp::from_second(60).unwrap(),
-        });
+        let none = BTreeMap::new();
+        let out = evaluate(input(
+            &spec,
+            &none,
+            &running,
+            Err("outcome store unreachable".to_owned()),
+            60,
+        ));
         assert_eq!(out.status.phase, ExperimentPhase::Running);
         let c = switchboard_crds::find_condition(&out.status.conditions, cond::METRICS_AVAILABLE)
             .unwrap();
@@ -1154,22 +1149,7 @@ mod tests {
         );
 
         let stop = BTreeMap::from([(annotations::ACTION.to_owned(), "stop".to_owned())]);
-        let out = evaluate(ExperimentInput {
-            generation: Some(1),
-            spec: &spec,
-            annotations: &stop,
-            status: &running,
-            router_exists: true,
-            allocation: Some(Ok(LayerRange {
-                start: 0,
-                end: 10_000,
-            })),
-            data: Err("unused".to_owned()),
-            unsettled: None,
-            segments: Segments::new(),
-            cuped: None,
-            now: Timestamp::from_second(60).unwrap(),
-        });
+        let out = evaluate(input(&spec, &stop, &running, Err("unused".to_owned()), 60));
         assert_eq!(out.status.phase, ExperimentPhase::Stopped);
         assert_eq!(out.consumed_annotations, [annotations::ACTION]);
         // Past maxDuration (14 days by default) it stops as inconclusive.
@@ -1178,20 +1158,7 @@ mod tests {
         assert_eq!(late.status.phase, ExperimentPhase::Stopped);
     }
 
-    /// SplitMix64: a deterministic stream for the simulations.
-    struct Rng(u64);
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn binomial(&mut self, n: u32, p: f64) -> u32 {
-            (0..n).filter(|_| self.uniform() < p).count() as u32
-        }
-    }
+    use crate::experiment::simulation::Rng;
 
     /// Simulated units of one arm: each has its own escalation propensity, seen through 20
     /// pre-period interactions (the covariate) and 5 interactions during the experiment (shifted
@@ -1245,23 +1212,11 @@ mod tests {
         ]
         .into();
         let no_annotations = BTreeMap::new();
-        let input = |cuped| ExperimentInput {
-            generation: Some(1),
-            spec: &spec,
-            annotations: &no_annotations,
-            status: &running,
-            router_exists: true,
-            allocation: Some(Ok(LayerRange {
-                start: 0,
-                end: 10_000,
-            })),
-            data: Ok(data.clone()),
-            unsettled: None,
-            segments: Segments::new(),
+        let with = |cuped| ExperimentInput {
             cuped,
-            now: Timestamp::from_second(3600).unwrap(),
+            ..input(&spec, &no_annotations, &running, Ok(data.clone()), 3600)
         };
-        let adjusted = evaluate(input(Some(Ok(arms))));
+        let adjusted = evaluate(with(Some(Ok(arms))));
         let v = &adjusted.status.per_variant[1];
         let (low, high) = (v.ci_low.unwrap(), v.ci_high.unwrap());
         // The true effect is inside the adjusted interval, which excludes zero.
@@ -1281,7 +1236,7 @@ mod tests {
 
         // Without the pre-period data: the unadjusted unit-level estimate, a larger plan, and a
         // condition that says why.
-        let fallback = evaluate(input(Some(Err("connection refused".to_owned()))));
+        let fallback = evaluate(with(Some(Err("connection refused".to_owned()))));
         let u = &fallback.status.per_variant[1];
         assert!(u.variance_reduction.is_none() && u.estimate.is_some());
         assert!(

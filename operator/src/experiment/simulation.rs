@@ -30,11 +30,11 @@ fn runs() -> u32 {
         .unwrap_or(4_000)
 }
 
-/// SplitMix64: a deterministic stream.
-struct Rng(u64);
+/// SplitMix64: a deterministic stream for the simulations (here and in the analysis' tests).
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn uniform(&mut self) -> f64 {
+    pub(super) fn uniform(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -42,8 +42,12 @@ impl Rng {
         ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn bernoulli(&mut self, p: f64) -> bool {
+    pub(super) fn bernoulli(&mut self, p: f64) -> bool {
         self.uniform() < p
+    }
+
+    pub(super) fn binomial(&mut self, n: u32, p: f64) -> u32 {
+        (0..n).filter(|_| self.bernoulli(p)).count() as u32
     }
 }
 

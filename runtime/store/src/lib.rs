@@ -880,21 +880,42 @@ impl OutcomeStore {
             entry.units = count("units")?;
             entry.interactions = count("interactions")?;
         }
-        for &metric in q.metrics {
+        for (i, &metric) in q.metrics.iter().enumerate() {
             let wait = q
                 .settle
                 .get(&metric)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
             let settled = until.saturating_sub(wait).max(q.started_at);
-            let per_unit = self
-                .unit_outcomes(&UnitQuery {
+            // The first metric, broken down by segments: one read gives both the segments and,
+            // summed over them, each unit's outcomes.
+            let per_unit: Vec<UnitOutcome> = if i == 0 && !q.segments.is_empty() {
+                let rows = self.segment_outcomes(q, metric, settled).await?;
+                out.segments = segment_arms(&rows, q.segments, metric);
+                let mut units: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+                for (u, _) in &rows {
+                    let e = units.entry((u.unit.as_str(), u.arm.as_str())).or_default();
+                    e.0 += u.events;
+                    e.1 += u.trials;
+                }
+                units
+                    .into_iter()
+                    .map(|((unit, arm), (events, trials))| UnitOutcome {
+                        unit: unit.to_owned(),
+                        arm: arm.to_owned(),
+                        events,
+                        trials,
+                    })
+                    .collect()
+            } else {
+                self.unit_outcomes(&UnitQuery {
                     router: q.router,
                     experiment: Some(q.experiment),
                     metric,
                     from: q.started_at,
                     until: settled,
                 })
-                .await?;
+                .await?
+            };
             let mut arms: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
             for u in &per_unit {
                 arms.entry(u.arm.as_str())
@@ -922,16 +943,6 @@ impl OutcomeStore {
             let n = cast_i64(&recent, "n").map_err(query_error("experiment_units"))?;
             out.unsettled
                 .insert(metric.as_str().to_owned(), u64::try_from(n).unwrap_or(0));
-        }
-        if let (Some(&metric), false) = (q.metrics.first(), q.segments.is_empty()) {
-            let wait = q
-                .settle
-                .get(&metric)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let rows = self
-                .segment_outcomes(q, metric, until.saturating_sub(wait).max(q.started_at))
-                .await?;
-            out.segments = segment_arms(&rows, q.segments, metric);
         }
         Ok(out)
     }
