@@ -477,11 +477,7 @@ impl Validate for AdapterPatchSpec {
             messages::SHADOW_SHARE,
         );
         for (i, g) in self.guardrails.iter().enumerate() {
-            errors.check(
-                g.max_relative_increase.percent() > 0.0,
-                format!("spec.guardrails[{i}].maxRelativeIncrease"),
-                crate::common::GUARDRAIL_INCREASE_MESSAGE,
-            );
+            g.check(&format!("spec.guardrails[{i}]"), &mut errors);
             errors.check(
                 self.guardrails
                     .iter()
@@ -723,6 +719,10 @@ pub struct ArmCounts {
     pub trials: i64,
     /// `events / trials`.
     pub rate: f64,
+    /// Answers younger than the guardrail's `settleAfter`: their outcomes may still arrive, so
+    /// they are not compared yet (absent for the answer-time metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsettled: Option<i64>,
 }
 
 /// Result of a guardrail analysis.
@@ -750,6 +750,11 @@ pub struct GuardrailAnalysis {
     pub metric: String,
     /// The window it was measured over.
     pub window: String,
+    /// The follow-up of each answer compared (`settleAfter`; absent for the answer-time
+    /// metrics): the window's answers were given between `window + settleAfter` and
+    /// `settleAfter` ago, with the outcomes that arrived within `settleAfter` of each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_after: Option<String>,
     /// The stable version's counts.
     pub baseline: ArmCounts,
     /// The candidate's counts.

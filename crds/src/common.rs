@@ -462,6 +462,12 @@ impl Metric {
         }
     }
 
+    /// Whether the metric is an outcome the helpdesk reports after the answer (escalation,
+    /// reopen, resolution, CSAT), rather than a property of the answer known when it is given.
+    pub fn is_outcome(self) -> bool {
+        !self.default_settle().is_zero()
+    }
+
     /// The metric name as written in manifests and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -487,6 +493,7 @@ pub const GUARDRAIL_INCREASE_MESSAGE: &str =
 /// confidence.
 #[derive(KubeSchemaDerive, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.settleAfter) || self.metric in ['escalationRate', 'reopenRate', 'resolutionRate', 'csatLow', 'csatHigh']").message(GUARDRAIL_SETTLE_METRIC_MESSAGE).field_path(".settleAfter"))]
 pub struct Guardrail {
     /// The metric watched (e.g. `escalationRate`).
     pub metric: Metric,
@@ -494,7 +501,7 @@ pub struct Guardrail {
     /// an escalation rate of 15% may rise to at most 15.75%.
     #[x_kube(validation = Rule::new(crate::units::percent_rule("self", 0.0, 100.0, false)).message(GUARDRAIL_INCREASE_MESSAGE))]
     pub max_relative_increase: crate::units::Percent,
-    /// Trailing window the metric is measured over.
+    /// Trailing window of the answers compared (for outcome metrics it ends `settleAfter` ago).
     #[serde(default = "default_guardrail_window")]
     pub window: crate::units::GoDuration,
     /// No decision before each arm has this many interactions in the window.
@@ -505,7 +512,29 @@ pub struct Guardrail {
     #[serde(default = "default_confidence")]
     #[x_kube(validation = Rule::new(crate::units::percent_rule("self", 50.0, 99.99, true)).message("guardrails[].confidence must be between 50% and 99.99%"))]
     pub confidence: crate::units::Percent,
+    /// How long each answer is followed for its outcome (outcome metrics only): an escalation,
+    /// reopen, resolution or rating counts when it arrives within `settleAfter` of the answer,
+    /// and only answers at least that old are compared, in both arms alike. A canary's young
+    /// answers are therefore never compared, on outcomes that have not arrived yet, against a
+    /// baseline whose outcomes have: the window holds the answers given between
+    /// `window + settleAfter` and `settleAfter` ago. A longer follow-up sees more of the late
+    /// outcomes and decides later. Default `1h`; refusalRate, invalidCitationRate,
+    /// retrievalFailureRate and shadowDivergence are known when the answer is given and take
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(format!("{} && duration(self) <= duration('720h')", crate::units::duration_at_least_rule("self", "1s"))).message(GUARDRAIL_SETTLE_MESSAGE))]
+    pub settle_after: Option<crate::units::GoDuration>,
 }
+
+/// Message of the guardrail follow-up rule.
+pub const GUARDRAIL_SETTLE_MESSAGE: &str =
+    "guardrails[].settleAfter must be a duration from 1s to 720h";
+
+/// Message of the rule that answer-time metrics take no follow-up.
+pub const GUARDRAIL_SETTLE_METRIC_MESSAGE: &str = "guardrails[].settleAfter applies to outcome metrics (escalationRate, reopenRate, resolutionRate, csatLow, csatHigh); this metric is known when the answer is given";
+
+/// Default follow-up of an outcome guardrail (`settleAfter`).
+pub const DEFAULT_GUARDRAIL_SETTLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn default_guardrail_window() -> crate::units::GoDuration {
     crate::units::GoDuration::from_secs(24 * 3600)
@@ -526,6 +555,41 @@ impl Guardrail {
             window: default_guardrail_window(),
             min_samples: default_min_samples(),
             confidence: default_confidence(),
+            settle_after: None,
+        }
+    }
+
+    /// The follow-up in force: `settleAfter` (default [`DEFAULT_GUARDRAIL_SETTLE`]) for outcome
+    /// metrics, zero for the metrics known when the answer is given.
+    pub fn settle(&self) -> std::time::Duration {
+        if !self.metric.is_outcome() {
+            return std::time::Duration::ZERO;
+        }
+        self.settle_after
+            .as_ref()
+            .map_or(DEFAULT_GUARDRAIL_SETTLE, crate::units::GoDuration::duration)
+    }
+
+    /// Rust-side mirror of the admission rules on one guardrail at `path`.
+    pub(crate) fn check(&self, path: &str, errors: &mut Errors) {
+        errors.check(
+            self.max_relative_increase.percent() > 0.0,
+            format!("{path}.maxRelativeIncrease"),
+            GUARDRAIL_INCREASE_MESSAGE,
+        );
+        if let Some(settle) = &self.settle_after {
+            let d = settle.duration();
+            errors.check(
+                d >= std::time::Duration::from_secs(1)
+                    && d <= std::time::Duration::from_secs(720 * 3600),
+                format!("{path}.settleAfter"),
+                GUARDRAIL_SETTLE_MESSAGE,
+            );
+            errors.check(
+                self.metric.is_outcome(),
+                format!("{path}.settleAfter"),
+                GUARDRAIL_SETTLE_METRIC_MESSAGE,
+            );
         }
     }
 }

@@ -473,11 +473,7 @@ impl Validate for ExperimentSpec {
             );
         }
         for (i, g) in self.guardrails.iter().enumerate() {
-            errors.check(
-                g.max_relative_increase.percent() > 0.0,
-                format!("spec.guardrails[{i}].maxRelativeIncrease"),
-                crate::common::GUARDRAIL_INCREASE_MESSAGE,
-            );
+            g.check(&format!("spec.guardrails[{i}]"), &mut errors);
             errors.check(
                 self.guardrails
                     .iter()

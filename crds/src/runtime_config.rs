@@ -58,7 +58,16 @@ pub struct RuntimeConfig {
     /// Running experiments, in the order they started, with disjoint ranges of the layer.
     #[serde(default)]
     pub experiments: Vec<ExperimentConfig>,
+    /// The follow-ups (`settleAfter`) of the outcome guardrails watching this Router's answers
+    /// (its AdapterPatches' and running Experiments'), shortest first, at most
+    /// [`MAX_SETTLE_WINDOWS`]: for each, the runtime counts feedback that arrived within it of
+    /// its answer in `switchboard_feedback_settled_total{settle}`, once the answer is that old.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrail_settle_windows: Vec<GoDuration>,
 }
+
+/// Most distinct guardrail follow-ups one Router's runtime keeps counters for.
+pub const MAX_SETTLE_WINDOWS: usize = 8;
 
 /// Which Router the config belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -349,6 +358,25 @@ impl Validate for RuntimeConfig {
             "router.name and router.namespace must be set",
         );
 
+        e.check(
+            self.guardrail_settle_windows.len() <= MAX_SETTLE_WINDOWS,
+            "guardrailSettleWindows",
+            &format!("at most {MAX_SETTLE_WINDOWS} follow-ups"),
+        );
+        for (i, w) in self.guardrail_settle_windows.iter().enumerate() {
+            let d = w.duration();
+            e.check(
+                d >= std::time::Duration::from_secs(1)
+                    && d <= std::time::Duration::from_secs(720 * 3600),
+                format!("guardrailSettleWindows[{i}]"),
+                "must be from 1s to 720h",
+            );
+            e.check(
+                i == 0 || self.guardrail_settle_windows[i - 1].duration() < d,
+                format!("guardrailSettleWindows[{i}]"),
+                "must be longer than the one before (shortest first, no repeats)",
+            );
+        }
         for (i, p) in self.router_policy.redact.iter().enumerate() {
             if let Some(problem) = p.problem() {
                 e.check(false, format!("routerPolicy.redact[{i}].pattern"), &problem);
@@ -767,6 +795,26 @@ mod tests {
         let mut c = sample();
         c.large_model.local = Some("/models/big".into());
         assert_eq!(errors_of(&c), ["largeModel"]);
+
+        // Follow-ups: shortest first, no repeats, 1s..720h, at most eight.
+        let mut c = sample();
+        c.guardrail_settle_windows = ["1h", "30m", "30m", "0s"]
+            .iter()
+            .map(|d| d.parse().unwrap())
+            .collect();
+        assert_eq!(
+            errors_of(&c),
+            [
+                "guardrailSettleWindows[1]",
+                "guardrailSettleWindows[2]",
+                "guardrailSettleWindows[3]",
+                "guardrailSettleWindows[3]"
+            ]
+        );
+        c.guardrail_settle_windows = (1..=9).map(|h| GoDuration::from_secs(h * 60)).collect();
+        assert_eq!(errors_of(&c), ["guardrailSettleWindows"]);
+        c.guardrail_settle_windows.truncate(8);
+        assert!(c.validate().is_ok());
 
         let mut c = sample();
         c.revision = "v1".into();

@@ -174,6 +174,16 @@ pub fn duration_at_least_rule(expr: &str, min: &str) -> String {
     format!("{expr}.matches({pattern}) && duration({expr}) >= duration('{min}')")
 }
 
+/// A duration as a Prometheus range, offset or label value: whole seconds as `3600s`, otherwise
+/// milliseconds (`1500ms`). The runtime's `settle` label and the operator's queries agree on it.
+pub fn prometheus_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 /// Quotes `s` as a CEL single-quoted string literal (escaping backslashes and quotes).
 pub fn cel_string(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))

@@ -11,10 +11,10 @@ use switchboard_crds::{
     experiment::ExperimentPhase,
     runtime_config::{
         AdapterArtifact, AdapterConfig, AdapterRole, EndpointConfig, ExperimentConfig, KIND,
-        KnowledgeBaseConfig, LargeModelConfig, RouterIdentity, RouterPolicy, RuntimeConfig,
-        SmallModelConfig, VariantConfig,
+        KnowledgeBaseConfig, LargeModelConfig, MAX_SETTLE_WINDOWS, RouterIdentity, RouterPolicy,
+        RuntimeConfig, SmallModelConfig, VariantConfig,
     },
-    units::Percent,
+    units::{GoDuration, Percent},
 };
 
 /// Why a Router could not be compiled. Each variant names the object at fault.
@@ -182,6 +182,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
             redact: spec.privacy.redact.clone(),
         },
         experiments: Vec::new(),
+        guardrail_settle_windows: Vec::new(),
     };
     config.experiments = select_experiments(
         &config,
@@ -190,11 +191,49 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
         input.experiments,
         &mut skipped,
     );
+    config.guardrail_settle_windows =
+        settle_windows(&config, &namespace, input.adapters, input.experiments);
     skipped.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
 
     config.revision = revision(&config)?;
     config.validate().map_err(CompileError::InvalidOutput)?;
     Ok(Compiled { config, skipped })
+}
+
+/// The distinct follow-ups of the outcome guardrails of the AdapterPatches and Experiments in
+/// `config`, shortest first: the runtime keeps a settled-feedback counter for each. Beyond
+/// [`MAX_SETTLE_WINDOWS`] the longest are left out (their guardrails read no data and hold).
+fn settle_windows(
+    config: &RuntimeConfig,
+    namespace: &str,
+    adapters: &[AdapterPatch],
+    experiments: &[Experiment],
+) -> Vec<GoDuration> {
+    // An object of this namespace whose name the config lists.
+    let compiled = |meta: &kube::api::ObjectMeta, names: &[&str]| {
+        meta.namespace.as_deref().unwrap_or_default() == namespace
+            && names.contains(&meta.name.as_deref().unwrap_or_default())
+    };
+    let adapter_names: Vec<&str> = config.adapters.iter().map(|a| a.name.as_str()).collect();
+    let experiment_names: Vec<&str> = config.experiments.iter().map(|e| e.name.as_str()).collect();
+    let adapter_guardrails = adapters
+        .iter()
+        .filter(|p| compiled(&p.metadata, &adapter_names))
+        .flat_map(|p| &p.spec.guardrails);
+    let experiment_guardrails = experiments
+        .iter()
+        .filter(|x| compiled(&x.metadata, &experiment_names))
+        .flat_map(|x| &x.spec.guardrails);
+    let windows: BTreeSet<std::time::Duration> = adapter_guardrails
+        .chain(experiment_guardrails)
+        .map(switchboard_crds::Guardrail::settle)
+        .filter(|d| !d.is_zero())
+        .collect();
+    windows
+        .into_iter()
+        .take(MAX_SETTLE_WINDOWS)
+        .map(|d| GoDuration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        .collect()
 }
 
 /// `sha256:<hex>` of the config's canonical bytes.

@@ -219,11 +219,10 @@ fn regex_escape(s: &str) -> String {
 
 /// Range of a window in a form every Prometheus version parses (`[86400s]`).
 pub fn range(window: Duration) -> String {
-    if window.subsec_millis() == 0 {
-        format!("[{}s]", window.as_secs().max(1))
-    } else {
-        format!("[{}ms]", window.as_millis())
-    }
+    format!(
+        "[{}]",
+        switchboard_crds::units::prometheus_duration(window.max(Duration::from_millis(1)))
+    )
 }
 
 /// Which series a guardrail compares.
@@ -294,12 +293,18 @@ impl Arm {
 }
 
 /// The (events, trials) queries of `metric` for `arm` over `window`, as in docs/metrics.md.
+/// `settle` is the guardrail's follow-up (zero for the answer-time metrics): an outcome metric
+/// compares the answers given between `window + settle` and `settle` ago
+/// (`switchboard_interactions_total` offset by `settle`) with the feedback that arrived within
+/// `settle` of each (`switchboard_feedback_settled_total{settle}`, counted when its answer is
+/// `settle` old), so a young arm and an old one are compared at the same follow-up.
 /// `Err` for a metric the arm cannot measure (outcomes of unserved shadow answers; divergence
 /// of served ones).
 pub fn metric_queries(
     metric: Metric,
     arm: &Arm,
     window: Duration,
+    settle: Duration,
 ) -> Result<(String, String), String> {
     let sel = arm.selector();
     let w = range(window);
@@ -324,6 +329,26 @@ pub fn metric_queries(
             ),
             sum("switchboard_shadow_requests_total", ""),
         ));
+    }
+    if metric.is_outcome() && !settle.is_zero() {
+        let h = switchboard_crds::units::prometheus_duration(settle);
+        let settled = |outcome: &str| {
+            sum(
+                "switchboard_feedback_settled_total",
+                &format!("{outcome},settle=\"{h}\""),
+            )
+        };
+        let answers =
+            format!("sum(increase(switchboard_interactions_total{{{sel}}}{w} offset {h}))");
+        let rated = settled(",outcome=~\"csat_[1-5]\"");
+        return Ok(match metric {
+            Metric::EscalationRate => (settled(",outcome=\"escalated\""), answers),
+            Metric::ReopenRate => (settled(",outcome=\"reopened\""), answers),
+            Metric::ResolutionRate => (settled(",outcome=\"resolved\""), answers),
+            Metric::CsatLow => (settled(",outcome=~\"csat_1|csat_2\""), rated),
+            Metric::CsatHigh => (settled(",outcome=~\"csat_4|csat_5\""), rated),
+            other => return Err(format!("{} is not an outcome metric", other.as_str())),
+        });
     }
     let interactions = sum("switchboard_interactions_total", "");
     let feedback = |outcome: &str| sum("switchboard_feedback_total", outcome);
@@ -351,15 +376,25 @@ pub fn metric_queries(
     })
 }
 
-/// Events out of trials of `metric` for `arm`. Missing trials (no series) are an error: missing
-/// data. Missing events next to trials are zero events.
+/// The query of the answers of `arm` younger than `settle`: given, but not compared yet.
+pub fn unsettled_query(arm: &Arm, settle: Duration) -> String {
+    format!(
+        "sum(increase(switchboard_interactions_total{{{}}}{}))",
+        arm.selector(),
+        range(settle)
+    )
+}
+
+/// Events out of trials of `metric` for `arm` (at follow-up `settle`). Missing trials (no
+/// series) are an error: missing data. Missing events next to trials are zero events.
 pub async fn arm_counts(
     source: &dyn MetricsSource,
     metric: Metric,
     arm: &Arm,
     window: Duration,
+    settle: Duration,
 ) -> Result<Counts, String> {
-    let (events_q, trials_q) = metric_queries(metric, arm, window)?;
+    let (events_q, trials_q) = metric_queries(metric, arm, window, settle)?;
     let trials = count(source, &trials_q)
         .await?
         .ok_or_else(|| format!("no data for {trials_q}"))?;
@@ -430,22 +465,39 @@ pub async fn observe_rollout(
             continue;
         }
         let window = g.window.duration();
+        let settle = if scope.shadow {
+            Duration::ZERO
+        } else {
+            g.settle()
+        };
         let observation = async {
-            let mut baseline = arm_counts(source, g.metric, &baseline_arm, window).await;
+            let mut baseline = arm_counts(source, g.metric, &baseline_arm, window, settle).await;
             if scope.shadow && g.metric == Metric::ShadowDivergence {
                 // The served answer never diverges from itself: the baseline is zero events
                 // out of the same mirrored requests.
-                baseline = arm_counts(source, g.metric, &candidate_arm, window)
+                baseline = arm_counts(source, g.metric, &candidate_arm, window, settle)
                     .await
                     .map(|c| Counts {
                         events: 0,
                         trials: c.trials,
                     });
             }
-            let candidate = arm_counts(source, g.metric, &candidate_arm, window).await?;
+            let candidate = arm_counts(source, g.metric, &candidate_arm, window, settle).await?;
+            let unsettled = if settle.is_zero() {
+                None
+            } else {
+                // Informational (status): no series is no young answer.
+                let young = |arm| async move {
+                    count(source, &unsettled_query(arm, settle))
+                        .await
+                        .map(|n| n.unwrap_or(0))
+                };
+                Some((young(&baseline_arm).await?, young(&candidate_arm).await?))
+            };
             Ok(ArmObservation {
                 baseline: baseline?,
                 candidate,
+                unsettled,
             })
         };
         out.insert(g.metric, observation.await);
@@ -496,43 +548,59 @@ mod tests {
     fn queries_follow_the_metrics_contract() {
         let (base, cand) = scope(false).arms();
         let w = Duration::from_secs(24 * 3600);
+        let none = Duration::ZERO;
+        let hour = Duration::from_secs(3600);
+        // Outcome metrics at a follow-up: the answers given between window + settle and settle
+        // ago, and the feedback that arrived within settle of each.
         assert_eq!(
-            metric_queries(Metric::EscalationRate, &cand, w).unwrap(),
+            metric_queries(Metric::EscalationRate, &cand, w, hour).unwrap(),
+            (
+                r#"sum(increase(switchboard_feedback_settled_total{router="support/frontline",lineage="pricing",adapter_version="1.1.0",outcome="escalated",settle="3600s"}[86400s]))"#.to_owned(),
+                r#"sum(increase(switchboard_interactions_total{router="support/frontline",lineage="pricing",adapter_version="1.1.0"}[86400s] offset 3600s))"#.to_owned(),
+            )
+        );
+        assert_eq!(
+            metric_queries(Metric::CsatLow, &base, Duration::from_secs(60), Duration::from_millis(1500)).unwrap(),
+            (
+                r#"sum(increase(switchboard_feedback_settled_total{router="support/frontline",lineage="pricing",adapter_version="1.0.0",outcome=~"csat_1|csat_2",settle="1500ms"}[60s]))"#.to_owned(),
+                r#"sum(increase(switchboard_feedback_settled_total{router="support/frontline",lineage="pricing",adapter_version="1.0.0",outcome=~"csat_[1-5]",settle="1500ms"}[60s]))"#.to_owned(),
+            )
+        );
+        assert_eq!(
+            unsettled_query(&cand, hour),
+            r#"sum(increase(switchboard_interactions_total{router="support/frontline",lineage="pricing",adapter_version="1.1.0"}[3600s]))"#
+        );
+        // Without a follow-up (the Experiment analysis' own per-arm counts): as reported.
+        assert_eq!(
+            metric_queries(Metric::EscalationRate, &cand, w, none).unwrap(),
             (
                 r#"sum(increase(switchboard_feedback_total{router="support/frontline",lineage="pricing",adapter_version="1.1.0",outcome="escalated"}[86400s]))"#.to_owned(),
                 r#"sum(increase(switchboard_interactions_total{router="support/frontline",lineage="pricing",adapter_version="1.1.0"}[86400s]))"#.to_owned(),
             )
         );
         assert_eq!(
-            metric_queries(Metric::CsatLow, &base, Duration::from_secs(60)).unwrap(),
-            (
-                r#"sum(increase(switchboard_feedback_total{router="support/frontline",lineage="pricing",adapter_version="1.0.0",outcome=~"csat_1|csat_2"}[60s]))"#.to_owned(),
-                r#"sum(increase(switchboard_feedback_total{router="support/frontline",lineage="pricing",adapter_version="1.0.0",outcome=~"csat_[1-5]"}[60s]))"#.to_owned(),
-            )
-        );
-        assert_eq!(
-            metric_queries(Metric::InvalidCitationRate, &base, w)
+            metric_queries(Metric::InvalidCitationRate, &base, w, none)
                 .unwrap()
                 .0,
             r#"sum(increase(switchboard_answer_checks_total{router="support/frontline",lineage="pricing",adapter_version="1.0.0",check="invalid_citation"}[86400s]))"#
         );
-        assert!(metric_queries(Metric::ShadowDivergence, &base, w).is_err());
+        assert!(metric_queries(Metric::ShadowDivergence, &base, w, none).is_err());
 
         let (sb, sc) = scope(true).arms();
         assert_eq!(
-            metric_queries(Metric::RefusalRate, &sb, w).unwrap(),
+            metric_queries(Metric::RefusalRate, &sb, w, none).unwrap(),
             (
                 r#"sum(increase(switchboard_shadow_checks_total{router="support/frontline",lineage="pricing",adapter_version="1.1.0",side="baseline",check="refusal"}[86400s]))"#.to_owned(),
                 r#"sum(increase(switchboard_shadow_requests_total{router="support/frontline",lineage="pricing",adapter_version="1.1.0"}[86400s]))"#.to_owned(),
             )
         );
         assert!(
-            metric_queries(Metric::ShadowDivergence, &sc, w)
+            metric_queries(Metric::ShadowDivergence, &sc, w, none)
                 .unwrap()
                 .0
                 .contains(r#"side="candidate",check="divergent""#)
         );
-        assert!(metric_queries(Metric::EscalationRate, &sc, w).is_err());
+        assert!(metric_queries(Metric::EscalationRate, &sc, w, hour).is_err());
 
         let arm = Arm::ExperimentArm {
             router: "support/frontline".to_owned(),
@@ -540,10 +608,15 @@ mod tests {
             arm: "holdout".to_owned(),
         };
         assert_eq!(
-            metric_queries(Metric::ResolutionRate, &arm, Duration::from_millis(1500))
-                .unwrap()
-                .0,
-            r#"sum(increase(switchboard_feedback_total{router="support/frontline",experiment="rewrite",arm="holdout",outcome="resolved"}[1500ms]))"#
+            metric_queries(
+                Metric::ResolutionRate,
+                &arm,
+                Duration::from_millis(1500),
+                Duration::from_secs(60)
+            )
+            .unwrap()
+            .0,
+            r#"sum(increase(switchboard_feedback_settled_total{router="support/frontline",experiment="rewrite",arm="holdout",outcome="resolved",settle="60s"}[1500ms]))"#
         );
     }
 
@@ -580,7 +653,9 @@ mod tests {
                 trials: 100
             }
         );
-        assert_eq!(source.asked.lock().unwrap().len(), 4);
+        // Events and trials of each arm, then each arm's answers still within the follow-up.
+        assert_eq!(source.asked.lock().unwrap().len(), 6);
+        assert_eq!(o.unsettled, Some((100, 100)));
 
         #[derive(Debug)]
         struct Empty;

@@ -1374,6 +1374,21 @@ async fn record_feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(
         }
     }
     engine.metrics().feedback(&claims.variant, outcome.label());
+    if let Some(active) = engine.active() {
+        let windows: Vec<std::time::Duration> = active
+            .config
+            .guardrail_settle_windows
+            .iter()
+            .map(switchboard_crds::units::GoDuration::duration)
+            .collect();
+        engine.metrics().feedback_settled(
+            &claims.variant,
+            outcome.label(),
+            i64::try_from(claims.iat).unwrap_or(i64::MAX),
+            at,
+            &windows,
+        );
+    }
     Ok(())
 }
 

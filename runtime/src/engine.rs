@@ -859,13 +859,18 @@ fn initialise_served_series(metrics: &Metrics, router: &str, config: &RuntimeCon
         arm: String::new(),
         model: "small".to_owned(),
     };
-    metrics.initialise(&variant("", "", ""));
+    let windows: Vec<Duration> = config
+        .guardrail_settle_windows
+        .iter()
+        .map(switchboard_crds::units::GoDuration::duration)
+        .collect();
+    metrics.initialise(&variant("", "", ""), &windows);
     for adapter in &config.adapters {
         let role = match adapter.role {
             AdapterRole::Stable => "stable",
             AdapterRole::Canary => "canary",
             AdapterRole::Shadow => continue,
         };
-        metrics.initialise(&variant(&adapter.lineage, &adapter.version, role));
+        metrics.initialise(&variant(&adapter.lineage, &adapter.version, role), &windows);
     }
 }

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the runtime (`/metrics`). Names follow `switchboard_<noun>_<unit>`; label
 //! sets are small and bounded (stage, outcome, reason, and the knowledge base's own documents).
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -30,6 +32,14 @@ pub const FEEDBACK_OUTCOMES: [&str; 8] = [
     "csat_4",
     "csat_5",
 ];
+
+/// Feedback waiting for its follow-up: (due, Unix seconds; label values of
+/// `switchboard_feedback_settled_total`).
+type Settling = (i64, Vec<String>);
+
+/// Most feedback waiting for its follow-up at once (about 300 bytes each); beyond it feedback is
+/// left out of the settled counters and counted in `switchboard_feedback_settled_dropped_total`.
+const MAX_SETTLING: usize = 1_000_000;
 
 /// Every `check` label value of `switchboard_answer_checks_total` (docs/metrics.md).
 pub const ANSWER_CHECKS: [&str; 4] = [
@@ -62,6 +72,11 @@ pub struct Metrics {
     documents: Mutex<Vec<DocumentFreshness>>,
     interactions: IntCounterVec,
     feedback: IntCounterVec,
+    feedback_settled: IntCounterVec,
+    /// Feedback waiting for its answer to reach a guardrail's follow-up: (due, label values),
+    /// released into `feedback_settled` by the first scrape at or after `due`.
+    settling: Mutex<BinaryHeap<Reverse<Settling>>>,
+    settling_dropped: prometheus::IntCounter,
     feedback_rejected: IntCounterVec,
     answer_checks: IntCounterVec,
     answer_paths: IntCounterVec,
@@ -186,6 +201,19 @@ impl Metrics {
                 "Verified first-time feedback per variant and outcome.",
             ),
             &labels_with("outcome"),
+        )?;
+        let mut settled_labels = labels_with("outcome");
+        settled_labels.push("settle");
+        let feedback_settled = IntCounterVec::new(
+            Opts::new(
+                "switchboard_feedback_settled_total",
+                "Verified feedback that arrived within `settle` of its answer, counted once the answer is `settle` old (the guardrails' follow-ups; compare with switchboard_interactions_total offset by `settle`).",
+            ),
+            &settled_labels,
+        )?;
+        let settling_dropped = prometheus::IntCounter::new(
+            "switchboard_feedback_settled_dropped_total",
+            "Feedback left out of switchboard_feedback_settled_total because too much was waiting for its follow-up.",
         )?;
         let feedback_rejected = IntCounterVec::new(
             Opts::new(
@@ -337,6 +365,8 @@ impl Metrics {
             Box::new(generation_shed.clone()),
             Box::new(generation_queue.clone()),
             Box::new(feedback.clone()),
+            Box::new(feedback_settled.clone()),
+            Box::new(settling_dropped.clone()),
             Box::new(feedback_rejected.clone()),
             Box::new(answer_checks.clone()),
             Box::new(answer_paths.clone()),
@@ -377,6 +407,9 @@ impl Metrics {
             documents: Mutex::new(Vec::new()),
             interactions,
             feedback,
+            feedback_settled,
+            settling: Mutex::new(BinaryHeap::new()),
+            settling_dropped,
             feedback_rejected,
             answer_checks,
             answer_paths,
@@ -453,10 +486,16 @@ impl Metrics {
     /// Prometheus sees each counter from its first increment: `increase()` cannot count the
     /// increments before a series' first scrape, and a canary's first few answers are exactly the
     /// ones its guardrail is waiting for (the usual "initialise labelled counters" practice).
-    pub fn initialise(&self, variant: &Variant) {
+    pub fn initialise(&self, variant: &Variant, settle_windows: &[Duration]) {
         self.interactions.with_label_values(&variant.labels());
         for outcome in FEEDBACK_OUTCOMES {
             self.feedback.with_label_values(&with(variant, outcome));
+            for window in settle_windows {
+                let settle = switchboard_crds::units::prometheus_duration(*window);
+                let mut labels = with(variant, outcome);
+                labels.push(&settle);
+                self.feedback_settled.with_label_values(&labels);
+            }
         }
         for check in ANSWER_CHECKS {
             self.answer_checks.with_label_values(&with(variant, check));
@@ -483,6 +522,60 @@ impl Metrics {
         self.feedback
             .with_label_values(&with(variant, outcome))
             .inc();
+    }
+
+    /// Schedules verified feedback for the guardrails' settled counters: for each follow-up `h`
+    /// in `windows` that it arrived within (`at - answered_at <= h`), it is counted in
+    /// `switchboard_feedback_settled_total{settle=h}` by the first scrape once the answer is `h`
+    /// old, the moment the answer itself enters `switchboard_interactions_total offset h`. Both
+    /// arms of a guardrail are then compared on answers of the same age with the outcomes of the
+    /// same follow-up, however young one arm is (docs/statistics.md, "Late outcomes").
+    pub fn feedback_settled(
+        &self,
+        variant: &Variant,
+        outcome: &str,
+        answered_at: i64,
+        at: i64,
+        windows: &[Duration],
+    ) {
+        let delay = at.saturating_sub(answered_at).max(0);
+        let Ok(mut settling) = self.settling.lock() else {
+            return;
+        };
+        for window in windows {
+            let h = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+            // A sub-second follow-up is rounded up: the answer time is known to the second.
+            let h = if window.subsec_nanos() > 0 {
+                h.saturating_add(1)
+            } else {
+                h
+            };
+            if delay > h {
+                continue;
+            }
+            if settling.len() >= MAX_SETTLING {
+                self.settling_dropped.inc();
+                continue;
+            }
+            let mut labels: Vec<String> =
+                variant.labels().iter().map(|l| (*l).to_owned()).collect();
+            labels.push(outcome.to_owned());
+            labels.push(switchboard_crds::units::prometheus_duration(*window));
+            settling.push(Reverse((answered_at.saturating_add(h), labels)));
+        }
+    }
+
+    /// Moves the feedback whose follow-up has ended by `now` into the settled counters.
+    fn release_settled(&self, now: i64) {
+        let Ok(mut settling) = self.settling.lock() else {
+            return;
+        };
+        while settling.peek().is_some_and(|Reverse((due, _))| *due <= now) {
+            if let Some(Reverse((_, labels))) = settling.pop() {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                self.feedback_settled.with_label_values(&labels).inc();
+            }
+        }
     }
 
     /// Counts refused feedback.
@@ -685,10 +778,12 @@ impl Metrics {
 
     /// The text exposition of every family (staleness as of now).
     pub fn render(&self) -> String {
+        let now = unix_now();
+        self.release_settled(now);
         // Held while encoding: a concurrent scrape cannot reset the gauge under this one.
         let documents = self.documents.lock();
         if let Ok(documents) = &documents {
-            self.set_staleness(documents, unix_now());
+            self.set_staleness(documents, now);
         }
         self.encode()
     }
@@ -735,10 +830,9 @@ mod tests {
         assert_eq!(concentration(&HashMap::new()), 0.0);
     }
 
-    #[test]
-    fn a_served_variant_is_exported_at_zero_before_its_first_answer() {
-        let metrics = Metrics::new().unwrap();
-        let canary = Variant {
+    /// The canary version of the `billing` lineage.
+    fn canary() -> Variant {
+        Variant {
             router: "support/helpdesk".into(),
             lineage: "billing".into(),
             adapter_version: "1.1.0".into(),
@@ -746,8 +840,14 @@ mod tests {
             experiment: String::new(),
             arm: String::new(),
             model: "small".into(),
-        };
-        metrics.initialise(&canary);
+        }
+    }
+
+    #[test]
+    fn a_served_variant_is_exported_at_zero_before_its_first_answer() {
+        let metrics = Metrics::new().unwrap();
+        let canary = canary();
+        metrics.initialise(&canary, &[Duration::from_secs(3600)]);
         let text = metrics.render();
         let zero_series = |name: &str, extra: &str| {
             text.lines().any(|l| {
@@ -771,6 +871,13 @@ mod tests {
             zero_series("switchboard_answer_checks_total", "check=\"refusal\""),
             "{text}"
         );
+        assert!(
+            zero_series(
+                "switchboard_feedback_settled_total",
+                "outcome=\"escalated\",router=\"support/helpdesk\",settle=\"3600s\""
+            ),
+            "{text}"
+        );
         // The first answer then counts from zero.
         metrics.interaction(&canary);
         assert!(text_has(
@@ -778,6 +885,37 @@ mod tests {
             "switchboard_interactions_total",
             " 1"
         ));
+    }
+
+    #[test]
+    fn feedback_is_counted_settled_when_its_answer_reaches_the_follow_up() {
+        let metrics = Metrics::new().unwrap();
+        let variant = canary();
+        let windows = [Duration::from_secs(60), Duration::from_secs(3600)];
+        let now = unix_now();
+        // Answered 2 minutes ago, escalated now: outside the 1-minute follow-up, inside the
+        // hour's, which ends in 58 minutes.
+        metrics.feedback_settled(&variant, "escalated", now - 120, now, &windows);
+        // Answered 2 hours ago and escalated 30 s later (reported late to this replica): both
+        // follow-ups have ended, so both count at the next scrape.
+        metrics.feedback_settled(&variant, "escalated", now - 7200, now - 7170, &windows);
+        let value = |text: &str, settle: &str| -> Option<u64> {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("switchboard_feedback_settled_total{")
+                        && l.contains(&format!("settle=\"{settle}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        };
+        let text = metrics.render();
+        assert_eq!(value(&text, "60s"), Some(1), "{text}");
+        assert_eq!(value(&text, "3600s"), Some(1), "{text}");
+        // An hour on, the first escalation's follow-up has ended too.
+        metrics.release_settled(now + 3600);
+        let text = metrics.render();
+        assert_eq!(value(&text, "60s"), Some(1), "{text}");
+        assert_eq!(value(&text, "3600s"), Some(2), "{text}");
     }
 
     #[test]

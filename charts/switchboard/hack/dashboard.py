@@ -72,7 +72,7 @@ ROWS = [
     ("Outcomes per variant (Router, lineage, adapter version)", [
         ("Escalation rate", "timeseries", "percentunit",
          [(rate_by_variant('outcome="escalated"'), "{{lineage}}@{{adapter_version}} {{adapter_role}} ({{router}})")],
-         "Escalated feedback / answers, over the selected window."),
+         "Escalated feedback / answers, over the selected window, as reported: a version that started recently reads low because its late escalations have not arrived yet. The rollout guardrails compare at their follow-up instead (switchboard_feedback_settled_total, docs/metrics.md)."),
         ("Reopen rate", "timeseries", "percentunit",
          [(rate_by_variant('outcome="reopened"'), "{{lineage}}@{{adapter_version}} {{adapter_role}} ({{router}})")], ""),
         ("Resolution rate", "timeseries", "percentunit",

@@ -9,7 +9,10 @@ use crate::support;
 use serde_json::{Value, json};
 use switchboard_crds::{
     adapter_patch::messages as ap,
-    common::{DIGEST_MESSAGE, GUARDRAIL_INCREASE_MESSAGE},
+    common::{
+        DIGEST_MESSAGE, GUARDRAIL_INCREASE_MESSAGE, GUARDRAIL_SETTLE_MESSAGE,
+        GUARDRAIL_SETTLE_METRIC_MESSAGE,
+    },
     experiment::messages as exp,
     knowledge_base::messages as kb,
     router::messages as rt,
@@ -227,6 +230,29 @@ fn cases() -> Vec<Case> {
             field: "spec.guardrails[0].maxRelativeIncrease",
             message: PERCENT_MESSAGE,
             rust: Rust::Deserialize("invalid percentage \"0.05\""),
+        },
+        Case {
+            name: "guardrail follow-up on an answer-time metric",
+            file: "adapterpatch.yaml",
+            kind: "AdapterPatch",
+            update: false,
+            edit: |d| set(d, "/spec/guardrails/0/metric", json!("refusalRate")),
+            field: "spec.guardrails[0].settleAfter",
+            message: GUARDRAIL_SETTLE_METRIC_MESSAGE,
+            rust: Rust::Field(
+                "spec.guardrails[0].settleAfter",
+                GUARDRAIL_SETTLE_METRIC_MESSAGE,
+            ),
+        },
+        Case {
+            name: "guardrail follow-up of zero",
+            file: "adapterpatch.yaml",
+            kind: "AdapterPatch",
+            update: false,
+            edit: |d| set(d, "/spec/guardrails/0/settleAfter", json!("0s")),
+            field: "spec.guardrails[0].settleAfter",
+            message: GUARDRAIL_SETTLE_MESSAGE,
+            rust: Rust::Field("spec.guardrails[0].settleAfter", GUARDRAIL_SETTLE_MESSAGE),
         },
         Case {
             name: "guardrail on an unknown metric",

@@ -56,6 +56,9 @@ pub struct ArmObservation {
     pub baseline: Counts,
     /// The candidate.
     pub candidate: Counts,
+    /// Answers of (baseline, candidate) younger than the guardrail's follow-up, not compared
+    /// yet; `None` for the answer-time metrics.
+    pub unsettled: Option<(u64, u64)>,
 }
 
 /// Per guardrail metric: the counts, or why they could not be read. A metric absent from the map
@@ -788,18 +791,25 @@ impl Machine<'_> {
                     continue;
                 }
             };
-            let arm = |c: Counts| ArmCounts {
+            let arm = |c: Counts, unsettled: Option<u64>| ArmCounts {
                 events: i64::try_from(c.events).unwrap_or(i64::MAX),
                 trials: i64::try_from(c.trials).unwrap_or(i64::MAX),
                 rate: c.rate().unwrap_or(0.0),
+                unsettled: unsettled.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             };
             let ev = &evaluation.evidence;
             let interval = ev.always_valid_interval;
             results.push(GuardrailAnalysis {
                 metric: metric.to_owned(),
                 window: g.window.to_string(),
-                baseline: arm(baseline),
-                candidate: arm(candidate),
+                settle_after: (!shadow && g.metric.is_outcome()).then(|| {
+                    switchboard_crds::GoDuration::from_millis(
+                        u64::try_from(g.settle().as_millis()).unwrap_or(u64::MAX),
+                    )
+                    .to_string()
+                }),
+                baseline: arm(baseline, obs.unsettled.map(|u| u.0)),
+                candidate: arm(candidate, obs.unsettled.map(|u| u.1)),
                 relative_change: ev.relative_change.unwrap_or(0.0),
                 ci_low: interval.map_or(0.0, |i| i.lower),
                 ci_high: interval.map_or(0.0, |i| i.upper),

@@ -16,7 +16,7 @@ use kube::{
 };
 use switchboard_analysis::Counts;
 use switchboard_crds::{
-    Experiment, Metric, Router, Validate,
+    Experiment, Guardrail, Router, Validate,
     conditions::{self as cond},
     experiment::{ExperimentPhase, LayerRange},
 };
@@ -51,11 +51,11 @@ pub use crate::context::error_policy;
 /// Counts of `metric` for `arm`; no series means zero (the arm has had no such traffic yet).
 async fn counts_or_zero(
     source: &dyn MetricsSource,
-    metric: Metric,
+    guardrail: &Guardrail,
     arm: &Arm,
     window: Duration,
 ) -> Result<Counts, String> {
-    let (events_q, trials_q) = metric_queries(metric, arm, window)?;
+    let (events_q, trials_q) = metric_queries(guardrail.metric, arm, window, guardrail.settle())?;
     let trials = count(source, &trials_q).await?.unwrap_or(0);
     let events = count(source, &events_q).await?.unwrap_or(0);
     Ok(Counts {
@@ -106,7 +106,7 @@ pub async fn arm_data(
         for g in &x.spec.guardrails {
             guardrails.insert(
                 g.metric,
-                counts_or_zero(ctx.source.as_ref(), g.metric, &arm, window).await,
+                counts_or_zero(ctx.source.as_ref(), g, &arm, window).await,
             );
         }
         out.insert(

@@ -370,3 +370,57 @@ fn a_knowledge_base_without_an_index_is_an_error_with_a_reason() {
     );
     assert_eq!(err.reason(), "IndexBuilding");
 }
+
+#[test]
+fn the_runtime_counts_feedback_at_every_follow_up_its_guardrails_use() {
+    let r = router(serde_json::json!({"matchLabels": {"team": "support"}}));
+    // Default guardrail (escalationRate, 1h), a 24h reopen guardrail and an answer-time one.
+    let mut pricing = patch(
+        "pricing",
+        "pricing",
+        serde_json::json!({"team": "support"}),
+        "1.0.0",
+        stable("1.0.0"),
+    );
+    pricing.spec.guardrails = serde_json::from_value(serde_json::json!([
+        {"metric": "escalationRate", "maxRelativeIncrease": "5%"},
+        {"metric": "reopenRate", "maxRelativeIncrease": "10%", "settleAfter": "24h"},
+        {"metric": "refusalRate", "maxRelativeIncrease": "10%"}
+    ]))
+    .unwrap();
+    // Not selected by this Router: its follow-up is not this runtime's business.
+    let mut elsewhere = patch(
+        "billing",
+        "billing",
+        serde_json::json!({"team": "billing"}),
+        "1.0.0",
+        stable("1.0.0"),
+    );
+    elsewhere.spec.guardrails[0].settle_after = Some("2h".parse().unwrap());
+    // A running Experiment's csatLow guardrail at 30m; a concluded one's is gone.
+    let mut running = experiment("rewrite", "Running", "5%", serde_json::json!({}));
+    running.spec.guardrails = serde_json::from_value(serde_json::json!([
+        {"metric": "csatLow", "maxRelativeIncrease": "10%", "settleAfter": "30m"},
+        {"metric": "escalationRate", "maxRelativeIncrease": "10%", "settleAfter": "1h"}
+    ]))
+    .unwrap();
+    let mut done = experiment("done", "Concluded", "5%", serde_json::json!({}));
+    done.spec.guardrails = running.spec.guardrails.clone();
+    done.spec.guardrails[0].settle_after = Some("45m".parse().unwrap());
+
+    let config = run(&r, &[pricing, elsewhere], &[running, done]);
+    let windows: Vec<String> = config
+        .guardrail_settle_windows
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(windows, ["30m", "1h", "24h"]);
+    // A config without outcome guardrails carries none (and its revision is unchanged by them).
+    let plain = run(&router(serde_json::json!({})), &[], &[]);
+    assert!(plain.guardrail_settle_windows.is_empty());
+    assert!(
+        !serde_json::to_string(&plain)
+            .unwrap()
+            .contains("guardrailSettleWindows")
+    );
+}

@@ -16,6 +16,7 @@ use switchboard_operator::adapter_patch::evaluation::EvaluationCheck;
 use switchboard_operator::adapter_patch::rollout::{
     ArmObservation, ArtifactCheck, EventType, Observations, RolloutInput, RolloutOutput, step,
 };
+use switchboard_testkit::rng::Rng;
 
 const V1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -52,6 +53,7 @@ fn healthy() -> Observations {
         Ok(ArmObservation {
             baseline: c,
             candidate: c,
+            unsettled: None,
         }),
     )])
 }
@@ -63,6 +65,7 @@ fn breached() -> Observations {
         Ok(ArmObservation {
             baseline: Counts::new(1500, 10_000).unwrap(),
             candidate: Counts::new(2000, 10_000).unwrap(),
+            unsettled: None,
         }),
     )])
 }
@@ -74,6 +77,7 @@ fn escalations(baseline: (u64, u64), candidate: (u64, u64)) -> Observations {
         Ok(ArmObservation {
             baseline: Counts::new(baseline.0, baseline.1).unwrap(),
             candidate: Counts::new(candidate.0, candidate.1).unwrap(),
+            unsettled: None,
         }),
     )])
 }
@@ -390,6 +394,7 @@ fn missing_metrics_hold_with_a_condition_and_never_promote() {
         Ok(ArmObservation {
             baseline: few,
             candidate: few,
+            unsettled: None,
         }),
     )]);
     let out = w.tick(400);
@@ -653,4 +658,199 @@ fn the_end_to_end_storys_promoted_canary_is_rolled_back() {
         "{:?}",
         out.status.last_analysis
     );
+}
+
+/// How the guardrail's counts are read from the runtime's counters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reading {
+    /// Before follow-ups: escalations reported in the window over answers given in it.
+    AsReported,
+    /// At the guardrail's follow-up (docs/metrics.md): answers given between window + settle and
+    /// settle ago, with the escalations that arrived within settle of each.
+    Settled,
+}
+
+/// What one simulated canary ended as, and its last estimate of the relative change.
+struct CanaryRun {
+    phase: AdapterPhase,
+    relative_change: Option<f64>,
+}
+
+/// One canary of 1.1.0 against 1.0.0, which has served the lineage for a day: 30 answers a
+/// minute, escalations at `baseline_rate` and `candidate_rate`, 40% of them reported within 5
+/// minutes of the answer and 60% hours later (exponential, mean 8h): the helpdesk's late
+/// escalations. The per-minute counters are the runtime's (`interactions_total`,
+/// `feedback_total` at the report, `feedback_settled_total` when the answer is `settle` old);
+/// the state machine is ticked every 5 minutes for 8 hours on the counts `reading` gives.
+fn simulate_canary(
+    rng: &mut Rng,
+    reading: Reading,
+    baseline_rate: f64,
+    candidate_rate: f64,
+) -> CanaryRun {
+    const HISTORY: i64 = 25 * 60; // minutes of 1.0.0 alone before the canary
+    const HORIZON: i64 = 8 * 60; // minutes of canary simulated
+    const PER_MINUTE: usize = 30;
+    let settle = 60; // minutes: the guardrail's default settleAfter (1h)
+    let window = 24 * 60; // minutes: its default window (24h)
+    let len = usize::try_from(HISTORY + HORIZON + 24 * 60).unwrap();
+    let idx = |minute: i64| usize::try_from(minute + HISTORY).unwrap();
+    // [arm][minute]: 0 = baseline (1.0.0), 1 = candidate (1.1.0).
+    let mut answers = [vec![0_u64; len], vec![0_u64; len]];
+    let mut reported = [vec![0_u64; len], vec![0_u64; len]];
+    let mut settled = [vec![0_u64; len], vec![0_u64; len]];
+
+    let mut spec = spec("1.0.0", V1);
+    spec.rollout = serde_json::from_value(serde_json::json!({
+        "shadow": {"duration": "10m", "sampleShare": "10%"},
+        "canary": {"steps": [{"weight": 10, "duration": "1h"}, {"weight": 25, "duration": "1h"},
+                             {"weight": 50, "duration": "1h"}]},
+        "postPromotionWatch": "1h"
+    }))
+    .unwrap();
+    let mut w = World::new(spec.clone());
+    w.tick(-HISTORY);
+    spec.version = "1.1.0".into();
+    spec.artifact.sha256 = V2.parse().unwrap();
+    w.spec = spec;
+    w.observations = BTreeMap::new();
+    let sum = |series: &[u64], from: i64, to: i64| -> u64 {
+        // Minutes in (from, to].
+        (from + 1..=to)
+            .filter(|m| *m >= -HISTORY)
+            .map(|m| series[idx(m)])
+            .sum()
+    };
+    let mut relative_change = None;
+    for minute in -HISTORY..HORIZON {
+        if minute >= 0 && minute % 5 == 0 {
+            let observe = |arm: usize| match reading {
+                Reading::AsReported => Counts::new(
+                    sum(&reported[arm], minute - window, minute),
+                    sum(&answers[arm], minute - window, minute),
+                ),
+                Reading::Settled => Counts::new(
+                    sum(&settled[arm], minute - window, minute),
+                    sum(&answers[arm], minute - window - settle, minute - settle),
+                ),
+            };
+            let observation = match (observe(0), observe(1)) {
+                (Ok(baseline), Ok(candidate)) if candidate.trials > 0 => Ok(ArmObservation {
+                    baseline,
+                    candidate,
+                    unsettled: None,
+                }),
+                _ => Err("no data".to_owned()),
+            };
+            w.observations = BTreeMap::from([(Metric::EscalationRate, observation)]);
+            let out = w.tick(minute);
+            if let Some(g) = out
+                .status
+                .last_analysis
+                .as_ref()
+                .and_then(|a| a.guardrails.first())
+            {
+                relative_change = Some(g.relative_change);
+            }
+            if matches!(
+                out.status.phase,
+                AdapterPhase::RolledBack | AdapterPhase::Promoted
+            ) {
+                return CanaryRun {
+                    phase: out.status.phase,
+                    relative_change,
+                };
+            }
+        }
+        let weight = if w.status.phase == AdapterPhase::Canary {
+            f64::from(w.status.canary_weight.unwrap_or(0)) / 100.0
+        } else {
+            0.0
+        };
+        for _ in 0..PER_MINUTE {
+            let arm = usize::from(minute >= 0 && rng.next_f64() < weight);
+            answers[arm][idx(minute)] += 1;
+            let rate = if arm == 1 {
+                candidate_rate
+            } else {
+                baseline_rate
+            };
+            if rng.next_f64() >= rate {
+                continue;
+            }
+            let delay = if rng.next_f64() < 0.4 {
+                rng.next_f64() * 5.0
+            } else {
+                -480.0 * (1.0 - rng.next_f64()).ln()
+            };
+            #[allow(clippy::cast_possible_truncation)]
+            let delay = delay.floor() as i64;
+            if let Some(slot) = reported[arm].get_mut(idx(minute) + usize::try_from(delay).unwrap())
+            {
+                *slot += 1;
+            }
+            if delay <= settle {
+                settled[arm][idx(minute + settle)] += 1;
+            }
+        }
+    }
+    CanaryRun {
+        phase: w.status.phase,
+        relative_change,
+    }
+}
+
+#[test]
+fn late_escalations_do_not_bias_the_canary_decision() {
+    // Issue 25 point 5: escalations arrive hours after the answer, so a canary's young answers
+    // have fewer of theirs reported than a day-old baseline's. Read as reported, a canary that
+    // escalates 50% more looks better than the baseline and is promoted; at the guardrail's
+    // follow-up both arms are compared on answers of the same age and it is rolled back, while
+    // an equal canary is not.
+    const RUNS: usize = 200;
+    let mut rng = Rng::new(25);
+    let mut table = Vec::new();
+    for (name, reading, candidate_rate) in [
+        ("A/A, as reported", Reading::AsReported, 0.15),
+        ("A/A, settled", Reading::Settled, 0.15),
+        ("+50%, as reported", Reading::AsReported, 0.225),
+        ("+50%, settled", Reading::Settled, 0.225),
+    ] {
+        let runs: Vec<CanaryRun> = (0..RUNS)
+            .map(|_| simulate_canary(&mut rng, reading, 0.15, candidate_rate))
+            .collect();
+        let share = |phase| runs.iter().filter(|r| r.phase == phase).count() as f64 / RUNS as f64;
+        let estimates: Vec<f64> = runs.iter().filter_map(|r| r.relative_change).collect();
+        let mean = estimates.iter().sum::<f64>() / estimates.len().max(1) as f64;
+        println!(
+            "{name}: rolled back {:.0}%, promoted {:.0}%, mean relative change {:+.1}%",
+            100.0 * share(AdapterPhase::RolledBack),
+            100.0 * share(AdapterPhase::Promoted),
+            100.0 * mean
+        );
+        table.push((
+            share(AdapterPhase::RolledBack),
+            share(AdapterPhase::Promoted),
+            mean,
+        ));
+    }
+    let [aa_reported, aa_settled, bad_reported, bad_settled] = table[..] else {
+        unreachable!()
+    };
+    // As reported, the young canary's rate reads far below the baseline's (the bias) and a 50%
+    // worse version is promoted more often than not (here: always).
+    assert!(aa_reported.2 < -0.25, "{aa_reported:?}");
+    assert!(bad_reported.1 > 0.5, "{bad_reported:?}");
+    // Settled: no bias under A/A (false rollbacks within alpha = 5% plus three standard errors
+    // of the runs), and the worse version is caught.
+    assert!(aa_settled.2.abs() < 0.1, "{aa_settled:?}");
+    assert!(
+        aa_settled.0 <= 0.05 + 3.0 * (0.05_f64 * 0.95 / RUNS as f64).sqrt(),
+        "{aa_settled:?}"
+    );
+    assert!(aa_settled.1 > 0.75, "{aa_settled:?}");
+    // The worse version is rolled back in most runs within the 8 hours (the rest still hold
+    // their step) and promoted in none.
+    assert!(bad_settled.0 >= 0.8, "{bad_settled:?}");
+    assert!(bad_settled.1 == 0.0, "{bad_settled:?}");
 }

@@ -4,6 +4,7 @@
 //!   is refused as a replay by the other, and again after a restart; the interaction is stored
 //!   with its provenance and cited documents;
 //! - the embedded default (SQLite) keeps refusing a replay after a restart;
+//! - feedback reaches the guardrails' settled counters when its answer reaches the follow-up;
 //! - 100 concurrent answers against a small generation queue: every request gets a prompt answer
 //!   or a 429 with `Retry-After`, none waits without bound, and the server stays healthy.
 
@@ -338,6 +339,45 @@ async fn the_embedded_store_refuses_a_replay_after_a_restart() {
     let (status, body) = feedback(&rt, &token, "resolved");
     assert_eq!(status, 409, "{body}");
     assert!(work.join("outcomes-solo.db").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_reaches_the_settled_counters_when_its_answer_is_old_enough() {
+    // The guardrails watching this Router follow each answer for 3 s and for an hour.
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let (config_path, key) = prepare(work, json!({"guardrailSettleWindows": ["3s", "1h"]}));
+    let rt = start(work, "settle", &config_path, &key);
+    let settled = |settle: &str| {
+        let (_, text) = http(rt.http, "GET", "/metrics", "");
+        metric(
+            &text,
+            "switchboard_feedback_settled_total",
+            &[("outcome", "escalated"), ("settle", settle)],
+        )
+    };
+    let token = refused_token(&rt, "user-1");
+    assert_eq!(feedback(&rt, &token, "escalated").0, 200);
+    // Reported at once, but its answer is younger than either follow-up: not compared yet
+    // (the series exist at zero, so the first increase is seen).
+    let (_, text) = http(rt.http, "GET", "/metrics", "");
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_feedback_total",
+            &[("outcome", "escalated")]
+        ),
+        1.0
+    );
+    assert!(
+        text.contains("switchboard_feedback_settled_total{") && text.contains("settle=\"3600s\""),
+        "{text}"
+    );
+    assert_eq!(settled("3s"), 0.0);
+    // Once the answer is 3 s old it counts at the 3 s follow-up; the hour's is still to come.
+    std::thread::sleep(Duration::from_millis(4_200));
+    assert_eq!(settled("3s"), 1.0);
+    assert_eq!(settled("3600s"), 0.0);
 }
 
 #[test]

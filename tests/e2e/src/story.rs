@@ -128,6 +128,9 @@ pub fn lora_artifact(dir: &Path, perturb: bool) -> Artifact {
     }
 }
 
+/// The follow-up (`settleAfter`) of the stories' escalation guardrail.
+pub const SETTLE_AFTER: &str = "5s";
+
 /// Rollout settings of a story's AdapterPatch.
 #[derive(Debug, Clone)]
 pub struct RolloutPlan {
@@ -159,8 +162,10 @@ pub fn adapter_patch(version: &str, artifact: &Artifact, plan: &RolloutPlan) -> 
             },
             "rollout": {"shadow": {"duration": "0s"}, "canary": {"steps": steps}, "postPromotionWatch": "0s"},
             "guardrails": [{
+                // The helpdesk reports each outcome right after the answer: a 5-second follow-up
+                // sees all of them (a real helpdesk's escalations take the default hour or more).
                 "metric": "escalationRate", "maxRelativeIncrease": "5%", "window": "1h",
-                "minSamples": plan.min_samples, "confidence": "95%",
+                "settleAfter": SETTLE_AFTER, "minSamples": plan.min_samples, "confidence": "95%",
             }],
             "rollbackWindow": "24h",
         },

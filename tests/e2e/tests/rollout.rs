@@ -22,7 +22,9 @@ use std::time::Duration;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use switchboard_e2e::helpdesk::{EscalationModel, Helpdesk};
-use switchboard_e2e::story::{LINEAGE, RolloutPlan, Story, adapter_patch, lora_artifact, wait_for};
+use switchboard_e2e::story::{
+    LINEAGE, RolloutPlan, SETTLE_AFTER, Story, adapter_patch, lora_artifact, wait_for,
+};
 
 const STABLE: &str = "1.0.0";
 const CANDIDATE: &str = "1.1.0";
@@ -192,6 +194,12 @@ async fn a_canary_whose_escalations_rise_is_rolled_back() {
         .and_then(|g| g.iter().find(|g| g["metric"] == "escalationRate"))
         .unwrap_or_else(|| panic!("no escalationRate analysis in {status:#}"));
     assert_eq!(guardrail["breached"], true, "{guardrail:#}");
+    // Compared at the guardrail's follow-up, with the answers still inside it counted apart.
+    assert_eq!(guardrail["settleAfter"], SETTLE_AFTER, "{guardrail:#}");
+    assert!(
+        guardrail["candidate"]["unsettled"].is_i64(),
+        "{guardrail:#}"
+    );
     let (baseline, candidate) = (&guardrail["baseline"], &guardrail["candidate"]);
     assert!(candidate["trials"].as_i64().unwrap() >= 15, "{guardrail:#}");
     assert!(baseline["trials"].as_i64().unwrap() >= 15, "{guardrail:#}");
@@ -254,11 +262,12 @@ async fn a_canary_whose_escalations_rise_is_rolled_back() {
     );
     helpdesk.stop();
 
-    // Prometheus scraped both versions' feedback (what the operator's analysis read).
+    // Prometheus scraped the candidate's escalations at the follow-up (what the operator's
+    // analysis read).
     let escalated = story
         .prometheus
         .query_value(&format!(
-            "sum(switchboard_feedback_total{{lineage=\"{LINEAGE}\",adapter_version=\"{CANDIDATE}\",outcome=\"escalated\"}})"
+            "sum(switchboard_feedback_settled_total{{lineage=\"{LINEAGE}\",adapter_version=\"{CANDIDATE}\",outcome=\"escalated\",settle=\"{SETTLE_AFTER}\"}})"
         ))
         .unwrap();
     assert!(escalated.unwrap_or(0.0) >= 1.0, "{escalated:?}");

@@ -13,3 +13,4 @@ pub mod postgres;
 pub mod process;
 pub mod prometheus;
 pub mod registry;
+pub mod rng;
