@@ -3,7 +3,7 @@
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
     api::networking::v1::NetworkPolicyPeer,
-    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement},
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement, Time},
 };
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -21,6 +21,16 @@ pub mod messages {
         "outcomeStore.retention must be at least 168h (the interaction tokens' lifetime)";
     /// `spec.largeModel`.
     pub const ONE_LARGE_MODEL: &str = "largeModel: set exactly one of local or endpoint";
+    /// `spec.holdout.share`.
+    pub const HOLDOUT_SHARE: &str = "holdout.share must be above 0% and at most 20%";
+    /// `spec.holdout.duration`.
+    pub const HOLDOUT_DURATION: &str = "holdout.duration must be a duration of at least 1m";
+    /// `spec.holdout.metrics`.
+    pub const HOLDOUT_METRICS: &str = "holdout.metrics must name 1 to 4 distinct metrics measured on served answers (not shadowDivergence)";
+    /// `spec.holdout.settleAfter`.
+    pub const HOLDOUT_SETTLE: &str = "holdout.settleAfter must be a duration like 72h";
+    /// `spec.holdout` once set.
+    pub const HOLDOUT_IMMUTABLE: &str = "holdout cannot change while it exists: remove it (ending it) and add a new one, which pins the versions stable at its start";
     /// `spec.largeModel.endpoint.url`.
     pub const ENDPOINT_URL: &str = "largeModel.endpoint.url must be an http:// or https:// URL";
     /// `spec.largeModel.endpoint`.
@@ -90,6 +100,13 @@ pub mod messages {
         description = "Share of queries served by the large model"
     ),
     printcolumn(
+        name = "Holdout",
+        type_ = "string",
+        json_path = ".status.holdout.phase",
+        description = "The permanent holdout: Running or Ended",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -146,6 +163,59 @@ pub struct RouterSpec {
     /// Resources of the runtime container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// A permanent holdout of the Router's units: they receive no canary, no promotion and no
+    /// new lineage of any AdapterPatch, and no Experiment, while it runs; `status.holdout`
+    /// compares them with everyone else (the cumulative effect of every change shipped since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::HOLDOUT_IMMUTABLE))]
+    pub holdout: Option<RouterHoldout>,
+}
+
+/// A Router-level permanent holdout (the seed's "long-run cumulative" evaluation): per-change
+/// experiments and canaries each measure one change against the versions of the day; the
+/// holdout's units stay on the adapter versions that were stable when it started
+/// (`status.holdout.pinned`) for `duration`, so their outcomes against everyone else's measure
+/// every change shipped since, together.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterHoldout {
+    /// Share of units held out, above 0% and at most 20%. A unit is the request's most durable
+    /// id (`userId`, else `accountId`, else `conversationId`); requests with none are never held
+    /// out.
+    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 20.0, false)).message(messages::HOLDOUT_SHARE))]
+    pub share: Percent,
+    /// How long it runs from its start (`status.holdout.startedAt`); then its units rejoin
+    /// everyone else and the status keeps the final comparison.
+    #[serde(default = "default_holdout_duration")]
+    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::HOLDOUT_DURATION))]
+    pub duration: GoDuration,
+    /// Metrics compared, per unit (delta method), held out against exposed.
+    #[serde(default = "default_holdout_metrics")]
+    #[schemars(length(min = 1, max = 4))]
+    #[x_kube(validation = Rule::new("self.all(m, m != 'shadowDivergence') && self.all(m, self.exists_one(o, o == m))").message(messages::HOLDOUT_METRICS))]
+    pub metrics: Vec<crate::Metric>,
+    /// How old an interaction must be to count, so its outcome has had time to arrive (both
+    /// groups alike). Default: `72h` for the outcome metrics, `0s` for the answer-time ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "0s")).message(messages::HOLDOUT_SETTLE))]
+    pub settle_after: Option<GoDuration>,
+}
+
+fn default_holdout_duration() -> GoDuration {
+    GoDuration::from_secs(2160 * 3600)
+}
+
+fn default_holdout_metrics() -> Vec<crate::Metric> {
+    vec![crate::Metric::EscalationRate]
+}
+
+impl RouterHoldout {
+    /// The settle window of `metric` in force.
+    pub fn settle(&self, metric: crate::Metric) -> std::time::Duration {
+        self.settle_after
+            .as_ref()
+            .map_or_else(|| metric.default_settle(), GoDuration::duration)
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -503,6 +573,18 @@ impl Default for Grounding {
     }
 }
 
+impl RouterSpec {
+    /// Checks the rules that compare an update with the stored object: a holdout does not
+    /// change while it exists (removing it, or adding one, is allowed).
+    pub fn validate_update(&self, old: &Self) -> Result<(), ValidationErrors> {
+        let mut errors = Errors::default();
+        if let (Some(new), Some(old)) = (&self.holdout, &old.holdout) {
+            errors.check(new == old, "spec.holdout", messages::HOLDOUT_IMMUTABLE);
+        }
+        errors.finish()
+    }
+}
+
 impl Validate for RouterSpec {
     fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = Errors::default();
@@ -559,6 +641,26 @@ impl Validate for RouterSpec {
                     &format!("{}: {problem}", messages::REDACT_PATTERN),
                 );
             }
+        }
+        if let Some(h) = &self.holdout {
+            errors.check(
+                h.share.percent() > 0.0 && h.share.percent() <= 20.0,
+                "spec.holdout.share",
+                messages::HOLDOUT_SHARE,
+            );
+            errors.check(
+                h.duration.duration().as_secs() >= 60,
+                "spec.holdout.duration",
+                messages::HOLDOUT_DURATION,
+            );
+            let distinct: std::collections::BTreeSet<_> = h.metrics.iter().collect();
+            errors.check(
+                (1..=4).contains(&h.metrics.len())
+                    && distinct.len() == h.metrics.len()
+                    && !h.metrics.contains(&crate::Metric::ShadowDivergence),
+                "spec.holdout.metrics",
+                messages::HOLDOUT_METRICS,
+            );
         }
         errors.finish()
     }
@@ -688,6 +790,81 @@ pub struct RouterStatus {
     /// Running Experiments compiled into the RuntimeConfig.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub experiments: Vec<String>,
+    /// The permanent holdout (`spec.holdout`): its pinned versions and its comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<HoldoutStatus>,
+}
+
+/// Whether the holdout still holds its units out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HoldoutPhase {
+    /// Its units stay on the pinned versions.
+    #[default]
+    Running,
+    /// `duration` has passed: its units rejoin; the comparison is final.
+    Ended,
+}
+
+/// A lineage's version as the holdout keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PinnedVersion {
+    /// Lineage.
+    pub lineage: String,
+    /// The version that was stable when the holdout started.
+    pub version: String,
+}
+
+/// The holdout's comparison on one metric: per-unit ratios (delta method), exposed minus held
+/// out, on interactions old enough to have settled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldoutComparison {
+    /// The metric.
+    pub metric: crate::Metric,
+    /// Its rate among the held-out units.
+    pub holdout_rate: f64,
+    /// Its rate among everyone else.
+    pub exposed_rate: f64,
+    /// `exposedRate - holdoutRate`: the cumulative effect of the changes shipped since the
+    /// start.
+    pub difference: f64,
+    /// Lower bound of the 95% confidence interval of the difference.
+    pub ci_low: f64,
+    /// Upper bound.
+    pub ci_high: f64,
+    /// Two-sided p-value of no difference.
+    pub p_value: f64,
+}
+
+/// Observed state of the permanent holdout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldoutStatus {
+    /// Running or Ended.
+    pub phase: HoldoutPhase,
+    /// When it started (its versions were pinned).
+    pub started_at: Time,
+    /// When it ends (`startedAt + duration`).
+    pub ends_at: Time,
+    /// The versions its units are served, per lineage; a lineage created since serves them no
+    /// adapter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<PinnedVersion>,
+    /// Held-out units with interactions since the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<i64>,
+    /// Every other unit of the Router with interactions since the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_units: Option<i64>,
+    /// Per metric: held out against exposed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<HoldoutComparison>,
+    /// When the comparison was last computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<Time>,
+    /// Why the comparison could not be updated, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Routed shares.

@@ -64,7 +64,29 @@ pub struct RuntimeConfig {
     /// its answer in `switchboard_feedback_settled_total{settle}`, once the answer is that old.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guardrail_settle_windows: Vec<GoDuration>,
+    /// The Router's permanent holdout while it runs (`Router.spec.holdout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<HoldoutConfig>,
 }
+
+/// The Router's permanent holdout as the runtime applies it: a unit (the request's most durable
+/// id) with `hash("router-holdout", id) < share` is enrolled in no experiment, gets no canary,
+/// and is served each lineage's pinned version (a lineage not pinned: no adapter); its
+/// interactions carry the arm [`HOLDOUT_ARM`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldoutConfig {
+    /// Share of units held out (above 0%, at most 20%).
+    pub share: Percent,
+    /// Per lineage, the version its held-out units are served (an adapter entry of that
+    /// lineage and version, Stable, Canary or Pinned).
+    #[serde(default)]
+    pub pinned: BTreeMap<String, String>,
+}
+
+/// The `arm` of the held-out units' interactions (metric label and stored interaction; the
+/// experiment is empty).
+pub const HOLDOUT_ARM: &str = "router-holdout";
 
 /// Most distinct guardrail follow-ups one Router's runtime keeps counters for.
 pub const MAX_SETTLE_WINDOWS: usize = 8;
@@ -125,6 +147,9 @@ pub enum AdapterRole {
     Canary,
     /// Runs on a sampled share of the lineage's traffic, off the critical path; never returned.
     Shadow,
+    /// Serves only the Router holdout's units ([`HoldoutConfig::pinned`]): the version that was
+    /// stable when the holdout started, kept loaded after the lineage moved on.
+    Pinned,
 }
 
 /// One adapter version to load.
@@ -553,8 +578,21 @@ impl RuntimeConfig {
                     format!("{field}.shadowSampleShare"),
                     "a Shadow adapter needs shadowSampleShare above 0% and no trafficWeight",
                 ),
+                AdapterRole::Pinned => e.check(
+                    a.traffic_weight.is_none()
+                        && a.shadow_sample_share.is_none()
+                        && self
+                            .holdout
+                            .as_ref()
+                            .and_then(|h| h.pinned.get(&a.lineage))
+                            == Some(&a.version),
+                    &field,
+                    "a Pinned adapter is the version holdout.pinned names for its lineage, with no trafficWeight or shadowSampleShare",
+                ),
             }
-            roles.entry(&a.lineage).or_default().push(a.role);
+            if a.role != AdapterRole::Pinned {
+                roles.entry(&a.lineage).or_default().push(a.role);
+            }
         }
         for (lineage, roles) in roles {
             let stable = roles.iter().filter(|r| **r == AdapterRole::Stable).count();
@@ -593,6 +631,24 @@ impl RuntimeConfig {
             "adapters",
             "adapters must be sorted by lineage and role",
         );
+        if let Some(h) = &self.holdout {
+            e.check(
+                h.share.percent() > 0.0 && h.share.percent() <= 20.0,
+                "holdout.share",
+                "must be above 0% and at most 20%",
+            );
+            for (lineage, version) in &h.pinned {
+                e.check(
+                    self.adapters.iter().any(|a| {
+                        a.lineage == *lineage
+                            && a.version == *version
+                            && a.role != AdapterRole::Shadow
+                    }),
+                    format!("holdout.pinned.{lineage}"),
+                    "names a version with no Stable, Canary or Pinned adapter entry",
+                );
+            }
+        }
     }
 
     fn validate_experiments(&self, e: &mut Errors) {

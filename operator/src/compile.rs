@@ -9,10 +9,11 @@ use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Router, Validate, ValidationErrors,
     adapter_patch::AdapterPhase,
     experiment::ExperimentPhase,
+    router::{HoldoutPhase, PinnedVersion},
     runtime_config::{
-        AdapterArtifact, AdapterConfig, AdapterRole, EndpointConfig, ExperimentConfig, KIND,
-        KnowledgeBaseConfig, LargeModelConfig, MAX_SETTLE_WINDOWS, RouterIdentity, RouterPolicy,
-        RuntimeConfig, SmallModelConfig, VariantConfig,
+        AdapterArtifact, AdapterConfig, AdapterRole, EndpointConfig, ExperimentConfig,
+        HoldoutConfig, KIND, KnowledgeBaseConfig, LargeModelConfig, MAX_SETTLE_WINDOWS,
+        RouterIdentity, RouterPolicy, RuntimeConfig, SmallModelConfig, VariantConfig,
     },
     units::{GoDuration, Percent},
 };
@@ -65,7 +66,7 @@ impl CompileError {
 /// Something selected but left out of the config, with why (for status and Events).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
-    /// `AdapterPatch` or `Experiment`.
+    /// `AdapterPatch`, `Experiment`, or `HoldoutPin` (`lineage@version` of the Router holdout).
     pub kind: &'static str,
     /// Object name.
     pub name: String,
@@ -96,6 +97,33 @@ pub struct CompileInput<'a> {
     pub adapters: &'a [AdapterPatch],
     /// Experiments (with status) to select from.
     pub experiments: &'a [Experiment],
+    /// The Router's permanent holdout ([`HoldoutPins::of`]).
+    pub holdout: HoldoutPins<'a>,
+}
+
+/// What the compiler does with the Router's permanent holdout (`spec.holdout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldoutPins<'a> {
+    /// None runs: no `spec.holdout`, or it has ended.
+    Off,
+    /// It starts with this config: each lineage's stable version is pinned.
+    Start,
+    /// It runs with the versions pinned at its start (`status.holdout.pinned`).
+    Pinned(&'a [PinnedVersion]),
+}
+
+impl<'a> HoldoutPins<'a> {
+    /// The holdout of `router` at `now`, from its spec and status.
+    pub fn of(router: &'a Router, now: k8s_openapi::jiff::Timestamp) -> Self {
+        if router.spec.holdout.is_none() {
+            return Self::Off;
+        }
+        match router.status.as_ref().and_then(|s| s.holdout.as_ref()) {
+            None => Self::Start,
+            Some(h) if h.phase == HoldoutPhase::Ended || now >= h.ends_at.0 => Self::Off,
+            Some(h) => Self::Pinned(&h.pinned),
+        }
+    }
 }
 
 pub use switchboard_crds::selector_matches;
@@ -183,12 +211,20 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
         },
         experiments: Vec::new(),
         guardrail_settle_windows: Vec::new(),
+        holdout: None,
     };
     config.experiments = select_experiments(
         &config,
         &router_name,
         &namespace,
         input.experiments,
+        &mut skipped,
+    );
+    config.holdout = holdout(
+        router,
+        &mut config.adapters,
+        input.adapters,
+        input.holdout,
         &mut skipped,
     );
     config.guardrail_settle_windows =
@@ -198,6 +234,98 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
     config.revision = revision(&config)?;
     config.validate().map_err(CompileError::InvalidOutput)?;
     Ok(Compiled { config, skipped })
+}
+
+/// The RuntimeConfig's holdout: the share, and per lineage the pinned version, loaded as a
+/// `Pinned` entry when the lineage has moved on (its URI and digest from the AdapterPatch's
+/// history). A pinned version that cannot be loaded any more (its AdapterPatch gone, or its
+/// history entry) is skipped: its lineage then serves the held-out units no adapter.
+fn holdout(
+    router: &Router,
+    adapters: &mut Vec<AdapterConfig>,
+    patches: &[AdapterPatch],
+    pins: HoldoutPins<'_>,
+    skipped: &mut Vec<Skipped>,
+) -> Option<HoldoutConfig> {
+    let spec = router.spec.holdout.as_ref()?;
+    let pinned: BTreeMap<String, String> = match pins {
+        HoldoutPins::Off => return None,
+        HoldoutPins::Start => adapters
+            .iter()
+            .filter(|a| a.role == AdapterRole::Stable)
+            .map(|a| (a.lineage.clone(), a.version.clone()))
+            .collect(),
+        HoldoutPins::Pinned(list) => list
+            .iter()
+            .map(|p| (p.lineage.clone(), p.version.clone()))
+            .collect(),
+    };
+    let mut kept = BTreeMap::new();
+    let mut extra = Vec::new();
+    for (lineage, version) in pinned {
+        let loaded = adapters
+            .iter()
+            .any(|a| a.lineage == lineage && a.version == version && a.role != AdapterRole::Shadow);
+        if !loaded {
+            // The lineage's AdapterPatch in the config (any of its entries names it).
+            let patch = adapters
+                .iter()
+                .find(|a| a.lineage == lineage)
+                .and_then(|a| {
+                    patches
+                        .iter()
+                        .find(|p| p.metadata.name.as_deref() == Some(a.name.as_str()))
+                });
+            let entry = patch.and_then(|p| {
+                history_artifact(p, &version).map(|artifact| {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    adapter_entry(p, &name, &version, AdapterRole::Pinned, artifact)
+                })
+            });
+            match entry {
+                Some(e) => extra.push(e),
+                None => {
+                    skipped.push(Skipped {
+                        kind: "HoldoutPin",
+                        name: format!("{lineage}@{version}"),
+                        reason: "PinnedVersionUnavailable",
+                        message: format!(
+                            "the holdout's pinned version {lineage}@{version} is no longer in its AdapterPatch's history: held-out units get no adapter of {lineage}"
+                        ),
+                    });
+                    continue;
+                }
+            }
+        }
+        kept.insert(lineage, version);
+    }
+    adapters.extend(extra);
+    adapters.sort_by(|a, b| (&a.lineage, a.role).cmp(&(&b.lineage, b.role)));
+    Some(HoldoutConfig {
+        share: normalized(&spec.share),
+        pinned: kept,
+    })
+}
+
+/// The artifact of `version` from the AdapterPatch's history (the spec's own when it is the
+/// spec's version).
+fn history_artifact(patch: &AdapterPatch, version: &str) -> Option<AdapterArtifact> {
+    if patch.spec.version == version {
+        return Some(spec_artifact(patch));
+    }
+    let status = patch.status.as_ref()?;
+    status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.version == version)
+        .and_then(|h| {
+            h.sha256.parse().ok().map(|sha256| AdapterArtifact {
+                uri: h.uri.clone(),
+                sha256,
+                pull_secret: pull_secret(patch, h.uri.as_ref()),
+            })
+        })
 }
 
 /// The distinct follow-ups of the outcome guardrails of the AdapterPatches and Experiments in
@@ -396,30 +524,14 @@ fn adapter_entries(patch: &AdapterPatch, name: &str) -> Vec<AdapterConfig> {
     let spec = &patch.spec;
     let status = patch.status.clone().unwrap_or_default();
     let entry = |version: &str, role, artifact| adapter_entry(patch, name, version, role, artifact);
-    let pull_secret = |uri: Option<&String>| pull_secret(patch, uri);
     let spec_artifact = spec_artifact(patch);
 
     let mut out = Vec::new();
     if let Some(stable) = &status.stable_version {
-        let artifact = if *stable == spec.version {
-            Some(spec_artifact.clone())
-        } else {
-            // The spec has moved on to a candidate; the stable version's digest and URI are in
-            // history (entries written before the URI was recorded carry the digest only, and
-            // the runtime resolves them from its content-addressed artifact store).
-            status
-                .history
-                .iter()
-                .rev()
-                .find(|h| h.version == *stable)
-                .and_then(|h| {
-                    h.sha256.parse().ok().map(|sha256| AdapterArtifact {
-                        uri: h.uri.clone(),
-                        sha256,
-                        pull_secret: pull_secret(h.uri.as_ref()),
-                    })
-                })
-        };
+        // Once the spec has moved on to a candidate, the stable version's digest and URI are in
+        // history (entries written before the URI was recorded carry the digest only, and the
+        // runtime resolves them from its content-addressed artifact store).
+        let artifact = history_artifact(patch, stable);
         if let Some(artifact) = artifact {
             out.push(entry(stable, AdapterRole::Stable, artifact));
         }

@@ -17,7 +17,9 @@ use crate::{
     adapter_patch::{artifact::ArtifactChecker, rollout::ArtifactCheck},
     context::Clock,
     observe::{BoxFuture, MetricsSource, Sample},
-    outcomes::{CoverageReport, CoverageRequest, CupedRequest, OutcomeSource, UnitsRequest},
+    outcomes::{
+        CoverageReport, CoverageRequest, CupedRequest, HoldoutRequest, OutcomeSource, UnitsRequest,
+    },
 };
 
 type Answer = dyn Fn(&str) -> Result<Vec<Sample>, String> + Send + Sync;
@@ -149,6 +151,8 @@ impl ArtifactChecker for FixedArtifacts {
 struct OutcomeAnswers {
     cuped: Result<BTreeMap<String, CupedArm>, String>,
     units: Result<ExperimentUnits, String>,
+    holdout: Result<ExperimentUnits, String>,
+    holdout_asked: Vec<HoldoutRequest>,
     coverage: BTreeMap<String, Result<CoverageReport, String>>,
     asked: Vec<CoverageRequest>,
 }
@@ -163,6 +167,8 @@ impl Default for FixedOutcomes {
         Self(Arc::new(Mutex::new(OutcomeAnswers {
             cuped: Err("no CUPED data in this test".to_owned()),
             units: Err("no unit-level data in this test".to_owned()),
+            holdout: Err("no holdout data in this test".to_owned()),
+            holdout_asked: Vec::new(),
             coverage: BTreeMap::new(),
             asked: Vec::new(),
         })))
@@ -178,6 +184,23 @@ impl FixedOutcomes {
     /// The unit-level answer of every runtime.
     pub fn set_units(&self, units: Result<ExperimentUnits, String>) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).units = units;
+    }
+
+    /// The holdout answer of every runtime.
+    pub fn set_holdout(&self, units: Result<ExperimentUnits, String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .holdout = units;
+    }
+
+    /// Every holdout request so far.
+    pub fn holdout_asked(&self) -> Vec<HoldoutRequest> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .holdout_asked
+            .clone()
     }
 
     /// The coverage-gap answer of the runtimes of `router` (`namespace/name`).
@@ -210,6 +233,16 @@ impl OutcomeSource for FixedOutcomes {
             .unwrap_or_else(PoisonError::into_inner)
             .units
             .clone();
+        Box::pin(async move { answer })
+    }
+
+    fn holdout_units<'a>(
+        &'a self,
+        request: &'a HoldoutRequest,
+    ) -> BoxFuture<'a, Result<ExperimentUnits, String>> {
+        let mut answers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        answers.holdout_asked.push(request.clone());
+        let answer = answers.holdout.clone();
         Box::pin(async move { answer })
     }
 

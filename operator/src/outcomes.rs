@@ -60,6 +60,21 @@ pub struct UnitsRequest {
     pub until: i64,
 }
 
+/// What the Router controller asks for its permanent holdout: both groups since the start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldoutRequest {
+    /// Namespace of the Router.
+    pub namespace: String,
+    /// The Router.
+    pub router: String,
+    /// Metrics with their settle windows.
+    pub metrics: Vec<(Metric, Duration)>,
+    /// When the holdout started (Unix seconds).
+    pub started_at: i64,
+    /// The analysis' now (Unix seconds).
+    pub until: i64,
+}
+
 /// What the KnowledgeBase controller asks a Router's runtime for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoverageRequest {
@@ -124,6 +139,13 @@ pub trait OutcomeSource: Send + Sync + fmt::Debug {
     fn units<'a>(
         &'a self,
         request: &'a UnitsRequest,
+    ) -> BoxFuture<'a, Result<ExperimentUnits, String>>;
+
+    /// The Router holdout's units against everyone else's (groups `holdout` and `exposed`);
+    /// `Err(reason)` when the runtime or its store cannot answer.
+    fn holdout_units<'a>(
+        &'a self,
+        request: &'a HoldoutRequest,
     ) -> BoxFuture<'a, Result<ExperimentUnits, String>>;
 
     /// Per-arm CUPED statistics; `Err(reason)` when the runtime or its store cannot answer.
@@ -250,6 +272,22 @@ impl RuntimeOutcomes {
         url
     }
 
+    /// The holdout URL.
+    pub fn holdout_url(&self, r: &HoldoutRequest) -> String {
+        let metrics: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|(m, settle)| format!("{}:{}s", m.as_str(), settle.as_secs()))
+            .collect();
+        format!(
+            "{}/v1/holdout/units?startedAt={}&until={}&metrics={}",
+            self.base(&r.namespace, &r.router),
+            r.started_at,
+            r.until,
+            crate::observe::percent_encode(&metrics.join(","))
+        )
+    }
+
     /// The coverage-gaps URL.
     pub fn coverage_url(&self, r: &CoverageRequest) -> String {
         format!(
@@ -300,6 +338,20 @@ impl OutcomeSource for RuntimeOutcomes {
         Box::pin(async move {
             self.get_json(
                 &self.units_url(request),
+                &request.namespace,
+                &request.router,
+            )
+            .await
+        })
+    }
+
+    fn holdout_units<'a>(
+        &'a self,
+        request: &'a HoldoutRequest,
+    ) -> BoxFuture<'a, Result<ExperimentUnits, String>> {
+        Box::pin(async move {
+            self.get_json(
+                &self.holdout_url(request),
                 &request.namespace,
                 &request.router,
             )

@@ -18,13 +18,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use switchboard_crds::experiment::AssignmentUnit;
 use switchboard_crds::router::GroundingMode;
-use switchboard_crds::runtime_config::AdapterRole;
+use switchboard_crds::runtime_config::{AdapterRole, HOLDOUT_ARM};
 use switchboard_index::{ChunkingSpec, Embedder, Passage, SearchResponse};
 use switchboard_model::ModelError;
 use switchboard_model::chat::ChatMessage;
 use switchboard_model::generate::{GenerationConfig, Sampling};
 use switchboard_model::generator_worker::StreamEvent;
-use switchboard_policy::experiment::{UnitIds, unit_field};
+use switchboard_policy::experiment::{Enrolment, UnitIds, in_router_holdout, unit_field};
 use switchboard_policy::grounding::{
     AnswerPath, Decision, Evidence, EvidenceModel, OutputCheck, QuestionTerms, check_output,
     choose, evidence_sentences, expects, grounded_prompt, select_evidence,
@@ -471,6 +471,7 @@ fn role_label(role: AdapterRole) -> &'static str {
         AdapterRole::Stable => "stable",
         AdapterRole::Canary => "canary",
         AdapterRole::Shadow => "shadow",
+        AdapterRole::Pinned => "pinned",
     }
 }
 
@@ -649,17 +650,10 @@ pub async fn answer_with(
         conversation: request.conversation_id.as_deref(),
     };
 
-    // 1. Experiment: each one reads the id of its own unit kind.
-    let enrolment = enrol(&config.experiments, ids);
-    for x in &enrolment.missing_unit {
-        metrics.experiment_unenrolled(router, &x.name, unit_field(x.unit));
-    }
-    let assignment = enrolment.assignment;
-    let overrides = assignment.as_ref().and_then(|a| a.overrides);
-    // The most durable id given: the canary key (whatever experiment the request is in, so a
-    // user's canary version never depends on enrolment), and the unit stored with interactions
-    // outside experiments; an enrolled interaction is stored under its experiment's unit (the
-    // per-unit analysis groups by it).
+    // The most durable id given: the Router holdout's unit and the canary key (whatever
+    // experiment the request is in, so a user's canary version never depends on enrolment), and
+    // the unit stored with interactions outside experiments; an enrolled interaction is stored
+    // under its experiment's unit (the per-unit analysis groups by it).
     let durable = [
         AssignmentUnit::User,
         AssignmentUnit::Account,
@@ -667,6 +661,22 @@ pub async fn answer_with(
     ]
     .into_iter()
     .find_map(|k| ids.get(k));
+    // 1. The Router's permanent holdout: its units stay on the pinned versions, outside every
+    // experiment. Otherwise each experiment reads the id of its own unit kind.
+    let holdout = config
+        .holdout
+        .as_ref()
+        .filter(|h| durable.is_some_and(|id| in_router_holdout(h.share.fraction(), id)));
+    let enrolment = if holdout.is_some() {
+        Enrolment::default()
+    } else {
+        enrol(&config.experiments, ids)
+    };
+    for x in &enrolment.missing_unit {
+        metrics.experiment_unenrolled(router, &x.name, unit_field(x.unit));
+    }
+    let assignment = enrolment.assignment;
+    let overrides = assignment.as_ref().and_then(|a| a.overrides);
     let unit = assignment.as_ref().map(|a| a.unit).or(durable);
     let sticky = durable.unwrap_or(&id);
 
@@ -784,7 +794,10 @@ pub async fn answer_with(
             .map(|s| s.lineage.as_str())
             .or(active.fallback.as_deref());
         if let Some(lineage) = lineage {
-            served = plan.serve(lineage, sticky, assignment.as_ref());
+            served = match holdout {
+                Some(h) => plan.serve_held_out(lineage, &h.pinned),
+                None => plan.serve(lineage, sticky, assignment.as_ref()),
+            };
         }
     }
     let adapter = served.map(|s| AdapterRef {
@@ -810,7 +823,10 @@ pub async fn answer_with(
         experiment: assignment
             .map(|a| a.experiment.to_owned())
             .unwrap_or_default(),
-        arm: assignment.map(|a| a.arm.to_owned()).unwrap_or_default(),
+        arm: match (holdout, assignment) {
+            (Some(_), _) => HOLDOUT_ARM.to_owned(),
+            (None, a) => a.map(|a| a.arm.to_owned()).unwrap_or_default(),
+        },
         model: route.model.as_str().to_owned(),
     };
 

@@ -602,13 +602,11 @@ impl Engine {
         let fallback = config
             .adapters
             .iter()
-            .find(|a| a.domain.fallback && a.role != AdapterRole::Shadow)
+            .find(|a| a.domain.fallback && a.role == AdapterRole::Stable)
             .map(|a| a.lineage.clone());
-        for adapter in config
-            .adapters
-            .iter()
-            .filter(|a| a.role != AdapterRole::Shadow && !a.domain.fallback)
-        {
+        for adapter in config.adapters.iter().filter(|a| {
+            matches!(a.role, AdapterRole::Stable | AdapterRole::Canary) && !a.domain.fallback
+        }) {
             let texts = domains.entry(adapter.lineage.clone()).or_default();
             if texts.is_empty() || adapter.role == AdapterRole::Stable {
                 texts.clear();
@@ -869,8 +867,19 @@ fn initialise_served_series(metrics: &Metrics, router: &str, config: &RuntimeCon
         let role = match adapter.role {
             AdapterRole::Stable => "stable",
             AdapterRole::Canary => "canary",
-            AdapterRole::Shadow => continue,
+            AdapterRole::Shadow | AdapterRole::Pinned => continue,
         };
         metrics.initialise(&variant(&adapter.lineage, &adapter.version, role), &windows);
+    }
+    // The Router holdout's units: each pinned version, and the base model for the rest.
+    if let Some(holdout) = &config.holdout {
+        let held_out = |mut v: crate::metrics::Variant| {
+            v.arm = switchboard_crds::runtime_config::HOLDOUT_ARM.to_owned();
+            v
+        };
+        metrics.initialise(&held_out(variant("", "", "")), &windows);
+        for (lineage, version) in &holdout.pinned {
+            metrics.initialise(&held_out(variant(lineage, version, "pinned")), &windows);
+        }
     }
 }

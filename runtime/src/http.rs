@@ -121,6 +121,7 @@ pub fn admin_router(
     axum::Router::new()
         .route("/v1/experiments/{name}/cuped", get(experiment_cuped))
         .route("/v1/experiments/{name}/units", get(experiment_units))
+        .route("/v1/holdout/units", get(holdout_units))
         .route("/v1/coverage-gaps", get(coverage_gaps))
         .route("/v1/config", get(config))
         .route("/v1/generations", get(generations))
@@ -479,18 +480,17 @@ async fn experiment_units(
     axum::extract::Path(name): axum::extract::Path<String>,
     params: Result<axum::extract::Query<UnitsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let engine = match state.engine() {
-        Ok(e) => e,
+    let report = match Report::read(&state, params, |p: &UnitsParams| p.metrics.as_str()) {
+        Ok(r) => r,
         Err(r) => return *r,
     };
-    let params = match query_params(params) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let (metrics, settle) = match parse_metric_windows(&params.metrics) {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_argument", e),
-    };
+    let Report {
+        engine,
+        params,
+        metrics,
+        settle,
+        active,
+    } = report;
     let segments: Vec<String> = params
         .segments
         .split(',')
@@ -505,10 +505,6 @@ async fn experiment_units(
             "segments: at most 3 attributes".into(),
         );
     }
-    let active = match active_config(engine) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
     let now = unix_now();
     let query = switchboard_store::UnitsQuery {
         router: &active.router,
@@ -520,6 +516,80 @@ async fn experiment_units(
         segments: &segments,
     };
     store_response(engine, engine.store().experiment_units(&query).await)
+}
+
+/// Query of `GET /v1/holdout/units`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HoldoutParams {
+    /// When the holdout started (Unix seconds).
+    started_at: i64,
+    /// Until when (Unix seconds, exclusive); default: the end of this second.
+    #[serde(default)]
+    until: Option<i64>,
+    /// Comma-separated `metric:settle` pairs, e.g. `escalationRate:72h`.
+    metrics: String,
+}
+
+/// The Router's permanent holdout against everyone else, from the outcome store: per group
+/// (`holdout`, `exposed`) the units and interactions since the start, per metric the
+/// delta-method moments over settled interactions (what the Router controller reports in
+/// `status.holdout`).
+async fn holdout_units(
+    State(state): State<HttpState>,
+    params: Result<axum::extract::Query<HoldoutParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let report = match Report::read(&state, params, |p: &HoldoutParams| p.metrics.as_str()) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let Report {
+        engine,
+        params,
+        metrics,
+        settle,
+        active,
+    } = report;
+    let query = switchboard_store::HoldoutQuery {
+        router: &active.router,
+        started_at: params.started_at,
+        now: params.until.unwrap_or(unix_now() + 1),
+        metrics: &metrics,
+        settle: &settle,
+    };
+    store_response(engine, engine.store().holdout_units(&query).await)
+}
+
+/// What an outcome-store report handler reads before its query: the engine, its query
+/// parameters, their `metric:settle` list and the RuntimeConfig in force.
+struct Report<'a, P> {
+    engine: &'a Arc<Engine>,
+    params: P,
+    metrics: Vec<switchboard_crds::Metric>,
+    settle: BTreeMap<switchboard_crds::Metric, Duration>,
+    active: Arc<crate::engine::Active>,
+}
+
+impl<'a, P> Report<'a, P> {
+    /// Reads them, or the error response that says which one is missing or wrong.
+    fn read(
+        state: &'a HttpState,
+        params: Result<axum::extract::Query<P>, axum::extract::rejection::QueryRejection>,
+        metrics_of: impl Fn(&P) -> &str,
+    ) -> Result<Self, Box<Response>> {
+        let engine = state.engine()?;
+        let params = query_params(params)?;
+        let (metrics, settle) = parse_metric_windows(metrics_of(&params))
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "invalid_argument", e)))?;
+        let active = active_config(engine)?;
+        Ok(Self {
+            engine,
+            params,
+            metrics,
+            settle,
+            active,
+        })
+    }
 }
 
 /// The RuntimeConfig in force, or the 503 that says there is none yet.

@@ -533,6 +533,7 @@ pub fn local_runtime_config(
         experiments: Vec::new(),
         // No operator analyses guardrails of a local run.
         guardrail_settle_windows: Vec::new(),
+        holdout: None,
     };
     let digest = <sha2::Sha256 as sha2::Digest>::digest(config.canonical_bytes()?);
     config.revision = format!("sha256:{}", crate::artifacts::hex(&digest));

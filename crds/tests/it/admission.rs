@@ -638,6 +638,42 @@ fn cases() -> Vec<Case> {
             rust: Rust::Field("spec.largeModel", rt::ONE_LARGE_MODEL),
         },
         Case {
+            name: "holdout of 30% of units",
+            file: "router.yaml",
+            kind: "Router",
+            update: false,
+            edit: |d| set(d, "/spec/holdout/share", json!("30%")),
+            field: "spec.holdout.share",
+            message: rt::HOLDOUT_SHARE,
+            rust: Rust::Field("spec.holdout.share", rt::HOLDOUT_SHARE),
+        },
+        Case {
+            name: "holdout compared on shadow divergence",
+            file: "router.yaml",
+            kind: "Router",
+            update: false,
+            edit: |d| {
+                set(
+                    d,
+                    "/spec/holdout/metrics",
+                    json!(["escalationRate", "shadowDivergence"]),
+                )
+            },
+            field: "spec.holdout.metrics",
+            message: rt::HOLDOUT_METRICS,
+            rust: Rust::Field("spec.holdout.metrics", rt::HOLDOUT_METRICS),
+        },
+        Case {
+            name: "holdout changed while it exists",
+            file: "router.yaml",
+            kind: "Router",
+            update: true,
+            edit: |d| set(d, "/spec/holdout/share", json!("5%")),
+            field: "spec.holdout",
+            message: rt::HOLDOUT_IMMUTABLE,
+            rust: Rust::Field("spec.holdout", rt::HOLDOUT_IMMUTABLE),
+        },
+        Case {
             name: "large model neither local nor endpoint",
             file: "router.yaml",
             kind: "Router",

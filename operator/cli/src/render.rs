@@ -244,6 +244,11 @@ pub fn render_config(
         knowledge_base,
         adapters: &manifests.adapter_patches,
         experiments: &manifests.experiments,
+        // As the operator would compile it now (a holdout without status starts with it).
+        holdout: switchboard_operator::compile::HoldoutPins::of(
+            router,
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
     })
     .with_context(|| format!("compiling Router {router_namespace}/{name}"))
 }

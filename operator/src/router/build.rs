@@ -708,6 +708,8 @@ pub fn active_adapters(config: &RuntimeConfig) -> Vec<ActiveAdapter> {
                 entry.candidate_weight = a.traffic_weight.unwrap_or(0);
             }
             AdapterRole::Shadow => entry.candidate_version = Some(a.version.clone()),
+            // The holdout's version: status.holdout.pinned lists it.
+            AdapterRole::Pinned => {}
         }
     }
     out.into_values().collect()

@@ -2,6 +2,7 @@
 //! report replicas, config revision and routed share.
 
 pub mod build;
+pub mod holdout;
 pub mod token_key;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -18,16 +19,17 @@ use kube::{
 use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Percent, Router, SecretKeyRef, Validate,
     conditions::{self as cond, reasons},
-    router::{RoutedShare, RouterStatus},
+    router::{HoldoutPhase, HoldoutStatus, RoutedShare, RouterStatus},
 };
 
 use crate::{
-    compile::{CompileError, CompileInput, Compiled, compile},
+    compile::{CompileError, CompileInput, Compiled, HoldoutPins, compile},
     context::{
         Context, apply, apply_status, condition, describe, merge_conditions, namespaced_name,
     },
     error::{Error, Result},
     observe::{count, router_matcher},
+    outcomes::HoldoutRequest,
 };
 
 use self::build::{
@@ -82,11 +84,14 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         .await
         .map_err(|e| Error::kube("list", format!("Experiments in {namespace}"), e))?
         .items;
+    let now = ctx.now();
+    let previous = router.status.clone().unwrap_or_default();
     let Compiled { config, skipped } = compile(CompileInput {
         router,
         knowledge_base: &kb,
         adapters: &adapters,
         experiments: &experiments,
+        holdout: HoldoutPins::of(router, now),
     })?;
 
     let secret_problems = secret_problems(ctx, router, &namespace).await?;
@@ -139,8 +144,29 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     let routed_share = routed_share(ctx, &router_id).await;
 
     let generation = router.metadata.generation;
-    let now = ctx.now();
+    // The holdout's comparison, read while it runs (and once more as it ends).
+    let holdout_data = match (&router.spec.holdout, &previous.holdout) {
+        (Some(spec), Some(h)) if h.phase == HoldoutPhase::Running => Some(
+            ctx.outcomes
+                .holdout_units(&HoldoutRequest {
+                    namespace: namespace.clone(),
+                    router: name.clone(),
+                    metrics: spec.metrics.iter().map(|&m| (m, spec.settle(m))).collect(),
+                    started_at: h.started_at.0.as_second(),
+                    until: now.as_second(),
+                })
+                .await,
+        ),
+        _ => None,
+    };
     let mut status = config_status(&config, &name);
+    status.holdout = holdout::status(
+        router.spec.holdout.as_ref(),
+        previous.holdout.as_ref(),
+        &config,
+        now,
+        holdout_data,
+    );
     let (replicas, ready_replicas, _, _) = build::replica_counts(deployment.status.as_ref());
     status.observed_generation = generation;
     status.replicas = Some(replicas);
@@ -278,7 +304,6 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         "Unknown".clone_into(&mut applied_condition.status);
     }
     computed.push(applied_condition);
-    let previous = router.status.clone().unwrap_or_default();
     status.conditions = merge_conditions(&previous.conditions, computed);
     apply_status(&ctx.client, router, &status).await?;
     ctx.condition_events(router, &previous.conditions, &status.conditions)
@@ -300,6 +325,14 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         .await;
     }
 
+    holdout_events(
+        ctx,
+        router,
+        previous.holdout.as_ref(),
+        status.holdout.as_ref(),
+    )
+    .await;
+
     // A missing Secret is not watched (that would need list/watch on every Secret): look again
     // soon.
     let settle = progressing || applied != Some(true) || missing_secret.is_some();
@@ -308,10 +341,88 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     } else {
         ctx.settings.resync_interval
     };
-    // A key rotation's next step comes at its own time.
-    Ok(Action::requeue(
-        rotation.map_or(requeue, |r| r.min(requeue)),
-    ))
+    // A key rotation's next step, and the holdout's end, come at their own time.
+    let requeue = [
+        rotation,
+        holdout::next_look(status.holdout.as_ref(), now).map(|d| d.max(Duration::from_secs(1))),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(requeue, Duration::min);
+    Ok(Action::requeue(requeue))
+}
+
+/// Normal Events when the holdout starts (with its pins) and when it ends (with its result).
+async fn holdout_events(
+    ctx: &Context,
+    router: &Router,
+    before: Option<&HoldoutStatus>,
+    after: Option<&HoldoutStatus>,
+) {
+    let Some(after) = after else {
+        return;
+    };
+    let message = match before {
+        None => Some((
+            "HoldoutStarted",
+            format!(
+                "holdout started: {} of units stay on {} until {}",
+                router
+                    .spec
+                    .holdout
+                    .as_ref()
+                    .map_or_else(String::new, |h| h.share.to_string()),
+                if after.pinned.is_empty() {
+                    "no adapter".to_owned()
+                } else {
+                    after
+                        .pinned
+                        .iter()
+                        .map(|p| format!("{}@{}", p.lineage, p.version))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                after.ends_at.0
+            ),
+        )),
+        Some(b) if b.phase == HoldoutPhase::Running && after.phase == HoldoutPhase::Ended => {
+            Some((
+                "HoldoutEnded",
+                format!(
+                    "holdout ended; exposed minus held out: {}",
+                    if after.comparisons.is_empty() {
+                        "no comparison (too few units)".to_owned()
+                    } else {
+                        after
+                            .comparisons
+                            .iter()
+                            .map(|c| {
+                                format!(
+                                    "{} {:+.4} (95% CI {:+.4} to {:+.4})",
+                                    c.metric.as_str(),
+                                    c.difference,
+                                    c.ci_low,
+                                    c.ci_high
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            ))
+        }
+        Some(_) => None,
+    };
+    if let Some((reason, message)) = message {
+        ctx.event(
+            router,
+            kube::runtime::events::EventType::Normal,
+            reason,
+            "Holdout",
+            message,
+        )
+        .await;
+    }
 }
 
 /// Deletes the runtime pods' NetworkPolicy of a Router that turned `spec.access.networkPolicy`

@@ -4,7 +4,7 @@ use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Router,
     runtime_config::{AdapterRole, RuntimeConfig},
 };
-use switchboard_operator::compile::{CompileError, CompileInput, compile};
+use switchboard_operator::compile::{CompileError, CompileInput, HoldoutPins, compile};
 
 fn router(selector: serde_json::Value) -> Router {
     serde_json::from_value(serde_json::json!({
@@ -98,6 +98,7 @@ fn run(router: &Router, adapters: &[AdapterPatch], experiments: &[Experiment]) -
         knowledge_base: &kb(Some(3)),
         adapters,
         experiments,
+        holdout: HoldoutPins::Off,
     })
     .unwrap()
     .config
@@ -144,6 +145,7 @@ fn adapters_are_selected_by_labels_and_base_model() {
         knowledge_base: &kb(Some(3)),
         adapters: &adapters,
         experiments: &[],
+        holdout: HoldoutPins::Off,
     })
     .unwrap();
     let lineages: Vec<_> = compiled
@@ -276,6 +278,7 @@ fn running_experiments_compile_with_their_holdout() {
         knowledge_base: &kb(Some(3)),
         adapters: &adapters,
         experiments: &experiments,
+        holdout: HoldoutPins::Off,
     })
     .unwrap();
     let names: Vec<_> = compiled
@@ -362,6 +365,7 @@ fn a_knowledge_base_without_an_index_is_an_error_with_a_reason() {
         knowledge_base: &kb(None),
         adapters: &[],
         experiments: &[],
+        holdout: HoldoutPins::Off,
     })
     .unwrap_err();
     assert!(
@@ -423,4 +427,108 @@ fn the_runtime_counts_feedback_at_every_follow_up_its_guardrails_use() {
             .unwrap()
             .contains("guardrailSettleWindows")
     );
+}
+
+#[test]
+fn a_holdout_pins_the_stable_versions_and_keeps_them_loaded_after_promotion() {
+    use switchboard_crds::router::PinnedVersion;
+    let mut r = router(serde_json::json!({}));
+    r.spec.holdout = Some(serde_json::from_value(serde_json::json!({"share": "5%"})).unwrap());
+    let compile_with = |adapters: &[AdapterPatch], holdout| {
+        compile(CompileInput {
+            router: &r,
+            knowledge_base: &kb(Some(3)),
+            adapters,
+            experiments: &[],
+            holdout,
+        })
+        .unwrap()
+    };
+
+    // It starts during pricing's canary: the stable 1.0.0 is pinned, not the canary.
+    let canarying = [patch(
+        "pricing",
+        "pricing",
+        serde_json::json!({}),
+        "1.1.0",
+        canary("1.0.0", "1.1.0", 25, "Canary"),
+    )];
+    let started = compile_with(&canarying, HoldoutPins::Start).config;
+    let holdout = started.holdout.clone().unwrap();
+    assert_eq!(holdout.share.to_string(), "5%");
+    assert_eq!(
+        holdout.pinned.into_iter().collect::<Vec<_>>(),
+        [("pricing".to_owned(), "1.0.0".to_owned())]
+    );
+    assert!(
+        started
+            .adapters
+            .iter()
+            .all(|a| a.role != AdapterRole::Pinned),
+        "1.0.0 is loaded already, as the stable version"
+    );
+
+    // 1.1.0 is promoted: everyone else moves on, the holdout keeps 1.0.0 loaded from history.
+    // A pinned lineage whose AdapterPatch is gone is left out, and says so.
+    let promoted = [patch(
+        "pricing",
+        "pricing",
+        serde_json::json!({}),
+        "1.1.0",
+        serde_json::json!({"phase": "Promoted", "stableVersion": "1.1.0", "candidateVersion": "1.1.0",
+            "history": [
+                {"version": "1.0.0", "sha256": format!("sha256:{}", "cd".repeat(32)),
+                 "uri": "file:///adapters/pricing/1.0.0", "phase": "Superseded"},
+                {"version": "1.1.0", "sha256": format!("sha256:{}", "ab".repeat(32)), "phase": "Promoted"}]}),
+    )];
+    let pins = [
+        PinnedVersion {
+            lineage: "pricing".into(),
+            version: "1.0.0".into(),
+        },
+        PinnedVersion {
+            lineage: "billing".into(),
+            version: "2.0.0".into(),
+        },
+    ];
+    let compiled = compile_with(&promoted, HoldoutPins::Pinned(&pins));
+    let config = compiled.config;
+    let roles: Vec<(String, AdapterRole)> = config
+        .adapters
+        .iter()
+        .map(|a| (a.version.clone(), a.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("1.1.0".to_owned(), AdapterRole::Stable),
+            ("1.0.0".to_owned(), AdapterRole::Pinned)
+        ]
+    );
+    let pinned = &config.adapters[1];
+    assert_eq!(
+        pinned.artifact.uri.as_deref(),
+        Some("file:///adapters/pricing/1.0.0")
+    );
+    assert_eq!(
+        config
+            .holdout
+            .as_ref()
+            .unwrap()
+            .pinned
+            .keys()
+            .collect::<Vec<_>>(),
+        ["pricing"]
+    );
+    let skipped = &compiled.skipped;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(
+        (skipped[0].kind, skipped[0].name.as_str(), skipped[0].reason),
+        ("HoldoutPin", "billing@2.0.0", "PinnedVersionUnavailable")
+    );
+
+    // Ended (or no spec.holdout): no holdout, no pinned entry.
+    let ended = compile_with(&promoted, HoldoutPins::Off).config;
+    assert!(ended.holdout.is_none());
+    assert!(ended.adapters.iter().all(|a| a.role != AdapterRole::Pinned));
 }

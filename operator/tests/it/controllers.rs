@@ -2804,3 +2804,164 @@ async fn a_routers_outcome_store_is_shared_through_its_secret_or_flagged_per_pod
     let s = reconcile().await;
     assert_eq!(condition(&s, cond::DEGRADED).0, "False");
 }
+
+#[tokio::test]
+async fn a_router_holdout_pins_todays_versions_compares_and_ends() {
+    use switchboard_analysis::{ArmUnits, ExperimentUnits, RatioMoments};
+    use switchboard_crds::router::HoldoutPhase;
+    let w = world(helpdesk(Arc::new(AtomicBool::new(false)), "9.9.9")).await;
+    let outcomes = switchboard_operator::fakes::FixedOutcomes::default();
+    let ctx = Arc::new((*w.ctx).clone().with_outcomes(Arc::new(outcomes.clone())));
+    let reconcile = || async {
+        let r = get::<Router>(&w.client, "frontline").await;
+        router::reconcile(Arc::new(r), ctx.clone()).await.unwrap();
+        let cm: ConfigMap = get(&w.client, "frontline-runtime").await;
+        let config: RuntimeConfig =
+            serde_json::from_str(&cm.data.unwrap()["runtime-config.json"]).unwrap();
+        (get::<Router>(&w.client, "frontline").await, config)
+    };
+    create_kb(&w.client, Some(1)).await;
+    create_router(&w.client).await;
+    Api::<AdapterPatch>::default_namespaced(w.client.clone())
+        .create(&PostParams::default(), &patch("1.0.0", &digest('a')))
+        .await
+        .unwrap();
+    assert_eq!(
+        reconcile_patch(&w)
+            .await
+            .status
+            .unwrap()
+            .stable_version
+            .as_deref(),
+        Some("1.0.0")
+    );
+
+    // A 5% holdout for an hour: pricing@1.0.0 is pinned, and said so.
+    let routers = Api::<Router>::default_namespaced(w.client.clone());
+    routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holdout": {"share": "5%", "duration": "1h"}}})),
+        )
+        .await
+        .unwrap();
+    let (r, config) = reconcile().await;
+    let h = r.status.unwrap().holdout.unwrap();
+    assert_eq!(h.phase, HoldoutPhase::Running);
+    assert_eq!(h.started_at.0.to_string(), w.clock.now_string());
+    assert_eq!(
+        h.pinned
+            .iter()
+            .map(|p| format!("{}@{}", p.lineage, p.version))
+            .collect::<Vec<_>>(),
+        ["pricing@1.0.0"]
+    );
+    let holdout = config.holdout.unwrap();
+    assert_eq!(holdout.share.to_string(), "5%");
+    assert_eq!(holdout.pinned["pricing"], "1.0.0");
+    assert!(
+        reasons_of(&events(&w.client, "frontline").await).contains(&"HoldoutStarted".to_owned())
+    );
+
+    // It cannot be changed while it exists (a new one would pin new versions).
+    let err = routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holdout": {"share": "10%"}}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(switchboard_crds::router::messages::HOLDOUT_IMMUTABLE),
+        "{err}"
+    );
+
+    // pricing ships 1.1.0: everyone else gets it, the holdout keeps 1.0.0 loaded.
+    set_version(&w, "1.1.0", &digest('b')).await;
+    Api::<AdapterPatch>::default_namespaced(w.client.clone())
+        .patch_status(
+            "pricing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Promoted", "stableVersion": "1.1.0",
+                "candidateVersion": "1.1.0", "history": [
+                    {"version": "1.0.0", "sha256": digest('a'), "uri": "file:///adapters/pricing/1.0.0", "phase": "Superseded"},
+                    {"version": "1.1.0", "sha256": digest('b'), "uri": "file:///adapters/pricing/1.1.0", "phase": "Promoted"}]}})),
+        )
+        .await
+        .unwrap();
+    // The runtime's report: held-out users escalate 20%, everyone else 15%.
+    let group = |n: u64, escalating: u64| ArmUnits {
+        units: n,
+        interactions: 2 * n,
+        metrics: [(
+            "escalationRate".to_owned(),
+            RatioMoments::from_units((0..n).map(|i| (if i < escalating { 1.0 } else { 0.0 }, 2.0))),
+        )]
+        .into_iter()
+        .collect(),
+    };
+    outcomes.set_holdout(Ok(ExperimentUnits {
+        arms: [
+            ("holdout".to_owned(), group(1_000, 400)),
+            ("exposed".to_owned(), group(19_000, 5_700)),
+        ]
+        .into_iter()
+        .collect(),
+        ..ExperimentUnits::default()
+    }));
+    w.clock.advance(Duration::from_secs(30 * 60));
+    let (r, config) = reconcile().await;
+    let roles: Vec<(String, AdapterRole)> = config
+        .adapters
+        .iter()
+        .map(|a| (a.version.clone(), a.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("1.1.0".to_owned(), AdapterRole::Stable),
+            ("1.0.0".to_owned(), AdapterRole::Pinned)
+        ]
+    );
+    let h = r.status.unwrap().holdout.unwrap();
+    assert_eq!((h.units, h.exposed_units), (Some(1_000), Some(19_000)));
+    let c = &h.comparisons[0];
+    assert_eq!(c.metric.as_str(), "escalationRate");
+    assert!(
+        (c.holdout_rate - 0.2).abs() < 1e-9 && (c.exposed_rate - 0.15).abs() < 1e-9,
+        "{c:?}"
+    );
+    assert!(c.ci_high < 0.0, "{c:?}");
+    // What the operator asked the runtime: since the start, escalations settled for 72h.
+    let asked = outcomes.holdout_asked();
+    let last = asked.last().unwrap();
+    assert_eq!(
+        (last.started_at, last.metrics.clone()),
+        (
+            h.started_at.0.as_second(),
+            vec![(
+                switchboard_crds::Metric::EscalationRate,
+                Duration::from_secs(72 * 3600)
+            )]
+        )
+    );
+
+    // An hour after the start it ends: its units rejoin, the comparison stays, said so.
+    w.clock.advance(Duration::from_secs(31 * 60));
+    let (r, config) = reconcile().await;
+    let h = r.status.unwrap().holdout.unwrap();
+    assert_eq!(h.phase, HoldoutPhase::Ended);
+    assert_eq!(h.comparisons.len(), 1);
+    assert!(config.holdout.is_none());
+    assert!(
+        config
+            .adapters
+            .iter()
+            .all(|a| a.role != AdapterRole::Pinned)
+    );
+    let reasons = reasons_of(&events(&w.client, "frontline").await);
+    assert!(reasons.contains(&"HoldoutEnded".to_owned()), "{reasons:?}");
+}

@@ -78,6 +78,13 @@ pub fn unit_field(kind: AssignmentUnit) -> &'static str {
     }
 }
 
+/// Whether the unit `id` (the request's most durable id) is in the Router's permanent holdout
+/// of `share` (0..=1): `hash("router-holdout", id) < share`, independent of the experiment layer
+/// and of every experiment's salt, and stable for as long as the share is.
+pub fn in_router_holdout(share: f64, id: &str) -> bool {
+    unit_interval(&["router-holdout", id]) < share
+}
+
 /// The layer bucket of a unit id, in `0..LAYER_BUCKETS`.
 pub fn layer_bucket(unit: &str) -> u32 {
     let u = unit_interval(&["experiments", unit]);

@@ -59,6 +59,8 @@ impl<'a> ServingPlan<'a> {
                         .map_or(0.0, |p| p.fraction());
                     entry.shadow = Some((adapter, share.clamp(0.0, 1.0)));
                 }
+                // Served to the Router holdout only ([`ServingPlan::serve_held_out`]).
+                AdapterRole::Pinned => {}
             }
         }
         Self {
@@ -113,6 +115,26 @@ impl<'a> ServingPlan<'a> {
             adapter,
             role: AdapterRole::Stable,
         })
+    }
+
+    /// The version of `lineage` a unit of the Router's permanent holdout is served: the one the
+    /// holdout pinned when it started; a lineage it did not pin (created since) serves it no
+    /// adapter. Never a canary.
+    pub fn serve_held_out(
+        &self,
+        lineage: &str,
+        pinned: &BTreeMap<String, String>,
+    ) -> Option<Served<'a>> {
+        let version = pinned.get(lineage)?;
+        self.all
+            .iter()
+            .find(|a| {
+                a.lineage == lineage && a.version == *version && a.role != AdapterRole::Shadow
+            })
+            .map(|adapter| Served {
+                adapter,
+                role: AdapterRole::Pinned,
+            })
     }
 
     /// The Shadow candidate of `lineage` when this request (`request_key`: the interaction id, so
@@ -236,6 +258,44 @@ mod tests {
             let s = plan.serve("pricing", &i.to_string(), Some(&arm)).unwrap();
             assert_eq!(s.adapter.version, "1.1.0");
         }
+    }
+
+    #[test]
+    fn the_router_holdout_gets_its_pinned_versions_and_never_a_canary() {
+        let c = config(vec![
+            adapter("pricing", "1.1.0", AdapterRole::Stable),
+            adapter("pricing", "1.2.0", AdapterRole::Canary),
+            adapter("pricing", "1.0.0", AdapterRole::Pinned),
+            adapter("billing", "2.0.0", AdapterRole::Stable),
+        ]);
+        let plan = ServingPlan::new(&c);
+        // Everyone else never gets the pinned version.
+        for i in 0..500 {
+            let served = plan.serve("pricing", &format!("user-{i}"), None).unwrap();
+            assert_ne!(served.adapter.version, "1.0.0");
+        }
+        let pinned: BTreeMap<String, String> = [("pricing".to_owned(), "1.0.0".to_owned())].into();
+        let held = plan.serve_held_out("pricing", &pinned).unwrap();
+        assert_eq!(
+            (held.adapter.version.as_str(), held.role),
+            ("1.0.0", AdapterRole::Pinned)
+        );
+        // A lineage created after the holdout started serves it no adapter.
+        assert!(plan.serve_held_out("billing", &pinned).is_none());
+
+        // The holdout's share of units, stable per unit, independent of the experiment layer.
+        let held_out = (0..100_000)
+            .filter(|i| crate::experiment::in_router_holdout(0.05, &format!("user-{i}")))
+            .count();
+        assert!((4_700..=5_300).contains(&held_out), "{held_out}");
+        let both = (0..100_000)
+            .map(|i| format!("user-{i}"))
+            .filter(|u| {
+                crate::experiment::in_router_holdout(0.05, u)
+                    && crate::experiment::layer_bucket(u) < 5_000
+            })
+            .count();
+        assert!((2_200..=2_800).contains(&both), "{both}");
     }
 
     #[test]

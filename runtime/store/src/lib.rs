@@ -268,6 +268,25 @@ pub struct UnitsQuery<'a> {
     pub segments: &'a [String],
 }
 
+/// What [`OutcomeStore::holdout_units`] reads.
+#[derive(Clone, Debug)]
+pub struct HoldoutQuery<'a> {
+    /// `<namespace>/<name>` of the Router.
+    pub router: &'a str,
+    /// When the holdout started (Unix seconds).
+    pub started_at: i64,
+    /// Now (Unix seconds).
+    pub now: i64,
+    /// Metrics to summarise per unit.
+    pub metrics: &'a [Metric],
+    /// Per metric: only interactions at least this old count for it.
+    pub settle: &'a BTreeMap<Metric, Duration>,
+}
+
+/// The two groups of [`OutcomeStore::holdout_units`]: the Router holdout's units and everyone
+/// else.
+pub const HOLDOUT_GROUPS: [&str; 2] = ["holdout", "exposed"];
+
 /// Values of one segment attribute reported on their own; the rest are [`OTHER_SEGMENT`].
 pub const MAX_SEGMENT_VALUES: usize = 10;
 /// The value standing for the rarer values of an attribute, and for interactions without it.
@@ -941,6 +960,108 @@ impl OutcomeStore {
             .await
             .map_err(query_error("experiment_units"))?;
             let n = cast_i64(&recent, "n").map_err(query_error("experiment_units"))?;
+            out.unsettled
+                .insert(metric.as_str().to_owned(), u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    /// The Router's permanent holdout against everyone else since it started: per group
+    /// ([`HOLDOUT_GROUPS`]: interactions stored with the arm
+    /// [`switchboard_crds::runtime_config::HOLDOUT_ARM`], and all others) the distinct units and
+    /// interactions, and per metric the delta-method moments of `Σevents/Σtrials` over units,
+    /// counting only interactions older than the metric's settle window.
+    pub async fn holdout_units(&self, q: &HoldoutQuery<'_>) -> Result<ExperimentUnits> {
+        const GROUP: &str = "CASE WHEN i.arm = $2 THEN 'holdout' ELSE 'exposed' END";
+        let arm = switchboard_crds::runtime_config::HOLDOUT_ARM;
+        let until = q.now.max(q.started_at);
+        let sql = format!(
+            "SELECT grp, COUNT(DISTINCT unit) AS units, COUNT(*) AS interactions \
+             FROM (SELECT i.unit AS unit, {GROUP} AS grp FROM interactions i \
+                   WHERE i.router = $1 AND i.unit IS NOT NULL \
+                     AND i.created_at >= $3 AND i.created_at < $4) per_interaction \
+             GROUP BY grp"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(q.router)
+            .bind(arm)
+            .bind(q.started_at)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("holdout_units"))?;
+        let mut out = ExperimentUnits::default();
+        for group in HOLDOUT_GROUPS {
+            out.arms.insert(group.to_owned(), ArmUnits::default());
+        }
+        for row in &rows {
+            let group: String = row.try_get("grp").map_err(query_error("holdout_units"))?;
+            let count = |c| {
+                cast_i64(row, c)
+                    .map(|n| u64::try_from(n).unwrap_or(0))
+                    .map_err(query_error("holdout_units"))
+            };
+            let entry = out.arms.entry(group).or_default();
+            entry.units = count("units")?;
+            entry.interactions = count("interactions")?;
+        }
+        for &metric in q.metrics {
+            let (event, trial) = metric_sql(metric)?;
+            let wait = q
+                .settle
+                .get(&metric)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let settled = until.saturating_sub(wait).max(q.started_at);
+            let sql = format!(
+                "SELECT unit, grp, CAST(SUM(ev) AS BIGINT) AS events, \
+                 CAST(SUM(tr) AS BIGINT) AS trials \
+                 FROM (SELECT i.unit AS unit, {GROUP} AS grp, {event} AS ev, {trial} AS tr \
+                       FROM interactions i LEFT JOIN outcomes o ON o.interaction_id = i.id \
+                       WHERE i.router = $1 AND i.unit IS NOT NULL \
+                         AND i.created_at >= $3 AND i.created_at < $4 \
+                       GROUP BY i.id, i.unit, i.arm) per_interaction \
+                 GROUP BY unit, grp HAVING SUM(tr) > 0"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(q.router)
+                .bind(arm)
+                .bind(q.started_at)
+                .bind(settled)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("holdout_units"))?;
+            let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+            for row in &rows {
+                let group: String = row.try_get("grp").map_err(query_error("holdout_units"))?;
+                let events: i64 = row
+                    .try_get("events")
+                    .map_err(query_error("holdout_units"))?;
+                let trials: i64 = row
+                    .try_get("trials")
+                    .map_err(query_error("holdout_units"))?;
+                groups
+                    .entry(group)
+                    .or_default()
+                    .push((events as f64, trials as f64));
+            }
+            for (group, units) in groups {
+                out.arms
+                    .entry(group)
+                    .or_default()
+                    .metrics
+                    .insert(metric.as_str().to_owned(), RatioMoments::from_units(units));
+            }
+            let recent = sqlx::query(
+                "SELECT COUNT(*) AS n FROM interactions WHERE router = $1 \
+                 AND unit IS NOT NULL AND created_at >= $2 AND created_at < $3",
+            )
+            .bind(q.router)
+            .bind(settled)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("holdout_units"))?;
+            let n = cast_i64(&recent, "n").map_err(query_error("holdout_units"))?;
             out.unsettled
                 .insert(metric.as_str().to_owned(), u64::try_from(n).unwrap_or(0));
         }

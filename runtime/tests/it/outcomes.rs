@@ -5,6 +5,7 @@
 //!   with its provenance and cited documents;
 //! - the embedded default (SQLite) keeps refusing a replay after a restart;
 //! - feedback reaches the guardrails' settled counters when its answer reaches the follow-up;
+//! - the Router holdout's units stay out of experiments and are reported against everyone else;
 //! - 100 concurrent answers against a small generation queue: every request gets a prompt answer
 //!   or a 429 with `Retry-After`, none waits without bound, and the server stays healthy.
 
@@ -324,6 +325,81 @@ async fn experiments_enrol_by_their_own_unit_and_count_units_per_arm() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("`happiness` is not a metric"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_holdout_stays_out_of_experiments_and_is_compared_with_everyone_else() {
+    use switchboard_crds::runtime_config::ExperimentConfig;
+    use switchboard_policy::experiment::{UnitIds, enrol, in_router_holdout};
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    // 20% of users held out; an experiment over the whole layer for everyone else.
+    let experiments = json!([{
+        "name": "tone", "unit": "User", "salt": "tone-salt",
+        "range": {"start": 0, "end": 10_000}, "holdoutShare": "0%", "control": "control",
+        "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}],
+    }]);
+    let (config_path, key) = prepare(
+        work,
+        json!({"experiments": experiments.clone(), "holdout": {"share": "20%", "pinned": {}}}),
+    );
+    let configs: Vec<ExperimentConfig> = serde_json::from_value(experiments).unwrap();
+    let rt = start(work, "holdout", &config_path, &key);
+
+    let mut held_out = 0;
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let answer = ask(rt.http, "What is the capital of France?", &user);
+        let p = &answer["provenance"];
+        if in_router_holdout(0.2, &user) {
+            held_out += 1;
+            assert_eq!(
+                (p["experiment"].as_str(), p["arm"].as_str()),
+                (Some(""), Some("router-holdout")),
+                "{answer}"
+            );
+            // Held-out users escalate.
+            let token = answer["interactionToken"].as_str().unwrap();
+            assert_eq!(feedback(&rt, token, "escalated").0, 200);
+        } else {
+            let want = enrol(
+                &configs,
+                UnitIds {
+                    user: Some(&user),
+                    account: None,
+                    conversation: None,
+                },
+            );
+            assert_eq!(p["experiment"], "tone", "{answer}");
+            assert_eq!(
+                p["arm"].as_str(),
+                want.assignment.map(|a| a.arm),
+                "{answer}"
+            );
+        }
+    }
+    assert!((3..=15).contains(&held_out), "{held_out}");
+    // The comparison's data: held out against everyone else, per unit (escalations counted at
+    // once here).
+    let units = admin_json(
+        rt.admin,
+        "/v1/holdout/units?startedAt=0&metrics=escalationRate:0s",
+    );
+    assert_eq!(
+        units["arms"]["holdout"]["units"],
+        json!(held_out),
+        "{units}"
+    );
+    assert_eq!(
+        units["arms"]["exposed"]["units"],
+        json!(40 - held_out),
+        "{units}"
+    );
+    let rate = |group: &str| {
+        let m = &units["arms"][group]["metrics"]["escalationRate"];
+        m["numerator"].as_f64().unwrap() / m["denominator"].as_f64().unwrap()
+    };
+    assert_eq!((rate("holdout"), rate("exposed")), (1.0, 0.0), "{units}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

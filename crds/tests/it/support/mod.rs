@@ -89,6 +89,7 @@ pub fn rust_check(doc: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
         (Resource::AdapterPatch(n), Resource::AdapterPatch(o)) => n.spec.validate_update(&o.spec),
         (Resource::Experiment(n), Resource::Experiment(o)) => n.spec.validate_update(&o.spec),
         (Resource::KnowledgeBase(n), Resource::KnowledgeBase(o)) => n.spec.validate_update(&o.spec),
+        (Resource::Router(n), Resource::Router(o)) => n.spec.validate_update(&o.spec),
         _ => Ok(()),
     };
     update.map_err(strings)
