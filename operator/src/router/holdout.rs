@@ -107,6 +107,20 @@ pub fn comparisons(spec: &RouterHoldout, units: &ExperimentUnits) -> Vec<Holdout
         .collect()
 }
 
+/// Whether to read the store for the comparison now: while it runs, at most once per `every`
+/// (a Router reconciles on every change of its KnowledgeBase, AdapterPatches and Experiments,
+/// and the read covers every interaction since the start), and once more when it ends.
+pub fn due(status: &HoldoutStatus, now: Timestamp, every: Duration) -> bool {
+    if status.phase != HoldoutPhase::Running {
+        return false;
+    }
+    let Some(last) = &status.last_analysis else {
+        return true;
+    };
+    now >= status.ends_at.0
+        || Duration::try_from(now.duration_since(last.0)).is_ok_and(|since| since >= every)
+}
+
 /// When to look again at the latest: at its end, while it runs.
 pub fn next_look(status: Option<&HoldoutStatus>, now: Timestamp) -> Option<Duration> {
     let s = status.filter(|s| s.phase == HoldoutPhase::Running)?;
@@ -263,6 +277,20 @@ mod tests {
 
         // Without spec.holdout there is none.
         assert!(status(None, Some(&ended), &config(&[]), at(500), None).is_none());
+    }
+
+    #[test]
+    fn the_store_is_read_at_most_once_per_interval_and_at_the_end() {
+        let every = Duration::from_secs(300);
+        let mut s = status(Some(&spec()), None, &config(&[]), at(0), None).unwrap();
+        assert!(due(&s, at(0), every), "never read yet");
+        s.last_analysis = Some(Time(at(10)));
+        assert!(!due(&s, at(12), every));
+        assert!(due(&s, at(15), every));
+        s.last_analysis = Some(Time(at(119)));
+        assert!(due(&s, at(120), every), "the final read at its end");
+        s.phase = HoldoutPhase::Ended;
+        assert!(!due(&s, at(500), every));
     }
 
     #[test]

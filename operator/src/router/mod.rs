@@ -146,7 +146,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
     let generation = router.metadata.generation;
     // The holdout's comparison, read while it runs (and once more as it ends).
     let holdout_data = match (&router.spec.holdout, &previous.holdout) {
-        (Some(spec), Some(h)) if h.phase == HoldoutPhase::Running => Some(
+        (Some(spec), Some(h)) if holdout::due(h, now, ctx.settings.resync_interval) => Some(
             ctx.outcomes
                 .holdout_units(&HoldoutRequest {
                     namespace: namespace.clone(),
