@@ -196,6 +196,7 @@ pub fn substitute_dashboard_variables(promql: &str, window: &str, rate_interval:
         .replace("$router", ".*")
         .replace("$lineage", ".*")
         .replace("$namespace", ".*")
+        .replace("$settle", "1s")
 }
 
 /// The metric names (`switchboard_*`) an expression reads, with histogram suffixes removed.
