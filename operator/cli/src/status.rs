@@ -1,5 +1,5 @@
-//! `kubectl switchboard status`: where every AdapterPatch rollout and Experiment stands, from
-//! their status (the operator's single source of truth).
+//! `kubectl switchboard status`: where every AdapterPatch rollout, Experiment and Router
+//! holdout stands, from their status (the operator's single source of truth).
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
-use switchboard_crds::{AdapterPatch, Experiment};
+use switchboard_crds::{AdapterPatch, Experiment, Router};
 
 use crate::actions::age;
 use crate::cluster::ClusterArgs;
@@ -67,11 +67,83 @@ pub struct ExperimentRow {
     message: Option<String>,
 }
 
+/// One Router's permanent holdout.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldoutRow {
+    namespace: String,
+    router: String,
+    share: String,
+    /// `Running`, `Ended`, or `Starting` before the operator has seen it.
+    phase: String,
+    /// `lineage@version` kept for its units.
+    pinned: Vec<String>,
+    units: Option<i64>,
+    exposed_units: Option<i64>,
+    /// `in 29d` while it runs, `2d ago` once ended.
+    ends: Option<String>,
+    /// Per metric: exposed against held out.
+    comparisons: Vec<String>,
+    message: Option<String>,
+}
+
 /// Everything `status` shows.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Status {
     rollouts: Vec<RolloutRow>,
     experiments: Vec<ExperimentRow>,
+    holdouts: Vec<HoldoutRow>,
+}
+
+/// The holdout of `router`, if it has one.
+pub fn holdout_row(router: &Router, now: Timestamp) -> Option<HoldoutRow> {
+    let spec = router.spec.holdout.as_ref()?;
+    let status = router.status.as_ref().and_then(|s| s.holdout.as_ref());
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let pts = |x: f64| format!("{:+.2} pts", 100.0 * x);
+    Some(HoldoutRow {
+        namespace: router.metadata.namespace.clone().unwrap_or_default(),
+        router: router.metadata.name.clone().unwrap_or_default(),
+        share: spec.share.to_string(),
+        phase: status.map_or_else(|| "Starting".to_owned(), |s| debug_name(&s.phase)),
+        pinned: status
+            .map(|s| {
+                s.pinned
+                    .iter()
+                    .map(|p| format!("{}@{}", p.lineage, p.version))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        units: status.and_then(|s| s.units),
+        exposed_units: status.and_then(|s| s.exposed_units),
+        ends: status.map(|s| {
+            if s.ends_at.0 > now {
+                format!("in {}", age(now, s.ends_at.0))
+            } else {
+                format!("{} ago", age(s.ends_at.0, now))
+            }
+        }),
+        comparisons: status
+            .map(|s| {
+                s.comparisons
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}: exposed {} vs held out {}: {} (95% CI {} to {}), p={:.3}",
+                            c.metric.as_str(),
+                            pct(c.exposed_rate),
+                            pct(c.holdout_rate),
+                            pts(c.difference),
+                            pts(c.ci_low),
+                            pts(c.ci_high),
+                            c.p_value
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        message: status.and_then(|s| s.message.clone()),
+    })
 }
 
 fn debug_name(value: &impl std::fmt::Debug) -> String {
@@ -320,20 +392,80 @@ pub fn render_text(status: &Status) -> String {
             }
         }
     }
+    if !status.holdouts.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = status
+            .holdouts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.namespace.clone(),
+                    h.router.clone(),
+                    h.share.clone(),
+                    h.phase.clone(),
+                    if h.pinned.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        h.pinned.join(",")
+                    },
+                    match (h.units, h.exposed_units) {
+                        (Some(held), Some(exposed)) => format!(
+                            "{}/{}",
+                            thousands(u64::try_from(held).unwrap_or(0)),
+                            thousands(u64::try_from(exposed).unwrap_or(0))
+                        ),
+                        _ => "-".to_owned(),
+                    },
+                    dash(h.ends.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "NAMESPACE",
+                "ROUTER HOLDOUT",
+                "SHARE",
+                "PHASE",
+                "PINNED",
+                "UNITS (HELD/EXPOSED)",
+                "ENDS",
+            ],
+            &rows,
+        );
+        for h in &status.holdouts {
+            if h.comparisons.is_empty() && h.message.is_none() {
+                continue;
+            }
+            let _ = writeln!(out, "\n{}/{} holdout:", h.namespace, h.router);
+            for c in &h.comparisons {
+                let _ = writeln!(out, "  {c}");
+            }
+            if let Some(message) = &h.message {
+                let _ = writeln!(out, "  {message}");
+            }
+        }
+    }
     out
 }
 
 /// Runs `status`.
 pub async fn run(args: &StatusArgs, format: OutputFormat, out: &mut dyn Write) -> Result<()> {
     let (client, namespace) = args.cluster.client().await?;
-    let (patches, experiments): (Api<AdapterPatch>, Api<Experiment>) = if args.all_namespaces {
-        (Api::all(client.clone()), Api::all(client))
-    } else {
-        (
-            Api::namespaced(client.clone(), &namespace),
-            Api::namespaced(client, &namespace),
-        )
-    };
+    let (patches, experiments, routers): (Api<AdapterPatch>, Api<Experiment>, Api<Router>) =
+        if args.all_namespaces {
+            (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            )
+        } else {
+            (
+                Api::namespaced(client.clone(), &namespace),
+                Api::namespaced(client.clone(), &namespace),
+                Api::namespaced(client, &namespace),
+            )
+        };
     let now = Timestamp::now();
     let mut rollouts: Vec<RolloutRow> = patches
         .list(&ListParams::default())
@@ -353,9 +485,19 @@ pub async fn run(args: &StatusArgs, format: OutputFormat, out: &mut dyn Write) -
         .map(|e| experiment_row(e, now))
         .collect();
     experiments.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut holdouts: Vec<HoldoutRow> = routers
+        .list(&ListParams::default())
+        .await
+        .context("listing Routers")?
+        .items
+        .iter()
+        .filter_map(|r| holdout_row(r, now))
+        .collect();
+    holdouts.sort_by(|a, b| (&a.namespace, &a.router).cmp(&(&b.namespace, &b.router)));
     let status = Status {
         rollouts,
         experiments,
+        holdouts,
     };
     match format {
         OutputFormat::Text => out.write_all(render_text(&status).as_bytes())?,
@@ -414,9 +556,27 @@ mod tests {
             }))
             .expect("ExperimentStatus"),
         );
+        let mut router: Router =
+            serde_yaml::from_str(include_str!("../../../examples/router.yaml"))
+                .expect("examples/router.yaml");
+        router.status = Some(
+            serde_json::from_value(json!({
+                "holdout": {
+                    "phase": "Running", "startedAt": "2026-10-01T12:00:00Z",
+                    "endsAt": "2026-12-30T12:00:00Z",
+                    "pinned": [{ "lineage": "pricing", "version": "1.2.0" }],
+                    "units": 2400, "exposedUnits": 118000,
+                    "comparisons": [{ "metric": "escalationRate", "holdoutRate": 0.16,
+                        "exposedRate": 0.145, "difference": -0.015, "ciLow": -0.024,
+                        "ciHigh": -0.006, "pValue": 0.0011 }]
+                }
+            }))
+            .expect("RouterStatus"),
+        );
         let status = Status {
             rollouts: vec![rollout_row(&patch, now)],
             experiments: vec![experiment_row(&experiment, now)],
+            holdouts: holdout_row(&router, now).into_iter().collect(),
         };
         let text = render_text(&status);
         let line = |needle: &str| {
@@ -444,5 +604,16 @@ mod tests {
             "channel=chat: current 3,000 units, rate 0.15; always-rewrite 3,000 units, rate 0.13 -2pp [-3.5, -0.5]"
         );
         assert!(text.contains("by segment (exploratory"), "{text}");
+        assert_eq!(
+            line("pricing@1.2.0"),
+            "support support 2% Running pricing@1.2.0 2,400/118,000 in 33d"
+        );
+        assert_eq!(
+            line("exposed 14.5%"),
+            "escalationRate: exposed 14.5% vs held out 16.0%: -1.50 pts (95% CI -2.40 pts to -0.60 pts), p=0.001"
+        );
+        // A Router without a holdout is not listed.
+        router.spec.holdout = None;
+        assert!(holdout_row(&router, now).is_none());
     }
 }
