@@ -301,6 +301,41 @@ pub fn segment_value<'a>(segments: &'a str, attribute: &str) -> Option<&'a str> 
         .map(|(_, v)| v)
 }
 
+/// The end of the interactions that count for `metric`: those at least its settle window old
+/// (no earlier than `started_at`).
+fn settled_before(
+    settle: &BTreeMap<Metric, Duration>,
+    metric: Metric,
+    started_at: i64,
+    until: i64,
+) -> i64 {
+    let wait = settle
+        .get(&metric)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    until.saturating_sub(wait).max(started_at)
+}
+
+/// Adds `metric`'s delta-method moments per arm from per-unit `(arm, events, trials)`.
+fn insert_moments(
+    out: &mut ExperimentUnits,
+    metric: Metric,
+    per_unit: impl IntoIterator<Item = (String, i64, i64)>,
+) {
+    let mut arms: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for (arm, events, trials) in per_unit {
+        arms.entry(arm)
+            .or_default()
+            .push((events as f64, trials as f64));
+    }
+    for (arm, units) in arms {
+        out.arms
+            .entry(arm)
+            .or_default()
+            .metrics
+            .insert(metric.as_str().to_owned(), RatioMoments::from_units(units));
+    }
+}
+
 /// Per-arm CUPED sufficient statistics of an experiment, from the stored per-unit outcomes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -900,11 +935,7 @@ impl OutcomeStore {
             entry.interactions = count("interactions")?;
         }
         for (i, &metric) in q.metrics.iter().enumerate() {
-            let wait = q
-                .settle
-                .get(&metric)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let settled = until.saturating_sub(wait).max(q.started_at);
+            let settled = settled_before(q.settle, metric, q.started_at, until);
             // The first metric, broken down by segments: one read gives both the segments and,
             // summed over them, each unit's outcomes.
             let per_unit: Vec<UnitOutcome> = if i == 0 && !q.segments.is_empty() {
@@ -935,19 +966,11 @@ impl OutcomeStore {
                 })
                 .await?
             };
-            let mut arms: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-            for u in &per_unit {
-                arms.entry(u.arm.as_str())
-                    .or_default()
-                    .push((u.events as f64, u.trials as f64));
-            }
-            for (arm, units) in arms {
-                out.arms
-                    .entry(arm.to_owned())
-                    .or_default()
-                    .metrics
-                    .insert(metric.as_str().to_owned(), RatioMoments::from_units(units));
-            }
+            insert_moments(
+                &mut out,
+                metric,
+                per_unit.iter().map(|u| (u.arm.clone(), u.events, u.trials)),
+            );
             let recent = sqlx::query(
                 "SELECT COUNT(*) AS n FROM interactions WHERE router = $1 AND experiment = $2 \
                  AND unit IS NOT NULL AND created_at >= $3 AND created_at < $4",
@@ -1007,11 +1030,7 @@ impl OutcomeStore {
         }
         for &metric in q.metrics {
             let (event, trial) = metric_sql(metric)?;
-            let wait = q
-                .settle
-                .get(&metric)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let settled = until.saturating_sub(wait).max(q.started_at);
+            let settled = settled_before(q.settle, metric, q.started_at, until);
             let sql = format!(
                 "SELECT unit, grp, CAST(SUM(ev) AS BIGINT) AS events, \
                  CAST(SUM(tr) AS BIGINT) AS trials \
@@ -1030,27 +1049,18 @@ impl OutcomeStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(query_error("holdout_units"))?;
-            let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-            for row in &rows {
-                let group: String = row.try_get("grp").map_err(query_error("holdout_units"))?;
-                let events: i64 = row
-                    .try_get("events")
-                    .map_err(query_error("holdout_units"))?;
-                let trials: i64 = row
-                    .try_get("trials")
-                    .map_err(query_error("holdout_units"))?;
-                groups
-                    .entry(group)
-                    .or_default()
-                    .push((events as f64, trials as f64));
-            }
-            for (group, units) in groups {
-                out.arms
-                    .entry(group)
-                    .or_default()
-                    .metrics
-                    .insert(metric.as_str().to_owned(), RatioMoments::from_units(units));
-            }
+            let per_unit = rows
+                .iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("grp")?,
+                        row.try_get("events")?,
+                        row.try_get("trials")?,
+                    ))
+                })
+                .collect::<Result<Vec<(String, i64, i64)>, sqlx::Error>>()
+                .map_err(query_error("holdout_units"))?;
+            insert_moments(&mut out, metric, per_unit);
             let recent = sqlx::query(
                 "SELECT COUNT(*) AS n FROM interactions WHERE router = $1 \
                  AND unit IS NOT NULL AND created_at >= $2 AND created_at < $3",
