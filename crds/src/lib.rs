@@ -10,6 +10,7 @@
 pub mod adapter_patch;
 pub mod admission;
 pub mod common;
+pub mod compile;
 pub mod docs;
 pub mod experiment;
 pub mod knowledge_base;

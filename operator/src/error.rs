@@ -3,7 +3,7 @@
 
 use switchboard_crds::{ValidationErrors, conditions::reasons};
 
-use crate::compile::CompileError;
+use switchboard_crds::compile::CompileError;
 
 /// Condition reason, metric label and Event reason of [`Error::SecretAccessNotGranted`].
 pub const SECRET_ACCESS_NOT_GRANTED: &str = "SecretAccessNotGranted";

@@ -1,7 +1,8 @@
 //! Switchboard operator: four kube-rs controllers (Router, AdapterPatch, KnowledgeBase,
 //! Experiment), each a pipeline validate -> build (pure) -> apply (server-side apply) -> status.
 //!
-//! - [`compile`]: Router + KnowledgeBase + AdapterPatches + Experiments -> RuntimeConfig (pure).
+//! - `switchboard_crds::compile`: Router + KnowledgeBase + AdapterPatches + Experiments ->
+//!   RuntimeConfig (pure; shared with the CLI and the runtime's embedded default).
 //! - [`adapter_patch::rollout`]: the AdapterPatch rollout state machine (pure).
 //! - [`router`], [`adapter_patch`], [`knowledge_base`], [`experiment`]: the controllers and their
 //!   pure builders.
@@ -13,7 +14,6 @@
 #![forbid(unsafe_code)]
 
 pub mod adapter_patch;
-pub mod compile;
 pub mod context;
 pub mod controllers;
 pub mod error;

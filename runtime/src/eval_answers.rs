@@ -579,9 +579,9 @@ pub(crate) async fn harness(
     let adapters = if args.without_adapters {
         Vec::new()
     } else {
-        kb::local_adapters(&router, &kb::load_adapter_patches(manifests)?, &loaded.base)
+        kb::local_adapters(&kb::load_adapter_patches(manifests)?, &loaded.base)
     };
-    let config = kb::local_runtime_config(&router, &loaded.kb, n, None, adapters)?;
+    let config = kb::local_runtime_config(&router, &loaded.kb, n, None, &adapters)?;
     engine
         .apply(config)
         .await

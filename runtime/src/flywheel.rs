@@ -39,7 +39,7 @@ pub struct SourceArgs {
         hide_env_values = true
     )]
     outcome_store: String,
-    /// Only the interactions of this Router (`<namespace>/<name>`; `local/<kb>` in the embedded
+    /// Only the interactions of this Router (`<namespace>/<name>`; `local/<router>` in the embedded
     /// default). All Routers of the store when unset.
     #[arg(long)]
     router: Option<String>,

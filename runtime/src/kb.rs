@@ -11,7 +11,6 @@ use sha2::Digest as _;
 use switchboard_crds::knowledge_base::{
     ChunkingStrategy, FusionMethod, Retrieval, SourceFormat as CrdFormat, SourceKind,
 };
-use switchboard_crds::runtime_config::AdapterConfig;
 use switchboard_crds::{AdapterPatch, KnowledgeBase, Resource, Validate};
 use switchboard_index::{
     ChunkingSpec, FieldBoosts, FreshnessClass, Fusion, IndexSpec, InlineFile, RelevanceFloor,
@@ -77,64 +76,30 @@ pub fn load_adapter_patches(path: &Path) -> Result<Vec<AdapterPatch>> {
     Ok(out)
 }
 
-/// The adapters the embedded default serves for `router`: every AdapterPatch it selects (its
-/// `smallModel.adapterSelector` and base model) whose artifact is on this machine —
-/// `pvc://<claim>/<path>` under `pvc_root`, or `file:///<dir>` — as the Stable version of its
-/// lineage at `spec.version`. Local manifests carry no rollout state (that lives in a cluster's
-/// status), so there is nothing to roll out from; an artifact that is not here is skipped with
-/// a log line, as the operator would hold it in Validating. The runtime verifies the digest
-/// when it loads the adapter.
-pub fn local_adapters(
-    router: &switchboard_crds::Router,
-    patches: &[AdapterPatch],
-    pvc_root: &Path,
-) -> Vec<AdapterConfig> {
-    use switchboard_crds::runtime_config::{AdapterArtifact, AdapterRole};
-    let Some(selector) = &router.spec.small_model.adapter_selector else {
-        return Vec::new();
-    };
-    let empty = BTreeMap::new();
-    let mut out: Vec<AdapterConfig> = Vec::new();
-    for patch in patches {
-        let name = patch.metadata.name.clone().unwrap_or_default();
-        let spec = &patch.spec;
-        let labels = patch.metadata.labels.as_ref().unwrap_or(&empty);
-        if !switchboard_crds::selector_matches(selector, labels)
-            || spec.base_model != router.spec.small_model.model
-        {
-            continue;
-        }
-        let local = match spec.artifact.uri.split_once("://") {
-            Some(("pvc", rest)) => Some(pvc_root.join(rest)),
-            Some(("file", rest)) => Some(PathBuf::from(rest)),
-            _ => None,
-        };
-        if !local.is_some_and(|dir| dir.join("adapter_model.safetensors").is_file()) {
-            tracing::info!(adapterpatch = %name, uri = %spec.artifact.uri, "adapter artifact not on this machine; the embedded default serves without it");
-            continue;
-        }
-        if out.iter().any(|a| a.lineage == spec.lineage) {
-            tracing::warn!(adapterpatch = %name, lineage = %spec.lineage, "a second AdapterPatch of the lineage; serving the first");
-            continue;
-        }
-        out.push(AdapterConfig {
-            name,
-            lineage: spec.lineage.clone(),
-            version: spec.version.clone(),
-            role: AdapterRole::Stable,
-            artifact: AdapterArtifact {
-                uri: Some(spec.artifact.uri.clone()),
-                sha256: spec.artifact.sha256.clone(),
-                pull_secret: None,
-            },
-            lora: (&spec.lora).into(),
-            domain: (&spec.domain).into(),
-            traffic_weight: None,
-            shadow_sample_share: None,
-        });
-    }
-    out.sort_by(|a, b| a.lineage.cmp(&b.lineage));
-    out
+/// The AdapterPatches whose artifacts are on this machine — `pvc://<claim>/<path>` under
+/// `pvc_root`, or `file:///<dir>` — for the embedded default to compile
+/// ([`local_runtime_config`]). Local manifests carry no rollout state (that lives in a cluster's
+/// status), so each serves its `spec.version` as the stable version of its lineage; an artifact
+/// that is not here is left out with a log line, as the operator would hold it in Validating.
+/// The runtime verifies the digest when it loads the adapter.
+pub fn local_adapters(patches: &[AdapterPatch], pvc_root: &Path) -> Vec<AdapterPatch> {
+    patches
+        .iter()
+        .filter(|patch| {
+            let uri = &patch.spec.artifact.uri;
+            let local = match uri.split_once("://") {
+                Some(("pvc", rest)) => Some(pvc_root.join(rest)),
+                Some(("file", rest)) => Some(PathBuf::from(rest)),
+                _ => None,
+            };
+            let here = local.is_some_and(|dir| dir.join("adapter_model.safetensors").is_file());
+            if !here {
+                tracing::info!(adapterpatch = patch.metadata.name.as_deref().unwrap_or_default(), %uri, "adapter artifact not on this machine; the embedded default serves without it");
+            }
+            here
+        })
+        .cloned()
+        .collect()
 }
 
 /// `metadata.name` (empty when unset).
@@ -440,16 +405,22 @@ pub fn search_options(r: &Retrieval, has_reranker: bool) -> SearchOptions {
             }
         },
         recency: r.recency_decay.enabled,
-        rerank: (r.rerank.enabled && has_reranker).then(|| RerankOptions {
-            top_n: r.rerank.top_n.max(1) as usize,
-            deadline: r.rerank.deadline.duration().max(Duration::from_millis(1)),
-            weight: r.rerank.weight as f32,
-        }),
+        rerank: (r.rerank.enabled && has_reranker).then(|| rerank_options(&r.rerank)),
         floor: r
             .min_score
             .map(|s| RelevanceFloor::Dense(s as f32))
             .filter(|_| r.dense.enabled),
         ..SearchOptions::default()
+    }
+}
+
+/// A KnowledgeBase's rerank settings as search options (a request that asks for a rerank the
+/// KnowledgeBase leaves off gets the CRD's defaults: `Rerank::default()`).
+pub fn rerank_options(r: &switchboard_crds::knowledge_base::Rerank) -> RerankOptions {
+    RerankOptions {
+        top_n: r.top_n.max(1) as usize,
+        deadline: r.deadline.duration().max(Duration::from_millis(1)),
+        weight: r.weight as f32,
     }
 }
 
@@ -472,75 +443,31 @@ pub fn load_routers(path: &Path) -> Result<Vec<switchboard_crds::Router>> {
     Ok(out)
 }
 
-/// The RuntimeConfig of the embedded default: what the operator would compile for `router` and
-/// `kb` serving index generation `generation` (`previous`: the one before), with `adapters`
-/// ([`local_adapters`]) and no experiments (their state lives in a cluster's status, which
-/// local manifests don't carry). The Router is reported as `local/<kb>` (docs/metrics.md).
+/// The RuntimeConfig of the embedded default, compiled by the one compiler
+/// ([`switchboard_crds::compile::compile_embedded`]): what the operator would compile for
+/// `router` and `kb` serving index generation `generation` (`previous`: the one before), with
+/// the AdapterPatches of [`local_adapters`] stable and no experiments (their state lives in a
+/// cluster's status, which local manifests don't carry). The Router is reported as
+/// `local/<name>` (docs/metrics.md). What the compiler left out is logged.
 pub fn local_runtime_config(
     router: &switchboard_crds::Router,
     kb: &KnowledgeBase,
     generation: i64,
     previous: Option<i64>,
-    adapters: Vec<AdapterConfig>,
+    adapters: &[AdapterPatch],
 ) -> Result<switchboard_crds::runtime_config::RuntimeConfig> {
-    use switchboard_crds::runtime_config::{
-        EndpointConfig, KIND, KnowledgeBaseConfig, LargeModelConfig, RouterIdentity, RouterPolicy,
-        RuntimeConfig, SmallModelConfig,
-    };
-    let spec = &router.spec;
-    let mut config = RuntimeConfig {
-        api_version: switchboard_crds::API_VERSION.to_owned(),
-        kind: KIND.to_owned(),
-        revision: String::new(),
-        router: RouterIdentity {
-            namespace: "local".into(),
-            name: name(kb).to_owned(),
-        },
-        knowledge_base: KnowledgeBaseConfig {
-            name: name(kb).to_owned(),
-            index_generation: generation,
-            previous_generation: previous.filter(|p| *p >= 1 && *p < generation),
-            embedding_model: kb.spec.embedding.model.clone(),
-            retrieval: kb.spec.retrieval.clone(),
-        },
-        small_model: SmallModelConfig {
-            model: spec.small_model.model.clone(),
-            max_active_adapters: spec.small_model.max_active_adapters,
-            max_new_tokens: spec.generation.max_new_tokens,
-            max_queue_depth: spec.small_model.max_queue_depth,
-        },
-        adapters,
-        large_model: LargeModelConfig {
-            local: spec.large_model.local.as_ref().map(|l| l.model.clone()),
-            endpoint: spec.large_model.endpoint.as_ref().map(|e| EndpointConfig {
-                url: e.url.clone(),
-                model: e.model.clone(),
-                secret_ref: e.secret_ref.clone(),
-                allow_plaintext_in_cluster: e.allow_plaintext_in_cluster,
-                timeout: e.timeout.clone(),
-            }),
-            max_queue_depth: spec.large_model.max_queue_depth,
-        },
-        router_policy: RouterPolicy {
-            difficulty_threshold: spec.difficulty.threshold,
-            adapter_selection: spec.adapter_selection.clone(),
-            query_rewrite: spec.query_rewrite.clone(),
-            exploration_share: spec.exploration.share.clone(),
-            shadow_max_concurrent: spec.shadow.max_concurrent,
-            grounding: spec.generation.grounding.clone(),
-            redact: spec.privacy.redact.clone(),
-        },
-        experiments: Vec::new(),
-        // No operator analyses guardrails of a local run.
-        guardrail_settle_windows: Vec::new(),
-        holdout: None,
-    };
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(config.canonical_bytes()?);
-    config.revision = format!("sha256:{}", crate::artifacts::hex(&digest));
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("compiled RuntimeConfig is invalid: {e}"))?;
-    Ok(config)
+    let compiled =
+        switchboard_crds::compile::compile_embedded(switchboard_crds::compile::EmbeddedInput {
+            router,
+            knowledge_base: kb,
+            generation,
+            previous,
+            adapters,
+        })?;
+    for skipped in &compiled.skipped {
+        tracing::warn!(kind = skipped.kind, name = %skipped.name, reason = skipped.reason, "{}", skipped.message);
+    }
+    Ok(compiled.config)
 }
 
 /// The number of an index generation id (`gen-000007` -> 7).
@@ -564,5 +491,70 @@ mod tests {
         assert!((rerank.weight - 0.4).abs() < 1e-6);
         // Without a loaded cross-encoder rerank stays off rather than failing the search.
         assert_eq!(search_options(&r, false).rerank, None);
+    }
+
+    /// The embedded default and the operator compile the same RuntimeConfig from the same
+    /// objects: one compiler, one revision. The operator's side is built here as the API server
+    /// would hold the demo's manifests once applied in namespace `local` and rolled out (the
+    /// KnowledgeBase at generation 3, each AdapterPatch's version promoted).
+    #[test]
+    fn embedded_and_operator_paths_compile_the_same_revision() {
+        use switchboard_crds::compile::{CompileInput, HoldoutPins, compile};
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scenario.yaml");
+        let routers = load_routers(&manifests).unwrap();
+        let kb = select(load_knowledge_bases(&manifests).unwrap(), None).unwrap();
+        let patches = load_adapter_patches(&manifests).unwrap();
+        assert!(patches.len() >= 2, "the demo has adapters to compile");
+        let router = &routers[0];
+
+        let embedded = local_runtime_config(router, &kb, 3, Some(2), &patches).unwrap();
+
+        let in_cluster = |mut v: serde_json::Value, status: serde_json::Value| {
+            v["metadata"]["namespace"] = "local".into();
+            v["status"] = status;
+            v
+        };
+        let cluster_router: switchboard_crds::Router = serde_json::from_value(in_cluster(
+            serde_json::to_value(router).unwrap(),
+            serde_json::Value::Null,
+        ))
+        .unwrap();
+        let cluster_kb: KnowledgeBase = serde_json::from_value(in_cluster(
+            serde_json::to_value(&kb).unwrap(),
+            serde_json::json!({"indexGeneration": 3, "previousGeneration": 2}),
+        ))
+        .unwrap();
+        let cluster_patches: Vec<AdapterPatch> = patches
+            .iter()
+            .map(|p| {
+                let status =
+                    serde_json::json!({"phase": "Promoted", "stableVersion": p.spec.version});
+                serde_json::from_value(in_cluster(serde_json::to_value(p).unwrap(), status))
+                    .unwrap()
+            })
+            .collect();
+        let operator = compile(CompileInput {
+            router: &cluster_router,
+            knowledge_base: &cluster_kb,
+            adapters: &cluster_patches,
+            experiments: &[],
+            holdout: HoldoutPins::Off,
+        })
+        .unwrap()
+        .config;
+
+        assert_eq!(embedded.revision, operator.revision);
+        assert_eq!(embedded, operator);
+        assert_eq!(
+            embedded.adapters.len(),
+            patches.len(),
+            "every demo adapter is selected: {:?}",
+            embedded.adapters
+        );
+        // Shares are normalised on both paths (the embedded one used not to).
+        assert_eq!(
+            embedded.router_policy.exploration_share,
+            switchboard_crds::Percent::from_fraction(router.spec.exploration.share.fraction())
+        );
     }
 }

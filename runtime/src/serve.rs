@@ -477,7 +477,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             options.pvc_root = loaded.base.clone();
         }
         let adapters = kb::local_adapters(
-            &router,
             &kb::load_adapter_patches(&args.kb.manifests)?,
             &options.pvc_root,
         );
@@ -518,7 +517,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                         .filter_map(|g| kb::generation_number(&g.id))
                         .filter(|g| *g < n)
                         .max();
-                    let config = kb::local_runtime_config(&router, &kb, n, previous, adapters)?;
+                    let config = kb::local_runtime_config(&router, &kb, n, previous, &adapters)?;
                     engine.apply(config).await?;
                     engine.metrics().config_reload("applied");
                     Ok(())

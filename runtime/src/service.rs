@@ -3,7 +3,6 @@
 //!
 //! Protocol adapters (gRPC in `grpc.rs`, HTTP in `http.rs`) only convert to and from these types.
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use switchboard_index::{
@@ -303,11 +302,7 @@ impl RetrievalService {
         match s.rerank {
             Some(false) => options.rerank = None,
             Some(true) if options.rerank.is_none() && self.reranker.is_some() => {
-                options.rerank = Some(switchboard_index::RerankOptions {
-                    top_n: 20,
-                    deadline: Duration::from_millis(250),
-                    weight: 1.0,
-                });
+                options.rerank = Some(crate::kb::rerank_options(&Default::default()));
             }
             _ => {}
         }

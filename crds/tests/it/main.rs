@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod admission;
+mod compile;
 mod examples;
 mod formats;
 mod fuzz;

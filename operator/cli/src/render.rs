@@ -1,6 +1,6 @@
 //! `kubectl switchboard render <router> -f <manifests>`: the RuntimeConfig the operator would
-//! write for a Router, compiled locally by the operator's own compiler
-//! (`switchboard_operator::compile::compile`), without a cluster.
+//! write for a Router, compiled locally by the one RuntimeConfig compiler
+//! (`switchboard_crds::compile::compile`), without a cluster.
 //!
 //! Manifests carry no status, so by default the render shows the steady state: every
 //! KnowledgeBase without a status serves generation `--index-generation`, every AdapterPatch
@@ -15,12 +15,12 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::Value;
 use switchboard_crds::adapter_patch::{AdapterPatchStatus, AdapterPhase};
+use switchboard_crds::compile::{CompileInput, compile};
 use switchboard_crds::experiment::{ExperimentPhase, ExperimentStatus};
 use switchboard_crds::knowledge_base::KnowledgeBaseStatus;
 use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Resource, Router, resource_from_value,
 };
-use switchboard_operator::compile::{CompileInput, compile};
 use switchboard_policy::experiment::allocate;
 
 use crate::output::OutputFormat;
@@ -225,7 +225,7 @@ pub fn render_config(
     manifests: &Manifests,
     name: &str,
     namespace: Option<&str>,
-) -> Result<switchboard_operator::compile::Compiled> {
+) -> Result<switchboard_crds::compile::Compiled> {
     let router = manifests.router(name, namespace)?;
     let router_namespace = router.metadata.namespace.clone().unwrap_or_default();
     let kb_name = &router.spec.knowledge_base_ref.name;
@@ -245,7 +245,7 @@ pub fn render_config(
         adapters: &manifests.adapter_patches,
         experiments: &manifests.experiments,
         // As the operator would compile it now (a holdout without status starts with it).
-        holdout: switchboard_operator::compile::HoldoutPins::of(
+        holdout: switchboard_crds::compile::HoldoutPins::of(
             router,
             k8s_openapi::jiff::Timestamp::now(),
         ),

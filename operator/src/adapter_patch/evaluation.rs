@@ -4,7 +4,7 @@
 //! golden set twice through the Router's pipeline — with the lineage's stable version (the
 //! baseline) and with the candidate — by running `switchboard-runtime eval --answers` in
 //! operator mode on two RuntimeConfigs the operator compiles
-//! ([`crate::compile::evaluation_configs`]) and writes into a ConfigMap beside the Job. The pod
+//! ([`switchboard_crds::compile::evaluation_configs`]) and writes into a ConfigMap beside the Job. The pod
 //! mounts what a runtime pod of the Router mounts (the index claim, the artifact claims, the
 //! pull and endpoint Secrets) plus the golden set, and writes its verdict (the gate's JSON,
 //! under 4 KiB) as its termination message; the controller folds it into the rollout

@@ -458,14 +458,15 @@ async fn evaluation_check(
             golden.name, golden.key
         )));
     }
-    let (baseline, candidate) = match crate::compile::evaluation_configs(&config, patch, name) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(EvaluationCheck::Error(format!(
-                "the evaluation's RuntimeConfigs: {e}"
-            )));
-        }
-    };
+    let (baseline, candidate) =
+        match switchboard_crds::compile::evaluation_configs(&config, patch, name) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(EvaluationCheck::Error(format!(
+                    "the evaluation's RuntimeConfigs: {e}"
+                )));
+            }
+        };
     let job_name = evaluation::job_name(name, patch, evaluation);
     let baseline_version = baseline
         .adapters

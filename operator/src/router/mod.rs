@@ -18,12 +18,12 @@ use kube::{
 };
 use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Percent, Router, SecretKeyRef, Validate,
+    compile::{CompileError, CompileInput, Compiled, HoldoutPins, compile},
     conditions::{self as cond, reasons},
     router::{HoldoutPhase, HoldoutStatus, RoutedShare, RouterStatus},
 };
 
 use crate::{
-    compile::{CompileError, CompileInput, Compiled, HoldoutPins, compile},
     context::{
         Context, apply, apply_status, condition, describe, merge_conditions, namespaced_name,
     },
@@ -735,7 +735,7 @@ pub fn routers_selecting(routers: &[Arc<Router>], patch: &AdapterPatch) -> Vec<A
                 .small_model
                 .adapter_selector
                 .as_ref()
-                .is_some_and(|s| crate::compile::selector_matches(s, labels))
+                .is_some_and(|s| switchboard_crds::compile::selector_matches(s, labels))
         })
         .cloned()
         .collect()

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod binary;
-mod compile;
 mod controllers;
 mod coverage;
 mod rollout;

@@ -1,10 +1,10 @@
 //! The RuntimeConfig compiler: selection, roles, experiments, determinism.
 
+use switchboard_crds::compile::{CompileError, CompileInput, HoldoutPins, compile};
 use switchboard_crds::{
     AdapterPatch, Experiment, KnowledgeBase, Router,
     runtime_config::{AdapterRole, RuntimeConfig},
 };
-use switchboard_operator::compile::{CompileError, CompileInput, HoldoutPins, compile};
 
 fn router(selector: serde_json::Value) -> Router {
     serde_json::from_value(serde_json::json!({

@@ -4,8 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sha2::{Digest as _, Sha256};
-use switchboard_crds::{
+use crate::{
     AdapterPatch, Experiment, KnowledgeBase, Router, Validate, ValidationErrors,
     adapter_patch::AdapterPhase,
     experiment::ExperimentPhase,
@@ -17,6 +16,7 @@ use switchboard_crds::{
     },
     units::{GoDuration, Percent},
 };
+use sha2::{Digest as _, Sha256};
 
 /// Why a Router could not be compiled. Each variant names the object at fault.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum CompileError {
 impl CompileError {
     /// Short label for metrics and condition reasons.
     pub fn reason(&self) -> &'static str {
-        use switchboard_crds::conditions::reasons;
+        use crate::conditions::reasons;
         match self {
             Self::InvalidRouter { .. } => reasons::INVALID_SPEC,
             Self::WrongKnowledgeBase { .. } => reasons::REFERENCE_NOT_FOUND,
@@ -126,7 +126,7 @@ impl<'a> HoldoutPins<'a> {
     }
 }
 
-pub use switchboard_crds::selector_matches;
+pub use crate::selector_matches;
 
 fn normalized(p: &Percent) -> Percent {
     Percent::from_fraction(p.fraction())
@@ -162,7 +162,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
     let adapters = select_adapters(router, &namespace, input.adapters, &mut skipped);
 
     let mut config = RuntimeConfig {
-        api_version: switchboard_crds::API_VERSION.to_owned(),
+        api_version: crate::API_VERSION.to_owned(),
         kind: KIND.to_owned(),
         revision: String::new(),
         router: RouterIdentity {
@@ -234,6 +234,74 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
     config.revision = revision(&config)?;
     config.validate().map_err(CompileError::InvalidOutput)?;
     Ok(Compiled { config, skipped })
+}
+
+/// The namespace the embedded default serves its manifests in: the RuntimeConfig's Router is
+/// `local/<router name>` (docs/metrics.md).
+pub const EMBEDDED_NAMESPACE: &str = "local";
+
+/// What the embedded default (`switchboard-runtime serve --manifests`, no cluster) compiles: the
+/// manifests of one Router, its KnowledgeBase at a generation the runtime indexed itself, and the
+/// AdapterPatches whose artifacts are on this machine.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddedInput<'a> {
+    /// The Router.
+    pub router: &'a Router,
+    /// The KnowledgeBase it references.
+    pub knowledge_base: &'a KnowledgeBase,
+    /// The index generation served.
+    pub generation: i64,
+    /// The generation before it, if one is kept.
+    pub previous: Option<i64>,
+    /// AdapterPatches to select from (the Router's selector and base model decide, as in a
+    /// cluster); each serves its spec's version as the stable one.
+    pub adapters: &'a [AdapterPatch],
+}
+
+/// The embedded default's RuntimeConfig, compiled by [`compile`] from the objects a cluster
+/// would hold once these manifests were applied in namespace [`EMBEDDED_NAMESPACE`] and settled
+/// ([`embedded_objects`]). Experiments and the Router holdout are not run: their state lives
+/// in a cluster's status, which local manifests don't carry.
+pub fn compile_embedded(input: EmbeddedInput<'_>) -> Result<Compiled, CompileError> {
+    let (router, knowledge_base, adapters) = embedded_objects(input);
+    compile(CompileInput {
+        router: &router,
+        knowledge_base: &knowledge_base,
+        adapters: &adapters,
+        experiments: &[],
+        holdout: HoldoutPins::Off,
+    })
+}
+
+/// The objects of an embedded run as the compiler reads them: in namespace
+/// [`EMBEDDED_NAMESPACE`], the KnowledgeBase serving `generation`, every AdapterPatch with its
+/// spec's version promoted. Statuses the manifests carry are replaced.
+pub fn embedded_objects(input: EmbeddedInput<'_>) -> (Router, KnowledgeBase, Vec<AdapterPatch>) {
+    let mut router = input.router.clone();
+    router.metadata.namespace = Some(EMBEDDED_NAMESPACE.to_owned());
+    router.status = None;
+    let mut knowledge_base = input.knowledge_base.clone();
+    knowledge_base.metadata.namespace = Some(EMBEDDED_NAMESPACE.to_owned());
+    knowledge_base.status = Some(crate::KnowledgeBaseStatus {
+        index_generation: Some(input.generation),
+        previous_generation: input.previous,
+        ..Default::default()
+    });
+    let adapters = input
+        .adapters
+        .iter()
+        .map(|patch| {
+            let mut patch = patch.clone();
+            patch.metadata.namespace = Some(EMBEDDED_NAMESPACE.to_owned());
+            patch.status = Some(crate::AdapterPatchStatus {
+                phase: AdapterPhase::Promoted,
+                stable_version: Some(patch.spec.version.clone()),
+                ..Default::default()
+            });
+            patch
+        })
+        .collect();
+    (router, knowledge_base, adapters)
 }
 
 /// The RuntimeConfig's holdout: the share, and per lineage the pinned version, loaded as a
@@ -338,7 +406,8 @@ fn settle_windows(
     experiments: &[Experiment],
 ) -> Vec<GoDuration> {
     // An object of this namespace whose name the config lists.
-    let compiled = |meta: &kube::api::ObjectMeta, names: &[&str]| {
+    let compiled = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+                    names: &[&str]| {
         meta.namespace.as_deref().unwrap_or_default() == namespace
             && names.contains(&meta.name.as_deref().unwrap_or_default())
     };
@@ -354,7 +423,7 @@ fn settle_windows(
         .flat_map(|x| &x.spec.guardrails);
     let windows: BTreeSet<std::time::Duration> = adapter_guardrails
         .chain(experiment_guardrails)
-        .map(switchboard_crds::Guardrail::settle)
+        .map(crate::Guardrail::settle)
         .filter(|d| !d.is_zero())
         .collect();
     windows
@@ -603,7 +672,7 @@ fn select_experiments(
         let started = status.and_then(|s| s.started_at.as_ref()).map(|t| t.0);
         if let Err(errors) = x.spec.validate() {
             skipped.push(skip(
-                switchboard_crds::conditions::reasons::INVALID_SPEC,
+                crate::conditions::reasons::INVALID_SPEC,
                 errors.to_string(),
             ));
             continue;
