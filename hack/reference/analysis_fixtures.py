@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference values for switchboard-analysis, computed with scipy and statsmodels.
 
-Writes operator/analysis/tests/fixtures/*.json, which operator/analysis/tests/reference.rs checks.
+Writes runtime/analysis/tests/fixtures/*.json, which runtime/analysis/tests/reference.rs checks.
 Run from the repository root with a venv holding numpy, scipy and statsmodels:
 
     python3 -m venv .cache/venv-stats && .cache/venv-stats/bin/pip install numpy scipy statsmodels
@@ -27,7 +27,7 @@ from statsmodels.stats.proportion import (
 )
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-OUT = Path(__file__).resolve().parents[2] / "operator" / "analysis" / "tests" / "fixtures"
+OUT = Path(__file__).resolve().parents[2] / "runtime" / "analysis" / "tests" / "fixtures"
 VERSIONS = {"numpy": np.__version__, "scipy": scipy.__version__, "statsmodels": statsmodels.__version__}
 
 
