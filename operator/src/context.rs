@@ -17,15 +17,15 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    adapter_patch::artifact::ArtifactChecker,
     error::{Error, Result},
     metrics::Metrics,
-    observe::MetricsSource,
-    outcomes::{DEFAULT_RUNTIME_URL, OutcomeSource, RuntimeOutcomes},
+    names::{DEFAULT_RUNTIME_URL, FIELD_MANAGER},
+    outcomes::RuntimeOutcomes,
+    ports::{ArtifactChecker, MetricsSource, OutcomeSource},
 };
 
-/// The field manager of every write.
-pub const FIELD_MANAGER: &str = "switchboard-operator";
+/// How often a rollout in progress is re-evaluated when nothing else is due sooner.
+pub const ANALYSIS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The time source (a fake one in tests).
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -75,11 +75,11 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             runtime_image: default_runtime_image(),
-            analysis_interval: crate::adapter_patch::rollout::ANALYSIS_INTERVAL,
+            analysis_interval: ANALYSIS_INTERVAL,
             resync_interval: Duration::from_secs(300),
             artifact_cache: None,
             egress_allow: None,
-            operator_peer: crate::router::build::operator_peer(None, default_operator_pod_labels()),
+            operator_peer: crate::pod::operator_peer(None, default_operator_pod_labels()),
         }
     }
 }

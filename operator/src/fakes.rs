@@ -14,11 +14,10 @@ use switchboard_analysis::{CupedArm, ExperimentUnits};
 use switchboard_crds::AdapterPatchSpec;
 
 use crate::{
-    adapter_patch::{artifact::ArtifactChecker, rollout::ArtifactCheck},
     context::Clock,
-    observe::{BoxFuture, MetricsSource, Sample},
-    outcomes::{
-        CoverageReport, CoverageRequest, CupedRequest, HoldoutRequest, OutcomeSource, UnitsRequest,
+    ports::{
+        ArtifactCheck, ArtifactChecker, BoxFuture, CoverageReport, CoverageRequest, CupedRequest,
+        HoldoutRequest, MetricsSource, OutcomeSource, Sample, UnitsRequest,
     },
 };
 

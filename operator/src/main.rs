@@ -72,7 +72,7 @@ struct Cli {
     /// KnowledgeBases' coverage gaps; `{service}` and `{namespace}` are replaced by the Router's
     /// runtime Service name and namespace. Requests carry the Router's admin token (its
     /// `<router>-runtime-token` Secret).
-    #[arg(long, default_value = switchboard_operator::outcomes::DEFAULT_RUNTIME_URL)]
+    #[arg(long, default_value = switchboard_operator::names::DEFAULT_RUNTIME_URL)]
     runtime_url: String,
     /// The operator's namespace: the runtime pods' NetworkPolicies admit the operator's pods of
     /// this namespace to their admin port (unset: its pods in any namespace).
@@ -189,7 +189,7 @@ async fn main() -> Result<()> {
                 resync_interval: cli.resync_interval,
                 artifact_cache: cli.artifact_cache.clone(),
                 egress_allow: cli.egress_allow.clone(),
-                operator_peer: switchboard_operator::router::build::operator_peer(
+                operator_peer: switchboard_operator::pod::operator_peer(
                     cli.operator_namespace.as_deref(),
                     cli.operator_pod_labels.clone(),
                 ),

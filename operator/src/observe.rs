@@ -5,35 +5,16 @@
 //! no series is missing data (it holds a rollout, never promotes it), while an *events* query that
 //! returns no series next to trials means zero events.
 
-use std::{collections::BTreeMap, fmt, future::Future, pin::Pin, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 use switchboard_analysis::Counts;
 use switchboard_crds::{Guardrail, Metric};
 
 use crate::{
-    adapter_patch::rollout::{ArmObservation, Observations, observable_in_shadow},
     http_client::HttpClient,
+    ports::{BoxFuture, MetricsSource, Sample},
 };
-
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// One sample of an instant query.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    /// Its labels (empty after `sum(...)`).
-    pub labels: BTreeMap<String, String>,
-    /// Its value.
-    pub value: f64,
-}
-
-/// Where outcome counts come from.
-pub trait MetricsSource: Send + Sync + fmt::Debug {
-    /// Evaluates an instant query. `Ok(vec![])` when no series matched; `Err(reason)` when the
-    /// backend is unreachable or refuses the query.
-    fn query<'a>(&'a self, promql: &'a str) -> BoxFuture<'a, Result<Vec<Sample>, String>>;
-}
 
 /// The Prometheus HTTP API (`GET /api/v1/query`).
 #[derive(Clone, Debug)]
@@ -404,6 +385,34 @@ pub async fn arm_counts(
         events: events.min(trials),
         trials,
     })
+}
+
+/// Baseline and candidate counts of one guardrail metric over its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArmObservation {
+    /// The stable version (or, in the post-promotion watch, the previous version).
+    pub baseline: Counts,
+    /// The candidate.
+    pub candidate: Counts,
+    /// Answers of (baseline, candidate) younger than the guardrail's follow-up, not compared
+    /// yet; `None` for the answer-time metrics.
+    pub unsettled: Option<(u64, u64)>,
+}
+
+/// Per guardrail metric: the counts, or why they could not be read. A metric absent from the map
+/// is missing too. Missing data holds the rollout; it never promotes.
+pub type Observations = BTreeMap<Metric, Result<ArmObservation, String>>;
+
+/// Metrics the runtime can measure on shadow answers (never shown to users); outcome metrics
+/// (escalations, CSAT, ...) only exist for answers that were served.
+pub fn observable_in_shadow(metric: Metric) -> bool {
+    matches!(
+        metric,
+        Metric::RefusalRate
+            | Metric::InvalidCitationRate
+            | Metric::RetrievalFailureRate
+            | Metric::ShadowDivergence
+    )
 }
 
 /// What a rollout compares: the Routers serving a lineage, and the baseline and candidate

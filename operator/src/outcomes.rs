@@ -14,152 +14,15 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::Deserialize;
 use switchboard_analysis::{CupedArm, ExperimentUnits};
-use switchboard_crds::Metric;
 
-use crate::{http_client::HttpClient, observe::BoxFuture, router::build::runtime_name};
-
-/// What the Experiment analysis asks for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CupedRequest {
-    /// Namespace of the Router.
-    pub namespace: String,
-    /// The Router.
-    pub router: String,
-    /// The Experiment.
-    pub experiment: String,
-    /// The metric compared.
-    pub metric: Metric,
-    /// The pre-period covariate.
-    pub covariate: Metric,
-    /// When the experiment started (Unix seconds).
-    pub started_at: i64,
-    /// Length of the pre-period.
-    pub preperiod: Duration,
-    /// Only interactions before this (Unix seconds) count for the metric: those whose outcomes
-    /// have settled.
-    pub settled_before: i64,
-}
-
-/// What the Experiment analysis asks for every time: the arms' units and the primary metric per
-/// unit.
-#[derive(Clone, Debug, PartialEq)]
-pub struct UnitsRequest {
-    /// Namespace of the Router.
-    pub namespace: String,
-    /// The Router.
-    pub router: String,
-    /// The Experiment.
-    pub experiment: String,
-    /// Metrics with their settle windows.
-    pub metrics: Vec<(Metric, Duration)>,
-    /// Request attributes to break the first metric down by.
-    pub segments: Vec<String>,
-    /// When the experiment started (Unix seconds).
-    pub started_at: i64,
-    /// The analysis' now (Unix seconds).
-    pub until: i64,
-}
-
-/// What the Router controller asks for its permanent holdout: both groups since the start.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HoldoutRequest {
-    /// Namespace of the Router.
-    pub namespace: String,
-    /// The Router.
-    pub router: String,
-    /// Metrics with their settle windows.
-    pub metrics: Vec<(Metric, Duration)>,
-    /// When the holdout started (Unix seconds).
-    pub started_at: i64,
-    /// The analysis' now (Unix seconds).
-    pub until: i64,
-}
-
-/// What the KnowledgeBase controller asks a Router's runtime for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CoverageRequest {
-    /// Namespace of the Router.
-    pub namespace: String,
-    /// The Router.
-    pub router: String,
-    /// How far back (`spec.coverage.window`).
-    pub window: Duration,
-    /// Queries a topic needs (`spec.coverage.minQueries`).
-    pub min_queries: u64,
-    /// Gaps listed, at most.
-    pub limit: usize,
-}
-
-/// One gap of `GET /v1/coverage-gaps` (the fields the operator reads of the runtime's report).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReportedGap {
-    /// The query closest to the topic's centroid (never written into status).
-    pub query: String,
-    /// The newest interaction asking it (an id).
-    #[serde(default)]
-    pub interaction: String,
-    /// Gap signals (escalated, nothing found, refused) of the topic.
-    pub volume: u64,
-    /// `volume` over every interaction of the Router in the window.
-    pub share: f64,
-    /// Of those, escalated.
-    pub escalated: u64,
-    /// Documents retrieved for the topic's queries, most often first.
-    #[serde(default)]
-    pub documents: Vec<ReportedDocument>,
-    /// Newest one (Unix seconds).
-    pub last_seen: i64,
-}
-
-/// A document retrieved for a gap's queries.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReportedDocument {
-    /// Document id.
-    pub document: String,
-}
-
-/// The runtime's coverage-gap report, as the operator reads it.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CoverageReport {
-    /// Every interaction of the Router in the window.
-    pub interactions: u64,
-    /// Gap signals among them.
-    pub signals: u64,
-    /// Gaps of at least `minQueries`, largest first (at most the limit asked).
-    pub gaps: Vec<ReportedGap>,
-}
-
-/// Where per-unit outcomes and coverage gaps come from.
-pub trait OutcomeSource: Send + Sync + fmt::Debug {
-    /// Per-arm units and per-unit metric moments; `Err(reason)` when the runtime or its store
-    /// cannot answer.
-    fn units<'a>(
-        &'a self,
-        request: &'a UnitsRequest,
-    ) -> BoxFuture<'a, Result<ExperimentUnits, String>>;
-
-    /// The Router holdout's units against everyone else's (groups `holdout` and `exposed`);
-    /// `Err(reason)` when the runtime or its store cannot answer.
-    fn holdout_units<'a>(
-        &'a self,
-        request: &'a HoldoutRequest,
-    ) -> BoxFuture<'a, Result<ExperimentUnits, String>>;
-
-    /// Per-arm CUPED statistics; `Err(reason)` when the runtime or its store cannot answer.
-    fn cuped<'a>(
-        &'a self,
-        request: &'a CupedRequest,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, CupedArm>, String>>;
-
-    /// The Router's coverage gaps; `Err(reason)` when the runtime or its store cannot answer.
-    fn coverage_gaps<'a>(
-        &'a self,
-        request: &'a CoverageRequest,
-    ) -> BoxFuture<'a, Result<CoverageReport, String>>;
-}
+use crate::{
+    http_client::HttpClient,
+    names::runtime_name,
+    ports::{
+        BoxFuture, CoverageReport, CoverageRequest, CupedRequest, HoldoutRequest, OutcomeSource,
+        UnitsRequest,
+    },
+};
 
 /// The runtime's admin API behind the Router's admin Service.
 #[derive(Clone)]
@@ -179,10 +42,6 @@ impl fmt::Debug for RuntimeOutcomes {
             .finish_non_exhaustive()
     }
 }
-
-/// The in-cluster address of a Router's runtime admin API: the `<router>-runtime-admin`
-/// Service's admin port (`{service}` is the runtime Service's name, `<router>-runtime`).
-pub const DEFAULT_RUNTIME_URL: &str = "http://{service}-admin.{namespace}.svc:8081";
 
 impl RuntimeOutcomes {
     /// Reads from the runtime at `template`, where `{service}` and `{namespace}` are replaced by
@@ -208,7 +67,7 @@ impl RuntimeOutcomes {
         let Some(client) = &self.secrets else {
             return Ok(None);
         };
-        let name = crate::router::build::token_secret_name(router);
+        let name = crate::names::token_secret_name(router);
         let secret =
             kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
                 .get_opt(&name)
@@ -216,14 +75,14 @@ impl RuntimeOutcomes {
                 .map_err(|e| format!("reading the admin token (Secret {namespace}/{name}): {e}"))?;
         let token = secret
             .and_then(|s| s.data)
-            .and_then(|d| d.get(crate::router::build::ADMIN_TOKEN_KEY).cloned())
+            .and_then(|d| d.get(crate::names::ADMIN_TOKEN_KEY).cloned())
             .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
             .filter(|t| !t.is_empty());
         match token {
             Some(t) => Ok(Some(t)),
             None => Err(format!(
                 "Secret {namespace}/{name} has no {} yet (the Router controller writes it)",
-                crate::router::build::ADMIN_TOKEN_KEY
+                crate::names::ADMIN_TOKEN_KEY
             )),
         }
     }
@@ -389,10 +248,13 @@ impl OutcomeSource for RuntimeOutcomes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::{ReportedDocument, ReportedGap};
+    use switchboard_crds::Metric;
 
     #[test]
     fn the_url_names_the_routers_service_and_the_query() {
-        let source = RuntimeOutcomes::new(DEFAULT_RUNTIME_URL, Duration::from_secs(5));
+        let source =
+            RuntimeOutcomes::new(crate::names::DEFAULT_RUNTIME_URL, Duration::from_secs(5));
         let url = source.url(&CupedRequest {
             namespace: "support".into(),
             router: "helpdesk".into(),

@@ -1,10 +1,16 @@
-//! Security settings shared by every pod the operator creates (runtime Deployments, index-build
-//! and artifact-verification Jobs): the Kubernetes "restricted" Pod Security Standard — non-root
-//! user 65532, the runtime's default seccomp profile, no privilege escalation, no capabilities.
+//! What every pod the operator creates shares (runtime Deployments, index-build, evaluation and
+//! artifact-verification Jobs): the Kubernetes "restricted" Pod Security Standard — non-root
+//! user 65532, the runtime's default seccomp profile, no privilege escalation, no capabilities —
+//! the operator's own pods as a NetworkPolicy peer, and a Job's state.
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, PodSecurityContext, SeccompProfile, SecurityContext,
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    batch::v1::JobStatus,
+    core::v1::{Capabilities, PodSecurityContext, SeccompProfile, SecurityContext},
+    networking::v1::NetworkPolicyPeer,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// The user, group and fs group every operator-created pod runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
@@ -53,4 +59,60 @@ pub fn container_security(read_only_root_filesystem: bool) -> SecurityContext {
         }),
         ..SecurityContext::default()
     }
+}
+
+/// The operator's pods as a NetworkPolicy peer: pods labelled `pod_labels` in `namespace` (any
+/// namespace when it is unknown).
+pub fn operator_peer(
+    namespace: Option<&str>,
+    pod_labels: BTreeMap<String, String>,
+) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: namespace.map(|ns| {
+                BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), ns.to_owned())])
+            }),
+            ..LabelSelector::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(pod_labels),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+/// State of a build Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Pods pending or running.
+    Running,
+    /// Completed.
+    Succeeded,
+    /// Failed (backoff limit reached or deadline exceeded), with the reason.
+    Failed(String),
+}
+
+/// The state from the Job's status conditions.
+pub fn job_state(status: Option<&JobStatus>) -> JobState {
+    let Some(status) = status else {
+        return JobState::Running;
+    };
+    for c in status.conditions.iter().flatten() {
+        if c.status == "True" && c.type_ == "Complete" {
+            return JobState::Succeeded;
+        }
+        if c.status == "True" && c.type_ == "Failed" {
+            return JobState::Failed(
+                c.message
+                    .clone()
+                    .or_else(|| c.reason.clone())
+                    .unwrap_or_else(|| "the build Job failed".to_owned()),
+            );
+        }
+    }
+    if status.succeeded.unwrap_or(0) > 0 && status.active.unwrap_or(0) == 0 {
+        return JobState::Succeeded;
+    }
+    JobState::Running
 }

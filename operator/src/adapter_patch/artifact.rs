@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeSet,
-    fmt,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -23,28 +22,16 @@ use switchboard_crds::{
     conditions::reasons,
 };
 
-use super::rollout::ArtifactCheck;
-use crate::{http_client::HttpClient, observe::BoxFuture};
+use crate::{
+    http_client::HttpClient,
+    ports::{ArtifactCheck, ArtifactChecker, BoxFuture},
+};
 use switchboard_artifact::egress::EgressPolicy;
 
 pub use switchboard_artifact::{CONFIG_FILE, WEIGHTS_FILE, sha256_hex};
 
 /// Largest artifact file read (LoRA hot-fixes of rank <= 64 are far smaller).
 pub const MAX_FILE_BYTES: usize = 1 << 30;
-
-/// Checks an AdapterPatch's artifact.
-pub trait ArtifactChecker: Send + Sync + fmt::Debug {
-    /// The check of `spec.artifact` for `spec`; `credentials` are the registry credentials of
-    /// `spec.artifact.pullSecretRef` (empty without one).
-    fn check<'a>(
-        &'a self,
-        spec: &'a AdapterPatchSpec,
-        credentials: &'a Credentials,
-    ) -> BoxFuture<'a, ArtifactCheck>;
-
-    /// Releases the cached copy of a digest no version needs any more (no-op without a cache).
-    fn release(&self, _sha256_hex: &str) {}
-}
 
 /// Fetches PEFT directories over `file://`, `http(s)://` and `oci://`; keeps verified copies in
 /// a content-addressed cache (`<cache>/sha256-<hex>/`) when one is configured.

@@ -29,9 +29,8 @@ use switchboard_crds::runtime_config::RuntimeConfig;
 use switchboard_crds::{AdapterPatch, Router, annotations, conditions::reasons};
 
 use super::verify_job::{ADAPTER_PATCH_LABEL, TERMINATION_LOG, TTL_SECONDS_AFTER_FINISHED};
-use crate::router::build::{
-    ARTIFACTS_DIR, ConfigVolumes, DATA_DIR, PVC_DIR, SECRETS_DIR, index_claim_name,
-};
+use crate::names::{ARTIFACTS_DIR, DATA_DIR, PVC_DIR, SECRETS_DIR, index_claim_name};
+use crate::router::build::ConfigVolumes;
 
 /// Where the Job finds the two RuntimeConfigs and the limits.
 pub const EVAL_DIR: &str = "/etc/switchboard/eval";
@@ -123,7 +122,7 @@ impl EvaluationJob<'_> {
             ),
             (
                 "app.kubernetes.io/managed-by".to_owned(),
-                crate::context::FIELD_MANAGER.to_owned(),
+                crate::names::FIELD_MANAGER.to_owned(),
             ),
             (ADAPTER_PATCH_LABEL.to_owned(), self.name.to_owned()),
         ])

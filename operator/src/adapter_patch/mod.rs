@@ -31,7 +31,8 @@ use crate::{
 };
 
 use self::evaluation::EvaluationCheck;
-use self::rollout::{ArtifactCheck, EventType, Observations, RolloutInput, RolloutOutput, step};
+use self::rollout::{EventType, Observations, RolloutInput, RolloutOutput, step};
+use crate::ports::ArtifactCheck;
 
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "adapterpatch";
@@ -327,7 +328,7 @@ async fn pvc_check(
     name: &str,
     claim: &str,
 ) -> Result<ArtifactCheck> {
-    use crate::knowledge_base::build::{JobState, job_state};
+    use crate::pod::{JobState, job_state};
     let client = &ctx.client;
     let spec = &patch.spec;
     let job_name = verify_job::job_name(name, spec);
@@ -424,7 +425,7 @@ async fn evaluation_check(
         )));
     }
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let config_name = crate::router::build::runtime_name(router_name);
+    let config_name = crate::names::runtime_name(router_name);
     let compiled = configs
         .get_opt(&config_name)
         .await
@@ -525,9 +526,9 @@ async fn evaluation_check(
             })
         });
     let pods;
-    let outcome = match crate::knowledge_base::build::job_state(status) {
-        crate::knowledge_base::build::JobState::Running => evaluation::JobOutcome::Running,
-        crate::knowledge_base::build::JobState::Succeeded => {
+    let outcome = match crate::pod::job_state(status) {
+        crate::pod::JobState::Running => evaluation::JobOutcome::Running,
+        crate::pod::JobState::Succeeded => {
             pods = Api::<Pod>::namespaced(client.clone(), namespace)
                 .list(&ListParams::default().labels(&format!("job-name={job_name}")))
                 .await
@@ -535,10 +536,8 @@ async fn evaluation_check(
                 .items;
             evaluation::JobOutcome::Succeeded(verify_job::termination_message(&pods))
         }
-        crate::knowledge_base::build::JobState::Failed(_) if deadline => {
-            evaluation::JobOutcome::DeadlineExceeded
-        }
-        crate::knowledge_base::build::JobState::Failed(why) => {
+        crate::pod::JobState::Failed(_) if deadline => evaluation::JobOutcome::DeadlineExceeded,
+        crate::pod::JobState::Failed(why) => {
             let check =
                 evaluation::check_from_job(running, evaluation::JobOutcome::Failed(&why), now);
             match jobs.delete(&job_name, &DeleteParams::background()).await {

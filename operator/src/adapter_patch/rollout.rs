@@ -8,6 +8,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use crate::context::ANALYSIS_INTERVAL;
+pub use crate::observe::{ArmObservation, Observations, observable_in_shadow};
+use crate::ports::ArtifactCheck;
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::{SignedDuration, Timestamp},
@@ -16,7 +19,7 @@ use switchboard_analysis::{
     Counts, GuardrailDecision, GuardrailPolicy, GuardrailReason, evaluate_guardrail,
 };
 use switchboard_crds::{
-    AdapterPatchSpec, Metric,
+    AdapterPatchSpec,
     adapter_patch::{
         AdapterPatchStatus, AdapterPhase, Analysis, AnalysisDecision, ArmCounts, GuardrailAnalysis,
         HistoryEntry, STACKING_WARNING_THRESHOLD,
@@ -26,44 +29,9 @@ use switchboard_crds::{
     set_condition,
 };
 
-/// How often a rollout in progress is re-evaluated when nothing else is due sooner.
-pub const ANALYSIS_INTERVAL: Duration = Duration::from_secs(60);
-
 /// The event rate the guardrail test's mixing parameter τ is planned for (with `minSamples` trials
 /// per arm): a typical escalation rate. Fixed, never taken from the counts being tested.
 pub const GUARDRAIL_PLANNING_RATE: f64 = 0.15;
-
-/// Result of the controller's artifact check of the spec's version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ArtifactCheck {
-    /// Not checked yet (download or digest check in progress).
-    Pending,
-    /// Digest and `adapter_config.json` match the spec.
-    Verified,
-    /// Unusable; `reason` is a condition reason (`DigestMismatch`, `ArtifactUnavailable`, ...).
-    Failed {
-        /// Condition reason.
-        reason: String,
-        /// Sentence for the condition and Event.
-        message: String,
-    },
-}
-
-/// Baseline and candidate counts of one guardrail metric over its window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ArmObservation {
-    /// The stable version (or, in the post-promotion watch, the previous version).
-    pub baseline: Counts,
-    /// The candidate.
-    pub candidate: Counts,
-    /// Answers of (baseline, candidate) younger than the guardrail's follow-up, not compared
-    /// yet; `None` for the answer-time metrics.
-    pub unsettled: Option<(u64, u64)>,
-}
-
-/// Per guardrail metric: the counts, or why they could not be read. A metric absent from the map
-/// is missing too. Missing data holds the rollout; it never promotes.
-pub type Observations = BTreeMap<Metric, Result<ArmObservation, String>>;
 
 /// Everything one step of the state machine reads.
 #[derive(Clone, Copy, Debug)]
@@ -138,18 +106,6 @@ fn after(start: &Time, d: Duration) -> Timestamp {
 
 fn until(now: Timestamp, deadline: Timestamp) -> Duration {
     Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO)
-}
-
-/// Metrics the runtime can measure on shadow answers (never shown to users); outcome metrics
-/// (escalations, CSAT, ...) only exist for answers that were served.
-pub fn observable_in_shadow(metric: Metric) -> bool {
-    matches!(
-        metric,
-        Metric::RefusalRate
-            | Metric::InvalidCitationRate
-            | Metric::RetrievalFailureRate
-            | Metric::ShadowDivergence
-    )
 }
 
 /// Outcome of the guardrail analysis of one reconcile.

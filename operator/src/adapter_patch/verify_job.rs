@@ -19,7 +19,8 @@ use kube::Resource;
 use switchboard_artifact::{PVC_ROOT, VerifyReport, sha256_hex};
 use switchboard_crds::{AdapterPatch, AdapterPatchSpec, annotations, conditions::reasons};
 
-use super::{artifact::verify, rollout::ArtifactCheck};
+use super::artifact::verify;
+use crate::ports::ArtifactCheck;
 
 /// Label naming the AdapterPatch of a verification Job.
 pub const ADAPTER_PATCH_LABEL: &str = "switchboard.dev/adapter-patch";
@@ -78,7 +79,7 @@ impl VerifyJob<'_> {
             ),
             (
                 "app.kubernetes.io/managed-by".to_owned(),
-                crate::context::FIELD_MANAGER.to_owned(),
+                crate::names::FIELD_MANAGER.to_owned(),
             ),
             (ADAPTER_PATCH_LABEL.to_owned(), self.name.to_owned()),
         ]);

@@ -25,8 +25,8 @@ use switchboard_policy::experiment::allocate;
 use crate::{
     context::{Context, apply_status, condition, describe, namespaced_name},
     error::{Error, Result},
-    observe::{Arm, MetricsSource, count, metric_queries},
-    outcomes::{CupedRequest, UnitsRequest},
+    observe::{Arm, count, metric_queries},
+    ports::{CupedRequest, MetricsSource, UnitsRequest},
 };
 
 use self::analysis::{ArmData, ExperimentInput, HOLDOUT, Segments, evaluate};

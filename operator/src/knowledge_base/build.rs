@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        batch::v1::{Job, JobSpec, JobStatus},
+        batch::v1::{Job, JobSpec},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, KeyToPath,
             PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
@@ -22,7 +22,7 @@ use switchboard_crds::{
     knowledge_base::{SourceError, SourceKind},
 };
 
-use crate::router::build::{DATA_DIR, index_claim_name};
+use crate::names::{DATA_DIR, index_claim_name};
 
 /// Label naming the KnowledgeBase of a child.
 pub const KB_LABEL: &str = "switchboard.dev/knowledge-base";
@@ -201,7 +201,7 @@ pub fn labels(kb: &str) -> BTreeMap<String, String> {
         ("app.kubernetes.io/instance".to_owned(), kb.to_owned()),
         (
             "app.kubernetes.io/managed-by".to_owned(),
-            crate::context::FIELD_MANAGER.to_owned(),
+            crate::names::FIELD_MANAGER.to_owned(),
         ),
         (KB_LABEL.to_owned(), kb.to_owned()),
     ])
@@ -455,41 +455,6 @@ impl KbChildren<'_> {
     }
 }
 
-/// State of a build Job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JobState {
-    /// Pods pending or running.
-    Running,
-    /// Completed.
-    Succeeded,
-    /// Failed (backoff limit reached or deadline exceeded), with the reason.
-    Failed(String),
-}
-
-/// The state from the Job's status conditions.
-pub fn job_state(status: Option<&JobStatus>) -> JobState {
-    let Some(status) = status else {
-        return JobState::Running;
-    };
-    for c in status.conditions.iter().flatten() {
-        if c.status == "True" && c.type_ == "Complete" {
-            return JobState::Succeeded;
-        }
-        if c.status == "True" && c.type_ == "Failed" {
-            return JobState::Failed(
-                c.message
-                    .clone()
-                    .or_else(|| c.reason.clone())
-                    .unwrap_or_else(|| "the build Job failed".to_owned()),
-            );
-        }
-    }
-    if status.succeeded.unwrap_or(0) > 0 && status.active.unwrap_or(0) == 0 {
-        return JobState::Succeeded;
-    }
-    JobState::Running
-}
-
 /// The build report in the termination message of the Job's successful pod.
 pub fn report_from_pods(pods: &[Pod]) -> Result<BuildReport, String> {
     let messages: Vec<&str> = pods
@@ -528,8 +493,9 @@ pub fn job_spec_hash(job: &Job) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use crate::pod::{JobState, job_state};
     use k8s_openapi::api::{
-        batch::v1::JobCondition,
+        batch::v1::{JobCondition, JobStatus},
         core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus},
     };
 

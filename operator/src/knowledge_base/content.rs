@@ -35,8 +35,8 @@ use switchboard_crds::{
 
 use crate::{
     context::condition,
-    observe::{Sample, range, router_matcher},
-    outcomes::CoverageReport,
+    observe::{range, router_matcher},
+    ports::{CoverageReport, Sample},
 };
 
 /// The three instant queries of a staleness check.
@@ -637,7 +637,7 @@ mod tests {
 
     #[test]
     fn coverage_gaps_of_several_routers_are_thresholded_ranked_and_capped() {
-        use crate::outcomes::ReportedGap;
+        use crate::ports::ReportedGap;
         let gap = |q: &str, volume: u64, share: f64| ReportedGap {
             query: q.to_owned(),
             interaction: format!("i-{q}"),

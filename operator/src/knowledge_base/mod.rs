@@ -34,9 +34,10 @@ use crate::{
 };
 
 use self::build::{
-    BuildReport, JOBS_KEPT, JobState, KB_LABEL, KbChildren, SourceInputs, build_hash, build_number,
-    config_map_digest, job_spec_hash, job_state, report_from_pods,
+    BuildReport, JOBS_KEPT, KB_LABEL, KbChildren, SourceInputs, build_hash, build_number,
+    config_map_digest, job_spec_hash, report_from_pods,
 };
+use crate::pod::{JobState, job_state};
 
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "knowledgebase";
@@ -525,7 +526,7 @@ async fn observe_coverage(
     let spec = &kb.spec.coverage;
     let mut reports = Vec::with_capacity(routers.len());
     for router in routers {
-        let request = crate::outcomes::CoverageRequest {
+        let request = crate::ports::CoverageRequest {
             namespace: namespace.to_owned(),
             router: router
                 .split_once('/')

@@ -3,6 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::names::{
+    ADMIN_PORT, ADMIN_TOKEN_KEY, ARTIFACTS_DIR, CLIENT_TOKENS_DIR, CONFIG_DIR, DATA_DIR, GRPC_PORT,
+    HTTP_PORT, OUTCOME_STORE_ENV, PVC_DIR, REVISION_ANNOTATION, SECRETS_DIR, STATE_DIR, TOKEN_DIR,
+    TOKEN_KEY, UNIT_KEY_KEY, admin_service_name, index_claim_name, labels, runtime_name,
+    selector_labels, selector_string, token_secret_name,
+};
 use k8s_openapi::{
     api::{
         apps::v1::{
@@ -32,103 +38,6 @@ use switchboard_crds::{
     router::{ActiveAdapter, OutcomeStore, RouterStatus},
     runtime_config::{AdapterRole, FILE_NAME, RuntimeConfig},
 };
-
-/// `app.kubernetes.io/name` of every runtime pod.
-pub const APP_NAME: &str = "switchboard-runtime";
-/// Label naming the Router of a child.
-pub const ROUTER_LABEL: &str = "switchboard.dev/router";
-/// Directory the ConfigMap is mounted at (the whole directory, so updates reach the pod).
-pub const CONFIG_DIR: &str = "/etc/switchboard";
-/// Index generations (`<dir>/<kb name>/`).
-pub const DATA_DIR: &str = "/var/lib/switchboard/index";
-/// Adapter artifact cache.
-pub const ARTIFACTS_DIR: &str = "/var/lib/switchboard/artifacts";
-/// Writable per-pod state (an `emptyDir`): the SQLite outcome store when the Router names no
-/// PostgreSQL.
-pub const STATE_DIR: &str = "/var/lib/switchboard/state";
-/// The runtime's environment variable holding the outcome store URL (read from the Router's
-/// `spec.outcomeStore.postgres` Secret key, so the password never appears in the pod spec).
-pub const OUTCOME_STORE_ENV: &str = "SWITCHBOARD_OUTCOME_STORE";
-/// Directory of the interaction-token key Secret.
-pub const TOKEN_DIR: &str = "/var/run/switchboard/token";
-/// Key of the token Secret.
-pub const TOKEN_KEY: &str = "key";
-/// Key of the token Secret holding the admin API's bearer token (the operator reads it to call
-/// the admin API).
-pub const ADMIN_TOKEN_KEY: &str = "admin-token";
-/// Key of the token Secret holding the key units are pseudonymised with before storage.
-pub const UNIT_KEY_KEY: &str = "unit-key";
-/// Directory of the `spec.access.clientTokens` Secret (the runtime's `--client-token-file` is
-/// `<dir>/<key>`).
-pub const CLIENT_TOKENS_DIR: &str = "/var/run/switchboard/client-tokens";
-/// Directory of the Secrets the RuntimeConfig names (`<dir>/<secret name>/<key>`): the large
-/// model endpoint's API key. The runtime's `--secrets`.
-pub const SECRETS_DIR: &str = "/var/run/switchboard/secrets";
-/// Where the claims of `pvc://<claim>/<path>` adapter artifacts and rerank models are mounted
-/// (`<dir>/<claim>`, read-only). The runtime's `--pvc-root`; the AdapterPatch verification Job
-/// mounts a claim at the same place.
-pub const PVC_DIR: &str = switchboard_artifact::PVC_ROOT;
-/// gRPC port.
-pub const GRPC_PORT: i32 = 50051;
-/// HTTP port (JSON API, /metrics, /healthz, /readyz).
-pub const HTTP_PORT: i32 = 8080;
-/// Admin API port (config, coverage gaps, hits, CUPED sums, switch-back): not on the Router's
-/// Service; the admin Service and the NetworkPolicy let the operator alone reach it.
-pub const ADMIN_PORT: i32 = 8081;
-/// Annotation on the ConfigMap: the revision it holds.
-pub const REVISION_ANNOTATION: &str = "switchboard.dev/config-revision";
-
-/// Name of a Router's ConfigMap, Deployment and Service.
-pub fn runtime_name(router: &str) -> String {
-    format!("{router}-runtime")
-}
-
-/// Name of the Service in front of a Router's admin port.
-pub fn admin_service_name(router: &str) -> String {
-    format!("{router}-runtime-admin")
-}
-
-/// Name of a Router's interaction-token Secret.
-pub fn token_secret_name(router: &str) -> String {
-    format!("{router}-runtime-token")
-}
-
-/// Name of a KnowledgeBase's index PersistentVolumeClaim.
-pub fn index_claim_name(kb: &str) -> String {
-    format!("{kb}-index")
-}
-
-/// Labels selecting a Router's runtime pods (stable: the Deployment selector is immutable).
-pub fn selector_labels(router: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), router.to_owned()),
-    ])
-}
-
-/// Labels of every child of a Router.
-pub fn labels(router: &str) -> BTreeMap<String, String> {
-    let mut l = selector_labels(router);
-    l.insert(ROUTER_LABEL.to_owned(), router.to_owned());
-    l.insert(
-        "app.kubernetes.io/managed-by".to_owned(),
-        crate::context::FIELD_MANAGER.to_owned(),
-    );
-    l.insert(
-        "app.kubernetes.io/component".to_owned(),
-        "runtime".to_owned(),
-    );
-    l
-}
-
-/// `key=value,...` form of the pod selector (for the scale subresource).
-pub fn selector_string(router: &str) -> String {
-    selector_labels(router)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 /// What the runtime pods mount for the compiled config beyond the fixed volumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -562,27 +471,6 @@ fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
-/// The operator's pods as a NetworkPolicy peer: pods labelled `pod_labels` in `namespace` (any
-/// namespace when it is unknown).
-pub fn operator_peer(
-    namespace: Option<&str>,
-    pod_labels: BTreeMap<String, String>,
-) -> NetworkPolicyPeer {
-    NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector {
-            match_labels: namespace.map(|ns| {
-                BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), ns.to_owned())])
-            }),
-            ..LabelSelector::default()
-        }),
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(pod_labels),
-            ..LabelSelector::default()
-        }),
-        ..NetworkPolicyPeer::default()
-    }
-}
-
 /// `--client-token-file` when the Router requires client tokens.
 pub fn client_token_args(spec: &switchboard_crds::router::RouterSpec) -> Vec<String> {
     spec.access
@@ -807,7 +695,7 @@ mod tests {
     }
 
     static OPERATOR: std::sync::LazyLock<NetworkPolicyPeer> = std::sync::LazyLock::new(|| {
-        operator_peer(
+        crate::pod::operator_peer(
             Some("switchboard-system"),
             BTreeMap::from([(
                 "app.kubernetes.io/component".to_owned(),

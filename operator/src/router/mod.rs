@@ -29,13 +29,14 @@ use crate::{
     },
     error::{Error, Result},
     observe::{count, router_matcher},
-    outcomes::HoldoutRequest,
+    ports::HoldoutRequest,
 };
 
 use self::build::{
     ConfigVolumes, RouterChildren, config_status, deployment_state, index_volume_shareable,
-    outcome_store_shared, token_secret_name,
+    outcome_store_shared,
 };
+use crate::names::token_secret_name;
 
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "router";
@@ -180,7 +181,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
             format!(
                 "revision {} written to ConfigMap {}; no runtime pod reports a revision yet",
                 config.revision,
-                build::runtime_name(&name)
+                crate::names::runtime_name(&name)
             ),
         ),
         Ok(revisions) if revisions.iter().all(|r| *r == config.revision) => (
@@ -208,7 +209,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
             format!(
                 "revision {} written to ConfigMap {}; whether pods loaded it is unknown: {e}",
                 config.revision,
-                build::runtime_name(&name)
+                crate::names::runtime_name(&name)
             ),
         ),
     };
@@ -429,7 +430,7 @@ async fn holdout_events(
 /// off (absent already: nothing to do).
 async fn remove_network_policy(client: &Client, namespace: &str, router: &str) -> Result<()> {
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
-    let name = build::runtime_name(router);
+    let name = crate::names::runtime_name(router);
     match api.delete(&name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -474,7 +475,7 @@ async fn ensure_token_secret(
             metadata: ObjectMeta {
                 name: Some(secret_name.clone()),
                 namespace: Some(namespace.to_owned()),
-                labels: Some(build::labels(name)),
+                labels: Some(crate::names::labels(name)),
                 annotations: Some(annotations),
                 owner_references: Some(router.controller_owner_ref(&()).into_iter().collect()),
                 ..ObjectMeta::default()

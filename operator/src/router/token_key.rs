@@ -35,11 +35,11 @@ pub const SINCE_ANNOTATION: &str = "switchboard.dev/token-key-phase-since";
 pub const KEY: &str = "key";
 /// The Secret's data key holding the admin API's bearer token (the runtimes'
 /// `--admin-token-file`; the operator sends it to the admin API).
-pub const ADMIN_TOKEN: &str = super::build::ADMIN_TOKEN_KEY;
+pub const ADMIN_TOKEN: &str = crate::names::ADMIN_TOKEN_KEY;
 /// The Secret's data key holding the key units are pseudonymised with before they are stored
 /// (the runtimes' `--unit-key-file`): created once, never rotated (a new key would split every
 /// unit's history in two).
-pub const UNIT_KEY: &str = super::build::UNIT_KEY_KEY;
+pub const UNIT_KEY: &str = crate::names::UNIT_KEY_KEY;
 
 /// How long a new key is only accepted before it signs: the kubelet's refresh of Secret volumes
 /// (its sync period, one minute by default, plus its cache) and the runtime's poll of the file.

@@ -38,13 +38,14 @@ use switchboard_crds::{
     runtime_config::{AdapterRole, RuntimeConfig},
 };
 use switchboard_operator::{
-    adapter_patch::{self, rollout::ArtifactCheck},
+    adapter_patch,
     context::{Context, Settings},
     controllers, experiment,
     fakes::{FakeClock, FixedArtifacts, FnSource, scalar},
     knowledge_base,
     leader::LeaseLock,
     metrics::Metrics,
+    ports::ArtifactCheck,
     router,
 };
 use switchboard_testkit::controlplane::{ControlPlane, OPERATOR_NAMESPACE, Options};
@@ -2524,7 +2525,7 @@ async fn an_experiment_with_cuped_reads_per_unit_outcomes_and_adjusts_its_estima
 /// Prometheus for the staleness check: two stale documents over the minimum share on the
 /// Router's runtimes, one with its last modification; `down` makes every query fail.
 fn stale_source(down: Arc<AtomicBool>, empty: Arc<AtomicBool>) -> FnSource {
-    use switchboard_operator::observe::Sample;
+    use switchboard_operator::ports::Sample;
     let doc = |d: &str, v: f64| Sample {
         labels: [("document".to_owned(), d.to_owned())].into(),
         value: v,

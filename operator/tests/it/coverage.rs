@@ -17,12 +17,11 @@ use switchboard_crds::{
     knowledge_base::KnowledgeBaseStatus,
 };
 use switchboard_operator::{
-    adapter_patch::rollout::ArtifactCheck,
     context::{Context, Settings},
     fakes::{FakeClock, FixedArtifacts, FixedOutcomes, FnSource},
     knowledge_base,
     metrics::Metrics,
-    outcomes::{CoverageReport, ReportedDocument, ReportedGap},
+    ports::{ArtifactCheck, CoverageReport, ReportedDocument, ReportedGap},
 };
 use switchboard_testkit::controlplane::{ControlPlane, Options};
 

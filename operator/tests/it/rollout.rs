@@ -14,8 +14,9 @@ use switchboard_crds::{
 };
 use switchboard_operator::adapter_patch::evaluation::EvaluationCheck;
 use switchboard_operator::adapter_patch::rollout::{
-    ArmObservation, ArtifactCheck, EventType, Observations, RolloutInput, RolloutOutput, step,
+    ArmObservation, EventType, Observations, RolloutInput, RolloutOutput, step,
 };
+use switchboard_operator::ports::ArtifactCheck;
 use switchboard_testkit::rng::Rng;
 
 const V1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

@@ -21,15 +21,11 @@ use switchboard_crds::adapter_patch::AdapterPhase;
 use switchboard_crds::{AdapterPatch, AdapterPatchSpec, Resource, resource_from_value};
 use switchboard_model::llama::LlamaModel;
 use switchboard_model::lora::LoraAdapter;
-use switchboard_operator::adapter_patch::{
-    self,
-    artifact::{ArtifactChecker, PeftArtifacts},
-    rollout::ArtifactCheck,
-};
+use switchboard_operator::adapter_patch::{self, artifact::PeftArtifacts};
 use switchboard_operator::context::{Context, Settings};
 use switchboard_operator::fakes::{FakeClock, FnSource};
 use switchboard_operator::metrics::Metrics;
-use switchboard_operator::observe::BoxFuture;
+use switchboard_operator::ports::{ArtifactCheck, ArtifactChecker, BoxFuture};
 use switchboard_testkit::controlplane::ControlPlane;
 use tch::Device;
 
