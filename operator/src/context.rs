@@ -331,6 +331,38 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(ctx.backoff.failed(&describe(obj.as_ref())))
 }
 
+/// A resource whose failed reconcile is written into its status: each controller says, as a
+/// pure function, what its status becomes after an error; [`report_failure`] writes it and
+/// emits the Events of the conditions that changed.
+pub trait FailureStatus:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + fmt::Debug
+{
+    /// The status subresource.
+    type Status: Clone + Default + Serialize;
+
+    /// The status as read (default when unset).
+    fn status_or_default(&self) -> Self::Status;
+
+    /// The conditions of a status.
+    fn conditions(status: &Self::Status) -> &[Condition];
+
+    /// The status after `error` at `now` (pure).
+    fn failed(&self, error: &Error, now: Timestamp) -> Self::Status;
+}
+
+/// Writes the status of a failed reconcile (best effort: a failure to write is logged) and
+/// the Events of the conditions it changed.
+pub async fn report_failure<K: FailureStatus>(obj: &K, ctx: &Context, error: &Error) {
+    let previous = obj.status_or_default();
+    let status = obj.failed(error, ctx.now());
+    if let Err(e) = apply_status(&ctx.client, obj, &status).await {
+        tracing::warn!(object = %describe(obj), error = %e, "writing the failure status failed");
+        return;
+    }
+    ctx.condition_events(obj, K::conditions(&previous), K::conditions(&status))
+        .await;
+}
+
 pub fn describe<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
         "{} {}/{}",

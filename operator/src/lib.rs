@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapter_patch;
+pub mod child;
 pub mod context;
 pub mod controllers;
 pub mod error;

@@ -21,12 +21,11 @@ use k8s_openapi::api::{
     },
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
 use serde::Deserialize;
 use switchboard_artifact::sha256_hex;
 use switchboard_crds::adapter_patch::{Evaluation, EvaluationMetric, EvaluationResult};
 use switchboard_crds::runtime_config::RuntimeConfig;
-use switchboard_crds::{AdapterPatch, Router, annotations, conditions::reasons};
+use switchboard_crds::{AdapterPatch, Router, conditions::reasons};
 
 use super::verify_job::{ADAPTER_PATCH_LABEL, TERMINATION_LOG, TTL_SECONDS_AFTER_FINISHED};
 use crate::names::{ARTIFACTS_DIR, DATA_DIR, PVC_DIR, SECRETS_DIR, index_claim_name};
@@ -129,21 +128,13 @@ impl EvaluationJob<'_> {
     }
 
     fn meta(&self) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(job_name(self.name, self.patch, self.evaluation)),
-            namespace: Some(self.namespace.to_owned()),
-            labels: Some(self.labels()),
-            annotations: Some(BTreeMap::from([(
-                annotations::PARENT_GENERATION.to_owned(),
-                self.patch
-                    .metadata
-                    .generation
-                    .unwrap_or_default()
-                    .to_string(),
-            )])),
-            owner_references: Some(self.patch.controller_owner_ref(&()).into_iter().collect()),
-            ..ObjectMeta::default()
-        }
+        crate::child::child_meta(
+            self.patch,
+            job_name(self.name, self.patch, self.evaluation),
+            self.namespace,
+            self.labels(),
+            BTreeMap::new(),
+        )
     }
 
     /// The ConfigMap holding the two RuntimeConfigs and the limits.

@@ -42,7 +42,7 @@ pub async fn reconcile(patch: Arc<AdapterPatch>, ctx: Arc<Context>) -> Result<Ac
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
     let result = reconcile_inner(&patch, &ctx).await;
     if let Err(error) = &result {
-        report_failure(&patch, &ctx, error).await;
+        crate::context::report_failure(patch.as_ref(), &ctx, error).await;
     }
     ctx.record_reconcile(CONTROLLER, &describe(patch.as_ref()), &result);
     result
@@ -634,47 +634,46 @@ fn release_artifacts(ctx: &Context, status: &AdapterPatchStatus, retained: &[Str
     }
 }
 
-/// After a failed reconcile: the previous status (the rollout state is never lost) with
-/// conditions saying why.
-async fn report_failure(patch: &AdapterPatch, ctx: &Context, error: &Error) {
-    let generation = patch.metadata.generation;
-    let now = ctx.now();
-    let previous = patch.status.clone().unwrap_or_default();
-    let mut status = previous.clone();
-    let reason = error.reason();
-    let message = error.to_string();
-    let invalid = matches!(error, Error::InvalidSpec { .. });
-    if invalid {
-        status.observed_generation = generation;
+/// A failed reconcile: Degraded; Ready stays true while a stable version is served (pure; written by
+/// [`crate::context::report_failure`]).
+impl crate::context::FailureStatus for AdapterPatch {
+    type Status = AdapterPatchStatus;
+
+    fn status_or_default(&self) -> AdapterPatchStatus {
+        self.status.clone().unwrap_or_default()
     }
-    let serving = status.stable_version.is_some();
-    for c in [
-        condition(
-            cond::DEGRADED,
-            true,
-            reason,
-            message.clone(),
-            generation,
-            now,
-        ),
-        condition(
-            cond::READY,
-            serving,
-            if serving { reasons::RECONCILED } else { reason },
-            format!(
-                "stable version: {}; {message}",
-                status.stable_version.as_deref().unwrap_or("none")
+
+    fn conditions(
+        status: &AdapterPatchStatus,
+    ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        &status.conditions
+    }
+
+    fn failed(&self, error: &Error, now: k8s_openapi::jiff::Timestamp) -> AdapterPatchStatus {
+        let generation = self.metadata.generation;
+        let mut status = self.status_or_default();
+        let reason = error.reason();
+        let message = error.to_string();
+        if matches!(error, Error::InvalidSpec { .. }) {
+            status.observed_generation = generation;
+        }
+        let serving = status.stable_version.is_some();
+        let stable = status.stable_version.as_deref().unwrap_or("none");
+        let ready_message = format!("stable version: {stable}; {message}");
+        let ready_reason = if serving { reasons::RECONCILED } else { reason };
+        for c in [
+            condition(cond::DEGRADED, true, reason, message, generation, now),
+            condition(
+                cond::READY,
+                serving,
+                ready_reason,
+                ready_message,
+                generation,
+                now,
             ),
-            generation,
-            now,
-        ),
-    ] {
-        switchboard_crds::set_condition(&mut status.conditions, c);
+        ] {
+            switchboard_crds::set_condition(&mut status.conditions, c);
+        }
+        status
     }
-    if let Err(e) = apply_status(&ctx.client, patch, &status).await {
-        tracing::warn!(adapterpatch = %patch.name_any(), error = %e, "writing the failure status failed");
-        return;
-    }
-    ctx.condition_events(patch, &previous.conditions, &status.conditions)
-        .await;
 }

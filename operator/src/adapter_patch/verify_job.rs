@@ -15,9 +15,8 @@ use k8s_openapi::api::{
     },
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
 use switchboard_artifact::{PVC_ROOT, VerifyReport, sha256_hex};
-use switchboard_crds::{AdapterPatch, AdapterPatchSpec, annotations, conditions::reasons};
+use switchboard_crds::{AdapterPatch, AdapterPatchSpec, conditions::reasons};
 
 use super::artifact::verify;
 use crate::ports::ArtifactCheck;
@@ -111,21 +110,13 @@ impl VerifyJob<'_> {
             ..Container::default()
         };
         Job {
-            metadata: ObjectMeta {
-                name: Some(job_name(self.name, spec)),
-                namespace: Some(self.namespace.to_owned()),
-                labels: Some(labels.clone()),
-                annotations: Some(BTreeMap::from([(
-                    annotations::PARENT_GENERATION.to_owned(),
-                    self.patch
-                        .metadata
-                        .generation
-                        .unwrap_or_default()
-                        .to_string(),
-                )])),
-                owner_references: Some(self.patch.controller_owner_ref(&()).into_iter().collect()),
-                ..ObjectMeta::default()
-            },
+            metadata: crate::child::child_meta(
+                self.patch,
+                job_name(self.name, spec),
+                self.namespace,
+                labels.clone(),
+                BTreeMap::new(),
+            ),
             spec: Some(JobSpec {
                 backoff_limit: Some(1),
                 active_deadline_seconds: Some(DEADLINE_SECONDS),

@@ -39,7 +39,7 @@ pub async fn reconcile(x: Arc<Experiment>, ctx: Arc<Context>) -> Result<Action> 
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
     let result = reconcile_inner(&x, &ctx).await;
     if let Err(error) = &result {
-        report_failure(&x, &ctx, error).await;
+        crate::context::report_failure(x.as_ref(), &ctx, error).await;
     }
     ctx.record_reconcile(CONTROLLER, &describe(x.as_ref()), &result);
     result
@@ -295,36 +295,49 @@ async fn reconcile_inner(x: &Experiment, ctx: &Context) -> Result<Action> {
     }))
 }
 
-async fn report_failure(x: &Experiment, ctx: &Context, error: &Error) {
-    let generation = x.metadata.generation;
-    let now = ctx.now();
-    let previous = x.status.clone().unwrap_or_default();
-    let mut status = previous.clone();
-    status.observed_generation = generation;
-    for c in [
-        condition(
-            cond::DEGRADED,
-            true,
-            error.reason(),
-            error.to_string(),
-            generation,
-            now,
-        ),
-        condition(
-            cond::READY,
-            false,
-            error.reason(),
-            error.to_string(),
-            generation,
-            now,
-        ),
-    ] {
-        switchboard_crds::set_condition(&mut status.conditions, c);
+/// A failed reconcile: Degraded, and Ready false (pure; written by
+/// [`crate::context::report_failure`]).
+impl crate::context::FailureStatus for Experiment {
+    type Status = switchboard_crds::ExperimentStatus;
+
+    fn status_or_default(&self) -> switchboard_crds::ExperimentStatus {
+        self.status.clone().unwrap_or_default()
     }
-    if let Err(e) = apply_status(&ctx.client, x, &status).await {
-        tracing::warn!(experiment = %describe(x), error = %e, "writing the failure status failed");
-        return;
+
+    fn conditions(
+        status: &switchboard_crds::ExperimentStatus,
+    ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        &status.conditions
     }
-    ctx.condition_events(x, &previous.conditions, &status.conditions)
-        .await;
+
+    fn failed(
+        &self,
+        error: &Error,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> switchboard_crds::ExperimentStatus {
+        let generation = self.metadata.generation;
+        let mut status = self.status_or_default();
+        status.observed_generation = generation;
+        for c in [
+            condition(
+                cond::DEGRADED,
+                true,
+                error.reason(),
+                error.to_string(),
+                generation,
+                now,
+            ),
+            condition(
+                cond::READY,
+                false,
+                error.reason(),
+                error.to_string(),
+                generation,
+                now,
+            ),
+        ] {
+            switchboard_crds::set_condition(&mut status.conditions, c);
+        }
+        status
+    }
 }

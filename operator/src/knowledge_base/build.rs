@@ -12,13 +12,12 @@ use k8s_openapi::{
             Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount, VolumeResourceRequirements,
         },
     },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::Resource;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use switchboard_crds::{
-    KnowledgeBase, annotations,
+    KnowledgeBase,
     knowledge_base::{SourceError, SourceKind},
 };
 
@@ -223,24 +222,8 @@ pub struct KbChildren<'a> {
 }
 
 impl KbChildren<'_> {
-    fn owner(&self) -> Vec<OwnerReference> {
-        self.kb.controller_owner_ref(&()).into_iter().collect()
-    }
-
     fn meta(&self, name: String, extra: BTreeMap<String, String>) -> ObjectMeta {
-        let mut ann = BTreeMap::from([(
-            annotations::PARENT_GENERATION.to_owned(),
-            self.kb.metadata.generation.unwrap_or_default().to_string(),
-        )]);
-        ann.extend(extra);
-        ObjectMeta {
-            name: Some(name),
-            namespace: Some(self.namespace.to_owned()),
-            labels: Some(labels(self.name)),
-            annotations: Some(ann),
-            owner_references: Some(self.owner()),
-            ..ObjectMeta::default()
-        }
+        crate::child::child_meta(self.kb, name, self.namespace, labels(self.name), extra)
     }
 
     /// The volume holding the index generations (written by the build Job, read by the

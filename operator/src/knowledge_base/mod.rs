@@ -51,7 +51,7 @@ pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Acti
         // retry to the error policy's backoff.
         Ok((_, Some(blocked))) => Err(blocked),
         Err(error) => {
-            report_failure(&kb, &ctx, &error).await;
+            crate::context::report_failure(kb.as_ref(), &ctx, &error).await;
             Err(error)
         }
     };
@@ -635,43 +635,53 @@ async fn prune_jobs(api: &Api<Job>, jobs: &[Job]) {
     }
 }
 
-async fn report_failure(kb: &KnowledgeBase, ctx: &Context, error: &Error) {
-    let generation = kb.metadata.generation;
-    let now = ctx.now();
-    let previous = kb.status.clone().unwrap_or_default();
-    let mut status = previous.clone();
-    status.observed_generation = generation;
-    let serving = status.index_generation.is_some();
-    for c in [
-        condition(
-            cond::DEGRADED,
-            true,
-            error.reason(),
-            error.to_string(),
-            generation,
-            now,
-        ),
-        condition(
-            cond::READY,
-            serving,
-            if serving {
-                reasons::RECONCILED
-            } else {
-                error.reason()
-            },
-            error.to_string(),
-            generation,
-            now,
-        ),
-    ] {
-        switchboard_crds::set_condition(&mut status.conditions, c);
+/// A failed reconcile: Degraded; Ready stays true while a generation is served (pure; written by
+/// [`crate::context::report_failure`]).
+impl crate::context::FailureStatus for KnowledgeBase {
+    type Status = KnowledgeBaseStatus;
+
+    fn status_or_default(&self) -> KnowledgeBaseStatus {
+        self.status.clone().unwrap_or_default()
     }
-    if let Err(e) = apply_status(&ctx.client, kb, &status).await {
-        tracing::warn!(knowledgebase = %describe(kb), error = %e, "writing the failure status failed");
-        return;
+
+    fn conditions(
+        status: &KnowledgeBaseStatus,
+    ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        &status.conditions
     }
-    ctx.condition_events(kb, &previous.conditions, &status.conditions)
-        .await;
+
+    fn failed(&self, error: &Error, now: Timestamp) -> KnowledgeBaseStatus {
+        let generation = self.metadata.generation;
+        let mut status = self.status_or_default();
+        status.observed_generation = generation;
+        let serving = status.index_generation.is_some();
+        let ready_reason = if serving {
+            reasons::RECONCILED
+        } else {
+            error.reason()
+        };
+        for c in [
+            condition(
+                cond::DEGRADED,
+                true,
+                error.reason(),
+                error.to_string(),
+                generation,
+                now,
+            ),
+            condition(
+                cond::READY,
+                serving,
+                ready_reason,
+                error.to_string(),
+                generation,
+                now,
+            ),
+        ] {
+            switchboard_crds::set_condition(&mut status.conditions, c);
+        }
+        status
+    }
 }
 
 #[cfg(test)]

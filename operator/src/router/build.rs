@@ -27,13 +27,12 @@ use k8s_openapi::{
         },
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
-use kube::Resource;
 use switchboard_crds::{
-    Router, annotations,
+    Router,
     knowledge_base::AccessMode,
     router::{ActiveAdapter, OutcomeStore, RouterStatus},
     runtime_config::{AdapterRole, FILE_NAME, RuntimeConfig},
@@ -99,28 +98,8 @@ pub struct RouterChildren<'a> {
 }
 
 impl RouterChildren<'_> {
-    fn owner(&self) -> Vec<OwnerReference> {
-        self.router.controller_owner_ref(&()).into_iter().collect()
-    }
-
     fn meta(&self, name: String, extra: BTreeMap<String, String>) -> ObjectMeta {
-        let mut ann = BTreeMap::from([(
-            annotations::PARENT_GENERATION.to_owned(),
-            self.router
-                .metadata
-                .generation
-                .unwrap_or_default()
-                .to_string(),
-        )]);
-        ann.extend(extra);
-        ObjectMeta {
-            name: Some(name),
-            namespace: Some(self.namespace.to_owned()),
-            labels: Some(labels(self.name)),
-            annotations: Some(ann),
-            owner_references: Some(self.owner()),
-            ..ObjectMeta::default()
-        }
+        crate::child::child_meta(self.router, name, self.namespace, labels(self.name), extra)
     }
 
     /// The ConfigMap holding the compiled RuntimeConfig (`runtime-config.json`).
@@ -848,7 +827,8 @@ mod tests {
                 ("Router", "frontline", "r-uid", Some(true))
             );
             assert_eq!(
-                meta.annotations.as_ref().unwrap()[annotations::PARENT_GENERATION],
+                meta.annotations.as_ref().unwrap()
+                    [switchboard_crds::annotations::PARENT_GENERATION],
                 "4"
             );
         }

@@ -46,7 +46,7 @@ pub async fn reconcile(router: Arc<Router>, ctx: Arc<Context>) -> Result<Action>
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
     let result = reconcile_inner(&router, &ctx).await;
     if let Err(error) = &result {
-        report_failure(&router, &ctx, error).await;
+        crate::context::report_failure(router.as_ref(), &ctx, error).await;
     }
     ctx.record_reconcile(CONTROLLER, &describe(router.as_ref()), &result);
     result
@@ -685,43 +685,47 @@ async fn routed_share(ctx: &Context, router_id: &str) -> Option<RoutedShare> {
     })
 }
 
-/// After a failed reconcile: the previous status with conditions saying why (children stay as
-/// they are: the last good RuntimeConfig keeps serving).
-async fn report_failure(router: &Router, ctx: &Context, error: &Error) {
-    let generation = router.metadata.generation;
-    let now = ctx.now();
-    let waiting = matches!(
-        error,
-        Error::Compile(CompileError::KnowledgeBaseNotReady(_))
-    );
-    let previous = router.status.clone().unwrap_or_default();
-    let mut status: RouterStatus = previous.clone();
-    status.observed_generation = generation;
-    let reason = error.reason();
-    let message = error.to_string();
-    let computed = vec![
-        condition(cond::READY, false, reason, message.clone(), generation, now),
-        condition(
-            cond::PROGRESSING,
-            waiting,
-            reason,
-            message.clone(),
-            generation,
-            now,
-        ),
-        condition(cond::DEGRADED, !waiting, reason, message, generation, now),
-    ];
-    let mut conditions = previous.conditions.clone();
-    for c in computed {
-        switchboard_crds::set_condition(&mut conditions, c);
+/// A failed reconcile: Ready false; Progressing while the KnowledgeBase is not ready, Degraded otherwise (pure; written by
+/// [`crate::context::report_failure`]).
+impl crate::context::FailureStatus for Router {
+    type Status = RouterStatus;
+
+    fn status_or_default(&self) -> RouterStatus {
+        self.status.clone().unwrap_or_default()
     }
-    status.conditions = conditions;
-    if let Err(e) = apply_status(&ctx.client, router, &status).await {
-        tracing::warn!(router = %router.name_any(), error = %e, "writing the failure status failed");
-        return;
+
+    fn conditions(
+        status: &RouterStatus,
+    ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        &status.conditions
     }
-    ctx.condition_events(router, &previous.conditions, &status.conditions)
-        .await;
+
+    fn failed(&self, error: &Error, now: k8s_openapi::jiff::Timestamp) -> RouterStatus {
+        let generation = self.metadata.generation;
+        let waiting = matches!(
+            error,
+            Error::Compile(CompileError::KnowledgeBaseNotReady(_))
+        );
+        let mut status = self.status_or_default();
+        status.observed_generation = generation;
+        let reason = error.reason();
+        let message = error.to_string();
+        for c in [
+            condition(cond::READY, false, reason, message.clone(), generation, now),
+            condition(
+                cond::PROGRESSING,
+                waiting,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            ),
+            condition(cond::DEGRADED, !waiting, reason, message, generation, now),
+        ] {
+            switchboard_crds::set_condition(&mut status.conditions, c);
+        }
+        status
+    }
 }
 
 /// Routers of `namespace` that select an AdapterPatch with these labels and base model.
