@@ -5,6 +5,7 @@
 //! specs are refused at admission with a message naming the field. The same rules are available
 //! in Rust through [`Validate`] for code paths without an API server (manifests loaded from a
 //! folder). The `crdgen` binary writes the CRD YAML and the API reference from these types.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod adapter_patch;

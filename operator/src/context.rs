@@ -321,7 +321,6 @@ fn is_bad(c: &Condition) -> bool {
     }
 }
 
-/// `Kind namespace/name` of an object, for errors and logs.
 /// The error policy of every controller: retry with the object's exponential backoff.
 pub fn error_policy<K: Resource<DynamicType = ()>>(
     obj: Arc<K>,
@@ -363,6 +362,7 @@ pub async fn report_failure<K: FailureStatus>(obj: &K, ctx: &Context, error: &Er
         .await;
 }
 
+/// `Kind namespace/name` of an object, for errors and logs.
 pub fn describe<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
         "{} {}/{}",

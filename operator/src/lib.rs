@@ -11,6 +11,7 @@
 //!
 //! The pure parts are functions of their inputs (including `now`), so they are tested without an
 //! API server and an operator restart resumes from status alone.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod adapter_patch;

@@ -18,6 +18,7 @@
 //!
 //! `docs/statistics.md` explains the choices; `tests/fixtures` holds scipy/statsmodels reference
 //! values produced by `hack/reference/analysis_fixtures.py`.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod dist;

@@ -10,6 +10,7 @@
 //! both call [`weights_digest`], so they cannot disagree.
 //!
 //! [`oci`] pulls (and, for tests and tooling, pushes) PEFT directories from OCI registries.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod egress;

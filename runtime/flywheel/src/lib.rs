@@ -16,6 +16,7 @@
 //! Pure where it can be: labels, filters, clustering and ranking are functions of rows and
 //! vectors. Embeddings come through [`switchboard_index::Embedder`] (the runtime passes its
 //! MiniLM encoder worker; tests pass a deterministic stand-in), so this crate never links tch.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod cache;

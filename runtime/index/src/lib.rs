@@ -8,6 +8,7 @@
 //! heading-aware hierarchical [`Chunk`]s) -> [`build()`] (an immutable generation directory under a
 //! [`Generations`] store) -> [`Retriever`] (BM25 + dense -> fusion -> rerank -> recency decay).
 //! Design notes: `docs/retrieval.md`.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod bm25;

@@ -15,6 +15,7 @@
 //!
 //! Weights are loaded by [`weights::Checkpoint`], which checks every tensor's presence and shape
 //! against the model definition and names the tensor when one is missing or wrong.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod batch;

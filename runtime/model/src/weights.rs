@@ -53,6 +53,7 @@ impl Checkpoint {
             })
     }
 
+    /// The first of `candidates` under which the checkpoint holds the tensor `probe`.
     pub fn detect_prefix<'a>(&self, probe: &str, candidates: &[&'a str]) -> Option<&'a str> {
         candidates
             .iter()

@@ -18,6 +18,7 @@
 //!
 //! Hashing is SHA-256 everywhere ([`hash::unit_interval`]): assignments are stable across
 //! processes, restarts and versions of this crate, which a `DefaultHasher` would not be.
+#![warn(missing_docs)]
 pub mod answer;
 pub mod experiment;
 pub mod grounding;

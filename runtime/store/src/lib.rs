@@ -11,6 +11,7 @@
 //! - `sqlite://<path>` — the embedded default (a file next to the runtime's cache, created on
 //!   first use; WAL journal, so readers never block the writer);
 //! - `postgres://user@host/db` — a cluster, shared by every replica of a Router.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod schema;

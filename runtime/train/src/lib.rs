@@ -12,6 +12,7 @@
 //!   digest;
 //! - [`manifest`]: the next AdapterPatch version (pure); [`apply`]: patching it in a cluster;
 //! - [`report`]: the training report.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod apply;

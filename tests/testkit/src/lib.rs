@@ -6,6 +6,7 @@
 //! - [`process`]: workspace binaries as child processes, logs shown on failure;
 //! - [`postgres`]: a real PostgreSQL server (the outcome store's cluster database);
 //! - [`registry`]: a real OCI registry (`oci://` adapter artifacts).
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod controlplane;
