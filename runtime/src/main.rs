@@ -7,32 +7,10 @@
 //! - `embed`, `search`: the sentence encoder on its own.
 #![forbid(unsafe_code)]
 
-mod answer;
-mod artifacts;
-mod auth;
-mod encoder_training;
-mod engine;
-mod eval;
-mod eval_answers;
-mod eval_rewrite;
-mod evidence_training;
-mod flywheel;
-mod grpc;
-mod http;
-mod http_client;
-mod kb;
-mod limits;
-mod metrics;
-mod models;
-mod openai;
-mod openai_server;
-#[cfg(test)]
-mod request_bodies;
-mod rerank_training;
-mod serve;
-mod service;
-mod synth_answers;
-mod synth_queries;
+use switchboard_serving::{artifacts, flywheel, http_client, kb, serve};
+use switchboard_tools::{
+    encoder_training, eval, evidence_training, rerank_training, synth_answers, synth_queries,
+};
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -84,7 +62,7 @@ enum Command {
         /// (`10.20.0.0/16,fd00::/8`; `*`: any). Public addresses only by default: loopback,
         /// private, link-local (metadata) and other internal addresses are refused, after DNS
         /// resolution (docs/security.md). The operator passes its own `--egress-allow`.
-        #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = parse_egress)]
+        #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = serve::parse_egress)]
         egress_allow: EgressPolicy,
     },
     /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10), or with
@@ -247,11 +225,6 @@ struct IndexOptions {
     sources_dir: Option<PathBuf>,
     volume_root: Option<PathBuf>,
     egress: EgressPolicy,
-}
-
-/// `--egress-allow`: a comma-separated list of address blocks, or `*`.
-pub(crate) fn parse_egress(list: &str) -> Result<EgressPolicy, String> {
-    EgressPolicy::parse(list)
 }
 
 fn index(args: &serve::KbArgs, options: &IndexOptions) -> Result<()> {

@@ -500,7 +500,7 @@ mod tests {
     #[test]
     fn embedded_and_operator_paths_compile_the_same_revision() {
         use switchboard_crds::compile::{CompileInput, HoldoutPins, compile};
-        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scenario.yaml");
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/scenario.yaml");
         let routers = load_routers(&manifests).unwrap();
         let kb = select(load_knowledge_bases(&manifests).unwrap(), None).unwrap();
         let patches = load_adapter_patches(&manifests).unwrap();

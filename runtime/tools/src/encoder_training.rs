@@ -21,6 +21,7 @@ use crate::rerank_training::{Mined, NegativesFrom, QuerySources, Rng, write_reco
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainEncoderArgs {
     #[command(flatten)]
+    /// The dataset: manifests and a golden set, or the Zaragoza FAQ.
     pub data: DatasetArgs,
     /// Which golden queries train (`train` by default; `eval --split test --encoder <out>` then
     /// measures on queries never seen).

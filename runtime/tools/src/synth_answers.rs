@@ -33,8 +33,8 @@ use switchboard_model::{GenerationConfig, Sampling};
 use switchboard_policy::grounding::{Evidence, evidence_sentences, select_evidence};
 use switchboard_policy::hash::unit_interval;
 
-use crate::answer::{gather_evidence, grounded_messages, prompt_passages};
 use crate::eval_answers::{AnswerArgs, harness};
+use switchboard_serving::answer::{gather_evidence, grounded_messages, prompt_passages};
 
 /// The instruction; `{fact}` is replaced by the sentence.
 const PROMPT: &str = "Fact: {fact}\n\nWrite a question a customer might send to support that this fact answers. Reply with the question only.";

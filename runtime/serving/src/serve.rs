@@ -52,6 +52,16 @@ pub struct Loaded {
     pub encoder_path: PathBuf,
 }
 
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("kb", &kb::name(&self.kb))
+            .field("base", &self.base)
+            .field("encoder_path", &self.encoder_path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl KbArgs {
     /// Reads the manifests, opens the store and starts the encoder.
     pub fn load(&self) -> Result<Loaded> {
@@ -183,7 +193,7 @@ pub struct ServeArgs {
     /// Internal address blocks adapter artifacts may be downloaded from, comma-separated
     /// (`10.20.0.0/16,fd00::/8`; `*`: any). Public addresses only by default (docs/security.md);
     /// the operator passes its own `--egress-allow` to the pods it creates.
-    #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = crate::parse_egress)]
+    #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = parse_egress)]
     egress_allow: switchboard_artifact::egress::EgressPolicy,
     /// gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -756,4 +766,9 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// `--egress-allow`: a comma-separated list of address blocks, or `*`.
+pub fn parse_egress(list: &str) -> Result<switchboard_artifact::egress::EgressPolicy, String> {
+    switchboard_artifact::egress::EgressPolicy::parse(list)
 }

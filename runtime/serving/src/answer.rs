@@ -58,7 +58,7 @@ const PROMPT_PASSAGE_CHARS: usize = 5_600;
 /// Longest section whose sentences are all evidence candidates (longer ones: the chunk's).
 const EVIDENCE_SECTION_CHARS: usize = 3_000;
 /// Tokens allowed for a rewritten query.
-pub(crate) const REWRITE_TOKENS: usize = 48;
+pub const REWRITE_TOKENS: usize = 48;
 /// Evidence sentences considered per answer at most (the encoder embeds them all, in one batch
 /// with the question).
 const MAX_EVIDENCE_CANDIDATES: usize = 96;
@@ -81,7 +81,7 @@ fn headings_of(breadcrumb: &str) -> Vec<String> {
 
 /// What the evidence scorers read of a sentence: its section heading (the breadcrumb's last
 /// part), for context, then the sentence.
-pub(crate) fn scorer_text(breadcrumb: &str, sentence: &str) -> String {
+pub fn scorer_text(breadcrumb: &str, sentence: &str) -> String {
     match headings_of(breadcrumb).last() {
         Some(heading) => format!("{heading}: {sentence}"),
         None => sentence.to_owned(),
@@ -93,7 +93,7 @@ pub(crate) fn scorer_text(breadcrumb: &str, sentence: &str) -> String {
 /// with the question; their features combine that cosine with IDF-weighted term overlap
 /// (`switchboard_policy::grounding`). Sentences come in passage order, at most
 /// [`MAX_EVIDENCE_CANDIDATES`].
-pub(crate) async fn gather_evidence(
+pub async fn gather_evidence(
     active: &Active,
     model: &EvidenceModel,
     query: &str,
@@ -151,7 +151,7 @@ pub(crate) async fn gather_evidence(
 
 /// The search query in the small model's rewrite output: its first line without quotes, or
 /// `None` when that is empty or not a valid query. (`eval --rewrite` measures exactly this.)
-pub(crate) fn clean_rewrite(generated: &str) -> Option<String> {
+pub fn clean_rewrite(generated: &str) -> Option<String> {
     let q = generated
         .lines()
         .next()
@@ -211,7 +211,7 @@ pub struct AnswerRequest {
     /// Passages to ground on instead of retrieving (the evaluation's gold-context stage; not
     /// part of the API).
     #[serde(skip)]
-    pub(crate) passages: Option<Vec<Passage>>,
+    pub passages: Option<Vec<Passage>>,
 }
 
 /// A citation mapped to its passage.
@@ -259,7 +259,7 @@ pub struct NumberedPassage {
     /// The same text with its line structure (list items, table rows), whence the evidence
     /// sentences are split.
     #[serde(skip)]
-    pub(crate) raw_text: String,
+    pub raw_text: String,
 }
 
 /// The adapter that answered.
@@ -578,7 +578,7 @@ pub async fn answer_stream(
 
 /// The prompt passages of `query` as the answer path retrieves them from the pinned generation
 /// (no rewrite, no experiment arm): what the evaluation labels evidence on.
-pub(crate) async fn prompt_passages(
+pub async fn prompt_passages(
     active: &Active,
     query: &str,
 ) -> Result<Vec<NumberedPassage>, ServiceError> {

@@ -2,7 +2,7 @@
 //!
 //! Each golden query is searched three ways on the same loaded generation: as written, rewritten
 //! by the small model (the serving template [`rewrite_prompt`], greedy, cleaned exactly as the
-//! answer path does: [`crate::answer::clean_rewrite`]), and as the Router's `Auto` policy would
+//! answer path does: [`switchboard_serving::answer::clean_rewrite`]), and as the Router's `Auto` policy would
 //! (rewritten only when [`should_rewrite`] says so: long queries with little vocabulary overlap
 //! with the KB). A fourth row, `oracle`, takes the better of the first two per query: the ceiling
 //! of a perfect rewrite router. Rows are reported per bucket of the policy's reason (`short`,
@@ -32,8 +32,8 @@ use switchboard_model::llama::WeightFormat;
 use switchboard_model::{GenerationConfig, GeneratorWorker, Sampling};
 use switchboard_policy::{Vocabulary, rewrite_prompt, should_rewrite};
 
-use crate::answer::{REWRITE_TOKENS, clean_rewrite};
 use crate::eval::{GoldenQuery, Level, Scores, ranked_ids};
+use switchboard_serving::answer::{REWRITE_TOKENS, clean_rewrite};
 
 /// The small model hack/setup.sh installs.
 pub const DEFAULT_SMALL_MODEL: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -176,7 +176,7 @@ fn better(a: Option<usize>, b: Option<usize>) -> bool {
 /// Runs `requests` on a small-model worker (continuous batching, int4 weights as served),
 /// through the LoRA adapter in `adapter` when given, and returns the generations in order; logs
 /// progress every 50.
-pub(crate) fn generate_all(
+pub fn generate_all(
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
     requests: Vec<(Vec<ChatMessage>, GenerationConfig)>,
@@ -427,7 +427,7 @@ pub fn run(
 }
 
 /// Writes one JSON document per line.
-pub(crate) fn write_jsonl<'a, T: Serialize + 'a>(
+pub fn write_jsonl<'a, T: Serialize + 'a>(
     path: &std::path::Path,
     items: impl Iterator<Item = &'a T>,
 ) -> Result<()> {

@@ -29,12 +29,14 @@ use serde::{Deserialize, Serialize};
 use switchboard_index::{Passage, StageScores};
 use switchboard_policy::grounding::{EvidenceFeatures, EvidenceModel};
 
-use crate::answer::{AnswerRequest, AnswerResponse, gather_evidence, prompt_passages};
-use crate::engine::{Engine, EngineOptions};
 use crate::eval::{GoldenQuery, Split};
-use crate::kb;
-use crate::metrics::Metrics;
-use crate::serve::{KbArgs, build_and_publish};
+use switchboard_serving::answer::{
+    AnswerRequest, AnswerResponse, gather_evidence, prompt_passages,
+};
+use switchboard_serving::engine::{Engine, EngineOptions};
+use switchboard_serving::kb;
+use switchboard_serving::metrics::Metrics;
+use switchboard_serving::serve::{KbArgs, build_and_publish};
 
 /// Arguments of `eval --answers`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -98,7 +100,7 @@ pub struct AnswerArgs {
     #[arg(long, default_value = ".cache/switchboard/artifacts")]
     pub artifacts: PathBuf,
     /// Internal address blocks adapter artifacts may be downloaded from (as `serve`).
-    #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = crate::parse_egress)]
+    #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = switchboard_serving::serve::parse_egress)]
     pub egress_allow: switchboard_artifact::egress::EgressPolicy,
     /// Leave the manifests' AdapterPatches out (the base model alone): the "before" of an
     /// adapter, compared with `--baseline`.
@@ -468,9 +470,16 @@ pub fn choose_threshold(points: &[(f64, bool)]) -> f64 {
 }
 
 /// The in-process engine over the manifests' KnowledgeBase and Router.
-pub(crate) struct Harness {
+pub struct Harness {
+    /// The engine serving the manifests' Router.
     pub engine: Arc<Engine>,
     _store_dir: tempdir::TempDir,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness").finish_non_exhaustive()
+    }
 }
 
 mod tempdir {
@@ -498,7 +507,7 @@ mod tempdir {
 
 /// Indexes the manifests' KnowledgeBase (reusing unchanged sources) and applies the
 /// RuntimeConfig of the Router that references it, as the embedded default serves it.
-pub(crate) async fn harness(
+pub async fn harness(
     manifests: &Path,
     knowledge_base: Option<&str>,
     encoder: Option<PathBuf>,
@@ -779,7 +788,7 @@ async fn remote(
     json: bool,
     args: &AnswerArgs,
 ) -> Result<()> {
-    let client = crate::http_client::HttpClient::new();
+    let client = switchboard_serving::http_client::HttpClient::new();
     let url = format!("{}/v1/answer", endpoint.trim_end_matches('/'));
     let mut full = Vec::new();
     let mut curve = Vec::new();
@@ -908,7 +917,12 @@ async fn dump_evidence(
             Some(s) => {
                 let texts: Vec<String> = evidence
                     .iter()
-                    .map(|e| crate::answer::scorer_text(&passages[e.passage].breadcrumb, &e.text))
+                    .map(|e| {
+                        switchboard_serving::answer::scorer_text(
+                            &passages[e.passage].breadcrumb,
+                            &e.text,
+                        )
+                    })
                     .collect();
                 s.relevance_logits(&q.query, &texts, 32)?
             }
@@ -981,7 +995,8 @@ async fn explain(engine: &Arc<Engine>, id: &str, q: &GoldenQuery) -> Result<()> 
 }
 
 /// What one pass over the golden set measured.
-pub(crate) struct Evaluated {
+#[derive(Debug)]
+pub struct Evaluated {
     /// Retrieval stage.
     pub retrieval: RetrievalSummary,
     /// Gold-context (when run) and full-pipeline stages.
@@ -1009,7 +1024,7 @@ async fn evaluate(
     let mut curve_points = Vec::new();
     for (id, q) in queries {
         let t = Instant::now();
-        let a = crate::answer::answer(
+        let a = switchboard_serving::answer::answer(
             engine,
             AnswerRequest {
                 query: q.query.clone(),
@@ -1061,7 +1076,7 @@ async fn evaluate(
         full.push(v);
         if q.is_answerable() && gold_context {
             let t = Instant::now();
-            let a = crate::answer::answer(
+            let a = switchboard_serving::answer::answer(
                 engine,
                 AnswerRequest {
                     query: q.query.clone(),

@@ -57,6 +57,15 @@ pub struct Started {
     stream: GenerationStream,
 }
 
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("id", &self.id)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
 fn model_error(e: &ModelError) -> ApiError {
     (
         if matches!(e, ModelError::Overloaded { .. }) {

@@ -23,8 +23,8 @@ use switchboard_index::{
 };
 use switchboard_model::{CrossEncoder, EncoderWorker};
 
-use crate::kb;
-use crate::models::{CrossEncoderReranker, WorkerEmbedder};
+use switchboard_serving::kb;
+use switchboard_serving::models::{CrossEncoderReranker, WorkerEmbedder};
 
 /// Ranks the metrics look at (R@10, MRR@10, nDCG@10).
 pub const DEPTH: usize = 10;
@@ -68,6 +68,7 @@ pub struct DatasetArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
     #[command(flatten)]
+    /// The dataset: manifests and a golden set, or the Zaragoza FAQ.
     pub data: DatasetArgs,
     /// Which queries count: all, or one half of the fixed split (see [`Split`]).
     #[arg(long, value_enum, default_value_t = Split::All)]
@@ -94,8 +95,10 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     pub rrf_k: Vec<f32>,
     #[command(flatten)]
+    /// The query-rewriting comparison (`--rewrite`).
     pub rewrite: crate::eval_rewrite::RewriteArgs,
     #[command(flatten)]
+    /// The answer evaluation (`--answers`).
     pub answers: crate::eval_answers::AnswerArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -411,11 +414,17 @@ impl Drop for TempStore {
 }
 
 /// The corpus spec, the golden set and the base search options of one dataset.
-pub(crate) struct Dataset {
+#[derive(Debug)]
+pub struct Dataset {
+    /// Its name in reports.
     pub name: String,
+    /// What is indexed.
     pub spec: IndexSpec,
+    /// The golden queries.
     pub golden: Vec<GoldenQuery>,
+    /// Search options from the manifest (every row starts from them).
     pub base: SearchOptions,
+    /// The sentence encoder's checkpoint.
     pub encoder: PathBuf,
 }
 
@@ -545,12 +554,23 @@ fn zaragoza_dataset(args: &DatasetArgs, path: &Path) -> Result<Dataset> {
 }
 
 /// A dataset's corpus indexed with the real encoder into a temporary store (removed on drop).
-pub(crate) struct EvalIndex {
+pub struct EvalIndex {
+    /// The loaded index generation.
     pub generation: Arc<Generation>,
+    /// The encoder that embedded it.
     pub embedder: Arc<WorkerEmbedder>,
+    /// Documents indexed.
     pub documents: usize,
     // Dropped last: the generation's files live here.
     _temp: TempStore,
+}
+
+impl std::fmt::Debug for EvalIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvalIndex")
+            .field("documents", &self.documents)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EvalIndex {
@@ -612,7 +632,7 @@ impl EvalIndex {
 }
 
 /// `name` of a fusion setting as the report prints it.
-pub(crate) fn fusion_name(f: &Fusion) -> String {
+pub fn fusion_name(f: &Fusion) -> String {
     match f {
         Fusion::Rrf { k } => format!("rrf k={k}"),
         Fusion::Weighted { dense, .. } => format!("weighted dense={dense}"),
@@ -621,7 +641,7 @@ pub(crate) fn fusion_name(f: &Fusion) -> String {
 
 /// The evaluation's search options: `base` with the stages the evaluation switches, asking for
 /// [`PASSAGES`] passages, no rerank and no floor.
-pub(crate) fn eval_options(base: &SearchOptions) -> SearchOptions {
+pub fn eval_options(base: &SearchOptions) -> SearchOptions {
     SearchOptions {
         top_k: PASSAGES,
         candidates: PASSAGES,
@@ -700,7 +720,7 @@ fn configs(args: &EvalArgs, base: &SearchOptions, reranker: bool) -> Vec<Config>
 }
 
 /// Ranked unique ids (documents or sections) of a response's passages.
-pub(crate) fn ranked_ids(passages: &[switchboard_index::Passage], level: Level) -> Vec<&str> {
+pub fn ranked_ids(passages: &[switchboard_index::Passage], level: Level) -> Vec<&str> {
     dedup_ranked(passages.iter().map(|p| match level {
         Level::Doc => p.doc_id.as_str(),
         Level::Section => p.section_id.as_str(),

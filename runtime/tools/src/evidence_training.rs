@@ -1,6 +1,6 @@
 //! `train-evidence`: trains the evidence scorer, a cross-encoder that reads a question and one
 //! evidence sentence (with its section heading, exactly as the answer path shows it,
-//! [`crate::answer::scorer_text`]) and scores whether the sentence *answers* the question.
+//! [`switchboard_serving::answer::scorer_text`]) and scores whether the sentence *answers* the question.
 //!
 //! The bi-encoder's cosine measures whether a sentence is about the question; the answer needs
 //! the sentence that answers it, which is most often a neighbour of the one that is merely
@@ -36,11 +36,11 @@ use switchboard_model::rerank_train::{RerankerTrainer, TrainConfig, TrainingGrou
 
 use switchboard_policy::grounding::Evidence;
 
-use crate::answer::{gather_evidence, prompt_passages, scorer_text};
-use crate::engine::{Active, Engine};
 use crate::eval::{GoldenQuery, Split};
 use crate::eval_answers::{AnswerArgs, harness, has_key_facts};
 use crate::rerank_training::Rng;
+use switchboard_serving::answer::{gather_evidence, prompt_passages, scorer_text};
+use switchboard_serving::engine::{Active, Engine};
 
 /// Arguments of `switchboard-runtime train-evidence`.
 #[derive(Debug, Clone, clap::Args)]
@@ -271,6 +271,7 @@ fn example(
     })
 }
 
+/// Runs `train-evidence`.
 pub fn run(args: &TrainEvidenceArgs) -> Result<()> {
     if args.questions.is_empty() && args.faq.is_empty() && args.golden.is_none() {
         bail!("nothing to train on: give --questions (synth-answers), --faq or --golden files");

@@ -140,7 +140,7 @@ pub fn admin_router(
 }
 
 /// The `{code, message}` error body every JSON endpoint answers with.
-pub(crate) fn error(status: StatusCode, code: &str, message: String) -> Response {
+pub fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(json!({ "code": code, "message": message }))).into_response()
 }
 

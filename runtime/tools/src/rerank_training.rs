@@ -31,6 +31,7 @@ use crate::eval::{Dataset, DatasetArgs, EvalIndex, Split, eval_options, fusion_n
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainRerankerArgs {
     #[command(flatten)]
+    /// The dataset: manifests and a golden set, or the Zaragoza FAQ.
     pub data: DatasetArgs,
     /// Which golden queries train: the `train` half of the fixed split (default; `eval --split
     /// test` then measures on queries never seen), `all`, or `test`.
@@ -136,10 +137,14 @@ fn yes() -> bool {
 
 /// A training query with its positive passage and its pool of hard negatives (chunk rows).
 #[derive(Debug, Clone)]
-pub(crate) struct Mined {
+pub struct Mined {
+    /// The query text.
     pub query: String,
+    /// Row of its gold chunk.
     pub positive: usize,
+    /// Rows of its hard negatives.
     pub pool: Vec<usize>,
+    /// Whether the query is synthetic (not from the golden set).
     pub synthetic: bool,
 }
 
@@ -176,7 +181,7 @@ struct TrainingRecord {
 
 /// SplitMix64: a small seeded generator for shuffling and sampling (reproducible runs).
 #[derive(Debug)]
-pub(crate) struct Rng(pub(crate) u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -188,18 +193,19 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
+    /// Shuffles `items` in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             items.swap(i, self.below(i + 1));
         }
     }
 
     /// `k` distinct items of `pool` (all of them when it is smaller), in random order.
-    pub(crate) fn sample(&mut self, pool: &[usize], k: usize) -> Vec<usize> {
+    pub fn sample(&mut self, pool: &[usize], k: usize) -> Vec<usize> {
         let mut copy = pool.to_vec();
         self.shuffle(&mut copy);
         copy.truncate(k);
@@ -354,12 +360,19 @@ fn is_gold(chunk: &Chunk, gold_docs: &[String], gold_sections: &[String]) -> boo
 
 /// Where the training queries come from and how their negatives are mined (shared by
 /// `train-reranker` and `train-encoder`).
-pub(crate) struct QuerySources<'a> {
+#[derive(Debug)]
+pub struct QuerySources<'a> {
+    /// The half of the golden set trained on (`--split`).
     pub split: Split,
+    /// Synthetic query files (`--synthetic`).
     pub synthetic: &'a [PathBuf],
+    /// Keep a synthetic query only if its passage ranks at most this deep (`--synthetic-max-rank`).
     pub synthetic_max_rank: Option<usize>,
+    /// Train on the synthetic queries alone (`--synthetic-only`).
     pub synthetic_only: bool,
+    /// Where negatives are drawn from (`--negatives-from`).
     pub negatives_from: NegativesFrom,
+    /// Non-gold candidates mined per retriever (`--negatives-depth`).
     pub negatives_depth: usize,
 }
 
@@ -367,7 +380,7 @@ impl QuerySources<'_> {
     /// The golden half, then the synthetic files' kept queries, each with its positive chunk and
     /// its pool of hard negatives; also how many golden queries there were and how many queries
     /// were skipped (no gold chunk, or no negative).
-    pub(crate) fn mine(
+    pub fn mine(
         &self,
         dataset: &Dataset,
         index: &EvalIndex,
@@ -681,7 +694,7 @@ pub fn run(args: &TrainRerankerArgs) -> Result<()> {
 }
 
 /// Writes a run's record as `training.json` next to the trained model and prints it.
-pub(crate) fn write_record(dir: &Path, record: &impl Serialize) -> Result<()> {
+pub fn write_record(dir: &Path, record: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(record)?;
     let path = dir.join("training.json");
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;

@@ -45,6 +45,7 @@ const EXAMPLES: [(&str, &str); 2] = [
 #[derive(Debug, Clone, clap::Args)]
 pub struct SynthArgs {
     #[command(flatten)]
+    /// The dataset: manifests and a golden set, or the Zaragoza FAQ.
     pub data: DatasetArgs,
     /// Passages to generate for: `all` chunks, or the chunks of the documents that are gold for
     /// the `train` (or `test`) half of the golden set.
