@@ -1330,6 +1330,9 @@ pub enum FeedbackError {
     /// The outcome store could not record it (retry later; nothing was counted).
     #[error("{0}")]
     Unavailable(String),
+    /// This runtime answers nothing (retrieval only), so it has no interaction to record.
+    #[error("{0}")]
+    NotServing(String),
 }
 
 impl FeedbackError {
@@ -1342,6 +1345,7 @@ impl FeedbackError {
             Self::Replayed(_) => "replayed",
             Self::UnknownOutcome(_) => "unknown_outcome",
             Self::Unavailable(_) => "store_unavailable",
+            Self::NotServing(_) => "unavailable",
         }
     }
 }

@@ -7,17 +7,19 @@ use switchboard_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::service::{RetrieveRequest, ServiceError, StageSwitches};
+use crate::serving::Serving;
 
-/// `switchboard.runtime.v1.Retrieval` over the retrieval service in force.
+/// `switchboard.runtime.v1.Retrieval` over a [`Serving`].
 #[derive(Debug, Clone)]
 pub struct GrpcRetrieval {
-    state: crate::http::HttpState,
+    serving: Arc<dyn Serving>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl GrpcRetrieval {
-    /// Serves the retrieval service that `state` resolves (fixed, or the RuntimeConfig's).
-    pub fn new(state: crate::http::HttpState) -> Self {
-        Self { state }
+    /// Serves `serving`'s retrieval, counting requests in `metrics`.
+    pub fn new(serving: Arc<dyn Serving>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { serving, metrics }
     }
 }
 
@@ -42,12 +44,9 @@ impl pb::retrieval_server::Retrieval for GrpcRetrieval {
     ) -> Result<Response<pb::RetrieveResponse>, Status> {
         let request = request.into_inner();
         let stages = request.stages.unwrap_or_default();
-        let metrics = &self.state.metrics;
-        let Some(service) = self.state.service() else {
-            metrics.request("grpc", "unavailable");
-            return Err(Status::unavailable("no index generation loaded yet"));
-        };
-        let result = service
+        let metrics = &self.metrics;
+        let result = self
+            .serving
             .retrieve(RetrieveRequest {
                 query: request.query,
                 top_k: request.top_k as usize,
@@ -126,16 +125,16 @@ fn passage(p: Passage) -> pb::Passage {
     }
 }
 
-/// `switchboard.runtime.v1.Assistant` over the [`Engine`](crate::engine::Engine).
+/// `switchboard.runtime.v1.Assistant` over a [`Serving`].
 #[derive(Debug, Clone)]
 pub struct GrpcAssistant {
-    engine: Arc<crate::engine::Engine>,
+    serving: Arc<dyn Serving>,
 }
 
 impl GrpcAssistant {
-    /// Wraps the engine.
-    pub fn new(engine: Arc<crate::engine::Engine>) -> Self {
-        Self { engine }
+    /// Serves `serving`'s answers and feedback.
+    pub fn new(serving: Arc<dyn Serving>) -> Self {
+        Self { serving }
     }
 }
 
@@ -147,7 +146,7 @@ impl From<crate::answer::FeedbackError> for Status {
             E::BadSignature(m) => Status::unauthenticated(m),
             E::Expired(m) => Status::failed_precondition(m),
             E::Replayed(m) => Status::already_exists(m),
-            E::Unavailable(m) => Status::unavailable(m),
+            E::Unavailable(m) | E::NotServing(m) => Status::unavailable(m),
         }
     }
 }
@@ -244,8 +243,10 @@ impl pb::assistant_server::Assistant for GrpcAssistant {
         &self,
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
-        let answer =
-            crate::answer::answer(&self.engine, answer_request(request.into_inner())).await?;
+        let answer = self
+            .serving
+            .answer(answer_request(request.into_inner()))
+            .await?;
         Ok(Response::new(answer_to_proto(answer)))
     }
 
@@ -257,11 +258,10 @@ impl pb::assistant_server::Assistant for GrpcAssistant {
     ) -> Result<Response<AnswerEventStream>, Status> {
         use crate::answer::{AnswerEvent, AnswerItem};
         use pb::answer_event::Event;
-        let items = crate::answer::answer_stream(
-            Arc::clone(&self.engine),
-            answer_request(request.into_inner()),
-        )
-        .await?;
+        let items = self
+            .serving
+            .answer_stream(answer_request(request.into_inner()))
+            .await?;
         let stream = futures::stream::unfold(items, |mut items| async move {
             let item = items.recv().await?;
             let event = match item {
@@ -287,15 +287,13 @@ impl pb::assistant_server::Assistant for GrpcAssistant {
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
         let r = request.into_inner();
-        crate::answer::feedback(
-            &self.engine,
-            &crate::answer::FeedbackRequest {
+        self.serving
+            .feedback(crate::answer::FeedbackRequest {
                 token: r.token,
                 outcome: r.outcome,
                 csat: r.csat.map(i64::from),
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok(Response::new(pb::FeedbackResponse { accepted: true }))
     }
 }

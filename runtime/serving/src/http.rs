@@ -16,6 +16,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::openai::{ChatRequest, ErrorBody};
 use crate::service::{RetrievalService, RetrieveRequest, ServiceError};
+use crate::serving::{Runtime, Serving};
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub struct HttpState {
     pub pinned: bool,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// What the public API serves (retrieve, answer, feedback): the runtime's own
+    /// [`Runtime`](crate::serving::Runtime) over `service` or `engine`, or a stand-in in tests.
+    pub serving: Arc<dyn Serving>,
     /// One coverage-gap report (clustering up to 20,000 signals) is computed at a time.
     reports: Arc<tokio::sync::Semaphore>,
 }
@@ -41,11 +45,17 @@ impl HttpState {
         pinned: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let serving: Arc<dyn Serving> = match (&engine, &service) {
+            (Some(engine), _) => Arc::new(Runtime::engine(Arc::clone(engine))),
+            (None, Some(service)) => Arc::new(Runtime::retrieval_only(Arc::clone(service))),
+            (None, None) => Arc::new(Runtime::default()),
+        };
         Self {
             service,
             engine,
             pinned,
             metrics,
+            serving,
             reports: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
@@ -182,11 +192,7 @@ async fn retrieve(
             );
         }
     };
-    let Some(service) = state.service() else {
-        state.metrics.request("http", "unavailable");
-        return unavailable();
-    };
-    match service.retrieve(request).await {
+    match state.serving.retrieve(request).await {
         Ok(response) => {
             state.metrics.request("http", "ok");
             Json(response).into_response()
@@ -300,7 +306,9 @@ fn feedback_status(err: &FeedbackError) -> StatusCode {
         FeedbackError::BadSignature(_) => StatusCode::UNAUTHORIZED,
         FeedbackError::Expired(_) => StatusCode::GONE,
         FeedbackError::Replayed(_) => StatusCode::CONFLICT,
-        FeedbackError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        FeedbackError::Unavailable(_) | FeedbackError::NotServing(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 
@@ -308,10 +316,6 @@ async fn answer(
     State(state): State<HttpState>,
     body: Result<Json<AnswerRequest>, JsonRejection>,
 ) -> Response {
-    let engine = match state.engine() {
-        Ok(e) => e,
-        Err(r) => return *r,
-    };
     let Json(request) = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -323,9 +327,9 @@ async fn answer(
         }
     };
     if request.stream {
-        return answer_events(Arc::clone(engine), request).await;
+        return answer_events(state.serving.as_ref(), request).await;
     }
-    match crate::answer::answer(engine, request).await {
+    match state.serving.answer(request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(err) => err.into_response(),
     }
@@ -352,9 +356,9 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 /// `POST /v1/answer` with `"stream": true`: `started` (model, passages), `delta` (`{"text"}`)
 /// events while the model generates, then `answer` (the same body as without streaming) or
 /// `error` (`{code, message}`). Errors before anything streamed get their usual status code.
-async fn answer_events(engine: Arc<Engine>, request: AnswerRequest) -> Response {
+async fn answer_events(serving: &dyn Serving, request: AnswerRequest) -> Response {
     use crate::answer::{AnswerEvent, AnswerItem};
-    let mut items = match crate::answer::answer_stream(engine, request).await {
+    let mut items = match serving.answer_stream(request).await {
         Ok(items) => items,
         Err(err) => return err.into_response(),
     };
@@ -388,14 +392,10 @@ async fn feedback(
     State(state): State<HttpState>,
     body: Result<Json<FeedbackRequest>, JsonRejection>,
 ) -> Response {
-    let engine = match state.engine() {
-        Ok(e) => e,
-        Err(r) => return *r,
-    };
     let Json(request) = match body {
         Ok(body) => body,
         Err(rejection) => {
-            engine.metrics().feedback_rejected("malformed");
+            state.metrics.feedback_rejected("malformed");
             return error(
                 StatusCode::BAD_REQUEST,
                 "malformed",
@@ -403,7 +403,7 @@ async fn feedback(
             );
         }
     };
-    match crate::answer::feedback(engine, &request).await {
+    match state.serving.feedback(request).await {
         Ok(()) => Json(json!({ "accepted": true })).into_response(),
         Err(err) => error(feedback_status(&err), err.reason(), err.to_string()),
     }

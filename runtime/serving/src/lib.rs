@@ -33,3 +33,4 @@ pub mod openai_server;
 mod request_bodies;
 pub mod serve;
 pub mod service;
+pub mod serving;

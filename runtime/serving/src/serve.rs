@@ -701,13 +701,13 @@ async fn run_servers(
         .add_optional_service(reflection)
         .add_service(
             switchboard_proto::v1::retrieval_server::RetrievalServer::with_interceptor(
-                GrpcRetrieval::new(state.clone()),
+                GrpcRetrieval::new(Arc::clone(&state.serving), Arc::clone(&state.metrics)),
                 auth.clone(),
             ),
         )
-        .add_optional_service(state.engine.clone().map(|engine| {
+        .add_optional_service(state.engine.is_some().then(|| {
             switchboard_proto::v1::assistant_server::AssistantServer::with_interceptor(
-                GrpcAssistant::new(engine),
+                GrpcAssistant::new(Arc::clone(&state.serving)),
                 auth.clone(),
             )
         }))
