@@ -614,46 +614,190 @@ pub async fn answer(
 /// Answers one request, streaming [`AnswerEvent`]s to `events` while the model generates. The
 /// result is the same [`AnswerResponse`] as [`answer`]'s; an error before `Started` (bad input,
 /// no config, a full generation queue) means nothing was generated.
+///
+/// The stages, in order (docs/runtime.md): `validate` -> `enrol_request` (Router holdout,
+/// experiment arm) -> `rewrite_query` -> `retrieve_passages` -> `route_request` ->
+/// `select_adapter` -> `ground` (evidence, answerability) -> `draft` (the model, when
+/// there is something to ground on) -> `choose_answer` (the output against its facts: generative,
+/// extractive or refusal) -> shadow -> `record` (the interaction stored, the token signed).
 pub async fn answer_with(
     engine: &Arc<Engine>,
     request: AnswerRequest,
     events: Option<AnswerEvents>,
 ) -> Result<AnswerResponse, ServiceError> {
     let started = Instant::now();
+    let forced = validate(&request)?;
+    let active = engine
+        .active()
+        .ok_or_else(|| ServiceError::Unavailable("no RuntimeConfig has been applied yet".into()))?;
+    let turn = Turn {
+        engine,
+        active: &active,
+        router: active.router.as_str(),
+        metrics: engine.metrics(),
+        id: new_interaction_id(),
+    };
+    let config = &active.config;
+
+    let enrolled = enrol_request(&turn, &request);
+    let overrides = enrolled.overrides();
+    let rewritten = rewrite_query(&turn, &request.query, overrides).await;
+    let retrieved = retrieve_passages(&turn, &request, overrides, rewritten.as_deref()).await?;
+    let route = route_request(&turn, &request.query, &retrieved, overrides, forced);
+    let selected = select_adapter(&turn, &request.query, route, &enrolled).await?;
+    let mut variant = selected.variant(&turn, route, &enrolled);
+    let grounded = ground(&turn, &request.query, &retrieved, route).await?;
+    let drafted = draft(
+        &turn,
+        &retrieved,
+        &grounded,
+        route,
+        selected.adapter.as_ref(),
+        events.as_ref(),
+    )
+    .await?;
+    if drafted.model != route.model {
+        variant.model = drafted.model.as_str().to_owned();
+    }
+    let decided = choose_answer(
+        &turn,
+        &request.query,
+        &retrieved,
+        &grounded,
+        drafted.generated.as_ref(),
+        &variant,
+    );
+
+    // Shadow, off the critical path: the candidate gets the same facts.
+    if let Some((lineage, version)) = selected.shadow {
+        spawn_shadow(
+            engine,
+            &active,
+            ShadowRun {
+                lineage,
+                version,
+                messages: grounded.messages.clone(),
+                max_new_tokens: drafted.max_new_tokens,
+                retrieval_failed: retrieved.failed || !grounded.answerable,
+                facts: grounded.facts.iter().map(|f| f.text.clone()).collect(),
+                expects: expects(&request.query),
+                baseline: decided.decision.text.clone(),
+                baseline_refused: decided.refused,
+                baseline_citations_ok: decided.invalid_citations.is_empty(),
+            },
+        );
+    }
+
+    let token = record(
+        &turn,
+        &request,
+        &enrolled,
+        &retrieved,
+        rewritten.as_deref(),
+        &decided,
+        &variant,
+        &drafted.route_reason,
+    )
+    .await;
+    let model_label = drafted.model.as_str();
+    turn.metrics.answer_stage(
+        turn.router,
+        model_label,
+        "total",
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(AnswerResponse {
+        answer: decided.decision.text,
+        citations: decided.citations,
+        invalid_citations: decided.invalid_citations,
+        refused: decided.refused,
+        path: decided.decision.path.as_str().to_owned(),
+        evidence: grounded
+            .facts
+            .iter()
+            .map(|e| EvidenceSentence {
+                passage: e.passage + 1,
+                text: e.text.clone(),
+                score: e.score,
+            })
+            .collect(),
+        passages: retrieved.passages,
+        provenance: Provenance {
+            router: turn.router.to_owned(),
+            kb_generation: retrieved.search.generation,
+            model: model_label.to_owned(),
+            adapter: selected.adapter,
+            route_reason: drafted.route_reason,
+            experiment: variant.experiment,
+            arm: variant.arm,
+            config_revision: config.revision.clone(),
+        },
+        interaction_token: token,
+        rewritten_query: rewritten,
+    })
+}
+
+/// What every stage of one answer reads: the engine, the RuntimeConfig in force, the Router's
+/// name for metrics and the interaction's id.
+struct Turn<'a> {
+    engine: &'a Arc<Engine>,
+    active: &'a Arc<Active>,
+    router: &'a str,
+    metrics: &'a Arc<crate::metrics::Metrics>,
+    id: String,
+}
+
+/// The request's fields checked (the query, the unit ids, the attributes), and the model it
+/// forces, if any.
+fn validate(request: &AnswerRequest) -> Result<Option<ModelKind>, ServiceError> {
     validate_query(&request.query)?;
     crate::limits::validate_id("userId", request.user_id.as_deref())?;
     crate::limits::validate_id("accountId", request.account_id.as_deref())?;
     crate::limits::validate_id("conversationId", request.conversation_id.as_deref())?;
     crate::limits::validate_attributes(&request.attributes)?;
-    let forced = match request.force_model.as_deref() {
-        None | Some("") => None,
-        Some("small") => Some(ModelKind::Small),
-        Some("large") => Some(ModelKind::Large),
-        Some(other) => {
-            return Err(ServiceError::InvalidArgument {
-                field: "forceModel",
-                message: format!("`{other}` is not small or large"),
-            });
-        }
-    };
-    let active = engine
-        .active()
-        .ok_or_else(|| ServiceError::Unavailable("no RuntimeConfig has been applied yet".into()))?;
-    let config = &active.config;
-    let policy = &config.router_policy;
-    let router = active.router.as_str();
-    let metrics = engine.metrics();
-    let id = new_interaction_id();
+    match request.force_model.as_deref() {
+        None | Some("") => Ok(None),
+        Some("small") => Ok(Some(ModelKind::Small)),
+        Some("large") => Ok(Some(ModelKind::Large)),
+        Some(other) => Err(ServiceError::InvalidArgument {
+            field: "forceModel",
+            message: format!("`{other}` is not small or large"),
+        }),
+    }
+}
+
+/// Where a request stands: in the Router's permanent holdout, or enrolled in an experiment arm
+/// (or neither), and the unit ids it is stored and kept sticky under.
+struct Enrolled<'a> {
+    /// The Router holdout, when the request's unit is in it.
+    holdout: Option<&'a switchboard_crds::runtime_config::HoldoutConfig>,
+    /// The experiment and arm.
+    assignment: Option<switchboard_policy::Assignment<'a>>,
+    /// The unit stored with the interaction: the experiment's, else the most durable id.
+    unit: Option<&'a str>,
+    /// The canary key: the most durable id, else the interaction id.
+    sticky: &'a str,
+}
+
+impl Enrolled<'_> {
+    fn overrides(&self) -> Option<&switchboard_crds::experiment::Overrides> {
+        self.assignment.as_ref().and_then(|a| a.overrides)
+    }
+}
+
+/// The Router's permanent holdout first (its units stay on the pinned versions, outside every
+/// experiment); otherwise each experiment reads the id of its own unit kind. The most durable
+/// id given is the holdout's unit and the canary key (whatever experiment the request is in, so
+/// a user's canary version never depends on enrolment), and the unit stored with interactions
+/// outside experiments; an enrolled interaction is stored under its experiment's unit (the
+/// per-unit analysis groups by it).
+fn enrol_request<'a>(turn: &'a Turn<'_>, request: &'a AnswerRequest) -> Enrolled<'a> {
+    let config = &turn.active.config;
     let ids = UnitIds {
         user: request.user_id.as_deref(),
         account: request.account_id.as_deref(),
         conversation: request.conversation_id.as_deref(),
     };
-
-    // The most durable id given: the Router holdout's unit and the canary key (whatever
-    // experiment the request is in, so a user's canary version never depends on enrolment), and
-    // the unit stored with interactions outside experiments; an enrolled interaction is stored
-    // under its experiment's unit (the per-unit analysis groups by it).
     let durable = [
         AssignmentUnit::User,
         AssignmentUnit::Account,
@@ -661,8 +805,6 @@ pub async fn answer_with(
     ]
     .into_iter()
     .find_map(|k| ids.get(k));
-    // 1. The Router's permanent holdout: its units stay on the pinned versions, outside every
-    // experiment. Otherwise each experiment reads the id of its own unit kind.
     let holdout = config
         .holdout
         .as_ref()
@@ -673,41 +815,75 @@ pub async fn answer_with(
         enrol(&config.experiments, ids)
     };
     for x in &enrolment.missing_unit {
-        metrics.experiment_unenrolled(router, &x.name, unit_field(x.unit));
+        turn.metrics
+            .experiment_unenrolled(turn.router, &x.name, unit_field(x.unit));
     }
     let assignment = enrolment.assignment;
-    let overrides = assignment.as_ref().and_then(|a| a.overrides);
-    let unit = assignment.as_ref().map(|a| a.unit).or(durable);
-    let sticky = durable.unwrap_or(&id);
+    Enrolled {
+        holdout,
+        unit: assignment.as_ref().map(|a| a.unit).or(durable),
+        assignment,
+        sticky: durable.unwrap_or(&turn.id),
+    }
+}
 
-    // 2. Rewrite.
-    let mut rewrite_policy = policy.query_rewrite.clone();
+/// The query rewritten by the small model when the policy (or the arm) says so; `None` when it
+/// is searched as written (a failed rewrite is logged, not an error).
+async fn rewrite_query(
+    turn: &Turn<'_>,
+    query: &str,
+    overrides: Option<&switchboard_crds::experiment::Overrides>,
+) -> Option<String> {
+    let mut rewrite_policy = turn.active.config.router_policy.query_rewrite.clone();
     if let Some(p) = overrides.and_then(|o| o.query_rewrite_policy) {
         rewrite_policy.policy = p;
     }
-    let rewrite = should_rewrite(&request.query, &active.vocabulary, &rewrite_policy);
-    let mut rewritten = None;
-    if rewrite.rewrite {
-        let t = Instant::now();
-        let prompt = rewrite_prompt(&request.query);
-        match active
-            .small
-            .chat(
-                vec![ChatMessage::user(prompt)],
-                greedy(REWRITE_TOKENS),
-                None,
-            )
-            .await
-        {
-            Ok(g) => rewritten = clean_rewrite(&g.text),
-            Err(e) => {
-                tracing::warn!(error = %e, "query rewrite failed; searching the query as written")
-            }
-        }
-        metrics.answer_stage(router, "small", "rewrite", t.elapsed().as_secs_f64());
+    if !should_rewrite(query, &turn.active.vocabulary, &rewrite_policy).rewrite {
+        return None;
     }
+    let t = Instant::now();
+    let prompt = rewrite_prompt(query);
+    let rewritten = match turn
+        .active
+        .small
+        .chat(
+            vec![ChatMessage::user(prompt)],
+            greedy(REWRITE_TOKENS),
+            None,
+        )
+        .await
+    {
+        Ok(g) => clean_rewrite(&g.text),
+        Err(e) => {
+            tracing::warn!(error = %e, "query rewrite failed; searching the query as written");
+            None
+        }
+    };
+    turn.metrics
+        .answer_stage(turn.router, "small", "rewrite", t.elapsed().as_secs_f64());
+    rewritten
+}
 
-    // 3. Retrieval on the pinned (or the arm's) generation.
+/// What retrieval found for one answer.
+struct Retrieved {
+    search: SearchResponse,
+    /// The prompt's numbered passages (sections, with hierarchical chunking).
+    passages: Vec<NumberedPassage>,
+    /// Nothing usable was retrieved.
+    failed: bool,
+    seconds: f64,
+}
+
+/// Retrieval on the pinned generation (or the arm's), or the passages the request gives (the
+/// evaluation's gold context).
+async fn retrieve_passages(
+    turn: &Turn<'_>,
+    request: &AnswerRequest,
+    overrides: Option<&switchboard_crds::experiment::Overrides>,
+    rewritten: Option<&str>,
+) -> Result<Retrieved, ServiceError> {
+    let active = turn.active;
+    let config = &active.config;
     let t = Instant::now();
     let retriever = match overrides.and_then(|o| o.knowledge_base_generation) {
         Some(n) if Some(n) == config.knowledge_base.previous_generation => active
@@ -722,7 +898,6 @@ pub async fn answer_with(
         ChunkingSpec::Hierarchical { .. }
     );
     let search = match request.passages.clone() {
-        // The evaluation's gold context: the passages are given.
         Some(passages) => SearchResponse {
             generation: retriever.generation().id.clone(),
             passages,
@@ -736,27 +911,43 @@ pub async fn answer_with(
                 .retrieve_on(
                     retriever,
                     RetrieveRequest {
-                        query: rewritten.clone().unwrap_or_else(|| request.query.clone()),
+                        query: rewritten.unwrap_or(&request.query).to_owned(),
                         ..RetrieveRequest::default()
                     },
                 )
                 .await?
         }
     };
-    let retrieve_seconds = t.elapsed().as_secs_f64();
-    let retrieval_failed = search.failure.is_some() || search.passages.is_empty();
-    let passages = numbered(&search.passages, hierarchical);
+    Ok(Retrieved {
+        failed: search.failure.is_some() || search.passages.is_empty(),
+        passages: numbered(&search.passages, hierarchical),
+        search,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
 
-    // 4. Route.
+/// Small or large model: the question's difficulty against the threshold (the arm's), the large
+/// model's availability and queue, exploration, and a forced model.
+fn route_request(
+    turn: &Turn<'_>,
+    query: &str,
+    retrieved: &Retrieved,
+    overrides: Option<&switchboard_crds::experiment::Overrides>,
+    forced: Option<ModelKind>,
+) -> RouteDecision {
+    let active = turn.active;
+    let config = &active.config;
+    let policy = &config.router_policy;
     let features = QueryFeatures::extract(
-        &request.query,
+        query,
         active.vocabulary.terms(),
-        &retrieval_signals(&search),
+        &retrieval_signals(&retrieved.search),
     );
     let difficulty = DifficultyModel::default().estimate(features);
-    let large_depth = engine.large_queue_depth();
-    metrics.large_queue_depth(router, large_depth);
-    metrics.generation_queue("small", active.small.queue_depth());
+    let large_depth = turn.engine.large_queue_depth();
+    turn.metrics.large_queue_depth(turn.router, large_depth);
+    turn.metrics
+        .generation_queue("small", active.small.queue_depth());
     let route = decide(&RouteInput {
         difficulty: difficulty.score,
         threshold: overrides
@@ -769,22 +960,67 @@ pub async fn answer_with(
             .and_then(|o| o.exploration_share.as_ref())
             .unwrap_or(&policy.exploration_share)
             .fraction(),
-        exploration_draw: unit_interval(&["exploration", &id]),
+        exploration_draw: unit_interval(&["exploration", &turn.id]),
         forced,
     });
-    metrics.route(router, route.model.as_str(), route.reason.as_str());
+    turn.metrics
+        .route(turn.router, route.model.as_str(), route.reason.as_str());
+    route
+}
 
-    // 5. Adapter (small model only): most similar domain, then the lineage's version.
+/// The adapter that serves a request, and the candidate that shadows it.
+struct Selected {
+    adapter: Option<AdapterRef>,
+    /// `(lineage, version)` of a shadow candidate.
+    shadow: Option<(String, String)>,
+}
+
+impl Selected {
+    /// The metric labels of the answer.
+    fn variant(&self, turn: &Turn<'_>, route: RouteDecision, enrolled: &Enrolled<'_>) -> Variant {
+        let adapter = self.adapter.as_ref();
+        Variant {
+            router: turn.router.to_owned(),
+            lineage: adapter.map(|a| a.lineage.clone()).unwrap_or_default(),
+            adapter_version: adapter.map(|a| a.version.clone()).unwrap_or_default(),
+            adapter_role: adapter.map(|a| a.role.clone()).unwrap_or_default(),
+            experiment: enrolled
+                .assignment
+                .as_ref()
+                .map(|a| a.experiment.to_owned())
+                .unwrap_or_default(),
+            arm: match (enrolled.holdout, enrolled.assignment.as_ref()) {
+                (Some(_), _) => HOLDOUT_ARM.to_owned(),
+                (None, a) => a.map(|a| a.arm.to_owned()).unwrap_or_default(),
+            },
+            model: route.model.as_str().to_owned(),
+        }
+    }
+}
+
+/// The small model's adapter: the most similar domain's lineage (or the fallback lineage), then
+/// the version the lineage serves this unit (stable, canary, an arm's override, or the
+/// holdout's pinned version).
+async fn select_adapter(
+    turn: &Turn<'_>,
+    query: &str,
+    route: RouteDecision,
+    enrolled: &Enrolled<'_>,
+) -> Result<Selected, ServiceError> {
+    let active = turn.active;
+    let config = &active.config;
     let plan = ServingPlan::new(config);
     let mut served = None;
     if route.model == ModelKind::Small && !active.adapters.is_empty() {
         // The generator applies one adapter per request: the most similar domain's (topK is
         // validated to 1).
         let selected = if active.domains.lineages().next().is_some() {
-            let query_vector = embed_one(&active, request.query.clone()).await?;
-            active
-                .domains
-                .select(&query_vector, 1, policy.adapter_selection.min_similarity)
+            let query_vector = embed_one(active, query.to_owned()).await?;
+            active.domains.select(
+                &query_vector,
+                1,
+                config.router_policy.adapter_selection.min_similarity,
+            )
         } else {
             Vec::new()
         };
@@ -794,50 +1030,56 @@ pub async fn answer_with(
             .map(|s| s.lineage.as_str())
             .or(active.fallback.as_deref());
         if let Some(lineage) = lineage {
-            served = match holdout {
+            served = match enrolled.holdout {
                 Some(h) => plan.serve_held_out(lineage, &h.pinned),
-                None => plan.serve(lineage, sticky, assignment.as_ref()),
+                None => plan.serve(lineage, enrolled.sticky, enrolled.assignment.as_ref()),
             };
         }
     }
-    let adapter = served.map(|s| AdapterRef {
-        lineage: s.adapter.lineage.clone(),
-        version: s.adapter.version.clone(),
-        role: role_label(s.role).to_owned(),
-    });
-    let shadow = served
-        .and_then(|s| plan.shadow(&s.adapter.lineage, &id))
-        .map(|a| (a.lineage.clone(), a.version.clone()));
+    Ok(Selected {
+        adapter: served.map(|s| AdapterRef {
+            lineage: s.adapter.lineage.clone(),
+            version: s.adapter.version.clone(),
+            role: role_label(s.role).to_owned(),
+        }),
+        shadow: served
+            .and_then(|s| plan.shadow(&s.adapter.lineage, &turn.id))
+            .map(|a| (a.lineage.clone(), a.version.clone())),
+    })
+}
 
-    let mut variant = Variant {
-        router: router.to_owned(),
-        lineage: adapter
-            .as_ref()
-            .map(|a| a.lineage.clone())
-            .unwrap_or_default(),
-        adapter_version: adapter
-            .as_ref()
-            .map(|a| a.version.clone())
-            .unwrap_or_default(),
-        adapter_role: adapter.as_ref().map(|a| a.role.clone()).unwrap_or_default(),
-        experiment: assignment
-            .map(|a| a.experiment.to_owned())
-            .unwrap_or_default(),
-        arm: match (holdout, assignment) {
-            (Some(_), _) => HOLDOUT_ARM.to_owned(),
-            (None, a) => a.map(|a| a.arm.to_owned()).unwrap_or_default(),
-        },
-        model: route.model.as_str().to_owned(),
-    };
+/// The evidence of one answer.
+struct Grounded {
+    /// The facts the model is given, best first.
+    facts: Vec<Evidence>,
+    /// The grounded conversation over them.
+    messages: Vec<ChatMessage>,
+    /// The answerability threshold in force.
+    threshold: f64,
+    /// The best fact clears it.
+    answerable: bool,
+}
 
-    // 6. Evidence: the passages' sentences scored against the question; the best are the facts
-    // the model is given. Nothing clears the answerability threshold: refuse without a model call.
-    let grounding = &policy.grounding;
+/// The passages' sentences scored against the question; the best are the facts the model is
+/// given. Nothing clears the answerability threshold: the answer refuses without a model call.
+async fn ground(
+    turn: &Turn<'_>,
+    query: &str,
+    retrieved: &Retrieved,
+    route: RouteDecision,
+) -> Result<Grounded, ServiceError> {
+    let grounding = &turn.active.config.router_policy.grounding;
     let t = Instant::now();
-    let evidence = if retrieval_failed {
+    let evidence = if retrieved.failed {
         Vec::new()
     } else {
-        gather_evidence(&active, &engine.evidence_model(), &request.query, &passages).await?
+        gather_evidence(
+            turn.active,
+            &turn.engine.evidence_model(),
+            query,
+            &retrieved.passages,
+        )
+        .await?
     };
     let facts = select_evidence(
         evidence,
@@ -846,36 +1088,62 @@ pub async fn answer_with(
     );
     let threshold = grounding.min_evidence_score;
     let answerable = facts.first().is_some_and(|e| e.score >= threshold);
-    metrics.answer_stage(
-        router,
+    turn.metrics.answer_stage(
+        turn.router,
         route.model.as_str(),
         "ground",
         t.elapsed().as_secs_f64(),
     );
+    Ok(Grounded {
+        messages: grounded_messages(query, &facts),
+        facts,
+        threshold,
+        answerable,
+    })
+}
 
-    // 7. Generation on the facts (none when there is nothing to ground on, or extractive mode).
-    let messages = grounded_messages(&request.query, &facts);
+/// The model's draft, and what served it.
+struct Drafted {
+    generated: Option<Generated>,
+    /// The model that answered (the routed one, unless the large model failed over).
+    model: ModelKind,
+    route_reason: String,
+    max_new_tokens: usize,
+}
+
+/// Generation on the facts: none when retrieval failed, nothing is answerable, or the Router
+/// wants extractive answers.
+async fn draft(
+    turn: &Turn<'_>,
+    retrieved: &Retrieved,
+    grounded: &Grounded,
+    route: RouteDecision,
+    adapter: Option<&AdapterRef>,
+    events: Option<&AnswerEvents>,
+) -> Result<Drafted, ServiceError> {
+    let config = &turn.active.config;
+    let grounding = &config.router_policy.grounding;
     let max_new_tokens = usize::try_from(config.small_model.max_new_tokens.max(1)).unwrap_or(256);
     let mut route_reason = route.reason.as_str().to_owned();
     let mut generate_seconds = 0.0;
-    let generated = if retrieval_failed {
+    let generated = if retrieved.failed {
         route_reason = "retrieval_failure".into();
         None
-    } else if !answerable || grounding.mode == GroundingMode::Extractive {
+    } else if !grounded.answerable || grounding.mode == GroundingMode::Extractive {
         None
     } else {
         let t = Instant::now();
         let target = GenerationTarget {
             route,
-            messages: &messages,
+            messages: &grounded.messages,
             max_new_tokens,
-            adapter: adapter.as_ref(),
-            events: events.as_ref(),
-            passages: &passages,
+            adapter,
+            events,
+            passages: &retrieved.passages,
         };
-        let g = generate(&active, target).await.inspect_err(|e| {
+        let g = generate(turn.active, target).await.inspect_err(|e| {
             if matches!(e, ServiceError::Overloaded(_)) {
-                metrics.generation_shed("small");
+                turn.metrics.generation_shed("small");
             }
         })?;
         generate_seconds = t.elapsed().as_secs_f64();
@@ -884,27 +1152,58 @@ pub async fn answer_with(
     let model = generated.as_ref().map_or(route.model, |g| g.model);
     if model != route.model {
         route_reason = "large_model_error".into();
-        variant.model = model.as_str().to_owned();
     }
-    let model_label = model.as_str();
     if route.model == ModelKind::Large {
-        metrics.large_queue_depth(router, engine.large_queue_depth());
+        turn.metrics
+            .large_queue_depth(turn.router, turn.engine.large_queue_depth());
     }
-    metrics.answer_stage(router, model_label, "retrieve", retrieve_seconds);
+    turn.metrics
+        .answer_stage(turn.router, model.as_str(), "retrieve", retrieved.seconds);
     if generated.is_some() {
-        metrics.answer_stage(router, model_label, "generate", generate_seconds);
+        turn.metrics
+            .answer_stage(turn.router, model.as_str(), "generate", generate_seconds);
     }
+    Ok(Drafted {
+        generated,
+        model,
+        route_reason,
+        max_new_tokens,
+    })
+}
 
-    // 8. The output against its facts, then generative, extractive or refusal.
+/// What the customer is served.
+struct Decided {
+    decision: Decision,
+    refused: bool,
+    citations: Vec<Citation>,
+    /// Numbers the model cited that named no fact (removed from the text).
+    invalid_citations: Vec<usize>,
+}
+
+/// The draft checked against its facts, then generative, extractive or refusal
+/// (`switchboard_policy::grounding::choose`); each path and each failed check is counted.
+fn choose_answer(
+    turn: &Turn<'_>,
+    query: &str,
+    retrieved: &Retrieved,
+    grounded: &Grounded,
+    generated: Option<&Generated>,
+    variant: &Variant,
+) -> Decided {
+    let facts = &grounded.facts;
+    let passages = &retrieved.passages;
     let fact_texts: Vec<&str> = facts.iter().map(|e| e.text.as_str()).collect();
     let echoes: Vec<&str> = passages.iter().map(|p| p.breadcrumb.as_str()).collect();
-    let draft = generated.as_ref().map(|g| g.text.trim().to_owned());
+    let draft = generated.map(|g| g.text.trim().to_owned());
     let check: Option<OutputCheck> = draft
         .as_deref()
-        .map(|d| check_output(d, &fact_texts, expects(&request.query), &echoes));
-    let decision: Decision = choose(draft.as_deref().zip(check.as_ref()), &facts, threshold);
+        .map(|d| check_output(d, &fact_texts, expects(query), &echoes));
+    let decision: Decision = choose(
+        draft.as_deref().zip(check.as_ref()),
+        facts,
+        grounded.threshold,
+    );
     let refused = decision.path == AnswerPath::Refusal;
-    let text = decision.text.clone();
     let citations: Vec<Citation> = decision
         .facts
         .iter()
@@ -927,118 +1226,99 @@ pub async fn answer_with(
         .as_ref()
         .map(|c| c.invalid_citations.clone())
         .unwrap_or_default();
-    metrics.interaction(&variant);
-    metrics.answer_path(&variant, decision.path.as_str());
-    if retrieval_failed {
-        metrics.answer_check(&variant, "retrieval_failure");
+    let metrics = turn.metrics;
+    metrics.interaction(variant);
+    metrics.answer_path(variant, decision.path.as_str());
+    if retrieved.failed {
+        metrics.answer_check(variant, "retrieval_failure");
     }
     if refused {
-        metrics.answer_check(&variant, "refusal");
+        metrics.answer_check(variant, "refusal");
     }
     if !invalid_citations.is_empty() {
-        metrics.answer_check(&variant, "invalid_citation");
+        metrics.answer_check(variant, "invalid_citation");
     }
     if check.as_ref().is_some_and(|c| !c.grounded && !c.refused) {
-        metrics.answer_check(&variant, "ungrounded");
+        metrics.answer_check(variant, "ungrounded");
     }
-
-    // 9. Shadow, off the critical path: the candidate gets the same facts.
-    if let Some((lineage, version)) = shadow {
-        spawn_shadow(
-            engine,
-            &active,
-            ShadowRun {
-                lineage,
-                version,
-                messages: messages.clone(),
-                max_new_tokens,
-                retrieval_failed: retrieval_failed || !answerable,
-                facts: fact_texts.iter().map(|f| (*f).to_owned()).collect(),
-                expects: expects(&request.query),
-                baseline: text.clone(),
-                baseline_refused: refused,
-                baseline_citations_ok: invalid_citations.is_empty(),
-            },
-        );
+    Decided {
+        decision,
+        refused,
+        citations,
+        invalid_citations,
     }
+}
 
-    // 10. Token and provenance; the interaction is stored before the token leaves, so feedback
-    // reaching any replica finds it.
+/// Stores the interaction, then signs its token: stored before the token leaves, so feedback
+/// reaching any replica finds it (a store failure is logged and counted; the token still
+/// verifies on its own).
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    turn: &Turn<'_>,
+    request: &AnswerRequest,
+    enrolled: &Enrolled<'_>,
+    retrieved: &Retrieved,
+    rewritten: Option<&str>,
+    decided: &Decided,
+    variant: &Variant,
+    route_reason: &str,
+) -> String {
+    let engine = turn.engine;
+    let active = turn.active;
+    let config = &active.config;
     let iat = now_secs();
     let exp = iat + engine.token_ttl().as_secs().max(1);
     let stored = Interaction {
-        id: id.clone(),
+        id: turn.id.clone(),
         created_at: i64::try_from(iat).unwrap_or(i64::MAX),
         expires_at: i64::try_from(exp).unwrap_or(i64::MAX),
         // Pseudonymised: a unit id may be an email address or a customer number.
-        unit: unit.map(|u| engine.stored_unit(u)),
+        unit: enrolled.unit.map(|u| engine.stored_unit(u)),
         variant: variant.clone(),
-        kb_generation: search.generation.clone(),
+        kb_generation: retrieved.search.generation.clone(),
         config_revision: config.revision.clone(),
-        route_reason: route_reason.clone(),
+        route_reason: route_reason.to_owned(),
         // Personal data and secrets never reach the store, nor what reads it (the export for
         // training, coverage gaps): the built-in detectors and the Router's own patterns
         // (`switchboard_policy::redact::Redactor`).
         query: active.redactor.redact(&request.query).into_owned(),
-        rewritten_query: rewritten
-            .as_deref()
-            .map(|r| active.redactor.redact(r).into_owned()),
-        answer: active.redactor.redact(&text).into_owned(),
-        refused,
-        invalid_citation: !invalid_citations.is_empty(),
-        retrieval_failed,
-        best_score: search
+        rewritten_query: rewritten.map(|r| active.redactor.redact(r).into_owned()),
+        answer: active.redactor.redact(&decided.decision.text).into_owned(),
+        refused: decided.refused,
+        invalid_citation: !decided.invalid_citations.is_empty(),
+        retrieval_failed: retrieved.failed,
+        best_score: retrieved
+            .search
             .passages
             .first()
             .map(|p| f64::from(p.scores.final_score)),
-        cited_documents: citations.iter().map(|c| c.document_id.clone()).collect(),
-        retrieved_documents: passages.iter().map(|p| p.document_id.clone()).collect(),
-        segments: segments_of(config, assignment.as_ref(), &request.attributes, &active),
+        cited_documents: decided
+            .citations
+            .iter()
+            .map(|c| c.document_id.clone())
+            .collect(),
+        retrieved_documents: retrieved
+            .passages
+            .iter()
+            .map(|p| p.document_id.clone())
+            .collect(),
+        segments: segments_of(
+            config,
+            enrolled.assignment.as_ref(),
+            &request.attributes,
+            active,
+        ),
     };
     if let Err(e) = engine.store().record_interaction(&stored).await {
         // The answer is still served: its feedback verifies from the token alone.
         tracing::warn!(error = %e, "interaction not stored");
-        metrics.store_error(e.label());
+        turn.metrics.store_error(e.label());
     }
-    let token = engine.keys().sign(&Claims {
-        id,
+    engine.keys().sign(&Claims {
+        id: turn.id.clone(),
         iat,
         exp,
         variant: variant.clone(),
-    });
-    metrics.answer_stage(
-        router,
-        model_label,
-        "total",
-        started.elapsed().as_secs_f64(),
-    );
-    Ok(AnswerResponse {
-        answer: text,
-        citations,
-        invalid_citations,
-        refused,
-        path: decision.path.as_str().to_owned(),
-        evidence: facts
-            .iter()
-            .map(|e| EvidenceSentence {
-                passage: e.passage + 1,
-                text: e.text.clone(),
-                score: e.score,
-            })
-            .collect(),
-        passages,
-        provenance: Provenance {
-            router: router.to_owned(),
-            kb_generation: search.generation,
-            model: model_label.to_owned(),
-            adapter,
-            route_reason,
-            experiment: variant.experiment,
-            arm: variant.arm,
-            config_revision: config.revision.clone(),
-        },
-        interaction_token: token,
-        rewritten_query: rewritten,
     })
 }
 
