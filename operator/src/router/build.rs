@@ -7,14 +7,11 @@ use crate::names::{
     ADMIN_PORT, ADMIN_TOKEN_KEY, ARTIFACTS_DIR, CLIENT_TOKENS_DIR, CONFIG_DIR, DATA_DIR, GRPC_PORT,
     HTTP_PORT, OUTCOME_STORE_ENV, PVC_DIR, REVISION_ANNOTATION, SECRETS_DIR, STATE_DIR, TOKEN_DIR,
     TOKEN_KEY, UNIT_KEY_KEY, admin_service_name, index_claim_name, labels, runtime_name,
-    selector_labels, selector_string, token_secret_name,
+    selector_labels, token_secret_name,
 };
 use k8s_openapi::{
     api::{
-        apps::v1::{
-            Deployment, DeploymentSpec, DeploymentStatus, DeploymentStrategy,
-            RollingUpdateDeployment,
-        },
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
             EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSpec,
@@ -33,9 +30,8 @@ use k8s_openapi::{
 };
 use switchboard_crds::{
     Router,
-    knowledge_base::AccessMode,
-    router::{ActiveAdapter, OutcomeStore, RouterStatus},
-    runtime_config::{AdapterRole, FILE_NAME, RuntimeConfig},
+    router::OutcomeStore,
+    runtime_config::{FILE_NAME, RuntimeConfig},
 };
 
 /// What the runtime pods mount for the compiled config beyond the fixed volumes.
@@ -533,125 +529,13 @@ pub fn outcome_store_env(store: &OutcomeStore) -> Option<EnvVar> {
     })
 }
 
-/// Whether feedback is deduplicated across every replica: `(shared, message)`. Per-pod SQLite
-/// files are only sound for one replica: feedback that reaches another replica than the one that
-/// stored the interaction is counted by that replica's file, so a replay sent to each replica in
-/// turn counts once per replica, and experiments see each pod's units only.
-pub fn outcome_store_shared(store: &OutcomeStore, replicas: i32) -> (bool, String) {
-    match &store.postgres {
-        Some(secret) => (
-            true,
-            format!(
-                "every replica uses the PostgreSQL outcome store of Secret {} key {}",
-                secret.name, secret.key
-            ),
-        ),
-        None if replicas > 1 => (
-            false,
-            format!(
-                "{replicas} replicas each keep their own SQLite outcome store: a feedback replay                  sent to another replica is counted again and CUPED sees one pod's units; set                  spec.outcomeStore.postgres, or run 1 replica"
-            ),
-        ),
-        None => (
-            true,
-            "1 replica keeps its outcomes in a per-pod SQLite file (lost with the pod)".to_owned(),
-        ),
-    }
-}
-
-/// The adapters of a compiled config, one entry per AdapterPatch.
-pub fn active_adapters(config: &RuntimeConfig) -> Vec<ActiveAdapter> {
-    let mut out: BTreeMap<String, ActiveAdapter> = BTreeMap::new();
-    for a in &config.adapters {
-        let entry = out.entry(a.name.clone()).or_insert_with(|| ActiveAdapter {
-            name: a.name.clone(),
-            lineage: a.lineage.clone(),
-            ..ActiveAdapter::default()
-        });
-        match a.role {
-            AdapterRole::Stable => entry.stable_version = a.version.clone(),
-            AdapterRole::Canary => {
-                entry.candidate_version = Some(a.version.clone());
-                entry.candidate_weight = a.traffic_weight.unwrap_or(0);
-            }
-            AdapterRole::Shadow => entry.candidate_version = Some(a.version.clone()),
-            // The holdout's version: status.holdout.pinned lists it.
-            AdapterRole::Pinned => {}
-        }
-    }
-    out.into_values().collect()
-}
-
-/// Replica counts of the Deployment's status: `(replicas, ready, updated, available)`.
-pub fn replica_counts(status: Option<&DeploymentStatus>) -> (i32, i32, i32, i32) {
-    status.map_or((0, 0, 0, 0), |s| {
-        (
-            s.replicas.unwrap_or(0),
-            s.ready_replicas.unwrap_or(0),
-            s.updated_replicas.unwrap_or(0),
-            s.available_replicas.unwrap_or(0),
-        )
-    })
-}
-
-/// Whether the Router's pods are rolled out and ready: `(ready, progressing, message)`.
-pub fn deployment_state(
-    desired: i32,
-    observed_generation_current: bool,
-    status: Option<&DeploymentStatus>,
-) -> (bool, bool, String) {
-    let (replicas, ready, updated, available) = replica_counts(status);
-    let progressing = !observed_generation_current || updated < desired || replicas > desired;
-    let ready_ok = if desired == 0 {
-        true
-    } else {
-        available >= 1 && ready >= 1
-    };
-    let message = format!("{ready}/{desired} runtime pods ready ({updated} up to date)");
-    (ready_ok, progressing, message)
-}
-
-/// Whether every runtime replica can mount the KnowledgeBase's index claim:
-/// `(shareable, message)`. A `ReadWriteOnce` claim is mounted by one node at a time, so a second
-/// replica scheduled on another node never starts (Multi-Attach error).
-pub fn index_volume_shareable(
-    knowledge_base: &str,
-    access_mode: AccessMode,
-    replicas: i32,
-) -> (bool, String) {
-    let claim = index_claim_name(knowledge_base);
-    match access_mode {
-        AccessMode::ReadWriteOnce if replicas > 1 => (
-            false,
-            format!(
-                "{replicas} replicas read the index claim {claim} of KnowledgeBase \
-                 {knowledge_base}, which is ReadWriteOnce: replicas on other nodes than the one \
-                 mounting it cannot start; use storage.accessMode ReadWriteMany on a \
-                 KnowledgeBase, or 1 replica"
-            ),
-        ),
-        AccessMode::ReadWriteOnce => (
-            true,
-            format!("1 replica reads the ReadWriteOnce index claim {claim}"),
-        ),
-        AccessMode::ReadWriteMany => (true, format!("the index claim {claim} is ReadWriteMany")),
-    }
-}
-
-/// Status fields computed from the compiled config (conditions are set by the controller).
-pub fn config_status(config: &RuntimeConfig, router: &str) -> RouterStatus {
-    RouterStatus {
-        selector: Some(selector_string(router)),
-        runtime_config_hash: Some(config.revision.clone()),
-        knowledge_base_generation: Some(config.knowledge_base.index_generation),
-        active_adapters: active_adapters(config),
-        experiments: config.experiments.iter().map(|e| e.name.clone()).collect(),
-        ..RouterStatus::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use crate::names::selector_string;
+    use crate::router::status::{
+        config_status, deployment_state, index_volume_shareable, outcome_store_shared,
+    };
+    use switchboard_crds::knowledge_base::AccessMode;
     use switchboard_crds::runtime_config::RuntimeConfig;
 
     use super::*;
