@@ -27,6 +27,15 @@ use crate::{
 /// How often a rollout in progress is re-evaluated when nothing else is due sooner.
 pub const ANALYSIS_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How soon a controller looks again at an object.
+#[derive(Clone, Copy, Debug)]
+pub struct Intervals {
+    /// While something settles: pods roll out, a build runs, a Secret is missing.
+    pub settling: Duration,
+    /// Otherwise: the periodic resync.
+    pub resync: Duration,
+}
+
 /// The time source (a fake one in tests).
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Now.
@@ -69,6 +78,17 @@ pub fn default_operator_pod_labels() -> BTreeMap<String, String> {
         "app.kubernetes.io/component".to_owned(),
         "operator".to_owned(),
     )])
+}
+
+impl Settings {
+    /// How soon controllers look again: the analysis interval while something settles, the
+    /// resync interval otherwise.
+    pub fn intervals(&self) -> Intervals {
+        Intervals {
+            settling: self.analysis_interval,
+            resync: self.resync_interval,
+        }
+    }
 }
 
 impl Default for Settings {

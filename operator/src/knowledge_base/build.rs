@@ -1,5 +1,6 @@
-//! Pure builders of a KnowledgeBase's children (index volume, manifest ConfigMap, build Job)
-//! and of its status from the Job's build report.
+//! Pure builders of a KnowledgeBase's children (index volume, manifest ConfigMap, build Job),
+//! the build report a Job's pod writes, and the build plan (what the inputs hash to, whether a
+//! build or a scheduled refresh is due).
 
 use std::collections::BTreeMap;
 
@@ -21,7 +22,10 @@ use switchboard_crds::{
     knowledge_base::{SourceError, SourceKind},
 };
 
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
 use crate::names::{DATA_DIR, index_claim_name};
+use crate::pod::{JobState, job_state};
 
 /// Label naming the KnowledgeBase of a child.
 pub const KB_LABEL: &str = "switchboard.dev/knowledge-base";
@@ -472,6 +476,49 @@ pub fn job_spec_hash(job: &Job) -> Option<&str> {
         .as_ref()
         .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
         .map(String::as_str)
+}
+
+/// Whether a scheduled refresh is due: the last build finished `refreshInterval` ago.
+pub fn refresh_due(kb: &KnowledgeBase, now: Timestamp) -> Option<Timestamp> {
+    let interval = kb.spec.refresh_interval.as_ref()?.duration();
+    let last = kb.status.as_ref()?.last_build_time.as_ref()?.0;
+    last.checked_add(SignedDuration::try_from(interval).ok()?)
+        .ok()
+        .map(|next| if next <= now { now } else { next })
+}
+
+/// What to do about builds, given the Jobs of this KnowledgeBase (newest last).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildPlan {
+    /// Start build number `n` of the current spec.
+    Start(u64),
+    /// A build is running (its name).
+    Wait(String),
+    /// The newest build is of the current spec and finished; nothing to do until the refresh.
+    Done,
+}
+
+/// Decides on a new build: what the build reads (`hash`, see [`build_hash`]) changed since the
+/// newest Job, or a refresh is due. `hash` is `None` while an input is missing: nothing starts
+/// (a running build finishes).
+pub fn plan_build(jobs: &[Job], hash: Option<&str>, refresh_due: bool) -> BuildPlan {
+    let newest = jobs.last();
+    if let Some(running) = newest.filter(|job| job_state(job.status.as_ref()) == JobState::Running)
+    {
+        return BuildPlan::Wait(running.metadata.name.clone().unwrap_or_default());
+    }
+    let Some(hash) = hash else {
+        return BuildPlan::Done;
+    };
+    let Some(newest) = newest else {
+        return BuildPlan::Start(1);
+    };
+    let next = build_number(newest) + 1;
+    if job_spec_hash(newest) != Some(hash) || refresh_due {
+        BuildPlan::Start(next)
+    } else {
+        BuildPlan::Done
+    }
 }
 
 #[cfg(test)]

@@ -2,41 +2,32 @@
 //! changes of the ConfigMaps the sources read, and on `refreshInterval`), status from the Job's
 //! build report; the previous generation is kept for switching back.
 
+pub mod apply;
 pub mod build;
 pub mod content;
+pub mod status;
+pub mod validate;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use k8s_openapi::{
-    api::{
-        batch::v1::Job,
-        core::v1::{ConfigMap, PersistentVolumeClaim, Pod},
-    },
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::{SignedDuration, Timestamp},
-};
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
-    Api, Client,
-    api::{DeleteParams, ListParams, PropagationPolicy},
+    Api,
+    api::ListParams,
     runtime::{controller::Action, reflector::ObjectRef},
 };
 use switchboard_crds::{
-    KnowledgeBase, Router, Validate,
+    KnowledgeBase, Router,
     conditions::{self as cond, reasons},
-    knowledge_base::{KnowledgeBaseStatus, MAX_LISTED_CONTRADICTIONS, SourceKind},
-};
-
-use crate::{
-    context::{
-        Context, apply, apply_status, condition, describe, merge_conditions, namespaced_name,
-    },
-    error::{Error, Result},
+    knowledge_base::{KnowledgeBaseStatus, SourceKind},
 };
 
 use self::build::{
-    BuildReport, JOBS_KEPT, KB_LABEL, KbChildren, SourceInputs, build_hash, build_number,
-    config_map_digest, job_spec_hash, report_from_pods,
+    KB_LABEL, KbChildren, build_hash, build_number, plan_build, refresh_due, report_from_pods,
 };
+use self::status::BuildOutcome;
+use crate::context::{Context, apply_status, condition, describe, namespaced_name};
+use crate::error::{Error, Result};
 use crate::pod::{JobState, job_state};
 
 /// Controller name in metrics.
@@ -73,117 +64,17 @@ pub fn knowledge_bases_reading(
         .collect()
 }
 
-/// Reads what a build reads beyond the spec: the content digest of each ConfigMap source, and
-/// checks that each claim of a volume source exists (a build pod waiting for a missing volume
-/// would never finish). A missing one is [`Error::ReferenceNotFound`].
-async fn source_inputs(
-    client: &Client,
-    namespace: &str,
-    kb: &KnowledgeBase,
-) -> Result<SourceInputs> {
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let missing = |kind: &'static str, name: String| Error::ReferenceNotFound {
-        object: describe(kb),
-        kind,
-        name,
-    };
-    let mut inputs = SourceInputs::new();
-    for source in &kb.spec.sources {
-        match source.kind() {
-            Some(SourceKind::ConfigMap(reference)) => {
-                let name = &reference.name;
-                let config_map = config_maps
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| Error::kube("get", format!("ConfigMap {namespace}/{name}"), e))?
-                    .ok_or_else(|| missing("ConfigMap", name.clone()))?;
-                let digest =
-                    config_map_digest(&config_map, reference.key.as_deref()).ok_or_else(|| {
-                        missing(
-                            "ConfigMap key",
-                            format!("{name}/{}", reference.key.as_deref().unwrap_or_default()),
-                        )
-                    })?;
-                inputs.insert(source.name.clone(), digest);
-            }
-            Some(SourceKind::Volume(volume)) => {
-                if let Some(claim) = &volume.claim_name {
-                    claims
-                        .get_metadata_opt(claim)
-                        .await
-                        .map_err(|e| {
-                            Error::kube(
-                                "get",
-                                format!("PersistentVolumeClaim {namespace}/{claim}"),
-                                e,
-                            )
-                        })?
-                        .ok_or_else(|| missing("PersistentVolumeClaim", claim.clone()))?;
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(inputs)
-}
-
 /// Retries with exponential backoff.
 pub use crate::context::error_policy;
 
-/// Whether a scheduled refresh is due: the last build finished `refreshInterval` ago.
-pub fn refresh_due(kb: &KnowledgeBase, now: Timestamp) -> Option<Timestamp> {
-    let interval = kb.spec.refresh_interval.as_ref()?.duration();
-    let last = kb.status.as_ref()?.last_build_time.as_ref()?.0;
-    last.checked_add(SignedDuration::try_from(interval).ok()?)
-        .ok()
-        .map(|next| if next <= now { now } else { next })
-}
-
-/// What to do about builds, given the Jobs of this KnowledgeBase (newest last).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BuildPlan {
-    /// Start build number `n` of the current spec.
-    Start(u64),
-    /// A build is running (its name).
-    Wait(String),
-    /// The newest build is of the current spec and finished; nothing to do until the refresh.
-    Done,
-}
-
-/// Decides on a new build: what the build reads (`hash`, see [`build_hash`]) changed since the
-/// newest Job, or a refresh is due. `hash` is `None` while an input is missing: nothing starts
-/// (a running build finishes).
-pub fn plan_build(jobs: &[Job], hash: Option<&str>, refresh_due: bool) -> BuildPlan {
-    let newest = jobs.last();
-    if let Some(running) = newest.filter(|job| job_state(job.status.as_ref()) == JobState::Running)
-    {
-        return BuildPlan::Wait(running.metadata.name.clone().unwrap_or_default());
-    }
-    let Some(hash) = hash else {
-        return BuildPlan::Done;
-    };
-    let Some(newest) = newest else {
-        return BuildPlan::Start(1);
-    };
-    let next = build_number(newest) + 1;
-    if job_spec_hash(newest) != Some(hash) || refresh_due {
-        BuildPlan::Start(next)
-    } else {
-        BuildPlan::Done
-    }
-}
-
-/// One reconcile; `Ok((action, Some(error)))` when a missing input (ConfigMap, claim) holds the
-/// build: the status already reports it.
+/// validate -> apply the storage -> observe the builds -> plan (pure) -> apply the build ->
+/// observe the content -> status (pure). `Ok((action, Some(error)))` when a missing input
+/// (ConfigMap, claim) holds the build: the status already reports it.
 async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, Option<Error>)> {
     let (namespace, name) = namespaced_name(kb)?;
-    kb.spec.validate().map_err(|source| Error::InvalidSpec {
-        object: describe(kb),
-        source,
-    })?;
+    validate::spec(kb)?;
     let client = &ctx.client;
-    let inputs = match source_inputs(client, &namespace, kb).await {
+    let inputs = match validate::source_inputs(client, &namespace, kb).await {
         Ok(inputs) => Ok(inputs),
         Err(missing @ Error::ReferenceNotFound { .. }) => Err(missing),
         Err(other) => return Err(other),
@@ -196,12 +87,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
         image: &ctx.settings.runtime_image,
         egress_allow: ctx.settings.egress_allow.as_deref(),
     };
-    apply(client, &namespace, &children.claim()).await?;
-    let manifest = children.manifest().map_err(|source| Error::Serialize {
-        what: "KnowledgeBase manifest",
-        source,
-    })?;
-    apply(client, &namespace, &manifest).await?;
+    apply::storage(client, &children).await?;
 
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &namespace);
     let mut jobs = jobs_api
@@ -216,280 +102,89 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<(Action, O
         })?
         .items;
     jobs.sort_by_key(build_number);
+    let previous = kb.status.clone().unwrap_or_default();
+    let outcome = observe_build(ctx, &namespace, &name, jobs.last(), &previous).await?;
 
     let hash = inputs.as_ref().ok().map(|inputs| build_hash(kb, inputs));
     let next_refresh = refresh_due(kb, now);
     let due = next_refresh.is_some_and(|t| t <= now);
-    let previous = kb.status.clone().unwrap_or_default();
-    let mut status = previous.clone();
-    status.observed_generation = kb.metadata.generation;
-    status.next_refresh_time = next_refresh.filter(|t| *t > now).map(Time);
-
-    // Fold the newest finished build into status (once: its completion time is recorded).
-    let mut build_failure = None;
-    if let Some(newest) = jobs.last() {
-        let finished_at = newest
-            .status
-            .as_ref()
-            .and_then(|s| s.completion_time.clone().or_else(|| s.start_time.clone()));
-        let new_result = finished_at.as_ref() != previous.last_build_time.as_ref();
-        match job_state(newest.status.as_ref()) {
-            JobState::Succeeded if new_result => {
-                let job_name = newest.metadata.name.clone().unwrap_or_default();
-                let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
-                    .list(&ListParams::default().labels(&format!("job-name={job_name}")))
-                    .await
-                    .map_err(|e| {
-                        Error::kube("list", format!("Pods of Job {namespace}/{job_name}"), e)
-                    })?
-                    .items;
-                match report_from_pods(&pods) {
-                    Ok(report) => {
-                        fold_report(&mut status, &report, finished_at);
-                        ctx.metrics.index_build(&namespace, &name, true);
-                    }
-                    Err(e) => {
-                        status.last_build_time = finished_at;
-                        build_failure = Some(format!("build {job_name} succeeded but {e}"));
-                        ctx.metrics.index_build(&namespace, &name, false);
-                    }
-                }
-            }
-            JobState::Failed(message) if new_result => {
-                status.last_build_time = finished_at;
-                build_failure = Some(format!(
-                    "build {} failed: {message}",
-                    newest.metadata.name.as_deref().unwrap_or_default()
-                ));
-                ctx.metrics.index_build(&namespace, &name, false);
-            }
-            _ => {}
-        }
-    }
-    // A failure stays reported until a later build succeeds.
-    let failed_before = switchboard_crds::find_condition(&previous.conditions, cond::DEGRADED)
-        .filter(|c| c.status == "True" && c.reason == reasons::INDEX_BUILD_FAILED)
-        .map(|c| c.message.clone());
-    let succeeded_now =
-        status.last_build_time != previous.last_build_time && build_failure.is_none();
-    let failure = build_failure.or(if succeeded_now { None } else { failed_before });
-
     let plan = plan_build(&jobs, hash.as_deref(), due);
-    let building = match (&plan, &hash) {
-        (BuildPlan::Start(n), Some(hash)) => {
-            let job = children.job(hash, *n);
-            let job_name = job.metadata.name.clone().unwrap_or_default();
-            apply(client, &namespace, &job).await?;
-            ctx.event(
-                kb,
-                kube::runtime::events::EventType::Normal,
-                "IndexBuildStarted",
-                "Build",
-                format!(
-                    "index build {job_name} started ({})",
-                    if due {
-                        "scheduled refresh"
-                    } else {
-                        "spec or ConfigMap content changed"
-                    }
-                ),
-            )
-            .await;
-            Some(job_name)
-        }
-        (BuildPlan::Wait(job), _) => Some(job.clone()),
-        (BuildPlan::Start(_) | BuildPlan::Done, _) => None,
-    };
-    let missing_input = inputs.as_ref().err().map(|e| {
-        format!(
-            "{e}; no build starts until it does{}",
-            status
-                .index_generation
-                .map(|g| format!(", generation {g} keeps serving"))
-                .unwrap_or_default()
+    let building = apply::build(ctx, kb, &children, &plan, hash.as_deref(), due).await?;
+    apply::prune_jobs(&jobs_api, &jobs).await;
+
+    // KB rot and coverage gaps, once a generation is served.
+    let serving = outcome.generation().or(previous.index_generation).is_some();
+    let (freshness, coverage) = if serving {
+        (
+            Some(observe_staleness(ctx, kb, &namespace, &name).await),
+            Some(observe_coverage(ctx, kb, &namespace, &name).await),
         )
-    });
-    prune_jobs(&jobs_api, &jobs).await;
-
-    // KB rot: documents past staleAfter that the runtimes still retrieve (a failed check keeps
-    // the last counts; the condition says it is unknown).
-    let freshness = match status.index_generation {
-        Some(_) => Some(observe_staleness(ctx, kb, &namespace, &name).await),
-        None => None,
+    } else {
+        (None, None)
     };
-    if let Some(Ok(found)) = &freshness {
-        content::fold_staleness(&mut status, found);
-    }
-    // Coverage gaps: what the Routers' runtimes escalated, found nothing for or refused,
-    // clustered by topic from their outcome stores (a failed check keeps the last list).
-    let coverage = match status.index_generation {
-        Some(_) => Some(observe_coverage(ctx, kb, &namespace, &name).await),
-        None => None,
+    let observed = status::Observed {
+        build: outcome,
+        building,
+        missing_input: inputs.as_ref().err(),
+        next_refresh,
+        freshness,
+        coverage,
     };
-    if let Some(Ok(found)) = &coverage {
-        content::fold_coverage(&mut status, found);
-    }
-
-    let generation = kb.metadata.generation;
-    let has_index = status.index_generation.is_some();
-    let source_errors = !status.source_errors.is_empty();
-    let mut computed = vec![
-        condition(
-            cond::READY,
-            has_index,
-            if has_index {
-                reasons::RECONCILED
-            } else {
-                reasons::INDEX_BUILDING
-            },
-            match status.index_generation {
-                Some(g) => format!("serving index generation {g}"),
-                None => "no index generation built yet".to_owned(),
-            },
-            generation,
-            now,
-        ),
-        condition(
-            cond::INDEX_READY,
-            has_index,
-            if has_index {
-                reasons::RECONCILED
-            } else {
-                reasons::INDEX_BUILDING
-            },
-            format!(
-                "generation {:?}, previous {:?}",
-                status.index_generation, status.previous_generation
-            ),
-            generation,
-            now,
-        ),
-        condition(
-            cond::PROGRESSING,
-            building.is_some(),
-            if building.is_some() {
-                reasons::INDEX_BUILDING
-            } else {
-                reasons::RECONCILED
-            },
-            building
-                .as_ref()
-                .map_or_else(String::new, |j| format!("index build {j} running")),
-            generation,
-            now,
-        ),
-        match &missing_input {
-            Some(message) => condition(
-                cond::SOURCES_HEALTHY,
-                false,
-                reasons::REFERENCE_NOT_FOUND,
-                message.clone(),
-                generation,
-                now,
-            ),
-            None => condition(
-                cond::SOURCES_HEALTHY,
-                !source_errors,
-                if source_errors {
-                    reasons::SOURCE_ERRORS
-                } else {
-                    reasons::RECONCILED
-                },
-                status
-                    .source_errors
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{}{}: {} {}",
-                            e.source,
-                            e.file
-                                .as_deref()
-                                .map(|f| format!("/{f}"))
-                                .unwrap_or_default(),
-                            e.reason,
-                            e.message
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                generation,
-                now,
-            ),
-        },
-    ];
-    computed.push(match (&missing_input, &failure) {
-        (Some(message), _) => condition(
-            cond::DEGRADED,
-            true,
-            reasons::REFERENCE_NOT_FOUND,
-            message.clone(),
-            generation,
-            now,
-        ),
-        (None, Some(message)) => condition(
-            cond::DEGRADED,
-            true,
-            reasons::INDEX_BUILD_FAILED,
-            match status.index_generation {
-                Some(g) => format!("{message}; generation {g} keeps serving"),
-                None => message.clone(),
-            },
-            generation,
-            now,
-        ),
-        (None, None) if source_errors => condition(
-            cond::DEGRADED,
-            true,
-            reasons::SOURCE_ERRORS,
-            format!(
-                "{} sources failed in the last build",
-                status.source_errors.len()
-            ),
-            generation,
-            now,
-        ),
-        (None, None) => condition(
-            cond::DEGRADED,
-            false,
-            reasons::RECONCILED,
-            "",
-            generation,
-            now,
-        ),
-    });
-    computed.push(content::freshness_condition(
-        freshness.as_ref(),
-        &kb.spec.staleness.min_query_share,
-        kb.spec.staleness.window.as_str(),
-        generation,
-        now,
-    ));
-    computed.push(content::consistency_condition(&status, generation, now));
-    computed.push(content::coverage_condition(
-        coverage.as_ref(),
-        &kb.spec.coverage,
-        generation,
-        now,
-    ));
-    status.conditions = merge_conditions(&previous.conditions, computed);
+    let (status, requeue) = status::status(kb, observed, now, ctx.settings.intervals());
     apply_status(client, kb, &status).await?;
     ctx.condition_events(kb, &previous.conditions, &status.conditions)
         .await;
+    Ok((Action::requeue(requeue), inputs.err()))
+}
 
-    let requeue = if building.is_some() {
-        ctx.settings.analysis_interval
-    } else {
-        next_refresh
-            .filter(|t| *t > now)
-            .and_then(|t| Duration::try_from(t.duration_since(now)).ok())
-            .map_or(ctx.settings.resync_interval, |d| {
-                d.min(ctx.settings.resync_interval)
-            })
+/// The newest build Job's result, when it finished since the status last recorded one (its
+/// completion time): the report its pod wrote, or why there is none. Counted in
+/// `switchboard_operator_index_builds_total`.
+async fn observe_build(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    newest: Option<&Job>,
+    previous: &KnowledgeBaseStatus,
+) -> Result<BuildOutcome> {
+    let Some(newest) = newest else {
+        return Ok(BuildOutcome::Unchanged);
     };
-    Ok((
-        Action::requeue(requeue.max(Duration::from_secs(1))),
-        inputs.err(),
-    ))
+    let finished_at = newest
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.clone().or_else(|| s.start_time.clone()));
+    if finished_at.as_ref() == previous.last_build_time.as_ref() {
+        return Ok(BuildOutcome::Unchanged);
+    }
+    let job_name = newest.metadata.name.clone().unwrap_or_default();
+    let outcome = match job_state(newest.status.as_ref()) {
+        JobState::Running => return Ok(BuildOutcome::Unchanged),
+        JobState::Succeeded => {
+            let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+                .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+                .await
+                .map_err(|e| Error::kube("list", format!("Pods of Job {namespace}/{job_name}"), e))?
+                .items;
+            match report_from_pods(&pods) {
+                Ok(report) => BuildOutcome::Succeeded {
+                    report,
+                    finished_at,
+                },
+                Err(e) => BuildOutcome::Failed {
+                    message: format!("build {job_name} succeeded but {e}"),
+                    finished_at,
+                },
+            }
+        }
+        JobState::Failed(message) => BuildOutcome::Failed {
+            message: format!("build {job_name} failed: {message}"),
+            finished_at,
+        },
+    };
+    let succeeded = matches!(outcome, BuildOutcome::Succeeded { .. });
+    ctx.metrics.index_build(namespace, name, succeeded);
+    Ok(outcome)
 }
 
 /// The Routers (of the KnowledgeBase's namespace) that use it, `namespace/name`, sorted.
@@ -589,52 +284,6 @@ async fn observe_staleness(
     })
 }
 
-/// Records a successful build: the new generation is served, the one before is kept for
-/// switching back.
-pub fn fold_report(
-    status: &mut KnowledgeBaseStatus,
-    report: &BuildReport,
-    finished_at: Option<Time>,
-) {
-    if status.index_generation != Some(report.generation) {
-        status.previous_generation = status.index_generation.filter(|g| *g < report.generation);
-    }
-    status.index_generation = Some(report.generation);
-    status.documents = Some(report.documents);
-    status.chunks = Some(report.chunks);
-    status.contradictions = report.contradictions.as_ref().map(|c| c.count);
-    status.top_contradictions = report
-        .contradictions
-        .iter()
-        .flat_map(|c| &c.top)
-        .take(MAX_LISTED_CONTRADICTIONS)
-        .map(build::ReportedContradiction::candidate)
-        .collect();
-    status.source_errors.clone_from(&report.source_errors);
-    status.last_build_time = finished_at;
-}
-
-/// Deletes finished Jobs beyond the newest [`JOBS_KEPT`].
-async fn prune_jobs(api: &Api<Job>, jobs: &[Job]) {
-    if jobs.len() <= JOBS_KEPT {
-        return;
-    }
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    for job in &jobs[..jobs.len() - JOBS_KEPT] {
-        if job_state(job.status.as_ref()) == JobState::Running {
-            continue;
-        }
-        if let Some(name) = &job.metadata.name
-            && let Err(error) = api.delete(name, &params).await
-        {
-            tracing::warn!(job = %name, %error, "deleting an old index build Job failed");
-        }
-    }
-}
-
 /// A failed reconcile: Degraded; Ready stays true while a generation is served (pure; written by
 /// [`crate::context::report_failure`]).
 impl crate::context::FailureStatus for KnowledgeBase {
@@ -650,7 +299,7 @@ impl crate::context::FailureStatus for KnowledgeBase {
         &status.conditions
     }
 
-    fn failed(&self, error: &Error, now: Timestamp) -> KnowledgeBaseStatus {
+    fn failed(&self, error: &Error, now: k8s_openapi::jiff::Timestamp) -> KnowledgeBaseStatus {
         let generation = self.metadata.generation;
         let mut status = self.status_or_default();
         status.observed_generation = generation;
@@ -690,6 +339,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
+    use crate::knowledge_base::build::{BuildPlan, BuildReport};
+    use crate::knowledge_base::status::fold_report;
 
     fn job(hash: &str, n: u64, complete: Option<bool>) -> Job {
         Job {

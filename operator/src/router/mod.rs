@@ -90,11 +90,7 @@ async fn reconcile_inner(router: &Router, ctx: &Context) -> Result<Action> {
         index_access_mode: inputs.knowledge_base.spec.storage.access_mode,
         rotation,
     };
-    let intervals = status::Intervals {
-        settling: ctx.settings.analysis_interval,
-        resync: ctx.settings.resync_interval,
-    };
-    let (status, requeue) = status::status(router, observed, now, intervals);
+    let (status, requeue) = status::status(router, observed, now, ctx.settings.intervals());
 
     apply_status(&ctx.client, router, &status).await?;
     ctx.condition_events(router, &previous.conditions, &status.conditions)

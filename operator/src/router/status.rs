@@ -16,7 +16,7 @@ use switchboard_crds::{
     runtime_config::{AdapterRole, RuntimeConfig},
 };
 
-use crate::context::{condition, merge_conditions};
+use crate::context::{Intervals, condition, merge_conditions};
 use crate::names::{index_claim_name, runtime_name, selector_string};
 
 /// What one reconcile saw after applying the Router's children.
@@ -42,15 +42,6 @@ pub struct Observed<'a> {
     pub index_access_mode: AccessMode,
     /// When the token key rotation in progress takes its next step.
     pub rotation: Option<Duration>,
-}
-
-/// How often the controller looks again.
-#[derive(Clone, Copy, Debug)]
-pub struct Intervals {
-    /// While pods roll out or a Secret is missing.
-    pub settling: Duration,
-    /// Otherwise.
-    pub resync: Duration,
 }
 
 /// The Router's status after this reconcile, and when to reconcile again.
