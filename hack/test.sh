@@ -29,6 +29,15 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The per-request decisions read the RuntimeConfig document only: switchboard-policy builds with
+# switchboard-crds' `kube` feature off, so neither kube nor k8s-openapi is below it.
+step "switchboard-policy without kube (crds --no-default-features)"
+cargo clippy -p switchboard-policy --all-targets --locked -- -D warnings
+if cargo tree -p switchboard-policy -e normal --locked | grep -E ' (kube|k8s-openapi) v'; then
+  echo "switchboard-policy depends on kube or k8s-openapi (above)" >&2
+  exit 1
+fi
+
 # Build every test target first, then run them against exactly those binaries. The process-level
 # tests (tests/e2e) otherwise run `cargo build -p switchboard-runtime` themselves, which resolves
 # features without the workspace's dev-dependencies and so compiles a second copy of tokio, kube,

@@ -1,15 +1,19 @@
 //! `AdapterPatch`: one LoRA adapter lineage on a base model, rolled out shadow -> canary -> promoted.
 
+#[cfg(feature = "kube")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "kube")]
+use crate::units::{cel_string, duration_at_least_rule, percent_rule};
 use crate::{
     common::{
         Digest, Errors, Guardrail, LABEL_PATTERN, Metric, ObjectRef, Validate, ValidationErrors,
     },
-    units::{GoDuration, Percent, cel_string, duration_at_least_rule, percent_rule},
+    units::{GoDuration, Percent},
 };
 
 /// RE2 pattern of a semantic version (semver.org 2.0.0).
@@ -55,41 +59,46 @@ pub mod messages {
 /// good version.
 // `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[kube(
-    group = "switchboard.dev",
-    version = "v1alpha1",
-    kind = "AdapterPatch",
-    plural = "adapterpatches",
-    singular = "adapterpatch",
-    shortname = "ap",
-    shortname = "adapter",
-    category = "switchboard",
-    namespaced,
-    status = "AdapterPatchStatus",
-    selectable = ".spec.lineage",
-    selectable = ".spec.baseModel",
-    derive = "PartialEq",
-    doc = "An AdapterPatch: a versioned LoRA adapter lineage on a base model, rolled out through shadow and canary steps gated by guardrails, with automatic rollback.",
-    printcolumn(name = "Lineage", type_ = "string", json_path = ".spec.lineage"),
-    printcolumn(
-        name = "Version",
-        type_ = "string",
-        json_path = ".spec.version",
-        description = "Desired version"
-    ),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Canary",
-        type_ = "integer",
-        json_path = ".status.canaryWeight",
-        description = "Percent of traffic on the candidate"
-    ),
-    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stableVersion"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "switchboard.dev",
+        version = "v1alpha1",
+        kind = "AdapterPatch",
+        plural = "adapterpatches",
+        singular = "adapterpatch",
+        shortname = "ap",
+        shortname = "adapter",
+        category = "switchboard",
+        namespaced,
+        status = "AdapterPatchStatus",
+        selectable = ".spec.lineage",
+        selectable = ".spec.baseModel",
+        derive = "PartialEq",
+        doc = "An AdapterPatch: a versioned LoRA adapter lineage on a base model, rolled out through shadow and canary steps gated by guardrails, with automatic rollback.",
+        printcolumn(name = "Lineage", type_ = "string", json_path = ".spec.lineage"),
+        printcolumn(
+            name = "Version",
+            type_ = "string",
+            json_path = ".spec.version",
+            description = "Desired version"
+        ),
+        printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+        printcolumn(
+            name = "Canary",
+            type_ = "integer",
+            json_path = ".status.canaryWeight",
+            description = "Percent of traffic on the candidate"
+        ),
+        printcolumn(name = "Stable", type_ = "string", json_path = ".status.stableVersion"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -97,17 +106,17 @@ pub struct AdapterPatchSpec {
     /// The adapter lineage (a DNS label, e.g. `pricing`): versions of one lineage replace each
     /// other; different lineages are selected per query by domain similarity.
     #[schemars(length(min = 1, max = 63), pattern(LABEL_PATTERN))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::LINEAGE_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::LINEAGE_IMMUTABLE)))]
     pub lineage: String,
 
     /// The base model the adapter was trained on (the Router's `smallModel.model` must match).
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::BASE_MODEL_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::BASE_MODEL_IMMUTABLE)))]
     pub base_model: String,
 
     /// Semantic version of the adapter (e.g. `1.3.0`). Changing it starts a rollout.
     #[schemars(length(min = 5, max = 128))]
-    #[x_kube(validation = Rule::new(format!("self.matches({})", cel_string(SEMVER_PATTERN))).message(messages::SEMVER))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(format!("self.matches({})", cel_string(SEMVER_PATTERN))).message(messages::SEMVER)))]
     pub version: String,
 
     /// Where the PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) is,
@@ -128,12 +137,12 @@ pub struct AdapterPatchSpec {
     /// rise by more than 5% relative within 24h.
     #[serde(default = "default_guardrails")]
     #[schemars(length(max = 8))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["metric".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["metric".into()])))]
     pub guardrails: Vec<Guardrail>,
 
     /// How long superseded versions stay loadable for rollback (default `720h`, 30 days).
     #[serde(default = "default_rollback_window")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1h")).message(messages::ROLLBACK_WINDOW))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "1h")).message(messages::ROLLBACK_WINDOW)))]
     pub rollback_window: GoDuration,
 
     /// Hold the rollout at its current step (no promotion, no automatic rollback decisions are
@@ -150,7 +159,9 @@ pub struct AdapterPatchSpec {
 }
 
 /// The offline evaluation gate of a new version.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Evaluation {
     /// The Router whose pipeline (knowledge base generation, grounding, base model, the other
@@ -178,7 +189,7 @@ pub struct Evaluation {
     pub max_invalid_citation_rate: Percent,
     /// How long the evaluation Job may run before the version is Failed (`EvaluationTimedOut`).
     #[serde(default = "default_evaluation_timeout")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::EVALUATION_TIMEOUT))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::EVALUATION_TIMEOUT)))]
     pub timeout: GoDuration,
 }
 
@@ -221,7 +232,9 @@ fn default_rollback_window() -> GoDuration {
 }
 
 /// The adapter artifact.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     /// Where the PEFT directory is: `oci://registry/repository:tag` or `...@sha256:<hex>` (an
@@ -232,7 +245,7 @@ pub struct Artifact {
     /// read-only into the runtime pods and checked by a verification Job) or `file:///<path>` (a
     /// directory as the operator and the runtime see it).
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new(format!("self.matches({})", cel_string(ARTIFACT_URI_PATTERN))).message(messages::ARTIFACT_URI))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(format!("self.matches({})", cel_string(ARTIFACT_URI_PATTERN))).message(messages::ARTIFACT_URI)))]
     pub uri: String,
     /// Digest of `adapter_model.safetensors` (`sha256:<64 hex>`) whatever the URI's scheme (not
     /// an OCI manifest or layer digest), verified before the version is rolled out and again
@@ -348,7 +361,9 @@ impl Default for Rollout {
 }
 
 /// Shadow stage.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShadowStage {
     /// How long to shadow; `0s` skips the stage.
@@ -356,7 +371,7 @@ pub struct ShadowStage {
     pub duration: GoDuration,
     /// Share of eligible requests mirrored to the candidate.
     #[serde(default = "default_shadow_share")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::SHADOW_SHARE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::SHADOW_SHARE)))]
     pub sample_share: Percent,
 }
 
@@ -377,13 +392,15 @@ impl Default for ShadowStage {
 }
 
 /// Canary stage.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CanaryStage {
     /// Steps of increasing traffic weight; after the last step (and its analysis) the candidate
     /// is promoted. Empty: promote right after the shadow stage.
     #[serde(default = "default_steps")]
     #[schemars(length(max = 10))]
-    #[x_kube(validation = Rule::new("self.map(s, s.weight).isSorted() && self.all(s, self.exists_one(t, t.weight == s.weight))").message(messages::STEPS_INCREASING))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.map(s, s.weight).isSorted() && self.all(s, self.exists_one(t, t.weight == s.weight))").message(messages::STEPS_INCREASING)))]
     pub steps: Vec<CanaryStep>,
 }
 
@@ -413,13 +430,15 @@ impl Default for CanaryStage {
 }
 
 /// One canary step.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CanaryStep {
     /// Percent of traffic (integer, 1..100) served by the candidate during this step.
     #[schemars(range(min = 1, max = 100))]
     pub weight: i32,
     /// How long the step lasts before its analysis decides to continue.
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::STEP_DURATION))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::STEP_DURATION)))]
     pub duration: GoDuration,
 }
 
@@ -581,8 +600,11 @@ pub enum AdapterPhase {
     Failed,
 }
 
+#[cfg(feature = "kube")]
 /// Observed state of an AdapterPatch.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdapterPatchStatus {
     /// The `metadata.generation` this status describes.
@@ -591,7 +613,7 @@ pub struct AdapterPatchStatus {
     /// `Ready`, `Progressing`, `Degraded`, `ArtifactVerified`, `GuardrailsHealthy`,
     /// `AdapterStacking`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["type".into()])))]
     pub conditions: Vec<Condition>,
     /// Phase of the candidate version's rollout (or `Promoted` when it is stable).
     #[serde(default)]
@@ -623,6 +645,7 @@ pub struct AdapterPatchStatus {
     pub evaluation: Option<EvaluationResult>,
 }
 
+#[cfg(feature = "kube")]
 /// The offline evaluation of one candidate version.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -673,6 +696,7 @@ pub struct EvaluationMetric {
     pub passed: bool,
 }
 
+#[cfg(feature = "kube")]
 /// One version in the history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -725,6 +749,7 @@ pub struct ArmCounts {
     pub unsettled: Option<i64>,
 }
 
+#[cfg(feature = "kube")]
 /// Result of a guardrail analysis.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

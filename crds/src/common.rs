@@ -1,6 +1,7 @@
 //! Types shared by the four resources: references, condition vocabulary, annotations, and the
 //! error type of the Rust-side validation that mirrors the admission rules.
 
+#[cfg(feature = "kube")]
 use kube::KubeSchema as KubeSchemaDerive;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -491,15 +492,17 @@ pub const GUARDRAIL_INCREASE_MESSAGE: &str =
 /// A guardrail: the candidate (or variant) fails when `metric` is worse than the baseline by more
 /// than `maxRelativeIncrease`, with at least `minSamples` interactions per arm, at the given
 /// confidence.
-#[derive(KubeSchemaDerive, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchemaDerive))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.settleAfter) || self.metric in ['escalationRate', 'reopenRate', 'resolutionRate', 'csatLow', 'csatHigh']").message(GUARDRAIL_SETTLE_METRIC_MESSAGE).field_path(".settleAfter"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.settleAfter) || self.metric in ['escalationRate', 'reopenRate', 'resolutionRate', 'csatLow', 'csatHigh']").message(GUARDRAIL_SETTLE_METRIC_MESSAGE).field_path(".settleAfter")))]
 pub struct Guardrail {
     /// The metric watched (e.g. `escalationRate`).
     pub metric: Metric,
     /// Largest tolerated relative worsening versus the baseline, in (0%, 100%]; e.g. `5%` means
     /// an escalation rate of 15% may rise to at most 15.75%.
-    #[x_kube(validation = Rule::new(crate::units::percent_rule("self", 0.0, 100.0, false)).message(GUARDRAIL_INCREASE_MESSAGE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(crate::units::percent_rule("self", 0.0, 100.0, false)).message(GUARDRAIL_INCREASE_MESSAGE)))]
     pub max_relative_increase: crate::units::Percent,
     /// Trailing window of the answers compared (for outcome metrics it ends `settleAfter` ago).
     #[serde(default = "default_guardrail_window")]
@@ -510,7 +513,7 @@ pub struct Guardrail {
     pub min_samples: i64,
     /// Confidence of the one-sided test that declares a breach (e.g. `95%`).
     #[serde(default = "default_confidence")]
-    #[x_kube(validation = Rule::new(crate::units::percent_rule("self", 50.0, 99.99, true)).message("guardrails[].confidence must be between 50% and 99.99%"))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(crate::units::percent_rule("self", 50.0, 99.99, true)).message("guardrails[].confidence must be between 50% and 99.99%")))]
     pub confidence: crate::units::Percent,
     /// How long each answer is followed for its outcome (outcome metrics only): an escalation,
     /// reopen, resolution or rating counts when it arrives within `settleAfter` of the answer,
@@ -522,7 +525,7 @@ pub struct Guardrail {
     /// retrievalFailureRate and shadowDivergence are known when the answer is given and take
     /// none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(format!("{} && duration(self) <= duration('720h')", crate::units::duration_at_least_rule("self", "1s"))).message(GUARDRAIL_SETTLE_MESSAGE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(format!("{} && duration(self) <= duration('720h')", crate::units::duration_at_least_rule("self", "1s"))).message(GUARDRAIL_SETTLE_MESSAGE)))]
     pub settle_after: Option<crate::units::GoDuration>,
 }
 
@@ -594,6 +597,7 @@ impl Guardrail {
     }
 }
 
+#[cfg(feature = "kube")]
 /// Sets `condition` in `conditions` the way `meta.SetStatusCondition` does in Go: replaces the
 /// entry of the same type, keeping its `lastTransitionTime` when the status did not change (so
 /// the time says when the state last flipped, not when the operator last looked). Returns whether
@@ -618,6 +622,7 @@ pub fn set_condition(
     }
 }
 
+#[cfg(feature = "kube")]
 /// The condition of type `type_`, if present.
 pub fn find_condition<'a>(
     conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
@@ -626,6 +631,7 @@ pub fn find_condition<'a>(
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+#[cfg(feature = "kube")]
 /// Whether the condition of type `type_` is present with status `True`.
 pub fn is_condition_true(
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],

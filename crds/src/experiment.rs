@@ -2,16 +2,20 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "kube")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "kube")]
+use crate::units::{duration_at_least_rule, percent_rule};
 use crate::{
     adapter_patch::SEMVER_PATTERN,
     common::{Errors, Guardrail, LABEL_PATTERN, Metric, ObjectRef, Validate, ValidationErrors},
     router::RewritePolicy,
-    units::{GoDuration, Percent, cel_string, duration_at_least_rule, percent_rule},
+    units::{GoDuration, Percent, cel_string},
 };
 
 /// A request attribute name (`spec.segments`).
@@ -60,54 +64,59 @@ pub mod messages {
 /// and ETA, checks sample-ratio mismatch, and stops on a guardrail breach.
 // `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[kube(
-    group = "switchboard.dev",
-    version = "v1alpha1",
-    kind = "Experiment",
-    plural = "experiments",
-    singular = "experiment",
-    shortname = "exp",
-    category = "switchboard",
-    namespaced,
-    status = "ExperimentStatus",
-    selectable = ".spec.routerRef.name",
-    derive = "PartialEq",
-    doc = "An Experiment: an A/B test on a Router's traffic with stable hash assignment, a permanent holdout, guardrails, CUPED and sample-size planning.",
-    printcolumn(name = "Router", type_ = "string", json_path = ".spec.routerRef.name"),
-    printcolumn(
-        name = "Traffic",
-        type_ = "string",
-        json_path = ".spec.traffic",
-        description = "Share of the Router's units in this experiment",
-        priority = 1
-    ),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Samples",
-        type_ = "integer",
-        json_path = ".status.samples",
-        description = "Units assigned so far"
-    ),
-    printcolumn(
-        name = "Required",
-        type_ = "integer",
-        json_path = ".status.requiredSamplesPerVariant",
-        priority = 1
-    ),
-    printcolumn(name = "Decision", type_ = "string", json_path = ".status.decision"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "switchboard.dev",
+        version = "v1alpha1",
+        kind = "Experiment",
+        plural = "experiments",
+        singular = "experiment",
+        shortname = "exp",
+        category = "switchboard",
+        namespaced,
+        status = "ExperimentStatus",
+        selectable = ".spec.routerRef.name",
+        derive = "PartialEq",
+        doc = "An Experiment: an A/B test on a Router's traffic with stable hash assignment, a permanent holdout, guardrails, CUPED and sample-size planning.",
+        printcolumn(name = "Router", type_ = "string", json_path = ".spec.routerRef.name"),
+        printcolumn(
+            name = "Traffic",
+            type_ = "string",
+            json_path = ".spec.traffic",
+            description = "Share of the Router's units in this experiment",
+            priority = 1
+        ),
+        printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+        printcolumn(
+            name = "Samples",
+            type_ = "integer",
+            json_path = ".status.samples",
+            description = "Units assigned so far"
+        ),
+        printcolumn(
+            name = "Required",
+            type_ = "integer",
+            json_path = ".status.requiredSamplesPerVariant",
+            priority = 1
+        ),
+        printcolumn(name = "Decision", type_ = "string", json_path = ".status.decision"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.control) || self.variants.exists(v, v.name == self.control)").message(messages::CONTROL_EXISTS).field_path(".control"))]
-#[x_kube(validation = Rule::new("!has(self.cuped) || (self.primaryMetric.name != 'shadowDivergence' && (!has(self.cuped.covariate) || self.cuped.covariate != 'shadowDivergence'))").message(messages::CUPED_METRIC).field_path(".cuped"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.control) || self.variants.exists(v, v.name == self.control)").message(messages::CONTROL_EXISTS).field_path(".control")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.cuped) || (self.primaryMetric.name != 'shadowDivergence' && (!has(self.cuped.covariate) || self.cuped.covariate != 'shadowDivergence'))").message(messages::CUPED_METRIC).field_path(".cuped")))]
 pub struct ExperimentSpec {
     /// The Router whose traffic is split.
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE)))]
     pub router_ref: ObjectRef,
 
     /// What is randomised: `User` (default; stateful conversations stay in one arm), `Account`
@@ -115,12 +124,12 @@ pub struct ExperimentSpec {
     /// `accountId` or `conversationId`; requests without it are not enrolled (counted by
     /// `switchboard_experiment_unenrolled_total`).
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE)))]
     pub unit: AssignmentUnit,
 
     /// Salt of the assignment hash; experiments with different salts assign independently.
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::ASSIGNMENT_IMMUTABLE)))]
     pub salt: String,
 
     /// Share of the Router's units that enter this experiment (its holdout and variants), e.g.
@@ -130,8 +139,8 @@ pub struct ExperimentSpec {
     /// it runs; when the layer has no free range that large the Experiment stays `Pending`
     /// (condition `Allocated`, reason `LayerFull`). Immutable. Default: `100%`.
     #[serde(default = "default_traffic")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::TRAFFIC))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::TRAFFIC_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::TRAFFIC)))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::TRAFFIC_IMMUTABLE)))]
     pub traffic: Percent,
 
     /// The experiment's holdout: units of its range that get none of its variants' overrides.
@@ -140,9 +149,9 @@ pub struct ExperimentSpec {
 
     /// The arms. Weights are integer percents of the non-holdout traffic and sum to 100.
     #[schemars(length(min = 2, max = 8))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    #[x_kube(validation = Rule::new("self.map(v, v.weight).sum() == 100").message(messages::WEIGHTS_SUM))]
-    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w.name == v.name))").message(messages::VARIANT_NAMES_UNIQUE))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["name".into()])))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.map(v, v.weight).sum() == 100").message(messages::WEIGHTS_SUM)))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w.name == v.name))").message(messages::VARIANT_NAMES_UNIQUE)))]
     pub variants: Vec<Variant>,
 
     /// The variant compared against; default: the first variant.
@@ -156,7 +165,7 @@ pub struct ExperimentSpec {
     /// Metrics that must not get worse; a breach stops the experiment early.
     #[serde(default)]
     #[schemars(length(max = 8))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["metric".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["metric".into()])))]
     pub guardrails: Vec<Guardrail>,
 
     /// The smallest effect worth detecting; with alpha, power and the baseline rate it gives the
@@ -166,17 +175,17 @@ pub struct ExperimentSpec {
     /// Baseline rate of the primary metric used for planning before data arrives (e.g. `15%`);
     /// replaced by the holdout's observed rate once available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message("expectedBaselineRate must be above 0% and at most 100%"))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message("expectedBaselineRate must be above 0% and at most 100%")))]
     pub expected_baseline_rate: Option<Percent>,
 
     /// Significance level (two-sided), e.g. `5%`.
     #[serde(default = "default_alpha")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 20.0, false)).message(messages::ALPHA))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 20.0, false)).message(messages::ALPHA)))]
     pub alpha: Percent,
 
     /// Statistical power, e.g. `80%`.
     #[serde(default = "default_power")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 50.0, 99.9, true)).message(messages::POWER))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 50.0, 99.9, true)).message(messages::POWER)))]
     pub power: Percent,
 
     /// CUPED variance reduction with a pre-period covariate. The analysis then compares per-unit
@@ -196,12 +205,12 @@ pub struct ExperimentSpec {
         length(max = 3),
         inner(length(min = 1, max = 63), pattern(SEGMENT_PATTERN))
     )]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b == a))").message(messages::SEGMENTS))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b == a))").message(messages::SEGMENTS)))]
     pub segments: Vec<String>,
 
     /// Stop (inconclusive) after this long even without enough samples.
     #[serde(default = "default_max_duration")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1h")).message(messages::MAX_DURATION))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "1h")).message(messages::MAX_DURATION)))]
     pub max_duration: GoDuration,
 }
 
@@ -231,11 +240,13 @@ pub enum AssignmentUnit {
 }
 
 /// The permanent holdout.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Holdout {
     /// Share of units held out (0%..20%; 5-10% is typical).
     #[serde(default = "default_holdout_share")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 20.0, true)).message(messages::HOLDOUT_SHARE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 20.0, true)).message(messages::HOLDOUT_SHARE)))]
     pub share: Percent,
 }
 
@@ -266,7 +277,9 @@ pub struct Variant {
 }
 
 /// Settings a variant overrides.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Overrides {
     /// Router `difficulty.threshold`.
@@ -305,7 +318,9 @@ pub enum Direction {
 }
 
 /// The primary metric.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PrimaryMetric {
     /// The metric.
@@ -318,7 +333,7 @@ pub struct PrimaryMetric {
     /// many wait. Default: `72h` for escalationRate, reopenRate, resolutionRate, csatLow and
     /// csatHigh (reported by the helpdesk later), `0s` for the answer-time metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "0s")).message("primaryMetric.settleAfter must be a duration like 72h"))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "0s")).message("primaryMetric.settleAfter must be a duration like 72h")))]
     pub settle_after: Option<GoDuration>,
 }
 
@@ -333,16 +348,18 @@ impl PrimaryMetric {
 
 /// Minimum detectable effect: exactly one of `absolute` (percentage points, e.g. `1%` for 15% ->
 /// 14%) or `relative` (e.g. `5%` of the baseline).
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[x_kube(validation = Rule::new("has(self.absolute) != has(self.relative)").message(messages::ONE_MDE))]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.absolute) != has(self.relative)").message(messages::ONE_MDE)))]
 pub struct MinimumDetectableEffect {
     /// Absolute difference in percentage points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::MDE_POSITIVE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::MDE_POSITIVE)))]
     pub absolute: Option<Percent>,
     /// Difference relative to the baseline rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::MDE_POSITIVE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 100.0, false)).message(messages::MDE_POSITIVE)))]
     pub relative: Option<Percent>,
 }
 
@@ -358,14 +375,16 @@ impl MinimumDetectableEffect {
 }
 
 /// CUPED settings.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cuped {
     /// The pre-period covariate per unit; default: the primary metric itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub covariate: Option<Metric>,
     /// Length of the pre-period before the start.
     #[serde(default = "default_preperiod")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "24h")).message("cuped.preperiod must be at least 24h"))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "24h")).message("cuped.preperiod must be at least 24h")))]
     pub preperiod: GoDuration,
 }
 
@@ -546,8 +565,11 @@ pub enum ExperimentDecision {
     InvalidSampleRatio,
 }
 
+#[cfg(feature = "kube")]
 /// Observed state of an Experiment.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentStatus {
     /// The `metadata.generation` this status describes.
@@ -555,7 +577,7 @@ pub struct ExperimentStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Degraded`, `MetricsAvailable`, `SampleRatioMismatch`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["type".into()])))]
     pub conditions: Vec<Condition>,
     /// Lifecycle phase.
     #[serde(default)]

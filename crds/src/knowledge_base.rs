@@ -2,16 +2,20 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "kube")]
 use k8s_openapi::apimachinery::pkg::{
     api::resource::Quantity,
     apis::meta::v1::{Condition, Time},
 };
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "kube")]
+use crate::common::{Validate, ValidationErrors};
 use crate::{
-    common::{Errors, LABEL_PATTERN, NAME_PATTERN, Validate, ValidationErrors},
+    common::{Errors, LABEL_PATTERN, NAME_PATTERN},
     units::{GoDuration, Percent},
 };
 
@@ -102,57 +106,63 @@ pub const BUILTIN_FRESHNESS_CLASSES: [(&str, Option<&str>, Option<&str>); 4] = [
 /// reference it switch to a new generation atomically once it is built.
 // `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[kube(
-    group = "switchboard.dev",
-    version = "v1alpha1",
-    kind = "KnowledgeBase",
-    plural = "knowledgebases",
-    singular = "knowledgebase",
-    shortname = "kb",
-    category = "switchboard",
-    namespaced,
-    status = "KnowledgeBaseStatus",
-    derive = "PartialEq",
-    doc = "A KnowledgeBase: document sources, chunking, embeddings and hybrid retrieval settings. The operator builds immutable index generations from it.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Generation",
-        type_ = "integer",
-        json_path = ".status.indexGeneration",
-        description = "Index generation being served"
-    ),
-    printcolumn(name = "Documents", type_ = "integer", json_path = ".status.documents"),
-    printcolumn(name = "Chunks", type_ = "integer", json_path = ".status.chunks"),
-    printcolumn(
-        name = "Stale",
-        type_ = "integer",
-        json_path = ".status.staleDocuments",
-        description = "Documents past their review age that are still retrieved"
-    ),
-    printcolumn(
-        name = "Gaps",
-        type_ = "integer",
-        json_path = ".status.coverageGaps",
-        description = "Topics the knowledge base does not answer (escalated, nothing found, refused)"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+#[cfg(feature = "kube")]
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "switchboard.dev",
+        version = "v1alpha1",
+        kind = "KnowledgeBase",
+        plural = "knowledgebases",
+        singular = "knowledgebase",
+        shortname = "kb",
+        category = "switchboard",
+        namespaced,
+        status = "KnowledgeBaseStatus",
+        derive = "PartialEq",
+        doc = "A KnowledgeBase: document sources, chunking, embeddings and hybrid retrieval settings. The operator builds immutable index generations from it.",
+        printcolumn(
+            name = "Ready",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        ),
+        printcolumn(
+            name = "Generation",
+            type_ = "integer",
+            json_path = ".status.indexGeneration",
+            description = "Index generation being served"
+        ),
+        printcolumn(name = "Documents", type_ = "integer", json_path = ".status.documents"),
+        printcolumn(name = "Chunks", type_ = "integer", json_path = ".status.chunks"),
+        printcolumn(
+            name = "Stale",
+            type_ = "integer",
+            json_path = ".status.staleDocuments",
+            description = "Documents past their review age that are still retrieved"
+        ),
+        printcolumn(
+            name = "Gaps",
+            type_ = "integer",
+            json_path = ".status.coverageGaps",
+            description = "Topics the knowledge base does not answer (escalated, nothing found, refused)"
+        ),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.sources.all(s, !has(s.freshnessClass) || s.freshnessClass in ['policy', 'standard', 'evergreen', 'ephemeral'] || (has(self.freshnessClasses) && self.freshnessClasses.exists(c, c.name == s.freshnessClass)))").message(messages::UNKNOWN_FRESHNESS_CLASS).field_path(".sources"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.sources.all(s, !has(s.freshnessClass) || s.freshnessClass in ['policy', 'standard', 'evergreen', 'ephemeral'] || (has(self.freshnessClasses) && self.freshnessClasses.exists(c, c.name == s.freshnessClass)))").message(messages::UNKNOWN_FRESHNESS_CLASS).field_path(".sources")))]
 pub struct KnowledgeBaseSpec {
     /// Where documents come from. Each source has a unique name and exactly one kind
     /// (inline, configMap, volume, http).
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["name".into()])))]
     pub sources: Vec<Source>,
 
     /// Freshness classes in addition to (or overriding) the built-in `policy` (90-day half-life,
@@ -160,7 +170,7 @@ pub struct KnowledgeBaseSpec {
     /// (no decay) and `ephemeral` (30-day half-life, stale after 90 days).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["name".into()])))]
     pub freshness_classes: Vec<FreshnessClass>,
 
     /// How documents are split into retrievable chunks.
@@ -189,7 +199,7 @@ pub struct KnowledgeBaseSpec {
     /// Re-ingest all sources on this interval (e.g. `24h`). Unset: rebuild only when the spec
     /// or a referenced ConfigMap changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(crate::units::duration_at_least_rule("self", "1m")).message(messages::REFRESH_MIN))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(crate::units::duration_at_least_rule("self", "1m")).message(messages::REFRESH_MIN)))]
     pub refresh_interval: Option<GoDuration>,
 
     /// How many built index generations to keep, so serving can switch back.
@@ -202,14 +212,17 @@ pub struct KnowledgeBaseSpec {
     pub storage: Storage,
 }
 
+#[cfg(feature = "kube")]
 fn default_keep_generations() -> i32 {
     3
 }
 
 /// One document source.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.http) ? 1 : 0) == 1").message(messages::ONE_SOURCE_KIND))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.http) ? 1 : 0) == 1").message(messages::ONE_SOURCE_KIND)))]
 pub struct Source {
     /// Unique name of the source within the KnowledgeBase (a DNS label); appears in citations
     /// and in `status.sourceErrors`.
@@ -318,17 +331,19 @@ pub struct ConfigMapSource {
 }
 
 /// Documents on a volume path.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.claimName) || !(self.path == '/' || ['/etc/switchboard', '/var/lib/switchboard', '/tmp', '/dev', '/proc', '/sys'].exists(p, self.path == p || self.path.startsWith(p + '/')))").message(messages::RESERVED_PATH).field_path(".path"))]
-#[x_kube(validation = Rule::new("has(self.claimName) || !(self.path == '/' || ['/proc', '/sys', '/dev', '/etc', '/run', '/var/run', '/root', '/tmp', '/var/lib/switchboard'].exists(p, self.path == p || self.path.startsWith(p + '/')))").message(messages::SYSTEM_PATH).field_path(".path"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.claimName) || !(self.path == '/' || ['/etc/switchboard', '/var/lib/switchboard', '/tmp', '/dev', '/proc', '/sys'].exists(p, self.path == p || self.path.startsWith(p + '/')))").message(messages::RESERVED_PATH).field_path(".path")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.claimName) || !(self.path == '/' || ['/proc', '/sys', '/dev', '/etc', '/run', '/var/run', '/root', '/tmp', '/var/lib/switchboard'].exists(p, self.path == p || self.path.startsWith(p + '/')))").message(messages::SYSTEM_PATH).field_path(".path")))]
 pub struct VolumeSource {
     /// Absolute path of a file or directory (directories are read recursively). With
     /// `claimName`, where the claim is mounted in the index builder (its root is read); without,
     /// a path the index builder image holds.
     #[schemars(length(min = 1, max = 4096))]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message(messages::ABSOLUTE_PATH))]
-    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.]?(/|$)') && !self.contains('//')").message(messages::NORMALIZED_PATH))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.startsWith('/')").message(messages::ABSOLUTE_PATH)))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!self.matches('(^|/)[.][.]?(/|$)') && !self.contains('//')").message(messages::NORMALIZED_PATH)))]
     pub path: String,
     /// A PersistentVolumeClaim in the KnowledgeBase's namespace, mounted read-only at `path` in
     /// the index build pod. Its content is not hashed: edits reach the index on the next
@@ -371,11 +386,13 @@ impl VolumeSource {
 }
 
 /// A document fetched over HTTP(S).
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpSource {
     /// The URL.
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+')").message(messages::HTTP_URL))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+')").message(messages::HTTP_URL)))]
     pub url: String,
     /// Expected digest (`sha256:<64 hex>`); a mismatch fails the source instead of indexing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -409,9 +426,11 @@ pub enum ChunkingStrategy {
 }
 
 /// How documents are split into chunks.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.overlapTokens < self.maxTokens").message(messages::OVERLAP_BELOW_MAX).field_path(".overlapTokens"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.overlapTokens < self.maxTokens").message(messages::OVERLAP_BELOW_MAX).field_path(".overlapTokens")))]
 pub struct Chunking {
     /// `Fixed` or `Hierarchical` (default).
     #[serde(default)]
@@ -467,9 +486,11 @@ impl Default for Embedding {
 }
 
 /// Retrieval settings.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.bm25.enabled || self.dense.enabled").message(messages::ONE_RETRIEVER))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.bm25.enabled || self.dense.enabled").message(messages::ONE_RETRIEVER)))]
 pub struct Retrieval {
     /// Passages returned to generation.
     #[serde(default = "default_top_k")]
@@ -637,9 +658,11 @@ pub enum FusionMethod {
 }
 
 /// How rankings are fused.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(self.method == 'Weighted') == has(self.denseWeight)").message(messages::DENSE_WEIGHT).field_path(".denseWeight"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("(self.method == 'Weighted') == has(self.denseWeight)").message(messages::DENSE_WEIGHT).field_path(".denseWeight")))]
 pub struct Fusion {
     /// `ReciprocalRank` (default) or `Weighted`.
     #[serde(default)]
@@ -669,9 +692,11 @@ impl Default for Fusion {
 }
 
 /// Cross-encoder rerank.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!self.enabled || has(self.model)").message(messages::RERANK_MODEL).field_path(".model"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!self.enabled || has(self.model)").message(messages::RERANK_MODEL).field_path(".model")))]
 pub struct Rerank {
     /// Rerank the fused top N with a cross-encoder.
     #[serde(default)]
@@ -767,12 +792,14 @@ impl Default for Staleness {
 }
 
 /// Coverage-gap detection (`ContentCovers`).
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Coverage {
     /// Query window over which gaps are measured (at least `1h`).
     #[serde(default = "default_coverage_window")]
-    #[x_kube(validation = Rule::new(crate::units::duration_at_least_rule("self", "1h")).message(messages::COVERAGE_WINDOW_MIN))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(crate::units::duration_at_least_rule("self", "1h")).message(messages::COVERAGE_WINDOW_MIN)))]
     pub window: GoDuration,
     /// A topic is a gap when at least this many of its queries were escalated, found no passage
     /// or were refused over the window ...
@@ -826,8 +853,11 @@ impl AccessMode {
     }
 }
 
+#[cfg(feature = "kube")]
 /// Storage for index generations.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
     /// Size of the PersistentVolumeClaim holding index generations.
@@ -840,14 +870,16 @@ pub struct Storage {
     /// runtime replica of the Routers using this KnowledgeBase reads it: replicas on several
     /// nodes need `ReadWriteMany`. Immutable (a claim's access modes cannot change).
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::ACCESS_MODE_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::ACCESS_MODE_IMMUTABLE)))]
     pub access_mode: AccessMode,
 }
 
+#[cfg(feature = "kube")]
 fn default_storage_size() -> Quantity {
     Quantity("1Gi".to_owned())
 }
 
+#[cfg(feature = "kube")]
 impl Default for Storage {
     fn default() -> Self {
         Self {
@@ -858,8 +890,11 @@ impl Default for Storage {
     }
 }
 
+#[cfg(feature = "kube")]
 /// Observed state of a KnowledgeBase.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeBaseStatus {
     /// The `metadata.generation` this status describes.
@@ -868,7 +903,7 @@ pub struct KnowledgeBaseStatus {
     /// `Ready`, `Progressing`, `Degraded`, `IndexReady`, `SourcesHealthy`, and the content
     /// checks `ContentFresh`, `ContentConsistent`, `ContentCovers`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["type".into()])))]
     pub conditions: Vec<Condition>,
     /// The index generation being served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -934,6 +969,7 @@ pub const MAX_LISTED_COVERAGE_GAPS: usize = 10;
 /// Documents named per listed coverage gap, at most.
 pub const MAX_COVERAGE_GAP_DOCUMENTS: usize = 3;
 
+#[cfg(feature = "kube")]
 /// A topic the knowledge base does not answer: similar queries (MiniLM cosine 0.75 or more)
 /// that were escalated, found no passage, or were refused. Counts and ids only: the queries
 /// themselves are customers' words, read through the Router's authenticated admin API
@@ -964,6 +1000,7 @@ pub struct CoverageGap {
     pub last_seen: Option<Time>,
 }
 
+#[cfg(feature = "kube")]
 /// A document past its freshness class's `staleAfter` that still answers queries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -1015,6 +1052,7 @@ pub struct SourceError {
     pub message: String,
 }
 
+#[cfg(feature = "kube")]
 impl KnowledgeBaseSpec {
     /// The freshness class named `name` (declared ones override built-ins), as
     /// `(half_life, stale_after)`.
@@ -1033,6 +1071,7 @@ impl KnowledgeBaseSpec {
     }
 }
 
+#[cfg(feature = "kube")]
 impl KnowledgeBaseSpec {
     /// The rules about changes (the transition rules of the CRD): `storage.accessMode` is
     /// immutable.
@@ -1047,6 +1086,7 @@ impl KnowledgeBaseSpec {
     }
 }
 
+#[cfg(feature = "kube")]
 impl Validate for KnowledgeBaseSpec {
     fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = Errors::default();

@@ -1,17 +1,24 @@
 //! `Router`: the serving entry point (small model + adapters, large model, routing policy).
 
+#[cfg(feature = "kube")]
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
     api::networking::v1::NetworkPolicyPeer,
     apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement, Time},
 };
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    common::{Errors, ObjectRef, SecretKeyRef, Validate, ValidationErrors},
-    units::{GoDuration, Percent, duration_at_least_rule, percent_rule},
+    common::SecretKeyRef,
+    units::{GoDuration, Percent},
+};
+#[cfg(feature = "kube")]
+use crate::{
+    common::{Errors, ObjectRef, Validate, ValidationErrors},
+    units::{duration_at_least_rule, percent_rule},
 };
 
 /// Messages of the Router admission rules (shared by the CEL rules and [`Validate`]).
@@ -52,64 +59,70 @@ pub mod messages {
 /// that picks between them per query. References one KnowledgeBase.
 // `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[kube(
-    group = "switchboard.dev",
-    version = "v1alpha1",
-    kind = "Router",
-    plural = "routers",
-    singular = "router",
-    shortname = "rt",
-    category = "switchboard",
-    namespaced,
-    status = "RouterStatus",
-    selectable = ".spec.knowledgeBaseRef.name",
-    derive = "PartialEq",
-    doc = "A Router: the serving entry point; small model with adapters, large model, and the per-query routing policy, over one KnowledgeBase.",
-    scale(
-        spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas",
-        label_selector_path = ".status.selector"
-    ),
-    printcolumn(
-        name = "KnowledgeBase",
-        type_ = "string",
-        json_path = ".spec.knowledgeBaseRef.name"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Replicas",
-        type_ = "integer",
-        json_path = ".status.readyReplicas",
-        description = "Ready runtime pods"
-    ),
-    printcolumn(
-        name = "Small",
-        type_ = "string",
-        json_path = ".status.routedShare.small",
-        description = "Share of queries served by the small model"
-    ),
-    printcolumn(
-        name = "Large",
-        type_ = "string",
-        json_path = ".status.routedShare.large",
-        description = "Share of queries served by the large model"
-    ),
-    printcolumn(
-        name = "Holdout",
-        type_ = "string",
-        json_path = ".status.holdout.phase",
-        description = "The permanent holdout: Running or Ended",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+#[cfg(feature = "kube")]
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "switchboard.dev",
+        version = "v1alpha1",
+        kind = "Router",
+        plural = "routers",
+        singular = "router",
+        shortname = "rt",
+        category = "switchboard",
+        namespaced,
+        status = "RouterStatus",
+        selectable = ".spec.knowledgeBaseRef.name",
+        derive = "PartialEq",
+        doc = "A Router: the serving entry point; small model with adapters, large model, and the per-query routing policy, over one KnowledgeBase.",
+        scale(
+            spec_replicas_path = ".spec.replicas",
+            status_replicas_path = ".status.replicas",
+            label_selector_path = ".status.selector"
+        ),
+        printcolumn(
+            name = "KnowledgeBase",
+            type_ = "string",
+            json_path = ".spec.knowledgeBaseRef.name"
+        ),
+        printcolumn(
+            name = "Ready",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        ),
+        printcolumn(
+            name = "Replicas",
+            type_ = "integer",
+            json_path = ".status.readyReplicas",
+            description = "Ready runtime pods"
+        ),
+        printcolumn(
+            name = "Small",
+            type_ = "string",
+            json_path = ".status.routedShare.small",
+            description = "Share of queries served by the small model"
+        ),
+        printcolumn(
+            name = "Large",
+            type_ = "string",
+            json_path = ".status.routedShare.large",
+            description = "Share of queries served by the large model"
+        ),
+        printcolumn(
+            name = "Holdout",
+            type_ = "string",
+            json_path = ".status.holdout.phase",
+            description = "The permanent holdout: Running or Ended",
+            priority = 1
+        ),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -167,7 +180,7 @@ pub struct RouterSpec {
     /// new lineage of any AdapterPatch, and no Experiment, while it runs; `status.holdout`
     /// compares them with everyone else (the cumulative effect of every change shipped since).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::HOLDOUT_IMMUTABLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self == oldSelf").message(messages::HOLDOUT_IMMUTABLE)))]
     pub holdout: Option<RouterHoldout>,
 }
 
@@ -176,28 +189,30 @@ pub struct RouterSpec {
 /// holdout's units stay on the adapter versions that were stable when it started
 /// (`status.holdout.pinned`) for `duration`, so their outcomes against everyone else's measure
 /// every change shipped since, together.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouterHoldout {
     /// Share of units held out, above 0% and at most 20%. A unit is the request's most durable
     /// id (`userId`, else `accountId`, else `conversationId`); requests with none are never held
     /// out.
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 20.0, false)).message(messages::HOLDOUT_SHARE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 20.0, false)).message(messages::HOLDOUT_SHARE)))]
     pub share: Percent,
     /// How long it runs from its start (`status.holdout.startedAt`); then its units rejoin
     /// everyone else and the status keeps the final comparison.
     #[serde(default = "default_holdout_duration")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::HOLDOUT_DURATION))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::HOLDOUT_DURATION)))]
     pub duration: GoDuration,
     /// Metrics compared, per unit (delta method), held out against exposed.
     #[serde(default = "default_holdout_metrics")]
     #[schemars(length(min = 1, max = 4))]
-    #[x_kube(validation = Rule::new("self.all(m, m != 'shadowDivergence') && self.all(m, self.exists_one(o, o == m))").message(messages::HOLDOUT_METRICS))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.all(m, m != 'shadowDivergence') && self.all(m, self.exists_one(o, o == m))").message(messages::HOLDOUT_METRICS)))]
     pub metrics: Vec<crate::Metric>,
     /// How old an interaction must be to count, so its outcome has had time to arrive (both
     /// groups alike). Default: `72h` for the outcome metrics, `0s` for the answer-time ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "0s")).message(messages::HOLDOUT_SETTLE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "0s")).message(messages::HOLDOUT_SETTLE)))]
     pub settle_after: Option<GoDuration>,
 }
 
@@ -218,10 +233,12 @@ impl RouterHoldout {
     }
 }
 
+#[cfg(feature = "kube")]
 fn default_replicas() -> i32 {
     1
 }
 
+#[cfg(feature = "kube")]
 /// The small model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -246,18 +263,22 @@ pub struct SmallModel {
     pub max_queue_depth: i32,
 }
 
+#[cfg(feature = "kube")]
 fn default_max_active_adapters() -> i32 {
     8
 }
 
+#[cfg(feature = "kube")]
 fn default_small_max_queue_depth() -> i32 {
     16
 }
 
 /// The large model: exactly one of `local` or `endpoint`.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.local) != has(self.endpoint)").message(messages::ONE_LARGE_MODEL))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.local) != has(self.endpoint)").message(messages::ONE_LARGE_MODEL)))]
 pub struct LargeModel {
     /// A second local model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -285,16 +306,18 @@ pub struct LocalModel {
 }
 
 /// An external OpenAI-compatible endpoint.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(format!(
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new(format!(
     "!has(self.secretRef) || self.url.startsWith('https://') || (has(self.allowPlaintextInCluster) && self.allowPlaintextInCluster && self.url.matches({}))",
     crate::units::cel_string(crate::common::IN_CLUSTER_HTTP_PATTERN)
-)).message(messages::PLAINTEXT_CREDENTIALS))]
+)).message(messages::PLAINTEXT_CREDENTIALS)))]
 pub struct Endpoint {
     /// Base URL (e.g. `https://llm.internal/v1`).
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+')").message(messages::ENDPOINT_URL))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+')").message(messages::ENDPOINT_URL)))]
     pub url: String,
     /// Model name sent in requests.
     #[schemars(length(min = 1, max = 256))]
@@ -386,7 +409,9 @@ pub enum RewritePolicy {
 }
 
 /// When to rewrite queries.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryRewrite {
     /// `Never`, `Auto` (default) or `Always`.
@@ -420,11 +445,13 @@ impl Default for QueryRewrite {
 }
 
 /// Exploration.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Exploration {
     /// Share of queries routed large that are served by the small model instead (0%..50%).
     #[serde(default = "default_exploration_share")]
-    #[x_kube(validation = Rule::new(percent_rule("self", 0.0, 50.0, true)).message(messages::EXPLORATION_SHARE))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(percent_rule("self", 0.0, 50.0, true)).message(messages::EXPLORATION_SHARE)))]
     pub share: Percent,
 }
 
@@ -441,7 +468,9 @@ impl Default for Exploration {
 }
 
 /// The outcome store of a Router's runtime pods.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutcomeStore {
     /// A Secret key holding a PostgreSQL URL (`postgres://user:password@host:5432/database`),
@@ -453,7 +482,7 @@ pub struct OutcomeStore {
     /// How long interactions and outcomes are kept (at least the interaction tokens' lifetime,
     /// 168h, so feedback for a pruned interaction can never count again).
     #[serde(default = "default_outcome_retention")]
-    #[x_kube(validation = Rule::new(duration_at_least_rule("self", "168h")).message(messages::OUTCOME_RETENTION))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "168h")).message(messages::OUTCOME_RETENTION)))]
     pub retention: GoDuration,
 }
 
@@ -573,6 +602,7 @@ impl Default for Grounding {
     }
 }
 
+#[cfg(feature = "kube")]
 impl RouterSpec {
     /// Checks the rules that compare an update with the stored object: a holdout does not
     /// change while it exists (removing it, or adding one, is allowed).
@@ -585,6 +615,7 @@ impl RouterSpec {
     }
 }
 
+#[cfg(feature = "kube")]
 impl Validate for RouterSpec {
     fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = Errors::default();
@@ -716,6 +747,7 @@ impl RedactPattern {
     }
 }
 
+#[cfg(feature = "kube")]
 /// Access to a Router's runtime pods (docs/security.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -741,10 +773,12 @@ pub struct Access {
     pub network_policy: bool,
 }
 
+#[cfg(feature = "kube")]
 fn enabled() -> bool {
     true
 }
 
+#[cfg(feature = "kube")]
 impl Default for Access {
     fn default() -> Self {
         Self {
@@ -755,8 +789,11 @@ impl Default for Access {
     }
 }
 
+#[cfg(feature = "kube")]
 /// Observed state of a Router.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouterStatus {
     /// The `metadata.generation` this status describes.
@@ -764,7 +801,7 @@ pub struct RouterStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Degraded`, `RuntimeConfigApplied`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[cfg_attr(feature = "kube", x_kube(merge_strategy = ListMerge::Map(vec!["type".into()])))]
     pub conditions: Vec<Condition>,
     /// Runtime pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -836,6 +873,7 @@ pub struct HoldoutComparison {
     pub p_value: f64,
 }
 
+#[cfg(feature = "kube")]
 /// Observed state of the permanent holdout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -894,6 +932,7 @@ pub struct ActiveAdapter {
     pub candidate_weight: i32,
 }
 
+#[cfg(feature = "kube")]
 /// Whether `labels` match a Kubernetes label selector (`matchLabels` AND every
 /// `matchExpressions` requirement). An empty selector matches everything.
 pub fn selector_matches(
@@ -913,6 +952,7 @@ pub fn selector_matches(
             .all(|req| requirement_matches(req, labels))
 }
 
+#[cfg(feature = "kube")]
 fn requirement_matches(
     req: &LabelSelectorRequirement,
     labels: &std::collections::BTreeMap<String, String>,
