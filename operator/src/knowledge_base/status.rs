@@ -302,3 +302,116 @@ pub fn fold_report(
     status.source_errors.clone_from(&report.source_errors);
     status.last_build_time = finished_at;
 }
+
+#[cfg(test)]
+mod tests {
+    use switchboard_crds::find_condition;
+
+    use super::*;
+
+    fn kb(status: Option<KnowledgeBaseStatus>) -> KnowledgeBase {
+        let mut kb: KnowledgeBase = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "KnowledgeBase",
+            "metadata": {"name": "help", "namespace": "support", "generation": 1},
+            "spec": {"sources": [{"name": "faq", "format": "Markdown", "inline": {"a.md": "# A"}}]},
+        }))
+        .unwrap();
+        kb.status = status;
+        kb
+    }
+
+    fn report(generation: i64) -> BuildReport {
+        serde_json::from_value(serde_json::json!({
+            "generation": generation, "documents": 4, "chunks": 12,
+        }))
+        .unwrap()
+    }
+
+    const INTERVALS: Intervals = Intervals {
+        settling: Duration::from_secs(60),
+        resync: Duration::from_secs(300),
+    };
+
+    fn observed(build: BuildOutcome) -> Observed<'static> {
+        Observed {
+            build,
+            building: None,
+            missing_input: None,
+            next_refresh: None,
+            freshness: None,
+            coverage: None,
+        }
+    }
+
+    /// A failed build keeps the served generation and says so until a later build succeeds; a
+    /// success serves the new generation and keeps the one before for switching back.
+    #[test]
+    fn a_failed_build_keeps_serving_and_a_later_success_clears_it() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| Some(Time(Timestamp::from_second(s).unwrap()));
+        let (first, _) = status(
+            &kb(None),
+            observed(BuildOutcome::Succeeded {
+                report: report(3),
+                finished_at: at(100),
+            }),
+            now,
+            INTERVALS,
+        );
+        assert_eq!(first.index_generation, Some(3));
+        let ready = find_condition(&first.conditions, cond::READY).unwrap();
+        assert_eq!(ready.status, "True");
+
+        let (failed, _) = status(
+            &kb(Some(first.clone())),
+            observed(BuildOutcome::Failed {
+                message: "build help-index-b-2 failed: BackoffLimitExceeded".into(),
+                finished_at: at(200),
+            }),
+            now,
+            INTERVALS,
+        );
+        let degraded = find_condition(&failed.conditions, cond::DEGRADED).unwrap();
+        assert_eq!(degraded.reason, reasons::INDEX_BUILD_FAILED);
+        assert!(
+            degraded.message.ends_with("generation 3 keeps serving"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(failed.index_generation, Some(3));
+
+        // Nothing new finished: the failure stays reported.
+        let (still, _) = status(
+            &kb(Some(failed.clone())),
+            observed(BuildOutcome::Unchanged),
+            now,
+            INTERVALS,
+        );
+        let degraded = find_condition(&still.conditions, cond::DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", reasons::INDEX_BUILD_FAILED)
+        );
+
+        let (fixed, requeue) = status(
+            &kb(Some(still)),
+            observed(BuildOutcome::Succeeded {
+                report: report(4),
+                finished_at: at(300),
+            }),
+            now,
+            INTERVALS,
+        );
+        assert_eq!(
+            (fixed.index_generation, fixed.previous_generation),
+            (Some(4), Some(3))
+        );
+        assert_eq!(
+            find_condition(&fixed.conditions, cond::DEGRADED)
+                .unwrap()
+                .status,
+            "False"
+        );
+        assert_eq!(requeue, INTERVALS.resync);
+    }
+}

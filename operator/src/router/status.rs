@@ -344,3 +344,134 @@ pub fn config_status(config: &RuntimeConfig, router: &str) -> RouterStatus {
         ..RouterStatus::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use switchboard_crds::find_condition;
+
+    use super::*;
+
+    fn router() -> Router {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "Router",
+            "metadata": {"name": "frontline", "namespace": "support", "generation": 2},
+            "spec": {
+                "knowledgeBaseRef": {"name": "help"},
+                "smallModel": {"model": "/models/smollm2.gguf"},
+                "largeModel": {"endpoint": {"url": "https://llm.internal/v1", "model": "big"}},
+                "replicas": 2,
+            },
+        }))
+        .unwrap()
+    }
+
+    fn config() -> RuntimeConfig {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "RuntimeConfig",
+            "revision": "sha256:new",
+            "router": {"namespace": "support", "name": "frontline"},
+            "knowledgeBase": {"name": "help", "indexGeneration": 3, "embeddingModel": "/m", "retrieval": {}},
+            "smallModel": {"model": "/models/smollm2.gguf", "maxActiveAdapters": 8, "maxNewTokens": 256},
+            "largeModel": {"maxQueueDepth": 32},
+            "routerPolicy": {"difficultyThreshold": 0.5, "adapterSelection": {}, "queryRewrite": {},
+                             "explorationShare": "5%", "shadowMaxConcurrent": 2},
+        }))
+        .unwrap()
+    }
+
+    fn pods(ready: i32) -> DeploymentStatus {
+        DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(2),
+            available_replicas: Some(ready),
+            ..DeploymentStatus::default()
+        }
+    }
+
+    const INTERVALS: Intervals = Intervals {
+        settling: Duration::from_secs(60),
+        resync: Duration::from_secs(300),
+    };
+
+    fn observe<'a>(
+        config: &'a RuntimeConfig,
+        deployment: &'a DeploymentStatus,
+        loaded: Result<Vec<String>, String>,
+        secret_problems: &'a [String],
+    ) -> Observed<'a> {
+        Observed {
+            config,
+            skipped: &[],
+            secret_problems,
+            deployment: Some(deployment),
+            deployment_current: true,
+            loaded,
+            routed_share: None,
+            holdout_data: None,
+            index_access_mode: AccessMode::ReadWriteMany,
+            rotation: None,
+        }
+    }
+
+    fn condition_of<'a>(status: &'a RouterStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
+        let c = find_condition(&status.conditions, type_).expect(type_);
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+    }
+
+    /// What `kubectl get router` shows while the pods still run the old revision, and once
+    /// they run the new one; the controller looks again sooner while it settles.
+    #[test]
+    fn the_status_says_which_revision_the_pods_run_and_requeues_until_they_do() {
+        let (router, config, deployment) = (router(), config(), pods(2));
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let stale = observe(&config, &deployment, Ok(vec!["sha256:old".into()]), &[]);
+        let (status, requeue) = super::status(&router, stale, now, INTERVALS);
+        let (state, reason, message) = condition_of(&status, cond::RUNTIME_CONFIG_APPLIED);
+        assert_eq!((state, reason), ("False", reasons::CONFIG_PENDING));
+        assert!(
+            message.contains("pods still report sha256:old"),
+            "{message}"
+        );
+        assert_eq!(requeue, INTERVALS.settling);
+        assert_eq!(status.ready_replicas, Some(2));
+        assert_eq!(status.runtime_config_hash.as_deref(), Some("sha256:new"));
+
+        let current = observe(&config, &deployment, Ok(vec!["sha256:new".into()]), &[]);
+        let (status, requeue) = super::status(&router, current, now, INTERVALS);
+        assert_eq!(
+            condition_of(&status, cond::RUNTIME_CONFIG_APPLIED).0,
+            "True"
+        );
+        assert_eq!(condition_of(&status, cond::READY).0, "True");
+        assert_eq!(condition_of(&status, cond::DEGRADED).0, "False");
+        assert_eq!(requeue, INTERVALS.resync);
+
+        // Prometheus unreachable: whether the pods loaded it is Unknown, not False.
+        let unknown = observe(&config, &deployment, Err("connection refused".into()), &[]);
+        let (status, _) = super::status(&router, unknown, now, INTERVALS);
+        let (state, reason, _) = condition_of(&status, cond::RUNTIME_CONFIG_APPLIED);
+        assert_eq!((state, reason), ("Unknown", reasons::METRICS_UNAVAILABLE));
+    }
+
+    #[test]
+    fn a_missing_secret_degrades_the_router_and_is_looked_at_again_soon() {
+        let (router, config, deployment) = (router(), config(), pods(0));
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let problems =
+            vec!["Secret llm-key (spec.largeModel.endpoint.secretRef) does not exist".to_owned()];
+        let observed = observe(
+            &config,
+            &deployment,
+            Ok(vec!["sha256:new".into()]),
+            &problems,
+        );
+        let (status, requeue) = super::status(&router, observed, now, INTERVALS);
+        let (state, reason, message) = condition_of(&status, cond::DEGRADED);
+        assert_eq!((state, reason), ("True", reasons::REFERENCE_NOT_FOUND));
+        assert!(message.contains("llm-key"), "{message}");
+        assert_eq!(condition_of(&status, cond::READY).0, "False");
+        assert_eq!(requeue, INTERVALS.settling);
+    }
+}
