@@ -427,7 +427,7 @@ mod tests {
         let (router, config, deployment) = (router(), config(), pods(2));
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let stale = observe(&config, &deployment, Ok(vec!["sha256:old".into()]), &[]);
-        let (status, requeue) = super::status(&router, stale, now, INTERVALS);
+        let (status, requeue) = status(&router, stale, now, INTERVALS);
         let (state, reason, message) = condition_of(&status, cond::RUNTIME_CONFIG_APPLIED);
         assert_eq!((state, reason), ("False", reasons::CONFIG_PENDING));
         assert!(
@@ -467,7 +467,7 @@ mod tests {
             Ok(vec!["sha256:new".into()]),
             &problems,
         );
-        let (status, requeue) = super::status(&router, observed, now, INTERVALS);
+        let (status, requeue) = status(&router, observed, now, INTERVALS);
         let (state, reason, message) = condition_of(&status, cond::DEGRADED);
         assert_eq!((state, reason), ("True", reasons::REFERENCE_NOT_FOUND));
         assert!(message.contains("llm-key"), "{message}");
