@@ -382,6 +382,22 @@ pub async fn report_failure<K: FailureStatus>(obj: &K, ctx: &Context, error: &Er
         .await;
 }
 
+/// Whether PersistentVolumeClaim `claim` exists in `namespace` (a build or verification pod
+/// waiting for a missing volume would never finish, so callers report it instead).
+pub async fn claim_exists(client: &Client, namespace: &str, claim: &str) -> Result<bool> {
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get_metadata_opt(claim)
+        .await
+        .map(|found| found.is_some())
+        .map_err(|e| {
+            Error::kube(
+                "get",
+                format!("PersistentVolumeClaim {namespace}/{claim}"),
+                e,
+            )
+        })
+}
+
 /// `Kind namespace/name` of an object, for errors and logs.
 pub fn describe<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{PersistentVolumeClaim, Pod, Secret},
+    core::v1::{Pod, Secret},
 };
 use kube::{
     Api, ResourceExt,
@@ -339,18 +339,7 @@ async fn pvc_check(
         .await
         .map_err(|e| Error::kube("get", object.clone(), e))?
     else {
-        let exists = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
-            .get_metadata_opt(claim)
-            .await
-            .map_err(|e| {
-                Error::kube(
-                    "get",
-                    format!("PersistentVolumeClaim {namespace}/{claim}"),
-                    e,
-                )
-            })?
-            .is_some();
-        if !exists {
+        if !crate::context::claim_exists(client, namespace, claim).await? {
             return Ok(unavailable(format!(
                 "{}: PersistentVolumeClaim {claim} does not exist in namespace {namespace}",
                 spec.artifact.uri

@@ -1,7 +1,7 @@
 //! What a KnowledgeBase must satisfy before a build starts: its spec's rules, and the inputs
 //! its sources read beyond the spec (ConfigMaps with their keys, claims) existing.
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 use switchboard_crds::{KnowledgeBase, Validate, knowledge_base::SourceKind};
 
@@ -26,7 +26,6 @@ pub async fn source_inputs(
     kb: &KnowledgeBase,
 ) -> Result<SourceInputs> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let missing = |kind: &'static str, name: String| Error::ReferenceNotFound {
         object: describe(kb),
         kind,
@@ -52,18 +51,10 @@ pub async fn source_inputs(
                 inputs.insert(source.name.clone(), digest);
             }
             Some(SourceKind::Volume(volume)) => {
-                if let Some(claim) = &volume.claim_name {
-                    claims
-                        .get_metadata_opt(claim)
-                        .await
-                        .map_err(|e| {
-                            Error::kube(
-                                "get",
-                                format!("PersistentVolumeClaim {namespace}/{claim}"),
-                                e,
-                            )
-                        })?
-                        .ok_or_else(|| missing("PersistentVolumeClaim", claim.clone()))?;
+                if let Some(claim) = &volume.claim_name
+                    && !crate::context::claim_exists(client, namespace, claim).await?
+                {
+                    return Err(missing("PersistentVolumeClaim", claim.clone()));
                 }
             }
             _ => {}
