@@ -45,11 +45,7 @@ impl HttpState {
         pinned: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let serving: Arc<dyn Serving> = match (&engine, &service) {
-            (Some(engine), _) => Arc::new(Runtime::engine(Arc::clone(engine))),
-            (None, Some(service)) => Arc::new(Runtime::retrieval_only(Arc::clone(service))),
-            (None, None) => Arc::new(Runtime::default()),
-        };
+        let serving: Arc<dyn Serving> = Arc::new(Runtime::new(service.clone(), engine.clone()));
         Self {
             service,
             engine,
@@ -62,10 +58,7 @@ impl HttpState {
 
     /// The retrieval service in force.
     pub fn service(&self) -> Option<Arc<RetrievalService>> {
-        match &self.engine {
-            Some(engine) => engine.active().map(|a| Arc::clone(&a.retrieval)),
-            None => self.service.clone(),
-        }
+        crate::serving::service_in_force(self.service.as_ref(), self.engine.as_ref())
     }
 
     fn engine(&self) -> Result<&Arc<Engine>, Box<Response>> {
@@ -73,8 +66,7 @@ impl HttpState {
             Box::new(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "no Router: answers need a RuntimeConfig (--runtime-config) or a Router manifest"
-                    .into(),
+                crate::serving::NO_ROUTER.into(),
             ))
         })
     }
@@ -84,7 +76,7 @@ fn unavailable() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
-        "no index generation loaded yet".into(),
+        crate::serving::NO_GENERATION.into(),
     )
 }
 

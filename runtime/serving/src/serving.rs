@@ -19,6 +19,21 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub const NO_ROUTER: &str =
     "no Router: answers need a RuntimeConfig (--runtime-config) or a Router manifest";
 
+/// Why nothing is retrieved before the first index generation is loaded.
+pub const NO_GENERATION: &str = "no index generation loaded yet";
+
+/// The retrieval service in force: the engine's (once a RuntimeConfig is applied) when there is
+/// an engine, else the fixed one of a retrieval-only runtime.
+pub fn service_in_force(
+    service: Option<&Arc<RetrievalService>>,
+    engine: Option<&Arc<Engine>>,
+) -> Option<Arc<RetrievalService>> {
+    match engine {
+        Some(engine) => engine.active().map(|a| Arc::clone(&a.retrieval)),
+        None => service.cloned(),
+    }
+}
+
 /// What a runtime serves, whatever the transport.
 pub trait Serving: Send + Sync + fmt::Debug {
     /// Ranked passages for a query.
@@ -53,28 +68,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Serves `engine` when there is one, else retrieval alone from `service` (neither: nothing
+    /// is served yet).
+    pub fn new(service: Option<Arc<RetrievalService>>, engine: Option<Arc<Engine>>) -> Self {
+        Self { service, engine }
+    }
+
     /// Serves answers, feedback and retrieval from `engine`.
     pub fn engine(engine: Arc<Engine>) -> Self {
-        Self {
-            service: None,
-            engine: Some(engine),
-        }
+        Self::new(None, Some(engine))
     }
 
-    /// Serves retrieval alone from `service`.
-    pub fn retrieval_only(service: Arc<RetrievalService>) -> Self {
-        Self {
-            service: Some(service),
-            engine: None,
-        }
-    }
-
-    /// The retrieval service in force (the engine's, once a RuntimeConfig is applied).
+    /// The retrieval service in force ([`service_in_force`]).
     pub fn service(&self) -> Option<Arc<RetrievalService>> {
-        match &self.engine {
-            Some(engine) => engine.active().map(|a| Arc::clone(&a.retrieval)),
-            None => self.service.clone(),
-        }
+        service_in_force(self.service.as_ref(), self.engine.as_ref())
     }
 
     fn answering(&self) -> Result<&Arc<Engine>, ServiceError> {
@@ -90,9 +97,9 @@ impl Serving for Runtime {
         request: RetrieveRequest,
     ) -> BoxFuture<'_, Result<SearchResponse, ServiceError>> {
         Box::pin(async move {
-            let service = self.service().ok_or_else(|| {
-                ServiceError::Unavailable("no index generation loaded yet".to_owned())
-            })?;
+            let service = self
+                .service()
+                .ok_or_else(|| ServiceError::Unavailable(NO_GENERATION.to_owned()))?;
             service.retrieve(request).await
         })
     }
