@@ -198,6 +198,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Compiled, CompileError> {
         },
         router_policy: RouterPolicy {
             difficulty_threshold: spec.difficulty.threshold,
+            difficulty_model: spec.difficulty.model.as_ref().map(|m| m.weights),
             adapter_selection: spec.adapter_selection.clone(),
             query_rewrite: {
                 let mut q = spec.query_rewrite.clone();

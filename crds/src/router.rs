@@ -112,6 +112,13 @@ pub mod messages {
             description = "Share of queries served by the large model"
         ),
         printcolumn(
+            name = "Difficulty",
+            type_ = "string",
+            json_path = ".status.difficulty.source",
+            description = "HandSet or Fitted difficulty weights",
+            priority = 1
+        ),
+        printcolumn(
             name = "Holdout",
             type_ = "string",
             json_path = ".status.holdout.phase",
@@ -344,11 +351,17 @@ fn default_endpoint_timeout() -> GoDuration {
 /// Difficulty estimation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Difficulty {
-    /// Calibrated probability (0..1) that the small model's answer is unacceptable, above which
-    /// the query goes to the large model (unless its queue is full).
+    /// Probability (0..1) that the small model's answer is unacceptable, above which the query
+    /// goes to the large model (unless its queue is full); a calibrated probability when
+    /// `model` was fitted on outcomes, a score of the hand-set weights otherwise.
     #[serde(default = "default_difficulty_threshold")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub threshold: f64,
+    /// The difficulty model fitted on this Router's outcomes (`switchboard-runtime router
+    /// fit` writes it with the threshold it chose); without it the runtime's hand-set weights
+    /// score queries and the threshold is not calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<DifficultyModel>,
 }
 
 fn default_difficulty_threshold() -> f64 {
@@ -359,8 +372,83 @@ impl Default for Difficulty {
     fn default() -> Self {
         Self {
             threshold: default_difficulty_threshold(),
+            model: None,
         }
     }
+}
+
+/// A fitted difficulty model: logistic weights over the query features (docs/runtime.md,
+/// "Route") and how it was calibrated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DifficultyModel {
+    /// The weights.
+    pub weights: DifficultyWeights,
+    /// Where they come from and how well they predicted held-out outcomes.
+    pub calibration: Calibration,
+}
+
+/// Logistic weights of "the small model's answer is unacceptable" over the query features,
+/// each feature scaled to 0..1.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DifficultyWeights {
+    /// Intercept.
+    pub bias: f64,
+    /// Words / 40, capped at 1.
+    pub length: f64,
+    /// (clauses - 1) / 4, capped.
+    pub clauses: f64,
+    /// Negations and qualifications / 2, capped.
+    pub qualifications: f64,
+    /// The query names identifiers the KnowledgeBase knows.
+    pub known_identifiers: f64,
+    /// The query names identifier-like tokens the KnowledgeBase has never seen.
+    pub unknown_identifiers: f64,
+    /// Distinct documents near the top passage (the answer spans documents).
+    pub multi_document: f64,
+    /// 1 - cosine similarity of the query and the best passage.
+    pub weak_match: f64,
+}
+
+impl DifficultyWeights {
+    /// Bias first, then the features in declaration order.
+    pub fn to_array(&self) -> [f64; 8] {
+        [
+            self.bias,
+            self.length,
+            self.clauses,
+            self.qualifications,
+            self.known_identifiers,
+            self.unknown_identifiers,
+            self.multi_document,
+            self.weak_match,
+        ]
+    }
+}
+
+/// How a difficulty model was fitted and calibrated; shown in the Router's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Calibration {
+    /// When it was fitted (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub fitted_at: String,
+    /// Outcomes it was fitted on.
+    #[schemars(range(min = 0))]
+    pub train_examples: i64,
+    /// Held-out outcomes it was measured on.
+    #[schemars(range(min = 0))]
+    pub held_out_examples: i64,
+    /// Share of held-out outcomes whose acceptability it predicted at the threshold.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub held_out_accuracy: f64,
+    /// Held-out Brier score of its probabilities (0 is perfect; a constant 0.5 scores 0.25).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub brier_score: f64,
+    /// Share of held-out queries the threshold sends to the large model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub large_share: Option<f64>,
 }
 
 /// Adapter selection.
@@ -830,6 +918,38 @@ pub struct RouterStatus {
     /// The permanent holdout (`spec.holdout`): its pinned versions and its comparison.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout: Option<HoldoutStatus>,
+    /// The difficulty model in force and its calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub difficulty: Option<DifficultyStatus>,
+}
+
+/// Where the difficulty weights come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DifficultySource {
+    /// The runtime's hand-set weights: the threshold is not calibrated.
+    #[default]
+    HandSet,
+    /// `spec.difficulty.model`, fitted on outcomes.
+    Fitted,
+}
+
+/// The difficulty model in force (`spec.difficulty`), as the runtime pods were configured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DifficultyStatus {
+    /// `HandSet` or `Fitted`.
+    pub source: DifficultySource,
+    /// The threshold.
+    pub threshold: f64,
+    /// When the fitted model was fitted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted_at: Option<String>,
+    /// Its held-out accuracy at the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_accuracy: Option<f64>,
+    /// Its held-out Brier score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brier_score: Option<f64>,
 }
 
 /// Whether the holdout still holds its units out.

@@ -259,6 +259,10 @@ pub struct EndpointConfig {
 pub struct RouterPolicy {
     /// Queries scoring above this difficulty (0..=1) go to the large model.
     pub difficulty_threshold: f64,
+    /// The Router's fitted difficulty weights (`spec.difficulty.model`); absent: the runtime's
+    /// hand-set weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub difficulty_model: Option<crate::router::DifficultyWeights>,
     /// Adapter selection by domain similarity.
     pub adapter_selection: AdapterSelection,
     /// Query rewriting policy.
@@ -495,6 +499,13 @@ impl Validate for RuntimeConfig {
             unit_interval(policy.difficulty_threshold),
             "routerPolicy.difficultyThreshold",
             "must be between 0 and 1",
+        );
+        e.check(
+            policy
+                .difficulty_model
+                .is_none_or(|w| w.to_array().iter().all(|x| x.is_finite())),
+            "routerPolicy.difficultyModel",
+            "every weight must be a finite number",
         );
         e.check(
             policy.adapter_selection.top_k == 1,

@@ -9,7 +9,8 @@
 
 use switchboard_serving::{artifacts, flywheel, http_client, kb, serve};
 use switchboard_tools::{
-    encoder_training, eval, evidence_training, rerank_training, synth_answers, synth_queries,
+    encoder_training, eval, evidence_training, rerank_training, router_fit, synth_answers,
+    synth_queries,
 };
 
 use std::io::{BufRead, Write};
@@ -20,6 +21,16 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use switchboard_artifact::egress::EgressPolicy;
 use switchboard_model::SentenceEncoder;
+
+/// `switchboard-runtime router ...`.
+#[derive(Debug, Subcommand)]
+enum RouterCommand {
+    /// Fit the difficulty model (small or large model) on flywheel exports: held-out
+    /// calibration (Brier, reliability), routing accuracy, false escalations and cost against
+    /// the hand-set weights, always-small and always-large; writes `spec.difficulty` (weights,
+    /// threshold, calibration) into a Router manifest or prints it (docs/training.md).
+    Fit(Box<router_fit::RouterFitArgs>),
+}
 
 /// The Switchboard runtime.
 #[derive(Debug, Parser)]
@@ -65,6 +76,9 @@ enum Command {
         #[arg(long, env = "SWITCHBOARD_EGRESS_ALLOW", default_value = "", value_parser = serve::parse_egress)]
         egress_allow: EgressPolicy,
     },
+    /// The Router's routing policy: `router fit` learns its difficulty model from outcomes.
+    #[command(subcommand)]
+    Router(RouterCommand),
     /// Retrieval quality of a golden set per stage (recall@1/5/10, MRR@10, nDCG@10), or with
     /// `--answers` the answers' quality in stages (retrieval, gold context, full pipeline).
     Eval(Box<eval::EvalArgs>),
@@ -186,6 +200,7 @@ fn main() -> Result<()> {
             },
         ),
         Command::Eval(args) => eval::run(&args),
+        Command::Router(RouterCommand::Fit(args)) => router_fit::run(&args),
         Command::TrainReranker(args) => rerank_training::run(&args),
         Command::TrainEvidence(args) => evidence_training::run(&args),
         Command::TrainEncoder(args) => encoder_training::run(&args),

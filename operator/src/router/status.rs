@@ -12,7 +12,10 @@ use switchboard_crds::{
     compile::Skipped,
     conditions::{self as cond, reasons},
     knowledge_base::AccessMode,
-    router::{ActiveAdapter, OutcomeStore, RoutedShare, RouterStatus},
+    router::{
+        ActiveAdapter, Difficulty, DifficultySource, DifficultyStatus, OutcomeStore, RoutedShare,
+        RouterStatus,
+    },
     runtime_config::{AdapterRole, RuntimeConfig},
 };
 
@@ -74,6 +77,7 @@ pub fn status(
     status.replicas = Some(replicas);
     status.ready_replicas = Some(ready_replicas);
     status.routed_share = observed.routed_share;
+    status.difficulty = Some(difficulty_status(&router.spec.difficulty));
 
     let (applied, applied_reason, applied_message) = match &observed.loaded {
         Ok(revisions) if revisions.is_empty() => (
@@ -333,6 +337,24 @@ pub fn index_volume_shareable(
     }
 }
 
+/// Which difficulty weights the pods score queries with, and the fitted model's calibration.
+pub fn difficulty_status(difficulty: &Difficulty) -> DifficultyStatus {
+    match &difficulty.model {
+        None => DifficultyStatus {
+            source: DifficultySource::HandSet,
+            threshold: difficulty.threshold,
+            ..DifficultyStatus::default()
+        },
+        Some(model) => DifficultyStatus {
+            source: DifficultySource::Fitted,
+            threshold: difficulty.threshold,
+            fitted_at: Some(model.calibration.fitted_at.clone()),
+            held_out_accuracy: Some(model.calibration.held_out_accuracy),
+            brier_score: Some(model.calibration.brier_score),
+        },
+    }
+}
+
 /// Status fields computed from the compiled config (conditions are set by the controller).
 pub fn config_status(config: &RuntimeConfig, router: &str) -> RouterStatus {
     RouterStatus {
@@ -453,6 +475,40 @@ mod tests {
         let (status, _) = super::status(&router, unknown, now, INTERVALS);
         let (state, reason, _) = condition_of(&status, cond::RUNTIME_CONFIG_APPLIED);
         assert_eq!((state, reason), ("Unknown", reasons::METRICS_UNAVAILABLE));
+    }
+
+    /// `kubectl get router -o wide` says whether the threshold is calibrated, and since when.
+    #[test]
+    fn the_status_shows_the_difficulty_model_and_its_calibration() {
+        let (mut router, config, deployment) = (router(), config(), pods(2));
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let observed = observe(&config, &deployment, Ok(vec!["sha256:new".into()]), &[]);
+        let (status, _) = status(&router, observed, now, INTERVALS);
+        let d = status.difficulty.expect("difficulty");
+        assert_eq!((d.source, d.threshold), (DifficultySource::HandSet, 0.5));
+        assert_eq!(d.fitted_at, None);
+
+        router.spec.difficulty = serde_json::from_value(serde_json::json!({
+            "threshold": 0.31,
+            "model": {
+                "weights": {"bias": -1.2, "length": 0.4, "clauses": 0.1, "qualifications": 0.0,
+                            "knownIdentifiers": -0.3, "unknownIdentifiers": 0.2,
+                            "multiDocument": 0.5, "weakMatch": 2.1},
+                "calibration": {"fittedAt": "2026-12-08T03:00:00Z", "trainExamples": 120,
+                                "heldOutExamples": 50, "heldOutAccuracy": 0.74,
+                                "brierScore": 0.17, "largeShare": 0.2},
+            },
+        }))
+        .unwrap();
+        let observed = observe(&config, &deployment, Ok(vec!["sha256:new".into()]), &[]);
+        let (status, _) = super::status(&router, observed, now, INTERVALS);
+        let d = status.difficulty.expect("difficulty");
+        assert_eq!((d.source, d.threshold), (DifficultySource::Fitted, 0.31));
+        assert_eq!(d.fitted_at.as_deref(), Some("2026-12-08T03:00:00Z"));
+        assert_eq!(
+            (d.held_out_accuracy, d.brier_score),
+            (Some(0.74), Some(0.17))
+        );
     }
 
     #[test]

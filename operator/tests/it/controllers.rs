@@ -35,6 +35,7 @@ use switchboard_crds::{
     conditions::{self as cond, reasons},
     experiment::{ExperimentDecision, ExperimentPhase},
     find_condition,
+    router::DifficultySource,
     runtime_config::{AdapterRole, RuntimeConfig},
 };
 use switchboard_operator::{
@@ -283,6 +284,73 @@ async fn a_router_gets_its_config_map_deployment_and_service_with_owner_referenc
     assert_eq!(again.data, token.data);
     let cm2: ConfigMap = get(&w.client, "frontline-runtime").await;
     assert_eq!(cm2.data, cm.data);
+}
+
+/// `router fit` writes `spec.difficulty` (weights, threshold, calibration); the API server
+/// checks it, the operator compiles the weights into the RuntimeConfig, and the status says
+/// the threshold is calibrated and since when.
+#[tokio::test]
+async fn a_fitted_difficulty_model_reaches_the_runtime_config_and_the_status_shows_its_calibration()
+{
+    let w = world(FnSource::empty()).await;
+    create_kb(&w.client, Some(3)).await;
+    create_router(&w.client).await;
+    let routers: Api<Router> = Api::default_namespaced(w.client.clone());
+    let r = get::<Router>(&w.client, "frontline").await;
+    router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+    let status = get::<Router>(&w.client, "frontline").await.status.unwrap();
+    let d = status.difficulty.unwrap();
+    assert_eq!((d.source, d.threshold), (DifficultySource::HandSet, 0.5));
+
+    let fitted = |fitted_at: &str| {
+        json!({"spec": {"difficulty": {
+            "threshold": 0.3463,
+            "model": {
+                "weights": {"bias": -3.6468, "length": 1.9481, "clauses": 0.1305,
+                            "qualifications": 0.1438, "knownIdentifiers": -0.169,
+                            "unknownIdentifiers": -1.9857, "multiDocument": -0.1211,
+                            "weakMatch": 4.3655},
+                "calibration": {"fittedAt": fitted_at, "trainExamples": 121,
+                                "heldOutExamples": 36, "heldOutAccuracy": 0.8056,
+                                "brierScore": 0.1405, "largeShare": 0.2778},
+            },
+        }}})
+    };
+    // Not a time: refused by the API server, naming the field.
+    let err = routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(fitted("last tuesday")),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fittedAt"), "{err}");
+
+    routers
+        .patch(
+            "frontline",
+            &PatchParams::default(),
+            &Patch::Merge(fitted("2026-12-08T02:40:22Z")),
+        )
+        .await
+        .unwrap();
+    let r = get::<Router>(&w.client, "frontline").await;
+    router::reconcile(Arc::new(r), w.ctx.clone()).await.unwrap();
+    let cm: ConfigMap = get(&w.client, "frontline-runtime").await;
+    let config: RuntimeConfig =
+        serde_json::from_str(&cm.data.as_ref().unwrap()["runtime-config.json"]).unwrap();
+    let weights = config.router_policy.difficulty_model.unwrap();
+    assert_eq!((weights.bias, weights.weak_match), (-3.6468, 4.3655));
+    assert_eq!(config.router_policy.difficulty_threshold, 0.3463);
+    let status = get::<Router>(&w.client, "frontline").await.status.unwrap();
+    let d = status.difficulty.unwrap();
+    assert_eq!((d.source, d.threshold), (DifficultySource::Fitted, 0.3463));
+    assert_eq!(d.fitted_at.as_deref(), Some("2026-12-08T02:40:22Z"));
+    assert_eq!(
+        (d.held_out_accuracy, d.brier_score),
+        (Some(0.8056), Some(0.1405))
+    );
 }
 
 fn key_lines(secret: &Secret) -> Vec<String> {

@@ -14,6 +14,8 @@
 //! - [`planning`]: sample size per variant and ETA.
 //! - [`experiment`]: differences of means and proportions, ratio metrics by the delta method,
 //!   CUPED from sufficient statistics, sample-ratio-mismatch test.
+//! - [`logistic`]: weighted logistic regression, Brier score, log loss, reliability curve
+//!   (the evidence model, the router's learned difficulty model).
 //! - [`dist`]: the distribution functions underneath (normal, Student's t, chi-square).
 //!
 //! `docs/statistics.md` explains the choices; `tests/fixtures` holds scipy/statsmodels reference
@@ -24,6 +26,7 @@
 pub mod dist;
 pub mod experiment;
 pub mod guardrail;
+pub mod logistic;
 pub mod planning;
 pub mod rates;
 pub mod sequential;

@@ -174,6 +174,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
                 retrieved_documents: if refused { Vec::new() } else { vec![document] },
                 segments: String::new(),
+                routing: None,
             })
             .await?;
         let at = created_at + 600;

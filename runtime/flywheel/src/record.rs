@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use switchboard_store::InteractionWithOutcomes;
+use switchboard_store::{InteractionWithOutcomes, RouteRecord};
 
 use crate::label::Labels;
 
@@ -82,6 +82,11 @@ pub struct ExportRecord {
     pub retrieved_documents: Vec<String>,
     /// Final score of the best passage (the KnowledgeBase's score scale).
     pub best_score: Option<f64>,
+    /// The routing decision: difficulty, threshold, propensity and query features (absent for
+    /// interactions stored before routing was recorded): `switchboard-runtime router fit`'s
+    /// input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RouteRecord>,
     /// Outcome and answer labels.
     pub labels: Labels,
     /// Its query cluster.
@@ -122,6 +127,7 @@ impl ExportRecord {
             cited_documents: i.cited_documents.clone(),
             retrieved_documents: i.retrieved_documents.clone(),
             best_score: i.best_score,
+            routing: i.routing,
             labels,
             cluster,
         }

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use switchboard_analysis::logistic;
 
 use crate::answer::{is_refusal, parse_citations};
 use crate::text::{is_stopword, words};
@@ -769,10 +770,6 @@ impl Default for EvidenceModel {
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl EvidenceModel {
     /// Probability that the sentence answers the question.
     pub fn score(&self, features: &EvidenceFeatures) -> f64 {
@@ -783,44 +780,33 @@ impl EvidenceModel {
                 .zip(features.to_array())
                 .map(|(w, x)| w * x)
                 .sum::<f64>();
-        sigmoid(z)
+        logistic::sigmoid(z)
     }
 
     /// Fits the model to labelled pairs by full-batch gradient descent on the L2-regularised
     /// log loss (`l2` on the weights, not the bias). Positives are re-weighted to balance the
     /// classes (a question has one or two answering sentences among dozens).
     pub fn fit(examples: &[(EvidenceFeatures, bool)], l2: f64, iterations: usize) -> Self {
-        let positives = examples.iter().filter(|(_, y)| *y).count().max(1) as f64;
-        let negatives = examples.iter().filter(|(_, y)| !*y).count().max(1) as f64;
-        let (wp, wn) = (
-            examples.len() as f64 / (2.0 * positives),
-            examples.len() as f64 / (2.0 * negatives),
-        );
-        let mut model = Self {
-            bias: 0.0,
-            weights: [0.0; EvidenceFeatures::LEN],
-        };
-        let n = examples.len().max(1) as f64;
-        let rate = 0.5;
-        for _ in 0..iterations {
-            let mut grad_b = 0.0;
-            let mut grad_w = [0.0; EvidenceFeatures::LEN];
-            for (f, y) in examples {
-                let p = model.score(f);
-                let target = if *y { 1.0 } else { 0.0 };
-                let weight = if *y { wp } else { wn };
-                let err = weight * (p - target);
-                grad_b += err;
-                for (g, x) in grad_w.iter_mut().zip(f.to_array()) {
-                    *g += err * x;
-                }
-            }
-            model.bias -= rate * grad_b / n;
-            for (w, g) in model.weights.iter_mut().zip(grad_w) {
-                *w -= rate * (g / n + l2 * *w);
-            }
+        let labels: Vec<bool> = examples.iter().map(|(_, y)| *y).collect();
+        let (positive, negative) = logistic::balanced_weights(&labels);
+        let rows: Vec<[f64; EvidenceFeatures::LEN]> =
+            examples.iter().map(|(f, _)| f.to_array()).collect();
+        let weighted: Vec<logistic::Example<'_>> = rows
+            .iter()
+            .zip(&labels)
+            .map(|(x, y)| logistic::Example {
+                features: x,
+                label: *y,
+                weight: if *y { positive } else { negative },
+            })
+            .collect();
+        let fitted = logistic::Logistic::fit(&weighted, l2, 0.5, iterations);
+        let mut weights = [0.0; EvidenceFeatures::LEN];
+        weights.copy_from_slice(&fitted.weights);
+        Self {
+            bias: fitted.bias,
+            weights,
         }
-        model
     }
 }
 

@@ -37,7 +37,7 @@ pub use plan::{Served, ServingPlan};
 pub use rewrite::{REWRITE_TEMPLATE, RewriteDecision, Vocabulary, rewrite_prompt, should_rewrite};
 pub use route::{
     Difficulty, DifficultyModel, ModelKind, QueryFeatures, RetrievalSignals, RouteDecision,
-    RouteInput, RouteReason, calibrate_threshold, decide,
+    RouteInput, RouteReason, RouteRecord, decide,
 };
 pub use select::{DomainIndex, Selected};
 pub use token::{

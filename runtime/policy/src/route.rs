@@ -6,11 +6,15 @@
 //! identifiers the KB knows (precise, easier) or does not know (harder), whether the answer needs
 //! several documents (distinct documents scoring close to the best passage), and how well the
 //! best passage matches. [`DifficultyModel::default`] holds hand-set weights that order queries
-//! sensibly out of the box; [`calibrate_threshold`] picks the Router's threshold from labelled
-//! outcomes (e.g. escalations of small-model answers) instead of guessing it.
+//! sensibly out of the box; [`DifficultyModel::fit`] learns them from outcomes of small-model
+//! answers (`switchboard-runtime router fit`), which the Router then carries in
+//! `spec.difficulty.model`. Every decision is logged with its features and its propensity
+//! ([`RouteRecord`]), so the outcomes of today's routing are tomorrow's training data.
 use std::collections::HashSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use switchboard_analysis::logistic;
+use switchboard_crds::router::DifficultyWeights;
 
 use crate::text::words;
 
@@ -67,8 +71,8 @@ impl RouteReason {
 }
 
 /// Query features, each scaled to `0..=1`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct QueryFeatures {
     /// Words / 40, capped.
     pub length: f64,
@@ -116,6 +120,33 @@ fn identifier_like(original: &str) -> bool {
 }
 
 impl QueryFeatures {
+    /// Number of features.
+    pub const LEN: usize = 7;
+
+    /// Names, in [`Self::to_array`] order (the camelCase field names).
+    pub const NAMES: [&'static str; Self::LEN] = [
+        "length",
+        "clauses",
+        "qualifications",
+        "knownIdentifiers",
+        "unknownIdentifiers",
+        "multiDocument",
+        "weakMatch",
+    ];
+
+    /// The features in declaration order.
+    pub fn to_array(&self) -> [f64; Self::LEN] {
+        [
+            self.length,
+            self.clauses,
+            self.qualifications,
+            self.known_identifiers,
+            self.unknown_identifiers,
+            self.multi_document,
+            self.weak_match,
+        ]
+    }
+
     /// Extracts the features of `query`; `kb_terms` is the KB's vocabulary (lower-case words).
     pub fn extract(query: &str, kb_terms: &HashSet<String>, signals: &RetrievalSignals) -> Self {
         let all = words(query);
@@ -158,7 +189,7 @@ impl QueryFeatures {
 }
 
 /// Logistic weights of the difficulty estimate.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DifficultyModel {
     /// Intercept.
@@ -204,19 +235,135 @@ pub struct Difficulty {
     pub features: QueryFeatures,
 }
 
+impl From<DifficultyWeights> for DifficultyModel {
+    fn from(w: DifficultyWeights) -> Self {
+        Self {
+            bias: w.bias,
+            length: w.length,
+            clauses: w.clauses,
+            qualifications: w.qualifications,
+            known_identifiers: w.known_identifiers,
+            unknown_identifiers: w.unknown_identifiers,
+            multi_document: w.multi_document,
+            weak_match: w.weak_match,
+        }
+    }
+}
+
+impl From<DifficultyModel> for DifficultyWeights {
+    fn from(m: DifficultyModel) -> Self {
+        Self {
+            bias: m.bias,
+            length: m.length,
+            clauses: m.clauses,
+            qualifications: m.qualifications,
+            known_identifiers: m.known_identifiers,
+            unknown_identifiers: m.unknown_identifiers,
+            multi_document: m.multi_document,
+            weak_match: m.weak_match,
+        }
+    }
+}
+
 impl DifficultyModel {
+    /// The Router's fitted weights, else the hand-set ones.
+    pub fn configured(weights: Option<&DifficultyWeights>) -> Self {
+        weights.map_or_else(Self::default, |w| Self::from(*w))
+    }
+
+    /// The feature weights in [`QueryFeatures::to_array`] order.
+    pub fn weights(&self) -> [f64; QueryFeatures::LEN] {
+        [
+            self.length,
+            self.clauses,
+            self.qualifications,
+            self.known_identifiers,
+            self.unknown_identifiers,
+            self.multi_document,
+            self.weak_match,
+        ]
+    }
+
+    fn logistic(&self) -> logistic::Logistic {
+        logistic::Logistic {
+            bias: self.bias,
+            weights: self.weights().to_vec(),
+        }
+    }
+
     /// Scores the features.
     pub fn estimate(&self, features: QueryFeatures) -> Difficulty {
-        let z = self.bias
-            + self.length * features.length
-            + self.clauses * features.clauses
-            + self.qualifications * features.qualifications
-            + self.known_identifiers * features.known_identifiers
-            + self.unknown_identifiers * features.unknown_identifiers
-            + self.multi_document * features.multi_document
-            + self.weak_match * features.weak_match;
         Difficulty {
-            score: 1.0 / (1.0 + (-z).exp()),
+            score: self.logistic().predict(&features.to_array()),
+            features,
+        }
+    }
+
+    /// Fits "the small model's answer is unacceptable" to `(features, unacceptable, weight)`
+    /// outcomes: weighted logistic regression, L2 `l2` on the weights. The weight is the
+    /// inverse of the propensity the answer was served small with, so hard queries kept on the
+    /// small model by exploration stand for all the hard queries sent large. No class
+    /// balancing: the probabilities stay calibrated, which is what the threshold is set on.
+    pub fn fit(examples: &[(QueryFeatures, bool, f64)], l2: f64) -> Self {
+        let rows: Vec<[f64; QueryFeatures::LEN]> =
+            examples.iter().map(|(f, _, _)| f.to_array()).collect();
+        let weighted: Vec<logistic::Example<'_>> = rows
+            .iter()
+            .zip(examples)
+            .map(|(x, (_, y, w))| logistic::Example {
+                features: x,
+                label: *y,
+                weight: *w,
+            })
+            .collect();
+        let fitted = logistic::Logistic::fit(&weighted, l2, 1.0, 3000);
+        let w = &fitted.weights;
+        Self {
+            bias: fitted.bias,
+            length: w[0],
+            clauses: w[1],
+            qualifications: w[2],
+            known_identifiers: w[3],
+            unknown_identifiers: w[4],
+            multi_document: w[5],
+            weak_match: w[6],
+        }
+    }
+}
+
+/// What one routing decision is logged with (the outcome store's `routing`, the flywheel
+/// export's `routing`): enough to refit the difficulty model on the outcomes that follow.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRecord {
+    /// The difficulty score.
+    pub difficulty: f64,
+    /// The threshold it was compared with.
+    pub threshold: f64,
+    /// Probability that the policy served this request with the model it was served with
+    /// (1 for deterministic choices; the exploration share for a difficult query explored on
+    /// the small model): its inverse is the example's weight when refitting.
+    pub propensity: f64,
+    /// The features.
+    pub features: QueryFeatures,
+}
+
+impl RouteRecord {
+    /// The record of `decision` taken on `input` with `features`.
+    pub fn new(input: &RouteInput, decision: RouteDecision, features: QueryFeatures) -> Self {
+        let share = input.exploration_share.clamp(0.0, 1.0);
+        let propensity = match decision.reason {
+            RouteReason::Exploration => share,
+            RouteReason::Difficult => 1.0 - share,
+            RouteReason::Easy
+            | RouteReason::Forced
+            | RouteReason::NoLargeModel
+            | RouteReason::QueueFull => 1.0,
+        };
+        Self {
+            difficulty: input.difficulty,
+            threshold: input.threshold,
+            propensity,
             features,
         }
     }
@@ -272,42 +419,6 @@ pub fn decide(input: &RouteInput) -> RouteDecision {
         return pick(ModelKind::Small, RouteReason::QueueFull);
     }
     pick(ModelKind::Large, RouteReason::Difficult)
-}
-
-/// The threshold that best separates queries the small model handled (`false`) from those it
-/// did not (`true`, e.g. escalated), by balanced accuracy over the observed scores. `None` when
-/// either class is empty.
-pub fn calibrate_threshold(scored: &[(f64, bool)]) -> Option<f64> {
-    let positives = scored.iter().filter(|(_, hard)| *hard).count();
-    let negatives = scored.len() - positives;
-    if positives == 0 || negatives == 0 {
-        return None;
-    }
-    let mut sorted: Vec<(f64, bool)> = scored.to_vec();
-    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Threshold t routes score > t to large. Sweep t over the midpoints between distinct scores.
-    let (mut best, mut best_t) = (f64::NEG_INFINITY, None);
-    let (mut neg_below, mut pos_below) = (0usize, 0usize);
-    for i in 0..sorted.len() {
-        if sorted[i].1 {
-            pos_below += 1;
-        } else {
-            neg_below += 1;
-        }
-        let next = sorted.get(i + 1).map(|x| x.0);
-        if next.is_some_and(|n| n == sorted[i].0) {
-            continue;
-        }
-        let t = next.map_or(sorted[i].0, |n| (sorted[i].0 + n) / 2.0);
-        let tnr = neg_below as f64 / negatives as f64;
-        let tpr = (positives - pos_below) as f64 / positives as f64;
-        let balanced = (tnr + tpr) / 2.0;
-        if balanced > best {
-            best = balanced;
-            best_t = Some(t);
-        }
-    }
-    best_t
 }
 
 #[cfg(test)]
@@ -404,10 +515,68 @@ mod tests {
     }
 
     #[test]
-    fn calibration_separates_classes() {
-        let data: Vec<(f64, bool)> = (0..100).map(|i| (f64::from(i) / 100.0, i >= 70)).collect();
-        let t = calibrate_threshold(&data).unwrap();
-        assert!((0.69..0.70).contains(&t), "{t}");
-        assert!(calibrate_threshold(&[(0.1, false)]).is_none());
+    fn fitting_learns_which_queries_the_small_model_fails() {
+        // Outcomes where long, multi-document queries fail and the rest mostly succeed.
+        let mut examples = Vec::new();
+        for i in 0..400u32 {
+            let hard = i % 4 == 0;
+            let features = QueryFeatures {
+                length: if hard { 0.8 } else { 0.2 },
+                multi_document: if hard { 1.0 } else { 0.0 },
+                weak_match: f64::from(i % 10) / 10.0,
+                ..QueryFeatures::default()
+            };
+            let unacceptable = if hard { i % 8 != 4 } else { i % 20 == 1 };
+            examples.push((features, unacceptable, 1.0));
+        }
+        let model = DifficultyModel::fit(&examples, 1e-3);
+        let easy = model.estimate(examples[1].0).score;
+        let hard = model.estimate(examples[0].0).score;
+        assert!(easy < 0.15 && hard > 0.6, "{easy} {hard} {model:?}");
+        // Calibrated: the mean prediction is the observed failure rate.
+        let mean = examples
+            .iter()
+            .map(|e| model.estimate(e.0).score)
+            .sum::<f64>()
+            / 400.0;
+        let observed = examples.iter().filter(|e| e.1).count() as f64 / 400.0;
+        assert!((mean - observed).abs() < 0.02, "{mean} {observed}");
+        // The weights go into a Router and come back unchanged.
+        let back = DifficultyModel::from(DifficultyWeights::from(model));
+        assert_eq!(back, model);
+        assert_eq!(
+            DifficultyModel::configured(None),
+            DifficultyModel::default()
+        );
+    }
+
+    #[test]
+    fn decisions_are_logged_with_their_propensity() {
+        let input = RouteInput {
+            difficulty: 0.9,
+            threshold: 0.6,
+            large_available: true,
+            large_queue_depth: 0,
+            max_queue_depth: 4,
+            exploration_share: 0.05,
+            exploration_draw: 0.01,
+            forced: None,
+        };
+        let f = QueryFeatures::default();
+        let explored = RouteRecord::new(&input, decide(&input), f);
+        assert!((explored.propensity - 0.05).abs() < 1e-12);
+        let large = RouteInput {
+            exploration_draw: 0.5,
+            ..input
+        };
+        assert!((RouteRecord::new(&large, decide(&large), f).propensity - 0.95).abs() < 1e-12);
+        let easy = RouteInput {
+            difficulty: 0.1,
+            ..input
+        };
+        let record = RouteRecord::new(&easy, decide(&easy), f);
+        assert_eq!(record.propensity, 1.0);
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<RouteRecord>(&json).unwrap(), record);
     }
 }

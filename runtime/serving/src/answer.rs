@@ -32,8 +32,8 @@ use switchboard_policy::grounding::{
 use switchboard_policy::hash::unit_interval;
 use switchboard_policy::{
     Claims, DifficultyModel, ModelKind, Outcome, OutcomeError, QueryFeatures, RetrievalSignals,
-    RouteDecision, RouteInput, ServingPlan, TokenError, Variant, cosine_distance, decide, enrol,
-    is_refusal, new_interaction_id, rewrite_prompt, should_rewrite,
+    RouteDecision, RouteInput, RouteRecord, ServingPlan, TokenError, Variant, cosine_distance,
+    decide, enrol, is_refusal, new_interaction_id, rewrite_prompt, should_rewrite,
 };
 
 use switchboard_store::{Interaction, Recorded};
@@ -643,7 +643,7 @@ pub async fn answer_with(
     let overrides = enrolled.overrides();
     let rewritten = rewrite_query(&turn, &request.query, overrides).await;
     let retrieved = retrieve_passages(&turn, &request, overrides, rewritten.as_deref()).await?;
-    let route = route_request(&turn, &request.query, &retrieved, overrides, forced);
+    let (route, routing) = route_request(&turn, &request.query, &retrieved, overrides, forced);
     let selected = select_adapter(&turn, &request.query, route, &enrolled).await?;
     let mut variant = selected.variant(&turn, route, &enrolled);
     let grounded = ground(&turn, &request.query, &retrieved, route).await?;
@@ -697,6 +697,7 @@ pub async fn answer_with(
         &decided,
         &variant,
         &drafted.route_reason,
+        routing,
     )
     .await;
     let model_label = drafted.model.as_str();
@@ -926,15 +927,16 @@ async fn retrieve_passages(
     })
 }
 
-/// Small or large model: the question's difficulty against the threshold (the arm's), the large
-/// model's availability and queue, exploration, and a forced model.
+/// Small or large model: the question's difficulty (the Router's fitted weights, else the
+/// hand-set ones) against the threshold (the arm's), the large model's availability and queue,
+/// exploration, and a forced model; with the record the interaction is stored with.
 fn route_request(
     turn: &Turn<'_>,
     query: &str,
     retrieved: &Retrieved,
     overrides: Option<&switchboard_crds::experiment::Overrides>,
     forced: Option<ModelKind>,
-) -> RouteDecision {
+) -> (RouteDecision, RouteRecord) {
     let active = turn.active;
     let config = &active.config;
     let policy = &config.router_policy;
@@ -943,12 +945,13 @@ fn route_request(
         active.vocabulary.terms(),
         &retrieval_signals(&retrieved.search),
     );
-    let difficulty = DifficultyModel::default().estimate(features);
+    let difficulty =
+        DifficultyModel::configured(policy.difficulty_model.as_ref()).estimate(features);
     let large_depth = turn.engine.large_queue_depth();
     turn.metrics.large_queue_depth(turn.router, large_depth);
     turn.metrics
         .generation_queue("small", active.small.queue_depth());
-    let route = decide(&RouteInput {
+    let input = RouteInput {
         difficulty: difficulty.score,
         threshold: overrides
             .and_then(|o| o.difficulty_threshold)
@@ -962,10 +965,11 @@ fn route_request(
             .fraction(),
         exploration_draw: unit_interval(&["exploration", &turn.id]),
         forced,
-    });
+    };
+    let route = decide(&input);
     turn.metrics
         .route(turn.router, route.model.as_str(), route.reason.as_str());
-    route
+    (route, RouteRecord::new(&input, route, features))
 }
 
 /// The adapter that serves a request, and the candidate that shadows it.
@@ -1262,6 +1266,7 @@ async fn record(
     decided: &Decided,
     variant: &Variant,
     route_reason: &str,
+    routing: RouteRecord,
 ) -> String {
     let engine = turn.engine;
     let active = turn.active;
@@ -1308,6 +1313,7 @@ async fn record(
             &request.attributes,
             active,
         ),
+        routing: Some(routing),
     };
     if let Err(e) = engine.store().record_interaction(&stored).await {
         // The answer is still served: its feedback verifies from the token alone.

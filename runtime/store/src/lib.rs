@@ -25,6 +25,7 @@ use sqlx::{AnyPool, Connection, Executor, Row};
 pub use switchboard_analysis::{ArmUnits, ExperimentUnits};
 use switchboard_analysis::{CupedArm, CupedMoments, RatioMoments};
 use switchboard_crds::Metric;
+pub use switchboard_policy::RouteRecord;
 use switchboard_policy::{Outcome, Variant};
 
 /// Which database a store talks to.
@@ -164,6 +165,10 @@ pub struct Interaction {
     /// `name=value` lines (empty when not enrolled or none declared).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub segments: String,
+    /// The routing decision with its features and propensity (absent for interactions stored
+    /// before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RouteRecord>,
 }
 
 /// Whether an outcome was new or a replay.
@@ -427,7 +432,21 @@ const INTERACTION_COLUMNS: &str = "i.id, i.created_at, i.expires_at, i.router, i
     i.experiment, i.arm, i.lineage, i.adapter_version, i.adapter_role, i.model, i.kb_generation, \
     i.config_revision, i.route_reason, i.query, i.rewritten_query, i.answer, i.refused, \
     i.invalid_citation, i.retrieval_failed, i.best_score, i.cited_documents, i.retrieved_documents, \
-    i.segments";
+    i.segments, i.routing";
+
+fn routing_json(routing: Option<&RouteRecord>) -> String {
+    routing
+        .and_then(|r| serde_json::to_string(r).ok())
+        .unwrap_or_default()
+}
+
+/// The stored routing record; an empty or unreadable one (a newer writer's format) is absent
+/// rather than an error: it only feeds `router fit`, which skips interactions without one.
+fn parse_routing(text: &str) -> Option<RouteRecord> {
+    (!text.is_empty())
+        .then(|| serde_json::from_str(text).ok())
+        .flatten()
+}
 
 fn interaction_from_row(row: &AnyRow) -> Result<Interaction, sqlx::Error> {
     Ok(Interaction {
@@ -457,6 +476,7 @@ fn interaction_from_row(row: &AnyRow) -> Result<Interaction, sqlx::Error> {
         cited_documents: parse_list(&row.try_get::<String, _>("cited_documents")?),
         retrieved_documents: parse_list(&row.try_get::<String, _>("retrieved_documents")?),
         segments: row.try_get("segments")?,
+        routing: parse_routing(&row.try_get::<String, _>("routing")?),
     })
 }
 
@@ -634,9 +654,10 @@ impl OutcomeStore {
             "INSERT INTO interactions (id, created_at, expires_at, router, unit, experiment, arm, \
              lineage, adapter_version, adapter_role, model, kb_generation, config_revision, \
              route_reason, query, rewritten_query, answer, refused, invalid_citation, \
-             retrieval_failed, best_score, cited_documents, retrieved_documents, segments) \
+             retrieval_failed, best_score, cited_documents, retrieved_documents, segments, \
+             routing) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23, $24) ON CONFLICT (id) DO NOTHING",
+             $18, $19, $20, $21, $22, $23, $24, $25) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&i.id)
         .bind(i.created_at)
@@ -662,6 +683,7 @@ impl OutcomeStore {
         .bind(json_list(&i.cited_documents))
         .bind(json_list(&i.retrieved_documents))
         .bind(&i.segments)
+        .bind(routing_json(i.routing.as_ref()))
         .execute(&self.pool)
         .await
         .map(|_| ())

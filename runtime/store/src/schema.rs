@@ -60,6 +60,14 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE interactions ADD COLUMN segments TEXT NOT NULL DEFAULT ''",
         ],
     ),
+    (
+        3,
+        &[
+            // The routing decision's difficulty, threshold, propensity and features (JSON; empty
+            // for interactions answered before this column): what `router fit` learns from.
+            "ALTER TABLE interactions ADD COLUMN routing TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ];
 
 /// Bookkeeping table of applied migrations.

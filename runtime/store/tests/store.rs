@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use switchboard_crds::Metric;
-use switchboard_policy::{Outcome, Variant};
+use switchboard_policy::{Outcome, QueryFeatures, RouteRecord, Variant};
 use switchboard_store::{
     CupedQuery, Interaction, OutcomeStore, Recorded, StoreError, UnitQuery, UnitsQuery,
 };
@@ -42,6 +42,17 @@ fn interaction(id: &str, unit: &str, arm: &str, created_at: i64) -> Interaction 
         cited_documents: vec!["refunds".into()],
         retrieved_documents: vec!["refunds".into(), "billing".into()],
         segments: String::new(),
+        // The routing decision round-trips (what `router fit` reads back).
+        routing: Some(RouteRecord {
+            difficulty: 0.72,
+            threshold: 0.6,
+            propensity: 0.05,
+            features: QueryFeatures {
+                length: 0.25,
+                weak_match: 0.4,
+                ..QueryFeatures::default()
+            },
+        }),
     }
 }
 

@@ -55,7 +55,14 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         work,
         json!({
             "smallModel": {"maxNewTokens": 16},
-            "routerPolicy": {"redact": [{"name": "order", "pattern": "\\bORD-[0-9]{6}\\b"}]},
+            "routerPolicy": {
+                "redact": [{"name": "order", "pattern": "\\bORD-[0-9]{6}\\b"}],
+                // A fitted difficulty model (`router fit`) that knows nothing: every query
+                // scores exactly 0.5, whatever the hand-set weights would say.
+                "difficultyModel": {"bias": 0.0, "length": 0.0, "clauses": 0.0,
+                    "qualifications": 0.0, "knownIdentifiers": 0.0, "unknownIdentifiers": 0.0,
+                    "multiDocument": 0.0, "weakMatch": 0.0},
+            },
         }),
     );
     let rt = start(work, "fw", &config_path, &key);
@@ -118,6 +125,30 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
+    // Every record carries its routing decision: what `router fit` learns from.
+    for r in &records {
+        let routing = &r["routing"];
+        let propensity = routing["propensity"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&propensity) && propensity > 0.0, "{r}");
+        assert_eq!(routing["threshold"], 0.99, "{r}");
+        assert!(routing["features"]["length"].as_f64().is_some(), "{r}");
+        assert_eq!(
+            routing["difficulty"], 0.5,
+            "the Router's weights score: {r}"
+        );
+        let reason = r["servedBy"]["routeReason"].as_str().unwrap();
+        assert!(["easy", "retrieval_failure"].contains(&reason), "{r}");
+    }
+    // Too few labelled answers to fit a router on: said plainly, nothing written.
+    let fit = runtime_cmd()
+        .args(["router", "fit", "--data"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!fit.status.success());
+    let err = String::from_utf8_lossy(&fit.stderr);
+    assert!(err.contains("need at least 40"), "{err}");
+    assert!(fit.stdout.is_empty());
     assert_eq!(
         summary["read"],
         asked,

@@ -123,6 +123,13 @@ pub struct AnswerArgs {
     /// IDFs, key-fact label) for offline analysis of the evidence model, then stop.
     #[arg(long, requires = "answers")]
     pub dump_evidence: Option<PathBuf>,
+    /// Keep the answered interactions in this outcome store (`sqlite://path`, `postgres://...`)
+    /// instead of a temporary one, and report each full-pipeline answer's verdict as its
+    /// outcome through the feedback path, as a helpdesk would: `resolved` when right (the key
+    /// facts; a refusal of an unanswerable question), `escalated` when not. `export` then
+    /// gives labelled records with their routing decisions: `router fit`'s data.
+    #[arg(long, requires = "answers", conflicts_with_all = ["endpoint", "runtime_config"])]
+    pub outcome_store: Option<String>,
     /// With `--dump-evidence`: also score every candidate with this evidence scorer
     /// (`train-evidence` output), as column `scorer`.
     #[arg(long, requires = "dump_evidence")]
@@ -548,10 +555,12 @@ pub async fn harness(
         g.max_new_tokens = n;
     }
     let store_dir = tempdir::TempDir::new("switchboard-eval-answers")?;
-    let store = switchboard_store::OutcomeStore::connect(&format!(
-        "sqlite://{}",
-        store_dir.0.join("outcomes.db").display()
-    ))
+    let store = switchboard_store::OutcomeStore::connect(
+        &args
+            .outcome_store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", store_dir.0.join("outcomes.db").display())),
+    )
     .await?;
     let options = EngineOptions {
         data: args.index_data.clone(),
@@ -1016,6 +1025,7 @@ async fn evaluate(
     gold_context: bool,
     explain_failures: bool,
     progress: bool,
+    report_outcomes: bool,
 ) -> Result<Evaluated> {
     let mut retrieval = RetrievalSummary::default();
     let (mut gold_in, mut fact_in, mut fact_top, mut fact_ev, mut fact_best) = (0, 0, 0, 0, 0);
@@ -1043,6 +1053,18 @@ async fn evaluate(
         };
         if explain_failures && failed {
             explain(engine, id, q).await?;
+        }
+        if report_outcomes {
+            switchboard_serving::answer::feedback(
+                engine,
+                &switchboard_serving::answer::FeedbackRequest {
+                    token: a.interaction_token.clone(),
+                    outcome: if failed { "escalated" } else { "resolved" }.to_owned(),
+                    csat: None,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{id}: reporting the outcome: {e}"))?;
         }
         curve_points.push((v.evidence_score, q.is_answerable()));
         if q.is_answerable() {
@@ -1266,6 +1288,7 @@ pub fn run(
             !args.no_gold_context,
             args.explain,
             !json,
+            args.outcome_store.is_some(),
         )
         .await?;
         let report = AnswerReport {
@@ -1463,7 +1486,8 @@ async fn gate(config_path: &Path, golden: &[GoldenQuery], args: &AnswerArgs) -> 
         if name == "baseline" {
             check_gold_ids(golden, &generation)?;
         }
-        let evaluated = evaluate(&engine, &queries, &generation, false, false, false).await?;
+        let evaluated =
+            evaluate(&engine, &queries, &generation, false, false, false, false).await?;
         let summary = evaluated
             .stages
             .into_iter()

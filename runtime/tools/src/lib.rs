@@ -5,6 +5,7 @@
 //!   [`eval_rewrite`] (query rewriting);
 //! - [`rerank_training`], [`encoder_training`], [`evidence_training`]: the cross-encoder, the
 //!   bi-encoder and the evidence scorer, trained in-process with tch;
+//! - [`router_fit`]: the Router's difficulty model fitted on outcomes (`router fit`);
 //! - [`synth_queries`], [`synth_answers`]: synthetic questions and grounded answers from a
 //!   knowledge base.
 #![warn(missing_docs)]
@@ -16,5 +17,6 @@ pub mod eval_answers;
 pub mod eval_rewrite;
 pub mod evidence_training;
 pub mod rerank_training;
+pub mod router_fit;
 pub mod synth_answers;
 pub mod synth_queries;
