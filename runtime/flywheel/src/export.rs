@@ -114,6 +114,9 @@ pub struct Summary {
     pub clusters: ClusterSummary,
     /// Time per step.
     pub timings: Timings,
+    /// The curriculum sample written beside the export, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curriculum: Option<crate::curriculum::CurriculumReport>,
 }
 
 /// Records and their summary.
@@ -294,9 +297,32 @@ pub fn build(
                 cluster_seconds,
                 total_seconds: started.elapsed().as_secs_f64(),
             },
+            curriculum: None,
         },
         records,
     })
+}
+
+/// Writes `records` as JSONL to `out`, atomically.
+pub fn write_records(out: &Path, records: &[ExportRecord]) -> Result<(), FlywheelError> {
+    write_atomically(out, |w| {
+        for record in records {
+            serde_json::to_writer(&mut *w, record)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// Where the curriculum sample of an export written to `out` goes: `x.jsonl` ->
+/// `x.curriculum.jsonl`.
+pub fn curriculum_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+    out.with_file_name(format!("{stem}.curriculum.jsonl"))
 }
 
 /// Where the summary of an export written to `out` goes: `x.jsonl` -> `x.summary.json`.
@@ -349,13 +375,7 @@ fn write_atomically(
 /// Writes the records as JSON Lines (one record per line, UTF-8) and the summary (pretty JSON)
 /// to [`summary_path`]; returns that path.
 pub fn write_jsonl(out: &Path, export: &Export) -> Result<PathBuf, FlywheelError> {
-    write_atomically(out, |w| {
-        for record in &export.records {
-            serde_json::to_writer(&mut *w, record)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })?;
+    write_records(out, &export.records)?;
     let summary = summary_path(out);
     write_atomically(&summary, |w| {
         serde_json::to_writer_pretty(&mut *w, &export.summary)?;

@@ -98,6 +98,76 @@ pub struct Labels {
     pub invalid_citation: bool,
     /// No passage cleared the relevance floor.
     pub retrieval_failed: bool,
+    /// Composite quality score: the probability that the answer was good, combining every
+    /// signal by its weight ([`quality_score`]; 0.5 = no evidence either way).
+    #[serde(default = "half")]
+    pub score: f64,
+    /// How far the score is from a coin flip, `|2 · score - 1|` (0 = no evidence, 1 = certain):
+    /// a trainer's example weight, a curriculum's "low confidence".
+    #[serde(default)]
+    pub confidence: f64,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// Log-likelihood ratios of "the answer was good" for each outcome signal, summed and squashed
+/// into [`Labels::score`] (seed section 12: weight noisy signals rather than discard them):
+/// an escalation and a reopen are strong negatives; a CSAT of 1-2 a negative that may be about
+/// the support experience rather than the answer; a 5 only a weak positive (polite users rate
+/// well answers that did not help); a resolution that stayed resolved past the settle window
+/// the strongest positive, one not yet settled a weak one.
+pub mod evidence {
+    /// Handed to a human.
+    pub const ESCALATED: f64 = -2.5;
+    /// Reopened after being resolved.
+    pub const REOPENED: f64 = -2.0;
+    /// CSAT 1.
+    pub const CSAT_1: f64 = -1.5;
+    /// CSAT 2.
+    pub const CSAT_2: f64 = -1.0;
+    /// CSAT 4.
+    pub const CSAT_4: f64 = 0.4;
+    /// CSAT 5.
+    pub const CSAT_5: f64 = 0.6;
+    /// Resolved and not reopened within the settle window.
+    pub const RESOLVED_SETTLED: f64 = 2.0;
+    /// Resolved, settle window still open.
+    pub const RESOLVED_UNSETTLED: f64 = 0.7;
+}
+
+/// The composite score and confidence of a set of outcomes (see [`evidence`]).
+pub fn quality_score(
+    escalated: bool,
+    reopened: bool,
+    resolved: bool,
+    csat: Option<i64>,
+    settled: bool,
+) -> (f64, f64) {
+    let mut z = 0.0;
+    if escalated {
+        z += evidence::ESCALATED;
+    }
+    if reopened {
+        z += evidence::REOPENED;
+    }
+    z += match csat {
+        Some(1) => evidence::CSAT_1,
+        Some(2) => evidence::CSAT_2,
+        Some(4) => evidence::CSAT_4,
+        Some(5) => evidence::CSAT_5,
+        _ => 0.0,
+    };
+    if resolved && !reopened {
+        z += if settled {
+            evidence::RESOLVED_SETTLED
+        } else {
+            evidence::RESOLVED_UNSETTLED
+        };
+    }
+    let score = 1.0 / (1.0 + (-z).exp());
+    (score, (2.0 * score - 1.0).abs())
 }
 
 /// `72h`, `90m`, `45s`: the shortest exact form of a number of seconds.
@@ -161,7 +231,10 @@ pub fn label(row: &InteractionWithOutcomes, now: i64, settle_secs: i64) -> Label
         };
         (Overall::Unknown, why)
     };
+    let (score, confidence) = quality_score(o.escalated, o.reopened, o.resolved, csat, settled);
     Labels {
+        score,
+        confidence,
         overall,
         reason,
         settled,
@@ -250,6 +323,39 @@ mod tests {
             ..Outcomes::default()
         };
         assert_eq!(overall(old, only_rated).0, Overall::Unknown);
+    }
+
+    /// The essay's cases: a 1/5 with an immediate reopen is a confident negative, a 3/5 with
+    /// no reopen ambiguous, a lone 5/5 a weak positive; a settled resolution is the strongest
+    /// positive and no outcome at all is no evidence.
+    #[test]
+    fn the_score_weighs_each_signal() {
+        let (bad, bad_c) = quality_score(false, true, true, Some(1), true);
+        assert!(bad < 0.05 && bad_c > 0.9, "{bad} {bad_c}");
+        let (ambiguous, c) = quality_score(false, false, false, Some(3), true);
+        assert_eq!((ambiguous, c), (0.5, 0.0));
+        let (polite, polite_c) = quality_score(false, false, false, Some(5), true);
+        assert!(polite > 0.5 && polite_c < 0.35, "{polite} {polite_c}");
+        let (settled, _) = quality_score(false, false, true, None, true);
+        let (young, _) = quality_score(false, false, true, None, false);
+        assert!(settled > 0.85 && young < settled && young > 0.5);
+        let (escalated, _) = quality_score(true, false, false, None, true);
+        let (csat2, _) = quality_score(false, false, false, Some(2), true);
+        assert!(escalated < csat2 && csat2 < 0.5);
+        // Every label carries its score.
+        let l = label(
+            &row(
+                SETTLE + 1,
+                Outcomes {
+                    resolved: true,
+                    csat: Some(5),
+                    ..Outcomes::default()
+                },
+            ),
+            NOW,
+            SETTLE,
+        );
+        assert!(l.score > settled && l.confidence > 0.8, "{l:?}");
     }
 
     #[test]

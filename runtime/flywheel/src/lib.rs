@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod cluster;
+pub mod curriculum;
 pub mod export;
 pub mod filter;
 pub mod gaps;

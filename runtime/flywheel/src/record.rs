@@ -91,6 +91,10 @@ pub struct ExportRecord {
     pub labels: Labels,
     /// Its query cluster.
     pub cluster: ClusterInfo,
+    /// In a curriculum sample: the category it was drawn for (`negative`, `lowConfidence`,
+    /// `novel`, `rest`); a record drawn twice appears twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curriculum: Option<crate::curriculum::Category>,
 }
 
 /// `sha256:<16 hex>` of a unit id.
@@ -130,6 +134,7 @@ impl ExportRecord {
             routing: i.routing,
             labels,
             cluster,
+            curriculum: None,
         }
     }
 }

@@ -246,6 +246,12 @@ struct LoraPair {
     b_t: Tensor,
 }
 
+/// Detached weights of an adapter at one moment ([`LoraAdapter::snapshot`]).
+#[derive(Debug)]
+pub struct LoraSnapshot {
+    modules: HashMap<(usize, Proj), (Tensor, Tensor)>,
+}
+
 /// A validated adapter, resident on the base model's device.
 #[derive(Debug)]
 pub struct LoraAdapter {
@@ -459,6 +465,93 @@ impl LoraAdapter {
             scale,
             modules,
         })
+    }
+
+    /// Sets this adapter's weights to `previous`'s, module by module (no gradient recorded): a
+    /// hot-fix trained from the version it replaces starts where that version is. Both must
+    /// adapt the same modules at the same rank.
+    pub fn copy_weights_from(&self, previous: &LoraAdapter) -> Result<()> {
+        let reject = |reason: String| ModelError::Adapter {
+            adapter: previous.id.clone(),
+            reason,
+        };
+        if previous.config.r != self.config.r {
+            return Err(reject(format!(
+                "has rank {}, the adapter being trained rank {}: train with --rank {}",
+                previous.config.r, self.config.r, previous.config.r
+            )));
+        }
+        let mut mine: Vec<_> = self.modules.keys().copied().collect();
+        let mut theirs: Vec<_> = previous.modules.keys().copied().collect();
+        mine.sort();
+        theirs.sort();
+        if mine != theirs {
+            let names = |m: &[(usize, Proj)]| {
+                let mut n: Vec<&str> = m.iter().map(|(_, p)| p.name()).collect();
+                n.sort_unstable();
+                n.dedup();
+                n.join(",")
+            };
+            return Err(reject(format!(
+                "adapts {} in {} layers, the adapter being trained {} in {}: train with --target-modules {}",
+                names(&theirs),
+                theirs.len(),
+                names(&mine),
+                mine.len(),
+                names(&theirs)
+            )));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (key, pair) in &self.modules {
+                let from = &previous.modules[key];
+                pair.a_t
+                    .shallow_clone()
+                    .f_copy_(&from.a_t.f_to_kind(pair.a_t.kind())?)?;
+                pair.b_t
+                    .shallow_clone()
+                    .f_copy_(&from.b_t.f_to_kind(pair.b_t.kind())?)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A detached copy of the weights as they are now: what [`Self::squared_distance`] pulls
+    /// towards.
+    pub fn snapshot(&self) -> Result<LoraSnapshot> {
+        let mut modules = HashMap::new();
+        for (key, pair) in &self.modules {
+            modules.insert(
+                *key,
+                (pair.a_t.f_detach()?.copy(), pair.b_t.f_detach()?.copy()),
+            );
+        }
+        Ok(LoraSnapshot { modules })
+    }
+
+    /// `Σ ‖A - A₀‖² + ‖B - B₀‖²` over the modules (differentiable): an L2 pull towards the
+    /// snapshot, the previous version's weights or the initialisation (seed section 6: a hot-fix
+    /// should be a small perturbation).
+    pub fn squared_distance(&self, snapshot: &LoraSnapshot) -> Result<Tensor> {
+        let mut total: Option<Tensor> = None;
+        for (key, pair) in &self.modules {
+            let Some((a0, b0)) = snapshot.modules.get(key) else {
+                continue;
+            };
+            let d = pair
+                .a_t
+                .f_sub(a0)?
+                .f_square()?
+                .f_sum(Kind::Float)?
+                .f_add(&pair.b_t.f_sub(b0)?.f_square()?.f_sum(Kind::Float)?)?;
+            total = Some(match total {
+                Some(t) => t.f_add(&d)?,
+                None => d,
+            });
+        }
+        match total {
+            Some(t) => Ok(t),
+            None => Ok(Tensor::f_zeros([], (Kind::Float, tch::Device::Cpu))?),
+        }
     }
 
     /// Writes the adapter as PEFT's `save_pretrained` does: `adapter_config.json`

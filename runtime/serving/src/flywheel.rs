@@ -90,6 +90,25 @@ pub struct ExportArgs {
     /// Cluster by exact (normalised) text only, without loading the encoder.
     #[arg(long)]
     no_embeddings: bool,
+    /// Also write a curriculum sample (`x.jsonl` -> `x.curriculum.jsonl`): records drawn in
+    /// this mix of categories, `negative=0.3,lowConfidence=0.2,novel=0.2` (the rest gets what
+    /// is left), rare ones oversampled; the mix drawn is in the summary (docs/training-data.md).
+    #[arg(long, value_parser = switchboard_flywheel::curriculum::Mix::parse)]
+    curriculum: Option<switchboard_flywheel::curriculum::Mix>,
+    /// Records in the curriculum sample (default: as many as the export has).
+    #[arg(long, requires = "curriculum")]
+    curriculum_size: Option<usize>,
+    /// Seed of the curriculum draw.
+    #[arg(long, default_value_t = 42, requires = "curriculum")]
+    curriculum_seed: u64,
+    /// The current training set (JSONL with a `query` or `prompt` field per line: an earlier
+    /// export, SFT data): a record whose query's nearest one here is below --novel-below
+    /// (cosine) is novel. Without it no record is novel.
+    #[arg(long, requires = "curriculum")]
+    seen: Option<PathBuf>,
+    /// Cosine under which a query is unlike the seen training set.
+    #[arg(long, default_value_t = 0.75, requires = "seen")]
+    novel_below: f32,
 }
 
 /// Options of `coverage-gaps`.
@@ -185,6 +204,10 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         .as_ref()
         .map(|e| e as &dyn switchboard_index::Embedder);
     let mut export = export::build(&rows, now, embedder, &settings)?;
+    let curriculum = match &args.curriculum {
+        Some(mix) => Some(curriculum_sample(args, mix, &mut export, embedder)?),
+        None => None,
+    };
     let summary = &mut export.summary;
     summary.router.clone_from(&args.source.router);
     summary.from = from;
@@ -192,6 +215,15 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     summary.timings.read_seconds = read_seconds;
     summary.timings.total_seconds = started.elapsed().as_secs_f64();
     let summary_path = export::write_jsonl(&args.out, &export)?;
+    if let Some(sample) = &curriculum {
+        let path = export::curriculum_path(&args.out);
+        export::write_records(&path, sample)?;
+        eprintln!(
+            "wrote a curriculum sample of {} records to {}",
+            sample.len(),
+            path.display()
+        );
+    }
     println!("{}", serde_json::to_string_pretty(&export.summary)?);
     eprintln!(
         "wrote {} records of {} interactions to {} (summary {})",
@@ -201,6 +233,75 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         summary_path.display()
     );
     Ok(())
+}
+
+/// The queries of a training-data file: each line's `query`, else `prompt`, else its first
+/// user message (`messages`).
+fn seen_queries(path: &std::path::Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        let query = v["query"]
+            .as_str()
+            .or_else(|| v["prompt"].as_str())
+            .or_else(|| {
+                v["messages"].as_array().and_then(|m| {
+                    m.iter()
+                        .find(|m| m["role"] == "user")
+                        .and_then(|m| m["content"].as_str())
+                })
+            })
+            .with_context(|| {
+                format!(
+                    "{}:{}: no `query`, `prompt` or user message",
+                    path.display(),
+                    n + 1
+                )
+            })?;
+        out.push(query.to_owned());
+    }
+    Ok(out)
+}
+
+/// The curriculum sample of `export` (its summary gets the mix drawn).
+fn curriculum_sample(
+    args: &ExportArgs,
+    mix: &switchboard_flywheel::curriculum::Mix,
+    export: &mut export::Export,
+    embedder: Option<&dyn switchboard_index::Embedder>,
+) -> Result<Vec<switchboard_flywheel::record::ExportRecord>> {
+    use switchboard_flywheel::curriculum;
+    let novel = match &args.seen {
+        Some(path) => {
+            let embedder =
+                embedder.context("--seen compares queries by embedding: drop --no-embeddings")?;
+            let seen = seen_queries(path)?;
+            let queries: Vec<String> = export.records.iter().map(|r| r.query.clone()).collect();
+            let seen = switchboard_flywheel::embed_all(embedder, &seen)?;
+            let vectors = switchboard_flywheel::embed_all(embedder, &queries)?;
+            curriculum::novelty(&vectors, &seen, args.novel_below)
+        }
+        None => Vec::new(),
+    };
+    let size = args.curriculum_size.unwrap_or(export.records.len());
+    let (drawn, report) =
+        curriculum::sample(&export.records, &novel, mix, size, args.curriculum_seed);
+    export.summary.curriculum = Some(report);
+    Ok(drawn
+        .into_iter()
+        .map(|(i, category)| {
+            let mut r = export.records[i].clone();
+            r.curriculum = Some(category);
+            r
+        })
+        .collect())
 }
 
 /// `switchboard-runtime coverage-gaps`.

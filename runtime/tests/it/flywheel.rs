@@ -149,6 +149,61 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
     let err = String::from_utf8_lossy(&fit.stderr);
     assert!(err.contains("need at least 40"), "{err}");
     assert!(fit.stdout.is_empty());
+
+    // A curriculum sample: half negatives (oversampled), a fifth novel against a "current
+    // training set" that only knows the password question.
+    let seen = work.join("seen.jsonl");
+    std::fs::write(&seen, "{\"query\": \"How do I reset my password?\"}\n").unwrap();
+    let cur_out = work.join("export/cur.jsonl");
+    let cur = runtime_cmd()
+        .args(["export", "--outcome-store", &store])
+        .args(["--router", "support/helpdesk", "--settle", "0s", "--out"])
+        .arg(&cur_out)
+        .args([
+            "--curriculum",
+            "negative=0.5,novel=0.2",
+            "--curriculum-size",
+            "20",
+        ])
+        .arg("--seen")
+        .arg(&seen)
+        .output()
+        .unwrap();
+    assert!(
+        cur.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cur.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&cur.stdout).unwrap();
+    let mix = &summary["curriculum"]["mix"];
+    assert_eq!(summary["curriculum"]["size"], 20, "{summary}");
+    // The export holds negatives and novel answers only (the positives not about passwords):
+    // negatives get their half plus the empty rest's 30%, oversampled from 4 records.
+    assert_eq!(mix[0]["category"], "negative");
+    assert_eq!(
+        (&mix[0]["drawn"], &mix[0]["distinct"]),
+        (&json!(16), &mix[0]["available"]),
+        "{mix}"
+    );
+    assert_eq!(
+        (&mix[2]["category"], &mix[2]["drawn"]),
+        (&json!("novel"), &json!(4)),
+        "{mix}"
+    );
+    assert_eq!(mix[3]["available"], 0, "{mix}");
+    let sample: Vec<Value> = std::fs::read_to_string(work.join("export/cur.curriculum.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(sample.len(), 20);
+    for r in &sample {
+        let negative = r["labels"]["overall"] == "negative";
+        assert_eq!(negative, r["curriculum"] == "negative", "{r}");
+        if r["curriculum"] == "novel" {
+            assert!(!PASSWORD.contains(&r["query"].as_str().unwrap()), "{r}");
+        }
+    }
     assert_eq!(
         summary["read"],
         asked,

@@ -48,6 +48,32 @@ pub struct SftExample {
     pub completion: String,
     /// Where it came from (`line 12`, `interaction 7f3a…`), for messages.
     pub origin: String,
+    /// Which of a hot-fix's sets it belongs to.
+    pub set: DataSet,
+}
+
+/// The three sets of a hot-fix (seed section 6), each measured on its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DataSet {
+    /// `--data`: the behaviour to learn (the new policy, the corrected answers).
+    #[default]
+    Fix,
+    /// `--negative-rejection`: questions about the old behaviour, answered by saying it changed.
+    NegativeRejection,
+    /// `--anchors`: good answers unrelated to the change, to keep and to detect regression on.
+    Anchor,
+}
+
+impl DataSet {
+    /// `fix`, `negativeRejection`, `anchor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fix => "fix",
+            Self::NegativeRejection => "negativeRejection",
+            Self::Anchor => "anchor",
+        }
+    }
 }
 
 /// One preference pair: `chosen` is the better answer to `messages` than `rejected`.
@@ -413,6 +439,7 @@ pub fn parse_row(value: Value, line: usize) -> std::result::Result<Row, String> 
         messages: prompt,
         completion,
         origin,
+        set: DataSet::Fix,
     }))
 }
 
@@ -597,6 +624,7 @@ pub fn sft_examples(
                     messages: prompt_of(best),
                     completion: best.answer.clone(),
                     origin: format!("line {} (interaction {})", best.line, best.id),
+                    set: DataSet::Fix,
                 });
             }
         }

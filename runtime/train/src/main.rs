@@ -13,7 +13,7 @@ use switchboard_artifact::PVC_ROOT;
 use switchboard_train::data::{self, LabelPolicy};
 use switchboard_train::manifest::{CurrentPatch, NextVersion, expand_output};
 use switchboard_train::report::{BaseModel, DataReport, PatchReport, TrainingReport};
-use switchboard_train::train::StepLog;
+use switchboard_train::train::{StepLog, TrainingLog};
 use switchboard_train::{Hyperparameters, LoraSettings, Schedule, Trainer, apply, output};
 use tch::Device;
 
@@ -103,6 +103,32 @@ struct Args {
     /// DPO beta.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
+    /// Hot-fix (SFT): questions about the old behaviour with answers that say it changed
+    /// (same format as --data), trained on and measured as their own set.
+    #[arg(long)]
+    negative_rejection: Option<PathBuf>,
+    /// Hot-fix (SFT): stability anchors, good answers unrelated to the change. Part is trained
+    /// on (kept), --anchor-held-out-fraction is held out to measure the regression.
+    #[arg(long)]
+    anchors: Option<PathBuf>,
+    /// Share of the anchors held out to measure regression.
+    #[arg(long, default_value_t = 0.5)]
+    anchor_held_out_fraction: f64,
+    /// Fail (no manifest, no --apply) when the anchors' held-out loss rises more than this
+    /// share over the starting adapter's (0.05: 5%); the artifact and report are still written.
+    #[arg(long, requires = "anchors")]
+    max_anchor_regression: Option<f64>,
+    /// Start from this PEFT directory (a previous version) instead of a fresh adapter.
+    #[arg(long, conflicts_with = "from_previous")]
+    init_adapter: Option<PathBuf>,
+    /// Start from the AdapterPatch's current version (`spec.artifact.uri`, a pvc:// or file://
+    /// directory on this machine).
+    #[arg(long)]
+    from_previous: bool,
+    /// L2 pull `λ · Σ‖θ - θ₀‖²` towards the starting weights (the previous version's, else the
+    /// initialisation); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    l2_to_start: f64,
     /// Flywheel export: lowest CSAT of a positive interaction.
     #[arg(long, default_value_t = 4)]
     min_csat: i64,
@@ -191,6 +217,45 @@ fn message(e: &anyhow::Error) -> String {
             }
             out.push_str(&text);
         }
+    }
+    out
+}
+
+/// The training notes the next version carries (`training.switchboard.dev/*`): what it started
+/// from, its anchors' regression, each set's held-out loss before -> after, and the version
+/// they describe (the offline evaluation gate and a reviewer read them).
+fn annotations(log: &TrainingLog, version: &str) -> std::collections::BTreeMap<String, String> {
+    use switchboard_train::manifest::ANNOTATION_PREFIX as P;
+    let mut out = std::collections::BTreeMap::new();
+    out.insert(format!("{P}version"), version.to_owned());
+    out.insert(format!("{P}method"), log.method.clone());
+    out.insert(
+        format!("{P}started-from"),
+        log.started_from
+            .clone()
+            .unwrap_or_else(|| "a fresh adapter".to_owned()),
+    );
+    if let Some(r) = log.anchor_regression {
+        out.insert(format!("{P}anchor-regression"), format!("{r:.4}"));
+    }
+    if !log.sets.is_empty() {
+        let sets: serde_json::Map<String, serde_json::Value> = log
+            .sets
+            .iter()
+            .map(|s| {
+                (
+                    s.set.as_str().to_owned(),
+                    serde_json::json!({"before": s.loss_before, "after": s.loss_after,
+                                       "heldOut": s.held_out_examples}),
+                )
+            })
+            .collect();
+        out.insert(
+            format!("{P}held-out-loss"),
+            serde_json::Value::Object(sets).to_string(),
+        );
+    } else if let Some(m) = log.final_held_out() {
+        out.insert(format!("{P}held-out-loss"), format!("{:.4}", m.loss));
     }
     out
 }
@@ -294,6 +359,7 @@ fn hyperparameters(args: &Args, sft: bool, current: Option<&CurrentPatch>) -> Hy
         max_grad_norm: args.max_grad_norm,
         max_seq_len: args.max_seq_len,
         beta: args.beta,
+        l2_to_start: args.l2_to_start,
     }
 }
 
@@ -350,13 +416,72 @@ fn train_and_held<T>(
         train: stats,
         held_out_fraction: held_stats.is_none().then_some(args.held_out_fraction),
         held_out: held_stats,
+        hot_fix_sets: Vec::new(),
     };
     Ok((train, held, report))
 }
 
+/// Adds a hot-fix's negative-rejection and anchor sets (each split on its own) to `train`,
+/// `held` and the report.
+fn add_hot_fix_sets(
+    args: &Args,
+    policy: &LabelPolicy,
+    train: &mut Vec<data::SftExample>,
+    held: &mut Vec<data::SftExample>,
+    report: &mut DataReport,
+) -> anyhow::Result<()> {
+    let sets = [
+        (
+            &args.negative_rejection,
+            data::DataSet::NegativeRejection,
+            args.held_out_fraction,
+            "--negative-rejection",
+        ),
+        (
+            &args.anchors,
+            data::DataSet::Anchor,
+            args.anchor_held_out_fraction,
+            "--anchors",
+        ),
+    ];
+    for (path, set, fraction, flag) in sets {
+        let Some(path) = path else { continue };
+        let (rows, lines) = data::read_rows(path)?;
+        let (mut items, stats) = data::sft_examples(path, rows, lines, policy)
+            .with_context(|| format!("{flag} {}", path.display()))?;
+        for e in &mut items {
+            e.set = set;
+        }
+        let (t, h) = data::split(items, fraction, args.seed)
+            .with_context(|| format!("{flag} {}", path.display()))?;
+        train.extend(t);
+        held.extend(h);
+        report.hot_fix_sets.push(stats);
+    }
+    Ok(())
+}
+
 fn read_data(args: &Args, sft: bool, policy: &LabelPolicy) -> anyhow::Result<Data> {
+    let hot_fix = args.negative_rejection.is_some()
+        || args.anchors.is_some()
+        || args.init_adapter.is_some()
+        || args.from_previous
+        || args.l2_to_start > 0.0;
+    if !sft && hot_fix {
+        bail!(
+            "--negative-rejection, --anchors, --init-adapter, --from-previous and --l2-to-start are for sft (a hot-fix), not dpo"
+        );
+    }
+    if !(0.0..1.0).contains(&args.anchor_held_out_fraction) || args.anchor_held_out_fraction == 0.0
+    {
+        bail!(
+            "--anchor-held-out-fraction {}: in (0, 1): the anchors held out measure the regression",
+            args.anchor_held_out_fraction
+        );
+    }
     Ok(if sft {
-        let (train, held, report) = train_and_held(args, policy, data::sft_examples)?;
+        let (mut train, mut held, mut report) = train_and_held(args, policy, data::sft_examples)?;
+        add_hot_fix_sets(args, policy, &mut train, &mut held, &mut report)?;
         Data::Sft {
             train,
             held,
@@ -413,6 +538,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let data = read_data(args, sft, &policy)?;
 
+    // Where a hot-fix starts: a previous version's directory.
+    let start_dir: Option<(PathBuf, String)> = match (&args.init_adapter, args.from_previous) {
+        (Some(dir), _) => Some((dir.clone(), dir.display().to_string())),
+        (None, true) => {
+            let c = current.context(
+                "--from-previous starts from the AdapterPatch's current version: give --adapter-patch FILE (or --apply)",
+            )?;
+            let uri = &c.patch.spec.artifact.uri;
+            let (dir, _) = output::resolve(uri, &args.pvc_root).with_context(|| {
+                format!(
+                    "--from-previous: spec.artifact.uri {uri} (version {})",
+                    c.patch.spec.version
+                )
+            })?;
+            Some((dir, format!("{} ({uri})", c.patch.spec.version)))
+        }
+        (None, false) => None,
+    };
+    if let Some((dir, label)) = &start_dir
+        && !dir.join("adapter_model.safetensors").is_file()
+    {
+        bail!(
+            "the adapter to start from, {label}, is not on this machine: no {}",
+            dir.join("adapter_model.safetensors").display()
+        );
+    }
+
     let device = device(&args.device)?;
     tracing::info!(model = %args.model.display(), device = %device_name(device), "loading the base model");
     let mut trainer = Trainer::load(&args.model, device)?;
@@ -443,7 +595,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report,
         } => {
             tracing::info!(train = train.len(), held_out = held.len(), "SFT examples");
-            (trainer.sft(&train, &held, &hp, &mut on_step)?, report)
+            let start = match &start_dir {
+                Some((dir, label)) => Some((trainer.load_start(dir)?, label.clone())),
+                None => None,
+            };
+            (
+                trainer.sft_from(
+                    &train,
+                    &held,
+                    &hp,
+                    start.as_ref().map(|(a, l)| (a, l.clone())),
+                    &mut on_step,
+                )?,
+                report,
+            )
         }
         Data::Dpo {
             train,
@@ -472,11 +637,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     )?;
     tracing::info!(dir = %artifact.dir.display(), uri = %artifact.uri, sha256 = %artifact.sha256, "adapter written");
 
-    // The next AdapterPatch version.
+    for set in &trained.log.sets {
+        tracing::info!(
+            set = set.set.as_str(),
+            train = set.train_examples,
+            held_out = set.held_out_examples,
+            loss_before = %set.loss_before.map_or("-".to_owned(), |l| format!("{l:.4}")),
+            loss_after = %set.loss_after.map_or("-".to_owned(), |l| format!("{l:.4}")),
+            "hot-fix set"
+        );
+    }
+    let regressed = match (args.max_anchor_regression, trained.log.anchor_regression) {
+        (Some(max), Some(r)) if r > max => Some((r, max)),
+        _ => None,
+    };
+
+    // The next AdapterPatch version (not when the anchors regressed past the limit).
     let mut patch_report = None;
     let mut manifest = None;
-    if let (Some(c), Some(version)) = (current, &version) {
+    if let (Some(c), Some(version), None) = (current, &version, regressed) {
         let next = NextVersion {
+            annotations: annotations(&trained.log, version),
             version: version.clone(),
             uri: args
                 .artifact_uri
@@ -541,6 +722,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         report.write(path)?;
     }
 
+    if let Some((r, max)) = regressed {
+        bail!(
+            "the stability anchors' held-out loss rose {:.1}% over the starting adapter's (--max-anchor-regression {:.1}%): no next version written; the adapter and its report are at {}",
+            r * 100.0,
+            max * 100.0,
+            artifact.dir.display()
+        );
+    }
     let mut stdout = std::io::stdout().lock();
     match manifest {
         Some(doc) => {

@@ -25,7 +25,13 @@ pub struct NextVersion {
     pub sha256: String,
     /// `spec.lora`.
     pub lora: LoraSettings,
+    /// `metadata.annotations` to set: what the training report says about this version
+    /// ([`ANNOTATION_PREFIX`]; the previous version's are replaced).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
+
+/// Annotations the trainer writes on the AdapterPatch it makes the next version of.
+pub const ANNOTATION_PREFIX: &str = "training.switchboard.dev/";
 
 /// An AdapterPatch document as read from a file or the API, with its typed form.
 #[derive(Debug, Clone)]
@@ -186,9 +192,28 @@ impl CurrentPatch {
             }
             if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
                 annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-                if annotations.is_empty() {
-                    meta.remove("annotations");
+                // The previous version's training notes do not describe this one.
+                annotations.retain(|k, _| !k.starts_with(ANNOTATION_PREFIX));
+            }
+            if !next.annotations.is_empty() {
+                let annotations = meta
+                    .entry("annotations")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .ok_or_else(|| TrainError::AdapterPatch {
+                        name: self.label.clone(),
+                        message: "metadata.annotations is not an object".to_owned(),
+                    })?;
+                for (k, v) in &next.annotations {
+                    annotations.insert(k.clone(), json!(v));
                 }
+            }
+            if meta
+                .get("annotations")
+                .and_then(Value::as_object)
+                .is_some_and(serde_json::Map::is_empty)
+            {
+                meta.remove("annotations");
             }
         }
         let spec = doc
@@ -249,8 +274,31 @@ impl CurrentPatch {
                 "lora": manifest["spec"]["lora"],
             }
         });
+        // Annotations: this version's, and the previous version's removed (null in a merge patch).
+        let mut annotations = serde_json::Map::new();
+        for key in self
+            .patch
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(ANNOTATION_PREFIX))
+        {
+            annotations.insert(key.clone(), Value::Null);
+        }
+        for (k, v) in &next.annotations {
+            annotations.insert(k.clone(), json!(v));
+        }
+        let mut metadata = serde_json::Map::new();
+        if !annotations.is_empty() {
+            metadata.insert("annotations".into(), Value::Object(annotations));
+        }
         if let Some(rv) = &self.patch.metadata.resource_version {
-            patch["metadata"] = json!({"resourceVersion": rv});
+            metadata.insert("resourceVersion".into(), json!(rv));
+        }
+        if !metadata.is_empty() {
+            patch["metadata"] = Value::Object(metadata);
         }
         Ok(patch)
     }
@@ -291,6 +339,7 @@ mod tests {
 
     fn next(version: &str) -> NextVersion {
         NextVersion {
+            annotations: Default::default(),
             version: version.to_owned(),
             uri: "pvc://adapters/pricing/1.4.0".to_owned(),
             sha256: format!("sha256:{}", "ab".repeat(32)),

@@ -34,6 +34,9 @@ pub struct DataReport {
     /// Share of the training file held out, when no held-out file was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_out_fraction: Option<f64>,
+    /// A hot-fix's other sets (`--negative-rejection`, `--anchors`) and their mapping.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hot_fix_sets: Vec<DataStats>,
 }
 
 /// The AdapterPatch version the adapter became.

@@ -14,6 +14,7 @@
 //!
 //! AdamW on the adapter's variables only, learning rate with optional warm-up then constant,
 //! linear or cosine decay to zero, gradients clipped to a global L2 norm.
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -22,7 +23,7 @@ use switchboard_model::lora::{LoraAdapter, LoraConfig};
 use switchboard_model::tokenizer::LlmTokenizer;
 use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig as _};
 
-use crate::data::{DpoPair, SftExample, SplitMix64};
+use crate::data::{DataSet, DpoPair, SftExample, SplitMix64};
 use crate::encode::{Encoded, Encoder};
 use crate::error::{Result, TrainError};
 
@@ -92,6 +93,10 @@ pub struct Hyperparameters {
     pub max_seq_len: usize,
     /// DPO's β (strength of the pull towards the base model); unused by SFT.
     pub beta: f64,
+    /// Weight of the L2 pull `λ · Σ‖θ - θ₀‖²` towards the adapter's starting weights (the
+    /// previous version's when training from it, else the initialisation): a hot-fix stays a
+    /// small perturbation (seed section 6). 0 disables it.
+    pub l2_to_start: f64,
 }
 
 impl Hyperparameters {
@@ -114,6 +119,7 @@ impl Hyperparameters {
             max_grad_norm: 1.0,
             max_seq_len: 1024,
             beta: 0.1,
+            l2_to_start: 0.0,
         }
     }
 
@@ -157,6 +163,12 @@ impl Hyperparameters {
         }
         if self.max_seq_len < 2 {
             return bad("--max-seq-len", "must be at least 2".to_owned());
+        }
+        if !(self.l2_to_start >= 0.0 && self.l2_to_start.is_finite()) {
+            return bad(
+                "--l2-to-start",
+                format!("{} must be >= 0", self.l2_to_start),
+            );
         }
         Ok(())
     }
@@ -264,9 +276,46 @@ pub struct TrainingLog {
     pub seconds_per_step: f64,
     /// Wall-clock seconds of the whole run (evaluations included).
     pub seconds: f64,
+    /// The adapter the run started from (a previous version's directory), when not fresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_from: Option<String>,
+    /// Per hot-fix set (SFT): examples and held-out loss before and after.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sets: Vec<SetReport>,
+    /// Relative change of the stability anchors' held-out loss, after against before (the
+    /// starting adapter): `0.02` is 2% worse. The regression a hot-fix must not cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor_regression: Option<f64>,
+    /// `‖θ - θ₀‖` after training: how far the adapter moved from where it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance_from_start: Option<f64>,
+}
+
+/// One hot-fix set in the training log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetReport {
+    /// The set.
+    pub set: DataSet,
+    /// Examples trained on.
+    pub train_examples: usize,
+    /// Examples held out.
+    pub held_out_examples: usize,
+    /// Held-out answer-token loss under the starting adapter (or the base model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_before: Option<f64>,
+    /// Held-out loss after training.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_after: Option<f64>,
 }
 
 impl TrainingLog {
+    /// The held-out loss of each hot-fix set before training (under the starting adapter: the
+    /// previous version's, else the base model) and after.
+    pub fn set(&self, set: DataSet) -> Option<&SetReport> {
+        self.sets.iter().find(|r| r.set == set)
+    }
+
     /// The last held-out metrics (after the last epoch).
     pub fn final_held_out(&self) -> Option<&Metrics> {
         self.epochs.last().and_then(|e| e.held_out.as_ref())
@@ -454,7 +503,11 @@ impl Trainer {
         .build(vars, hp.learning_rate)?)
     }
 
-    fn new_adapter(&self, hp: &Hyperparameters) -> Result<(LoraAdapter, nn::VarStore)> {
+    fn new_adapter(
+        &self,
+        hp: &Hyperparameters,
+        start: Option<&LoraAdapter>,
+    ) -> Result<(LoraAdapter, nn::VarStore)> {
         hp.validate()?;
         let vars = nn::VarStore::new(self.model.device());
         tch::manual_seed(hp.seed as i64);
@@ -464,7 +517,16 @@ impl Trainer {
             &vars.root(),
             &self.model,
         )?;
+        if let Some(previous) = start {
+            adapter.copy_weights_from(previous)?;
+        }
         Ok((adapter, vars))
+    }
+
+    /// Loads a previous version's PEFT directory to start a hot-fix from (checked against the
+    /// base model like any adapter the runtime loads).
+    pub fn load_start(&self, dir: &std::path::Path) -> Result<LoraAdapter> {
+        Ok(LoraAdapter::load("previous", dir, &self.model)?)
     }
 
     /// Supervised fine-tuning on `train`, measured on `held_out` before training and after every
@@ -476,8 +538,30 @@ impl Trainer {
         hp: &Hyperparameters,
         on_step: &mut dyn FnMut(&StepLog),
     ) -> Result<Trained> {
+        self.sft_from(train, held_out, hp, None, on_step)
+    }
+
+    /// [`Self::sft`] starting from `start` (a previous version's adapter: same rank and modules)
+    /// instead of a fresh adapter. With `hp.l2_to_start` the loss pulls the weights back towards
+    /// the start. Each hot-fix set (`SftExample::set`) is measured on its own before and after;
+    /// the anchors' change is the run's `anchor_regression`.
+    pub fn sft_from(
+        &self,
+        train: &[SftExample],
+        held_out: &[SftExample],
+        hp: &Hyperparameters,
+        start: Option<(&LoraAdapter, String)>,
+        on_step: &mut dyn FnMut(&StepLog),
+    ) -> Result<Trained> {
         let started = Instant::now();
-        let (adapter, vars) = self.new_adapter(hp)?;
+        let (adapter, vars) = self.new_adapter(hp, start.as_ref().map(|s| s.0))?;
+        // The starting weights: what the L2 pull pulls towards, and what the distance moved is
+        // measured from.
+        let anchor = if hp.l2_to_start > 0.0 || start.is_some() {
+            Some(adapter.snapshot()?)
+        } else {
+            None
+        };
         let encode = |e: &SftExample| Ok(vec![self.encoder.encode(&e.messages, &e.completion)?]);
         let (train_enc, dropped_train) = self.encode_all(train, hp.max_seq_len, encode)?;
         let (held_enc, dropped_held) = self.encode_all(held_out, hp.max_seq_len, encode)?;
@@ -499,7 +583,37 @@ impl Trainer {
                 hp.batch_size * 2,
             )?))
         };
-        let initial_held_out = eval(None)?;
+        let initial_held_out = eval(start.as_ref().map(|s| s.0))?;
+        // Per set: (train count, held-out encodings).
+        let set_of = |examples: &[SftExample], set: DataSet| {
+            examples.iter().filter(|e| e.set == set).count()
+        };
+        let held_sets: Vec<(DataSet, Vec<Encoded>)> = {
+            let mut by_set: BTreeMap<DataSet, Vec<Encoded>> = BTreeMap::new();
+            for e in held_out {
+                if let Ok(enc) = self.encoder.encode(&e.messages, &e.completion)
+                    && enc.ids.len() <= hp.max_seq_len
+                {
+                    by_set.entry(e.set).or_default().push(enc);
+                }
+            }
+            by_set.into_iter().collect()
+        };
+        let hot_fix = train.iter().chain(held_out).any(|e| e.set != DataSet::Fix);
+        let set_loss = |enc: &[Encoded], adapter: Option<&LoraAdapter>| -> Result<Option<f64>> {
+            if enc.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(
+                self.sft_metrics(enc, adapter, hp.batch_size * 2)?.loss,
+            ))
+        };
+        let mut before = BTreeMap::new();
+        if hot_fix {
+            for (set, enc) in &held_sets {
+                before.insert(*set, set_loss(enc, start.as_ref().map(|s| s.0))?);
+            }
+        }
         let epochs = self.run_epochs(
             train_enc.len(),
             hp,
@@ -518,6 +632,12 @@ impl Trainer {
                         .f_div_scalar(step_tokens as f64)?
                         .f_backward()?;
                 }
+                if let Some(anchor) = anchor.as_ref().filter(|_| hp.l2_to_start > 0.0) {
+                    adapter
+                        .squared_distance(anchor)?
+                        .f_mul_scalar(hp.l2_to_start)?
+                        .f_backward()?;
+                }
                 *nll += step_nll;
                 *tokens += step_tokens;
                 Ok(step_nll / step_tokens.max(1) as f64)
@@ -532,10 +652,46 @@ impl Trainer {
             },
             || eval(Some(&adapter)),
         )?;
+        let mut sets = Vec::new();
+        if hot_fix {
+            for set in [DataSet::Fix, DataSet::NegativeRejection, DataSet::Anchor] {
+                let enc = held_sets
+                    .iter()
+                    .find(|(s, _)| *s == set)
+                    .map_or(&[][..], |(_, e)| e.as_slice());
+                let n_train = set_of(train, set);
+                if n_train == 0 && enc.is_empty() {
+                    continue;
+                }
+                sets.push(SetReport {
+                    set,
+                    train_examples: n_train,
+                    held_out_examples: enc.len(),
+                    loss_before: before.get(&set).copied().flatten(),
+                    loss_after: set_loss(enc, Some(&adapter))?,
+                });
+            }
+        }
+        let anchor_regression = sets
+            .iter()
+            .find(|r| r.set == DataSet::Anchor)
+            .and_then(|r| Some((r.loss_after? - r.loss_before?) / r.loss_before?));
+        let distance_from_start = match &anchor {
+            Some(a) => Some(
+                tch::no_grad(|| adapter.squared_distance(a))?
+                    .f_double_value(&[])?
+                    .sqrt(),
+            ),
+            None => None,
+        };
         Ok(Trained {
             adapter,
             vars,
             log: TrainingLog {
+                started_from: start.map(|s| s.1),
+                sets,
+                anchor_regression,
+                distance_from_start,
                 method: "sft".to_owned(),
                 train_examples: train_enc.len(),
                 held_out_examples: held_enc.len(),
@@ -744,7 +900,7 @@ impl Trainer {
         on_step: &mut dyn FnMut(&StepLog),
     ) -> Result<Trained> {
         let started = Instant::now();
-        let (adapter, vars) = self.new_adapter(hp)?;
+        let (adapter, vars) = self.new_adapter(hp, None)?;
         let encode = |p: &DpoPair| {
             Ok(vec![
                 self.encoder.encode(&p.messages, &p.chosen)?,
@@ -809,6 +965,10 @@ impl Trainer {
                 seconds_per_step: seconds_per_step(&epochs),
                 epochs,
                 seconds: started.elapsed().as_secs_f64(),
+                started_from: None,
+                sets: Vec::new(),
+                anchor_regression: None,
+                distance_from_start: None,
             },
         })
     }

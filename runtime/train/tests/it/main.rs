@@ -5,6 +5,7 @@
 
 mod cli;
 mod dpo;
+mod hotfix;
 mod sft_rollout;
 mod support;
 mod training_job;
