@@ -31,7 +31,9 @@ pub mod select;
 pub mod text;
 pub mod token;
 
-pub use answer::{CitationCheck, check_citations, cosine_distance, is_refusal, parse_citations};
+pub use answer::{
+    CitationCheck, check_citations, cosine_distance, declines, is_refusal, parse_citations,
+};
 pub use experiment::{Assignment, HOLDOUT_ARM, assign, enrol};
 pub use plan::{Served, ServingPlan};
 pub use rewrite::{REWRITE_TEMPLATE, RewriteDecision, Vocabulary, rewrite_prompt, should_rewrite};

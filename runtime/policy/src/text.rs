@@ -1,4 +1,5 @@
-//! Word splitting shared by the rewrite policy and the difficulty estimate.
+//! Word splitting shared by the rewrite policy and the difficulty estimate; the key-fact match
+//! the evaluations share (`eval --answers`, the trainer's alignment report).
 
 /// Lower-cased alphanumeric words (apostrophes inside words kept: `don't`).
 pub fn words(text: &str) -> Vec<String> {
@@ -28,6 +29,33 @@ pub fn content_words(text: &str) -> Vec<String> {
         .into_iter()
         .filter(|w| !is_stopword(w))
         .collect()
+}
+
+/// Lower-cased, whitespace-collapsed text with Markdown emphasis and curly quotes made plain:
+/// the form in which key facts are looked for.
+pub fn normalise(text: &str) -> String {
+    text.replace("**", "")
+        .replace(['’', '‘'], "'")
+        .replace(['“', '”'], "\"")
+        .to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `text` states every fact (each fact: any of its alternatives).
+pub fn has_key_facts(text: &str, facts: &[Vec<String>]) -> bool {
+    let text = normalise(text);
+    !facts.is_empty()
+        && facts
+            .iter()
+            .all(|alternatives| alternatives.iter().any(|a| text.contains(&normalise(a))))
+}
+
+/// Whether `text` states any of `stale` (outdated facts).
+pub fn has_any(text: &str, stale: &[String]) -> bool {
+    let text = normalise(text);
+    stale.iter().any(|s| text.contains(&normalise(s)))
 }
 
 #[cfg(test)]

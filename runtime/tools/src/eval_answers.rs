@@ -145,32 +145,7 @@ fn parse_mode(s: &str) -> Result<switchboard_crds::router::GroundingMode, String
     }
 }
 
-/// Lower-cased, whitespace-collapsed text with Markdown emphasis and curly quotes made plain:
-/// the form in which key facts are looked for.
-pub fn normalise(text: &str) -> String {
-    text.replace("**", "")
-        .replace(['’', '‘'], "'")
-        .replace(['“', '”'], "\"")
-        .to_lowercase()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Whether `text` states every fact (each fact: any of its alternatives).
-pub fn has_key_facts(text: &str, facts: &[Vec<String>]) -> bool {
-    let text = normalise(text);
-    !facts.is_empty()
-        && facts
-            .iter()
-            .all(|alternatives| alternatives.iter().any(|a| text.contains(&normalise(a))))
-}
-
-/// Whether `text` states any of `stale` (outdated facts).
-pub fn has_any(text: &str, stale: &[String]) -> bool {
-    let text = normalise(text);
-    stale.iter().any(|s| text.contains(&normalise(s)))
-}
+pub use switchboard_policy::text::{has_any, has_key_facts, normalise};
 
 /// Whether the answer repeats the prompt's scaffolding: a passage breadcrumb, a bracketed
 /// `[A > B]` path, or the prompt's labels.

@@ -87,6 +87,9 @@ pub struct DpoPair {
     pub rejected: String,
     /// Where it came from.
     pub origin: String,
+    /// What the preference teaches (`tone`, `brandVoice`, `refusal`, ...: the row's `kind`,
+    /// else `general`): held-out metrics are reported per kind (seed section 3).
+    pub kind: String,
 }
 
 /// The flywheel export's record format this trainer reads (`switchboard-flywheel`'s
@@ -405,11 +408,17 @@ pub fn parse_row(value: Value, line: usize) -> std::result::Result<Row, String> 
             return Err("`chosen` and `rejected` are the same answer".to_owned());
         }
         check_prompt(&prompt)?;
+        let kind = match map.get("kind") {
+            None | Some(Value::Null) => "general".to_owned(),
+            Some(Value::String(k)) if !k.trim().is_empty() => k.trim().to_owned(),
+            Some(other) => return Err(format!("`kind` must be a non-empty string, got {other}")),
+        };
         return Ok(Row::Dpo(DpoPair {
             messages: prompt,
             chosen,
             rejected,
             origin,
+            kind,
         }));
     }
     let Some(mut prompt) = prompt else {
@@ -694,6 +703,7 @@ pub fn dpo_pairs(
                     "lines {} / {} (interactions {} / {})",
                     chosen.line, rejected.line, chosen.id, rejected.id
                 ),
+                kind: "flywheel".to_owned(),
             });
         }
         stats.flywheel = Some(fw);

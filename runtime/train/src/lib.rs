@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod alignment;
 pub mod apply;
 pub mod data;
 pub mod encode;

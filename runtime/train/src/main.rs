@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use switchboard_artifact::PVC_ROOT;
+use switchboard_train::alignment;
 use switchboard_train::data::{self, LabelPolicy};
 use switchboard_train::manifest::{CurrentPatch, NextVersion, expand_output};
-use switchboard_train::report::{BaseModel, DataReport, PatchReport, TrainingReport};
+use switchboard_train::report::{Alignment, BaseModel, DataReport, PatchReport, TrainingReport};
 use switchboard_train::train::{StepLog, TrainingLog};
 use switchboard_train::{Hyperparameters, LoraSettings, Schedule, Trainer, apply, output};
 use tch::Device;
@@ -125,6 +126,21 @@ struct Args {
     /// directory on this machine).
     #[arg(long)]
     from_previous: bool,
+    /// DPO: the reference policy, an SFT adapter's PEFT directory (default: the base model).
+    /// The policy starts from it too; same rank and modules.
+    #[arg(long)]
+    reference_adapter: Option<PathBuf>,
+    /// Red-team cases (JSONL: `prompt` or `messages`, `should_refuse`): refusal precision,
+    /// recall and false-positive / false-negative rates before and after training.
+    #[arg(long)]
+    red_team: Option<PathBuf>,
+    /// Factual cases (JSONL: `prompt` or `messages`, `key_facts`): the share of answers stating
+    /// every key fact, before and after training.
+    #[arg(long)]
+    facts: Option<PathBuf>,
+    /// Longest answer generated for --red-team and --facts.
+    #[arg(long, default_value_t = 48)]
+    eval_max_new_tokens: usize,
     /// L2 pull `λ · Σ‖θ - θ₀‖²` towards the starting weights (the previous version's, else the
     /// initialisation); 0: none.
     #[arg(long, default_value_t = 0.0)]
@@ -467,6 +483,11 @@ fn read_data(args: &Args, sft: bool, policy: &LabelPolicy) -> anyhow::Result<Dat
         || args.init_adapter.is_some()
         || args.from_previous
         || args.l2_to_start > 0.0;
+    if sft && args.reference_adapter.is_some() {
+        bail!(
+            "--reference-adapter is DPO's reference policy; an SFT run starts from --init-adapter"
+        );
+    }
     if !sft && hot_fix {
         bail!(
             "--negative-rejection, --anchors, --init-adapter, --from-previous and --l2-to-start are for sft (a hot-fix), not dpo"
@@ -565,6 +586,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
+    // The alignment sets, read before minutes of training.
+    let red_team = args
+        .red_team
+        .as_deref()
+        .map(alignment::read_red_team)
+        .transpose()?
+        .unwrap_or_default();
+    let facts = args
+        .facts
+        .as_deref()
+        .map(alignment::read_facts)
+        .transpose()?
+        .unwrap_or_default();
+
     let device = device(&args.device)?;
     tracing::info!(model = %args.model.display(), device = %device_name(device), "loading the base model");
     let mut trainer = Trainer::load(&args.model, device)?;
@@ -616,7 +651,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report,
         } => {
             tracing::info!(train = train.len(), held_out = held.len(), "DPO pairs");
-            (trainer.dpo(&train, &held, &hp, &mut on_step)?, report)
+            let reference = match &args.reference_adapter {
+                Some(dir) => Some((trainer.load_start(dir)?, dir.display().to_string())),
+                None => None,
+            };
+            (
+                trainer.dpo_from(
+                    &train,
+                    &held,
+                    &hp,
+                    reference.as_ref().map(|(a, l)| (a, l.clone())),
+                    &mut on_step,
+                )?,
+                report,
+            )
         }
     };
     for epoch in &trained.log.epochs {
@@ -636,6 +684,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         args.overwrite,
     )?;
     tracing::info!(dir = %artifact.dir.display(), uri = %artifact.uri, sha256 = %artifact.sha256, "adapter written");
+
+    // Red team and facts: the starting point (reference / previous adapter, else the base
+    // model) against the trained adapter, answered greedily by the serving generator.
+    let alignment_report = if red_team.is_empty() && facts.is_empty() {
+        None
+    } else {
+        let mut generator = switchboard_model::generate::Generator::load(&args.model, device)
+            .context("loading the model to answer --red-team / --facts")?;
+        let before_dir = args
+            .reference_adapter
+            .clone()
+            .or_else(|| start_dir.as_ref().map(|(d, _)| d.clone()));
+        if let Some(dir) = &before_dir {
+            generator.load_adapter("before", dir)?;
+        }
+        generator.load_adapter("after", &artifact.dir)?;
+        let before_adapter = before_dir
+            .as_ref()
+            .map(|_| generator.adapter("before"))
+            .transpose()?;
+        let after_adapter = generator.adapter("after")?;
+        let n = args.eval_max_new_tokens;
+        let before_label = before_dir
+            .as_ref()
+            .map_or("base model".to_owned(), |d| d.display().to_string());
+        let before = alignment::evaluate(
+            &generator,
+            before_adapter.as_deref(),
+            &before_label,
+            &red_team,
+            &facts,
+            n,
+        )?;
+        let after = alignment::evaluate(
+            &generator,
+            Some(&after_adapter),
+            "trained",
+            &red_team,
+            &facts,
+            n,
+        )?;
+        for r in [&before, &after] {
+            tracing::info!(
+                adapter = %r.adapter,
+                refusal_recall = %r.refusal.as_ref().and_then(|m| m.recall).map_or("-".to_owned(), |x| format!("{x:.2}")),
+                refusal_precision = %r.refusal.as_ref().and_then(|m| m.precision).map_or("-".to_owned(), |x| format!("{x:.2}")),
+                false_positive_rate = %r.refusal.as_ref().and_then(|m| m.false_positive_rate).map_or("-".to_owned(), |x| format!("{x:.2}")),
+                factual_accuracy = %r.factual_accuracy.map_or("-".to_owned(), |x| format!("{x:.2}")),
+                "alignment"
+            );
+        }
+        Some(Alignment { before, after })
+    };
 
     for set in &trained.log.sets {
         tracing::info!(
@@ -716,6 +817,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         training: trained.log,
         artifact: artifact.clone(),
         adapter_patch: patch_report,
+        alignment: alignment_report,
     };
     report.write(&artifact.dir.join(output::REPORT_FILE))?;
     if let Some(path) = &args.report {

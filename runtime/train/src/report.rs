@@ -78,6 +78,20 @@ pub struct TrainingReport {
     /// The AdapterPatch version, when one was named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter_patch: Option<PatchReport>,
+    /// Red-team refusals and factual accuracy before (the reference or starting adapter, else
+    /// the base model) and after (`--red-team`, `--facts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<Alignment>,
+}
+
+/// The alignment evaluation of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alignment {
+    /// Before training.
+    pub before: crate::alignment::AlignmentReport,
+    /// After.
+    pub after: crate::alignment::AlignmentReport,
 }
 
 impl TrainingReport {

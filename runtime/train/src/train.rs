@@ -289,6 +289,23 @@ pub struct TrainingLog {
     /// `‖θ - θ₀‖` after training: how far the adapter moved from where it started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distance_from_start: Option<f64>,
+    /// DPO: per pair kind (`tone`, `brandVoice`, `refusal`, ...), held-out metrics after
+    /// training.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pair_kinds: Vec<KindReport>,
+}
+
+/// One kind of preference pairs in the training log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KindReport {
+    /// The kind.
+    pub kind: String,
+    /// Pairs trained on.
+    pub train_pairs: usize,
+    /// Held-out reward accuracy and margin of its pairs after training.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<Metrics>,
 }
 
 /// One hot-fix set in the training log.
@@ -689,6 +706,7 @@ impl Trainer {
             vars,
             log: TrainingLog {
                 started_from: start.map(|s| s.1),
+                pair_kinds: Vec::new(),
                 sets,
                 anchor_regression,
                 distance_from_start,
@@ -812,16 +830,18 @@ impl Trainer {
         Ok((lr, grad_norm))
     }
 
-    /// Sums of answer log-probabilities of each pair's (chosen, rejected) under the base model.
+    /// Sums of answer log-probabilities of each pair's (chosen, rejected) under the reference
+    /// policy: the base model with `reference` (an SFT adapter), or the base model alone.
     fn reference_log_probs(
         &self,
         pairs: &[Vec<Encoded>],
         batch_size: usize,
+        reference: Option<&LoraAdapter>,
     ) -> Result<Vec<(f64, f64)>> {
         let mut out = Vec::with_capacity(pairs.len());
         tch::no_grad(|| -> Result<()> {
             for chunk in pairs.chunks(batch_size.max(1)) {
-                let sums = self.pair_sums(chunk, None)?;
+                let sums = self.pair_sums(chunk, reference)?;
                 let sums: Vec<f64> = sums
                     .f_to_kind(Kind::Double)?
                     .f_to_device(Device::Cpu)?
@@ -899,8 +919,24 @@ impl Trainer {
         hp: &Hyperparameters,
         on_step: &mut dyn FnMut(&StepLog),
     ) -> Result<Trained> {
+        self.dpo_from(train, held_out, hp, None, on_step)
+    }
+
+    /// [`Self::dpo`] with `reference` (an SFT adapter, with its label) as the reference policy,
+    /// as the essay prescribes: the policy starts from it and the DPO reward is measured against
+    /// it, so alignment moves the SFT model rather than the base. Held-out metrics are also
+    /// reported per pair kind after training.
+    pub fn dpo_from(
+        &self,
+        train: &[DpoPair],
+        held_out: &[DpoPair],
+        hp: &Hyperparameters,
+        reference: Option<(&LoraAdapter, String)>,
+        on_step: &mut dyn FnMut(&StepLog),
+    ) -> Result<Trained> {
         let started = Instant::now();
-        let (adapter, vars) = self.new_adapter(hp, None)?;
+        let reference_adapter = reference.as_ref().map(|r| r.0);
+        let (adapter, vars) = self.new_adapter(hp, reference_adapter)?;
         let encode = |p: &DpoPair| {
             Ok(vec![
                 self.encoder.encode(&p.messages, &p.chosen)?,
@@ -915,8 +951,8 @@ impl Trainer {
                 hp.max_seq_len, dropped_train
             )));
         }
-        let train_refs = self.reference_log_probs(&train_enc, hp.batch_size)?;
-        let held_refs = self.reference_log_probs(&held_enc, hp.batch_size)?;
+        let train_refs = self.reference_log_probs(&train_enc, hp.batch_size, reference_adapter)?;
+        let held_refs = self.reference_log_probs(&held_enc, hp.batch_size, reference_adapter)?;
         let eval = |adapter: &LoraAdapter| -> Result<Option<Metrics>> {
             if held_enc.is_empty() {
                 return Ok(None);
@@ -951,10 +987,48 @@ impl Trainer {
             |acc| acc.metrics(),
             || eval(&adapter),
         )?;
+        // Per kind: which preferences were learned (held-out pairs of each kind).
+        let mut kinds: BTreeMap<&str, (usize, Vec<usize>)> = BTreeMap::new();
+        for p in train {
+            kinds.entry(p.kind.as_str()).or_default().0 += 1;
+        }
+        let held_kept: Vec<&DpoPair> = held_out
+            .iter()
+            .filter(|p| {
+                self.encoder
+                    .encode(&p.messages, &p.chosen)
+                    .and_then(|c| Ok((c, self.encoder.encode(&p.messages, &p.rejected)?)))
+                    .is_ok_and(|(c, r)| {
+                        c.ids.len() <= hp.max_seq_len && r.ids.len() <= hp.max_seq_len
+                    })
+            })
+            .collect();
+        for (i, p) in held_kept.iter().enumerate() {
+            kinds.entry(p.kind.as_str()).or_default().1.push(i);
+        }
+        let mut pair_kinds = Vec::new();
+        if kinds.len() > 1 || reference.is_some() {
+            for (kind, (n_train, held)) in kinds {
+                let held_out = if held.is_empty() || held_enc.len() != held_kept.len() {
+                    None
+                } else {
+                    let pairs: Vec<Vec<Encoded>> =
+                        held.iter().map(|&i| held_enc[i].clone()).collect();
+                    let refs: Vec<(f64, f64)> = held.iter().map(|&i| held_refs[i]).collect();
+                    Some(self.dpo_metrics(&pairs, &refs, &adapter, hp)?)
+                };
+                pair_kinds.push(KindReport {
+                    kind: kind.to_owned(),
+                    train_pairs: n_train,
+                    held_out,
+                });
+            }
+        }
         Ok(Trained {
             adapter,
             vars,
             log: TrainingLog {
+                pair_kinds,
                 method: "dpo".to_owned(),
                 train_examples: train_enc.len(),
                 held_out_examples: held_enc.len(),
@@ -965,7 +1039,7 @@ impl Trainer {
                 seconds_per_step: seconds_per_step(&epochs),
                 epochs,
                 seconds: started.elapsed().as_secs_f64(),
-                started_from: None,
+                started_from: reference.map(|r| r.1),
                 sets: Vec::new(),
                 anchor_regression: None,
                 distance_from_start: None,

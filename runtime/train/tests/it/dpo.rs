@@ -5,6 +5,8 @@
 
 use crate::support;
 
+use serde_json::Value;
+
 use switchboard_train::data::{self, LabelPolicy};
 use switchboard_train::train::StepLog;
 use switchboard_train::{Hyperparameters, LoraSettings, Trainer};
@@ -67,4 +69,133 @@ fn dpo_prefers_the_chosen_answers_on_held_out_questions() {
         after.reward_accuracy
     );
     assert!(after.reward_margin.unwrap() > 0.0, "{after:?}");
+}
+
+/// DPO the essay's way: version 1 (SFT on the Quillpad policies) is the reference policy and
+/// the starting point; the pairs come by kind (refusal, tone, brand voice) and are reported per
+/// kind; the red-team set (4 requests to decline, 4 ordinary ones) and the factual set are
+/// answered before (version 1) and after, by the serving generator.
+#[test]
+fn dpo_against_the_sft_adapter_reports_kinds_and_alignment() {
+    let model = support::model().to_str().unwrap().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let v1 = work.path().join("v1");
+    let common = [
+        "--model",
+        &model,
+        "--rank",
+        "8",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--batch-size",
+        "4",
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_owned();
+    let (sft_data, v1_dir) = (p(&support::data("support_sft.jsonl")), p(&v1));
+    let mut args = vec![
+        "sft",
+        "--data",
+        &sft_data,
+        "--held-out-fraction",
+        "0",
+        "--output",
+        &v1_dir,
+        "--lr",
+        "3e-3",
+        "--epochs",
+        "1",
+    ];
+    args.extend(common);
+    let out = support::train(&args, &[]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+
+    let aligned = p(&work.path().join("aligned"));
+    let (pairs, red_team, facts) = (
+        p(&support::data("dpo_kinds.jsonl")),
+        p(&support::data("redteam.jsonl")),
+        p(&support::data("facts.jsonl")),
+    );
+    let mut args = vec![
+        "dpo",
+        "--data",
+        &pairs,
+        "--held-out-fraction",
+        "0.25",
+        "--reference-adapter",
+        &v1_dir,
+        "--red-team",
+        &red_team,
+        "--facts",
+        &facts,
+        "--output",
+        &aligned,
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--beta",
+        "0.1",
+    ];
+    args.extend(common);
+    let out = support::train(&args, &[]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(work.path().join("aligned/training_report.json")).unwrap(),
+    )
+    .unwrap();
+    let t = &report["training"];
+    println!("dpo: {t}");
+    println!("alignment: {}", report["alignment"]);
+    assert_eq!(t["startedFrom"], v1_dir.as_str());
+    let kinds: Vec<&str> = t["pairKinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["brandVoice", "refusal", "tone"]);
+    for k in t["pairKinds"].as_array().unwrap() {
+        assert!(k["trainPairs"].as_u64().unwrap() >= 2, "{k}");
+    }
+    // Before is version 1, after the aligned adapter; both answer every case.
+    let a = &report["alignment"];
+    assert_eq!(a["before"]["adapter"], v1_dir.as_str());
+    assert_eq!(a["after"]["adapter"], "trained");
+    for side in ["before", "after"] {
+        assert_eq!(a[side]["refusal"]["cases"], 8, "{a}");
+        assert_eq!(a[side]["answers"].as_array().unwrap().len(), 13);
+        assert!(a[side]["factualAccuracy"].as_f64().is_some());
+    }
+    // The refusal pairs were learned: held-out refusal pairs prefer the refusal.
+    let refusal = t["pairKinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "refusal")
+        .unwrap();
+    assert!(
+        refusal["heldOut"]["rewardAccuracy"].as_f64().unwrap() >= 0.5,
+        "{refusal}"
+    );
+
+    // SFT has no reference policy: said plainly.
+    let other = p(&work.path().join("other"));
+    let mut args = vec![
+        "sft",
+        "--data",
+        &sft_data,
+        "--reference-adapter",
+        &v1_dir,
+        "--output",
+        &other,
+    ];
+    args.extend(common);
+    let out = support::train(&args, &[]);
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(err.contains("--init-adapter"), "{err}");
 }
