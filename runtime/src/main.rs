@@ -131,6 +131,10 @@ enum Command {
     /// Export labelled, filtered, deduplicated training records (JSONL + summary) from the
     /// outcome store: the LoRA trainer's input (docs/training-data.md).
     Export(flywheel::ExportArgs),
+    /// Historical helpdesk tickets (a Zendesk export) to multi-turn SFT conversations:
+    /// survival filters with per-rule counts, a quality score, the top share kept
+    /// (docs/training-data.md, "Tickets").
+    Tickets(flywheel::TicketsArgs),
     /// Report the questions the knowledge base does not answer (escalations, retrieval
     /// failures, refusals), clustered by meaning and ranked by volume.
     CoverageGaps(flywheel::GapsArgs),
@@ -214,6 +218,7 @@ fn main() -> Result<()> {
         Command::Embed { model, texts } => embed(&model, texts),
         Command::VerifyArtifact(args) => artifacts::verify_command(&args),
         Command::Export(args) => flywheel::export(&args),
+        Command::Tickets(args) => flywheel::tickets(&args),
         Command::CoverageGaps(args) => flywheel::coverage_gaps(&args),
         Command::Search {
             model,

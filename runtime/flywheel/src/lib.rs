@@ -27,6 +27,7 @@ pub mod filter;
 pub mod gaps;
 pub mod label;
 pub mod record;
+pub mod tickets;
 pub mod window;
 
 use switchboard_store::{InteractionWithOutcomes, OutcomeStore, StoreError};
@@ -60,6 +61,9 @@ pub enum FlywheelError {
         /// Width of the first one.
         width: usize,
     },
+    /// The input is not what it should be (a ticket export that is not one).
+    #[error("{0}")]
+    Input(String),
     /// Writing the export failed (nothing is left half-written: see [`export::write_jsonl`]).
     #[error("writing {path}: {source}")]
     Write {

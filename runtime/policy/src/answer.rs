@@ -152,10 +152,14 @@ mod tests {
 
     #[test]
     fn safety_refusals_count_as_declined() {
-        assert!(declines("I can't help with that: I can't share other customers' details."));
+        assert!(declines(
+            "I can't help with that: I can't share other customers' details."
+        ));
         assert!(declines("I’m sorry, but I can’t share card numbers."));
         assert!(declines("I don't know."));
-        assert!(!declines("Annual plans can be refunded within 30 days [1]."));
+        assert!(!declines(
+            "Annual plans can be refunded within 30 days [1]."
+        ));
         assert!(!is_refusal("I can't help with that."));
     }
 

@@ -208,10 +208,71 @@ pub struct AnswerRequest {
     pub force_model: Option<String>,
     /// HTTP: answer as server-sent events (`started`, `delta`s, `answer`).
     pub stream: bool,
+    /// The conversation so far, oldest first, before `query`: `user` and `assistant` turns (at
+    /// most [`MAX_HISTORY_TURNS`]). The previous customer message is searched with the question
+    /// (a follow-up finds its topic), and the last turns go into the prompt, so an adapter
+    /// trained on multi-turn tickets answers in context.
+    pub messages: Vec<HistoryTurn>,
     /// Passages to ground on instead of retrieving (the evaluation's gold-context stage; not
     /// part of the API).
     #[serde(skip)]
     pub passages: Option<Vec<Passage>>,
+}
+
+/// One earlier turn of the conversation.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct HistoryTurn {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// What was said.
+    pub content: String,
+}
+
+/// Most earlier turns a request may carry.
+pub const MAX_HISTORY_TURNS: usize = 16;
+
+/// Earlier turns that reach the prompt (the latest), each cut to [`HISTORY_TURN_CHARS`].
+pub const HISTORY_IN_PROMPT: usize = 6;
+
+/// Characters of an earlier turn kept in the prompt.
+pub const HISTORY_TURN_CHARS: usize = 600;
+
+/// Checks the conversation history: roles, sizes, text.
+fn validate_history(history: &[HistoryTurn]) -> Result<(), ServiceError> {
+    let invalid = |message: String| ServiceError::InvalidArgument {
+        field: "messages",
+        message,
+    };
+    if history.len() > MAX_HISTORY_TURNS {
+        return Err(invalid(format!(
+            "{} turns exceeds the limit of {MAX_HISTORY_TURNS}",
+            history.len()
+        )));
+    }
+    for (i, turn) in history.iter().enumerate() {
+        if !matches!(turn.role.as_str(), "user" | "assistant") {
+            return Err(invalid(format!(
+                "messages[{i}].role: `{}` is not user or assistant",
+                turn.role
+            )));
+        }
+        validate_query(&turn.content).map_err(|e| match e {
+            ServiceError::InvalidArgument { message, .. } => {
+                invalid(format!("messages[{i}].content: {message}"))
+            }
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// What is searched and scored for evidence: the question, after the previous customer message
+/// when there is one ("And how long does it take?" alone finds nothing).
+fn searched_text(request: &AnswerRequest) -> std::borrow::Cow<'_, str> {
+    match request.messages.iter().rev().find(|t| t.role == "user") {
+        Some(previous) => format!("{} {}", previous.content.trim(), request.query.trim()).into(),
+        None => request.query.as_str().into(),
+    }
 }
 
 /// A citation mapped to its passage.
@@ -342,10 +403,29 @@ pub struct AnswerResponse {
 /// breadcrumbs or passage headers reach the model, so it has none to copy; the training data of
 /// the grounded-answer adapter is rendered by this same function.
 pub fn grounded_messages(query: &str, facts: &[Evidence]) -> Vec<ChatMessage> {
-    vec![
-        ChatMessage::system(switchboard_policy::grounding::GROUNDED_SYSTEM),
-        ChatMessage::user(grounded_prompt(query, facts)),
-    ]
+    grounded_conversation(&[], query, facts)
+}
+
+/// [`grounded_messages`] after the conversation so far: the system turn, the latest
+/// [`HISTORY_IN_PROMPT`] earlier turns (each cut to [`HISTORY_TURN_CHARS`]), then the facts
+/// and the question.
+pub fn grounded_conversation(
+    history: &[HistoryTurn],
+    query: &str,
+    facts: &[Evidence],
+) -> Vec<ChatMessage> {
+    let mut messages = vec![ChatMessage::system(
+        switchboard_policy::grounding::GROUNDED_SYSTEM,
+    )];
+    let start = history.len().saturating_sub(HISTORY_IN_PROMPT);
+    messages.extend(history[start..].iter().map(|t| {
+        ChatMessage::new(
+            t.role.clone(),
+            truncate_chars(&t.content, HISTORY_TURN_CHARS),
+        )
+    }));
+    messages.push(ChatMessage::user(grounded_prompt(query, facts)));
+    messages
 }
 
 fn truncate_chars(text: &str, max: usize) -> String {
@@ -641,12 +721,14 @@ pub async fn answer_with(
 
     let enrolled = enrol_request(&turn, &request);
     let overrides = enrolled.overrides();
-    let rewritten = rewrite_query(&turn, &request.query, overrides).await;
-    let retrieved = retrieve_passages(&turn, &request, overrides, rewritten.as_deref()).await?;
-    let (route, routing) = route_request(&turn, &request.query, &retrieved, overrides, forced);
-    let selected = select_adapter(&turn, &request.query, route, &enrolled).await?;
+    let searched = searched_text(&request);
+    let rewritten = rewrite_query(&turn, &searched, overrides).await;
+    let retrieved =
+        retrieve_passages(&turn, &request, &searched, overrides, rewritten.as_deref()).await?;
+    let (route, routing) = route_request(&turn, &searched, &retrieved, overrides, forced);
+    let selected = select_adapter(&turn, &searched, route, &enrolled).await?;
     let mut variant = selected.variant(&turn, route, &enrolled);
-    let grounded = ground(&turn, &request.query, &retrieved, route).await?;
+    let grounded = ground(&turn, &request, &searched, &retrieved, route).await?;
     let drafted = draft(
         &turn,
         &retrieved,
@@ -752,6 +834,7 @@ struct Turn<'a> {
 /// forces, if any.
 fn validate(request: &AnswerRequest) -> Result<Option<ModelKind>, ServiceError> {
     validate_query(&request.query)?;
+    validate_history(&request.messages)?;
     crate::limits::validate_id("userId", request.user_id.as_deref())?;
     crate::limits::validate_id("accountId", request.account_id.as_deref())?;
     crate::limits::validate_id("conversationId", request.conversation_id.as_deref())?;
@@ -880,6 +963,7 @@ struct Retrieved {
 async fn retrieve_passages(
     turn: &Turn<'_>,
     request: &AnswerRequest,
+    searched: &str,
     overrides: Option<&switchboard_crds::experiment::Overrides>,
     rewritten: Option<&str>,
 ) -> Result<Retrieved, ServiceError> {
@@ -912,7 +996,7 @@ async fn retrieve_passages(
                 .retrieve_on(
                     retriever,
                     RetrieveRequest {
-                        query: rewritten.unwrap_or(&request.query).to_owned(),
+                        query: rewritten.unwrap_or(searched).to_owned(),
                         ..RetrieveRequest::default()
                     },
                 )
@@ -1068,6 +1152,7 @@ struct Grounded {
 /// given. Nothing clears the answerability threshold: the answer refuses without a model call.
 async fn ground(
     turn: &Turn<'_>,
+    request: &AnswerRequest,
     query: &str,
     retrieved: &Retrieved,
     route: RouteDecision,
@@ -1099,7 +1184,7 @@ async fn ground(
         t.elapsed().as_secs_f64(),
     );
     Ok(Grounded {
-        messages: grounded_messages(query, &facts),
+        messages: grounded_conversation(&request.messages, &request.query, &facts),
         facts,
         threshold,
         answerable,
@@ -1700,6 +1785,54 @@ async fn record_feedback(engine: &Engine, request: &FeedbackRequest) -> Result<(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_follow_up_is_searched_with_the_previous_customer_message_and_answered_in_context() {
+        let turn = |role: &str, content: &str| HistoryTurn {
+            role: role.into(),
+            content: content.into(),
+        };
+        let request = AnswerRequest {
+            query: "How long does it take?".into(),
+            messages: vec![
+                turn("user", "Can I get a refund?"),
+                turn("assistant", "Yes, within 14 days [1]."),
+            ],
+            ..AnswerRequest::default()
+        };
+        assert_eq!(
+            searched_text(&request),
+            "Can I get a refund? How long does it take?"
+        );
+        let alone = AnswerRequest {
+            query: "How long does it take?".into(),
+            ..AnswerRequest::default()
+        };
+        assert_eq!(searched_text(&alone), "How long does it take?");
+        let messages = grounded_conversation(&request.messages, &request.query, &[]);
+        let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(messages[3].content.contains("How long does it take?"));
+        // Only the latest turns reach the prompt.
+        let long: Vec<HistoryTurn> = (0..10)
+            .map(|i| turn(if i % 2 == 0 { "user" } else { "assistant" }, "x"))
+            .collect();
+        assert_eq!(
+            grounded_conversation(&long, "q", &[]).len(),
+            HISTORY_IN_PROMPT + 2
+        );
+        assert!(validate_history(&request.messages).is_ok());
+        let bad = |turns: Vec<HistoryTurn>| match validate_history(&turns) {
+            Err(ServiceError::InvalidArgument { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(bad(vec![turn("system", "x")]).contains("messages[0].role"));
+        assert!(
+            bad(vec![turn("user", "ok"), turn("assistant", " ")]).contains("messages[1].content")
+        );
+        assert!(bad(vec![turn("user", "x"); MAX_HISTORY_TURNS + 1]).contains("limit"));
+    }
+
     use super::*;
 
     #[test]

@@ -13,6 +13,7 @@ use switchboard_flywheel::cluster::{DEDUP_THRESHOLD, TOPIC_THRESHOLD};
 use switchboard_flywheel::export::{self, ExportSettings};
 use switchboard_flywheel::filter::FilterSettings;
 use switchboard_flywheel::gaps::{self, GapReport, GapSettings};
+use switchboard_flywheel::tickets::TicketSettings;
 use switchboard_flywheel::window::{self, parse_time, parse_until};
 use switchboard_model::EncoderWorker;
 use switchboard_store::{OutcomeStore, StoreError};
@@ -109,6 +110,95 @@ pub struct ExportArgs {
     /// Cosine under which a query is unlike the seen training set.
     #[arg(long, default_value_t = 0.75, requires = "seen")]
     novel_below: f32,
+}
+
+/// Options of `tickets`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TicketsArgs {
+    /// A Zendesk ticket export (JSON: `{"tickets": [...], "users": [...]}`).
+    #[arg(long)]
+    zendesk: PathBuf,
+    /// The JSONL file written: one multi-turn conversation a line, `switchboard-train sft`'s
+    /// input (the report goes next to it: `x.jsonl` -> `x.summary.json`).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// Share of the surviving tickets kept, best scored first.
+    #[arg(long, default_value_t = TicketSettings::default().keep_top)]
+    keep_top: f64,
+    /// Fewest estimated tokens of public conversation.
+    #[arg(long, default_value_t = TicketSettings::default().min_tokens)]
+    min_tokens: usize,
+    /// A system turn to start every conversation with.
+    #[arg(long)]
+    system: Option<String>,
+    /// Skip duplicate and template detection (no encoder).
+    #[arg(long)]
+    no_embeddings: bool,
+    /// sentence-transformers checkpoint for duplicate and template detection.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ENCODER",
+        default_value = ".cache/models/all-MiniLM-L6-v2"
+    )]
+    encoder: PathBuf,
+}
+
+/// `switchboard-runtime tickets`: historical tickets to scored multi-turn SFT conversations
+/// (docs/training-data.md, "Tickets").
+pub fn tickets(args: &TicketsArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.keep_top > 0.0 && args.keep_top <= 1.0,
+        "--keep-top {}: a share in (0, 1]",
+        args.keep_top
+    );
+    let text = std::fs::read(&args.zendesk)
+        .with_context(|| format!("reading {}", args.zendesk.display()))?;
+    let export: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not JSON", args.zendesk.display()))?;
+    let encoder = if args.no_embeddings {
+        None
+    } else {
+        Some(load_encoder(&args.encoder)?)
+    };
+    let settings = TicketSettings {
+        keep_top: args.keep_top,
+        min_tokens: args.min_tokens,
+        system: args.system.clone(),
+        ..TicketSettings::default()
+    };
+    let redact = |s: &str| switchboard_policy::redact::redact(s).into_owned();
+    let (conversations, report) = switchboard_flywheel::tickets::conversations(
+        &export,
+        encoder
+            .as_ref()
+            .map(|e| e as &dyn switchboard_index::Embedder),
+        &redact,
+        &settings,
+    )
+    .with_context(|| args.zendesk.display().to_string())?;
+    let mut out = String::new();
+    for c in &conversations {
+        out.push_str(&serde_json::to_string(c)?);
+        out.push('\n');
+    }
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&args.out, out).with_context(|| format!("writing {}", args.out.display()))?;
+    let summary = export::summary_path(&args.out);
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&summary, format!("{json}\n"))
+        .with_context(|| format!("writing {}", summary.display()))?;
+    println!("{json}");
+    eprintln!(
+        "wrote {} conversations of {} tickets to {} (summary {})",
+        report.kept,
+        report.read,
+        args.out.display(),
+        summary.display()
+    );
+    Ok(())
 }
 
 /// Options of `coverage-gaps`.

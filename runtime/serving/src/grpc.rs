@@ -217,6 +217,14 @@ fn answer_request(r: pb::AnswerRequest) -> crate::answer::AnswerRequest {
         conversation_id: non_empty(r.conversation_id),
         force_model: non_empty(r.force_model),
         stream: false,
+        messages: r
+            .messages
+            .into_iter()
+            .map(|t| crate::answer::HistoryTurn {
+                role: t.role,
+                content: t.content,
+            })
+            .collect(),
         passages: None,
     }
 }

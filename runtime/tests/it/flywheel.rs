@@ -473,3 +473,65 @@ fn interactions_become_labelled_deduplicated_records_and_coverage_gaps() {
         "the Router's own pattern was applied"
     );
 }
+
+/// `switchboard-runtime tickets` on the sample knowledge base's Zendesk export: the survival
+/// filters count what they drop (its spam, test, open and one-line tickets), every kept
+/// conversation starts with the customer and ends with the agent (no internal note), and the
+/// quality cut keeps the top share.
+#[test]
+fn historical_tickets_become_scored_conversations() {
+    let work = tempfile::tempdir().unwrap();
+    let export = support::root().join("examples/kb/tickets/tickets.json");
+    let run = |keep_top: &str, out: &str| {
+        let out = work.path().join(out);
+        let result = runtime_cmd()
+            .arg("tickets")
+            .arg("--zendesk")
+            .arg(&export)
+            .args(["--keep-top", keep_top, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let report: Value = serde_json::from_slice(&result.stdout).unwrap();
+        let rows: Vec<Value> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (report, rows)
+    };
+    let (report, rows) = run("1", "all.jsonl");
+    println!("{report}");
+    assert_eq!(report["read"], 10);
+    for (rule, n) in [
+        ("spam", 1),
+        ("test", 1),
+        ("not_solved", 1),
+        ("too_short", 1),
+    ] {
+        assert_eq!(report["dropped"][rule], n, "{rule}: {report}");
+    }
+    assert_eq!(report["kept"], rows.len());
+    assert_eq!(rows.len(), 6);
+    assert_eq!(report["embeddings"], true);
+    for r in &rows {
+        let messages = r["messages"].as_array().unwrap();
+        assert_eq!(messages[0]["role"], "user", "{r}");
+        assert_eq!(messages.last().unwrap()["role"], "assistant", "{r}");
+        assert!(
+            !r.to_string().contains("Duplicate confirmed"),
+            "internal note leaked: {r}"
+        );
+        assert!(r["quality"].as_f64().unwrap() > 0.0);
+    }
+    let (report, rows) = run("0.3", "top.jsonl");
+    assert_eq!(rows.len(), 2, "{report}");
+    assert_eq!(report["dropped"]["below_cut"], 4);
+    let cut = report["cutScore"].as_f64().unwrap();
+    assert!(rows.iter().all(|r| r["quality"].as_f64().unwrap() >= cut));
+}

@@ -104,6 +104,10 @@ struct Args {
     /// DPO beta.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
+    /// SFT: the loss on every assistant turn of a multi-turn example (`all`) or on the final
+    /// answer only (`last`).
+    #[arg(long, default_value = "all")]
+    loss_turns: switchboard_train::train::LossTurns,
     /// Hot-fix (SFT): questions about the old behaviour with answers that say it changed
     /// (same format as --data), trained on and measured as their own set.
     #[arg(long)]
@@ -375,6 +379,7 @@ fn hyperparameters(args: &Args, sft: bool, current: Option<&CurrentPatch>) -> Hy
         max_grad_norm: args.max_grad_norm,
         max_seq_len: args.max_seq_len,
         beta: args.beta,
+        loss_turns: args.loss_turns,
         l2_to_start: args.l2_to_start,
     }
 }

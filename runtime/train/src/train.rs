@@ -53,6 +53,29 @@ impl std::str::FromStr for Schedule {
     }
 }
 
+/// Which assistant turns of an SFT conversation are learned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossTurns {
+    /// Every assistant turn (a multi-turn ticket teaches each reply in its context).
+    #[default]
+    All,
+    /// Only the final answer (earlier assistant turns are context).
+    Last,
+}
+
+impl std::str::FromStr for LossTurns {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "last" => Ok(Self::Last),
+            other => Err(format!("`{other}`: all or last")),
+        }
+    }
+}
+
 /// The adapter's shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -93,6 +116,8 @@ pub struct Hyperparameters {
     pub max_seq_len: usize,
     /// DPO's β (strength of the pull towards the base model); unused by SFT.
     pub beta: f64,
+    /// SFT: which assistant turns of a multi-turn example carry the loss.
+    pub loss_turns: LossTurns,
     /// Weight of the L2 pull `λ · Σ‖θ - θ₀‖²` towards the adapter's starting weights (the
     /// previous version's when training from it, else the initialisation): a hot-fix stays a
     /// small perturbation (seed section 6). 0 disables it.
@@ -119,6 +144,7 @@ impl Hyperparameters {
             max_grad_norm: 1.0,
             max_seq_len: 1024,
             beta: 0.1,
+            loss_turns: LossTurns::All,
             l2_to_start: 0.0,
         }
     }
@@ -449,11 +475,13 @@ impl Trainer {
         for (row, seq) in seqs.iter().enumerate() {
             ids.extend_from_slice(&seq.ids);
             ids.extend(std::iter::repeat_n(pad, len - seq.ids.len()));
-            // Position t's logits predict token t + 1.
-            for t in seq.prompt_len - 1..seq.ids.len() - 1 {
-                positions.push((row * len + t) as i64);
-                targets.push(seq.ids[t + 1]);
-                rows.push(row as i64);
+            // Position t's logits predict token t + 1: the positions before each trained token.
+            for &(start, end) in &seq.spans {
+                for t in start - 1..end - 1 {
+                    positions.push((row * len + t) as i64);
+                    targets.push(seq.ids[t + 1]);
+                    rows.push(row as i64);
+                }
             }
         }
         let device = self.model.device();
@@ -579,7 +607,11 @@ impl Trainer {
         } else {
             None
         };
-        let encode = |e: &SftExample| Ok(vec![self.encoder.encode(&e.messages, &e.completion)?]);
+        let encode_one = |e: &SftExample| match hp.loss_turns {
+            LossTurns::All => self.encoder.encode_all_turns(&e.messages, &e.completion),
+            LossTurns::Last => self.encoder.encode(&e.messages, &e.completion),
+        };
+        let encode = |e: &SftExample| Ok(vec![encode_one(e)?]);
         let (train_enc, dropped_train) = self.encode_all(train, hp.max_seq_len, encode)?;
         let (held_enc, dropped_held) = self.encode_all(held_out, hp.max_seq_len, encode)?;
         let train_enc: Vec<Encoded> = train_enc.into_iter().flatten().collect();
@@ -608,7 +640,7 @@ impl Trainer {
         let held_sets: Vec<(DataSet, Vec<Encoded>)> = {
             let mut by_set: BTreeMap<DataSet, Vec<Encoded>> = BTreeMap::new();
             for e in held_out {
-                if let Ok(enc) = self.encoder.encode(&e.messages, &e.completion)
+                if let Ok(enc) = encode_one(e)
                     && enc.ids.len() <= hp.max_seq_len
                 {
                     by_set.entry(e.set).or_default().push(enc);

@@ -6,7 +6,7 @@ mod markdown;
 mod pdf;
 pub mod slack;
 mod text;
-mod zendesk;
+pub mod zendesk;
 
 use crate::document::Document;
 use crate::spec::SourceFormat;

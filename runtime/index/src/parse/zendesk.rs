@@ -27,26 +27,7 @@ const SPAM_TAGS: &[&str] = &["spam", "test", "test_ticket"];
 pub(super) fn parse(source: &str, file: &InputFile) -> Result<Parsed, String> {
     let value: Value =
         serde_json::from_slice(&file.bytes).map_err(|e| format!("invalid JSON: {e}"))?;
-    let (tickets, users) = match &value {
-        Value::Array(items) => (items.clone(), Vec::new()),
-        Value::Object(map) => {
-            let users = map
-                .get("users")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            match (map.get("tickets"), map.get("ticket")) {
-                (Some(Value::Array(t)), _) => (t.clone(), users),
-                (_, Some(t @ Value::Object(_))) => (vec![t.clone()], users),
-                _ => return Err("expected a `tickets` array".into()),
-            }
-        }
-        _ => return Err("expected a JSON object or array of tickets".into()),
-    };
-    let roles: HashMap<i64, String> = users
-        .iter()
-        .filter_map(|u| Some((u.get("id")?.as_i64()?, u.get("role")?.as_str()?.to_string())))
-        .collect();
+    let (tickets, roles) = tickets_and_roles(&value)?;
 
     let mut out = Parsed::default();
     for (i, ticket) in tickets.iter().enumerate() {
@@ -66,7 +47,76 @@ pub(super) fn parse(source: &str, file: &InputFile) -> Result<Parsed, String> {
     Ok(out)
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+/// The tickets of an export (`{"tickets": [...], "users": [...]}`, a bare array, or
+/// `{"ticket": {...}}`) and the users' roles by id.
+pub fn tickets_and_roles(value: &Value) -> Result<(Vec<Value>, HashMap<i64, String>), String> {
+    let (tickets, users) = match value {
+        Value::Array(items) => (items.clone(), Vec::new()),
+        Value::Object(map) => {
+            let users = map
+                .get("users")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match (map.get("tickets"), map.get("ticket")) {
+                (Some(Value::Array(t)), _) => (t.clone(), users),
+                (_, Some(t @ Value::Object(_))) => (vec![t.clone()], users),
+                _ => return Err("expected a `tickets` array".into()),
+            }
+        }
+        _ => return Err("expected a JSON object or array of tickets".into()),
+    };
+    let roles: HashMap<i64, String> = users
+        .iter()
+        .filter_map(|u| Some((u.get("id")?.as_i64()?, u.get("role")?.as_str()?.to_string())))
+        .collect();
+    Ok((tickets, roles))
+}
+
+/// A ticket's tags.
+pub fn tags(t: &Value) -> Vec<String> {
+    t.get("tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect()
+}
+
+/// `Some("spam")` or `Some("test ticket")` for tickets that are noise (a spam tag or deleted; a
+/// test tag, or a subject starting with `[test]` / `test ticket`).
+pub fn noise(t: &Value) -> Option<&'static str> {
+    let tags = tags(t);
+    if tags.iter().any(|tag| tag == "spam") || str_field(t, "status") == "deleted" {
+        return Some("spam");
+    }
+    let lower_subject = str_field(t, "subject").trim().to_ascii_lowercase();
+    if tags.iter().any(|tag| SPAM_TAGS.contains(&tag.as_str()))
+        || lower_subject.starts_with("[test]")
+        || lower_subject.starts_with("test ticket")
+    {
+        return Some("test ticket");
+    }
+    None
+}
+
+/// Whether comment `c` is an agent's: its `author_role`, else the author's user role, else any
+/// author other than the requester.
+pub fn is_agent(c: &Value, requester: Option<i64>, roles: &HashMap<i64, String>) -> bool {
+    let author = c.get("author_id").and_then(Value::as_i64);
+    match c
+        .get("author_role")
+        .and_then(Value::as_str)
+        .or_else(|| author.and_then(|a| roles.get(&a)).map(String::as_str))
+    {
+        Some(role) => matches!(role, "agent" | "admin"),
+        None => author.is_some() && author != requester,
+    }
+}
+
+/// A string field of a JSON object (`""` when absent).
+pub fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
@@ -77,23 +127,8 @@ fn ticket_document(
     roles: &HashMap<i64, String>,
 ) -> Result<Document, &'static str> {
     let subject = str_field(t, "subject").trim();
-    let tags: Vec<String> = t
-        .get("tags")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(String::from)
-        .collect();
-    if tags.iter().any(|tag| tag == "spam") || str_field(t, "status") == "deleted" {
-        return Err("spam");
-    }
-    let lower_subject = subject.to_ascii_lowercase();
-    if tags.iter().any(|tag| SPAM_TAGS.contains(&tag.as_str()))
-        || lower_subject.starts_with("[test]")
-        || lower_subject.starts_with("test ticket")
-    {
-        return Err("test ticket");
+    if let Some(why) = noise(t) {
+        return Err(why);
     }
     if !matches!(str_field(t, "status"), "solved" | "closed") {
         return Err("not solved");
@@ -105,17 +140,7 @@ fn ticket_document(
         .into_iter()
         .flatten()
         .collect();
-    let is_agent = |c: &Value| {
-        let author = c.get("author_id").and_then(Value::as_i64);
-        match c
-            .get("author_role")
-            .and_then(Value::as_str)
-            .or_else(|| author.and_then(|a| roles.get(&a)).map(String::as_str))
-        {
-            Some(role) => matches!(role, "agent" | "admin"),
-            None => author.is_some() && author != requester,
-        }
-    };
+    let is_agent = |c: &Value| is_agent(c, requester, roles);
     let resolution = comments
         .iter()
         .rev()
@@ -153,7 +178,7 @@ fn ticket_document(
         title: title.clone(),
         source: source.to_string(),
         last_modified,
-        tags,
+        tags: tags(t),
         sections: vec![Section {
             path: vec![title],
             blocks,

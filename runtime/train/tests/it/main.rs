@@ -6,6 +6,7 @@
 mod cli;
 mod dpo;
 mod hotfix;
+mod multiturn;
 mod sft_rollout;
 mod support;
 mod training_job;
