@@ -245,27 +245,7 @@ impl Generator {
 
     /// Checks a request and gives its stop tokens and token budget (what fits the context).
     pub fn plan(&self, prompt_ids: &[u32], config: &GenerationConfig) -> Result<Plan> {
-        config.validate()?;
-        if prompt_ids.is_empty() {
-            return Err(ModelError::InvalidRequest("empty prompt".to_owned()));
-        }
-        let context = self.model.config().max_position_embeddings as usize;
-        if prompt_ids.len() >= context {
-            return Err(ModelError::InvalidRequest(format!(
-                "prompt of {} tokens leaves no room in the context of {context}",
-                prompt_ids.len()
-            )));
-        }
-        Ok(Plan {
-            stops: self
-                .tokenizer
-                .eos_token_ids()
-                .iter()
-                .chain(&config.stop_token_ids)
-                .copied()
-                .collect(),
-            budget: config.max_new_tokens.min(context - prompt_ids.len()),
-        })
+        plan(&self.model, &self.tokenizer, prompt_ids, config)
     }
 
     /// Continues raw text (no chat template).
@@ -287,37 +267,158 @@ impl Generator {
         config: &GenerationConfig,
         adapter: Option<&LoraAdapter>,
     ) -> Result<Generation> {
-        let Plan { stops, budget } = self.plan(prompt_ids, config)?;
-        let mut sampler = Sampler::new(config.sampling);
-        let mut cache = self.model.new_cache();
-        let input: Vec<i64> = prompt_ids.iter().map(|&i| i64::from(i)).collect();
-        let mut logits = self.model.forward_last(
-            &Tensor::from_slice(&input).unsqueeze(0),
-            &mut cache,
-            adapter,
-        )?;
-        let mut out = Vec::with_capacity(budget);
-        let mut finish_reason = FinishReason::Length;
-        while out.len() < budget {
-            let next = sampler.next(&logits.get(0))?;
-            if stops.contains(&next) {
-                finish_reason = FinishReason::Stop;
-                break;
-            }
-            out.push(next);
-            if out.len() == budget {
-                break;
-            }
-            let step = Tensor::from_slice(&[i64::from(next)]).unsqueeze(0);
-            logits = self.model.forward_last(&step, &mut cache, adapter)?;
-        }
-        Ok(Generation {
-            text: self.tokenizer.decode(&out, true)?,
-            token_ids: out,
-            prompt_tokens: prompt_ids.len(),
-            finish_reason,
-        })
+        generate_with(&self.model, &self.tokenizer, prompt_ids, config, adapter)
     }
+}
+
+/// [`Generator::plan`] for any model and tokenizer.
+pub fn plan(
+    model: &LlamaModel,
+    tokenizer: &LlmTokenizer,
+    prompt_ids: &[u32],
+    config: &GenerationConfig,
+) -> Result<Plan> {
+    config.validate()?;
+    if prompt_ids.is_empty() {
+        return Err(ModelError::InvalidRequest("empty prompt".to_owned()));
+    }
+    let context = model.config().max_position_embeddings as usize;
+    if prompt_ids.len() >= context {
+        return Err(ModelError::InvalidRequest(format!(
+            "prompt of {} tokens leaves no room in the context of {context}",
+            prompt_ids.len()
+        )));
+    }
+    Ok(Plan {
+        stops: tokenizer
+            .eos_token_ids()
+            .iter()
+            .chain(&config.stop_token_ids)
+            .copied()
+            .collect(),
+        budget: config.max_new_tokens.min(context - prompt_ids.len()),
+    })
+}
+
+/// Generates after `prompt_ids` with `model` (and `adapter`): what [`Generator::generate_ids`]
+/// does, for a model the caller owns (the trainer samples its policy this way).
+pub fn generate_with(
+    model: &LlamaModel,
+    tokenizer: &LlmTokenizer,
+    prompt_ids: &[u32],
+    config: &GenerationConfig,
+    adapter: Option<&LoraAdapter>,
+) -> Result<Generation> {
+    let Plan { stops, budget } = plan(model, tokenizer, prompt_ids, config)?;
+    let mut sampler = Sampler::new(config.sampling);
+    let mut cache = model.new_cache();
+    let input: Vec<i64> = prompt_ids.iter().map(|&i| i64::from(i)).collect();
+    let mut logits = model.forward_last(
+        &Tensor::from_slice(&input).unsqueeze(0),
+        &mut cache,
+        adapter,
+    )?;
+    let mut out = Vec::with_capacity(budget);
+    let mut finish_reason = FinishReason::Length;
+    while out.len() < budget {
+        let next = sampler.next(&logits.get(0))?;
+        if stops.contains(&next) {
+            finish_reason = FinishReason::Stop;
+            break;
+        }
+        out.push(next);
+        if out.len() == budget {
+            break;
+        }
+        let step = Tensor::from_slice(&[i64::from(next)]).unsqueeze(0);
+        logits = model.forward_last(&step, &mut cache, adapter)?;
+    }
+    Ok(Generation {
+        text: tokenizer.decode(&out, true)?,
+        token_ids: out,
+        prompt_tokens: prompt_ids.len(),
+        finish_reason,
+    })
+}
+
+/// `seeds.len()` samples of the same prompt, decoded together as one batch (one forward pass
+/// per token for the whole group: what GRPO's groups cost): row `i` samples with
+/// `config.sampling`'s temperature and top-p and seed `seeds[i]` (greedy stays greedy). A row
+/// that has stopped is fed its stop token until the others finish; its output ends where it
+/// stopped.
+pub fn generate_group(
+    model: &LlamaModel,
+    tokenizer: &LlmTokenizer,
+    prompt_ids: &[u32],
+    config: &GenerationConfig,
+    seeds: &[u64],
+    adapter: Option<&LoraAdapter>,
+) -> Result<Vec<Generation>> {
+    let Plan { stops, budget } = plan(model, tokenizer, prompt_ids, config)?;
+    let rows = seeds.len();
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let mut samplers: Vec<Sampler> = seeds
+        .iter()
+        .map(|&seed| {
+            Sampler::new(match config.sampling {
+                Sampling::TopP {
+                    temperature, top_p, ..
+                } => Sampling::TopP {
+                    temperature,
+                    top_p,
+                    seed,
+                },
+                Sampling::Greedy => Sampling::Greedy,
+            })
+        })
+        .collect();
+    let mut cache = model.new_cache();
+    let input: Vec<i64> = prompt_ids.iter().map(|&i| i64::from(i)).collect();
+    let prompt = Tensor::from_slice(&input)
+        .unsqueeze(0)
+        .f_expand([rows as i64, input.len() as i64], false)?
+        .f_contiguous()?;
+    let mut logits = model.forward_last(&prompt, &mut cache, adapter)?;
+    let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(budget); rows];
+    let mut done: Vec<Option<FinishReason>> = vec![None; rows];
+    let pad = stops.first().copied().unwrap_or(0);
+    for _ in 0..budget {
+        let mut next = Vec::with_capacity(rows);
+        for (i, sampler) in samplers.iter_mut().enumerate() {
+            if done[i].is_some() {
+                next.push(i64::from(pad));
+                continue;
+            }
+            let t = sampler.next(&logits.get(i as i64))?;
+            if stops.contains(&t) {
+                done[i] = Some(FinishReason::Stop);
+            } else {
+                out[i].push(t);
+                if out[i].len() == budget {
+                    done[i] = Some(FinishReason::Length);
+                }
+            }
+            next.push(i64::from(t));
+        }
+        if done.iter().all(Option::is_some) {
+            break;
+        }
+        let step = Tensor::from_slice(&next).unsqueeze(1);
+        logits = model.forward_last(&step, &mut cache, adapter)?;
+    }
+    out.into_iter()
+        .zip(done)
+        .map(|(ids, reason)| {
+            Ok(Generation {
+                text: tokenizer.decode(&ids, true)?,
+                token_ids: ids,
+                prompt_tokens: prompt_ids.len(),
+                finish_reason: reason.unwrap_or(FinishReason::Length),
+            })
+        })
+        .collect()
 }
 
 /// Stop tokens and token budget of a request ([`Generator::plan`]).

@@ -20,6 +20,7 @@ pub mod apply;
 pub mod data;
 pub mod encode;
 pub mod error;
+pub mod grpo;
 pub mod manifest;
 pub mod output;
 pub mod report;

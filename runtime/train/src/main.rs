@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use switchboard_artifact::PVC_ROOT;
 use switchboard_train::alignment;
 use switchboard_train::data::{self, LabelPolicy};
+use switchboard_train::grpo::{self, GrpoSettings, RewardWeights};
 use switchboard_train::manifest::{CurrentPatch, NextVersion, expand_output};
 use switchboard_train::report::{Alignment, BaseModel, DataReport, PatchReport, TrainingReport};
 use switchboard_train::train::{StepLog, TrainingLog};
@@ -33,6 +34,18 @@ enum Method {
     /// Direct preference optimisation: prefer the chosen over the rejected answers (or, from a
     /// flywheel export, the positively over the negatively rated answer to the same question).
     Dpo(Args),
+    /// Group relative policy optimisation: sample --group answers per prompt from the adapter
+    /// being trained, reward them (citations, groundedness, format, key facts), and move towards
+    /// the better ones of each group under a KL to the reference (docs/training.md).
+    Grpo(Args),
+}
+
+/// Which method a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Sft,
+    Dpo,
+    Grpo,
 }
 
 #[derive(clap::Args, Debug)]
@@ -145,6 +158,46 @@ struct Args {
     /// Longest answer generated for --red-team and --facts.
     #[arg(long, default_value_t = 48)]
     eval_max_new_tokens: usize,
+    /// GRPO: answers sampled per prompt (the group).
+    #[arg(long, default_value_t = GrpoSettings::default().group)]
+    group: usize,
+    /// GRPO: prompts per optimizer step.
+    #[arg(long, default_value_t = GrpoSettings::default().prompts_per_step)]
+    prompts_per_step: usize,
+    /// GRPO: optimizer steps (each samples a fresh batch; --epochs does not apply).
+    #[arg(long, default_value_t = GrpoSettings::default().steps)]
+    steps: usize,
+    /// GRPO: longest sampled answer, in tokens.
+    #[arg(long, default_value_t = GrpoSettings::default().max_new_tokens)]
+    max_new_tokens: usize,
+    /// GRPO: sampling temperature.
+    #[arg(long, default_value_t = GrpoSettings::default().temperature)]
+    temperature: f64,
+    /// GRPO: sampling top-p.
+    #[arg(long, default_value_t = GrpoSettings::default().top_p)]
+    top_p: f64,
+    /// GRPO: PPO clip range.
+    #[arg(long, default_value_t = GrpoSettings::default().clip)]
+    clip: f64,
+    /// GRPO: initial KL coefficient.
+    #[arg(long, default_value_t = GrpoSettings::default().kl_beta)]
+    kl_beta: f64,
+    /// GRPO: per-token KL target the coefficient adapts to (0: fixed).
+    #[arg(long, default_value_t = GrpoSettings::default().kl_target)]
+    kl_target: f64,
+    /// GRPO: gradient steps per sampled batch.
+    #[arg(long, default_value_t = GrpoSettings::default().inner_steps)]
+    inner_steps: usize,
+    /// GRPO: the reward's weights, `citations=1,groundedness=1,format=0.5,facts=1`.
+    #[arg(long, default_value = "citations=1,groundedness=1,format=0.5,facts=1")]
+    reward_weights: RewardWeights,
+    /// GRPO: sentence encoder for the groundedness reward.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ENCODER",
+        default_value = ".cache/models/all-MiniLM-L6-v2"
+    )]
+    encoder: PathBuf,
     /// L2 pull `λ · Σ‖θ - θ₀‖²` towards the starting weights (the previous version's, else the
     /// initialisation); 0: none.
     #[arg(long, default_value_t = 0.0)]
@@ -342,11 +395,14 @@ fn patch_source(args: &Args) -> anyhow::Result<PatchSource> {
     })
 }
 
-fn hyperparameters(args: &Args, sft: bool, current: Option<&CurrentPatch>) -> Hyperparameters {
-    let defaults = if sft {
-        Hyperparameters::sft()
-    } else {
-        Hyperparameters::dpo()
+fn hyperparameters(args: &Args, kind: Kind, current: Option<&CurrentPatch>) -> Hyperparameters {
+    let defaults = match kind {
+        Kind::Sft => Hyperparameters::sft(),
+        Kind::Dpo => Hyperparameters::dpo(),
+        Kind::Grpo => Hyperparameters {
+            learning_rate: 1e-4,
+            ..Hyperparameters::dpo()
+        },
     };
     let declared = current.map(CurrentPatch::lora);
     let rank = args
@@ -406,6 +462,11 @@ enum Data {
     Dpo {
         train: Vec<data::DpoPair>,
         held: Vec<data::DpoPair>,
+        report: DataReport,
+    },
+    Grpo {
+        train: Vec<grpo::GrpoPrompt>,
+        held: Vec<grpo::GrpoPrompt>,
         report: DataReport,
     },
 }
@@ -482,21 +543,20 @@ fn add_hot_fix_sets(
     Ok(())
 }
 
-fn read_data(args: &Args, sft: bool, policy: &LabelPolicy) -> anyhow::Result<Data> {
-    let hot_fix = args.negative_rejection.is_some()
-        || args.anchors.is_some()
-        || args.init_adapter.is_some()
-        || args.from_previous
-        || args.l2_to_start > 0.0;
-    if sft && args.reference_adapter.is_some() {
+fn read_data(args: &Args, kind: Kind, policy: &LabelPolicy) -> anyhow::Result<Data> {
+    let hot_fix = args.negative_rejection.is_some() || args.anchors.is_some();
+    if kind == Kind::Sft && args.reference_adapter.is_some() {
         bail!(
             "--reference-adapter is DPO's reference policy; an SFT run starts from --init-adapter"
         );
     }
-    if !sft && hot_fix {
+    if kind != Kind::Sft && (hot_fix || args.l2_to_start > 0.0) {
         bail!(
-            "--negative-rejection, --anchors, --init-adapter, --from-previous and --l2-to-start are for sft (a hot-fix), not dpo"
+            "--negative-rejection, --anchors and --l2-to-start are for sft (a hot-fix), not {kind:?}"
         );
+    }
+    if kind == Kind::Dpo && (args.init_adapter.is_some() || args.from_previous) {
+        bail!("dpo starts from its reference: give --reference-adapter, not --init-adapter");
     }
     if !(0.0..1.0).contains(&args.anchor_held_out_fraction) || args.anchor_held_out_fraction == 0.0
     {
@@ -505,35 +565,71 @@ fn read_data(args: &Args, sft: bool, policy: &LabelPolicy) -> anyhow::Result<Dat
             args.anchor_held_out_fraction
         );
     }
-    Ok(if sft {
-        let (mut train, mut held, mut report) = train_and_held(args, policy, data::sft_examples)?;
-        add_hot_fix_sets(args, policy, &mut train, &mut held, &mut report)?;
-        Data::Sft {
-            train,
-            held,
-            report,
+    Ok(match kind {
+        Kind::Sft => {
+            let (mut train, mut held, mut report) =
+                train_and_held(args, policy, data::sft_examples)?;
+            add_hot_fix_sets(args, policy, &mut train, &mut held, &mut report)?;
+            Data::Sft {
+                train,
+                held,
+                report,
+            }
         }
-    } else {
-        let (train, held, report) = train_and_held(args, policy, data::dpo_pairs)?;
-        Data::Dpo {
-            train,
-            held,
-            report,
+        Kind::Dpo => {
+            let (train, held, report) = train_and_held(args, policy, data::dpo_pairs)?;
+            Data::Dpo {
+                train,
+                held,
+                report,
+            }
+        }
+        Kind::Grpo => {
+            let stats = |path: &std::path::Path, n: usize| data::DataStats {
+                file: path.to_path_buf(),
+                lines: n,
+                examples: n,
+                ..data::DataStats::default()
+            };
+            let prompts = grpo::read_prompts(&args.data)?;
+            let train_stats = stats(&args.data, prompts.len());
+            let (train, held, held_stats) = match &args.held_out {
+                Some(path) => {
+                    let held = grpo::read_prompts(path)?;
+                    let s = stats(path, held.len());
+                    (prompts, held, Some(s))
+                }
+                None => {
+                    let (t, h) = data::split(prompts, args.held_out_fraction, args.seed)?;
+                    (t, h, None)
+                }
+            };
+            Data::Grpo {
+                train,
+                held,
+                report: DataReport {
+                    train: train_stats,
+                    held_out_fraction: held_stats.is_none().then_some(args.held_out_fraction),
+                    held_out: held_stats,
+                    hot_fix_sets: Vec::new(),
+                },
+            }
         }
     })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let (sft, args) = match &cli.method {
-        Method::Sft(a) => (true, a),
-        Method::Dpo(a) => (false, a),
+    let (kind, args) = match &cli.method {
+        Method::Sft(a) => (Kind::Sft, a),
+        Method::Dpo(a) => (Kind::Dpo, a),
+        Method::Grpo(a) => (Kind::Grpo, a),
     };
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
     let source = patch_source(args)?;
     let current = source.current();
-    let hp = hyperparameters(args, sft, current);
+    let hp = hyperparameters(args, kind, current);
     hp.validate()?;
     let version = match current {
         Some(c) => Some(c.next_version(args.version.as_deref())?),
@@ -562,7 +658,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         min_positive_csat: args.min_csat,
         ..LabelPolicy::default()
     };
-    let data = read_data(args, sft, &policy)?;
+    let data = read_data(args, kind, &policy)?;
 
     // Where a hot-fix starts: a previous version's directory.
     let start_dir: Option<(PathBuf, String)> = match (&args.init_adapter, args.from_previous) {
@@ -650,6 +746,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report,
             )
         }
+        Data::Grpo {
+            train,
+            held,
+            report,
+        } => {
+            tracing::info!(train = train.len(), held_out = held.len(), "GRPO prompts");
+            let settings = GrpoSettings {
+                group: args.group,
+                prompts_per_step: args.prompts_per_step,
+                steps: args.steps,
+                max_new_tokens: args.max_new_tokens,
+                temperature: args.temperature,
+                top_p: args.top_p,
+                clip: args.clip,
+                kl_beta: args.kl_beta,
+                kl_target: args.kl_target,
+                inner_steps: args.inner_steps,
+                weights: args.reward_weights,
+            };
+            settings.validate()?;
+            let encoder = switchboard_model::SentenceEncoder::load(&args.encoder, device)
+                .with_context(|| {
+                    format!(
+                        "loading the sentence encoder {} (the groundedness reward)",
+                        args.encoder.display()
+                    )
+                })?;
+            let mut embed = |texts: &[String]| -> switchboard_train::Result<Vec<Vec<f32>>> {
+                let v = encoder.embed(texts, 32)?;
+                Ok(v.into_iter()
+                    .map(|x| {
+                        let n = x.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+                        x.into_iter().map(|a| a / n).collect()
+                    })
+                    .collect())
+            };
+            let start = match &start_dir {
+                Some((dir, label)) => Some((trainer.load_start(dir)?, label.clone())),
+                None => None,
+            };
+            let reference = match &args.reference_adapter {
+                Some(dir) => Some(trainer.load_start(dir)?),
+                None => None,
+            };
+            let mut on_grpo = |s: &grpo::GrpoStep| {
+                tracing::info!(
+                    step = %format!("{}/{}", s.step, args.steps),
+                    reward = %format!("{:.3}", s.mean_reward),
+                    reward_std = %format!("{:.3}", s.reward_std),
+                    kl = %format!("{:.4}", s.kl),
+                    beta = %format!("{:.4}", s.beta),
+                    diversity = %format!("{:.2}", s.diversity),
+                    length = %format!("{:.1}", s.mean_length),
+                    seconds = %format!("{:.1}", s.seconds),
+                    "grpo step"
+                );
+            };
+            (
+                trainer.grpo(
+                    &train,
+                    &held,
+                    &hp,
+                    &settings,
+                    start.as_ref().map(|(a, l)| (a, l.clone())),
+                    reference.as_ref(),
+                    &mut embed,
+                    &mut on_grpo,
+                )?,
+                report,
+            )
+        }
         Data::Dpo {
             train,
             held,
@@ -672,6 +839,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
     };
+    if let Some(g) = &trained.log.grpo {
+        tracing::info!(
+            train_reward_gain = %format!("{:+.3}", g.train_reward_gain),
+            held_out_reward_gain = %g.held_out_reward_gain.map_or("-".to_owned(), |x| format!("{x:+.3}")),
+            length_drift = %format!("{:.2}", g.length_drift),
+            "grpo monitors"
+        );
+    }
     for epoch in &trained.log.epochs {
         tracing::info!(
             epoch = epoch.epoch,

@@ -319,6 +319,9 @@ pub struct TrainingLog {
     /// training.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pair_kinds: Vec<KindReport>,
+    /// GRPO: every step, the held-out reward before and after, the monitors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<crate::grpo::GrpoLog>,
 }
 
 /// One kind of preference pairs in the training log.
@@ -385,15 +388,15 @@ pub struct Trainer {
 }
 
 /// Rows of a batch, right-padded, and where the answer tokens are.
-struct Batch {
+pub(crate) struct Batch {
     ids: Tensor,
     /// Flat positions (row · seq + t) whose logits predict an answer token.
     positions: Tensor,
     /// The answer token each of those positions predicts.
     targets: Tensor,
     /// The row of each of those positions.
-    rows: Tensor,
-    n_rows: i64,
+    pub(crate) rows: Tensor,
+    pub(crate) n_rows: i64,
     tokens: usize,
 }
 
@@ -467,7 +470,7 @@ impl Trainer {
         Ok((kept, dropped))
     }
 
-    fn batch(&self, seqs: &[&Encoded]) -> Result<Batch> {
+    pub(crate) fn batch(&self, seqs: &[&Encoded]) -> Result<Batch> {
         let pad = i64::from(self.encoder.tokenizer().eos_token_ids()[0]);
         let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
         let mut ids = Vec::with_capacity(seqs.len() * len);
@@ -498,7 +501,11 @@ impl Trainer {
     }
 
     /// Per answer token log-probabilities (`[tokens]`) and their sum per row (`[rows]`).
-    fn log_probs(&self, batch: &Batch, adapter: Option<&LoraAdapter>) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn log_probs(
+        &self,
+        batch: &Batch,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<(Tensor, Tensor)> {
         let logits = self
             .model
             .forward_train(&batch.ids, adapter, Some(&batch.positions))?;
@@ -537,7 +544,11 @@ impl Trainer {
         })
     }
 
-    fn optimizer(&self, vars: &nn::VarStore, hp: &Hyperparameters) -> Result<nn::Optimizer> {
+    pub(crate) fn optimizer(
+        &self,
+        vars: &nn::VarStore,
+        hp: &Hyperparameters,
+    ) -> Result<nn::Optimizer> {
         Ok(nn::AdamW {
             beta1: 0.9,
             beta2: 0.999,
@@ -548,7 +559,7 @@ impl Trainer {
         .build(vars, hp.learning_rate)?)
     }
 
-    fn new_adapter(
+    pub(crate) fn new_adapter(
         &self,
         hp: &Hyperparameters,
         start: Option<&LoraAdapter>,
@@ -739,6 +750,7 @@ impl Trainer {
             log: TrainingLog {
                 started_from: start.map(|s| s.1),
                 pair_kinds: Vec::new(),
+                grpo: None,
                 sets,
                 anchor_regression,
                 distance_from_start,
@@ -815,7 +827,7 @@ impl Trainer {
     }
 
     /// Clips, sets the step's learning rate and steps the optimizer; returns (lr, grad norm).
-    fn update(
+    pub(crate) fn update(
         &self,
         optimizer: &mut nn::Optimizer,
         vars: &nn::VarStore,
@@ -1061,6 +1073,7 @@ impl Trainer {
             vars,
             log: TrainingLog {
                 pair_kinds,
+                grpo: None,
                 method: "dpo".to_owned(),
                 train_examples: train_enc.len(),
                 held_out_examples: held_enc.len(),

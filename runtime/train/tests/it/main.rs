@@ -5,6 +5,7 @@
 
 mod cli;
 mod dpo;
+mod grpo;
 mod hotfix;
 mod multiturn;
 mod sft_rollout;
