@@ -187,6 +187,13 @@ pub struct Evaluation {
     /// them is broken).
     #[serde(default = "zero_percent")]
     pub max_invalid_citation_rate: Percent,
+    /// The version's stability anchors may have regressed at most this much (relative rise of
+    /// their held-out loss over the starting adapter's), as `switchboard-train sft --anchors`
+    /// recorded on the version (annotations `training.switchboard.dev/version` and
+    /// `training.switchboard.dev/anchor-regression`). A version without that record for its own
+    /// version number is not rolled out. Checked before the evaluation Job starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_anchor_regression: Option<Percent>,
     /// How long the evaluation Job may run before the version is Failed (`EvaluationTimedOut`).
     #[serde(default = "default_evaluation_timeout")]
     #[cfg_attr(feature = "kube", x_kube(validation = Rule::new(duration_at_least_rule("self", "1m")).message(messages::EVALUATION_TIMEOUT)))]

@@ -335,6 +335,69 @@ impl EvaluationJob<'_> {
     }
 }
 
+/// The annotation recording which version the trainer's notes describe.
+pub const TRAINED_VERSION: &str = "training.switchboard.dev/version";
+/// The annotation with the anchors' relative regression (`0.02` = 2% worse).
+pub const ANCHOR_REGRESSION: &str = "training.switchboard.dev/anchor-regression";
+
+/// `spec.evaluation.maxAnchorRegression` against the trainer's notes on the version: `None`
+/// when there is no limit or the version is within it (the evaluation Job decides the rest),
+/// else the version's failed check, with the numbers.
+pub fn anchor_check(
+    patch: &AdapterPatch,
+    evaluation: &Evaluation,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<EvaluationCheck> {
+    let limit = evaluation.max_anchor_regression.as_ref()?;
+    let version = &patch.spec.version;
+    let notes = patch.metadata.annotations.as_ref();
+    let noted_version = notes.and_then(|a| a.get(TRAINED_VERSION));
+    let regression = notes
+        .and_then(|a| a.get(ANCHOR_REGRESSION))
+        .and_then(|r| r.trim().parse::<f64>().ok())
+        .filter(|r| r.is_finite());
+    let fail = |message: String, metrics: Vec<EvaluationMetric>| EvaluationCheck::Failed {
+        reason: reasons::EVALUATION_FAILED.to_owned(),
+        message: message.clone(),
+        result: EvaluationResult {
+            version: version.clone(),
+            passed: Some(false),
+            metrics,
+            message,
+            finished_at: Some(now.clone()),
+            ..EvaluationResult::default()
+        },
+    };
+    let regression = match (noted_version, regression) {
+        (Some(v), Some(r)) if v == version => r,
+        _ => {
+            return Some(fail(
+                format!(
+                    "{version} not rolled out: spec.evaluation.maxAnchorRegression is {limit}, and the version has no anchor regression recorded for itself (annotations {TRAINED_VERSION} = {version} and {ANCHOR_REGRESSION}: train it with switchboard-train sft --anchors)"
+                ),
+                Vec::new(),
+            ));
+        }
+    };
+    let within = regression <= limit.fraction() + 1e-12;
+    if within {
+        return None;
+    }
+    Some(fail(
+        format!(
+            "{version} not rolled out: its stability anchors regressed {:.1}% over the adapter it was trained from, more than spec.evaluation.maxAnchorRegression {limit}",
+            regression * 100.0
+        ),
+        vec![EvaluationMetric {
+            name: "anchorRegression".to_owned(),
+            baseline: None,
+            candidate: regression,
+            limit: format!("at most {limit}"),
+            passed: false,
+        }],
+    ))
+}
+
 /// The gate's verdict as the Job writes it (`switchboard-runtime`'s `GateVerdict`).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -450,6 +513,60 @@ mod tests {
             },
         }))
         .unwrap()
+    }
+
+    /// A version whose anchors regressed past `maxAnchorRegression` never gets an evaluation
+    /// Job; one within it does; one without the trainer's record for its own version is not
+    /// rolled out either.
+    #[test]
+    fn the_anchor_regression_the_trainer_recorded_is_held_to_its_limit() {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        let with = |limit: Option<&str>, notes: &[(&str, &str)]| {
+            let mut p = patch();
+            let e = p.spec.evaluation.as_mut().unwrap();
+            e.max_anchor_regression = limit.map(|l| serde_json::from_value(l.into()).unwrap());
+            p.metadata.annotations = Some(
+                notes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+            let e = p.spec.evaluation.clone().unwrap();
+            anchor_check(&p, &e, now.clone())
+        };
+        assert!(with(None, &[]).is_none(), "no limit, no check");
+        let ok = [(TRAINED_VERSION, "1.1.0"), (ANCHOR_REGRESSION, "0.0120")];
+        assert!(with(Some("5%"), &ok).is_none());
+        let bad = [(TRAINED_VERSION, "1.1.0"), (ANCHOR_REGRESSION, "0.0720")];
+        match with(Some("5%"), &bad) {
+            Some(EvaluationCheck::Failed {
+                reason,
+                message,
+                result,
+            }) => {
+                assert_eq!(reason, reasons::EVALUATION_FAILED);
+                assert!(
+                    message.contains("regressed 7.2%") && message.contains("5%"),
+                    "{message}"
+                );
+                assert_eq!(result.metrics[0].name, "anchorRegression");
+                assert_eq!(result.passed, Some(false));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The notes of the previous version do not vouch for this one.
+        let stale = [(TRAINED_VERSION, "1.0.0"), (ANCHOR_REGRESSION, "0.0")];
+        match with(Some("5%"), &stale) {
+            Some(EvaluationCheck::Failed { message, .. }) => {
+                assert!(
+                    message.contains("no anchor regression recorded"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     fn config(adapter_uri: &str) -> RuntimeConfig {

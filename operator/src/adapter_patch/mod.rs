@@ -398,6 +398,9 @@ async fn evaluation_check(
     };
     let client = &ctx.client;
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ctx.now());
+    if let Some(check) = evaluation::anchor_check(patch, evaluation, now.clone()) {
+        return Ok(check);
+    }
     let router_name = &evaluation.router_ref.name;
     let Some(router) = Api::<Router>::namespaced(client.clone(), namespace)
         .get_opt(router_name)
