@@ -411,6 +411,20 @@ pub struct DifficultyWeights {
 }
 
 impl DifficultyWeights {
+    /// From bias first, then the features in declaration order ([`Self::to_array`]'s order).
+    pub fn from_array(w: [f64; 8]) -> Self {
+        Self {
+            bias: w[0],
+            length: w[1],
+            clauses: w[2],
+            qualifications: w[3],
+            known_identifiers: w[4],
+            unknown_identifiers: w[5],
+            multi_document: w[6],
+            weak_match: w[7],
+        }
+    }
+
     /// Bias first, then the features in declaration order.
     pub fn to_array(&self) -> [f64; 8] {
         [

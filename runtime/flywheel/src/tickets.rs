@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_index::Embedder;
-use switchboard_index::parse::zendesk::{is_agent, noise, str_field, tags, tickets_and_roles};
+use switchboard_index::parse::zendesk::{
+    comments, is_agent, noise, requester, str_field, tags, tickets_and_roles,
+};
 
 use crate::{FlywheelError, embed_all};
 
@@ -215,13 +217,8 @@ fn candidate(
     if has(MERGE_TAGS) || followups {
         return Err("merged");
     }
-    let requester = t.get("requester_id").and_then(Value::as_i64);
-    let comments: Vec<&Value> = t
-        .get("comments")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .collect();
+    let requester = requester(t);
+    let comments = comments(t);
     let public_agent: Vec<&&Value> = comments
         .iter()
         .filter(|c| is_public(c) && is_agent(c, requester, roles))

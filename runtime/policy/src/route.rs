@@ -188,31 +188,16 @@ impl QueryFeatures {
     }
 }
 
-/// Logistic weights of the difficulty estimate.
+/// Logistic weights of the difficulty estimate: the Router's `difficulty.model.weights` (the
+/// API type), with the estimate, the fit and the hand-set defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DifficultyModel {
-    /// Intercept.
-    pub bias: f64,
-    /// Weight of [`QueryFeatures::length`].
-    pub length: f64,
-    /// Weight of [`QueryFeatures::clauses`].
-    pub clauses: f64,
-    /// Weight of [`QueryFeatures::qualifications`].
-    pub qualifications: f64,
-    /// Weight of [`QueryFeatures::known_identifiers`] (negative: precise queries are easier).
-    pub known_identifiers: f64,
-    /// Weight of [`QueryFeatures::unknown_identifiers`].
-    pub unknown_identifiers: f64,
-    /// Weight of [`QueryFeatures::multi_document`].
-    pub multi_document: f64,
-    /// Weight of [`QueryFeatures::weak_match`].
-    pub weak_match: f64,
-}
+#[serde(transparent)]
+pub struct DifficultyModel(pub DifficultyWeights);
 
 impl Default for DifficultyModel {
+    /// Hand-set weights that order queries sensibly before a Router has outcomes to fit on.
     fn default() -> Self {
-        Self {
+        Self(DifficultyWeights {
             bias: -2.0,
             length: 1.2,
             clauses: 1.4,
@@ -221,7 +206,7 @@ impl Default for DifficultyModel {
             unknown_identifiers: 0.8,
             multi_document: 1.2,
             weak_match: 1.5,
-        }
+        })
     }
 }
 
@@ -237,31 +222,13 @@ pub struct Difficulty {
 
 impl From<DifficultyWeights> for DifficultyModel {
     fn from(w: DifficultyWeights) -> Self {
-        Self {
-            bias: w.bias,
-            length: w.length,
-            clauses: w.clauses,
-            qualifications: w.qualifications,
-            known_identifiers: w.known_identifiers,
-            unknown_identifiers: w.unknown_identifiers,
-            multi_document: w.multi_document,
-            weak_match: w.weak_match,
-        }
+        Self(w)
     }
 }
 
 impl From<DifficultyModel> for DifficultyWeights {
     fn from(m: DifficultyModel) -> Self {
-        Self {
-            bias: m.bias,
-            length: m.length,
-            clauses: m.clauses,
-            qualifications: m.qualifications,
-            known_identifiers: m.known_identifiers,
-            unknown_identifiers: m.unknown_identifiers,
-            multi_document: m.multi_document,
-            weak_match: m.weak_match,
-        }
+        m.0
     }
 }
 
@@ -273,20 +240,14 @@ impl DifficultyModel {
 
     /// The feature weights in [`QueryFeatures::to_array`] order.
     pub fn weights(&self) -> [f64; QueryFeatures::LEN] {
-        [
-            self.length,
-            self.clauses,
-            self.qualifications,
-            self.known_identifiers,
-            self.unknown_identifiers,
-            self.multi_document,
-            self.weak_match,
-        ]
+        let mut w = [0.0; QueryFeatures::LEN];
+        w.copy_from_slice(&self.0.to_array()[1..]);
+        w
     }
 
     fn logistic(&self) -> logistic::Logistic {
         logistic::Logistic {
-            bias: self.bias,
+            bias: self.0.bias,
             weights: self.weights().to_vec(),
         }
     }
@@ -317,17 +278,9 @@ impl DifficultyModel {
             })
             .collect();
         let fitted = logistic::Logistic::fit(&weighted, l2, 1.0, 3000);
-        let w = &fitted.weights;
-        Self {
-            bias: fitted.bias,
-            length: w[0],
-            clauses: w[1],
-            qualifications: w[2],
-            known_identifiers: w[3],
-            unknown_identifiers: w[4],
-            multi_document: w[5],
-            weak_match: w[6],
-        }
+        let mut all = [fitted.bias; 8];
+        all[1..].copy_from_slice(&fitted.weights);
+        Self(DifficultyWeights::from_array(all))
     }
 }
 

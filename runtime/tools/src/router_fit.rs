@@ -651,16 +651,7 @@ fn round4(x: f64) -> f64 {
 }
 
 fn round_weights(w: DifficultyWeights) -> DifficultyWeights {
-    DifficultyWeights {
-        bias: round4(w.bias),
-        length: round4(w.length),
-        clauses: round4(w.clauses),
-        qualifications: round4(w.qualifications),
-        known_identifiers: round4(w.known_identifiers),
-        unknown_identifiers: round4(w.unknown_identifiers),
-        multi_document: round4(w.multi_document),
-        weak_match: round4(w.weak_match),
-    }
+    DifficultyWeights::from_array(w.to_array().map(round4))
 }
 
 /// Reads flywheel export records (a line that is not one is an error naming the file and line;

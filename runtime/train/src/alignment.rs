@@ -37,7 +37,8 @@ pub struct FactCase {
     pub key_facts: Vec<Vec<String>>,
 }
 
-fn bad(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
+/// A data error at `path:line`.
+pub(crate) fn bad(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
     TrainError::Data {
         path: path.to_path_buf(),
         line,
@@ -45,7 +46,8 @@ fn bad(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
     }
 }
 
-fn prompt(path: &Path, line: usize, v: &Value) -> Result<Vec<ChatMessage>> {
+/// The conversation of a case: `prompt` (one user turn) or `messages` (with a user turn).
+pub(crate) fn prompt(path: &Path, line: usize, v: &Value) -> Result<Vec<ChatMessage>> {
     if let Some(p) = v["prompt"].as_str() {
         return Ok(vec![ChatMessage::new("user", p)]);
     }
@@ -57,7 +59,9 @@ fn prompt(path: &Path, line: usize, v: &Value) -> Result<Vec<ChatMessage>> {
     Ok(messages)
 }
 
-fn lines(path: &Path) -> Result<Vec<(usize, Value)>> {
+/// The JSON objects of a JSONL file with their 1-based line numbers (blank lines skipped; none
+/// at all is an error).
+pub(crate) fn lines(path: &Path) -> Result<Vec<(usize, Value)>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
         source: e,

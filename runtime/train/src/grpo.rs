@@ -14,7 +14,10 @@
 //! one does not, 0 when it cites nothing), `groundedness` (mean MiniLM cosine of each cited
 //! sentence to the fact it cites), `format` (1-3 sentences, at most 60 words, no bracketed
 //! breadcrumb or fact list copied; 0 otherwise), `facts` (the prompt's `key_facts` all stated;
-//! only for prompts that give them).
+//! only for prompts that give them), `resolution` (where outcome data exists: the prompt's
+//! `resolved_answers` and `escalated_answers`, e.g. the flywheel export's positive and negative
+//! records of the question's cluster; the best cosine to a resolving answer minus the best to
+//! an escalated one).
 use std::path::Path;
 use std::time::Instant;
 
@@ -28,6 +31,7 @@ use switchboard_policy::parse_citations;
 use switchboard_policy::text::has_key_facts;
 use tch::{Kind, Tensor};
 
+use crate::alignment::{bad, lines, prompt};
 use crate::data::SplitMix64;
 use crate::encode::Encoded;
 use crate::error::{Result, TrainError};
@@ -46,14 +50,11 @@ pub struct GrpoPrompt {
     pub facts: Vec<String>,
     /// Key facts a right answer states (optional).
     pub key_facts: Vec<Vec<String>>,
-}
-
-fn bad(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
-    TrainError::Data {
-        path: path.to_path_buf(),
-        line,
-        message: message.into(),
-    }
+    /// Answers to this question that resolved it (outcome data: the flywheel export's positive
+    /// records of its cluster), optional.
+    pub resolved_answers: Vec<String>,
+    /// Answers to it that were escalated or reopened (negative records), optional.
+    pub escalated_answers: Vec<String>,
 }
 
 /// The `[n] text` lines of `text`, in order.
@@ -72,21 +73,9 @@ pub fn numbered_facts(text: &str) -> Vec<String> {
 /// Reads GRPO prompts: `prompt` or `messages` (ending with a user turn), optional `facts` and
 /// `key_facts`.
 pub fn read_prompts(path: &Path) -> Result<Vec<GrpoPrompt>> {
-    let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let n = n + 1;
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| bad(path, n, format!("not JSON: {e}")))?;
-        let messages: Vec<ChatMessage> = match (&v["prompt"], &v["messages"]) {
-            (Value::String(p), _) => vec![ChatMessage::user(p.clone())],
-            (_, m @ Value::Array(_)) => serde_json::from_value(m.clone())
-                .map_err(|e| bad(path, n, format!("`messages`: {e}")))?,
-            _ => return Err(bad(path, n, "needs `prompt` (a string) or `messages`")),
-        };
+    for (n, v) in lines(path)? {
+        let messages = prompt(path, n, &v)?;
         if messages.last().is_none_or(|m| m.role != "user") {
             return Err(bad(path, n, "the conversation must end with a user turn"));
         }
@@ -114,17 +103,24 @@ pub fn read_prompts(path: &Path) -> Result<Vec<GrpoPrompt>> {
                 .ok_or_else(|| bad(path, n, "`key_facts`: strings or lists of strings"))?,
             _ => Vec::new(),
         };
+        let strings = |field: &str| -> Result<Vec<String>> {
+            match &v[field] {
+                Value::Null => Ok(Vec::new()),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad(path, n, format!("`{field}` is a list of strings"))),
+                _ => Err(bad(path, n, format!("`{field}` is a list of strings"))),
+            }
+        };
         out.push(GrpoPrompt {
             messages,
             facts,
             key_facts,
+            resolved_answers: strings("resolved_answers")?,
+            escalated_answers: strings("escalated_answers")?,
         });
-    }
-    if out.is_empty() {
-        return Err(TrainError::NotEnoughData(format!(
-            "{}: no prompts",
-            path.display()
-        )));
     }
     Ok(out)
 }
@@ -141,6 +137,8 @@ pub struct RewardWeights {
     pub format: f64,
     /// The key facts stated.
     pub facts: f64,
+    /// Close to answers that resolved the question, far from escalated ones.
+    pub resolution: f64,
 }
 
 impl Default for RewardWeights {
@@ -150,6 +148,7 @@ impl Default for RewardWeights {
             groundedness: 1.0,
             format: 0.5,
             facts: 1.0,
+            resolution: 1.0,
         }
     }
 }
@@ -175,9 +174,10 @@ impl std::str::FromStr for RewardWeights {
                 "groundedness" => w.groundedness = v,
                 "format" => w.format = v,
                 "facts" => w.facts = v,
+                "resolution" => w.resolution = v,
                 other => {
                     return Err(format!(
-                        "{other:?}: the parts are citations, groundedness, format, facts"
+                        "{other:?}: the parts are citations, groundedness, format, facts, resolution"
                     ));
                 }
             }
@@ -198,6 +198,9 @@ pub struct Reward {
     pub format: f64,
     /// Key facts part (0 for prompts without key facts).
     pub facts: f64,
+    /// Resolution part: the best MiniLM cosine to an answer that resolved the question minus
+    /// the best to one that was escalated (0 for prompts without outcome data).
+    pub resolution: f64,
     /// Weighted sum.
     pub total: f64,
 }
@@ -265,15 +268,32 @@ pub fn reward(
     } else {
         f64::from(u8::from(has_key_facts(answer, &prompt.key_facts)))
     };
+    let resolution = if prompt.resolved_answers.is_empty() && prompt.escalated_answers.is_empty() {
+        0.0
+    } else {
+        let mut texts = vec![strip_citations(answer)];
+        texts.extend(prompt.resolved_answers.iter().map(|a| strip_citations(a)));
+        texts.extend(prompt.escalated_answers.iter().map(|a| strip_citations(a)));
+        let v = embed(&texts)?;
+        let best = |range: std::ops::Range<usize>| {
+            range
+                .map(|i| f64::from(v[0].iter().zip(&v[i]).map(|(x, y)| x * y).sum::<f32>()))
+                .fold(0.0f64, f64::max)
+        };
+        let r = prompt.resolved_answers.len();
+        best(1..1 + r) - best(1 + r..texts.len())
+    };
     let total = weights.citations * citations
         + weights.groundedness * groundedness
         + weights.format * format
-        + weights.facts * facts;
+        + weights.facts * facts
+        + weights.resolution * resolution;
     Ok(Reward {
         citations,
         groundedness,
         format,
         facts,
+        resolution,
         total,
     })
 }
@@ -468,6 +488,7 @@ impl Trainer {
             parts.groundedness += r.groundedness;
             parts.format += r.format;
             parts.facts += r.facts;
+            parts.resolution += r.resolution;
             len += g.token_ids.len();
             if !p.key_facts.is_empty() {
                 keyed += 1;
@@ -479,6 +500,7 @@ impl Trainer {
         parts.groundedness /= n;
         parts.format /= n;
         parts.facts /= n;
+        parts.resolution /= n;
         parts.total = sum / n;
         Ok(Some(HeldOutReward {
             prompts: prompts.len(),
@@ -738,6 +760,8 @@ mod tests {
             messages: vec![ChatMessage::user("q")],
             facts: facts.iter().map(|s| (*s).to_owned()).collect(),
             key_facts: key.iter().map(|k| vec![(*k).to_owned()]).collect(),
+            resolved_answers: Vec::new(),
+            escalated_answers: Vec::new(),
         }
     }
 
@@ -787,6 +811,30 @@ mod tests {
         assert_eq!(copied.format, 0.0);
         assert!(good.total > uncited.total && uncited.total > invalid.total);
         assert!(good.total > copied.total);
+        assert_eq!(good.resolution, 0.0, "no outcome data, no resolution part");
+        // Outcome data: an answer like the one that resolved the question beats one like the
+        // escalated answer.
+        let with_outcomes = GrpoPrompt {
+            resolved_answers: vec!["Refunds are paid within 14 days of the request [1].".into()],
+            escalated_answers: vec!["Please contact our billing team by phone.".into()],
+            ..p.clone()
+        };
+        let like_resolved = reward(
+            "Refunds are paid within 14 days [1].",
+            &with_outcomes,
+            &w,
+            &mut e,
+        )
+        .unwrap();
+        let like_escalated = reward(
+            "Please contact our billing team [1].",
+            &with_outcomes,
+            &w,
+            &mut e,
+        )
+        .unwrap();
+        assert!(like_resolved.resolution > 0.0, "{like_resolved:?}");
+        assert!(like_escalated.resolution < 0.0, "{like_escalated:?}");
     }
 
     #[test]

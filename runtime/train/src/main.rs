@@ -188,8 +188,11 @@ struct Args {
     /// GRPO: gradient steps per sampled batch.
     #[arg(long, default_value_t = GrpoSettings::default().inner_steps)]
     inner_steps: usize,
-    /// GRPO: the reward's weights, `citations=1,groundedness=1,format=0.5,facts=1`.
-    #[arg(long, default_value = "citations=1,groundedness=1,format=0.5,facts=1")]
+    /// GRPO: the reward's weights, `citations=1,groundedness=1,format=0.5,facts=1,resolution=1`.
+    #[arg(
+        long,
+        default_value = "citations=1,groundedness=1,format=0.5,facts=1,resolution=1"
+    )]
     reward_weights: RewardWeights,
     /// GRPO: sentence encoder for the groundedness reward.
     #[arg(

@@ -115,6 +115,20 @@ pub fn is_agent(c: &Value, requester: Option<i64>, roles: &HashMap<i64, String>)
     }
 }
 
+/// A ticket's comments, in order.
+pub fn comments(t: &Value) -> Vec<&Value> {
+    t.get("comments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A ticket's requester (the customer).
+pub fn requester(t: &Value) -> Option<i64> {
+    t.get("requester_id").and_then(Value::as_i64)
+}
+
 /// A string field of a JSON object (`""` when absent).
 pub fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
@@ -133,13 +147,8 @@ fn ticket_document(
     if !matches!(str_field(t, "status"), "solved" | "closed") {
         return Err("not solved");
     }
-    let requester = t.get("requester_id").and_then(Value::as_i64);
-    let comments: Vec<&Value> = t
-        .get("comments")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .collect();
+    let requester = requester(t);
+    let comments = comments(t);
     let is_agent = |c: &Value| is_agent(c, requester, roles);
     let resolution = comments
         .iter()
