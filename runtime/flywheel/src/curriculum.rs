@@ -257,19 +257,13 @@ pub fn sample(
         m.share = m.drawn as f64 / total;
     }
     rng.shuffle(&mut drawn);
-    (
-        drawn,
-        CurriculumReport {
-            size: drawn_len(&report),
-            seed,
-            mix: report,
-            novelty_measured: !novel.is_empty(),
-        },
-    )
-}
-
-fn drawn_len(report: &[CategoryMix]) -> usize {
-    report.iter().map(|m| m.drawn).sum()
+    let report = CurriculumReport {
+        size: drawn.len(),
+        seed,
+        mix: report,
+        novelty_measured: !novel.is_empty(),
+    };
+    (drawn, report)
 }
 
 /// Whether each of `vectors` is novel against `seen`: its best cosine to a seen vector is below

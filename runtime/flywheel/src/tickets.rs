@@ -352,7 +352,7 @@ pub fn conversations(
             Err(rule) => *dropped.entry(rule.to_owned()).or_default() += 1,
         }
     }
-    let mut scores: Vec<f64>;
+    let scores: Vec<f64>;
     let mut keep: Vec<bool> = vec![true; candidates.len()];
     if let Some(embedder) = embedder {
         let replies: Vec<String> = candidates.iter().map(|c| c.reply.clone()).collect();
@@ -413,7 +413,6 @@ pub fn conversations(
             signals: c.signals,
         })
         .collect();
-    scores.clear();
     let report = TicketReport {
         read: tickets.len(),
         kept: out.len(),

@@ -387,6 +387,14 @@ pub struct Trainer {
     base_model_name: String,
 }
 
+/// Items encoded for training: those that fit, the index of each in the input, and how many
+/// were too long.
+struct Encodings {
+    kept: Vec<Vec<Encoded>>,
+    indices: Vec<usize>,
+    dropped: usize,
+}
+
 /// Rows of a batch, right-padded, and where the answer tokens are.
 pub(crate) struct Batch {
     ids: Tensor,
@@ -455,19 +463,23 @@ impl Trainer {
         items: &'a [T],
         max_len: usize,
         encode: impl Fn(&'a T) -> Result<Vec<Encoded>>,
-    ) -> Result<(Vec<Vec<Encoded>>, usize)> {
+    ) -> Result<Encodings> {
         let limit = max_len.min(self.model.config().max_position_embeddings as usize);
-        let mut kept = Vec::with_capacity(items.len());
-        let mut dropped = 0;
-        for item in items {
+        let mut out = Encodings {
+            kept: Vec::with_capacity(items.len()),
+            indices: Vec::with_capacity(items.len()),
+            dropped: 0,
+        };
+        for (i, item) in items.iter().enumerate() {
             let encoded = encode(item)?;
             if encoded.iter().any(|e| e.ids.len() > limit) {
-                dropped += 1;
+                out.dropped += 1;
             } else {
-                kept.push(encoded);
+                out.kept.push(encoded);
+                out.indices.push(i);
             }
         }
-        Ok((kept, dropped))
+        Ok(out)
     }
 
     pub(crate) fn batch(&self, seqs: &[&Encoded]) -> Result<Batch> {
@@ -623,10 +635,12 @@ impl Trainer {
             LossTurns::Last => self.encoder.encode(&e.messages, &e.completion),
         };
         let encode = |e: &SftExample| Ok(vec![encode_one(e)?]);
-        let (train_enc, dropped_train) = self.encode_all(train, hp.max_seq_len, encode)?;
-        let (held_enc, dropped_held) = self.encode_all(held_out, hp.max_seq_len, encode)?;
-        let train_enc: Vec<Encoded> = train_enc.into_iter().flatten().collect();
-        let held_enc: Vec<Encoded> = held_enc.into_iter().flatten().collect();
+        let train_all = self.encode_all(train, hp.max_seq_len, encode)?;
+        let held_all = self.encode_all(held_out, hp.max_seq_len, encode)?;
+        let (dropped_train, dropped_held) = (train_all.dropped, held_all.dropped);
+        let held_index = held_all.indices;
+        let train_enc: Vec<Encoded> = train_all.kept.into_iter().flatten().collect();
+        let held_enc: Vec<Encoded> = held_all.kept.into_iter().flatten().collect();
         if train_enc.is_empty() {
             return Err(TrainError::NotEnoughData(format!(
                 "no training example fits --max-seq-len {} ({} dropped)",
@@ -650,12 +664,8 @@ impl Trainer {
         };
         let held_sets: Vec<(DataSet, Vec<Encoded>)> = {
             let mut by_set: BTreeMap<DataSet, Vec<Encoded>> = BTreeMap::new();
-            for e in held_out {
-                if let Ok(enc) = encode_one(e)
-                    && enc.ids.len() <= hp.max_seq_len
-                {
-                    by_set.entry(e.set).or_default().push(enc);
-                }
+            for (enc, &i) in held_enc.iter().zip(&held_index) {
+                by_set.entry(held_out[i].set).or_default().push(enc.clone());
             }
             by_set.into_iter().collect()
         };
@@ -987,8 +997,10 @@ impl Trainer {
                 self.encoder.encode(&p.messages, &p.rejected)?,
             ])
         };
-        let (train_enc, dropped_train) = self.encode_all(train, hp.max_seq_len, encode)?;
-        let (held_enc, dropped_held) = self.encode_all(held_out, hp.max_seq_len, encode)?;
+        let train_all = self.encode_all(train, hp.max_seq_len, encode)?;
+        let held_all = self.encode_all(held_out, hp.max_seq_len, encode)?;
+        let (dropped_train, dropped_held) = (train_all.dropped, held_all.dropped);
+        let (train_enc, held_enc, held_index) = (train_all.kept, held_all.kept, held_all.indices);
         if train_enc.is_empty() {
             return Err(TrainError::NotEnoughData(format!(
                 "no training pair fits --max-seq-len {} ({} dropped)",
@@ -1036,24 +1048,17 @@ impl Trainer {
         for p in train {
             kinds.entry(p.kind.as_str()).or_default().0 += 1;
         }
-        let held_kept: Vec<&DpoPair> = held_out
-            .iter()
-            .filter(|p| {
-                self.encoder
-                    .encode(&p.messages, &p.chosen)
-                    .and_then(|c| Ok((c, self.encoder.encode(&p.messages, &p.rejected)?)))
-                    .is_ok_and(|(c, r)| {
-                        c.ids.len() <= hp.max_seq_len && r.ids.len() <= hp.max_seq_len
-                    })
-            })
-            .collect();
-        for (i, p) in held_kept.iter().enumerate() {
-            kinds.entry(p.kind.as_str()).or_default().1.push(i);
+        for (k, &i) in held_index.iter().enumerate() {
+            kinds
+                .entry(held_out[i].kind.as_str())
+                .or_default()
+                .1
+                .push(k);
         }
         let mut pair_kinds = Vec::new();
         if kinds.len() > 1 || reference.is_some() {
             for (kind, (n_train, held)) in kinds {
-                let held_out = if held.is_empty() || held_enc.len() != held_kept.len() {
+                let held_out = if held.is_empty() {
                     None
                 } else {
                     let pairs: Vec<Vec<Encoded>> =
